@@ -1,0 +1,114 @@
+"""Configuration: one frozen, typed object read from the environment once.
+
+Every field documents itself where it is declared; ``Config.from_env()`` is the only place
+that reads ``os.environ`` and it names the variable in any error. Tests build ``Config(...)``
+directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from service.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+def _env(name: str, help: str, **kwargs: Any) -> Any:
+    """Declare a field read from environment variable ``name``."""
+    return field(metadata={"env": name, "help": help}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = _env("HOST", "Address to bind; anything but loopback needs API keys.", default="127.0.0.1")
+    port: int = _env("PORT", "TCP port to bind.", default=8000)
+    workers: int = _env("WEB_CONCURRENCY", "Gunicorn worker processes.", default=2)
+    threads: int = _env("THREADS", "Threads per Gunicorn worker (gthread when > 1).", default=1)
+    timeout: int = _env("WORKER_TIMEOUT", "Seconds before a silent worker is killed and replaced.", default=60)
+    artifacts_dir: Path = _env("ARTIFACTS_DIR", "Root of the model registry on disk.", default=Path("artifacts"))
+    api_keys_file: Path | None = _env("API_KEYS_FILE", "JSON file of hashed API keys; unset = open on loopback.", default=None)
+    allow_unauthenticated: bool = _env(
+        "ALLOW_UNAUTHENTICATED", "Serve without API keys on a non-loopback address (explicit opt-in).", default=False
+    )
+    signing_key: str | None = _env("MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature.", default=None)
+    log_level: str = _env("LOG_LEVEL", "Application log level: " + ", ".join(LOG_LEVELS) + ".", default="info")
+    max_request_bytes: int = _env("MAX_REQUEST_BYTES", "Largest accepted request body in bytes (413 above).", default=16 * 1024 * 1024)
+    max_batch_rows: int = _env("MAX_BATCH_ROWS", "Most rows accepted in one predict request.", default=10_000)
+    vectorized_min_rows: int = _env(
+        "VECTORIZED_MIN_ROWS", "Batches with at least this many rows are validated column-wise with numpy.", default=64
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"PORT must be between 1 and 65535, got {self.port}")
+        for name in ("workers", "threads", "timeout", "max_request_bytes", "max_batch_rows", "vectorized_min_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_var(name)} must be at least 1, got {getattr(self, name)}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+
+    @property
+    def is_loopback(self) -> bool:
+        """Tell whether the bind address only accepts connections from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+        """Build the config from environment variables, naming any bad one in the error."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None:
+                continue
+            try:
+                values[f.name] = _PARSERS[f.type](raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{f.metadata['env']}={raw!r} is invalid: {exc}") from None
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """List (variable, default, meaning) for every setting, for docs and --help."""
+        return [(f.metadata["env"], repr(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+def _var(field_name: str) -> str:
+    return next(f.metadata["env"] for f in fields(Config) if f.name == field_name)
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in TRUE_WORDS:
+        return True
+    if raw.lower() in FALSE_WORDS:
+        return False
+    raise ValueError("expected one of " + ", ".join(TRUE_WORDS + FALSE_WORDS[:-1]))
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+_PARSERS: dict[Any, Callable[[str], Any]] = {
+    "str": str,
+    "int": _parse_int,
+    "bool": _parse_bool,
+    "Path": Path,
+    "Path | None": lambda raw: Path(raw) if raw else None,
+    "str | None": lambda raw: raw or None,
+}

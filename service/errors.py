@@ -1,0 +1,113 @@
+"""The one error family: every failure the service reports is a ``ServiceError``.
+
+Status and code live on the class (as in Werkzeug), so raising the right subclass is all a
+view or a core module has to do; ``register_error_handlers`` turns any of them, and any
+routing error or unexpected exception, into the one JSON shape:
+``{"error": {"code": "...", "message": "...", "details": {...}}}``.
+Core modules import this file but nothing here imports Flask at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of every error the service answers with; subclasses set status and code."""
+
+    status: int = 500
+    code: str = "internal_error"
+    message: str = "The server could not complete the request."
+
+    def __init__(self, message: str | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.details = details or {}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error needs (e.g. ``WWW-Authenticate``)."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class BadRequest(ServiceError):
+    status, code, message = 400, "bad_request", "The request is malformed."
+
+
+class InvalidJSON(BadRequest):
+    code, message = "invalid_json", "The request body is not valid JSON."
+
+
+class ValidationFailed(BadRequest):
+    """Input that is well-formed JSON but does not match the envelope or the model schema."""
+
+    status, code, message = 422, "validation_failed", "The input does not match the schema."
+
+
+class Unauthorized(ServiceError):
+    status, code, message = 401, "unauthorized", "A valid API key is required."
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="models"'}
+
+
+class Forbidden(ServiceError):
+    status, code, message = 403, "forbidden", "The API key lacks the scope this needs."
+
+
+class NotFound(ServiceError):
+    status, code, message = 404, "not_found", "No such resource."
+
+
+class ModelNotFound(NotFound):
+    code, message = "model_not_found", "No such model."
+
+
+class VersionNotFound(NotFound):
+    code, message = "version_not_found", "No such model version."
+
+
+class LabelNotFound(NotFound):
+    code, message = "label_not_found", "No such label."
+
+
+class MethodNotAllowed(ServiceError):
+    status, code, message = 405, "method_not_allowed", "The method is not allowed here."
+
+
+class Conflict(ServiceError):
+    status, code, message = 409, "conflict", "The request conflicts with the current state."
+
+
+class PayloadTooLarge(ServiceError):
+    status, code, message = 413, "payload_too_large", "The request body is too large."
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code, message = 415, "unsupported_media_type", "Send the body as application/json."
+
+
+class ModelUnavailable(ServiceError):
+    """The model exists but no verified version can answer (failed or still loading)."""
+
+    status, code, message = 503, "model_unavailable", "The model version is not available."
+
+
+class PredictionFailed(ServiceError):
+    status, code, message = 500, "prediction_failed", "The model failed to compute a prediction."
+
+
+class ArtifactError(Exception):
+    """An artifact on disk that must not be loaded: bad hash, missing file, bad manifest."""
+
+
+class ConfigError(Exception):
+    """A bad environment variable; the message names it."""
+
+
+class QualityGateFailed(Exception):
+    """A packaged model whose metrics miss a threshold the user asked for."""
