@@ -1,0 +1,1 @@
+"""A production prediction server for scikit-learn models."""
