@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from service.errors import ConfigError
 
@@ -37,12 +38,19 @@ class Config:
     allow_unauthenticated: bool = _env(
         "ALLOW_UNAUTHENTICATED", "Serve without API keys on a non-loopback address (explicit opt-in).", default=False
     )
-    signing_key: str | None = _env("MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature.", default=None)
+    signing_key: str | None = _env(
+        "MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature.", default=None
+    )
     log_level: str = _env("LOG_LEVEL", "Application log level: " + ", ".join(LOG_LEVELS) + ".", default="info")
-    max_request_bytes: int = _env("MAX_REQUEST_BYTES", "Largest accepted request body in bytes (413 above).", default=16 * 1024 * 1024)
+    max_request_bytes: int = _env(
+        "MAX_REQUEST_BYTES", "Largest accepted request body in bytes (413 above).", default=16 * 1024 * 1024
+    )
     max_batch_rows: int = _env("MAX_BATCH_ROWS", "Most rows accepted in one predict request.", default=10_000)
     vectorized_min_rows: int = _env(
         "VECTORIZED_MIN_ROWS", "Batches with at least this many rows are validated column-wise with numpy.", default=64
+    )
+    poll_seconds: float = _env(
+        "REGISTRY_POLL_SECONDS", "How often each worker re-reads the artifact root and registry.json; 0 = never.", default=2.0
     )
 
     def __post_init__(self) -> None:
@@ -51,6 +59,8 @@ class Config:
         for name in ("workers", "threads", "timeout", "max_request_bytes", "max_batch_rows", "vectorized_min_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_var(name)} must be at least 1, got {getattr(self, name)}")
+        if self.poll_seconds < 0:
+            raise ConfigError(f"REGISTRY_POLL_SECONDS must be 0 or more, got {self.poll_seconds}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
@@ -65,7 +75,7 @@ class Config:
             return False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build the config from environment variables, naming any bad one in the error."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -107,6 +117,7 @@ def _parse_int(raw: str) -> int:
 _PARSERS: dict[Any, Callable[[str], Any]] = {
     "str": str,
     "int": _parse_int,
+    "float": float,
     "bool": _parse_bool,
     "Path": Path,
     "Path | None": lambda raw: Path(raw) if raw else None,

@@ -1,10 +1,10 @@
 """The one error family: every failure the service reports is a ``ServiceError``.
 
 Status and code live on the class (as in Werkzeug), so raising the right subclass is all a
-view or a core module has to do; ``register_error_handlers`` turns any of them, and any
-routing error or unexpected exception, into the one JSON shape:
+view or a core module has to do; ``service.api.handlers`` turns any of them, and any routing
+error or unexpected exception, into the one JSON shape:
 ``{"error": {"code": "...", "message": "...", "details": {...}}}``.
-Core modules import this file but nothing here imports Flask at module level.
+Core modules import this file, so it never imports Flask.
 """
 
 from __future__ import annotations
@@ -89,6 +89,10 @@ class PayloadTooLarge(ServiceError):
 
 class UnsupportedMediaType(ServiceError):
     status, code, message = 415, "unsupported_media_type", "Send the body as application/json."
+
+
+class NotReady(ServiceError):
+    status, code, message = 503, "not_ready", "Not every production model version is loaded."
 
 
 class ModelUnavailable(ServiceError):

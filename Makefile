@@ -1,0 +1,49 @@
+# Every target sets up what it needs; `make serve` and `make test` work on a fresh clone.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARTIFACTS_DIR ?= artifacts
+export ARTIFACTS_DIR
+
+.PHONY: help venv demo serve test test-fast bench lint list verify package clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed  ## Create the virtualenv with pinned dependencies
+
+demo: venv  ## Train and package the demo models unless artifacts exist
+	$(BIN)/python -m service train-demo
+
+serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:application
+
+test: venv  ## Run the whole test suite (unit and end-to-end)
+	$(BIN)/python -m pytest
+
+test-fast: venv  ## Run the unit tests only (no server processes)
+	$(BIN)/python -m pytest -m "not e2e"
+
+bench: venv  ## Measure throughput and latency against a real server (needs wrk; installs it as root)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python -m bench
+
+lint:  venv  ## Check the code with ruff
+	$(BIN)/ruff check .
+
+list: venv  ## List models, versions and labels
+	$(BIN)/python -m service list
+
+verify: venv  ## Verify the hashes of every artifact on disk
+	$(BIN)/python -m service verify
+
+package: venv  ## Package a model: make package MODEL=m.joblib NAME=churn DATA=holdout.csv TARGET=label [ARGS="--min accuracy=0.9"]
+	$(BIN)/python -m service package --model $(MODEL) --name $(NAME) --data $(DATA) --target $(TARGET) $(ARGS)
+
+clean:  ## Remove the virtualenv, caches and runtime files (not artifacts)
+	rm -rf $(VENV) .pytest_cache .ruff_cache var

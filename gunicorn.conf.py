@@ -1,0 +1,123 @@
+"""Gunicorn settings for the prediction server: ``gunicorn -c gunicorn.conf.py wsgi:application``.
+
+Every value comes from the one typed config (``service.config.Config``, read from the
+environment), so Gunicorn and the app never disagree about the bind address or the workers.
+"""
+
+import os
+import sys
+
+# One BLAS/OpenMP thread per worker. Workers are the unit of parallelism; letting each
+# numpy/scikit-learn call also spawn one thread per core oversubscribes the CPU and makes
+# latency erratic. Set before any worker imports numpy (workers import the app after fork).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from gunicorn.glogging import Logger  # noqa: E402
+
+from service.config import Config  # noqa: E402
+from service.errors import ConfigError  # noqa: E402
+from service.logs import JsonFormatter  # noqa: E402
+
+try:
+    _config = Config.from_env()
+    # Refuse to start open on a public address here, in the master, with one clear line,
+    # instead of letting every worker fail to boot.
+    from service.security import load_key_store
+
+    load_key_store(_config)
+except ConfigError as _exc:
+    sys.stderr.write(f"configuration error: {_exc}\n")
+    sys.exit(2)
+
+# -- where and how many --------------------------------------------------------------------
+# IPv6 literals need brackets in a bind string.
+bind = [f"[{_config.host}]:{_config.port}" if ":" in _config.host else f"{_config.host}:{_config.port}"]
+# WEB_CONCURRENCY (default 2): processes; each holds its own copy of every model.
+workers = _config.workers
+# THREADS (default 1): >1 switches to the gthread worker, which helps when requests wait
+# on I/O; prediction is CPU-bound and holds the GIL, so processes are what scale it.
+threads = _config.threads
+worker_class = "gthread" if threads > 1 else "sync"
+
+# -- time ------------------------------------------------------------------------------------
+# WORKER_TIMEOUT (default 60 s): a worker silent for longer is killed and replaced. Models
+# are loaded while the worker boots, so this must exceed the slowest model load (the
+# demo models load in milliseconds; large forests can take tens of seconds) and the slowest
+# request (a MAX_BATCH_ROWS batch).
+timeout = _config.timeout
+# On SIGTERM workers stop accepting and get this long to finish requests in flight.
+graceful_timeout = 30
+# Seconds to hold an idle keep-alive connection (behind Nginx, keep this above 0).
+keepalive = 5
+
+# -- recycling -------------------------------------------------------------------------------
+# Replace each worker after about this many requests to bound slow leaks (pickled models
+# can hold on to memory); the jitter keeps workers from all restarting at once.
+max_requests = 2000
+max_requests_jitter = 200
+
+# -- loading models --------------------------------------------------------------------------
+# preload_app = False, on purpose: each worker loads and verifies the models itself after
+# fork. It costs memory (one copy per worker, little for scikit-learn models) and buys
+#   * independent hot reloads: every worker follows registry.json on its own, so a new
+#     version is picked up without HUP (HUP with preload would not reload models, and a
+#     model that fails to load on HUP could stop the server);
+#   * native thread pools (OpenMP, BLAS) that are created after fork, never inherited;
+#   * a crash while unpickling takes down one worker, not the master.
+preload_app = False
+
+# -- request limits (Gunicorn's own, before the app sees anything) ---------------------------
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+# -- logs ------------------------------------------------------------------------------------
+accesslog = "-"
+errorlog = "-"
+loglevel = _config.log_level
+
+
+class JsonLogger(Logger):
+    """Gunicorn's logger, writing its own lines and the access log as JSON objects."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers + self.access_log.handlers:
+            handler.setFormatter(JsonFormatter())
+
+    def access(self, resp, req, environ, request_time):
+        headers = dict((k.lower(), v) for k, v in resp.headers)
+        entry = {
+            "remote": environ.get("REMOTE_ADDR", "-"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("PATH_INFO"),  # never the query string: it may carry data
+            "status": int(str(resp.status).split(None, 1)[0]),
+            "bytes": getattr(resp, "sent", None),
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+            "request_id": headers.get("x-request-id"),
+            "model_version": headers.get("x-model-version"),
+            "user_agent": environ.get("HTTP_USER_AGENT"),
+            "pid": os.getpid(),
+        }
+        try:
+            self.access_log.info("request", extra={"http": entry})
+        except Exception:  # a log line must never fail a request
+            self.error("access log failed")
+
+
+logger_class = JsonLogger
+
+
+# -- hooks -----------------------------------------------------------------------------------
+def post_worker_init(worker):
+    """Cap native thread pools again in case a library ignored the environment variables."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def worker_abort(worker):
+    """SIGABRT comes from the master after a timeout: leave a line saying which request hung."""
+    worker.log.error("worker timed out and is being replaced", extra={"pid": worker.pid})

@@ -1,0 +1,55 @@
+"""Turn every failure into the one JSON error shape; never a stack trace, never the input."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from service.api.io import json_response
+from service.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES = {
+    400: ("bad_request", "The request is malformed."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "The method is not allowed here."),
+    413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "Send the body as application/json."),
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install one handler per failure family on the app (routing errors never reach blueprints)."""
+    app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+
+
+def _service_error(error: ServiceError) -> Response:
+    if error.status >= 500:
+        log.error("request failed", exc_info=error.__cause__ or error,
+                  extra={"code": error.code, "details": error.details})
+    return json_response(error.to_dict(), error.status, error.headers)
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    code, message = HTTP_CODES.get(status, (f"http_{status}", error.name))
+    details = {}
+    headers = {}
+    if status == 405 and getattr(error, "valid_methods", None):
+        allowed = ", ".join(sorted(error.valid_methods))
+        headers["Allow"] = allowed
+        details["allowed_methods"] = sorted(error.valid_methods)
+    if status == 413 and error.description and "limit" in str(error.description):
+        details["reason"] = str(error.description)
+    return json_response({"error": {"code": code, "message": message, "details": details}}, status, headers)
+
+
+def _unexpected(error: Exception) -> Response:
+    log.exception("unhandled error")
+    body = ServiceError().to_dict()
+    return json_response(body, 500)

@@ -1,0 +1,194 @@
+"""Artifacts on disk: manifest read/write, hashing, signing and verification.
+
+A version folder ``<root>/<model>/<version>/`` holds ``model.joblib`` and ``manifest.json``.
+This module decides whether such a folder may be trusted; it never unpickles anything (that is
+``runtime``'s job, and only after ``verify_version`` passed). No Flask here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import ArtifactError
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.joblib"
+REGISTRY_FILE = "registry.json"
+FORMAT_VERSION = 1
+SUPPORTED_MODEL_FORMATS = ("joblib",)
+MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+VERSION_RE = re.compile(r"[1-9][0-9]{0,8}")
+CHUNK = 1 << 20
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` when it is a legal model name, else raise ``ValueError``."""
+    if not isinstance(name, str) or not MODEL_NAME_RE.fullmatch(name):
+        raise ValueError("model names match [a-z0-9][a-z0-9_-]{0,63}")
+    return name
+
+
+def check_version(version: str | int) -> int:
+    """Return ``version`` as an int when it is a legal version number, else raise ``ValueError``."""
+    text = str(version)
+    if isinstance(version, bool) or not VERSION_RE.fullmatch(text):
+        raise ValueError("versions are positive integers")
+    return int(text)
+
+
+def model_dir(root: Path, name: str) -> Path:
+    """Return the folder of model ``name``; the name is checked before it touches a path."""
+    return Path(root) / check_model_name(name)
+
+
+def version_dir(root: Path, name: str, version: int | str) -> Path:
+    return model_dir(root, name) / str(check_version(version))
+
+
+def list_models(root: Path) -> list[str]:
+    """List model names under ``root``, ignoring anything that is not a legal name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and MODEL_NAME_RE.fullmatch(p.name))
+
+
+def list_versions(root: Path, name: str) -> list[int]:
+    """List the version numbers of a model, oldest first (temp folders are skipped)."""
+    folder = model_dir(root, name)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and VERSION_RE.fullmatch(p.name))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def canonical_json(data: Any) -> bytes:
+    """Serialise deterministically (sorted keys, no spaces): the bytes a signature covers."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def sign_manifest(manifest: dict[str, Any], key: str) -> str:
+    """Return the HMAC-SHA256 of the manifest without its ``signature`` field."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return "hmac-sha256:" + hmac.new(key.encode(), canonical_json(body), hashlib.sha256).hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """Read and minimally check a manifest; raise ``ArtifactError`` with the reason."""
+    path = Path(folder) / MANIFEST
+    try:
+        with open(path, "rb") as fh:
+            manifest = json.loads(fh.read())
+    except FileNotFoundError:
+        raise ArtifactError(f"{MANIFEST} is missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{MANIFEST} is not a JSON object")
+    for key in ("name", "version", "task", "files", "input", "libraries"):
+        if key not in manifest:
+            raise ArtifactError(f"{MANIFEST} lacks the field {key!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"unsupported manifest format_version {manifest.get('format_version')!r}")
+    return manifest
+
+
+def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of either."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class VerifiedVersion:
+    """A version folder whose files all match their manifest hashes."""
+
+    folder: Path
+    manifest: dict[str, Any]
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / self.manifest["model_file"]
+
+
+def verify_version(folder: Path, *, expected_name: str | None = None, expected_version: int | None = None,
+                   signing_key: str | None = None, sklearn_version: str | None = None) -> VerifiedVersion:
+    """Check a version folder before anything in it is unpickled.
+
+    Raises ``ArtifactError`` naming the first problem: bad manifest, name/version mismatch,
+    bad or missing signature, unknown model format, missing, extra or altered files, or a
+    scikit-learn major.minor different from the one the model was trained with.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if expected_name is not None and manifest["name"] != expected_name:
+        raise ArtifactError(f"manifest names model {manifest['name']!r}, folder is {expected_name!r}")
+    if expected_version is not None and manifest["version"] != expected_version:
+        raise ArtifactError(f"manifest says version {manifest['version']!r}, folder is {expected_version}")
+    if signing_key:
+        signature = manifest.get("signature")
+        if not signature:
+            raise ArtifactError("manifest is not signed and MODEL_SIGNING_KEY requires a signature")
+        if not hmac.compare_digest(str(signature), sign_manifest(manifest, signing_key)):
+            raise ArtifactError("manifest signature does not match")
+    fmt = manifest.get("model_format")
+    if fmt not in SUPPORTED_MODEL_FORMATS:
+        raise ArtifactError(f"unknown model format {fmt!r}; supported: {', '.join(SUPPORTED_MODEL_FORMATS)}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or manifest.get("model_file") not in files:
+        raise ArtifactError("manifest does not list the model file")
+    present = {p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST}
+    extra = present - set(files)
+    if extra:
+        raise ArtifactError(f"unexpected files not in the manifest: {', '.join(sorted(extra))}")
+    for filename, meta in files.items():
+        if "/" in filename or filename.startswith("."):
+            raise ArtifactError(f"illegal file name in manifest: {filename!r}")
+        path = folder / filename
+        if not path.is_file():
+            raise ArtifactError(f"file {filename} is missing")
+        if path.stat().st_size != meta.get("size"):
+            raise ArtifactError(f"file {filename} has size {path.stat().st_size}, manifest says {meta.get('size')}")
+        if not hmac.compare_digest(sha256_file(path), str(meta.get("sha256"))):
+            raise ArtifactError(f"file {filename} does not match its sha256 in the manifest")
+    if sklearn_version is not None:
+        trained = str(manifest["libraries"].get("scikit-learn", ""))
+        if _major_minor(trained) != _major_minor(sklearn_version):
+            raise ArtifactError(
+                f"model was trained with scikit-learn {trained or 'unknown'}, this server runs {sklearn_version}"
+            )
+    return VerifiedVersion(folder, manifest)
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "size": Path(path).stat().st_size}
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])

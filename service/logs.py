@@ -1,0 +1,137 @@
+"""Structured logs: one JSON object per line on stderr, tagged with the request id.
+
+Log lines are for operators and may carry tracebacks; HTTP responses never do (that is the
+error handlers' job). The request id lives in a context variable so that the formatter, and
+any code deep below a view, can read it without Flask.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import uuid
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
+
+REQUEST_ID_HEADER = "X-Request-ID"
+#: What we accept from a client as a request id; anything else is replaced, never echoed.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Attributes every LogRecord has; whatever else is on a record came from ``extra={...}``.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_CORE_FIELDS = ("ts", "level", "logger", "message", "request_id", "exc_type", "exc", "stack")
+
+
+def current_request_id() -> str | None:
+    """Return the id of the request being handled, or ``None`` outside a request."""
+    return _request_id.get()
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one line of JSON with the fields log pipelines index on."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = current_request_id()
+        if request_id is not None:
+            doc["request_id"] = request_id
+        for name, value in record.__dict__.items():
+            # Caller fields never overwrite ours: a stray extra={"level": ...} must not lie.
+            if name not in _RECORD_ATTRS and name not in _CORE_FIELDS and not name.startswith("_"):
+                doc[name] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            doc["exc_type"] = record.exc_info[0].__name__
+            doc["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return _dumps(doc)
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        # orjson refuses a few values outright (ints beyond 64 bits); a log line must still come out.
+        return json.dumps(doc, default=str)
+
+
+class _JsonHandler(logging.StreamHandler):
+    """Marks the handler we installed, so configuring again replaces it instead of adding one."""
+
+
+def configure_logging(level: str, stream: IO[str] | None = None) -> None:
+    """Send every log record to stderr as JSON at ``level``; safe to call more than once.
+
+    Call it before the Flask app first touches ``app.logger``, so Flask sees a handler on the
+    root logger and does not add its own plain-text one.
+    """
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _JsonHandler)]:
+        root.removeHandler(handler)
+    handler = _JsonHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(numeric)
+
+
+def new_request_id() -> str:
+    """Return a fresh request id."""
+    return uuid.uuid4().hex
+
+
+def sane_request_id(value: str | None) -> str:
+    """Return ``value`` when it is safe to reuse as a request id, else a fresh one."""
+    if value and REQUEST_ID_RE.fullmatch(value):
+        return value
+    return new_request_id()
+
+
+def init_app(app: Flask) -> None:
+    """Give every request an id, expose it to logs and ``g``, and echo it on every response."""
+    from flask import g, request
+
+    def take_request_id() -> None:
+        g.request_id = sane_request_id(request.headers.get(REQUEST_ID_HEADER))
+        g._request_id_token = _request_id.set(g.request_id)
+
+    def set_header(response: Response) -> Response:
+        if "request_id" not in g:
+            # An earlier before_request hook failed before ours ran; the response still gets an id.
+            g.request_id = new_request_id()
+        response.headers[REQUEST_ID_HEADER] = g.request_id
+        return response
+
+    def forget_request_id(exc: BaseException | None) -> None:
+        token = g.pop("_request_id_token", None)
+        if token is not None:
+            try:
+                _request_id.reset(token)
+            except ValueError:  # set in another context (e.g. a copied one); clearing is enough
+                _request_id.set(None)
+
+    # First in line, so other before_request hooks (auth, limits) already log with the id;
+    # after_request and teardown functions run in reverse, so index 0 makes ours the last:
+    # the header lands on the final response and the id outlives the other teardowns.
+    app.before_request_funcs.setdefault(None, []).insert(0, take_request_id)
+    app.after_request_funcs.setdefault(None, []).insert(0, set_header)
+    app.teardown_request_funcs.setdefault(None, []).insert(0, forget_request_id)

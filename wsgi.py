@@ -1,0 +1,8 @@
+"""The PEP 3333 entry point: ``gunicorn -c gunicorn.conf.py wsgi:application``.
+
+Any WSGI server can import ``application``; configuration comes from the environment.
+"""
+
+from service import create_app
+
+application = create_app()
