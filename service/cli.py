@@ -32,7 +32,12 @@ def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except (ValueError, KeyError, OSError, ArtifactError, QualityGateFailed) as exc:
-            message = f"label {exc.args[0]!r} is not set" if isinstance(exc, KeyError) else str(exc)
+            if isinstance(exc, KeyError):
+                message = f"label {exc.args[0]!r} is not set"
+            elif isinstance(exc, OSError) and exc.strerror:
+                message = f"{exc.strerror}: {exc.filename}" if exc.filename else f"could not write: {exc.strerror}"
+            else:
+                message = str(exc)
             raise click.ClickException(message) from None
 
     return wrapper

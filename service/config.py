@@ -8,6 +8,7 @@ directly.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -59,8 +60,9 @@ class Config:
         for name in ("workers", "threads", "timeout", "max_request_bytes", "max_batch_rows", "vectorized_min_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_var(name)} must be at least 1, got {getattr(self, name)}")
-        if self.poll_seconds < 0:
-            raise ConfigError(f"REGISTRY_POLL_SECONDS must be 0 or more, got {self.poll_seconds}")
+        # NaN would make the poll thread spin and inf would crash it: both are refused
+        if not (math.isfinite(self.poll_seconds) and self.poll_seconds >= 0):
+            raise ConfigError(f"REGISTRY_POLL_SECONDS must be a finite number of 0 or more, got {self.poll_seconds}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 

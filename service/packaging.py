@@ -59,10 +59,13 @@ class Threshold:
 
 
 def task_of(model: Any) -> str:
-    if is_classifier(model):
-        return "classification"
-    if is_regressor(model):
-        return "regression"
+    try:
+        if is_classifier(model):
+            return "classification"
+        if is_regressor(model):
+            return "regression"
+    except AttributeError:  # scikit-learn >= 1.6 raises for objects without __sklearn_tags__
+        pass
     raise ValueError("the model is neither a scikit-learn classifier nor a regressor")
 
 
@@ -119,6 +122,7 @@ def apply_overrides(features: list[dict[str, Any]], overrides: dict[str, dict[st
 
 def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
     """Measure the model on hold-out data with the metrics its task calls for."""
+    X = model_input(model, X)
     predicted = model.predict(X)
     if task == "regression":
         return {"rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
@@ -140,6 +144,12 @@ def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, 
                                   skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
         result["log_loss"] = float(skm.log_loss(y, proba, labels=classes))
     return result
+
+
+def model_input(model: Any, X: pd.DataFrame) -> pd.DataFrame | np.ndarray:
+    """Give the model its data the way it was fitted: named columns, or a bare array."""
+    # a model fitted on an array warns (an error under our test settings) when given names
+    return X if hasattr(model, "feature_names_in_") else X.to_numpy()
 
 
 def check_quality_gate(measured: dict[str, float], thresholds: list[Threshold]) -> None:
@@ -197,7 +207,7 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "training_data": training_data,
         "evaluation_data": fingerprint(X, y),
         "reference_profile": {"features": profile_frame(X, features),
-                              "prediction": profile_predictions(model.predict(X), task)},
+                              "prediction": profile_predictions(model.predict(model_input(model, X)), task)},
     }
     return write_version(model, manifest, Path(root), signing_key)
 

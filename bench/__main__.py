@@ -1,0 +1,130 @@
+"""``python -m bench``: train the demo models, time them in process, then load a real server.
+
+Order matters on a 2-core machine: the in-process timings run first, while no server or wrk
+competes for the CPU; the server then runs only for the wrk scenarios and is always stopped.
+Progress goes to stderr, the report to stdout; the exit code is non-zero with a one-line
+reason if the server did not start or any scenario saw a non-2xx answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+
+from bench import inprocess, load, report
+from bench.server import Server, ServerError, post
+from bench.workload import Scenario, build_scenarios
+from service.demo import train_demo
+
+DEFAULT_SECONDS = 10
+DEFAULT_WORKERS = 2  # the target machine has 2 cores
+
+
+def env_int(name: str, default: int) -> int:
+    """A positive integer from the environment, or a one-line error naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"bench: {name} must be a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def settings_from_env() -> tuple[int, load.LoadSettings]:
+    """Workers and wrk settings; one connection per worker keeps queueing out of p50."""
+    workers = env_int("BENCH_WORKERS", DEFAULT_WORKERS)
+    connections = env_int("BENCH_CONNECTIONS", workers)
+    return workers, load.LoadSettings(seconds=env_int("BENCH_SECONDS", DEFAULT_SECONDS),
+                                      connections=connections, threads=1)
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def smoke_check(server: Server, scenario: Scenario, repeats: int) -> str | None:
+    """Send the body a few times (warming every worker) and check the answer; return a problem or None."""
+    for _ in range(repeats):
+        status, body = post(server.url + scenario.path, scenario.body)
+        if status != 200:
+            return f"{scenario.key}: smoke request got HTTP {status}: {body[:200].decode(errors='replace')}"
+    predictions = orjson.loads(body).get("predictions", [])
+    if len(predictions) != scenario.rows:
+        return f"{scenario.key}: smoke request got {len(predictions)} predictions for {scenario.rows} rows"
+    return None
+
+
+def run_load(server: Server, scenarios: list[Scenario], settings: load.LoadSettings,
+             folder: Path) -> tuple[dict[str, load.LoadResult], list[str]]:
+    """Run wrk for every scenario that passes its smoke check; collect results and problems."""
+    script = load.write_script(folder)
+    results: dict[str, load.LoadResult] = {}
+    problems: list[str] = []
+    for scenario in scenarios:
+        problem = smoke_check(server, scenario, repeats=2 * server.workers)
+        if problem:
+            problems.append(problem)
+            progress(f"!! {problem}")
+            continue
+        body_file = folder / f"{scenario.key.replace('/', '_')}.json"
+        body_file.write_bytes(scenario.body)
+        progress(f"wrk {scenario.key} for {settings.seconds} s")
+        results[scenario.key] = load.run_wrk(server.url + scenario.path, body_file, script, settings)
+    return results, problems
+
+
+def run(work: Path) -> dict:
+    """The whole benchmark in a scratch folder; returns the results dict."""
+    workers, settings = settings_from_env()
+    load.require_wrk()
+    root = work / "artifacts"
+    progress(f"training the demo models into {root}")
+    train_demo(root)
+    scenarios = build_scenarios(root)
+    progress("timing the in-process path (single thread)")
+    local = inprocess.measure_all(root, scenarios)
+    server = Server(root, work / "gunicorn.log", workers)
+    progress(f"starting gunicorn with {workers} workers on {server.url}")
+    try:
+        server.start()
+        remote, problems = run_load(server, scenarios, settings, work)
+    finally:
+        server.stop()
+    records = [report.scenario_record(s, remote.get(s.key), local[s.key]) for s in scenarios]
+    machine = report.machine_facts(workers, load.wrk_version())
+    return report.build_results(machine, settings, records, server.worker_boots(), problems)
+
+
+def main() -> int:
+    """Run, print, save; exit 1 with a one-line reason on any failure (scratch kept for inspection)."""
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    ok = False
+    try:
+        results = run(work)
+        print(report.format_table(results))
+        progress(f"results written to {report.write_json(results)}")
+        ok = results["ok"]
+        if not ok:
+            print(f"bench failed: {results['failures'][0]}"
+                  + (f" (+{len(results['failures']) - 1} more)" if len(results["failures"]) > 1 else ""), file=sys.stderr)
+        return 0 if ok else 1
+    except ServerError as exc:
+        print(f"bench failed: server did not start: {exc}", file=sys.stderr)
+        return 1
+    except (RuntimeError, OSError) as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"bench: scratch files (gunicorn log, bodies) kept in {work}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The same requests without HTTP: what the server could at best achieve per request.
+
+Three layers are timed for each scenario so the server's figures can be read against them:
+the estimator alone on a ready DataFrame, the full in-process path (``inference.predict``:
+resolve, validate, predict, shape the answer), and validation alone. JSON decoding and
+encoding are timed too, since the server pays them and the in-process path does not.
+Everything runs on one thread, as a Gunicorn worker does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+import orjson
+from threadpoolctl import threadpool_limits
+
+from bench.workload import Scenario
+from service import inference, runtime
+from service.catalog import Catalog
+from service.config import Config
+from service.validation import parse_predict_request
+
+BUDGET_SECONDS = 0.4  # per measured call; long enough for a stable median, short for the 3-minute run
+MIN_REPEATS = 7
+MAX_REPEATS = 20_000
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and best of many repeats, in milliseconds."""
+
+    median_ms: float
+    best_ms: float
+    repeats: int
+
+
+@dataclass(frozen=True)
+class InProcessResult:
+    estimator: Timing
+    full_path: Timing
+    validation: Timing
+    json: Timing
+
+
+def time_call(call: Callable[[], Any], budget: float = BUDGET_SECONDS) -> Timing:
+    """Time ``call`` repeatedly after one warm-up call; the median resists scheduler noise."""
+    call()
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget
+    while len(samples) < MIN_REPEATS or (time.perf_counter() < deadline and len(samples) < MAX_REPEATS):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return Timing(median(samples) * 1000, min(samples) * 1000, len(samples))
+
+
+def limits_from_config() -> inference.Limits:
+    """The limits the server runs with by default (MAX_BATCH_ROWS, VECTORIZED_MIN_ROWS)."""
+    config = Config()
+    return inference.Limits(config.max_batch_rows, config.vectorized_min_rows)
+
+
+def load_models(root: Path, names: set[str]) -> dict[str, runtime.LoadedModel]:
+    """Load version 1 of each model through the runtime (verified before unpickling)."""
+    return {name: runtime.load(root / name / "1", name=name, version=1) for name in names}
+
+
+def check_same_predictions(scenario: Scenario, model: runtime.LoadedModel, answer: inference.Answer) -> None:
+    """The full path must give what the estimator gives, or the comparison is meaningless."""
+    expected = np.asarray(model.estimator.predict(scenario.frame))
+    got = np.asarray(answer.body["predictions"])
+    if got.shape != expected.shape or not np.allclose(got, expected):
+        raise RuntimeError(f"{scenario.key}: in-process predictions differ from estimator.predict")
+
+
+def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, limits: inference.Limits) -> InProcessResult:
+    """Time the estimator, the full path, validation and JSON for one scenario."""
+    payload = orjson.loads(scenario.body)
+    estimator, frame, proba = model.estimator, scenario.frame, scenario.probabilities
+
+    def estimator_only() -> None:
+        estimator.predict(frame)
+        if proba:
+            estimator.predict_proba(frame)
+
+    def full_path() -> inference.Answer:
+        return inference.predict(catalog, payload, limits, name=scenario.model)
+
+    def validation() -> None:
+        parse_predict_request(payload, model.features, max_rows=limits.max_rows,
+                              vectorized_min_rows=limits.vectorized_min_rows)
+
+    answer = full_path()
+    check_same_predictions(scenario, model, answer)
+
+    def json_codec() -> None:
+        orjson.loads(scenario.body)
+        orjson.dumps(answer.body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    return InProcessResult(time_call(estimator_only), time_call(full_path), time_call(validation), time_call(json_codec))
+
+
+def measure_all(root: Path, scenarios: list[Scenario]) -> dict[str, InProcessResult]:
+    """Measure every scenario on one thread; run it while no server competes for the CPU."""
+    models = load_models(root, {s.model for s in scenarios})
+    catalog = Catalog(root, None, 0)
+    catalog.refresh()
+    limits = limits_from_config()
+    with threadpool_limits(limits=1):
+        return {s.key: measure(s, models[s.model], catalog, limits) for s in scenarios}

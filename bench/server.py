@@ -1,0 +1,116 @@
+"""Run the real server the way production does: Gunicorn with gunicorn.conf.py, on loopback.
+
+The bench must measure the shipped configuration (worker class, access log, recycling), so it
+starts the same command as ``make serve`` with only the environment changed, and always stops
+it by PID, even when the bench fails half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"  # never anything else: the bench only talks to this machine
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 35.0  # gunicorn.conf.py gives requests in flight graceful_timeout = 30 s
+
+
+class ServerError(RuntimeError):
+    """The server did not come up (the message is the one-line reason)."""
+
+
+def free_port() -> int:
+    """Ask the kernel for a free loopback port (bound and released at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def server_env(artifacts: Path, port: int, workers: int) -> dict[str, str]:
+    """The environment for Gunicorn: our registry and port; no API keys or signing, no polling."""
+    env = dict(os.environ)
+    for name in ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "GUNICORN_CMD_ARGS"):
+        env.pop(name, None)  # a developer's own settings must not turn requests into 401s
+    env.update(HOST=HOST, PORT=str(port), WEB_CONCURRENCY=str(workers), ARTIFACTS_DIR=str(artifacts),
+               REGISTRY_POLL_SECONDS="0")
+    return env
+
+
+@dataclass
+class Server:
+    """A Gunicorn master we started; ``url`` is where it listens once ``start`` returned."""
+
+    artifacts: Path
+    log_path: Path
+    workers: int
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> None:
+        """Spawn Gunicorn (logs to a file) and wait until ``/readyz`` says 200."""
+        command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:application"]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=server_env(self.artifacts, self.port, self.workers), start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                raise ServerError(f"gunicorn exited with code {code} before it was ready (log: {self.log_path})")
+            if self._ready():
+                return
+            time.sleep(0.2)
+        raise ServerError(f"/readyz not 200 after {START_TIMEOUT:.0f} s (log: {self.log_path})")
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM the master (graceful), wait, then SIGKILL it if it is still there."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def worker_boots(self) -> int:
+        """How many workers Gunicorn booted (more than ``workers`` means recycling or crashes)."""
+        try:
+            return self.log_path.read_text(errors="replace").count("Booting worker with pid")
+        except OSError:
+            return 0
+
+
+def post(url: str, body: bytes, timeout: float = 60.0) -> tuple[int, bytes]:
+    """One JSON POST to the bench server; returns (status, body) for 4xx/5xx as well."""
+    if not url.startswith(f"http://{HOST}:"):
+        raise ValueError(f"the bench only sends traffic to {HOST}, not {url}")
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

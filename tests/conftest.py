@@ -1,0 +1,150 @@
+"""Shared fixtures: demo artifacts built once per session, and real Gunicorn servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from service.demo import train_demo
+
+REPO = Path(__file__).resolve().parent.parent
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+SCRUBBED_ENV = ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "HOST", "PORT", "WEB_CONCURRENCY", "ALLOW_UNAUTHENTICATED",
+                "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS", "ARTIFACTS_DIR", "THREADS")
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both demo models, trained once; copy it (``artifact_root``) before changing anything."""
+    root = tmp_path_factory.mktemp("demo") / "artifacts"
+    train_demo(root)
+    return root
+
+
+@pytest.fixture
+def artifact_root(demo_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "artifacts"
+    shutil.copytree(demo_root, root)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(artifacts: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(ARTIFACTS_DIR=str(artifacts), PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
+               REGISTRY_POLL_SECONDS="1", LOG_LEVEL="info")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@dataclass
+class Server:
+    """A real Gunicorn master started by a test; stopped by PID."""
+
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+    session: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.session.get(self.base + path, timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.session.post(self.base + path, timeout=30, **kwargs)
+
+    def log_records(self) -> list[dict]:
+        """Every JSON line the server wrote (Gunicorn's and the app's)."""
+        records = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        return records
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def wait_ready(self, timeout: float = 30.0, path: str = "/readyz") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if self.session.get(self.base + path, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.session.close()
+
+
+def start_server(artifacts: Path, log_dir: Path, *, wait: str | None = "/readyz", **env: str) -> Server:
+    """Start Gunicorn on a free loopback port with the repo's gunicorn.conf.py."""
+    port = free_port()
+    log_path = log_dir / f"gunicorn-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:application"], cwd=REPO,
+                                env=server_env(artifacts, port, **env), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = Server(proc, port, log_path)
+    if wait:
+        try:
+            server.wait_ready(path=wait)
+        except Exception:
+            server.stop()
+            raise
+    return server
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator:
+    """Start servers for one test; every one is stopped at the end, whatever happened."""
+    servers: list[Server] = []
+
+    def start(artifacts: Path, **kwargs) -> Server:
+        server = start_server(artifacts, tmp_path, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server over the demo models, shared by a module's read-only tests."""
+    server = start_server(demo_root, tmp_path_factory.mktemp("logs"), MAX_BATCH_ROWS="5000")
+    yield server
+    server.stop()

@@ -1,0 +1,41 @@
+"""Estimators that misbehave on purpose; importable by the server under test (tests.faulty_models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+
+TRIGGER = 999.0
+
+
+class RaisingRegressor(RegressorMixin, BaseEstimator):
+    """Predicts the row sum, but raises when any value equals ``TRIGGER``: a model that breaks."""
+
+    def fit(self, X, y):
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X):
+        values = np.asarray(X, dtype=float)
+        if (values == TRIGGER).any():
+            raise ArithmeticError("model failure on purpose")
+        return values.sum(axis=1)
+
+
+class MarkerOnUnpickle:
+    """Unpickling this creates ``marker``: proof that a file was (or was not) unpickled."""
+
+    def __init__(self, marker: Path, padding: str = "A" * 4096):
+        self.marker = Path(marker)
+        self.padding = padding
+
+    def __reduce__(self):
+        return (touch_marker, (str(self.marker), self.padding))
+
+
+def touch_marker(marker: str, padding: str) -> str:
+    """What unpickling a ``MarkerOnUnpickle`` runs; returns something that is not a model."""
+    Path(marker).touch()
+    return padding
