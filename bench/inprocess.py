@@ -3,7 +3,8 @@
 Three layers are timed for each scenario so the server's figures can be read against them:
 the estimator alone on a ready DataFrame, the full in-process path (``inference.predict``:
 resolve, validate, predict, shape the answer), and validation alone. JSON decoding and
-encoding are timed too, since the server pays them and the in-process path does not.
+encoding are timed too, since the server pays them and the in-process path does not, and so
+is the bare list-to-array conversion, the floor under any validation of a row-layout body.
 Everything runs on one thread, as a Gunicorn worker does.
 """
 
@@ -46,6 +47,7 @@ class InProcessResult:
     full_path: Timing
     validation: Timing
     json: Timing
+    to_array: Timing  # np.asarray(instances, float64): the floor for any validation of row-layout JSON
 
 
 def time_call(call: Callable[[], Any], budget: float = BUDGET_SECONDS) -> Timing:
@@ -103,7 +105,11 @@ def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, li
         orjson.loads(scenario.body)
         orjson.dumps(answer.body, option=orjson.OPT_SERIALIZE_NUMPY)
 
-    return InProcessResult(time_call(estimator_only), time_call(full_path), time_call(validation), time_call(json_codec))
+    def to_array() -> None:
+        np.asarray(payload["instances"], dtype=np.float64)
+
+    return InProcessResult(time_call(estimator_only), time_call(full_path), time_call(validation), time_call(json_codec),
+                           time_call(to_array))
 
 
 def measure_all(root: Path, scenarios: list[Scenario]) -> dict[str, InProcessResult]:

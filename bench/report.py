@@ -148,7 +148,7 @@ def format_table(results: dict[str, Any]) -> str:
         f"machine : {m['cores']} cores ({m['usable_cores']} usable), {m['cpu']}, {m['platform']}",
         f"software: Python {m['python']}  {versions}  {m['wrk']}",
         f"server  : gunicorn -c gunicorn.conf.py, {m['workers']} {m['worker_class']} workers on 127.0.0.1, "
-        f"{results['worker_boots']} worker boots during the run",
+        f"{results['worker_boots']} worker boots during the run (beyond {m['workers']}: max_requests recycling or crashes)",
         f"load    : wrk {load['seconds']} s per scenario, {load['threads']} thread(s), {load['connections']} connections; "
         "in-process: median of repeats, 1 thread",
         "",
@@ -164,6 +164,9 @@ def format_table(results: dict[str, Any]) -> str:
     shares = "   ".join(f"{model} {share:.1%} ({'ok' if share < target else 'OVER TARGET'})"
                         for model, share in results["validation_share_of_predict"].items())
     lines.append(f"validation / estimator.predict at 10,000 rows (target < {target:.0%}): {shares}")
+    floors = "   ".join(f"{r['model']} {r['in_process']['to_array']['median_ms']:.1f} ms"
+                        for r in results["scenarios"] if r["rows"] >= 10_000 and not r["probabilities"])
+    lines.append(f"floor under validation at 10,000 rows (np.asarray(instances, float64) alone): {floors}")
     for problem in results["failures"]:
         lines.append(f"!! FAILED: {problem}")
     lines.append(f"result: {'OK' if results['ok'] else 'FAILED'}")

@@ -1,3 +1,4 @@
+import functools
 import json
 import multiprocessing
 import os
@@ -12,10 +13,16 @@ from service.errors import ArtifactError
 from service.packaging import package_model
 
 
-def package(root, name="m", signing_key=None):
+@functools.cache
+def fitted():
     X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
     y = pd.Series([0, 0, 0, 1, 1, 1])
-    return package_model(LogisticRegression().fit(X, y), name, root, X, y, signing_key=signing_key)
+    return LogisticRegression().fit(X, y), X, y
+
+
+def package(root, name="m", signing_key=None):
+    model, X, y = fitted()
+    return package_model(model, name, root, X, y, signing_key=signing_key)
 
 
 @pytest.fixture
@@ -95,15 +102,18 @@ def test_set_label_checks_the_signature_when_a_key_is_given(root):
 
 
 @pytest.mark.parametrize("label", ["Prod", "a b", "", "../x", "x" * 65, None])
-def test_bad_label_names_are_refused(root, label):
+def test_bad_label_names_are_refused(tmp_path, label):
     with pytest.raises(ValueError, match="labels match"):
-        registry.set_label(root, "m", label, 1, actor="a")
+        registry.set_label(tmp_path, "m", label, 1, actor="a")
+    with pytest.raises(ValueError, match="labels match"):
+        registry.remove_label(tmp_path, "m", label, actor="a")
 
 
 @pytest.mark.parametrize("name, version", [("../m", 1), ("m", 0), ("m", "../1")])
-def test_bad_names_and_versions_are_refused_before_touching_disk(root, name, version):
-    with pytest.raises(ValueError):
-        registry.set_label(root, name, "production", version, actor="a")
+def test_bad_names_and_versions_are_refused_before_touching_disk(tmp_path, name, version):
+    with pytest.raises(ValueError, match="model names match|versions are positive integers"):
+        registry.set_label(tmp_path, name, "production", version, actor="a")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_record_packaged_makes_only_the_first_version_production(tmp_path):
