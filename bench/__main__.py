@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import orjson
 
-from bench import inprocess, load, report
+from bench import inprocess, load, machine, report
 from bench.server import Server, ServerError, post
 from bench.workload import Scenario, build_scenarios
 from service.demo import train_demo
+from service.errors import ServiceError
 
 DEFAULT_SECONDS = 10
 DEFAULT_WORKERS = 2  # the target machine has 2 cores
@@ -82,6 +84,7 @@ def run(work: Path) -> dict:
     """The whole benchmark in a scratch folder; returns the results dict."""
     workers, settings = settings_from_env()
     load.require_wrk()
+    load_before = machine.load_average()
     root = work / "artifacts"
     progress(f"training the demo models into {root}")
     train_demo(root)
@@ -96,8 +99,8 @@ def run(work: Path) -> dict:
     finally:
         server.stop()
     records = [report.scenario_record(s, remote.get(s.key), local[s.key]) for s in scenarios]
-    machine = report.machine_facts(workers, load.wrk_version())
-    return report.build_results(machine, settings, records, server.worker_boots(), problems)
+    facts = machine.machine_facts(workers, load.wrk_version(), load_before)
+    return report.build_results(facts, settings, records, server.worker_boots(), problems)
 
 
 def main() -> int:
@@ -116,7 +119,7 @@ def main() -> int:
     except ServerError as exc:
         print(f"bench failed: server did not start: {exc}", file=sys.stderr)
         return 1
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, subprocess.TimeoutExpired, ServiceError) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     finally:

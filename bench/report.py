@@ -7,11 +7,8 @@ runs with a script. Both come from one ``results`` dict so they can never disagr
 from __future__ import annotations
 
 import json
-import os
-import platform
 from dataclasses import asdict
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +18,6 @@ from bench.workload import Scenario
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "latest.json"
 VALIDATION_TARGET = 0.25  # validation may cost at most a quarter of estimator.predict at 10,000 rows
-PACKAGES = ("scikit-learn", "numpy", "pandas", "joblib", "gunicorn", "flask", "orjson")
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, when there is one (Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_facts(workers: int, wrk: str) -> dict[str, Any]:
-    """What the numbers depend on: cores, CPU, Python, library versions, worker count."""
-    return {
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: metadata.version(name) for name in PACKAGES},
-        "wrk": wrk,
-        "workers": workers,
-        "worker_class": "gthread" if int(os.environ.get("THREADS", "1") or 1) > 1 else "sync",
-    }
 
 
 def scenario_record(scenario: Scenario, server: LoadResult | None, local: InProcessResult) -> dict[str, Any]:
@@ -146,6 +116,8 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"Prediction server benchmark  {results['created_at']}",
         f"machine : {m['cores']} cores ({m['usable_cores']} usable), {m['cpu']}, {m['platform']}",
+        f"          2 processes do {m['parallel_speedup_2_processes']:.2f}x the work of 1 (ideal 2.00); "
+        f"load average before the run {m['load_average_before']}",
         f"software: Python {m['python']}  {versions}  {m['wrk']}",
         f"server  : gunicorn -c gunicorn.conf.py, {m['workers']} {m['worker_class']} workers on 127.0.0.1, "
         f"{results['worker_boots']} worker boots during the run (beyond {m['workers']}: max_requests recycling or crashes)",

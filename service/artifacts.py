@@ -93,7 +93,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     try:
         with open(path, "rb") as fh:
-            manifest = json.loads(fh.read())
+            manifest = json.loads(fh.read(), parse_constant=_reject_constant)
     except FileNotFoundError:
         raise ArtifactError(f"{MANIFEST} is missing") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -161,7 +161,8 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
     if fmt not in SUPPORTED_MODEL_FORMATS:
         raise ArtifactError(f"unknown model format {fmt!r}; supported: {', '.join(SUPPORTED_MODEL_FORMATS)}")
     files = manifest["files"]
-    if not isinstance(files, dict) or manifest.get("model_file") not in files:
+    model_file = manifest.get("model_file")
+    if not isinstance(files, dict) or not isinstance(model_file, str) or model_file not in files:
         raise ArtifactError("manifest does not list the model file")
     present = {p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST}
     extra = present - set(files)
@@ -170,6 +171,8 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
     for filename, meta in files.items():
         if "/" in filename or filename.startswith("."):
             raise ArtifactError(f"illegal file name in manifest: {filename!r}")
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"manifest entry for {filename} is not an object")
         path = folder / filename
         if not path.is_file():
             raise ArtifactError(f"file {filename} is missing")
@@ -178,7 +181,8 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
         if not hmac.compare_digest(sha256_file(path), str(meta.get("sha256"))):
             raise ArtifactError(f"file {filename} does not match its sha256 in the manifest")
     if sklearn_version is not None:
-        trained = str(manifest["libraries"].get("scikit-learn", ""))
+        libraries = manifest["libraries"] if isinstance(manifest["libraries"], dict) else {}
+        trained = str(libraries.get("scikit-learn", ""))
         if _major_minor(trained) != _major_minor(sklearn_version):
             raise ArtifactError(
                 f"model was trained with scikit-learn {trained or 'unknown'}, this server runs {sklearn_version}"
@@ -188,6 +192,11 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
 
 def file_entry(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "size": Path(path).stat().st_size}
+
+
+def _reject_constant(name: str) -> None:
+    # NaN/Infinity are not JSON and cannot be signed (canonical_json refuses them)
+    raise ValueError(f"{name} is not allowed")
 
 
 def _major_minor(version: str) -> tuple[str, ...]:

@@ -120,6 +120,25 @@ def test_an_illegal_file_name_in_the_manifest_is_refused(folder):
     assert refusal(folder) == "illegal file name in manifest: '../evil'"
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["files"].update({"model.joblib": "abc"}), "manifest entry for model.joblib is not an object"),
+    (lambda m: m.update(files=["model.joblib"]), "manifest does not list the model file"),
+    (lambda m: m.update(model_file=["model.joblib"]), "manifest does not list the model file"),
+    (lambda m: m.update(model_file="other.joblib"), "manifest does not list the model file"),
+    (lambda m: m.update(libraries="sklearn"), "model was trained with scikit-learn unknown, this server runs 1.9.1"),
+])
+def test_a_malformed_manifest_is_an_artifact_error_not_a_crash(folder, change, message):
+    edit_manifest(folder, change)
+    assert refusal(folder, sklearn_version="1.9.1") == message
+
+
+def test_nan_in_a_manifest_is_not_json(folder):
+    os.chmod(folder / "manifest.json", 0o644)
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text.replace('"description": ""', '"description": NaN'))
+    assert refusal(folder, signing_key=KEY) == "manifest.json is not valid JSON: NaN is not allowed"
+
+
 def test_a_manifest_naming_another_model_is_refused(folder):
     assert refusal(folder, expected_name="other") == "manifest names model 'tiny', folder is 'other'"
 

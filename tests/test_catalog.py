@@ -1,4 +1,5 @@
 import functools
+import json
 import logging
 import os
 import shutil
@@ -172,4 +173,17 @@ def test_an_unreadable_registry_keeps_the_last_good_labels(root, catalog):
     state = catalog.model("m")
     assert dict(state.labels) == {"production": 1, "staging": 2, "canary": 3}
     assert "registry.json is not valid JSON" in state.registry_error
+    assert catalog.resolve("m").version == 1
+
+
+def test_a_malformed_manifest_fails_its_version_not_the_refresh(root, catalog):
+    package(root)
+    manifest_path = root / "m" / "4" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["model.joblib"] = "not an object"
+    manifest_path.chmod(0o644)
+    manifest_path.write_text(json.dumps(manifest))
+    catalog.refresh()
+    assert catalog.model("m").versions[4].status == FAILED
+    assert catalog.model("m").versions[4].reason == "manifest entry for model.joblib is not an object"
     assert catalog.resolve("m").version == 1

@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 
-from service import artifacts, registry
+from service import artifacts, demo, registry
 from service.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,10 +32,17 @@ def run(runner, root, *args):
     return runner.invoke(cli, [*args, "--artifacts-dir", str(root)])
 
 
+@pytest.fixture(scope="module")
+def demo_template(tmp_path_factory):
+    template = tmp_path_factory.mktemp("demo-template") / "artifacts"
+    demo.train_demo(template)
+    return template
+
+
 @pytest.fixture
-def demo_root(runner, root):
-    result = run(runner, root, "train-demo")
-    assert result.exit_code == 0, result.output
+def demo_root(demo_template, root):
+    """Both demo models at version 1, as ``train-demo`` leaves them (trained once per module)."""
+    shutil.copytree(demo_template, root)
     return root
 
 
@@ -130,29 +138,6 @@ def test_verify_with_a_signing_key_refuses_unsigned_versions(runner, root, demo_
     assert "FAILED  diabetes 1: manifest is not signed" in result.stdout
 
 
-def test_label_set_remove_and_history(runner, root, demo_root):
-    run(runner, root, "train-demo", "--force")
-    set_ = run(runner, root, "label", "set", "breast-cancer", "production", "2", "--reason", "better recall")
-    assert (set_.exit_code, set_.stdout) == (0, "breast-cancer: production -> 2 (was 1)\n")
-    staging = run(runner, root, "label", "set", "breast-cancer", "staging", "1")
-    assert staging.stdout == "breast-cancer: staging -> 1 (was None)\n"
-    removed = run(runner, root, "label", "remove", "breast-cancer", "staging", "--reason", "done")
-    assert (removed.exit_code, removed.stdout) == (0, "breast-cancer: removed staging (was 1)\n")
-    assert registry.read_state(root, "breast-cancer")["labels"] == {"production": 2}
-
-    history = run(runner, root, "history", "breast-cancer")
-    assert history.exit_code == 0
-    rows = [re.sub(r"^\S+\s+", "", line).split() for line in history.stdout.splitlines()]
-    assert rows[0] == ["cli:train-demo", "version.packaged", "label=production", "version=1",
-                       "Demo", "model", "trained", "by", "train-demo."]
-    assert rows[1][:3] == ["cli:train-demo", "version.packaged", "version=2"]
-    assert rows[2][1:] == ["label.set", "label=production", "version=2", "previous=1", "better", "recall"]
-    assert rows[2][0].startswith("cli:")
-    assert rows[3][1:] == ["label.set", "label=staging", "version=1"]
-    assert rows[4][1:] == ["label.remove", "label=staging", "previous=1", "done"]
-    assert len(rows) == 5
-
-
 def test_label_errors_are_one_line(runner, root, demo_root):
     assert_one_line_error(run(runner, root, "label", "remove", "diabetes", "canary"), "label 'canary' is not set")
     assert_one_line_error(run(runner, root, "label", "set", "diabetes", "canary", "5"),
@@ -198,6 +183,31 @@ def user_model(tmp_path):
 def package_args(user_model, *extra):
     model_path, data_path, _ = user_model
     return ("package", "--model", str(model_path), "--data", str(data_path), "--target", "label", *extra)
+
+
+def test_label_set_remove_and_history(runner, root, user_model):
+    for changelog in ("first", "second"):
+        assert run(runner, root, *package_args(user_model, "--name", "user", "--changelog", changelog)).exit_code == 0
+    set_ = run(runner, root, "label", "set", "user", "production", "2", "--reason", "better recall")
+    assert (set_.exit_code, set_.stdout) == (0, "user: production -> 2 (was 1)\n")
+    staging = run(runner, root, "label", "set", "user", "staging", "1")
+    assert staging.stdout == "user: staging -> 1 (was None)\n"
+    removed = run(runner, root, "label", "remove", "user", "staging", "--reason", "done")
+    assert (removed.exit_code, removed.stdout) == (0, "user: removed staging (was 1)\n")
+    assert registry.read_state(root, "user")["labels"] == {"production": 2}
+
+    history = run(runner, root, "history", "user")
+    assert history.exit_code == 0
+    lines = history.stdout.splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\dT[\d:.]+Z  cli:", line) for line in lines)
+    rows = [line.split()[2:] for line in lines]
+    assert rows == [
+        ["version.packaged", "label=production", "version=1", "first"],
+        ["version.packaged", "version=2", "second"],
+        ["label.set", "label=production", "version=2", "previous=1", "better", "recall"],
+        ["label.set", "label=staging", "version=1"],
+        ["label.remove", "label=staging", "previous=1", "done"],
+    ]
 
 
 def test_package_quality_gate_failure_shows_the_measured_value(runner, root, user_model):
