@@ -24,6 +24,7 @@ MODEL_FILE = "model.joblib"
 REGISTRY_FILE = "registry.json"
 FORMAT_VERSION = 1
 SUPPORTED_MODEL_FORMATS = ("joblib",)
+FEATURE_TYPES = ("float", "int", "bool", "category", "string")
 MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 VERSION_RE = re.compile(r"[1-9][0-9]{0,8}")
 CHUNK = 1 << 20
@@ -105,7 +106,21 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise ArtifactError(f"{MANIFEST} lacks the field {key!r}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"unsupported manifest format_version {manifest.get('format_version')!r}")
+    _check_io(manifest)
     return manifest
+
+
+def _check_io(manifest: dict[str, Any]) -> None:
+    """Refuse a manifest whose schema the server could not use, at load time rather than per request."""
+    features = manifest["input"].get("features") if isinstance(manifest["input"], dict) else None
+    if not isinstance(features, list) or not features:
+        raise ArtifactError(f"{MANIFEST} input.features must be a non-empty list")
+    for feature in features:
+        if not isinstance(feature, dict) or not isinstance(feature.get("name"), str) \
+                or feature.get("type") not in FEATURE_TYPES:
+            raise ArtifactError(f"{MANIFEST} input.features holds an entry without a name or a known type")
+    if not isinstance(manifest.get("output", {}), dict):
+        raise ArtifactError(f"{MANIFEST} output must be an object")
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
@@ -149,7 +164,7 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
     manifest = read_manifest(folder)
     if expected_name is not None and manifest["name"] != expected_name:
         raise ArtifactError(f"manifest names model {manifest['name']!r}, folder is {expected_name!r}")
-    if expected_version is not None and manifest["version"] != expected_version:
+    if expected_version is not None and (type(manifest["version"]) is not int or manifest["version"] != expected_version):
         raise ArtifactError(f"manifest says version {manifest['version']!r}, folder is {expected_version}")
     if signing_key:
         signature = manifest.get("signature")

@@ -31,10 +31,8 @@ def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ValueError, KeyError, OSError, ArtifactError, QualityGateFailed) as exc:
-            if isinstance(exc, KeyError):
-                message = f"label {exc.args[0]!r} is not set"
-            elif isinstance(exc, OSError) and exc.strerror:
+        except (ValueError, OSError, ArtifactError, QualityGateFailed) as exc:
+            if isinstance(exc, OSError) and exc.strerror:
                 message = f"{exc.strerror}: {exc.filename}" if exc.filename else f"could not write: {exc.strerror}"
             else:
                 message = str(exc)

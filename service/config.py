@@ -42,7 +42,7 @@ class Config:
     signing_key: str | None = _env(
         "MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature.", default=None
     )
-    log_level: str = _env("LOG_LEVEL", "Application log level: " + ", ".join(LOG_LEVELS) + ".", default="info")
+    log_level: str = _env("LOG_LEVEL", "Application log level: " + ", ".join(LOG_LEVELS) + " (any case).", default="info")
     max_request_bytes: int = _env(
         "MAX_REQUEST_BYTES", "Largest accepted request body in bytes (413 above).", default=16 * 1024 * 1024
     )
@@ -63,6 +63,7 @@ class Config:
         # NaN would make the poll thread spin and inf would crash it: both are refused
         if not (math.isfinite(self.poll_seconds) and self.poll_seconds >= 0):
             raise ConfigError(f"REGISTRY_POLL_SECONDS must be a finite number of 0 or more, got {self.poll_seconds}")
+        object.__setattr__(self, "log_level", self.log_level.lower())  # frozen: normalise once, here
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 

@@ -31,7 +31,7 @@ from service.errors import QualityGateFailed
 from service.profile import profile_frame, profile_predictions
 
 MAX_CATEGORIES = 50
-FEATURE_TYPES = ("float", "int", "bool", "category", "string")
+FEATURE_TYPES = artifacts.FEATURE_TYPES
 FEATURE_KEYS = ("type", "required", "nullable", "min", "max", "categories", "pii", "sensitive", "description")
 HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "r2"}
 

@@ -45,6 +45,9 @@ def read_state(root: Path, name: str) -> dict[str, Any]:
         return empty_state()
     except ValueError as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("labels", {}), dict) \
+            or not isinstance(state.get("history", []), list):
+        raise ArtifactError(f"{path} is not a registry state (an object with labels and history)")
     state.setdefault("labels", {})
     state.setdefault("history", [])
     return state
@@ -96,12 +99,12 @@ def set_label(root: Path, name: str, label: str, version: int, *, actor: str, re
 
 
 def remove_label(root: Path, name: str, label: str, *, actor: str, reason: str = "") -> dict[str, Any]:
-    """Remove ``label``; raise ``KeyError`` when the model does not have it."""
+    """Remove ``label``; raise ``ValueError`` when the model does not have it."""
     check_label(label)
 
     def change(state: dict[str, Any]) -> dict[str, Any]:
         if label not in state["labels"]:
-            raise KeyError(label)
+            raise ValueError(f"model {name!r} has no label {label!r}")
         return {"action": "label.remove", "label": label, "previous": state["labels"].pop(label)}
 
     return update(root, name, change, actor=actor, reason=reason)

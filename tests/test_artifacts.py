@@ -126,6 +126,10 @@ def test_an_illegal_file_name_in_the_manifest_is_refused(folder):
     (lambda m: m.update(model_file=["model.joblib"]), "manifest does not list the model file"),
     (lambda m: m.update(model_file="other.joblib"), "manifest does not list the model file"),
     (lambda m: m.update(libraries="sklearn"), "model was trained with scikit-learn unknown, this server runs 1.9.1"),
+    (lambda m: m["input"].update(features=[]), "manifest.json input.features must be a non-empty list"),
+    (lambda m: m["input"]["features"][0].update(type="tensor"),
+     "manifest.json input.features holds an entry without a name or a known type"),
+    (lambda m: m.update(output=[1]), "manifest.json output must be an object"),
 ])
 def test_a_malformed_manifest_is_an_artifact_error_not_a_crash(folder, change, message):
     edit_manifest(folder, change)
@@ -274,3 +278,8 @@ def test_file_entry_matches_sha256(tmp_path):
     path.write_bytes(b"abc")
     assert artifacts.file_entry(path) == {
         "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "size": 3}
+
+
+def test_a_boolean_version_is_not_version_one(folder):
+    edit_manifest(folder, lambda m: m.update(version=True))
+    assert refusal(folder, expected_version=1) == "manifest says version True, folder is 1"

@@ -139,7 +139,7 @@ def test_verify_with_a_signing_key_refuses_unsigned_versions(runner, root, demo_
 
 
 def test_label_errors_are_one_line(runner, root, demo_root):
-    assert_one_line_error(run(runner, root, "label", "remove", "diabetes", "canary"), "label 'canary' is not set")
+    assert_one_line_error(run(runner, root, "label", "remove", "diabetes", "canary"), "model 'diabetes' has no label 'canary'")
     assert_one_line_error(run(runner, root, "label", "set", "diabetes", "canary", "5"),
                           "model 'diabetes' has no version 5")
     assert_one_line_error(run(runner, root, "label", "set", "diabetes", "Canary!", "1"),

@@ -113,3 +113,7 @@ def test_config_is_frozen():
 ])
 def test_is_loopback(host, expected):
     assert Config(host=host).is_loopback is expected
+
+
+def test_log_level_is_case_insensitive():
+    assert Config.from_env({"LOG_LEVEL": "WARNING"}).log_level == "warning"

@@ -74,7 +74,7 @@ def test_set_and_remove_labels_record_history(root):
 def test_removing_an_unset_label_raises_and_changes_nothing(root):
     registry.set_label(root, "m", "production", 1, actor="a")
     before = registry_file(root).read_bytes()
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="has no label .staging."):
         registry.remove_label(root, "m", "staging", actor="a")
     assert registry_file(root).read_bytes() == before
 
@@ -156,3 +156,10 @@ def test_two_processes_changing_labels_lose_no_history(root):
         # each entry's "previous" is what the one before it set: no update was lost
         assert [e["previous"] for e in mine] == [None] + [e["version"] for e in mine[:-1]]
     assert state["labels"] == {"production": 1 + (count - 1) % 3, "staging": 1 + (count - 1) % 3}
+
+
+def test_a_registry_file_that_is_not_a_state_is_refused(root):
+    registry_file(root).parent.mkdir(parents=True, exist_ok=True)
+    registry_file(root).write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="not a registry state"):
+        registry.read_state(root, "m")
