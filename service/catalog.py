@@ -11,7 +11,9 @@ No Flask.
 from __future__ import annotations
 
 import logging
+import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -19,10 +21,12 @@ from typing import Any
 
 from service import artifacts, registry, runtime
 from service.errors import ArtifactError, LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
+from service.rollout import choose_version
 
 log = logging.getLogger(__name__)
 
 AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
+NO_ROLLOUT = {"canary": None, "shadow": [], "fallback": None, "budget_ms": None}
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,25 @@ class VersionState:
 class ModelState:
     name: str
     versions: MappingProxyType  # int -> VersionState
-    labels: MappingProxyType  # str -> int
+    labels: MappingProxyType  # str -> int, only versions this worker has AVAILABLE (or the last good ones)
     registry_error: str | None = None
+    rollout: MappingProxyType = field(default_factory=lambda: MappingProxyType(dict(NO_ROLLOUT)))
+    wanted: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # labels as registry.json says
+
+    def available(self, version: int | None) -> runtime.LoadedModel | None:
+        entry = self.versions.get(version) if version is not None else None
+        return entry.model if entry is not None and entry.status == AVAILABLE else None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which loaded versions take part in answering one request."""
+
+    model: runtime.LoadedModel
+    role: str  # production | canary | pinned | label
+    fallback: runtime.LoadedModel | None = None
+    shadows: tuple[runtime.LoadedModel, ...] = ()
+    budget_ms: float | None = None
 
 
 @dataclass
@@ -66,12 +87,43 @@ class Catalog:
         for gone in set(versions) - on_disk:
             del versions[gone]
         try:
-            labels, error = registry.read_state(self.root, name)["labels"], None
+            state, error = registry.read_state(self.root, name), None
         except ArtifactError as exc:
-            labels, error = (dict(old.labels) if old else {}), str(exc)
+            error = str(exc)
             log.error("registry state unreadable; keeping the last good labels",
                       extra={"model": name, "reason": error})
-        return ModelState(name, MappingProxyType(versions), MappingProxyType(dict(labels)), error)
+            return ModelState(name, MappingProxyType(versions), old.labels if old else MappingProxyType({}), error,
+                              old.rollout if old else MappingProxyType(dict(NO_ROLLOUT)))
+        labels = self._servable_labels(name, state, versions, old)
+        rollout = {**NO_ROLLOUT, **state.get("rollout", {})}
+        return ModelState(name, MappingProxyType(versions), MappingProxyType(labels), None, MappingProxyType(rollout),
+                          MappingProxyType(dict(state["labels"])))
+
+    @staticmethod
+    def _servable_labels(name: str, state: dict[str, Any], versions: dict[int, VersionState],
+                         old: ModelState | None) -> dict[str, int]:
+        """Switch a label only to a version this worker has loaded; otherwise keep a good one.
+
+        The good one is what this worker served before or, for a worker that has just booted,
+        the newest loadable previous production version, so every worker lands on the same one.
+        """
+        labels = {}
+        for label, version in state["labels"].items():
+            entry = versions.get(version)
+            if entry is not None and entry.status == AVAILABLE:
+                labels[label] = version
+                continue
+            candidates = [old.labels.get(label)] if old else []
+            if label == registry.PRODUCTION:
+                candidates += list(reversed(state.get("production_stack", [])))
+            kept = next((v for v in candidates if v in versions and versions[v].status == AVAILABLE), None)
+            if kept is not None:
+                labels[label] = kept
+                log.error("label points at a version that is not loaded; serving a previous one",
+                          extra={"model": name, "label": label, "version": version, "serving": kept})
+            else:
+                labels[label] = version  # nothing better: resolve() will answer 503 with the reason
+        return labels
 
     def _load(self, name: str, version: int) -> VersionState:
         folder = artifacts.version_dir(self.root, name, version)
@@ -127,13 +179,51 @@ class Catalog:
                                    details={"model": name, "version": version, "status": entry.status})
         return entry.model
 
+    def route(self, name: str, version: int | None = None, label: str | None = None,
+              routing_key: str | None = None, rand: Callable[[], float] = random.random) -> Route:
+        """Choose the versions for one request: pinned, labelled, or production with its rollout.
+
+        Only unqualified requests take part in the rollout (canary split, shadows); a canary,
+        shadow or fallback version this worker could not load is left out rather than failing
+        the request.
+        """
+        state = self.model(name)
+        if version is not None or label is not None:
+            return Route(self.resolve(name, version, label), "pinned" if version is not None else "label")
+        production = self.resolve(name)
+        rollout = state.rollout
+        fallback = state.available(rollout.get("fallback"))
+        chosen, role = production, "production"
+        canary = rollout.get("canary")
+        if canary and state.available(canary.get("version")) is not None:
+            picked, role = choose_version(name, production.version, dict(rollout), routing_key, rand)
+            chosen = state.available(picked) if role == "canary" else production
+        if fallback is None and chosen is not production:
+            fallback = production
+        if fallback is not None and fallback.version == chosen.version:
+            fallback = None
+        shadows = tuple(m for v in rollout.get("shadow") or () if (m := state.available(v)) is not None
+                        and m.version != chosen.version)
+        return Route(chosen, role, fallback, shadows, rollout.get("budget_ms"))
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when some model has a ``production`` label and every such version is loaded."""
+        """Ready when some model has a ``production`` label and every such version is loaded.
+
+        The version that counts is the one this worker serves as production. When registry.json
+        names another that could not be loaded, the report says so (``wanted``) but the worker
+        stays ready: it serves a verified version, and taking every replica out of rotation
+        over a refused upgrade would turn a bad deploy into an outage.
+        """
         report: dict[str, Any] = {}
         for state in self._models.values():
             version = state.labels.get(registry.PRODUCTION)
             if version is not None:
                 entry = state.versions.get(version)
                 report[state.name] = {"production": version, "status": entry.status if entry else "MISSING"}
+                wanted = state.wanted.get(registry.PRODUCTION)
+                if wanted is not None and wanted != version:
+                    entry = state.versions.get(wanted)
+                    report[state.name].update(wanted=wanted, wanted_status=entry.status if entry else "MISSING",
+                                              wanted_reason=entry.reason if entry else "no such version on disk")
         ready = bool(report) and all(r["status"] == AVAILABLE for r in report.values())
         return ready, report

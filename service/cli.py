@@ -5,47 +5,18 @@ Every command exits 0 on success and non-zero with a one-line reason on stderr o
 
 from __future__ import annotations
 
-import functools
-import getpass
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from service import artifacts, registry
+from service.cli_common import ARTIFACTS, SIGNING_KEY, actor, fails_cleanly
 from service.cli_keys import keys
-from service.errors import ArtifactError, QualityGateFailed
-
-ARTIFACTS = click.option("--artifacts-dir", envvar="ARTIFACTS_DIR", default="artifacts", show_default=True,
-                         type=click.Path(file_okay=False, path_type=Path), help="Registry root (env ARTIFACTS_DIR).")
-SIGNING_KEY = click.option("--signing-key", envvar="MODEL_SIGNING_KEY", default=None,
-                           help="HMAC key to sign/verify manifests (env MODEL_SIGNING_KEY).")
-
-
-def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors users cause into one line on stderr and exit code 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, OSError, ArtifactError, QualityGateFailed) as exc:
-            if isinstance(exc, OSError) and exc.strerror:
-                message = f"{exc.strerror}: {exc.filename}" if exc.filename else f"could not write: {exc.strerror}"
-            else:
-                message = str(exc)
-            raise click.ClickException(message) from None
-
-    return wrapper
-
-
-def actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
+from service.cli_monitoring import COMMANDS as MONITORING_COMMANDS
+from service.cli_rollout import COMMANDS as ROLLOUT_COMMANDS
+from service.errors import ArtifactError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +25,8 @@ def cli() -> None:
 
 
 cli.add_command(keys)
+for _command in ROLLOUT_COMMANDS + MONITORING_COMMANDS:
+    cli.add_command(_command)
 
 
 @cli.command("train-demo")
@@ -84,13 +57,15 @@ def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool) -> Non
 @click.option("--min", "minimums", multiple=True, metavar="METRIC=VALUE", help="Quality gate: metric must be >= value.")
 @click.option("--max", "maximums", multiple=True, metavar="METRIC=VALUE", help="Quality gate: metric must be <= value.")
 @click.option("--strict-ranges", is_flag=True, help="Reject numbers outside the range seen in --data.")
+@click.option("--reference", "reference_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training-data CSV to profile as the drift reference (default: --data).")
 @click.option("--description", default="", help="What the model is.")
 @click.option("--changelog", default="", help="What changed in this version.")
 @ARTIFACTS
 @SIGNING_KEY
 @fails_cleanly
 def package(model_path: Path, name: str, data: Path, target: str, schema_path: Path | None, minimums: tuple[str, ...],
-            maximums: tuple[str, ...], strict_ranges: bool, description: str, changelog: str,
+            maximums: tuple[str, ...], strict_ranges: bool, reference_path: Path | None, description: str, changelog: str,
             artifacts_dir: Path, signing_key: str | None) -> None:
     """Evaluate, gate and package a joblib model as the next version of NAME."""
     import joblib
@@ -107,7 +82,8 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
     manifest = package_model(model, name, artifacts_dir, frame.drop(columns=[target]), frame[target],
                              description=description, changelog=changelog, overrides=overrides,
                              thresholds=thresholds, strict_ranges=strict_ranges, signing_key=signing_key,
-                             training_data={"source": str(data)})
+                             training_data={"source": str(reference_path or data)},
+                             reference=pd.read_csv(reference_path) if reference_path else None)
     entry = registry.record_packaged(artifacts_dir, manifest, actor=actor())
     click.echo(f"packaged {name} version {manifest['version']}: {_metrics_line(manifest)}")
     if entry.get("label"):
@@ -212,8 +188,11 @@ def label_remove(name: str, label_name: str, reason: str, artifacts_dir: Path) -
 def history(name: str, artifacts_dir: Path) -> None:
     """Print the change history of NAME, oldest first."""
     for entry in registry.read_state(artifacts_dir, artifacts.check_model_name(name))["history"]:
-        what = " ".join(f"{k}={entry[k]}" for k in ("label", "version", "previous") if entry.get(k) is not None)
+        what = " ".join(f"{k}={entry[k]}" for k in HISTORY_FIELDS if entry.get(k) not in (None, [], ""))
         click.echo(f"{entry['at']}  {entry['actor']:<20} {entry['action']:<18} {what}  {entry.get('reason', '')}".rstrip())
+
+
+HISTORY_FIELDS = ("label", "version", "previous", "from", "to", "deleted", "previous_weight")
 
 
 def _metrics_line(manifest: dict[str, Any]) -> str:

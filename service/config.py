@@ -50,6 +50,37 @@ class Config:
     vectorized_min_rows: int = _env(
         "VECTORIZED_MIN_ROWS", "Batches with at least this many rows are validated column-wise with numpy.", default=64
     )
+    database_url: str = _env(
+        "DATABASE_URL", "Where requests, shadow comparisons and the prediction log are kept (sqlite:///path).",
+        default="sqlite:///var/predictions.db",
+    )
+    routing_key_header: str = _env(
+        "ROUTING_KEY_HEADER", "Request header whose value keeps a caller on one side of a canary split.",
+        default="X-Routing-Key",
+    )
+    guard_seconds: float = _env(
+        "GUARD_SECONDS", "How often each worker checks canaries against their rollback rules; 0 = never.", default=5.0
+    )
+    prediction_log_sample: float = _env(
+        "PREDICTION_LOG_SAMPLE", "Share of predictions kept in the prediction log (0 to 1; by prediction id).", default=1.0
+    )
+    pii_hash_key: str | None = _env(
+        "PII_HASH_KEY", "Secret for HMAC-hashing inputs flagged pii in the log; unset = such inputs are dropped.",
+        default=None,
+    )
+    monitoring_window: int = _env(
+        "MONITORING_WINDOW", "Predictions per version that drift, quality and alerts look at by default.", default=500
+    )
+    alert_rules_file: Path | None = _env(
+        "ALERT_RULES_FILE", "TOML file of alert rules that extends or replaces the shipped defaults.", default=None
+    )
+    alert_webhook_url: str | None = _env(
+        "ALERT_WEBHOOK_URL", "URL that receives alert notifications as JSON POSTs (retried with back-off).", default=None
+    )
+    alert_seconds: float = _env("ALERT_SECONDS", "How often alert rules are evaluated; 0 = never.", default=30.0)
+    retention_days: float = _env(
+        "RETENTION_DAYS", "Age after which `python -m service purge` deletes logged predictions.", default=30.0
+    )
     poll_seconds: float = _env(
         "REGISTRY_POLL_SECONDS", "How often each worker re-reads the artifact root and registry.json; 0 = never.", default=2.0
     )
@@ -63,6 +94,20 @@ class Config:
         # NaN would make the poll thread spin and inf would crash it: both are refused
         if not (math.isfinite(self.poll_seconds) and self.poll_seconds >= 0):
             raise ConfigError(f"REGISTRY_POLL_SECONDS must be a finite number of 0 or more, got {self.poll_seconds}")
+        if not (math.isfinite(self.guard_seconds) and 0 <= self.guard_seconds < 86400):
+            raise ConfigError(f"GUARD_SECONDS must be between 0 and 86400, got {self.guard_seconds}")
+        if not (math.isfinite(self.prediction_log_sample) and 0 <= self.prediction_log_sample <= 1):
+            raise ConfigError(f"PREDICTION_LOG_SAMPLE must be between 0 and 1, got {self.prediction_log_sample}")
+        if self.monitoring_window < 10:
+            raise ConfigError(f"MONITORING_WINDOW must be at least 10, got {self.monitoring_window}")
+        for name in ("alert_seconds", "retention_days"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {value}")
+        if self.alert_webhook_url and not self.alert_webhook_url.startswith(("http://", "https://")):
+            raise ConfigError("ALERT_WEBHOOK_URL must start with http:// or https://")
+        if not self.database_url.startswith("sqlite:///"):
+            raise ConfigError(f"DATABASE_URL must start with sqlite:///, got {self.database_url!r}")
         object.__setattr__(self, "log_level", self.log_level.lower())  # frozen: normalise once, here
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")

@@ -91,6 +91,7 @@ def train_demo(root: Path, *, force: bool = False, signing_key: str | None = Non
             changelog="Demo model trained by train-demo.", overrides=spec["overrides"],
             thresholds=spec["thresholds"], cv=cv, signing_key=signing_key,
             training_data={"source": f"sklearn.datasets ({spec['name']})", "rows": len(X_train), "seed": SEED},
+            reference=X_train,
         )
         registry.record_packaged(root, manifest, actor="cli:train-demo")
         written.append(manifest)

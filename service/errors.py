@@ -83,6 +83,12 @@ class Conflict(ServiceError):
     status, code, message = 409, "conflict", "The request conflicts with the current state."
 
 
+class ChangeRefused(Conflict):
+    """A registry change the current state does not allow (unknown or unloadable version, no canary, ...)."""
+
+    code, message = "change_refused", "The change was refused."
+
+
 class PayloadTooLarge(ServiceError):
     status, code, message = 413, "payload_too_large", "The request body is too large."
 

@@ -176,8 +176,13 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
                   description: str = "", changelog: str = "", overrides: dict[str, Any] | None = None,
                   thresholds: list[Threshold] = (), cv: dict[str, Any] | None = None,
                   strict_ranges: bool = False, signing_key: str | None = None,
-                  training_data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate, gate and write ``model`` as the next version of ``name``; return the manifest."""
+                  training_data: dict[str, Any] | None = None,
+                  reference: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Evaluate, gate and write ``model`` as the next version of ``name``; return the manifest.
+
+    The drift reference profile describes ``reference`` (the training data, when given) or
+    else the hold-out data ``X``.
+    """
     artifacts.check_model_name(name)
     task = task_of(model)
     features = infer_features(model, X, overrides, strict_ranges)
@@ -206,10 +211,15 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "metrics": {"holdout": holdout, "holdout_rows": len(X), "cv": cv, "thresholds": [t.__dict__ for t in thresholds]},
         "training_data": training_data,
         "evaluation_data": fingerprint(X, y),
-        "reference_profile": {"features": profile_frame(X, features),
-                              "prediction": profile_predictions(model.predict(model_input(model, X)), task)},
+        "reference_profile": _reference_profile(model, X if reference is None else reference, features, task),
     }
     return write_version(model, manifest, Path(root), signing_key)
+
+
+def _reference_profile(model: Any, data: pd.DataFrame, features: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    data = data[[f["name"] for f in features]]
+    return {"rows": len(data), "features": profile_frame(data, features),
+            "prediction": profile_predictions(model.predict(model_input(model, data)), task)}
 
 
 def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key: str | None) -> dict[str, Any]:

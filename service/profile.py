@@ -13,6 +13,8 @@ import pandas as pd
 
 NUMERIC_BINS = 10
 MAX_CATEGORIES = 50
+SAMPLE_SIZE = 1000  # raw values kept per numeric feature for two-sample tests (KS)
+SAMPLE_SEED = 0
 
 
 def profile_frame(frame: pd.DataFrame, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -38,6 +40,7 @@ def profile_column(column: pd.Series, kind: str) -> dict[str, Any]:
             quantiles={q: float(np.quantile(values, float(q))) for q in ("0.01", "0.05", "0.25", "0.5", "0.75", "0.95", "0.99")},
             bin_edges=[float(e) for e in edges],
             frequencies=[c / len(values) for c in counts],
+            sample=_sample(values),
         )
     elif len(present):
         counts = present.astype(str if kind == "string" else object).value_counts()
@@ -56,6 +59,13 @@ def profile_predictions(predictions: np.ndarray, task: str) -> dict[str, Any]:
     """Describe the model's output on the reference data (class shares or numeric bins)."""
     column = pd.Series(np.asarray(predictions))
     return profile_column(column, "float" if task == "regression" else "category")
+
+
+def _sample(values: np.ndarray) -> list[float]:
+    """Keep a seeded random subset of the raw values, so a later KS test has a reference."""
+    if len(values) > SAMPLE_SIZE:
+        values = np.random.default_rng(SAMPLE_SEED).choice(values, SAMPLE_SIZE, replace=False)
+    return [float(v) for v in values]
 
 
 def _bin_counts(values: np.ndarray, edges: np.ndarray) -> list[int]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 KINDS = ("float", "int", "bool", "category", "string")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -276,6 +276,8 @@ class Inputs(fields.Field):
 
 class ParametersSchema(Schema):
     probabilities = StrictBoolean(load_default=False)
+    # Read before validation to pick the canary split (service.rollout); checked here like the rest.
+    routing_key = fields.String(validate=validate.Length(min=1, max=256))
 
 
 class EnvelopeSchema(Schema):

@@ -22,7 +22,8 @@ from service.demo import train_demo
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 SCRUBBED_ENV = ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "HOST", "PORT", "WEB_CONCURRENCY", "ALLOW_UNAUTHENTICATED",
-                "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS", "ARTIFACTS_DIR", "THREADS")
+                "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS", "ARTIFACTS_DIR", "THREADS", "DATABASE_URL", "GUARD_SECONDS",
+                "REGISTRY_POLL_SECONDS", "ROUTING_KEY_HEADER")
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +50,8 @@ def free_port() -> int:
 def server_env(artifacts: Path, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(ARTIFACTS_DIR=str(artifacts), PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
-               REGISTRY_POLL_SECONDS="1", LOG_LEVEL="info")
+               REGISTRY_POLL_SECONDS="1", LOG_LEVEL="info",
+               DATABASE_URL=f"sqlite:///{artifacts.parent / f'db-{port}' / 'predictions.db'}")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -39,3 +39,27 @@ def touch_marker(marker: str, padding: str) -> str:
     """What unpickling a ``MarkerOnUnpickle`` runs; returns something that is not a model."""
     Path(marker).touch()
     return padding
+
+
+class SumRegressor(RegressorMixin, BaseEstimator):
+    """Predicts the row sum and never fails: the dependable version others fall back to."""
+
+    def fit(self, X, y):
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def predict(self, X):
+        return np.asarray(X, dtype=float).sum(axis=1)
+
+
+class SlowRegressor(SumRegressor):
+    """Like ``SumRegressor`` but takes ``delay`` seconds per call: a version that overruns its budget."""
+
+    def __init__(self, delay: float = 0.5):
+        self.delay = delay
+
+    def predict(self, X):
+        import time
+
+        time.sleep(self.delay)
+        return super().predict(X)

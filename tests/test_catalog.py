@@ -120,11 +120,18 @@ def test_readiness(root, catalog):
     registry.update(root, "m", lambda state: state["labels"].update(production=3) or {"action": "test"}, actor="t")
     catalog.refresh()
     ready, report = catalog.readiness()
+    # the worker keeps serving the verified version 1 and stays ready, but says what it could not do
+    assert ready is True and report["m"]["production"] == 1 and report["m"]["status"] == AVAILABLE
+    assert report["m"]["wanted"] == 3 and report["m"]["wanted_status"] == FAILED
+    assert "sha256" in report["m"]["wanted_reason"]
+    fresh = Catalog(root)  # a worker booting now has nothing to keep and nothing older to fall back to
+    fresh.refresh()
+    ready, report = fresh.readiness()
     assert ready is False and report["m"] == {"production": 3, "status": FAILED}
     registry.update(root, "m", lambda state: state["labels"].update(production=7) or {"action": "test"}, actor="t")
-    catalog.refresh()
-    assert catalog.readiness() == (False, {"m": {"production": 7, "status": "MISSING"},
-                                           "other": {"production": 1, "status": AVAILABLE}})
+    fresh.refresh()
+    assert fresh.readiness() == (False, {"m": {"production": 7, "status": "MISSING"},
+                                         "other": {"production": 1, "status": AVAILABLE}})
 
 
 def test_an_empty_root_is_not_ready(tmp_path):

@@ -56,7 +56,9 @@ def test_every_declared_variable_is_covered_by_describe():
     assert variables == [
         "HOST", "PORT", "WEB_CONCURRENCY", "THREADS", "WORKER_TIMEOUT", "ARTIFACTS_DIR", "API_KEYS_FILE",
         "ALLOW_UNAUTHENTICATED", "MODEL_SIGNING_KEY", "LOG_LEVEL", "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS",
-        "VECTORIZED_MIN_ROWS", "REGISTRY_POLL_SECONDS",
+        "VECTORIZED_MIN_ROWS", "DATABASE_URL", "ROUTING_KEY_HEADER", "GUARD_SECONDS", "PREDICTION_LOG_SAMPLE",
+        "PII_HASH_KEY", "MONITORING_WINDOW", "ALERT_RULES_FILE", "ALERT_WEBHOOK_URL", "ALERT_SECONDS", "RETENTION_DAYS",
+        "REGISTRY_POLL_SECONDS",
     ]
     assert all(help_text for _name, _default, help_text in Config.describe())
 

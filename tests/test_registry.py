@@ -44,7 +44,8 @@ def flip_byte(path):
 
 
 def test_a_model_without_registry_file_has_an_empty_state(root):
-    assert registry.read_state(root, "m") == {"labels": {}, "history": []}
+    assert registry.read_state(root, "m") == registry.empty_state()
+    assert registry.empty_state()["labels"] == {} and registry.empty_state()["history"] == []
 
 
 def test_set_and_remove_labels_record_history(root):

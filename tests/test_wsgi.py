@@ -40,14 +40,15 @@ def test_serves_under_waitress(demo_root, tmp_path):
         proc.wait(timeout=10)
 
 
-def test_pep3333_callable_in_process(demo_root, monkeypatch):
+def test_pep3333_callable_in_process(demo_root, tmp_path):
     """Call the WSGI callable by hand, as any PEP 3333 server would."""
     from wsgiref.util import setup_testing_defaults
 
     from service import create_app
     from service.config import Config
 
-    app = create_app(Config(artifacts_dir=demo_root, poll_seconds=0))
+    app = create_app(Config(artifacts_dir=demo_root, poll_seconds=0, guard_seconds=0,
+                            database_url=f"sqlite:///{tmp_path / 'db.sqlite'}"))
     environ: dict = {}
     setup_testing_defaults(environ)
     environ.update(PATH_INFO="/healthz", REQUEST_METHOD="GET")

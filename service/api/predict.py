@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+import time
+from typing import Any
+
+from flask import Blueprint, Response, after_this_request, current_app, g, request
 
 from service import inference
 from service.api.io import json_response, read_json
+from service.errors import ServiceError
+from service.rollout import routing_key_from
 from service.security import require_scope
 
 bp = Blueprint("predict", __name__, url_prefix="/v1/models")
@@ -16,7 +21,37 @@ bp = Blueprint("predict", __name__, url_prefix="/v1/models")
 @bp.post("/<model_name:name>/labels/<label_name:label>:predict")
 @require_scope("predict")
 def predict(name: str, version: int | None = None, label: str | None = None):
+    started = time.perf_counter()
+    observer, request_id = current_app.extensions["observer"], g.request_id  # the callbacks run after the context
     payload = read_json()
-    answer = inference.predict(current_app.extensions["catalog"], payload, current_app.extensions["limits"],
-                               name=name, version=version, label=label)
+    target = inference.Target(name, version, label, _routing_key(payload))
+    try:
+        answer = inference.predict(current_app.extensions["catalog"], payload, current_app.extensions["limits"],
+                                   target, executor=current_app.extensions["executor"])
+    except ServiceError as exc:
+        status, code, version_ = exc.status, exc.code, _version_of(exc)  # ``exc`` is unbound after this block
+        seconds = time.perf_counter() - started
+        _observe_after_response(lambda: observer.failed(target, request_id, status, code, seconds, version_))
+        raise
+    _observe_after_response(lambda: observer.answered(answer, target, request_id))
     return json_response(answer.body, headers={"X-Model-Version": str(answer.version)})
+
+
+def _routing_key(payload: Any) -> str | None:
+    header = request.headers.get(current_app.config["SERVICE_CONFIG"].routing_key_header)
+    parameters = payload.get("parameters") if isinstance(payload, dict) else None
+    return routing_key_from(header, parameters.get("routing_key") if isinstance(parameters, dict) else None)
+
+
+def _observe_after_response(work) -> None:
+    """Run ``work`` once the response has been sent: it never delays or fails the answer."""
+
+    @after_this_request
+    def schedule(response: Response) -> Response:
+        response.call_on_close(work)
+        return response
+
+
+def _version_of(error: ServiceError) -> int | None:
+    version = error.details.get("version") if isinstance(error.details, dict) else None
+    return version if isinstance(version, int) else None

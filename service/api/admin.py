@@ -1,0 +1,148 @@
+"""Admin surface: labels, rollout, promotion, rollback, history and comparison.
+
+Every change is validated here (marshmallow) and again by the registry, written atomically,
+recorded in the history with the caller's key id, and applied to this worker at once (the
+others follow within REGISTRY_POLL_SECONDS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, g, request
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from service import comparison, registry
+from service.api.io import json_response, read_json
+from service.errors import ArtifactError, ChangeRefused, ValidationFailed
+from service.security import require_scope
+
+bp = Blueprint("admin", __name__, url_prefix="/v1/models")
+
+MAX_WINDOW_SECONDS = 30 * 24 * 3600
+
+
+class LabelBody(Schema):
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    reason = fields.String(load_default="", validate=validate.Length(max=1000))
+
+
+class ReasonBody(Schema):
+    reason = fields.String(load_default="", validate=validate.Length(max=1000))
+
+
+class CanaryBody(Schema):
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    weight = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
+
+
+class RolloutBody(Schema):
+    canary = fields.Nested(CanaryBody, allow_none=True, unknown=RAISE)
+    shadow = fields.List(fields.Integer(strict=True, validate=validate.Range(min=1)))
+    fallback = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
+    budget_ms = fields.Float(allow_none=True, allow_nan=False, validate=validate.Range(min=0, min_inclusive=False))
+    rules = fields.Dict(keys=fields.String())
+    reason = fields.String(load_default="", validate=validate.Length(max=1000))
+
+
+@bp.put("/<model_name:name>/labels/<label_name:label>")
+@require_scope("admin")
+def set_label(name: str, label: str):
+    body = _load(LabelBody(), read_json())
+    return _apply(name, registry.set_label, label, body["version"], reason=body["reason"], signed=True)
+
+
+@bp.delete("/<model_name:name>/labels/<label_name:label>")
+@require_scope("admin")
+def remove_label(name: str, label: str):
+    reason = request.args.get("reason", "")
+    return _apply(name, registry.remove_label, label, reason=reason[:1000])
+
+
+@bp.get("/<model_name:name>/rollout")
+@require_scope("read")
+def show_rollout(name: str):
+    current_app.extensions["catalog"].model(name)
+    state = registry.read_state(current_app.extensions["catalog"].root, name)
+    return json_response({"model": name, "labels": state["labels"], "rollout": state["rollout"],
+                          "production_stack": state["production_stack"]})
+
+
+@bp.put("/<model_name:name>/rollout")
+@require_scope("admin")
+def set_rollout(name: str):
+    body = _load(RolloutBody(), read_json())
+    reason = body.pop("reason")
+    if not body:
+        raise ValidationFailed("Give at least one of canary, shadow, fallback, budget_ms or rules.")
+    return _apply(name, registry.set_rollout, reason=reason, signed=True, **body)
+
+
+@bp.post("/<model_name:name>:promote")
+@require_scope("admin")
+def promote(name: str):
+    return _apply(name, registry.promote, reason=_reason(), signed=True)
+
+
+@bp.post("/<model_name:name>:rollback")
+@require_scope("admin")
+def rollback(name: str):
+    return _apply(name, registry.rollback, reason=_reason(), signed=True)
+
+
+@bp.get("/<model_name:name>/history")
+@require_scope("read")
+def history(name: str):
+    current_app.extensions["catalog"].model(name)
+    return json_response({"model": name,
+                          "history": registry.read_state(current_app.extensions["catalog"].root, name)["history"]})
+
+
+@bp.get("/<model_name:name>/comparison")
+@require_scope("read")
+def compare(name: str):
+    catalog = current_app.extensions["catalog"]
+    catalog.model(name)
+    window = _window_seconds()
+    return json_response(comparison.compare(current_app.extensions["store"], catalog.root, name, window))
+
+
+def _apply(name: str, change, *args: Any, reason: str, signed: bool = False, **kwargs: Any):
+    """Run a registry change as the caller, answer with its history entry, and apply it here now."""
+    catalog = current_app.extensions["catalog"]
+    catalog.model(name)  # 404 before anything touches the disk
+    if signed:
+        kwargs["signing_key"] = current_app.config["SERVICE_CONFIG"].signing_key
+    actor = f"key:{g.key_id}" if g.get("key_id") else "open-loopback"
+    try:
+        entry = change(catalog.root, name, *args, actor=actor, reason=reason, **kwargs)
+    except (ValueError, ArtifactError) as exc:
+        raise ChangeRefused(str(exc), details={"model": name}) from None
+    catalog.refresh()
+    return json_response({"model": name, "change": entry})
+
+
+def _load(schema: Schema, payload: Any) -> dict[str, Any]:
+    try:
+        return schema.load(payload if isinstance(payload, dict) else {"_": payload}, unknown=RAISE)
+    except ValidationError as exc:
+        errors = [{"row": None, "field": field, "messages": messages if isinstance(messages, list) else [str(messages)]}
+                  for field, messages in sorted(exc.normalized_messages().items())]
+        raise ValidationFailed(f"{len(errors)} invalid field(s); first: {errors[0]['field']}",
+                               details={"errors": errors, "error_count": len(errors)}) from None
+
+
+def _reason() -> str:
+    if not request.content_length:
+        return ""
+    return _load(ReasonBody(), read_json())["reason"]
+
+
+def _window_seconds() -> int:
+    raw = request.args.get("window", "300")
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_WINDOW_SECONDS:
+        raise ValidationFailed("window must be a whole number of seconds between 1 and 30 days.",
+                               details={"errors": [{"row": None, "field": "window",
+                                                    "messages": ["Must be between 1 and 2592000."]}],
+                                        "error_count": 1})
+    return int(raw)

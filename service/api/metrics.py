@@ -1,0 +1,59 @@
+"""The metrics HTTP shell: request hooks that time and count every request, and ``GET /metrics``.
+
+``GET /metrics`` is open like the health probes, with no API key: it carries counts and
+timings, never inputs, and scrapers expect it unauthenticated on the serving port. Keep it
+off the public internet at the reverse proxy like any other operational endpoint. What is
+counted, and how workers are added up, is ``service.monitoring.metrics``'s job.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+
+from service.monitoring import metrics
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def scrape():
+    body, content_type = metrics.render()
+    return Response(body, status=200, content_type=content_type)
+
+
+def init_app(app: Flask) -> None:
+    """Time and count every request by URL rule (``<unmatched>`` for 404/405), method and status.
+
+    The start hook goes first in the chain so the time covers the other hooks (request id,
+    authentication); the in-progress gauge is released in teardown, which runs whatever happens.
+    """
+    app.before_request_funcs.setdefault(None, []).insert(0, _start)
+    app.after_request(_finish)
+    app.teardown_request(_release)
+
+
+def _start() -> None:
+    try:
+        metrics.current().http_in_progress.inc()
+        g._metrics_started = time.perf_counter()
+    except Exception:
+        metrics.warn_once("request start")
+
+
+def _finish(response: Response) -> Response:
+    try:
+        route = request.url_rule.rule if request.url_rule is not None else metrics.UNMATCHED_ROUTE
+        metrics.current().observe_request(route, request.method, response.status_code, g.get("_metrics_started"))
+    except Exception:
+        metrics.warn_once("request finish")
+    return response
+
+
+def _release(_error: BaseException | None) -> None:
+    try:
+        if g.pop("_metrics_started", None) is not None:
+            metrics.current().http_in_progress.dec()
+    except Exception:
+        metrics.warn_once("request teardown")

@@ -1,0 +1,286 @@
+"""The shared record of what the server did: requests, predictions, shadow comparisons, feedback.
+
+Workers and replicas share it, so figures read from it (comparison, monitoring, automatic
+rollback) cover the traffic of all of them. SQLite in WAL mode by default: embedded, nothing
+to install, many readers and one short writer at a time. Writing never raises into a request:
+a full disk or a locked database is logged and counted, and serving goes on. No Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT NOT NULL,
+    ts REAL NOT NULL,              -- unix seconds when the answer was sent
+    model TEXT NOT NULL,
+    version INTEGER,               -- the version that answered (after any fallback)
+    role TEXT NOT NULL,            -- production | canary | pinned | label | fallback
+    status INTEGER NOT NULL,       -- HTTP status of the answer
+    latency_ms REAL NOT NULL,      -- time inside the prediction path
+    rows INTEGER NOT NULL,
+    fallback_from INTEGER,         -- version that failed when role = fallback
+    error TEXT,                    -- error code when status >= 400
+    summary TEXT                   -- JSON: class counts, or count/mean/std of regression outputs
+);
+CREATE INDEX IF NOT EXISTS requests_model_ts ON requests (model, ts);
+CREATE TABLE IF NOT EXISTS shadow (
+    ts REAL NOT NULL,
+    model TEXT NOT NULL,
+    live_version INTEGER NOT NULL,
+    shadow_version INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    agreement REAL,                -- classification: share of equal predictions
+    mean_abs_diff REAL,            -- regression: mean |live - shadow|; classification: of probabilities
+    error TEXT,                    -- the shadow's failure, if it failed
+    detail TEXT                    -- JSON: per-class agreement
+);
+CREATE INDEX IF NOT EXISTS shadow_model_ts ON shadow (model, ts);
+CREATE TABLE IF NOT EXISTS predictions (
+    id TEXT PRIMARY KEY,           -- the prediction id the client got (<request base>-<row index>)
+    request_id TEXT,
+    ts REAL NOT NULL,              -- unix seconds when the prediction was recorded
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    inputs TEXT NOT NULL,          -- JSON object: feature -> value; pii features hashed or absent
+    output TEXT NOT NULL,          -- JSON value: the prediction
+    probabilities TEXT,            -- JSON list in the model's class order, or NULL
+    latency_ms REAL                -- time inside the prediction path for the whole request
+);
+CREATE INDEX IF NOT EXISTS predictions_model_version_ts ON predictions (model, version, ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY,           -- the prediction id; the first label recorded wins
+    ts REAL NOT NULL,              -- unix seconds when the label arrived
+    label TEXT NOT NULL,           -- JSON value: the ground truth
+    model TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_model_ts ON feedback (model, ts);
+"""
+#: Rows deleted per transaction by ``purge``: short write locks, so serving writes interleave.
+PURGE_BATCH = 2000
+#: SQLite's bound-parameter limit is 32766 since 3.32; stay well below it.
+MAX_PARAMS = 900
+#: After a failure is logged, further failures stay quiet this long (a burst), but are counted.
+FAILURE_LOG_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    request_id: str
+    ts: float
+    model: str
+    version: int | None
+    role: str
+    status: int
+    latency_ms: float
+    rows: int
+    fallback_from: int | None = None
+    error: str | None = None
+    summary: str | None = None
+
+
+@dataclass(frozen=True)
+class ShadowRecord:
+    ts: float
+    model: str
+    live_version: int
+    shadow_version: int
+    rows: int
+    agreement: float | None
+    mean_abs_diff: float | None
+    error: str | None = None
+    detail: str | None = None
+
+
+class Store:
+    """One SQLite database shared by every worker; a connection per process and thread."""
+
+    def __init__(self, path: Path | str, timeout: float = 5.0):
+        self.path = Path(path)
+        self.timeout = timeout
+        self.write_failures = 0  # per process: every failed write since start
+        self._burst_failures = 0
+        self._last_failure_log: float | None = None
+        self._failure_lock = threading.Lock()
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connection() as db:
+            db.executescript(SCHEMA)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        """Open the store a ``DATABASE_URL`` names (``sqlite:///relative.db`` or ``sqlite:////abs.db``)."""
+        prefix = "sqlite:///"
+        if not url.startswith(prefix):
+            raise ValueError("DATABASE_URL must start with sqlite:/// (e.g. sqlite:///var/predictions.db)")
+        return cls(url[len(prefix):])
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        db.row_factory = sqlite3.Row
+        return db
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        # sqlite3 connections must not cross a fork: key the cached one by pid.
+        cached = getattr(self._local, "db", None)
+        if cached is None or self._local.pid != os.getpid():
+            self._local.db, self._local.pid = self._connect(), os.getpid()
+        yield self._local.db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block in one write transaction (``BEGIN IMMEDIATE``); raise ``sqlite3.Error`` on failure."""
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")  # take the write lock now: no deadlock upgrading a read lock
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite may already have rolled back (e.g. on a full disk)
+                    db.execute("ROLLBACK")
+                raise
+
+    def write(self, what: str, work: Callable[[sqlite3.Connection], Any]) -> bool:
+        """Run ``work`` in one transaction; on any failure log it once per burst, count it, return False."""
+        try:
+            with self.transaction() as db:
+                work(db)
+        except Exception as exc:  # full disk, locked past the timeout, read-only file, bad value, ...
+            self.write_failed(what, exc)
+            return False
+        self._write_succeeded()
+        return True
+
+    def write_failed(self, what: str, exc: BaseException) -> None:
+        """Count a failed write and log it unless a failure was logged within the current burst."""
+        with self._failure_lock:
+            self.write_failures += 1
+            self._burst_failures += 1
+            now = time.monotonic()
+            quiet = self._last_failure_log is not None and now - self._last_failure_log < FAILURE_LOG_SECONDS
+            if not quiet:
+                self._last_failure_log = now
+        if not quiet:
+            log.error("store write failed; serving continues (further failures in this burst are only counted)",
+                      extra={"table": what, "reason": f"{type(exc).__name__}: {exc}", "write_failures": self.write_failures})
+
+    def _write_succeeded(self) -> None:
+        if not self._burst_failures:  # the common path: no lock, no log
+            return
+        with self._failure_lock:
+            failed, self._burst_failures, self._last_failure_log = self._burst_failures, 0, None
+        if failed:
+            log.warning("store writes recovered", extra={"failed_in_burst": failed, "write_failures": self.write_failures})
+
+    def _insert(self, table: str, records: Iterable[Any], columns: tuple[str, ...]) -> bool:
+        rows = [astuple(r) for r in records]
+        if not rows:
+            return True
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        return self.write(table, lambda db: db.executemany(sql, rows))
+
+    def record_requests(self, records: Iterable[RequestRecord]) -> bool:
+        return self._insert("requests", records, REQUEST_COLUMNS)
+
+    def record_shadow(self, records: Iterable[ShadowRecord]) -> bool:
+        return self._insert("shadow", records, SHADOW_COLUMNS)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Run a read query; raises ``sqlite3.Error`` (readers decide how to report it)."""
+        with self._connection() as db:
+            return db.execute(sql, params).fetchall()
+
+    def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Like ``query`` but with plain tuples: cheaper for thousands of rows."""
+        with self._connection() as db:
+            cursor = db.cursor()
+            cursor.row_factory = None
+            return cursor.execute(sql, params).fetchall()
+
+    def requests_since(self, model: str, since: float) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM requests WHERE model = ? AND ts >= ? ORDER BY ts", (model, since))
+
+    def shadow_since(self, model: str, since: float) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM shadow WHERE model = ? AND ts >= ? ORDER BY ts", (model, since))
+
+    def purge(self, older_than_seconds: float, now: float | None = None, batch: int = PURGE_BATCH) -> dict[str, int]:
+        """Delete rows older than the cut-off in short batches; return the count deleted per table.
+
+        Feedback goes with its prediction. Each batch is its own transaction, so serving writes
+        interleave with a long purge; freed pages are reused by SQLite (no ``VACUUM``, which
+        would lock the file). Raises ``sqlite3.Error`` if a batch cannot be written.
+        """
+        cutoff = (time.time() if now is None else now) - older_than_seconds
+        counts = {"predictions": 0, "feedback": 0, "requests": 0, "shadow": 0}
+        for model in self._distinct_models("predictions"):
+            for version in self._distinct_versions(model):
+                while True:
+                    deleted, labels = self._purge_predictions(model, version, cutoff, batch)
+                    counts["predictions"] += deleted
+                    counts["feedback"] += labels
+                    if deleted < batch:
+                        break
+        for table in ("requests", "shadow"):
+            sql = (f"DELETE FROM {table} WHERE rowid IN "
+                   f"(SELECT rowid FROM {table} WHERE model = ? AND ts < ? LIMIT ?)")
+            for model in self._distinct_models(table):
+                while True:
+                    with self.transaction() as db:
+                        deleted = db.execute(sql, (model, cutoff, batch)).rowcount
+                    counts[table] += deleted
+                    if deleted < batch:
+                        break
+        return counts
+
+    def _purge_predictions(self, model: str, version: int, cutoff: float, batch: int) -> tuple[int, int]:
+        with self.transaction() as db:
+            rows = db.execute("SELECT rowid, id FROM predictions WHERE model = ? AND version = ? AND ts < ? LIMIT ?",
+                              (model, version, cutoff, batch)).fetchall()
+            labels = 0
+            for chunk in chunks([r[1] for r in rows], MAX_PARAMS):
+                labels += db.execute(f"DELETE FROM feedback WHERE id IN ({', '.join('?' * len(chunk))})", chunk).rowcount
+            db.executemany("DELETE FROM predictions WHERE rowid = ?", [(r[0],) for r in rows])
+        return len(rows), labels
+
+    def _distinct_models(self, table: str) -> list[str]:
+        # A skip-scan over the (model, ...) index: one index seek per model, not a table scan.
+        models: list[str] = []
+        while (row := self.query(f"SELECT MIN(model) FROM {table} WHERE model > ?", (models[-1] if models else "",))[0])[0]:
+            models.append(row[0])
+        return models
+
+    def _distinct_versions(self, model: str) -> list[int]:
+        versions: list[int] = []
+        sql = "SELECT MIN(version) FROM predictions WHERE model = ? AND version > ?"
+        while (row := self.query(sql, (model, versions[-1] if versions else -(2**63)))[0])[0] is not None:
+            versions.append(row[0])
+        return versions
+
+
+REQUEST_COLUMNS = tuple(f.name for f in fields(RequestRecord))
+SHADOW_COLUMNS = tuple(f.name for f in fields(ShadowRecord))
+
+
+def now() -> float:
+    return time.time()
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    """Yield consecutive slices of at most ``size`` items (to stay under SQLite's parameter limit)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,88 @@
+"""The shared SQLite store: schema, failure accounting, retention."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+
+from service.store import RequestRecord, ShadowRecord, Store
+
+
+def request(ts: float, model: str = "m", version: int = 1) -> RequestRecord:
+    return RequestRecord(request_id=f"r{ts}", ts=ts, model=model, version=version, role="production",
+                         status=200, latency_ms=1.5, rows=1)
+
+
+def shadow(ts: float, model: str = "m") -> ShadowRecord:
+    return ShadowRecord(ts=ts, model=model, live_version=1, shadow_version=2, rows=1, agreement=1.0, mean_abs_diff=0.0)
+
+
+def test_requests_and_shadow_round_trip(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    assert store.record_requests([request(10), request(20), request(30, model="other")])
+    assert store.record_shadow([shadow(15)])
+    assert store.record_requests([])
+    assert [r["ts"] for r in store.requests_since("m", 15)] == [20]
+    assert [r["ts"] for r in store.shadow_since("m", 0)] == [15]
+    assert store.fetch("SELECT count(*) FROM requests") == [(3,)]
+    names = {r[0] for r in store.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"requests", "shadow", "predictions", "feedback"} <= names
+    assert store.fetch("PRAGMA journal_mode") == [("wal",)]
+
+
+def test_reopening_keeps_tables_and_rows_and_foreign_tables(tmp_path):
+    path = tmp_path / "db.sqlite"
+    Store(path).record_requests([request(1)])
+    with sqlite3.connect(path) as db:  # another module's table in the same file (alerts)
+        db.execute("CREATE TABLE alerts (name TEXT, ts REAL)")
+        db.execute("INSERT INTO alerts VALUES ('a', 1)")
+    store = Store(path)
+    assert len(store.requests_since("m", 0)) == 1
+    assert store.purge(0, now=100) == {"predictions": 0, "feedback": 0, "requests": 1, "shadow": 0}
+    assert store.fetch("SELECT count(*) FROM alerts") == [(1,)]
+
+
+def test_transaction_rolls_back_and_raises(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as db:
+        db.execute("INSERT INTO requests (request_id, ts, model, role, status, latency_ms, rows)"
+                   " VALUES ('a', 1, 'm', 'p', 200, 1, 1)")
+        db.execute("INSERT INTO requests (request_id) VALUES ('b')")  # NOT NULL fails
+    assert store.fetch("SELECT count(*) FROM requests") == [(0,)]
+
+
+def test_locked_database_is_counted_and_logged_once_per_burst(tmp_path, caplog):
+    path = tmp_path / "db.sqlite"
+    store = Store(path, timeout=0.05)
+    holder = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    with caplog.at_level(logging.WARNING, logger="service.store"):
+        assert store.record_requests([request(1)]) is False
+        assert store.record_shadow([shadow(1)]) is False
+        holder.execute("ROLLBACK")
+        assert store.record_requests([request(2)]) is True
+    holder.close()
+    assert store.write_failures == 2
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "locked" in errors[0].reason
+    assert [r.failed_in_burst for r in caplog.records if r.levelno == logging.WARNING] == [2]
+
+
+def test_purge_deletes_old_rows_of_every_model_in_batches(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    store.record_requests([request(ts, model=m) for ts in range(100) for m in ("a", "b")])
+    store.record_shadow([shadow(ts, model=m) for ts in range(100) for m in ("a", "b")])
+    counts = store.purge(older_than_seconds=50, now=100, batch=7)  # cut-off 50: ts 0..49 go
+    assert counts == {"predictions": 0, "feedback": 0, "requests": 100, "shadow": 100}
+    assert store.fetch("SELECT min(ts), count(*) FROM requests") == [(50.0, 100)]
+    assert store.fetch("SELECT min(ts), count(*) FROM shadow") == [(50.0, 100)]
+    assert store.purge(older_than_seconds=50, now=100)["requests"] == 0
+
+
+def test_from_url(tmp_path):
+    store = Store.from_url(f"sqlite:///{tmp_path}/x/db.sqlite")
+    assert store.path == tmp_path / "x" / "db.sqlite" and store.path.exists()
+    with pytest.raises(ValueError, match="sqlite:///"):
+        Store.from_url("postgres://x")
