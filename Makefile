@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 ARTIFACTS_DIR ?= artifacts
 export ARTIFACTS_DIR
 
-.PHONY: help venv demo serve test test-fast bench lint list verify package clean
+# Debian packages the tests drive for real: headless Chromium (monitoring page) and promtool
+# (Prometheus' checker, shipped in the prometheus package).
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus
+
+.PHONY: help venv system-deps demo serve test test-fast bench lint list verify package purge clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -17,13 +21,20 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed  ## Create the virtualenv with pinned dependencies
 
+system-deps:  ## Install the Debian packages the tests need (chromium, promtool) when missing (root)
+	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "the tests need:$$missing; run: sudo apt-get install$$missing" >&2; exit 1; fi; \
+	  echo "installing$$missing"; apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
 demo: venv  ## Train and package the demo models unless artifacts exist
 	$(BIN)/python -m service train-demo
 
 serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:application
 
-test: venv  ## Run the whole test suite (unit and end-to-end)
+test: venv system-deps  ## Run the whole test suite (unit and end-to-end)
 	$(BIN)/python -m pytest
 
 test-fast: venv  ## Run the unit tests only (no server processes)
@@ -44,6 +55,9 @@ verify: venv  ## Verify the hashes of every artifact on disk
 
 package: venv  ## Package a model: make package MODEL=m.joblib NAME=churn DATA=holdout.csv TARGET=label [ARGS="--min accuracy=0.9"]
 	$(BIN)/python -m service package --model $(MODEL) --name $(NAME) --data $(DATA) --target $(TARGET) $(ARGS)
+
+purge: venv  ## Delete logged predictions older than RETENTION_DAYS (default 30)
+	$(BIN)/python -m service purge
 
 clean:  ## Remove the virtualenv, caches and runtime files (not artifacts)
 	rm -rf $(VENV) .pytest_cache .ruff_cache var

@@ -22,12 +22,14 @@ from service.logs import JsonFormatter  # noqa: E402
 
 try:
     _config = Config.from_env()
-    # Refuse to start open on a public address here, in the master, with one clear line,
-    # instead of letting every worker fail to boot.
+    # Refuse to start open on a public address, or with a bad alert rules file, here in the
+    # master with one clear line, instead of letting every worker fail to boot.
+    from service.monitoring.alerts import load_rules
     from service.security import load_key_store
 
     load_key_store(_config)
-except ConfigError as _exc:
+    load_rules(_config.alert_rules_file)
+except (ConfigError, ValueError) as _exc:
     sys.stderr.write(f"configuration error: {_exc}\n")
     sys.exit(2)
 
@@ -87,6 +89,13 @@ def on_starting(server):
 
     import service.catalog  # noqa: F401  (brings joblib and the service modules)
 
+    # Prometheus multiprocess mode: every worker writes its counters to files in this folder
+    # and a scrape adds them up. It is emptied here, before any worker exists, so counts
+    # restart with the server; one folder per port keeps two servers on one host apart.
+    from service.monitoring import metrics
+
+    metrics.prepare_multiprocess_dir(os.environ.get(metrics.MULTIPROC_ENV) or f"var/prometheus/{_config.port}")
+
 
 # -- control socket --------------------------------------------------------------------------
 # Gunicorn's runtime control socket lives at one path per user; two servers on one host would
@@ -141,6 +150,13 @@ def post_worker_init(worker):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges so a restart leaves no stale or duplicate series."""
+    from service.monitoring import metrics
+
+    metrics.mark_worker_dead(worker.pid)
 
 
 def worker_abort(worker):

@@ -21,6 +21,7 @@ from typing import Any
 
 from service import artifacts, registry, runtime
 from service.errors import ArtifactError, LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
+from service.monitoring import metrics
 from service.rollout import choose_version
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Catalog:
             versions[number] = self._load(name, number)
         for gone in set(versions) - on_disk:
             del versions[gone]
+            metrics.observe_model_removed(name, gone)
         try:
             state, error = registry.read_state(self.root, name), None
         except ArtifactError as exc:
@@ -131,7 +133,9 @@ class Catalog:
             model = runtime.load(folder, name=name, version=version, signing_key=self.signing_key)
         except ArtifactError as exc:
             log.error("model version refused", extra={"model": name, "version": version, "reason": str(exc)})
+            metrics.observe_load_failure(name, version)
             return VersionState(version, FAILED, str(exc))
+        metrics.observe_model_loaded(name, version, model.manifest)
         log.info("model version loaded", extra={"model": name, "version": version,
                                                  "load_seconds": round(model.load_seconds, 4)})
         return VersionState(version, AVAILABLE, None, model)

@@ -36,4 +36,41 @@ def compare(name: str, window_seconds: int, as_json: bool, artifacts_dir: Path, 
     click.echo(json.dumps(figures, indent=2) if as_json else comparison.format_table(figures))
 
 
-COMMANDS = (compare,)
+
+@click.command()
+@click.option("--older-than-days", type=click.FloatRange(min=0), envvar="RETENTION_DAYS", default=30.0,
+              show_default=True, help="Delete records older than this (env RETENTION_DAYS).")
+@DATABASE
+@fails_cleanly
+def purge(older_than_days: float, database_url: str) -> None:
+    """Delete logged predictions, feedback, requests and shadow comparisons past the retention age."""
+    deleted = Store.from_url(database_url).purge(older_than_days * 86400)
+    click.echo(", ".join(f"{table}: {count} deleted" for table, count in deleted.items()))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--window", type=click.IntRange(10, 100_000), envvar="MONITORING_WINDOW", default=500, show_default=True,
+              help="Predictions per version to look at.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON report.")
+@ARTIFACTS
+@DATABASE
+@fails_cleanly
+def report(name: str, window: int, as_json: bool, artifacts_dir: Path, database_url: str) -> None:
+    """Print NAME's monitoring report: traffic, drift, data quality, live performance, bias, alerts."""
+    from service.catalog import Catalog
+    from service.monitoring.alerts import AlertManager, load_rules
+    from service.monitoring.predlog import PredictionLog
+    from service.monitoring.report import Monitoring
+    from service.monitoring.text_report import format_report
+
+    artifacts.check_model_name(name)
+    catalog = Catalog(artifacts_dir)
+    catalog.refresh()
+    store = Store.from_url(database_url)
+    monitoring = Monitoring(catalog, PredictionLog(store), window, AlertManager(store.path, load_rules(None)))
+    result = monitoring.model_report(name, window)
+    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+
+
+COMMANDS = (compare, purge, report)

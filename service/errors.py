@@ -107,6 +107,10 @@ class ModelUnavailable(ServiceError):
     status, code, message = 503, "model_unavailable", "The model version is not available."
 
 
+class StoreUnavailable(ServiceError):
+    status, code, message = 503, "store_unavailable", "The database could not record this; try again."
+
+
 class PredictionFailed(ServiceError):
     status, code, message = 500, "prediction_failed", "The model failed to compute a prediction."
 

@@ -17,6 +17,8 @@ import numpy as np
 import orjson
 
 from service.inference import Answer, Target
+from service.monitoring import metrics
+from service.monitoring.predlog import PredictionLog
 from service.runtime import LoadedModel
 from service.store import RequestRecord, ShadowRecord, Store
 
@@ -26,15 +28,23 @@ log = logging.getLogger(__name__)
 @dataclass
 class Observer:
     store: Store | None
+    log: PredictionLog | None = None
 
     def answered(self, answer: Answer, target: Target, request_id: str, status: int = 200) -> None:
-        """Record a successful answer, then run and compare its shadows."""
+        """Record a successful answer and its predictions, then run and compare its shadows."""
+        metrics.observe_prediction(target.name, answer.version, "ok", answer.rows, answer.seconds)
+        if answer.fallback_from is not None:
+            metrics.observe_fallback(target.name, answer.fallback_from, answer.version, answer.fallback_reason or "error")
         try:
             record = RequestRecord(request_id, time.time(), target.name, answer.version, answer.role, status,
                                    answer.seconds * 1000, answer.rows, answer.fallback_from, None,
                                    summarise(answer.result.predictions, answer.model.manifest["task"]))
             if self.store is not None:
                 self.store.record_requests([record])
+            if self.log is not None:
+                self.log.record(target.name, answer.version, request_id, answer.ids, answer.batch.columns,
+                                answer.result.predictions, answer.result.probabilities, answer.seconds * 1000,
+                                answer.model.features)
             if answer.shadows:
                 self._shadow(answer, target)
         except Exception:
@@ -43,6 +53,9 @@ class Observer:
     def failed(self, target: Target, request_id: str, status: int, code: str, seconds: float,
                version: int | None) -> None:
         """Record a request that ended in an error (4xx are kept apart from 5xx by status)."""
+        metrics.observe_prediction(target.name, version, metrics.outcome_for(status))
+        if code in metrics.VALIDATION_CODES:
+            metrics.observe_validation_failure(target.name, code)
         try:
             if self.store is not None:
                 self.store.record_requests([RequestRecord(request_id, time.time(), target.name, version, "error",

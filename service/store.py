@@ -120,12 +120,12 @@ class Store:
             db.executescript(SCHEMA)
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
+    def from_url(cls, url: str, timeout: float = 5.0) -> Store:
         """Open the store a ``DATABASE_URL`` names (``sqlite:///relative.db`` or ``sqlite:////abs.db``)."""
         prefix = "sqlite:///"
         if not url.startswith(prefix):
             raise ValueError("DATABASE_URL must start with sqlite:/// (e.g. sqlite:///var/predictions.db)")
-        return cls(url[len(prefix):])
+        return cls(url[len(prefix):], timeout=timeout)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)

@@ -23,9 +23,10 @@ bp = Blueprint("predict", __name__, url_prefix="/v1/models")
 def predict(name: str, version: int | None = None, label: str | None = None):
     started = time.perf_counter()
     observer, request_id = current_app.extensions["observer"], g.request_id  # the callbacks run after the context
-    payload = read_json()
-    target = inference.Target(name, version, label, _routing_key(payload))
+    target = inference.Target(name, version, label)
     try:
+        payload = read_json()
+        target = inference.Target(name, version, label, _routing_key(payload))
         answer = inference.predict(current_app.extensions["catalog"], payload, current_app.extensions["limits"],
                                    target, executor=current_app.extensions["executor"])
     except ServiceError as exc:

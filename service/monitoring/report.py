@@ -1,0 +1,134 @@
+"""The monitoring report of a model: per version traffic, drift, quality, live performance, bias.
+
+One place composes the pure maths modules over what the store recorded, so the HTTP API, the
+page, the CLI report and the alert rules all read the same figures. No Flask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from service import comparison
+from service.catalog import Catalog, ModelState
+from service.monitoring.bias import bias_report
+from service.monitoring.drift import drift_report
+from service.monitoring.performance import live_performance, outcomes, timeline
+from service.monitoring.predlog import PredictionLog
+from service.monitoring.quality import window_quality
+from service.runtime import LoadedModel
+
+TRAFFIC_SECONDS = 3600  # traffic figures cover the last hour
+TIMELINE_BUCKET_SECONDS = 60
+TRAFFIC_KEYS = ("requests", "errors", "error_rate", "client_errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms",
+                "fallbacks_from", "fallbacks_to")
+
+
+@dataclass
+class Monitoring:
+    """Builds reports on demand from the shared store; ``alerts`` supplies active alerts."""
+
+    catalog: Catalog
+    log: PredictionLog
+    default_window: int
+    alerts: Any = None  # an AlertManager, when alerting is on
+
+    def model_report(self, name: str, window: int | None = None) -> dict[str, Any]:
+        """Report every version in play of model ``name`` over its last ``window`` predictions."""
+        state = self.catalog.model(name)
+        last_n = window or self.default_window
+        now = time.time()
+        requests = self.log.store.requests_since(name, now - TRAFFIC_SECONDS)
+        figures = comparison.version_figures(requests)
+        versions = {}
+        for version in versions_in_play(state, figures):
+            model = state.available(version)
+            if model is not None:
+                versions[str(version)] = self.version_report(model, last_n, figures.get(version), requests)
+        return {
+            "model": name,
+            "window": {"last_n": last_n, "traffic_seconds": TRAFFIC_SECONDS, "until": _iso(now)},
+            "labels": dict(state.labels),
+            "rollout": {k: v for k, v in state.rollout.items() if k != "rules"},
+            "versions": versions,
+            "alerts": self.alerts.active(name) if self.alerts is not None else [],
+        }
+
+    def overview(self, window: int | None = None) -> list[dict[str, Any]]:
+        return [self.model_report(state.name, window) for state in self.catalog.models()]
+
+    def version_report(self, model: LoadedModel, last_n: int, figures: dict[str, Any] | None,
+                       requests: list[Any]) -> dict[str, Any]:
+        """Compute one version's sections from its last ``last_n`` logged predictions."""
+        manifest = model.manifest
+        task, classes = manifest["task"], manifest["output"].get("classes")
+        data = self.log.window(model.name, model.version, last_n=last_n, features=model.features)
+        features = [f for f in model.features if f["name"] not in data.redacted]
+        profile = manifest.get("reference_profile", {})
+        reference_metrics = manifest.get("metrics", {}).get("holdout", {})
+        performance = live_performance(task, classes, data.predictions, data.labels, data.probabilities,
+                                       reference_metrics)
+        performance["timeline"] = timeline(data.ts, outcomes(task, classes, data.predictions, data.labels))
+        performance["timeline_metric"] = "mae" if task == "regression" else "accuracy"
+        return {
+            "n": data.n,
+            "traffic": traffic_section(figures, [r for r in requests if r["version"] == model.version]),
+            "drift": drift_report(profile, features, data.columns, data.predictions, task),
+            "quality": window_quality(profile, features, data.columns),
+            "performance": performance,
+            "bias": bias_report(features, data.columns, data.predictions, data.labels, task, classes),
+        }
+
+    def reports(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
+        """Yield (model, version, report) for every version in play, for the alert rules."""
+        for state in self.catalog.models():
+            report = self.model_report(state.name)
+            for version, section in report["versions"].items():
+                yield state.name, int(version), section
+
+
+def versions_in_play(state: ModelState, figures: dict[int, Any]) -> list[int]:
+    """Labelled, in-rollout and recently used versions, oldest first."""
+    rollout = state.rollout
+    wanted = set(state.labels.values()) | set(rollout.get("shadow") or ())
+    if rollout.get("canary"):
+        wanted.add(rollout["canary"]["version"])
+    if rollout.get("fallback"):
+        wanted.add(rollout["fallback"])
+    wanted |= {v for v, f in figures.items() if f.get("requests")}
+    return sorted(v for v in wanted if v in state.versions)
+
+
+def traffic_section(figures: dict[str, Any] | None, rows: list[Any]) -> dict[str, Any]:
+    """Request figures of one version, plus a per-minute timeline for the page."""
+    figures = figures or {}
+    section = {key: figures.get(key) for key in TRAFFIC_KEYS}
+    section["requests"] = section["requests"] or 0
+    served = (figures.get("requests") or 0)
+    section["fallback_rate"] = (figures.get("fallbacks_from") or 0) / served if served else None
+    section["timeline"] = _timeline(rows)
+    return section
+
+
+def _timeline(rows: list[Any]) -> list[dict[str, Any]]:
+    buckets: dict[int, list[Any]] = {}
+    for row in rows:
+        if row["status"] < 400 or row["status"] >= 500:
+            buckets.setdefault(int(row["ts"] // TIMELINE_BUCKET_SECONDS), []).append(row)
+    points = []
+    for key in sorted(buckets):
+        group = buckets[key]
+        latencies = np.array([r["latency_ms"] for r in group], dtype=float)
+        points.append({"start": key * TIMELINE_BUCKET_SECONDS, "end": (key + 1) * TIMELINE_BUCKET_SECONDS,
+                       "requests": len(group), "errors": sum(r["status"] >= 500 for r in group),
+                       "p50_ms": float(np.percentile(latencies, 50))})
+    return points
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,181 @@
+"""End to end: monitoring sees the traffic of every worker, catches drift and bad feedback, and alerts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.model_selection import train_test_split
+
+from tests.browser import browser_context, open_page
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+SEED = 42
+
+
+def training_rows(name: str):
+    """The rows the reference profile was built from (the demo's training split)."""
+    if name == "diabetes":
+        data = load_diabetes(as_frame=True, scaled=False)
+        X, y = data.data.astype({"age": "int64", "sex": "int64"}), data.target
+        return train_test_split(X, y, test_size=0.25, random_state=SEED)[0]
+    data = load_breast_cancer(as_frame=True)
+    return train_test_split(data.data, data.target, test_size=0.25, random_state=SEED, stratify=data.target)[0]
+
+
+def as_records(frame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records"))
+
+
+class Webhook:
+    """A local receiver for alert notifications (loopback only)."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/alerts"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture
+def monitored(demo_root, server_factory, webhook):
+    return server_factory(demo_root, ALERT_SECONDS="1", ALERT_WEBHOOK_URL=webhook.url, GUARD_SECONDS="0")
+
+
+def wait_for(check, timeout: float = 20.0, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def monitoring(server, name: str) -> dict:
+    response = server.get(f"/v1/models/{name}/monitoring?window=500")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def firing(server, name: str, rule: str) -> list[dict]:
+    return [a for a in monitoring(server, name)["alerts"] if a["rule"] == rule and a["state"] == "firing"]
+
+
+def test_drift_is_caught_across_workers_and_alerts(monitored, webhook):
+    shifted = training_rows("diabetes").sample(500, replace=True, random_state=1).reset_index(drop=True)
+    shifted["bmi"] += 0.5 * training_rows("diabetes")["bmi"].std()
+    calm = training_rows("breast-cancer").sample(500, replace=True, random_state=2).reset_index(drop=True)
+    records, calm_records = as_records(shifted), as_records(calm)
+    for i in range(10):
+        if i == 5:  # a worker dies mid-traffic: what it logged stays, its replacement carries on
+            os.kill(monitored.worker_pids()[0], signal.SIGKILL)
+            time.sleep(1.0)
+        for name, rows in (("diabetes", records), ("breast-cancer", calm_records)):
+            response = monitored.post(f"/v1/models/{name}:predict", json={"instances": rows[i * 50:(i + 1) * 50]})
+            assert response.status_code == 200
+    # every worker's predictions are in the shared log
+    assert wait_for(lambda: monitoring(monitored, "diabetes")["versions"]["1"]["n"] == 500)
+    report = monitoring(monitored, "diabetes")["versions"]["1"]
+    assert report["drift"]["features"]["bmi"]["status"] == "alert"
+    assert report["drift"]["status"] == "alert"
+    assert report["traffic"]["requests"] == 10
+    calm_report = monitoring(monitored, "breast-cancer")["versions"]["1"]
+    assert calm_report["n"] == 500 and calm_report["drift"]["status"] != "alert"
+
+    assert wait_for(lambda: firing(monitored, "diabetes", "data_drift"))
+    assert not firing(monitored, "breast-cancer", "data_drift")
+    assert wait_for(lambda: [n for n in webhook.received if n["rule"] == "data_drift" and n["status"] == "firing"])
+    assert all(n["model"] != "breast-cancer" or n["rule"] != "data_drift" for n in webhook.received)
+
+    def alert_gauge():
+        text = monitored.get("/metrics").text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "sklearn_server_alert_state" and sample.labels.get("rule") == "data_drift" \
+                        and sample.labels.get("model") == "diabetes":
+                    return sample.value
+        return None
+
+    assert wait_for(lambda: alert_gauge() == 3)
+
+
+def test_degraded_feedback_moves_live_accuracy_and_fires(monitored):
+    rows = as_records(training_rows("breast-cancer").sample(300, replace=True, random_state=3))
+    ids, predictions = [], []
+    for i in range(3):
+        answer = monitored.post("/v1/models/breast-cancer:predict", json={"instances": rows[i * 100:(i + 1) * 100]}).json()
+        ids += answer["ids"]
+        predictions += answer["predictions"]
+    assert wait_for(lambda: monitoring(monitored, "breast-cancer")["versions"]["1"]["n"] == 300)
+    # ground truth that says the model is right half of the time
+    labels = [p if i % 2 else 1 - p for i, p in enumerate(predictions)]
+    batch = [{"id": i, "label": label} for i, label in zip(ids, labels, strict=True)]
+    result = monitored.post("/v1/models/breast-cancer/feedback",
+                            json={"feedback": batch + [{"id": ids[0], "label": 1}, {"id": "nope-0", "label": 0}]})
+    assert result.status_code == 200
+    assert result.json()["accepted"] == 300
+    assert result.json()["duplicate"] == [ids[0]] and result.json()["unknown"] == ["nope-0"]
+    performance = monitoring(monitored, "breast-cancer")["versions"]["1"]["performance"]
+    assert performance["labelled"] == 300
+    assert performance["metrics"]["accuracy"] == pytest.approx(0.5, abs=0.01)
+    assert performance["status"] == "alert"
+    assert wait_for(lambda: firing(monitored, "breast-cancer", "live_performance"))
+    bad = monitored.post("/v1/models/breast-cancer/feedback", json={"feedback": [{"id": ids[1]}]})
+    assert bad.status_code == 422 and bad.json()["error"]["details"]["errors"][0]["field"].endswith("label")
+
+
+def test_the_monitoring_page_renders_live_data_in_chromium(monitored, tmp_path):
+    rows = as_records(training_rows("diabetes").sample(200, replace=True, random_state=4))
+    for i in range(4):
+        assert monitored.post("/v1/models/diabetes:predict", json={"instances": rows[i * 50:(i + 1) * 50]}).ok
+    assert wait_for(lambda: monitoring(monitored, "diabetes")["versions"]["1"]["n"] == 200)
+    with browser_context(tmp_path / "profile") as context, open_page(context) as (page, recorder):
+        response = page.goto(f"{monitored.base}/monitoring/diabetes")
+        assert response.status == 200
+        page.wait_for_load_state("load")
+        assert page.locator("h1").inner_text().startswith("diabetes")
+        assert page.get_by_role("row", name="bmi").first.is_visible()
+        assert page.locator("svg.chart").count() >= 4
+        shot = tmp_path / "monitoring-live.png"
+        page.screenshot(path=str(shot), full_page=True)
+        (REPO / "var" / "screenshots").mkdir(parents=True, exist_ok=True)
+        (REPO / "var" / "screenshots" / "monitoring-live.png").write_bytes(shot.read_bytes())
+        overview = page.goto(f"{monitored.base}/monitoring")
+        assert overview.status == 200 and page.get_by_text("breast-cancer").first.is_visible()
+    assert recorder.console_errors == [] and recorder.page_errors == [] and recorder.failed == []
+    assert recorder.foreign(monitored.base) == []
