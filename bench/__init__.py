@@ -1,7 +1,7 @@
 """Benchmark of the prediction server: real Gunicorn under wrk, compared with the in-process path.
 
 Run it with ``make bench`` (or ``python -m bench``). Environment knobs: ``BENCH_SECONDS``
-(per wrk scenario, default 10), ``BENCH_WORKERS`` (Gunicorn workers, default 2) and
+(per wrk scenario, default 8), ``BENCH_WORKERS`` (Gunicorn workers, default 2) and
 ``BENCH_CONNECTIONS`` (wrk connections, default = workers).
 
 Native thread pools are capped at one thread here, before numpy is imported by any bench

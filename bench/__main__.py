@@ -2,8 +2,12 @@
 
 Order matters on a 2-core machine: the in-process timings run first, while no server or wrk
 competes for the CPU; the server then runs only for the wrk scenarios and is always stopped.
+A second server, identical but for ``PREDICTION_LOG_SAMPLE=0``, then runs the classifier's
+scenarios again for the same time, so the cost of the prediction log on a real server is the
+difference between two runs that differ in nothing else. Every server gets its own temp folder
+for its SQLite store and Prometheus files (deleted when it stops; its log is kept).
 Progress goes to stderr, the report to stdout; the exit code is non-zero with a one-line
-reason if the server did not start or any scenario saw a non-2xx answer.
+reason if a server did not start or any scenario saw a non-2xx answer.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import orjson
 
 from bench import inprocess, load, machine, report
 from bench.server import Server, ServerError, post
-from bench.workload import Scenario, build_scenarios
+from bench.workload import CLASSIFIER, Scenario, build_scenarios
 from service.demo import train_demo
 from service.errors import ServiceError
+from service.monitoring import metrics
 
-DEFAULT_SECONDS = 10
+DEFAULT_SECONDS = 8  # per wrk scenario; 10 scenarios keep the whole run near 2.5 minutes
 DEFAULT_WORKERS = 2  # the target machine has 2 cores
+LOG_AB_MODEL = CLASSIFIER  # the model run with the prediction log on and off (30 features: the wider log rows)
 
 
 def env_int(name: str, default: int) -> int:
@@ -80,27 +86,48 @@ def run_load(server: Server, scenarios: list[Scenario], settings: load.LoadSetti
     return results, problems
 
 
-def run(work: Path) -> dict:
-    """The whole benchmark in a scratch folder; returns the results dict."""
-    workers, settings = settings_from_env()
-    load.require_wrk()
-    load_before = machine.load_average()
-    root = work / "artifacts"
-    progress(f"training the demo models into {root}")
-    train_demo(root)
-    scenarios = build_scenarios(root)
-    progress("timing the in-process path (single thread)")
-    local = inprocess.measure_all(root, scenarios)
-    server = Server(root, work / "gunicorn.log", workers)
-    progress(f"starting gunicorn with {workers} workers on {server.url}")
+def serve_and_load(name: str, root: Path, work: Path, workers: int, scenarios: list[Scenario],
+                   settings: load.LoadSettings, extra_env: dict[str, str] | None = None,
+                   ) -> tuple[dict[str, load.LoadResult], list[str], int]:
+    """Start one server in its own scratch folder, run the scenarios, stop it; drop its database."""
+    server = Server(root, work / name, workers, dict(extra_env or {}))
+    settings_note = " ".join(f"{k}={v}" for k, v in server.extra_env.items())
+    progress(f"starting gunicorn ({name}{', ' + settings_note if settings_note else ''}) "
+             f"with {workers} workers on {server.url}")
     try:
         server.start()
         remote, problems = run_load(server, scenarios, settings, work)
     finally:
         server.stop()
+        for leftover in server.scratch.glob("predictions.db*"):  # gigabytes after 10,000-row runs
+            leftover.unlink(missing_ok=True)
+    return remote, [f"{name}: {p}" for p in problems], server.worker_boots()
+
+
+def run(work: Path) -> dict:
+    """The whole benchmark in a scratch folder; returns the results dict."""
+    workers, settings = settings_from_env()
+    load.require_wrk()
+    load_before = machine.load_average()
+    # The in-process observer counts into multiprocess files, as a Gunicorn worker does.
+    metrics.prepare_multiprocess_dir(work / "inprocess" / "prom")
+    root = work / "artifacts"
+    progress(f"training the demo models into {root}")
+    train_demo(root)
+    scenarios = build_scenarios(root)
+    progress("timing the in-process path and the work after the answer (single thread)")
+    local = inprocess.measure_all(root, scenarios, work / "inprocess")
+    for leftover in (work / "inprocess").glob("predictions.db*"):
+        leftover.unlink(missing_ok=True)
+    remote, problems, boots = serve_and_load("server", root, work, workers, scenarios, settings)
+    ab_scenarios = [s for s in scenarios if s.model == LOG_AB_MODEL and not s.probabilities]
+    unlogged, more_problems, more_boots = serve_and_load("server-log-off", root, work, workers, ab_scenarios, settings,
+                                                         {"PREDICTION_LOG_SAMPLE": "0"})
     records = [report.scenario_record(s, remote.get(s.key), local[s.key]) for s in scenarios]
+    log_ab = report.log_ab_records(ab_scenarios, remote, unlogged)
     facts = machine.machine_facts(workers, load.wrk_version(), load_before)
-    return report.build_results(facts, settings, records, server.worker_boots(), problems)
+    return report.build_results(facts, settings, records, {"server": boots, "server-log-off": more_boots},
+                                problems + more_problems, log_ab)
 
 
 def main() -> int:

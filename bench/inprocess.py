@@ -5,11 +5,18 @@ the estimator alone on a ready DataFrame, the full in-process path (``inference.
 resolve, validate, predict, shape the answer), and validation alone. JSON decoding and
 encoding are timed too, since the server pays them and the in-process path does not, and so
 is the bare list-to-array conversion, the floor under any validation of a row-layout body.
+
+What the server does after the answer is sent is timed as well: ``Observer.answered`` with a
+real SQLite ``Store`` in a temp file and a real ``PredictionLog`` (the request row, the
+prediction log rows, the Prometheus counters), once with the log keeping every prediction
+(``PREDICTION_LOG_SAMPLE=1``, the default) and once keeping none (``0``). Every timed call gets
+fresh prediction ids, so each one really inserts its rows (the log ignores ids it already has).
 Everything runs on one thread, as a Gunicorn worker does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +32,9 @@ from bench.workload import Scenario
 from service import inference, runtime
 from service.catalog import Catalog
 from service.config import Config
+from service.monitoring.predlog import PredictionLog
+from service.observe import Observer
+from service.store import Store
 from service.validation import parse_predict_request
 
 BUDGET_SECONDS = 0.4  # per measured call; long enough for a stable median, short for the 3-minute run
@@ -48,6 +58,22 @@ class InProcessResult:
     validation: Timing
     json: Timing
     to_array: Timing  # np.asarray(instances, float64): the floor for any validation of row-layout JSON
+    observe: Timing  # Observer.answered with the prediction log keeping every row (PREDICTION_LOG_SAMPLE=1)
+    observe_unlogged: Timing  # the same with the log keeping none (PREDICTION_LOG_SAMPLE=0)
+
+
+@dataclass(frozen=True)
+class Observers:
+    """Two observers on one real store (a temp SQLite file): prediction log on and off."""
+
+    logged: Observer
+    unlogged: Observer
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> Observers:
+        store = Store(folder / "predictions.db")
+        return cls(Observer(store, PredictionLog(store, sample_rate=1.0)),
+                   Observer(store, PredictionLog(store, sample_rate=0.0)))
 
 
 def time_call(call: Callable[[], Any], budget: float = BUDGET_SECONDS) -> Timing:
@@ -58,6 +84,19 @@ def time_call(call: Callable[[], Any], budget: float = BUDGET_SECONDS) -> Timing
     while len(samples) < MIN_REPEATS or (time.perf_counter() < deadline and len(samples) < MAX_REPEATS):
         start = time.perf_counter()
         call()
+        samples.append(time.perf_counter() - start)
+    return Timing(median(samples) * 1000, min(samples) * 1000, len(samples))
+
+
+def time_with_setup(setup: Callable[[], Any], call: Callable[[Any], Any], budget: float = BUDGET_SECONDS) -> Timing:
+    """Like ``time_call`` but ``call(setup())``, with ``setup`` left out of the timed part."""
+    call(setup())
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget
+    while len(samples) < MIN_REPEATS or (time.perf_counter() < deadline and len(samples) < MAX_REPEATS):
+        argument = setup()
+        start = time.perf_counter()
+        call(argument)
         samples.append(time.perf_counter() - start)
     return Timing(median(samples) * 1000, min(samples) * 1000, len(samples))
 
@@ -81,10 +120,12 @@ def check_same_predictions(scenario: Scenario, model: runtime.LoadedModel, answe
         raise RuntimeError(f"{scenario.key}: in-process predictions differ from estimator.predict")
 
 
-def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, limits: inference.Limits) -> InProcessResult:
-    """Time the estimator, the full path, validation and JSON for one scenario."""
+def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, limits: inference.Limits,
+            observers: Observers) -> InProcessResult:
+    """Time the estimator, the full path, validation, JSON and the after-answer work for one scenario."""
     payload = orjson.loads(scenario.body)
     estimator, frame, proba = model.estimator, scenario.frame, scenario.probabilities
+    target = inference.Target(scenario.model)
 
     def estimator_only() -> None:
         estimator.predict(frame)
@@ -92,7 +133,7 @@ def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, li
             estimator.predict_proba(frame)
 
     def full_path() -> inference.Answer:
-        return inference.predict(catalog, payload, limits, name=scenario.model)
+        return inference.predict(catalog, payload, limits, target)
 
     def validation() -> None:
         parse_predict_request(payload, model.features, max_rows=limits.max_rows,
@@ -108,15 +149,28 @@ def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, li
     def to_array() -> None:
         np.asarray(payload["instances"], dtype=np.float64)
 
+    def fresh_answer() -> inference.Answer:
+        # new prediction ids (as every request gets), so the log inserts rather than ignores
+        return dataclasses.replace(answer, ids=inference.prediction_ids(answer.rows))
+
+    def observe(observer: Observer) -> Callable[[inference.Answer], None]:
+        return lambda fresh: observer.answered(fresh, target, f"bench-{fresh.ids[0]}")
+
     return InProcessResult(time_call(estimator_only), time_call(full_path), time_call(validation), time_call(json_codec),
-                           time_call(to_array))
+                           time_call(to_array), time_with_setup(fresh_answer, observe(observers.logged)),
+                           time_with_setup(fresh_answer, observe(observers.unlogged)))
 
 
-def measure_all(root: Path, scenarios: list[Scenario]) -> dict[str, InProcessResult]:
-    """Measure every scenario on one thread; run it while no server competes for the CPU."""
+def measure_all(root: Path, scenarios: list[Scenario], scratch: Path) -> dict[str, InProcessResult]:
+    """Measure every scenario on one thread; run it while no server competes for the CPU.
+
+    ``scratch`` holds the observers' SQLite store (a temp folder, never the repo's ``var/``).
+    """
     models = load_models(root, {s.model for s in scenarios})
     catalog = Catalog(root, None, 0)
     catalog.refresh()
     limits = limits_from_config()
+    scratch.mkdir(parents=True, exist_ok=True)
+    observers = Observers.in_folder(scratch)
     with threadpool_limits(limits=1):
-        return {s.key: measure(s, models[s.model], catalog, limits) for s in scenarios}
+        return {s.key: measure(s, models[s.model], catalog, limits, observers) for s in scenarios}

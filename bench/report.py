@@ -35,18 +35,47 @@ def scenario_record(scenario: Scenario, server: LoadResult | None, local: InProc
             "server_p50_over_full_path": server.p50_ms / local.full_path.median_ms,
         }
     record["ratios"]["validation_over_estimator"] = local.validation.median_ms / local.estimator.median_ms
+    record["ratios"]["observe_over_full_path"] = local.observe.median_ms / local.full_path.median_ms
+    record["ratios"]["observe_unlogged_over_full_path"] = local.observe_unlogged.median_ms / local.full_path.median_ms
     return record
 
 
-def failures(records: list[dict[str, Any]]) -> list[str]:
-    """One line per scenario that saw a non-2xx answer or a socket error."""
+def _relative(on: float, off: float) -> float | None:
+    """(log on - log off) / log off; None when there is nothing to divide by."""
+    return (on - off) / off if off else None
+
+
+def log_ab_records(scenarios: list[Scenario], logged: dict[str, LoadResult],
+                   unlogged: dict[str, LoadResult]) -> list[dict[str, Any]]:
+    """The same scenarios on two servers, PREDICTION_LOG_SAMPLE=1 and =0, side by side."""
+    records = []
+    for scenario in scenarios:
+        on, off = logged.get(scenario.key), unlogged.get(scenario.key)
+        record: dict[str, Any] = {
+            "key": scenario.key, "model": scenario.model, "rows": scenario.rows,
+            "log_on": None if on is None else asdict(on) | {"failed": on.failed},
+            "log_off": None if off is None else asdict(off) | {"failed": off.failed},
+            "relative_difference": {},
+        }
+        if on is not None and off is not None:
+            record["relative_difference"] = {
+                key: _relative(getattr(on, key), getattr(off, key))
+                for key in ("requests_per_second", "p50_ms", "p99_ms")
+            }
+        records.append(record)
+    return records
+
+
+def failures(records: list[dict[str, Any]], log_ab: list[dict[str, Any]] = ()) -> list[str]:
+    """One line per wrk run that saw a non-2xx answer or a socket error (on either server)."""
+    runs = [(r["key"], r["server"]) for r in records]
+    runs += [(f"{r['key']} (PREDICTION_LOG_SAMPLE=0)", r["log_off"]) for r in log_ab]
     lines = []
-    for r in records:
-        s = r["server"]
+    for key, s in runs:
         if s is None or not s["failed"]:
             continue
         errors = ", ".join(f"{k} {v}" for k, v in s["socket_errors"].items() if v)
-        lines.append(f"{r['key']}: {s['non2xx']} non-2xx of {s['requests']} responses"
+        lines.append(f"{key}: {s['non2xx']} non-2xx of {s['requests']} responses"
                      + (f" (first status {s['first_bad_status']})" if s["non2xx"] else "")
                      + (f", socket errors: {errors}" if errors else ""))
     return lines
@@ -62,15 +91,18 @@ def validation_shares(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def build_results(machine: dict[str, Any], load: LoadSettings, records: list[dict[str, Any]],
-                  worker_boots: int, extra_failures: list[str]) -> dict[str, Any]:
+                  worker_boots: dict[str, int], extra_failures: list[str],
+                  log_ab: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything one run produced, in the shape written to latest.json."""
-    problems = extra_failures + failures(records)
+    log_ab = log_ab or []
+    problems = extra_failures + failures(records, log_ab)
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "load": asdict(load) | {"host": "127.0.0.1"},
         "worker_boots": worker_boots,
         "scenarios": records,
+        "prediction_log_on_off": log_ab,
         "validation_share_of_predict": validation_shares(records),
         "validation_target": VALIDATION_TARGET,
         "failures": problems,
@@ -120,7 +152,8 @@ def format_table(results: dict[str, Any]) -> str:
         f"load average before the run {m['load_average_before']}",
         f"software: Python {m['python']}  {versions}  {m['wrk']}",
         f"server  : gunicorn -c gunicorn.conf.py, {m['workers']} {m['worker_class']} workers on 127.0.0.1, "
-        f"{results['worker_boots']} worker boots during the run (beyond {m['workers']}: max_requests recycling or crashes)",
+        "worker boots " + ", ".join(f"{name} {n}" for name, n in results["worker_boots"].items())
+        + f" (beyond {m['workers']} each: max_requests recycling or crashes)",
         f"load    : wrk {load['seconds']} s per scenario, {load['threads']} thread(s), {load['connections']} connections; "
         "in-process: median of repeats, 1 thread",
         "",
@@ -139,10 +172,102 @@ def format_table(results: dict[str, Any]) -> str:
     floors = "   ".join(f"{r['model']} {r['in_process']['to_array']['median_ms']:.1f} ms"
                         for r in results["scenarios"] if r["rows"] >= 10_000 and not r["probabilities"])
     lines.append(f"floor under validation at 10,000 rows (np.asarray(instances, float64) alone): {floors}")
+    lines += [""] + after_answer_lines(results) + [""] + log_ab_lines(results)
     for problem in results["failures"]:
         lines.append(f"!! FAILED: {problem}")
     lines.append(f"result: {'OK' if results['ok'] else 'FAILED'}")
     return "\n".join(lines)
+
+
+NOTICEABLE = 0.10  # a change of 10% or more in throughput or latency is called noticeable in the notes
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _row_label(rows: int, probabilities: bool = False) -> str:
+    return f"{rows:,} row{'s' if rows > 1 else ''}" + (" +proba" if probabilities else "")
+
+
+def after_answer_lines(results: dict[str, Any]) -> list[str]:
+    """In process: Observer.answered next to the prediction path, log on and off."""
+    head = (f"{'model':13}  {'request':16}  {'path ms':>8}  {'after ms':>9}  {'after/path':>10}  "
+            f"{'after ms, log off':>17}  {'log off/path':>12}")
+    lines = ["After the answer, in process (1 thread): Observer.answered(answer, target, request_id) with a real "
+             "SQLite Store (temp file) and PredictionLog", head, "-" * len(head)]
+    for r in results["scenarios"]:
+        local, ratios = r["in_process"], r["ratios"]
+        lines.append(f"{r['model']:13}  {_row_label(r['rows'], r['probabilities']):16}  "
+                     f"{local['full_path']['median_ms']:>8.3f}  {local['observe']['median_ms']:>9.3f}  "
+                     f"{ratios['observe_over_full_path']:>9.2f}x  {local['observe_unlogged']['median_ms']:>17.3f}  "
+                     f"{ratios['observe_unlogged_over_full_path']:>11.2f}x")
+    lines.append("path = service.inference.predict; after = request row + prediction log rows (PREDICTION_LOG_SAMPLE=1) "
+                 "+ Prometheus counters; log off = the same with PREDICTION_LOG_SAMPLE=0.")
+    return lines
+
+
+def log_ab_lines(results: dict[str, Any]) -> list[str]:
+    """On the server: the same scenarios with the prediction log on and off, and what that shows."""
+    ab = results.get("prediction_log_on_off") or []
+    if not ab:
+        return []
+    load = results["load"]
+    lines = [f"Prediction log on the server ({ab[0]['model']}; PREDICTION_LOG_SAMPLE=1 vs 0, two otherwise identical "
+             f"servers, wrk {load['seconds']} s each, {load['connections']} connections)"]
+    head = (f"{'request':12}  {'req/s on':>9}  {'req/s off':>9}  {'diff':>7}  {'p50 on':>8}  {'p50 off':>8}  {'diff':>7}  "
+            f"{'p99 on':>8}  {'p99 off':>8}  {'diff':>7}")
+    lines += [head, "-" * len(head)]
+    for r in ab:
+        on, off, diff = r["log_on"], r["log_off"], r["relative_difference"]
+
+        def cell(run: dict[str, Any] | None, key: str, digits: int, width: int) -> str:
+            return ("-" if run is None else f"{run[key]:,.{digits}f}").rjust(width)
+
+        lines.append(f"{_row_label(r['rows']):12}  {cell(on, 'requests_per_second', 1, 9)}  "
+                     f"{cell(off, 'requests_per_second', 1, 9)}  {_pct(diff.get('requests_per_second')):>7}  "
+                     f"{cell(on, 'p50_ms', 2, 8)}  {cell(off, 'p50_ms', 2, 8)}  {_pct(diff.get('p50_ms')):>7}  "
+                     f"{cell(on, 'p99_ms', 2, 8)}  {cell(off, 'p99_ms', 2, 8)}  {_pct(diff.get('p99_ms')):>7}")
+    lines.append("diff = (log on - log off) / log off.")
+    lines += log_ab_notes(results)
+    return lines
+
+
+def log_ab_notes(results: dict[str, Any]) -> list[str]:
+    """The notes under the on/off table: how to read it, and what this run's numbers say."""
+    ab = [r for r in results.get("prediction_log_on_off") or [] if r["relative_difference"]]
+    local = {r["key"]: r for r in results["scenarios"]}
+    lines = [
+        "notes: the prediction log (with the request row, shadows and counters) is written after the response has been "
+        "sent (Werkzeug call_on_close),",
+        "  so it never delays the answer it records: it costs worker time, i.e. throughput. gunicorn's sync workers close "
+        "the connection after each",
+        "  answer and wrk keeps one connection per worker busy (a closed loop at saturation), so the next request waits "
+        "in the accept queue while",
+        "  a worker finishes logging: here the log's cost shows up in req/s and also in the next request's p50/p99. With "
+        "spare workers (traffic",
+        "  below capacity) the latency cost would largely disappear and the throughput cost remains.",
+    ]
+    if not ab:
+        return lines
+    throughput = ", ".join(f"{_pct(r['relative_difference']['requests_per_second'])} at {_row_label(r['rows'])}" for r in ab)
+    latency = ", ".join(f"{_pct(r['relative_difference']['p50_ms'])} at {_row_label(r['rows'])}" for r in ab)
+    lines.append(f"  this run: throughput with the log on {throughput}; p50 {latency}.")
+    noticeable = [r for r in ab if abs(r["relative_difference"]["requests_per_second"]) >= NOTICEABLE
+                  or abs(r["relative_difference"]["p50_ms"]) >= NOTICEABLE]
+    if noticeable:
+        lines.append("  noticeable (a change of 10% or more) at " + ", ".join(_row_label(r["rows"]) for r in noticeable)
+                     + ("; below 10% elsewhere." if len(noticeable) < len(ab) else "."))
+    else:
+        lines.append("  below 10% at every batch size: not noticeable at this load.")
+    worst = max((r for r in local.values() if r["rows"] >= 10_000), key=lambda r: r["ratios"]["observe_over_full_path"],
+                default=None)
+    if worst is not None:
+        lines.append(f"  in process, the work after the answer takes {worst['ratios']['observe_over_full_path']:.1f}x "
+                     f"the prediction path at {_row_label(worst['rows'], worst['probabilities'])} ({worst['model']}); "
+                     f"with the log off {worst['ratios']['observe_unlogged_over_full_path']:.2f}x: the log's rows are "
+                     "the cost.")
+    return lines
 
 
 def write_json(results: dict[str, Any], path: Path = RESULTS_FILE) -> Path:

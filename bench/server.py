@@ -35,13 +35,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_env(artifacts: Path, port: int, workers: int) -> dict[str, str]:
-    """The environment for Gunicorn: our registry and port; no API keys or signing, no polling."""
+#: Settings a developer's shell may carry that would change what is measured or where it is
+#: written; the bench drops them so every server runs the shipped defaults (alert and guard loops
+#: included) with only what ``server_env`` sets on top.
+DROPPED_ENV = ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "GUNICORN_CMD_ARGS", "DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR",
+               "PREDICTION_LOG_SAMPLE", "ALERT_SECONDS", "GUARD_SECONDS", "ALERT_RULES_FILE", "ALERT_WEBHOOK_URL",
+               "MONITORING_WINDOW", "PII_HASH_KEY", "MAX_BATCH_ROWS", "VECTORIZED_MIN_ROWS")
+
+
+def server_env(artifacts: Path, port: int, workers: int, scratch: Path,
+               extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for Gunicorn: our registry, port, database and metrics folder; no API keys.
+
+    Everything the server writes goes under ``scratch`` (a temp folder of this server's own):
+    the SQLite store (requests, prediction log, alert state) and the Prometheus multiprocess
+    files, never ``var/`` in the repo. ``extra`` adds settings for one run
+    (``PREDICTION_LOG_SAMPLE=0``).
+    """
     env = dict(os.environ)
-    for name in ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "GUNICORN_CMD_ARGS"):
-        env.pop(name, None)  # a developer's own settings must not turn requests into 401s
+    for name in DROPPED_ENV:
+        env.pop(name, None)  # a developer's own settings must not turn requests into 401s or skew figures
     env.update(HOST=HOST, PORT=str(port), WEB_CONCURRENCY=str(workers), ARTIFACTS_DIR=str(artifacts),
-               REGISTRY_POLL_SECONDS="0")
+               REGISTRY_POLL_SECONDS="0", DATABASE_URL=f"sqlite:///{scratch.absolute() / 'predictions.db'}",
+               PROMETHEUS_MULTIPROC_DIR=str(scratch.absolute() / "prom"))
+    env.update(extra or {})
     return env
 
 
@@ -50,10 +67,15 @@ class Server:
     """A Gunicorn master we started; ``url`` is where it listens once ``start`` returned."""
 
     artifacts: Path
-    log_path: Path
+    scratch: Path  # this server's own folder: its database, metrics files and log
     workers: int
+    extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.scratch / "gunicorn.log"
 
     @property
     def url(self) -> str:
@@ -61,10 +83,12 @@ class Server:
 
     def start(self) -> None:
         """Spawn Gunicorn (logs to a file) and wait until ``/readyz`` says 200."""
+        (self.scratch / "prom").mkdir(parents=True, exist_ok=True)
         command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:application"]
+        env = server_env(self.artifacts, self.port, self.workers, self.scratch, self.extra_env)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=server_env(self.artifacts, self.port, self.workers), start_new_session=True)
+                                            env=env, start_new_session=True)
         self._wait_ready()
 
     def _wait_ready(self) -> None:

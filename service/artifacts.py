@@ -195,6 +195,8 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
             raise ArtifactError(f"file {filename} has size {path.stat().st_size}, manifest says {meta.get('size')}")
         if not hmac.compare_digest(sha256_file(path), str(meta.get("sha256"))):
             raise ArtifactError(f"file {filename} does not match its sha256 in the manifest")
+    if "content_sha256" in manifest and manifest["content_sha256"] != content_hash(files):
+        raise ArtifactError("content_sha256 does not match the files listed in the manifest")
     if sklearn_version is not None:
         libraries = manifest["libraries"] if isinstance(manifest["libraries"], dict) else {}
         trained = str(libraries.get("scikit-learn", ""))
@@ -203,6 +205,12 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
                 f"model was trained with scikit-learn {trained or 'unknown'}, this server runs {sklearn_version}"
             )
     return VerifiedVersion(folder, manifest)
+
+
+def content_hash(files: dict[str, Any]) -> str:
+    """Identify a version by its files' content alone: the sha256 of their sorted names and hashes."""
+    lines = "".join(f"{name}\0{meta['sha256']}\n" for name, meta in sorted(files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def file_entry(path: Path) -> dict[str, Any]:

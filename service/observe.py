@@ -19,6 +19,7 @@ import orjson
 from service.inference import Answer, Target
 from service.monitoring import metrics
 from service.monitoring.predlog import PredictionLog
+from service.monitoring.quality import request_quality
 from service.runtime import LoadedModel
 from service.store import RequestRecord, ShadowRecord, Store
 
@@ -41,6 +42,9 @@ class Observer:
                                    summarise(answer.result.predictions, answer.model.manifest["task"]))
             if self.store is not None:
                 self.store.record_requests([record])
+            quality = request_quality(answer.model.features, answer.batch.columns,
+                                      answer.model.manifest.get("reference_profile"))
+            metrics.observe_data_quality(target.name, answer.version, quality.get("counts", {}))
             if self.log is not None:
                 self.log.record(target.name, answer.version, request_id, answer.ids, answer.batch.columns,
                                 answer.result.predictions, answer.result.probabilities, answer.seconds * 1000,

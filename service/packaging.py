@@ -231,6 +231,7 @@ def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key:
     try:
         joblib.dump(model, staging / artifacts.MODEL_FILE)
         manifest["files"] = {artifacts.MODEL_FILE: artifacts.file_entry(staging / artifacts.MODEL_FILE)}
+        manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
         while True:
             versions = artifacts.list_versions(root, manifest["name"])
             manifest["version"] = (versions[-1] + 1) if versions else 1

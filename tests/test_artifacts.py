@@ -283,3 +283,11 @@ def test_file_entry_matches_sha256(tmp_path):
 def test_a_boolean_version_is_not_version_one(folder):
     edit_manifest(folder, lambda m: m.update(version=True))
     assert refusal(folder, expected_version=1) == "manifest says version True, folder is 1"
+
+
+def test_a_version_carries_a_content_hash_of_its_files(folder):
+    manifest = artifacts.read_manifest(folder)
+    assert manifest["content_sha256"] == artifacts.content_hash(manifest["files"])
+    assert len(manifest["content_sha256"]) == 64
+    edit_manifest(folder, lambda m: m.update(content_sha256="0" * 64))
+    assert refusal(folder) == "content_sha256 does not match the files listed in the manifest"

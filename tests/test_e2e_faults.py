@@ -31,6 +31,7 @@ def replace_model_file(folder, obj) -> None:
     joblib.dump(obj, model_path)
     manifest = artifacts.read_manifest(folder)
     manifest["files"][artifacts.MODEL_FILE] = artifacts.file_entry(model_path)
+    manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
     os.chmod(folder / artifacts.MANIFEST, 0o644)
     artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
 

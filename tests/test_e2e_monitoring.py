@@ -122,16 +122,26 @@ def test_drift_is_caught_across_workers_and_alerts(monitored, webhook):
     assert wait_for(lambda: [n for n in webhook.received if n["rule"] == "data_drift" and n["status"] == "firing"])
     assert all(n["model"] != "breast-cancer" or n["rule"] != "data_drift" for n in webhook.received)
 
-    def alert_gauge():
-        text = monitored.get("/metrics").text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "sklearn_server_alert_state" and sample.labels.get("rule") == "data_drift" \
-                        and sample.labels.get("model") == "diabetes":
-                    return sample.value
-        return None
+    assert wait_for(lambda: gauge(monitored, "sklearn_server_alert_state", model="diabetes", rule="data_drift") == 3)
+    # the figures behind the alert are exported too
+    assert gauge(monitored, "sklearn_server_drift_score", model="diabetes", feature="bmi", statistic="psi") > 0.1
+    assert gauge(monitored, "sklearn_server_monitoring_window_predictions", model="diabetes", version="1") == 500
 
-    assert wait_for(lambda: alert_gauge() == 3)
+
+def gauge(server, name: str, **labels) -> float | None:
+    for family in text_string_to_metric_families(server.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+def test_request_time_quality_is_counted(monitored):
+    row = as_records(training_rows("diabetes").head(1))[0]
+    row["bmi"] = 60.0  # valid (the schema only says >= 0) but far outside the training range
+    assert monitored.post("/v1/models/diabetes:predict", json={"instances": [row, row]}).status_code == 200
+    assert wait_for(lambda: gauge(monitored, "sklearn_server_data_quality_issues_total", model="diabetes",
+                                  check="out_of_range") == 2)
 
 
 def test_degraded_feedback_moves_live_accuracy_and_fires(monitored):

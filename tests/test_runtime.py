@@ -56,6 +56,7 @@ def replace_model_file(folder, obj):
     os.chmod(path, 0o444)
     manifest = json.loads((folder / artifacts.MANIFEST).read_text())
     manifest["files"][artifacts.MODEL_FILE] = artifacts.file_entry(path)
+    manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
     artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest, mode=0o444)
 
 
@@ -121,6 +122,7 @@ def test_a_verified_file_that_is_not_a_pickle_is_an_artifact_error(root):
     path.write_bytes(b"this is not a pickle")
     manifest = json.loads((folder / artifacts.MANIFEST).read_text())
     manifest["files"][artifacts.MODEL_FILE] = artifacts.file_entry(path)
+    manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
     artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
     with pytest.raises(ArtifactError, match=r"^model file could not be loaded: \w+"):
         runtime.load(folder, name="m", version=1)

@@ -49,6 +49,7 @@ OUTCOMES = ("ok", "invalid", "error")
 VALIDATION_CODES = frozenset({"validation_failed", "invalid_json", "unsupported_media_type", "payload_too_large",
                               "bad_request"})
 FALLBACK_REASONS = ("error", "timeout")
+QUALITY_CHECKS = ("missing", "out_of_range", "unseen")
 #: ``feature`` label value for the model's output in drift and quality gauges.
 PREDICTION_FEATURE = "__prediction__"
 #: Free-form label values (error codes, statistics, rule names) must look like this, and each
@@ -168,6 +169,10 @@ class Metrics:
                                 ("model", "version", "sha256", "sklearn_version"), multiprocess_mode="livemax", **reg)
         self.load_failures = Counter(PREFIX + "model_load_failures", "Model versions refused at load, by model and version.",
                                      ("model", "version"), **reg)
+        self.quality_issues = Counter(PREFIX + "data_quality_issues",
+                                      "Input values with a data-quality problem at request time, by check "
+                                      "(missing, out_of_range against the training range, unseen category).",
+                                      ("model", "version", "check"), **reg)
         self.fallbacks = Counter(PREFIX + "fallbacks", "Predictions answered by the fallback version instead of the chosen one.",
                                  ("model", "from_version", "to_version", "reason"), **reg)
         self.gauges = {key: Gauge(name, doc, labels, multiprocess_mode="mostrecent", **reg)
@@ -251,6 +256,13 @@ class Metrics:
         if token is None:
             raise ValueError(f"unusable error code {code!r}")
         self.validation_failures.labels(model, token).inc()
+
+    def observe_data_quality(self, model: str, version: int, counts: Mapping[str, int]) -> None:
+        if not self.known(model, version):
+            return
+        for check in QUALITY_CHECKS:
+            if counts.get(check):
+                self.quality_issues.labels(model, str(version), check).inc(counts[check])
 
     def observe_fallback(self, model: str, from_version: int, to_version: int, reason: str = "error") -> None:
         if not (self.known(model, from_version) and self.known(model, to_version)):
@@ -351,6 +363,12 @@ def observe_model_removed(model: str, version: int) -> None:
 def observe_load_failure(model: str, version: int) -> None:
     """Count a version refused at load (bad hash, signature, pickle)."""
     current().observe_load_failure(model, version)
+
+
+@_never_raises
+def observe_data_quality(model: str, version: int, counts: Mapping[str, int]) -> None:
+    """Count a request's input values that are missing, outside the training range or unseen."""
+    current().observe_data_quality(model, version, counts)
 
 
 @_never_raises

@@ -16,6 +16,7 @@ import numpy as np
 
 from service import comparison
 from service.catalog import Catalog, ModelState
+from service.monitoring import metrics
 from service.monitoring.bias import bias_report
 from service.monitoring.drift import drift_report
 from service.monitoring.performance import live_performance, outcomes, timeline
@@ -85,11 +86,42 @@ class Monitoring:
         }
 
     def reports(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
-        """Yield (model, version, report) for every version in play, for the alert rules."""
+        """Yield (model, version, report) for every version in play, for the alert rules.
+
+        Publishes each version's figures as Prometheus gauges on the way, so a scrape sees what
+        the last evaluation saw.
+        """
         for state in self.catalog.models():
             report = self.model_report(state.name)
             for version, section in report["versions"].items():
+                publish_gauges(state.name, int(version), section)
                 yield state.name, int(version), section
+
+
+def publish_gauges(model: str, version: int, section: dict[str, Any]) -> None:
+    """Export one version's monitoring figures as gauges (drift, quality, live metrics, bias, window)."""
+    metrics.set_gauge("window_predictions", section.get("n"), model=model, version=version)
+    drift = section.get("drift", {})
+    entries = dict(drift.get("features", {}))
+    if drift.get("prediction"):
+        entries[metrics.PREDICTION_FEATURE] = drift["prediction"]
+    for feature, entry in entries.items():
+        for statistic in ("psi", "ks_statistic", "chi2_statistic"):
+            if entry.get(statistic) is not None:
+                metrics.set_gauge("drift_score", entry[statistic], model=model, version=version, feature=feature,
+                                  statistic=statistic.removesuffix("_statistic"))
+    for feature, entry in section.get("quality", {}).get("features", {}).items():
+        for check in metrics.QUALITY_CHECKS:
+            if entry.get(f"{check}_rate") is not None:
+                metrics.set_gauge("data_quality_ratio", entry[f"{check}_rate"], model=model, version=version,
+                                  feature=feature, check=check)
+    for name, value in section.get("performance", {}).get("metrics", {}).items():
+        if isinstance(value, int | float):
+            metrics.set_gauge("live_metric", value, model=model, version=version, metric=name)
+    for feature, entry in section.get("bias", {}).get("features", {}).items():
+        for gap in ("demographic_parity_difference", "equal_opportunity_difference"):
+            if isinstance(entry.get(gap), int | float):
+                metrics.set_gauge("bias_gap", entry[gap], model=model, version=version, feature=feature, metric=gap)
 
 
 def versions_in_play(state: ModelState, figures: dict[int, Any]) -> list[int]:
