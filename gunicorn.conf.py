@@ -18,10 +18,11 @@ from gunicorn.glogging import Logger  # noqa: E402
 
 from service.config import Config  # noqa: E402
 from service.errors import ConfigError  # noqa: E402
-from service.logs import JsonFormatter  # noqa: E402
+from service.logs import JsonFormatter, configure_logging  # noqa: E402
 
 try:
     _config = Config.from_env()
+    configure_logging(_config.log_level)  # so the checks below log JSON like everything else
     # Refuse to start open on a public address, or with a bad alert rules file, here in the
     # master with one clear line, instead of letting every worker fail to boot.
     from service.monitoring.alerts import load_rules
@@ -150,6 +151,26 @@ def post_worker_init(worker):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+
+
+def when_ready(server):
+    """Check the addresses Gunicorn really listens on (a --bind or GUNICORN_CMD_ARGS can differ from HOST).
+
+    Serving without API keys is allowed on loopback only, unless ALLOW_UNAUTHENTICATED says so.
+    """
+    import ipaddress
+
+    if _config.api_keys_file or _config.allow_unauthenticated:
+        return
+    for listener in server.LISTENERS:
+        address = listener.sock.getsockname()
+        host = address[0] if isinstance(address, tuple) else None  # a unix socket is local
+        if host is not None and not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            server.log.error("refusing to serve without API keys on a non-loopback address; set API_KEYS_FILE "
+                             "or ALLOW_UNAUTHENTICATED=1", extra={"address": str(listener)})
+            sys.stderr.write(f"configuration error: listening on {listener} without API_KEYS_FILE; "
+                             "set API_KEYS_FILE or ALLOW_UNAUTHENTICATED=1\n")
+            os._exit(2)  # before any worker exists; nothing to clean up but the sockets
 
 
 def child_exit(server, worker):

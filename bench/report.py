@@ -202,8 +202,10 @@ def after_answer_lines(results: dict[str, Any]) -> list[str]:
                      f"{local['full_path']['median_ms']:>8.3f}  {local['observe']['median_ms']:>9.3f}  "
                      f"{ratios['observe_over_full_path']:>9.2f}x  {local['observe_unlogged']['median_ms']:>17.3f}  "
                      f"{ratios['observe_unlogged_over_full_path']:>11.2f}x")
-    lines.append("path = service.inference.predict; after = request row + prediction log rows (PREDICTION_LOG_SAMPLE=1) "
-                 "+ Prometheus counters; log off = the same with PREDICTION_LOG_SAMPLE=0.")
+    lines.append("path = service.inference.predict; after = Observer.answered in full (request row, prediction log rows "
+                 "with PREDICTION_LOG_SAMPLE=1, metrics, ...);")
+    lines.append("log off = the same with PREDICTION_LOG_SAMPLE=0, so after - log off is the prediction log's own cost. "
+                 "Fresh prediction ids on every call.")
     return lines
 
 
@@ -263,10 +265,11 @@ def log_ab_notes(results: dict[str, Any]) -> list[str]:
     worst = max((r for r in local.values() if r["rows"] >= 10_000), key=lambda r: r["ratios"]["observe_over_full_path"],
                 default=None)
     if worst is not None:
+        after, unlogged = worst["in_process"]["observe"]["median_ms"], worst["in_process"]["observe_unlogged"]["median_ms"]
         lines.append(f"  in process, the work after the answer takes {worst['ratios']['observe_over_full_path']:.1f}x "
-                     f"the prediction path at {_row_label(worst['rows'], worst['probabilities'])} ({worst['model']}); "
-                     f"with the log off {worst['ratios']['observe_unlogged_over_full_path']:.2f}x: the log's rows are "
-                     "the cost.")
+                     f"the prediction path at {_row_label(worst['rows'], worst['probabilities'])} ({worst['model']}: "
+                     f"{after:.1f} ms after a {worst['in_process']['full_path']['median_ms']:.1f} ms answer), "
+                     f"{(after - unlogged) / after:.0%} of it writing the prediction log.")
     return lines
 
 

@@ -135,5 +135,5 @@ def prediction_ids(n: int) -> list[str]:
 
 
 def _jsonable(values: np.ndarray) -> Any:
-    """Numeric arrays go to orjson as they are; object arrays (string classes) become lists."""
-    return values.tolist() if values.dtype == object else values
+    """Numeric arrays go to orjson as they are; object, string and bytes arrays become lists."""
+    return values.tolist() if values.dtype.kind in "OUS" else values

@@ -8,9 +8,11 @@ an observer must never take a worker down. No Flask.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,12 @@ log = logging.getLogger(__name__)
 class Observer:
     store: Store | None
     log: PredictionLog | None = None
+    #: shadows run on a background thread so a slow shadow never holds up the worker's next
+    #: request; past this many waiting, shadow comparisons are dropped (and counted)
+    max_pending_shadows: int = 4
+    shadows_dropped: int = 0
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
 
     def answered(self, answer: Answer, target: Target, request_id: str, status: int = 200) -> None:
         """Record a successful answer and its predictions, then run and compare its shadows."""
@@ -50,7 +58,7 @@ class Observer:
                                 answer.result.predictions, answer.result.probabilities, answer.seconds * 1000,
                                 answer.model.features)
             if answer.shadows:
-                self._shadow(answer, target)
+                self._schedule_shadows(answer, target)
         except Exception:
             log.exception("recording an answer failed", extra={"model": target.name})
 
@@ -67,12 +75,26 @@ class Observer:
         except Exception:
             log.exception("recording a failure failed", extra={"model": target.name})
 
+    def _schedule_shadows(self, answer: Answer, target: Target) -> None:
+        if self._pool is None:  # created in the worker, after fork
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
+            self._slots = threading.BoundedSemaphore(self.max_pending_shadows)
+        if not self._slots.acquire(blocking=False):
+            self.shadows_dropped += 1
+            log.warning("shadow comparison dropped: the shadow queue is full",
+                        extra={"model": target.name, "dropped": self.shadows_dropped})
+            return
+        self._pool.submit(self._shadow, answer, target)
+
     def _shadow(self, answer: Answer, target: Target) -> None:
-        records = []
-        for shadow in answer.shadows:
-            records.append(compare_shadow(answer, shadow, target.name))
-        if self.store is not None:
-            self.store.record_shadow(records)
+        try:
+            records = [compare_shadow(answer, shadow, target.name) for shadow in answer.shadows]
+            if self.store is not None:
+                self.store.record_shadow(records)
+        except Exception:
+            log.exception("shadow comparison failed", extra={"model": target.name})
+        finally:
+            self._slots.release()
 
 
 def compare_shadow(answer: Answer, shadow: LoadedModel, name: str) -> ShadowRecord:

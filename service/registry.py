@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import importlib.metadata
 import json
 import os
 import re
@@ -118,7 +119,8 @@ def set_label(root: Path, name: str, label: str, version: int, *, actor: str, re
     folder = artifacts.version_dir(root, name, version)
     if not folder.is_dir():
         raise ValueError(f"model {name!r} has no version {version}")
-    artifacts.verify_version(folder, expected_name=name, expected_version=int(version), signing_key=signing_key)
+    artifacts.verify_version(folder, expected_name=name, expected_version=int(version), signing_key=signing_key,
+                             sklearn_version=installed_sklearn())
 
     def change(state: dict[str, Any]) -> dict[str, Any]:
         _still_there(root, name, [int(version)])
@@ -140,6 +142,10 @@ def remove_label(root: Path, name: str, label: str, *, actor: str, reason: str =
     def change(state: dict[str, Any]) -> dict[str, Any]:
         if label not in state["labels"]:
             raise ValueError(f"model {name!r} has no label {label!r}")
+        rollout = state["rollout"]
+        if label == PRODUCTION and (rollout.get("canary") or rollout.get("shadow")):
+            raise ValueError(f"model {name!r} has a canary or shadows that compare against production; "
+                             "end them before removing the production label")
         return {"action": "label.remove", "label": label, "previous": state["labels"].pop(label)}
 
     return update(root, name, change, actor=actor, reason=reason)
@@ -321,7 +327,8 @@ def _loadable(root: Path, name: str, version: int, signing_key: str | None) -> N
     if not folder.is_dir():
         raise ValueError(f"model {name!r} has no version {version}")
     try:
-        artifacts.verify_version(folder, expected_name=name, expected_version=version, signing_key=signing_key)
+        artifacts.verify_version(folder, expected_name=name, expected_version=version, signing_key=signing_key,
+                                 sklearn_version=installed_sklearn())
     except ArtifactError as exc:
         raise ValueError(f"version {version} of {name!r} cannot be loaded: {exc}") from None
 
@@ -340,6 +347,11 @@ def _remove_tree(path: Path) -> None:
         for filename in files:
             os.chmod(os.path.join(folder, filename), 0o644)
     shutil.rmtree(path)
+
+
+def installed_sklearn() -> str:
+    """The scikit-learn this process would load models with (without importing it)."""
+    return importlib.metadata.version("scikit-learn")
 
 
 def _now() -> str:

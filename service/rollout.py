@@ -23,6 +23,8 @@ PRODUCTION = "production"
 CANARY = "canary"
 BUCKETS = 10_000  # weights resolve to 0.01 %
 MAX_ROUTING_KEY = 256
+MAX_WINDOW_SECONDS = 7 * 24 * 3600
+MAX_BUDGET_MS = 600_000.0  # ten minutes: beyond any worker timeout
 DEFAULT_RULES: dict[str, Any] = {"window_seconds": 300, "min_requests": 50, "max_error_rate": 0.05, "max_p99_ms": None}
 
 
@@ -92,7 +94,7 @@ def check_fallback(fallback: Any) -> int | None:
 
 def check_budget(budget_ms: Any) -> float | None:
     """Return the time budget in milliseconds (or None for no budget), else raise ``ValueError``."""
-    return None if budget_ms is None else _number(budget_ms, "budget_ms", above=0)
+    return None if budget_ms is None else _number(budget_ms, "budget_ms", low=0.1, high=MAX_BUDGET_MS)
 
 
 def check_rules(rules: Any) -> dict[str, Any]:
@@ -101,27 +103,27 @@ def check_rules(rules: Any) -> dict[str, Any]:
         raise ValueError("rules must be an object")
     unknown = sorted(map(str, set(rules) - set(DEFAULT_RULES)))
     if unknown:
-        raise ValueError(f"unknown rules: {', '.join(unknown)}; known: {', '.join(DEFAULT_RULES)}")
+        raise ValueError(f"{len(unknown)} unknown rule name(s); known rules: {', '.join(DEFAULT_RULES)}")
     checked = {}
     for key, value in rules.items():
         if key == "window_seconds":
-            checked[key] = _number(value, key, above=0)
+            checked[key] = _number(value, key, low=1, high=MAX_WINDOW_SECONDS)
         elif key == "min_requests":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"min_requests must be an integer of at least 1, got {value!r}")
+                raise ValueError("min_requests must be an integer of at least 1")
             checked[key] = value
         elif value is None:  # max_error_rate / max_p99_ms: null switches the rule off
             checked[key] = None
         elif key == "max_error_rate":
             checked[key] = _number(value, key, low=0, high=1)
         else:
-            checked[key] = _number(value, key, above=0)
+            checked[key] = _number(value, key, low=0.001, high=MAX_BUDGET_MS)
     return checked
 
 
 def _version(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        raise ValueError(f"{what} must be a positive integer")
     return value
 
 
@@ -131,5 +133,5 @@ def _number(value: Any, what: str, *, low: float | None = None, high: float | No
             or (low is not None and value < low) or (high is not None and value > high) \
             or (above is not None and value <= above):
         bounds = f"above {above:g}" if above is not None else f"from {low:g} to {high:g}"
-        raise ValueError(f"{what} must be a number {bounds}, got {value!r}")
+        raise ValueError(f"{what} must be a number {bounds}")
     return float(value)

@@ -6,6 +6,9 @@ runtimes. ``load`` unpickles only what ``artifacts.verify_version`` has just che
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +89,13 @@ def load(folder: Path, *, name: str, version: int, signing_key: str | None = Non
     start = time.perf_counter()
     verified = artifacts.verify_version(folder, expected_name=name, expected_version=version,
                                         signing_key=signing_key, sklearn_version=sklearn.__version__)
+    data = verified.model_path.read_bytes()
+    # unpickle the very bytes that were hashed: a file swapped after the check cannot slip in
+    expected = verified.manifest["files"][verified.manifest["model_file"]]["sha256"]
+    if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), str(expected)):
+        raise ArtifactError("model file changed while it was being loaded")
     try:
-        estimator = joblib.load(verified.model_path)
+        estimator = joblib.load(io.BytesIO(data))
     except Exception as exc:  # a corrupt pickle can raise almost anything
         raise ArtifactError(f"model file could not be loaded: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(estimator, "predict", None)):

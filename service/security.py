@@ -186,8 +186,8 @@ class KeyStore:
                 found = key
         return found
 
-    def authorize(self, token: str | None, scope: str) -> ApiKey:
-        """Return the key for ``token`` if it has ``scope``; raise 401 or 403 otherwise."""
+    def authorize(self, token: str | None, scope: str, *others: str) -> ApiKey:
+        """Return the key for ``token`` if it has ``scope`` (or one of ``others``); raise 401 or 403 otherwise."""
         if not token:
             raise Unauthorized(
                 "Send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.",
@@ -197,7 +197,7 @@ class KeyStore:
         if key is None:
             log.info("rejected an unknown API key", extra={"scope": scope})
             raise Unauthorized("The API key is not valid.", details={"reason": "invalid_key"})
-        if scope not in key.scopes:
+        if not key.scopes & {scope, *others}:
             log.info("API key lacks a scope", extra={"key_id": key.id, "scope": scope})
             raise Forbidden(f"This API key does not have the {scope!r} scope.", details={"required_scope": scope})
         return key
@@ -320,10 +320,11 @@ def init_app(app: Flask, config: Config) -> None:
     app.extensions["security"] = load_key_store(config)
 
 
-def require_scope(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a view so it runs only for a key with ``scope``; sets ``g.key_id``."""
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}: choose from {', '.join(SCOPES)}")
+def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a view so it runs only for a key with ``scope`` (or one of ``others``); sets ``g.key_id``."""
+    for name in (scope, *others):
+        if name not in SCOPES:
+            raise ValueError(f"unknown scope {name!r}: choose from {', '.join(SCOPES)}")
 
     def decorator(view: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(view)
@@ -337,7 +338,7 @@ def require_scope(scope: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
             if store is None:
                 g.key_id = None
             else:
-                g.key_id = store.authorize(credentials_from_headers(request.headers), scope).id
+                g.key_id = store.authorize(credentials_from_headers(request.headers), scope, *others).id
             return view(*args, **kwargs)
 
         return wrapper

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import operator
+import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ from service.schemas import (
 )
 
 MAX_REPORTED_ERRORS = 50
-MAX_FIELD_CHARS = 100
+#: Unknown field names we repeat back to the client; anything else is described, not echoed.
+SAFE_FIELD_RE = re.compile(r"[A-Za-z0-9 _.()\[\]/-]{1,64}")
 EXACT_FLOAT_INT = 2**53  # integers below this survive a round trip through float64
 NONE_TYPE = type(None)
 NUMBER_TYPES = {"float": {float, int}, "int": {int, float}, "bool": {bool}, "category": {str, int}, "string": {str}}
@@ -112,9 +114,9 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _clip(field: Any) -> Any:
-    # Unknown keys come from the client: bound what we echo back.
-    if isinstance(field, str) and len(field) > MAX_FIELD_CHARS:
-        return field[:MAX_FIELD_CHARS] + "..."
+    # Unknown keys come from the client: echo only a short, plain name, never markup or control text.
+    if isinstance(field, str) and not SAFE_FIELD_RE.fullmatch(field):
+        return "(an unknown field with an unusual name)"
     return field
 
 

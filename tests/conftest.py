@@ -52,7 +52,8 @@ def server_env(artifacts: Path, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(ARTIFACTS_DIR=str(artifacts), PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
                REGISTRY_POLL_SECONDS="1", LOG_LEVEL="info",
-               DATABASE_URL=f"sqlite:///{artifacts.parent / f'db-{port}' / 'predictions.db'}")
+               DATABASE_URL=f"sqlite:///{artifacts.parent / f'db-{port}' / 'predictions.db'}",
+               PROMETHEUS_MULTIPROC_DIR=str(artifacts.parent / f"prometheus-{port}"))
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

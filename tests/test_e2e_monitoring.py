@@ -123,9 +123,10 @@ def test_drift_is_caught_across_workers_and_alerts(monitored, webhook):
     assert all(n["model"] != "breast-cancer" or n["rule"] != "data_drift" for n in webhook.received)
 
     assert wait_for(lambda: gauge(monitored, "sklearn_server_alert_state", model="diabetes", rule="data_drift") == 3)
-    # the figures behind the alert are exported too
+    # the figures behind the alert are exported too, as of the latest evaluation
+    assert wait_for(lambda: gauge(monitored, "sklearn_server_monitoring_window_predictions", model="diabetes",
+                                  version="1") == 500)
     assert gauge(monitored, "sklearn_server_drift_score", model="diabetes", feature="bmi", statistic="psi") > 0.1
-    assert gauge(monitored, "sklearn_server_monitoring_window_predictions", model="diabetes", version="1") == 500
 
 
 def gauge(server, name: str, **labels) -> float | None:

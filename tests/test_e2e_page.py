@@ -149,13 +149,13 @@ def test_overview_lists_models(served, context, tmp_path):
     assert_clean(recorder, origin)
 
 
-@pytest.mark.parametrize("window", ["0", "-1", "abc", "100001", "1.5", "١٢"])
-def test_a_bad_window_is_a_400_in_the_error_shape(served, window):
+@pytest.mark.parametrize("window", ["0", "9", "-1", "abc", "100001", "1.5", "١٢", "²"])
+def test_a_bad_window_is_a_422_in_the_error_shape(served, window):
     origin, _ = served
     response = requests.get(f"{origin}/monitoring/breast-cancer", params={"window": window}, timeout=10)
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "bad_request"
-    assert response.json()["error"]["details"]["parameter"] == "window"
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_failed"
+    assert response.json()["error"]["details"]["errors"][0]["field"] == "window"
 
 
 def test_feature_names_are_escaped_in_the_html(served):

@@ -225,7 +225,7 @@ def test_admin_changes_need_the_admin_scope_and_valid_bodies(three_versions, ser
     assert server.session.put(url, json=body, headers={"X-API-Key": reader}, timeout=10).status_code == 403
     bad = server.session.put(url, json={"canary": {"version": 2, "weight": 150}}, headers={"X-API-Key": operator},
                              timeout=10)
-    assert bad.status_code == 422 and bad.json()["error"]["details"]["errors"][0]["field"] == "canary"
+    assert bad.status_code == 422 and bad.json()["error"]["details"]["errors"][0]["field"] == "canary.weight"
     ok = server.session.put(url, json=body, headers={"X-API-Key": operator}, timeout=10)
     assert ok.status_code == 200 and ok.json()["change"]["actor"] == "key:ops"
     no_canary_yet = server.session.post(server.base + "/v1/models/diabetes:promote", headers={"X-API-Key": operator},

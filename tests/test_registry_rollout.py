@@ -132,10 +132,10 @@ def test_set_rollout_changes_only_what_is_given_and_records_before_and_after(roo
     ({"shadow": 2}, "shadow must be a list"),
     ({"fallback": 9}, "model 'm' has no version 9"),
     ({"fallback": "2"}, "fallback must be a positive integer"),
-    ({"budget_ms": 0}, "budget_ms must be a number above 0"),
-    ({"budget_ms": True}, "budget_ms must be a number above 0"),
+    ({"budget_ms": 0}, "budget_ms must be a number from 0.1 to 600000"),
+    ({"budget_ms": True}, "budget_ms must be a number from 0.1 to 600000"),
     ({"rules": {"max_error_rate": 2}}, "max_error_rate must be a number from 0 to 1"),
-    ({"rules": {"speed": 1}}, "unknown rules: speed"),
+    ({"rules": {"speed": 1}}, "1 unknown rule name"),
     ({"canary": {"version": 2, "weight": 10}, "shadow": [2]}, "version 2 cannot be both the canary and a shadow"),
 ])
 def test_set_rollout_refusals_leave_the_file_untouched(root, kwargs, message):

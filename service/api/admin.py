@@ -13,8 +13,9 @@ from flask import Blueprint, current_app, g, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service import comparison, registry
-from service.api.io import json_response, read_json
+from service.api.io import int_arg, json_response, read_json, validation_failed
 from service.errors import ArtifactError, ChangeRefused, ValidationFailed
+from service.rollout import check_rules
 from service.security import require_scope
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/models")
@@ -36,12 +37,19 @@ class CanaryBody(Schema):
     weight = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
 
 
+def _rules(value: dict) -> None:
+    try:
+        check_rules(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+
+
 class RolloutBody(Schema):
     canary = fields.Nested(CanaryBody, allow_none=True, unknown=RAISE)
     shadow = fields.List(fields.Integer(strict=True, validate=validate.Range(min=1)))
     fallback = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
     budget_ms = fields.Float(allow_none=True, allow_nan=False, validate=validate.Range(min=0, min_inclusive=False))
-    rules = fields.Dict(keys=fields.String())
+    rules = fields.Dict(keys=fields.String(), validate=_rules)
     reason = fields.String(load_default="", validate=validate.Length(max=1000))
 
 
@@ -60,7 +68,7 @@ def remove_label(name: str, label: str):
 
 
 @bp.get("/<model_name:name>/rollout")
-@require_scope("read")
+@require_scope("read", "admin")
 def show_rollout(name: str):
     current_app.extensions["catalog"].model(name)
     state = registry.read_state(current_app.extensions["catalog"].root, name)
@@ -91,7 +99,7 @@ def rollback(name: str):
 
 
 @bp.get("/<model_name:name>/history")
-@require_scope("read")
+@require_scope("read", "admin")
 def history(name: str):
     current_app.extensions["catalog"].model(name)
     return json_response({"model": name,
@@ -99,7 +107,7 @@ def history(name: str):
 
 
 @bp.get("/<model_name:name>/comparison")
-@require_scope("read")
+@require_scope("read", "admin")
 def compare(name: str):
     catalog = current_app.extensions["catalog"]
     catalog.model(name)
@@ -123,13 +131,12 @@ def _apply(name: str, change, *args: Any, reason: str, signed: bool = False, **k
 
 
 def _load(schema: Schema, payload: Any) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise validation_failed({"body": ["Must be a JSON object."]}, "the body")
     try:
-        return schema.load(payload if isinstance(payload, dict) else {"_": payload}, unknown=RAISE)
+        return schema.load(payload, unknown=RAISE)
     except ValidationError as exc:
-        errors = [{"row": None, "field": field, "messages": messages if isinstance(messages, list) else [str(messages)]}
-                  for field, messages in sorted(exc.normalized_messages().items())]
-        raise ValidationFailed(f"{len(errors)} invalid field(s); first: {errors[0]['field']}",
-                               details={"errors": errors, "error_count": len(errors)}) from None
+        raise validation_failed(exc.normalized_messages(), "the body") from None
 
 
 def _reason() -> str:
@@ -139,10 +146,4 @@ def _reason() -> str:
 
 
 def _window_seconds() -> int:
-    raw = request.args.get("window", "300")
-    if not raw.isdigit() or not 0 < int(raw) <= MAX_WINDOW_SECONDS:
-        raise ValidationFailed("window must be a whole number of seconds between 1 and 30 days.",
-                               details={"errors": [{"row": None, "field": "window",
-                                                    "messages": ["Must be between 1 and 2592000."]}],
-                                        "error_count": 1})
-    return int(raw)
+    return int_arg("window", low=1, high=MAX_WINDOW_SECONDS, default=300)

@@ -8,15 +8,16 @@ Content-Security-Policy below enforces that) and needs no JavaScript.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, render_template, request
+from flask import Blueprint, Response, current_app, render_template
 
-from service.errors import BadRequest
+from service.api.io import int_arg
 from service.monitoring import page
 from service.security import require_scope
 
 bp = Blueprint("dashboard", __name__, url_prefix="/monitoring", template_folder="../templates")
 
 #: Largest ``?window=`` accepted: the report reads that many predictions per version.
+MIN_WINDOW = 10
 MAX_WINDOW = 100_000
 #: Inline styles and SVG only; nothing is fetched from anywhere, not even from us.
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
@@ -42,14 +43,8 @@ def model(name: str):
 
 
 def _window() -> int | None:
-    """Read ``?window=N`` (a positive integer up to ``MAX_WINDOW``); ``None`` when absent."""
-    raw = request.args.get("window")
-    if raw is None or raw == "":
-        return None
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_WINDOW:
-        raise BadRequest("window must be a whole number of predictions.",
-                         details={"parameter": "window", "minimum": 1, "maximum": MAX_WINDOW})
-    return int(raw)
+    """Read ``?window=N`` (predictions per version); ``None`` when absent."""
+    return int_arg("window", low=MIN_WINDOW, high=MAX_WINDOW)
 
 
 def _html(template: str, **context) -> Response:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Response, request
+from flask import Response, current_app, request
 
-from service.errors import InvalidJSON, UnsupportedMediaType
+from service.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 JSON_MIMETYPES = ("application/json",)
 
@@ -16,7 +16,11 @@ def read_json() -> Any:
     """Parse the request body as JSON; 415 for another content type, 400 for bad JSON."""
     if request.mimetype not in JSON_MIMETYPES:
         raise UnsupportedMediaType(details={"expected": "application/json"})
-    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH when the length is declared
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(body) >= limit:
+        # a chunked body is cut off at the limit rather than refused: refuse it here
+        raise PayloadTooLarge(details={"limit_bytes": limit})
     if not body:
         raise InvalidJSON("The request body is empty.")
     try:
@@ -30,3 +34,31 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     """Serialise with orjson (numpy arrays included) into a Flask response."""
     payload = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(payload, status=status, headers=headers, mimetype="application/json")
+
+
+def int_arg(name: str, *, low: int, high: int, default: int | None = None) -> int | None:
+    """Read a whole-number query parameter within [low, high]; 422 naming it otherwise."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        message = f"Must be a whole number from {low} to {high}."
+        raise ValidationFailed(f"{name}: {message}", details={"errors": [{"row": None, "field": name,
+                                                                          "messages": [message]}], "error_count": 1})
+    return int(raw)
+
+
+def validation_failed(messages: Any, what: str = "the request") -> ValidationFailed:
+    """Turn marshmallow's nested messages into the one error shape, one entry per leaf field."""
+    errors = [{"row": next((p for p in path if isinstance(p, int)), None), "field": ".".join(map(str, path)),
+               "messages": leaf} for path, leaf in sorted(_leaves(messages), key=lambda e: str(e[0]))]
+    first = errors[0]["field"] if errors else "?"
+    return ValidationFailed(f"{len(errors)} invalid value(s) in {what}; first: {first}",
+                            details={"errors": errors[:50], "error_count": len(errors)})
+
+
+def _leaves(messages: Any, path: tuple = ()) -> list[tuple[tuple, list[str]]]:
+    if isinstance(messages, dict):
+        return [leaf for key, value in messages.items() for leaf in _leaves(value, (*path, key))]
+    return [(path, messages if isinstance(messages, list) and all(isinstance(m, str) for m in messages)
+             else [str(messages)])]

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
+from typing import Any
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from service.api.io import json_response, read_json
-from service.errors import StoreUnavailable, ValidationFailed
+from service.api.io import int_arg, json_response, read_json, validation_failed
+from service.catalog import ModelState
+from service.errors import ModelUnavailable, StoreUnavailable
 from service.security import require_scope
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1/models")
 
 MAX_FEEDBACK = 10_000
 MAX_WINDOW = 100_000
+INVALID = object()
 
 
 class FeedbackItem(Schema):
@@ -30,8 +34,8 @@ class FeedbackBody(Schema):
 @bp.post("/<model_name:name>/feedback")
 @require_scope("predict")
 def feedback(name: str):
-    current_app.extensions["catalog"].model(name)
-    items = _load_feedback(read_json())
+    model = _any_version(current_app.extensions["catalog"].model(name))
+    items = _load_feedback(read_json(), model.manifest["task"], model.manifest["output"].get("classes"))
     try:
         result = current_app.extensions["monitoring"].log.record_feedback(name, items)
     except sqlite3.Error:
@@ -45,33 +49,46 @@ def monitoring(name: str):
     return json_response(current_app.extensions["monitoring"].model_report(name, _window()))
 
 
-def _load_feedback(payload) -> list[dict]:
+def _load_feedback(payload: Any, task: str, classes: list | None) -> list[dict]:
     try:
-        return FeedbackBody().load(payload if isinstance(payload, dict) else {"feedback": None}, unknown=RAISE)["feedback"]
+        items = FeedbackBody().load(payload if isinstance(payload, dict) else {"feedback": None},
+                                    unknown=RAISE)["feedback"]
     except ValidationError as exc:
-        errors = []
-        for field, messages in sorted(_flatten(exc.normalized_messages())):
-            errors.append({"row": field[1] if len(field) > 1 else None, "field": ".".join(map(str, field)),
-                           "messages": messages})
-        raise ValidationFailed(f"{len(errors)} invalid value(s) in the feedback; first: {errors[0]['field']}",
-                               details={"errors": errors[:50], "error_count": len(errors)}) from None
+        raise validation_failed(exc.normalized_messages(), "the feedback") from None
+    bad = {}
+    for row, item in enumerate(items):
+        label = check_label(item["label"], task, classes)
+        if label is INVALID:
+            expected = "a finite number" if task == "regression" else f"one of the classes {classes}"
+            bad[row] = {"label": [f"Must be {expected}."]}
+        else:
+            item["label"] = label
+    if bad:
+        raise validation_failed({"feedback": bad}, "the feedback")
+    return items
 
 
-def _flatten(messages, path=()):
-    if isinstance(messages, dict):
-        for key, value in messages.items():
-            yield from _flatten(value, (*path, key))
-    else:
-        yield path, messages if isinstance(messages, list) else [str(messages)]
+def check_label(value: Any, task: str, classes: list | None) -> Any:
+    """Return the label in the model's own terms (a class, or a number), or ``INVALID``."""
+    if isinstance(value, bool) and not any(isinstance(c, bool) for c in classes or ()):
+        return INVALID
+    if task == "regression":
+        ok = isinstance(value, int | float) and math.isfinite(value)
+        return float(value) if ok else INVALID
+    for cls in classes or ():
+        if value == cls or (isinstance(cls, int | float) and isinstance(value, str) and value == str(cls)):
+            return cls
+    return INVALID
 
 
 def _window() -> int | None:
-    raw = request.args.get("window")
-    if raw is None:
-        return None
-    if not raw.isascii() or not raw.isdigit() or not 10 <= int(raw) <= MAX_WINDOW:
-        raise ValidationFailed("window must be a whole number of predictions between 10 and 100000.",
-                               details={"errors": [{"row": None, "field": "window",
-                                                    "messages": ["Must be between 10 and 100000."]}],
-                                        "error_count": 1})
-    return int(raw)
+    return int_arg("window", low=10, high=MAX_WINDOW)
+
+
+def _any_version(state: ModelState):
+    """The version whose manifest says what labels look like: production, else any loaded one."""
+    for version in (state.labels.get("production"), *sorted(state.versions, reverse=True)):
+        model = state.available(version)
+        if model is not None:
+            return model
+    raise ModelUnavailable(details={"model": state.name})

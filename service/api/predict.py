@@ -29,13 +29,15 @@ def predict(name: str, version: int | None = None, label: str | None = None):
         target = inference.Target(name, version, label, _routing_key(payload))
         answer = inference.predict(current_app.extensions["catalog"], payload, current_app.extensions["limits"],
                                    target, executor=current_app.extensions["executor"])
-    except ServiceError as exc:
-        status, code, version_ = exc.status, exc.code, _version_of(exc)  # ``exc`` is unbound after this block
+        response = json_response(answer.body, headers={"X-Model-Version": str(answer.version)})
+    except Exception as exc:
+        status, code = (exc.status, exc.code) if isinstance(exc, ServiceError) else (500, "internal_error")
+        failed_version = _version_of(exc) if isinstance(exc, ServiceError) else None
         seconds = time.perf_counter() - started
-        _observe_after_response(lambda: observer.failed(target, request_id, status, code, seconds, version_))
+        _observe_after_response(lambda: observer.failed(target, request_id, status, code, seconds, failed_version))
         raise
     _observe_after_response(lambda: observer.answered(answer, target, request_id))
-    return json_response(answer.body, headers={"X-Model-Version": str(answer.version)})
+    return response
 
 
 def _routing_key(payload: Any) -> str | None:

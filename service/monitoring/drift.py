@@ -168,8 +168,21 @@ def canonical_key(key: str) -> str:
 
 def category_keys(values: np.ndarray) -> list[str]:
     """Key every non-missing value of a categorical column."""
-    keys = (category_key(v) for v in np.asarray(values, dtype=object).ravel())
-    return [k for k in keys if k is not None]
+    return [k for k in keyed(values) if k is not None]
+
+
+def keyed(values: np.ndarray) -> list[str | None]:
+    """``category_key`` of every value, computed once per distinct value (columns repeat a few values)."""
+    cache: dict[tuple[type, Any], str | None] = {}
+    out = []
+    for value in np.asarray(values, dtype=object).ravel():
+        try:
+            token = (value.__class__, value)  # the class keeps True apart from 1
+            key = cache[token] if token in cache else cache.setdefault(token, category_key(value))
+        except TypeError:  # an unhashable value: key it directly
+            key = category_key(value)
+        out.append(key)
+    return out
 
 
 def _numeric_drift(entry: dict[str, Any], values: np.ndarray, thresholds: DriftThresholds, tests: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from service.monitoring.drift import INSUFFICIENT, canonical_key, category_key, numeric_values, worst
+from service.monitoring.drift import INSUFFICIENT, canonical_key, category_key, keyed, numeric_values, worst
 
 NUMERIC_TYPES = ("float", "int")
 
@@ -110,7 +110,7 @@ def feature_quality(entry: dict[str, Any], feature: dict[str, Any], values: np.n
         result["out_of_range_status"] = statuses[-1]
     elif entry.get("categories") is not None:
         known = {canonical_key(k) for k in entry["categories"]}
-        keys = [k for k in (category_key(v) for v in values.astype(object).ravel()) if k is not None]
+        keys = [k for k in keyed(values) if k is not None]
         unseen = sum(k not in known for k in keys)
         reference_other = float(entry.get("other_rate", 0.0))
         result.update(unseen=unseen, unseen_rate=_rate(unseen, len(keys)), reference_unseen_rate=reference_other)
@@ -145,7 +145,7 @@ def _is_numeric(entry: dict[str, Any], feature: dict[str, Any]) -> bool:
 
 
 def _missing_count(values: np.ndarray) -> int:
-    return sum(category_key(v) is None for v in values.astype(object).ravel())
+    return sum(k is None for k in keyed(values))
 
 
 def _rate(count: int, total: int) -> float:
