@@ -101,3 +101,13 @@ def test_public_address_allowed_when_explicitly_told(demo_root, server_factory):
         except requests.RequestException:
             time.sleep(0.2)
     assert requests.post(server_url + "/v1/models/diabetes:predict", json=ROW, timeout=10).status_code == 200
+
+
+def test_refuses_an_open_public_listener_given_on_the_command_line(demo_root):
+    """HOST says loopback, but Gunicorn is told to bind everywhere: the real listener decides."""
+    port = free_port()
+    result = subprocess.run([str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:application"], cwd=REPO,
+                            env={**server_env(demo_root, port), "GUNICORN_CMD_ARGS": f"--bind 0.0.0.0:{port}"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "without API_KEYS_FILE" in result.stderr and "Booting worker" not in result.stderr
