@@ -7,12 +7,15 @@ This module decides whether such a folder may be trusted; it never unpickles any
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +124,19 @@ def _check_io(manifest: dict[str, Any]) -> None:
             raise ArtifactError(f"{MANIFEST} input.features holds an entry without a name or a known type")
     if not isinstance(manifest.get("output", {}), dict):
         raise ArtifactError(f"{MANIFEST} output must be an object")
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path, mode: int = 0o644) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if needed) for a read-modify-write."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:

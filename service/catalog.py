@@ -22,12 +22,12 @@ from typing import Any
 from service import artifacts, registry, runtime
 from service.errors import ArtifactError, LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
 from service.monitoring import metrics
-from service.rollout import choose_version
+from service.rollout import choose_version, default_rollout
 
 log = logging.getLogger(__name__)
 
 AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
-NO_ROLLOUT = {"canary": None, "shadow": [], "fallback": None, "budget_ms": None}
+NO_ROLLOUT = default_rollout()
 
 
 @dataclass(frozen=True)

@@ -9,26 +9,32 @@ this module's. No Flask.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import importlib.metadata
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from service import artifacts
 from service.errors import ArtifactError
-from service.rollout import DEFAULT_RULES, check_budget, check_canary, check_fallback, check_rules, check_shadow, default_rollout
+from service.rollout import (
+    DEFAULT_RULES,
+    PRODUCTION,
+    check_budget,
+    check_canary,
+    check_fallback,
+    check_rules,
+    check_shadow,
+    default_rollout,
+)
 
 LABEL_RE = re.compile(r"[a-z0-9_-]{1,64}")
-PRODUCTION = "production"
 LOCK_FILE = ".registry.lock"
 GC_PREFIX = ".gc-"
 STACK_LIMIT = 20  # rollback targets remembered; older ones are dropped from the bottom
@@ -80,16 +86,8 @@ def read_state(root: Path, name: str) -> dict[str, Any]:
     return state
 
 
-@contextlib.contextmanager
-def _locked(root: Path, name: str) -> Iterator[None]:
-    folder = artifacts.model_dir(root, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _locked(root: Path, name: str):
+    return artifacts.exclusive_lock(artifacts.model_dir(root, name) / LOCK_FILE)
 
 
 def update(root: Path, name: str, change: Callable[[dict[str, Any]], dict[str, Any]], *,

@@ -9,7 +9,6 @@ created, and is never stored or logged. ``KeyStore`` reads that file and picks u
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import hmac
@@ -18,16 +17,15 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from service import artifacts
 from service.errors import ConfigError, Forbidden, Unauthorized
 
 if TYPE_CHECKING:
@@ -284,32 +282,14 @@ def _read_existing(path: Path) -> tuple[ApiKey, ...]:
         raise ValueError(f"{path}: {exc}") from None
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path):
     """Serialise read-modify-write so two commands at once cannot lose a revocation."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return artifacts.exclusive_lock(path.with_name(path.name + ".lock"), FILE_MODE)
 
 
 def _write_keys(path: Path, keys: list[ApiKey]) -> None:
-    """Replace the file atomically, so a server never reads half of it."""
-    data = json.dumps({"keys": [k.to_dict() for k in keys]}, indent=2).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace the file atomically (readable by its owner only), so a server never reads half of it."""
+    artifacts.write_json_atomic(path, {"keys": [k.to_dict() for k in keys]}, mode=FILE_MODE)
 
 
 # -- Flask integration -------------------------------------------------------------------------
