@@ -1,20 +1,28 @@
 """Turn monitoring reports into what the monitoring page shows: view-model dicts and inline SVG.
 
-Pure: plain dicts in, plain dicts and ``markupsafe.Markup`` SVG strings out; no Flask, no I/O.
+Pure: plain dicts in, plain dicts and ``markupsafe.Markup`` SVG strings (``charts``) out; no Flask, no I/O.
 Reports come from outside and may lack any section (a version with no traffic yet, no
 feedback, no alerts), so every reader here tolerates missing or malformed parts and says so
-with an empty state instead of failing. Every piece of text that reaches SVG is escaped here;
-the templates escape the rest (Jinja autoescape).
+with an empty state instead of failing. Text that reaches SVG is escaped in ``charts``; the
+templates escape the rest (Jinja autoescape).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from markupsafe import Markup, escape
+from service.monitoring.charts import (  # noqa: F401  (fmt_* are part of this module's surface)
+    MISSING,
+    distribution_chart,
+    finite_number,
+    fmt_ms,
+    fmt_num,
+    fmt_pct,
+    fmt_time,
+    line_chart,
+    traffic_chart,
+)
 
 #: Severity order; a summary takes the worst status of its parts.
 SEVERITY = {"unknown": 0, "insufficient": 0, "ok": 1, "warn": 2, "alert": 3}
@@ -26,11 +34,6 @@ ALERT_TO_STATUS = {"firing": "alert", "warn": "warn", "pending": "warn"}
 ALERT_TEXT = {"firing": "✕ firing", "warn": "! warn", "pending": "… pending"}
 SECTIONS = ("drift", "quality", "performance", "bias")
 QUALITY_RATES = ("missing_rate", "out_of_range_rate", "unseen_rate")
-MISSING = "—"
-
-# Chart palette: colour is never the only signal (bars carry <title> text, legends use words).
-BLUE, RED, GREY, INK, MUTED = "#2563eb", "#dc2626", "#cbd5e1", "#0f172a", "#64748b"
-
 
 # -- small readers -----------------------------------------------------------------------------
 
@@ -43,13 +46,6 @@ def _list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
-def _num(value: Any) -> float | None:
-    """Return a finite float, or ``None`` for anything else (missing, NaN, text, bools)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def status_of(value: Any) -> str:
     """Return a known status name for ``value`` (``unknown`` for anything else)."""
     return value if isinstance(value, str) and value in SEVERITY else "unknown"
@@ -58,30 +54,6 @@ def status_of(value: Any) -> str:
 def worst(statuses: Iterable[str]) -> str:
     """Return the most severe of ``statuses`` (``unknown`` when there are none)."""
     return max((status_of(s) for s in statuses), key=SEVERITY.__getitem__, default="unknown")
-
-
-def fmt_pct(value: Any, digits: int = 1) -> str:
-    number = _num(value)
-    return MISSING if number is None else f"{number * 100:.{digits}f}%"
-
-
-def fmt_num(value: Any, digits: int = 3) -> str:
-    number = _num(value)
-    if number is None:
-        return MISSING
-    if number == int(number) and abs(number) < 1e12:
-        return f"{int(number):,}"
-    return f"{number:.{digits}g}" if abs(number) < 1e-3 else f"{number:,.{digits}f}".rstrip("0").rstrip(".")
-
-
-def fmt_ms(value: Any) -> str:
-    number = _num(value)
-    return MISSING if number is None else f"{number:,.1f} ms"
-
-
-def fmt_time(epoch: Any) -> str:
-    number = _num(epoch)
-    return MISSING if number is None else datetime.fromtimestamp(number, UTC).strftime("%H:%M")
 
 
 def badge(status: Any) -> dict[str, str]:
@@ -144,7 +116,7 @@ def version_view(version: str, body: Mapping[str, Any], labels: list[str], alert
 def window_text(window: Any) -> str:
     window = _dict(window)
     parts = []
-    if _num(window.get("last_n")) is not None:
+    if finite_number(window.get("last_n")) is not None:
         parts.append(f"last {fmt_num(window['last_n'])} predictions")
     if window.get("since"):
         parts.append(f"since {window['since']}")
@@ -186,7 +158,7 @@ def alerts_view(alerts: Any) -> list[dict[str, Any]]:
 
 def traffic_view(traffic: Any) -> dict[str, Any] | None:
     traffic = _dict(traffic)
-    if not traffic or not _num(traffic.get("requests")):
+    if not traffic or not finite_number(traffic.get("requests")):
         return None
     timeline = [_dict(b) for b in _list(traffic.get("timeline"))]
     return {
@@ -209,9 +181,9 @@ def performance_view(performance: Any) -> dict[str, Any] | None:
     names = [*metrics, *reference]
     metric = performance.get("timeline_metric") or ("accuracy" if "accuracy" in names else next(iter(names), "metric"))
     points = [(p.get("start"), p.get("value")) for p in map(_dict, _list(performance.get("timeline")))]
-    bounded = all(0 <= v <= 1 for _, v in points if _num(v) is not None)
+    bounded = all(0 <= v <= 1 for _, v in points if finite_number(v) is not None)
     chart = line_chart(points, label=f"Live {metric} over time", unit="", fmt=fmt_num,
-                       reference=_num(reference.get(metric)), bounds=(0.0, 1.0) if bounded else None)
+                       reference=finite_number(reference.get(metric)), bounds=(0.0, 1.0) if bounded else None)
     return {"status": status_of(performance.get("status")), "badge": badge(performance.get("status")),
             "labelled": fmt_num(performance.get("labelled")), "metric": metric, "rows": rows, "chart": chart}
 
@@ -229,10 +201,10 @@ def drift_view(drift: Any) -> dict[str, Any] | None:
 
 def _drift_row(name: str, body: Mapping[str, Any]) -> dict[str, Any]:
     reference, current = _dict(body.get("reference")), _dict(body.get("current"))
-    ref = [_num(f) for f in _list(reference.get("frequencies"))]
-    cur = [_num(f) for f in _list(current.get("frequencies"))]
+    ref = [finite_number(f) for f in _list(reference.get("frequencies"))]
+    cur = [finite_number(f) for f in _list(current.get("frequencies"))]
     categories = [str(c) for c in _list(reference.get("categories"))]
-    edges = [_num(e) for e in _list(reference.get("edges"))]
+    edges = [finite_number(e) for e in _list(reference.get("edges"))]
     if categories and _list(current.get("categories")):
         by_name = dict(zip(map(str, current["categories"]), cur, strict=False))
         cur = [by_name.get(c) for c in categories]
@@ -254,7 +226,7 @@ def quality_view(quality: Any) -> dict[str, Any] | None:
     for name, body in features.items():
         body = _dict(body)
         status = status_of(body.get("status"))
-        if SEVERITY[status] > SEVERITY["ok"] or any(_num(body.get(k)) for k in QUALITY_RATES):
+        if SEVERITY[status] > SEVERITY["ok"] or any(finite_number(body.get(k)) for k in QUALITY_RATES):
             problems.append({"name": str(name), "status": status, "badge": badge(status),
                              **{k: fmt_pct(body.get(k), 2) for k in QUALITY_RATES}})
     problems.sort(key=lambda row: -SEVERITY[row["status"]])
@@ -270,9 +242,9 @@ def bias_view(bias: Any) -> dict[str, Any] | None:
     features = []
     for name, body in _dict(bias.get("features")).items():
         body = _dict(body)
-        gaps = [(k.replace("_", " "), fmt_num(v)) for k, v in body.items() if _num(v) is not None]
+        gaps = [(k.replace("_", " "), fmt_num(v)) for k, v in body.items() if finite_number(v) is not None]
         groups = {str(g): _dict(figures) for g, figures in _dict(body.get("groups")).items()}
-        columns = list(dict.fromkeys(k for figures in groups.values() for k, v in figures.items() if _num(v) is not None))
+        columns = list(dict.fromkeys(k for figures in groups.values() for k, v in figures.items() if finite_number(v) is not None))
         features.append({"name": str(name), "status": status_of(body.get("status")), "badge": badge(body.get("status")),
                          "gaps": gaps, "columns": [c.replace("_", " ") for c in columns],
                          "groups": [(g, [fmt_num(figures.get(c)) for c in columns]) for g, figures in groups.items()]})
@@ -280,136 +252,5 @@ def bias_view(bias: Any) -> dict[str, Any] | None:
 
 
 def _signed(value: Any) -> str:
-    number = _num(value)
+    number = finite_number(value)
     return MISSING if number is None else ("+" if number > 0 else "") + fmt_num(number)
-
-
-# -- SVG charts --------------------------------------------------------------------------------
-
-
-def _svg(width: int, height: int, label: str, body: list[str]) -> Markup:
-    text = escape(label)
-    return Markup(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-                  f'aria-label="{text}" class="chart" preserveAspectRatio="xMidYMid meet">'
-                  f"<title>{text}</title>{''.join(body)}</svg>")
-
-
-def _text(x: float, y: float, content: str, anchor: str = "start", cls: str = "axis") -> str:
-    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" class="{cls}">{escape(content)}</text>'
-
-
-def traffic_chart(timeline: Sequence[Mapping[str, Any]], width: int = 560, height: int = 170) -> Markup | None:
-    """Draw requests per time bucket as bars, the failed part of each bar in red; ``None`` if empty."""
-    buckets = [(b.get("start"), _num(b.get("requests")) or 0.0, _num(b.get("errors")) or 0.0) for b in timeline]
-    if not buckets:
-        return None
-    left, right, top, bottom = 44, 8, 12, 34
-    plot_w, plot_h = width - left - right, height - top - bottom
-    peak = max(r for _, r, _ in buckets) or 1.0
-    slot = plot_w / len(buckets)
-    body = _axes(left, top, plot_w, plot_h, fmt_num(peak), "0")
-    for i, (start, requests, errors) in enumerate(buckets):
-        x = left + i * slot + slot * 0.1
-        h_req, h_err = plot_h * requests / peak, plot_h * min(errors, requests) / peak
-        tip = escape(f"{fmt_time(start)} UTC: {fmt_num(requests)} requests, {fmt_num(errors)} errors")
-        body.append(f'<g><title>{tip}</title>'
-                    f'<rect x="{x:.1f}" y="{top + plot_h - h_req:.1f}" width="{slot * 0.8:.1f}" height="{h_req:.1f}" '
-                    f'fill="{BLUE}" class="bar"/>'
-                    + (f'<rect x="{x:.1f}" y="{top + plot_h - h_err:.1f}" width="{slot * 0.8:.1f}" height="{h_err:.1f}" '
-                       f'fill="{RED}" class="bar error"/>' if h_err else "") + "</g>")
-    body += _time_labels(buckets[0][0], buckets[-1][0], left, left + plot_w, top + plot_h + 14)
-    body.append(_legend([(BLUE, "requests"), (RED, "errors")], left, height - 4))
-    return _svg(width, height, "Requests and errors over time", body)
-
-
-def line_chart(points: Sequence[tuple[Any, Any]], *, label: str, unit: str, fmt: Any = fmt_num,
-               reference: float | None = None, bounds: tuple[float, float] | None = None,
-               zero_based: bool = False, width: int = 560, height: int = 170) -> Markup | None:
-    """Draw values over time as a line with dots (gaps where a value is missing); ``None`` if empty."""
-    values = [(t, _num(v)) for t, v in points]
-    known = [v for _, v in values if v is not None]
-    if not known:
-        return None
-    span = known if reference is None else [*known, reference]
-    lo, hi = bounds or (min([*span, 0.0]) if zero_based else min(span), max(span))
-    if hi - lo < 1e-9:  # a flat line still needs a scale
-        pad = abs(lo) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
-    left, right, top, bottom = 56, 8, 12, 34
-    plot_w, plot_h = width - left - right, height - top - bottom
-    step = plot_w / max(len(values) - 1, 1)
-
-    def y(v: float) -> float:
-        return top + plot_h * (1 - (v - lo) / (hi - lo))
-
-    body = _axes(left, top, plot_w, plot_h, fmt(hi), fmt(lo))
-    if reference is not None and lo <= reference <= hi:
-        body.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(reference):.1f}" y2="{y(reference):.1f}" '
-                    f'stroke="{MUTED}" stroke-dasharray="5 4" class="reference"/>')
-    segment: list[str] = []
-    for i, (t, v) in enumerate([*values, (None, None)]):
-        if v is None:
-            if len(segment) > 1:
-                body.append(f'<polyline points="{" ".join(segment)}" fill="none" stroke="{BLUE}" stroke-width="2"/>')
-            segment = []
-            continue
-        x = left + (i * step if len(values) > 1 else plot_w / 2)
-        segment.append(f"{x:.1f},{y(v):.1f}")
-        body.append(f'<circle cx="{x:.1f}" cy="{y(v):.1f}" r="3" fill="{BLUE}" class="point">'
-                    f"<title>{escape(f'{fmt_time(t)} UTC: {fmt(v)}')}</title></circle>")
-    body += _time_labels(values[0][0], values[-1][0], left, left + plot_w, top + plot_h + 14)
-    legend = [(BLUE, label.split(" over ")[0].lower() + (f" ({unit})" if unit else ""))]
-    if reference is not None:
-        legend.append((MUTED, f"reference {fmt(reference)} (dashed)"))
-    body.append(_legend(legend, left, height - 4))
-    return _svg(width, height, label, body)
-
-
-def distribution_chart(reference: Sequence[float | None], current: Sequence[float | None], bins: Sequence[str],
-                       *, label: str, width: int = 240, height: int = 64) -> Markup | None:
-    """Draw reference (outlined grey) and current (solid blue) shares side by side per bin."""
-    count = max(len(reference), len(current))
-    if not count:
-        return None
-    peak = max([v for v in [*reference, *current] if v is not None] or [0.0]) or 1.0
-    top, bottom = 4, 4
-    plot_h = height - top - bottom
-    slot = width / count
-    bar = slot * 0.4
-    body = [f'<line x1="0" x2="{width}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="{MUTED}"/>']
-    for i in range(count):
-        ref = reference[i] if i < len(reference) else None
-        cur = current[i] if i < len(current) else None
-        name = bins[i] if i < len(bins) else f"bin {i + 1}"
-        tip = escape(f"{name}: reference {fmt_pct(ref)}, current {fmt_pct(cur)}")
-        x = i * slot + slot * 0.1
-        parts = [f"<title>{tip}</title>"]
-        for offset, value, style in ((0.0, ref, f'fill="{GREY}" stroke="{MUTED}" class="bar reference"'),
-                                     (bar, cur, f'fill="{BLUE}" class="bar current"')):
-            h = plot_h * (value or 0.0) / peak
-            parts.append(f'<rect x="{x + offset:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}" {style}/>')
-        body.append(f"<g>{''.join(parts)}</g>")
-    return _svg(width, height, label, body)
-
-
-def _axes(left: int, top: int, plot_w: float, plot_h: float, high: str, low: str) -> list[str]:
-    return [f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="{MUTED}"/>',
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="{MUTED}"/>',
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{top}" y2="{top}" stroke="{GREY}" stroke-dasharray="2 3"/>',
-            _text(left - 4, top + 4, high, "end"), _text(left - 4, top + plot_h, low, "end")]
-
-
-def _time_labels(first: Any, last: Any, x0: float, x1: float, y: float) -> list[str]:
-    labels = [_text(x0, y, fmt_time(first), "start")]
-    if last != first:
-        labels.append(_text(x1, y, f"{fmt_time(last)} UTC", "end"))
-    return labels
-
-
-def _legend(items: Sequence[tuple[str, str]], x: float, y: float) -> str:
-    parts = []
-    for colour, text in items:
-        parts.append(f'<rect x="{x:.1f}" y="{y - 8:.1f}" width="10" height="10" fill="{colour}"/>'
-                     + _text(x + 14, y, text, "start", "legend"))
-        x += 24 + 6.5 * len(text)
-    return f"<g>{''.join(parts)}</g>"
