@@ -244,7 +244,8 @@ def bias_view(bias: Any) -> dict[str, Any] | None:
         body = _dict(body)
         gaps = [(k.replace("_", " "), fmt_num(v)) for k, v in body.items() if finite_number(v) is not None]
         groups = {str(g): _dict(figures) for g, figures in _dict(body.get("groups")).items()}
-        columns = list(dict.fromkeys(k for figures in groups.values() for k, v in figures.items() if finite_number(v) is not None))
+        columns = list(dict.fromkeys(k for figures in groups.values() for k, v in figures.items()
+                                     if finite_number(v) is not None))
         features.append({"name": str(name), "status": status_of(body.get("status")), "badge": badge(body.get("status")),
                          "gaps": gaps, "columns": [c.replace("_", " ") for c in columns],
                          "groups": [(g, [fmt_num(figures.get(c)) for c in columns]) for g, figures in groups.items()]})
