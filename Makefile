@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 ARTIFACTS_DIR ?= artifacts
 export ARTIFACTS_DIR
 
-# Debian packages the tests drive for real: headless Chromium (monitoring page) and promtool
-# (Prometheus' checker, shipped in the prometheus package).
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus
+# Debian packages the tests drive for real: headless Chromium (monitoring page), promtool
+# (Prometheus' checker, in the prometheus package) and a PostgreSQL server (shared store).
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/15/bin/postgres:postgresql
 
 .PHONY: help venv system-deps demo serve test test-fast bench lint list verify package purge clean
 
@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 venv: $(VENV)/.installed  ## Create the virtualenv with pinned dependencies
 
-system-deps:  ## Install the Debian packages the tests need (chromium, promtool) when missing (root)
+system-deps:  ## Install the Debian packages the tests need (chromium, promtool, postgresql) when missing (root)
 	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "the tests need:$$missing; run: sudo apt-get install$$missing" >&2; exit 1; fi; \

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from flask import Flask
 
@@ -58,7 +57,7 @@ def create_app(config: Config | None = None) -> Flask:
         monitoring=report,
         executor=ThreadPoolExecutor(BUDGET_THREADS, thread_name_prefix="budget"),
     )
-    report.alerts = _start_alerts(config, store.path, report)
+    report.alerts = _start_alerts(config, store, report)
     if config.guard_seconds:
         guard = Guard(store, config.artifacts_dir, config.guard_seconds)
         guard.start()
@@ -73,14 +72,14 @@ def create_app(config: Config | None = None) -> Flask:
     return app
 
 
-def _start_alerts(config: Config, db_path: Path, report):
+def _start_alerts(config: Config, store, report):
     """Evaluate alert rules in the background: one worker at a time, the state in the database."""
     from service.monitoring import metrics
     from service.monitoring.alerts import AlertLoop, AlertManager, load_rules
     from service.monitoring.notify import Notifier
 
     manager = AlertManager(
-        db_path, load_rules(config.alert_rules_file), Notifier(config.alert_webhook_url),
+        store, load_rules(config.alert_rules_file), Notifier(config.alert_webhook_url),
         on_state=lambda model, version, rule, value: metrics.set_gauge(
             "alert_state", value, model=model, version=version, rule=rule),
     )

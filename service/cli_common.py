@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ def fails_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ValueError, OSError, ArtifactError, QualityGateFailed) as exc:
+        except (ValueError, OSError, sqlite3.Error, ArtifactError, QualityGateFailed) as exc:
             if isinstance(exc, OSError) and exc.strerror:
                 message = f"{exc.strerror}: {exc.filename}" if exc.filename else f"could not write: {exc.strerror}"
             else:

@@ -68,7 +68,7 @@ def report(name: str, window: int, as_json: bool, artifacts_dir: Path, database_
     catalog = Catalog(artifacts_dir)
     catalog.refresh()
     store = Store.from_url(database_url)
-    monitoring = Monitoring(catalog, PredictionLog(store), window, AlertManager(store.path, load_rules(None)))
+    monitoring = Monitoring(catalog, PredictionLog(store), window, AlertManager(store, load_rules(None)))
     result = monitoring.model_report(name, window)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 

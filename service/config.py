@@ -51,7 +51,7 @@ class Config:
         "VECTORIZED_MIN_ROWS", "Batches with at least this many rows are validated column-wise with numpy.", default=64
     )
     database_url: str = _env(
-        "DATABASE_URL", "Where requests, shadow comparisons and the prediction log are kept (sqlite:///path).",
+        "DATABASE_URL", "Where requests, the prediction log, feedback and alerts live: sqlite:///path or postgresql://...",
         default="sqlite:///var/predictions.db",
     )
     routing_key_header: str = _env(
@@ -106,8 +106,9 @@ class Config:
                 raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {value}")
         if self.alert_webhook_url and not self.alert_webhook_url.startswith(("http://", "https://")):
             raise ConfigError("ALERT_WEBHOOK_URL must start with http:// or https://")
-        if not self.database_url.startswith("sqlite:///"):
-            raise ConfigError(f"DATABASE_URL must start with sqlite:///, got {self.database_url!r}")
+        if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            scheme = self.database_url.partition(":")[0]  # never the rest: it may hold a password
+            raise ConfigError(f"DATABASE_URL must start with sqlite:///, postgresql:// or postgres://, got {scheme!r}...")
         object.__setattr__(self, "log_level", self.log_level.lower())  # frozen: normalise once, here
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")

@@ -2,8 +2,14 @@
 
 Workers and replicas share it, so figures read from it (comparison, monitoring, automatic
 rollback) cover the traffic of all of them. SQLite in WAL mode by default: embedded, nothing
-to install, many readers and one short writer at a time. Writing never raises into a request:
-a full disk or a locked database is logged and counted, and serving goes on. No Flask.
+to install, many readers and one short writer at a time. A ``postgresql://`` URL selects a
+PostgreSQL server (psycopg 3) for replicas that share one. Writing never raises into a request:
+a full disk, a locked database or a stopped server is logged and counted, and serving goes on.
+
+The queries are written once, in sqlite3's style (``?`` placeholders); a dialect object holds
+what differs between the two (connecting, beginning a write transaction, DDL types, insert
+conflicts). Either backend's failures reach callers as ``sqlite3.Error``, so one ``except``
+covers both. No Flask.
 """
 
 from __future__ import annotations
@@ -13,57 +19,64 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from service.dialects import INHERITED, PostgresDialect, SQLiteDialect, close_all
+
 log = logging.getLogger(__name__)
 
+#: DDL for both backends: ``{rowid}`` is SQLite's implicit row id made explicit on PostgreSQL.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
+    {rowid}
     request_id TEXT NOT NULL,
-    ts REAL NOT NULL,              -- unix seconds when the answer was sent
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the answer was sent
     model TEXT NOT NULL,
-    version INTEGER,               -- the version that answered (after any fallback)
-    role TEXT NOT NULL,            -- production | canary | pinned | label | fallback
-    status INTEGER NOT NULL,       -- HTTP status of the answer
-    latency_ms REAL NOT NULL,      -- time inside the prediction path
+    version INTEGER,                   -- the version that answered (after any fallback)
+    role TEXT NOT NULL,                -- production | canary | pinned | label | fallback
+    status INTEGER NOT NULL,           -- HTTP status of the answer
+    latency_ms DOUBLE PRECISION NOT NULL,  -- time inside the prediction path
     rows INTEGER NOT NULL,
-    fallback_from INTEGER,         -- version that failed when role = fallback
-    error TEXT,                    -- error code when status >= 400
-    summary TEXT                   -- JSON: class counts, or count/mean/std of regression outputs
+    fallback_from INTEGER,             -- version that failed when role = fallback
+    error TEXT,                        -- error code when status >= 400
+    summary TEXT                       -- JSON: class counts, or count/mean/std of regression outputs
 );
 CREATE INDEX IF NOT EXISTS requests_model_ts ON requests (model, ts);
 CREATE TABLE IF NOT EXISTS shadow (
-    ts REAL NOT NULL,
+    {rowid}
+    ts DOUBLE PRECISION NOT NULL,
     model TEXT NOT NULL,
     live_version INTEGER NOT NULL,
     shadow_version INTEGER NOT NULL,
     rows INTEGER NOT NULL,
-    agreement REAL,                -- classification: share of equal predictions
-    mean_abs_diff REAL,            -- regression: mean |live - shadow|; classification: of probabilities
-    error TEXT,                    -- the shadow's failure, if it failed
-    detail TEXT                    -- JSON: per-class agreement
+    agreement DOUBLE PRECISION,        -- classification: share of equal predictions
+    mean_abs_diff DOUBLE PRECISION,    -- regression: mean |live - shadow|; classification: of probabilities
+    error TEXT,                        -- the shadow's failure, if it failed
+    detail TEXT                        -- JSON: per-class agreement
 );
 CREATE INDEX IF NOT EXISTS shadow_model_ts ON shadow (model, ts);
 CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT PRIMARY KEY,           -- the prediction id the client got (<request base>-<row index>)
+    {rowid}
+    id TEXT PRIMARY KEY,               -- the prediction id the client got (<request base>-<row index>)
     request_id TEXT,
-    ts REAL NOT NULL,              -- unix seconds when the prediction was recorded
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the prediction was recorded
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
-    inputs TEXT NOT NULL,          -- JSON object: feature -> value; pii features hashed or absent
-    output TEXT NOT NULL,          -- JSON value: the prediction
-    probabilities TEXT,            -- JSON list in the model's class order, or NULL
-    latency_ms REAL                -- time inside the prediction path for the whole request
+    inputs TEXT NOT NULL,              -- JSON object: feature -> value; pii features hashed or absent
+    output TEXT NOT NULL,              -- JSON value: the prediction
+    probabilities TEXT,                -- JSON list in the model's class order, or NULL
+    latency_ms DOUBLE PRECISION        -- time inside the prediction path for the whole request
 );
 CREATE INDEX IF NOT EXISTS predictions_model_version_ts ON predictions (model, version, ts);
 CREATE TABLE IF NOT EXISTS feedback (
-    id TEXT PRIMARY KEY,           -- the prediction id; the first label recorded wins
-    ts REAL NOT NULL,              -- unix seconds when the label arrived
-    label TEXT NOT NULL,           -- JSON value: the ground truth
+    id TEXT PRIMARY KEY,               -- the prediction id; the first label recorded wins
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the label arrived
+    label TEXT NOT NULL,               -- JSON value: the ground truth
     model TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_model_ts ON feedback (model, ts);
@@ -74,6 +87,10 @@ PURGE_BATCH = 2000
 MAX_PARAMS = 900
 #: After a failure is logged, further failures stay quiet this long (a burst), but are counted.
 FAILURE_LOG_SECONDS = 60.0
+#: URL schemes of the backends: SQLite (a file) and PostgreSQL (a server).
+SQLITE_SCHEME = "sqlite:///"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: Fewest seconds libpq waits for a connection (it reads 1 as 2).
 
 
 @dataclass(frozen=True)
@@ -105,62 +122,78 @@ class ShadowRecord:
 
 
 class Store:
-    """One SQLite database shared by every worker; a connection per process and thread."""
+    """The shared database (SQLite file or PostgreSQL server); a connection per process and thread."""
 
-    def __init__(self, path: Path | str, timeout: float = 5.0):
-        self.path = Path(path)
+    def __init__(self, path: Path | str | None = None, timeout: float = 5.0, *, url: str | None = None):
+        if (path is None) == (url is None):
+            raise ValueError("give a SQLite path or a PostgreSQL url")
+        self.dialect: SQLiteDialect | PostgresDialect = (
+            SQLiteDialect(Path(path), timeout) if url is None else PostgresDialect(url, timeout))
+        self.path = self.dialect.path  # the SQLite file; None on PostgreSQL
         self.timeout = timeout
         self.write_failures = 0  # per process: every failed write since start
         self._burst_failures = 0
         self._last_failure_log: float | None = None
         self._failure_lock = threading.Lock()
         self._local = threading.local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connection() as db:
-            db.executescript(SCHEMA)
+        self._opened: list[tuple[int, Any]] = []  # (pid, connection) this store opened, closed with it
+        self._finalizer = weakref.finalize(self, close_all, self._opened)
+        self.create_tables(SCHEMA)
 
     @classmethod
     def from_url(cls, url: str, timeout: float = 5.0) -> Store:
-        """Open the store a ``DATABASE_URL`` names (``sqlite:///relative.db`` or ``sqlite:////abs.db``)."""
-        prefix = "sqlite:///"
-        if not url.startswith(prefix):
-            raise ValueError("DATABASE_URL must start with sqlite:/// (e.g. sqlite:///var/predictions.db)")
-        return cls(url[len(prefix):], timeout=timeout)
+        """Open the store a ``DATABASE_URL`` names: ``sqlite:///relative.db``, ``sqlite:////abs.db`` or
+        ``postgresql://user:password@host:port/database`` (``postgres://`` too)."""
+        if url.startswith(SQLITE_SCHEME):
+            return cls(url[len(SQLITE_SCHEME):], timeout=timeout)
+        if url.startswith(POSTGRES_SCHEMES):
+            return cls(url=url, timeout=timeout)
+        raise ValueError("DATABASE_URL must start with sqlite:///, postgresql:// or postgres:// "
+                         "(e.g. sqlite:///var/predictions.db)")
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
-        db.row_factory = sqlite3.Row
-        return db
+    def close(self) -> None:
+        """Close the connections this process opened; using the store again opens new ones."""
+        close_all(self._opened)
+        self._local = threading.local()
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        # sqlite3 connections must not cross a fork: key the cached one by pid.
+    def _connection(self) -> Iterator[Any]:
+        # Connections must not cross a fork: key the cached one by pid. A PostgreSQL one that
+        # broke (server restart) is replaced on the next use.
         cached = getattr(self._local, "db", None)
-        if cached is None or self._local.pid != os.getpid():
-            self._local.db, self._local.pid = self._connect(), os.getpid()
+        if cached is None or self._local.pid != os.getpid() or not self.dialect.usable(cached):
+            if cached is not None and self._local.pid != os.getpid():
+                INHERITED.append(cached)  # the parent's: never close it here, nor let it be collected
+            elif cached is not None:  # broken: let it go
+                self._opened.remove((self._local.pid, cached))
+                cached.close()
+            self._local.db = None
+            self._local.db, self._local.pid = self.dialect.connect(), os.getpid()
+            self._opened.append((os.getpid(), self._local.db))
         yield self._local.db
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run a block in one write transaction (``BEGIN IMMEDIATE``); raise ``sqlite3.Error`` on failure."""
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock now: no deadlock upgrading a read lock
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite may already have rolled back (e.g. on a full disk)
-                    db.execute("ROLLBACK")
-                raise
+    def create_tables(self, ddl: str) -> None:
+        """Run ``ddl`` (``CREATE ... IF NOT EXISTS`` statements with ``{rowid}`` and ``{any}`` fields)."""
+        with self.dialect.errors(), self._connection() as db:
+            self.dialect.script(db, ddl.format(**self.dialect.DDL))
 
-    def write(self, what: str, work: Callable[[sqlite3.Connection], Any]) -> bool:
+    @contextmanager
+    def transaction(self, lock: str | None = None, timeout: float | None = None) -> Iterator[Any]:
+        """Run a block in one write transaction; raise ``sqlite3.Error`` on failure.
+
+        SQLite takes its one write lock at the start (``BEGIN IMMEDIATE``). PostgreSQL writers
+        run side by side, so a block that reads then decides names a ``lock``: such blocks run
+        one at a time per name. ``timeout`` overrides the store's for this transaction.
+        """
+        with self.dialect.errors(), self._connection() as db, self.dialect.begin(db, lock, timeout):
+            yield db
+
+    def write(self, what: str, work: Callable[[Any], Any]) -> bool:
         """Run ``work`` in one transaction; on any failure log it once per burst, count it, return False."""
         try:
             with self.transaction() as db:
                 work(db)
-        except Exception as exc:  # full disk, locked past the timeout, read-only file, bad value, ...
+        except Exception as exc:  # full disk, locked past the timeout, server down, bad value, ...
             self.write_failed(what, exc)
             return False
         self._write_succeeded()
@@ -187,11 +220,35 @@ class Store:
         if failed:
             log.warning("store writes recovered", extra={"failed_in_burst": failed, "write_failures": self.write_failures})
 
+    def insert_sql(self, table: str, columns: Iterable[str], *, conflict: str | None = None,
+                   key: tuple[str, ...] = ()) -> str:
+        """Return an INSERT of ``columns``; on a key conflict ``"ignore"`` keeps the old row, ``"replace"``
+        overwrites it (``key`` names the conflicting columns)."""
+        return self.dialect.insert_sql(table, tuple(columns), conflict, key)
+
+    def pack(self, value: Any) -> Any:
+        """Turn a number, string or None into what an ``{any}`` column stores."""
+        return self.dialect.pack(value)
+
+    def unpack(self, stored: Any) -> Any:
+        """Read back a value stored with ``pack``."""
+        return self.dialect.unpack(stored)
+
+    def lock_path(self, name: str) -> Path | None:
+        """Return the lock file for ``name`` next to a SQLite file; None on PostgreSQL (use ``hold_lock``)."""
+        return None if self.path is None else self.path.with_name(f"{self.path.name}.{name}.lock")
+
+    def hold_lock(self, name: str) -> Any | None:
+        """Take the server-wide lock ``name`` without waiting, held until the returned handle is closed or
+        the process dies; None when another holds it. PostgreSQL only (SQLite: ``lock_path``)."""
+        with self.dialect.errors():
+            return self.dialect.hold_lock(name)
+
     def _insert(self, table: str, records: Iterable[Any], columns: tuple[str, ...]) -> bool:
         rows = [astuple(r) for r in records]
         if not rows:
             return True
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        sql = self.insert_sql(table, columns)
         return self.write(table, lambda db: db.executemany(sql, rows))
 
     def record_requests(self, records: Iterable[RequestRecord]) -> bool:
@@ -200,18 +257,15 @@ class Store:
     def record_shadow(self, records: Iterable[ShadowRecord]) -> bool:
         return self._insert("shadow", records, SHADOW_COLUMNS)
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Run a read query; raises ``sqlite3.Error`` (readers decide how to report it)."""
-        with self._connection() as db:
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run a read query; rows read by index or column name; raises ``sqlite3.Error``."""
+        with self.dialect.errors(), self._connection() as db:
             return db.execute(sql, params).fetchall()
 
     def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Like ``query`` but with plain tuples: cheaper for thousands of rows."""
-        with self._connection() as db:
-            cursor = db.cursor()
-            cursor.row_factory = None
-            return cursor.execute(sql, params).fetchall()
-
+        with self.dialect.errors(), self._connection() as db:
+            return self.dialect.fetch(db, sql, params)
     def requests_since(self, model: str, since: float) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM requests WHERE model = ? AND ts >= ? ORDER BY ts", (model, since))
 

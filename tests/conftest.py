@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from service.demo import train_demo
+from tests.postgres import make_store, postgres_server, postgres_url  # noqa: F401  (shared fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.monitoring.alerts import AlertLoop, AlertManager, Evaluation, Rule, evaluate, load_rules, parse_rule
+from service.store import Store
 
 
 class Recorder:
@@ -194,12 +195,18 @@ def recorder():
     return Recorder()
 
 
-def manager(tmp_path, rules, notifier, **kwargs) -> AlertManager:
-    return AlertManager(tmp_path / "var" / "predictions.db", rules, notifier, **kwargs)
+@pytest.fixture
+def store(make_store) -> Store:
+    """The shared store, on SQLite then on PostgreSQL (whose races are in test_store_postgres.py)."""
+    return make_store("predictions")
 
 
-def test_insufficient_samples_never_fire(tmp_path, recorder):
-    m = manager(tmp_path, [rule()], recorder)
+def manager(store, rules, notifier, **kwargs) -> AlertManager:
+    return AlertManager(store, rules, notifier, **kwargs)
+
+
+def test_insufficient_samples_never_fire(store, recorder):
+    m = manager(store, [rule()], recorder)
     for t in range(10):
         m.apply("m", 1, evaluate(m.rules.values(), "m", 1, report(error_rate=1.0, requests=5)), now=1000.0 + t)
     assert recorder.sent == []
@@ -208,8 +215,8 @@ def test_insufficient_samples_never_fire(tmp_path, recorder):
     assert doc["state"] == "insufficient"
 
 
-def test_pending_then_firing_after_for_seconds_then_resolved(tmp_path, recorder):
-    m = manager(tmp_path, [rule(for_seconds=60)], recorder)
+def test_pending_then_firing_after_for_seconds_then_resolved(store, recorder):
+    m = manager(store, [rule(for_seconds=60)], recorder)
     loud, quiet = report(error_rate=0.5), report(error_rate=0.0)
 
     def apply(doc, now):
@@ -231,8 +238,8 @@ def test_pending_then_firing_after_for_seconds_then_resolved(tmp_path, recorder)
     assert m.active() == []
 
 
-def test_condition_that_clears_while_pending_never_notifies(tmp_path, recorder):
-    m = manager(tmp_path, [rule(for_seconds=60)], recorder)
+def test_condition_that_clears_while_pending_never_notifies(store, recorder):
+    m = manager(store, [rule(for_seconds=60)], recorder)
     m.apply("m", 1, [Evaluation("errors", "alert", 0.5, 0.2)], 1000.0)
     (t,) = m.apply("m", 1, [Evaluation("errors", "ok", 0.0, 0.05)], 1030.0)
     assert (t.previous, t.state, t.notification) == ("pending", "ok", None)
@@ -242,8 +249,8 @@ def test_condition_that_clears_while_pending_never_notifies(tmp_path, recorder):
     assert recorder.sent == [] and m.active()[0]["state"] == "pending"
 
 
-def test_warn_escalates_to_firing_after_for_seconds_and_steps_down_at_once(tmp_path, recorder):
-    m = manager(tmp_path, [rule(for_seconds=10)], recorder)
+def test_warn_escalates_to_firing_after_for_seconds_and_steps_down_at_once(store, recorder):
+    m = manager(store, [rule(for_seconds=10)], recorder)
     m.apply("m", 1, [Evaluation("errors", "warn", 0.1, 0.05)], 0.0)
     (t,) = m.apply("m", 1, [Evaluation("errors", "warn", 0.1, 0.05)], 10.0)
     assert (t.state, t.notification) == ("warn", "warn")
@@ -255,9 +262,9 @@ def test_warn_escalates_to_firing_after_for_seconds_and_steps_down_at_once(tmp_p
     assert [n.status for n in recorder.sent] == ["warn", "firing", "warn"]
 
 
-def test_states_are_per_version_json_ready_and_published(tmp_path, recorder):
+def test_states_are_per_version_json_ready_and_published(store, recorder):
     gauges = {}
-    m = manager(tmp_path, [rule()], recorder, on_state=lambda *args: gauges.__setitem__(args[:3], args[3]))
+    m = manager(store, [rule()], recorder, on_state=lambda *args: gauges.__setitem__(args[:3], args[3]))
     m.apply("m", 1, [Evaluation("errors", "alert", 0.5, 0.2)], 100.0)
     m.apply("m", "2", [Evaluation("errors", "ok", 0.0, 0.05)], 100.0)
     m.apply("other", 1, [Evaluation("errors", "warn", 0.1, 0.05)], 100.0)
@@ -271,7 +278,7 @@ def test_states_are_per_version_json_ready_and_published(tmp_path, recorder):
     assert len(gauges) == 3
 
 
-def test_failing_notifier_and_callback_do_not_break_apply(tmp_path):
+def test_failing_notifier_and_callback_do_not_break_apply(store):
     class Broken:
         def send(self, notification):
             raise RuntimeError("boom")
@@ -279,13 +286,13 @@ def test_failing_notifier_and_callback_do_not_break_apply(tmp_path):
     def on_state(*args):
         raise RuntimeError("boom")
 
-    m = manager(tmp_path, [rule()], Broken(), on_state=on_state)
+    m = manager(store, [rule()], Broken(), on_state=on_state)
     (t,) = m.apply("m", 1, [Evaluation("errors", "alert", 0.5, 0.2)], 1.0)
     assert t.state == "firing" and m.active()[0]["state"] == "firing"
 
 
-def test_retire_forgets_versions_no_longer_served(tmp_path, recorder):
-    m = manager(tmp_path, [rule()], recorder)
+def test_retire_forgets_versions_no_longer_served(store, recorder):
+    m = manager(store, [rule()], recorder)
     m.apply("m", 1, [Evaluation("errors", "alert", 0.5, 0.2)], 1.0)
     m.apply("m", 2, [Evaluation("errors", "ok", 0.0, 0.05)], 1.0)
     (t,) = m.retire({("m", 2)}, 5.0)
@@ -299,7 +306,7 @@ def _apply_in_child(db_path, barrier, results, lines):
             with open(lines, "a") as f:
                 f.write(notification.status + "\n")
 
-    m = AlertManager(db_path, [rule()], FileRecorder())
+    m = AlertManager(Store(db_path), [rule()], FileRecorder())
     barrier.wait()
     transitions = m.apply("m", 1, [Evaluation("errors", "alert", 0.5, 0.2)], 100.0)
     results.put([t.state for t in transitions])
@@ -307,7 +314,7 @@ def _apply_in_child(db_path, barrier, results, lines):
 
 def test_processes_applying_at_once_notify_once(tmp_path):
     db_path, lines = tmp_path / "p.db", tmp_path / "notified.txt"
-    AlertManager(db_path, [rule()], Recorder())  # create the schema before the race
+    AlertManager(Store(db_path), [rule()], Recorder())  # create the schema before the race
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(4), ctx.Queue()
     procs = [ctx.Process(target=_apply_in_child, args=(db_path, barrier, results, lines)) for _ in range(4)]
@@ -321,8 +328,8 @@ def test_processes_applying_at_once_notify_once(tmp_path):
     assert lines.read_text().splitlines() == ["firing"]
 
 
-def test_apply_is_transactional(tmp_path, recorder):
-    m = manager(tmp_path, [rule()], recorder)
+def test_apply_is_transactional(store, recorder):
+    m = manager(store, [rule()], recorder)
     with pytest.raises(sqlite3.Error):
         m.apply("m", 1, [Evaluation("errors", "alert", object(), 0.2)], 1.0)  # cannot be stored
     assert m.states() == [] and recorder.sent == []
@@ -337,8 +344,8 @@ def wait_for(condition, timeout=5.0):
         time.sleep(0.01)
 
 
-def test_loop_survives_a_builder_that_raises(tmp_path, recorder, caplog):
-    m = manager(tmp_path, [rule()], recorder)
+def test_loop_survives_a_builder_that_raises(store, recorder, caplog):
+    m = manager(store, [rule()], recorder)
     calls = []
 
     def build():
@@ -359,8 +366,8 @@ def test_loop_survives_a_builder_that_raises(tmp_path, recorder, caplog):
     assert not any(t.name == "alert-loop" and t.is_alive() for t in threading.enumerate())
 
 
-def test_loop_survives_one_bad_report_and_evaluates_the_rest(tmp_path, recorder):
-    m = manager(tmp_path, [rule()], recorder)
+def test_loop_survives_one_bad_report_and_evaluates_the_rest(store, recorder):
+    m = manager(store, [rule()], recorder)
     loop = AlertLoop(m, lambda: [("m", "not-a-version", {}), ("m", 2, report(error_rate=0.5))], interval=60)
     assert loop.run_once() is True
     loop.stop()
@@ -368,11 +375,14 @@ def test_loop_survives_one_bad_report_and_evaluates_the_rest(tmp_path, recorder)
     assert [(a["version"], a["state"]) for a in m.active()] == [(2, "firing")]
 
 
-def test_only_one_loop_evaluates_and_another_takes_over(tmp_path, recorder):
-    m = manager(tmp_path, [rule()], recorder)
+def test_only_one_loop_evaluates_and_another_takes_over(store, recorder):
+    m = manager(store, [rule()], recorder)
     first = AlertLoop(m, lambda: [("m", 1, report())], interval=60)
     second = AlertLoop(m, lambda: [("m", 1, report())], interval=60)
-    assert first.lock_path == tmp_path / "var" / "predictions.db.alerts.lock"
+    if store.path is not None:
+        assert first.lock_path == store.path.with_name("predictions.sqlite.alerts.lock")
+    else:  # PostgreSQL: a session advisory lock, one evaluator for every replica
+        assert first.lock_path is None
     assert first.run_once() is True
     assert second.run_once() is False
     first.stop()

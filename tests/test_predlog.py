@@ -1,5 +1,6 @@
 """The prediction log on real SQLite files: round trip, privacy, sampling, feedback, windows,
-retention, concurrent writers, and failures (full disk, lock, crash) that never raise."""
+retention, concurrent writers, and failures (full disk, lock, crash) that never raise. The tests
+of the ``store`` fixture run on PostgreSQL too (its own failures: test_store_postgres.py)."""
 
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ def db_bytes(path: Path) -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "log.sqlite")
+def store(make_store) -> Store:
+    """A store on SQLite, then on PostgreSQL."""
+    return make_store("log")
 
 
 # -- round trip --------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def test_pii_is_dropped_without_a_key(demo_root, tmp_path):
 # -- sampling ----------------------------------------------------------------------------------
 
 
-def test_sampling_is_deterministic_and_close_to_the_rate(store):
+def test_sampling_is_deterministic_and_close_to_the_rate(store, make_store):
     features = [{"name": "x", "type": "float"}]
     plog = PredictionLog(store, sample_rate=0.2)
     sent = ids(10_000)
@@ -159,7 +161,7 @@ def test_sampling_is_deterministic_and_close_to_the_rate(store):
     assert logged == {pid for pid in sent if is_sampled(pid, 0.2)}
     assert 0.18 < len(logged) / 10_000 < 0.22
     # The same id gets the same answer in another process's log, and a row keeps its own inputs.
-    other = Store(store.path.parent / "other.sqlite")
+    other = make_store("other")
     PredictionLog(other, sample_rate=0.2).record("m", 1, "r", sent[::-1], {"x": np.arange(10_000.0)[::-1]},
                                                  np.zeros(10_000), None, 1, features)
     assert {r[0] for r in other.fetch("SELECT id FROM predictions")} == logged

@@ -1,9 +1,10 @@
-"""The shared SQLite store: schema, failure accounting, retention."""
+"""The shared store on SQLite and on PostgreSQL: schema, failure accounting, retention."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 
 import pytest
 
@@ -19,33 +20,38 @@ def shadow(ts: float, model: str = "m") -> ShadowRecord:
     return ShadowRecord(ts=ts, model=model, live_version=1, shadow_version=2, rows=1, agreement=1.0, mean_abs_diff=0.0)
 
 
-def test_requests_and_shadow_round_trip(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+def test_requests_and_shadow_round_trip(make_store):
+    store = make_store()
     assert store.record_requests([request(10), request(20), request(30, model="other")])
     assert store.record_shadow([shadow(15)])
     assert store.record_requests([])
     assert [r["ts"] for r in store.requests_since("m", 15)] == [20]
     assert [r["ts"] for r in store.shadow_since("m", 0)] == [15]
     assert store.fetch("SELECT count(*) FROM requests") == [(3,)]
-    names = {r[0] for r in store.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    (row,) = store.requests_since("other", 0)
+    assert (row[row.keys().index("model")], row["version"], dict(row)["latency_ms"]) == ("other", 1, 1.5)
+    if make_store.backend == "sqlite":
+        names = {r[0] for r in store.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert store.fetch("PRAGMA journal_mode") == [("wal",)]
+    else:
+        names = {r[0] for r in store.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert {"requests", "shadow", "predictions", "feedback"} <= names
-    assert store.fetch("PRAGMA journal_mode") == [("wal",)]
 
 
-def test_reopening_keeps_tables_and_rows_and_foreign_tables(tmp_path):
-    path = tmp_path / "db.sqlite"
-    Store(path).record_requests([request(1)])
-    with sqlite3.connect(path) as db:  # another module's table in the same file (alerts)
-        db.execute("CREATE TABLE alerts (name TEXT, ts REAL)")
+def test_reopening_keeps_tables_and_rows_and_foreign_tables(make_store):
+    make_store().record_requests([request(1)])
+    other = make_store()
+    other.create_tables("CREATE TABLE alerts (name TEXT, ts DOUBLE PRECISION)")  # another module's table (alerts)
+    with other.transaction() as db:
         db.execute("INSERT INTO alerts VALUES ('a', 1)")
-    store = Store(path)
+    store = make_store()
     assert len(store.requests_since("m", 0)) == 1
     assert store.purge(0, now=100) == {"predictions": 0, "feedback": 0, "requests": 1, "shadow": 0}
     assert store.fetch("SELECT count(*) FROM alerts") == [(1,)]
 
 
-def test_transaction_rolls_back_and_raises(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+def test_transaction_rolls_back_and_raises(make_store):
+    store = make_store()
     with pytest.raises(sqlite3.IntegrityError), store.transaction() as db:
         db.execute("INSERT INTO requests (request_id, ts, model, role, status, latency_ms, rows)"
                    " VALUES ('a', 1, 'm', 'p', 200, 1, 1)")
@@ -70,8 +76,8 @@ def test_locked_database_is_counted_and_logged_once_per_burst(tmp_path, caplog):
     assert [r.failed_in_burst for r in caplog.records if r.levelno == logging.WARNING] == [2]
 
 
-def test_purge_deletes_old_rows_of_every_model_in_batches(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+def test_purge_deletes_old_rows_of_every_model_in_batches(make_store):
+    store = make_store()
     store.record_requests([request(ts, model=m) for ts in range(100) for m in ("a", "b")])
     store.record_shadow([shadow(ts, model=m) for ts in range(100) for m in ("a", "b")])
     counts = store.purge(older_than_seconds=50, now=100, batch=7)  # cut-off 50: ts 0..49 go
@@ -81,8 +87,28 @@ def test_purge_deletes_old_rows_of_every_model_in_batches(tmp_path):
     assert store.purge(older_than_seconds=50, now=100)["requests"] == 0
 
 
-def test_from_url(tmp_path):
+def test_from_url(tmp_path, postgres_server):
     store = Store.from_url(f"sqlite:///{tmp_path}/x/db.sqlite")
     assert store.path == tmp_path / "x" / "db.sqlite" and store.path.exists()
-    with pytest.raises(ValueError, match="sqlite:///"):
-        Store.from_url("postgres://x")
+    for scheme in ("postgresql://", "postgres://"):
+        url = postgres_server.create_database().replace("postgresql://", scheme)
+        server = Store.from_url(url, timeout=1.0)
+        assert server.path is None and server.lock_path("alerts") is None and server.record_requests([request(1)])
+        server.close()
+    with pytest.raises(ValueError, match="sqlite:///, postgresql:// or postgres://"):
+        Store.from_url("mysql://x")
+
+
+def test_locked_postgres_table_is_counted_within_the_timeout(postgres_server, caplog):
+    """PostgreSQL's counterpart of a locked file: a writer waits at most the store's timeout."""
+    url = postgres_server.create_database()
+    store, holder = Store.from_url(url, timeout=0.2), Store.from_url(url)
+    with holder.transaction() as db, caplog.at_level(logging.ERROR, logger="service.store"):
+        db.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        assert store.record_requests([request(1)]) is False
+        assert time.monotonic() - started < 2
+    assert store.write_failures == 1 and "statement timeout" in caplog.records[0].reason
+    assert store.record_requests([request(2)]) is True
+    store.close()
+    holder.close()

@@ -3,7 +3,8 @@
 Three layers, each usable alone: ``load_rules`` reads the TOML rules (shipped defaults plus an
 optional user file) and refuses a bad one whole; ``evaluate`` is pure and turns one model
 version's report into a level per rule; ``AlertManager`` keeps each rule's state in the shared
-SQLite database so every worker and replica agrees, and notifies on transitions exactly once.
+store (SQLite or PostgreSQL) so every worker and replica agrees, and notifies on transitions
+exactly once.
 ``AlertLoop`` runs the evaluation periodically off the request path, in one worker at a time.
 Nothing here runs on a request, and nothing imports Flask.
 """
@@ -14,17 +15,16 @@ import fcntl
 import logging
 import math
 import re
-import sqlite3
 import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.monitoring.notify import Notification, Notifier
+from service.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,26 @@ FILE_KEYS = frozenset({"rules", "disable", "replace_defaults"})
 STATE_VALUES = {"insufficient": -1, "ok": 0, "pending": 1, "warn": 2, "firing": 3}
 ACTIVE_STATES = ("pending", "warn", "firing")
 
+#: ``{any}``: no type on SQLite (numbers and strings kept as given), JSON text on PostgreSQL.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
     rule TEXT NOT NULL,
-    state TEXT NOT NULL,           -- ok | pending | warn | firing | insufficient
-    since REAL NOT NULL,           -- unix seconds the state was entered
-    value,                         -- last value seen: number, status string, or NULL (no affinity on purpose)
-    threshold,                     -- the threshold crossed (or the nearest one when ok)
-    updated_at REAL NOT NULL,      -- last evaluation
-    last_notified_at REAL,         -- last notification sent for this alert
-    pending_since REAL,            -- when a level not yet held for for_seconds began
+    state TEXT NOT NULL,                  -- ok | pending | warn | firing | insufficient
+    since DOUBLE PRECISION NOT NULL,      -- unix seconds the state was entered
+    value {any},                          -- last value seen: number, status string, or NULL
+    threshold {any},                      -- the threshold crossed (or the nearest one when ok)
+    updated_at DOUBLE PRECISION NOT NULL, -- last evaluation
+    last_notified_at DOUBLE PRECISION,    -- last notification sent for this alert
+    pending_since DOUBLE PRECISION,       -- when a level not yet held for for_seconds began
     PRIMARY KEY (model, version, rule)
 );
 """
+ALERT_COLUMNS = ("model", "version", "rule", "state", "since", "value", "threshold", "updated_at", "last_notified_at",
+                 "pending_since")
+#: The store lock that makes read-decide-write of alert states one process at a time.
+LOCK = "alerts"
 
 
 @dataclass(frozen=True)
@@ -288,64 +293,48 @@ def notification_for(previous: str, state: str) -> str | None:
 # --- shared state --------------------------------------------------------------------------
 
 class AlertManager:
-    """Keep every (model, version, rule) alert's state in the shared database; notify each change once."""
+    """Keep every (model, version, rule) alert's state in the shared store; notify each change once."""
 
-    def __init__(self, db_path: Path | str, rules: Iterable[Rule], notifier: Notifier | None = None,
+    def __init__(self, store: Store | Path | str, rules: Iterable[Rule], notifier: Notifier | None = None,
                  on_state: Callable[[str, int, str, int], None] | None = None, timeout: float = 10.0):
-        self.db_path = Path(db_path)
+        self.store = store if isinstance(store, Store) else Store(store)  # a path: a SQLite file
         self.rules = {rule.name: rule for rule in rules}
         self.notifier = notifier if notifier is not None else Notifier()
         #: Called as ``on_state(model, version, rule, STATE_VALUES[state])``, e.g. to set a gauge.
         self.on_state = on_state
-        self.timeout = timeout
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        # A connection per call: evaluation is periodic and the API's reads are few, and a
-        # fresh connection can never be one inherited across a fork.
-        db = sqlite3.connect(self.db_path, timeout=self.timeout, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.row_factory = sqlite3.Row
-        return db
+        self.timeout = timeout  # seconds an evaluation may wait for the store's write lock
+        self._upsert = self.store.insert_sql("alerts", ALERT_COLUMNS, conflict="replace", key=ALERT_COLUMNS[:3])
+        self.store.create_tables(SCHEMA)
 
     def apply(self, model: str, version: int | str, evaluations: Iterable[Evaluation], now: float) -> list[Transition]:
         """Move each alert of one model version to its next state and notify; return the changes.
 
-        The read-decide-write happens in one ``BEGIN IMMEDIATE`` transaction, so of several
-        processes applying the same evaluations exactly one sees (and announces) each change.
-        Notifications go out after the commit. Raises ``sqlite3.Error`` when the database fails.
+        The read-decide-write happens in one transaction under the store's ``alerts`` lock, so of
+        several processes applying the same evaluations exactly one sees (and announces) each
+        change. Notifications go out after the commit. Raises ``sqlite3.Error`` when the store fails.
         """
         version = int(version)
         evaluations = list(evaluations)
         transitions: list[Transition] = []
         states: dict[str, str] = {}
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = {row["rule"]: row for row in db.execute(
-                    "SELECT * FROM alerts WHERE model = ? AND version = ?", (model, version))}
-                for ev in evaluations:
-                    rule = self.rules.get(ev.rule)
-                    row = rows.get(ev.rule)
-                    previous = row["state"] if row else "ok"
-                    state, since, pending = step(previous, row["since"] if row else now, row["pending_since"] if row else None,
-                                                 ev.level, now, rule.for_seconds if rule else 0.0)
-                    states[ev.rule] = state
-                    notification = notification_for(previous, state)
-                    notified = now if notification else (row["last_notified_at"] if row else None)
-                    db.execute("INSERT OR REPLACE INTO alerts (model, version, rule, state, since, value, threshold, updated_at,"
-                               " last_notified_at, pending_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               (model, version, ev.rule, state, since, ev.value, ev.threshold, now, notified, pending))
-                    if state != previous:
-                        transitions.append(Transition(model, version, ev.rule, previous, state, since, ev.value,
-                                                      ev.threshold, notification))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        pack = self.store.pack
+        with self.store.transaction(LOCK, self.timeout) as db:
+            rows = {row["rule"]: row for row in db.execute(
+                "SELECT * FROM alerts WHERE model = ? AND version = ?", (model, version))}
+            for ev in evaluations:
+                rule = self.rules.get(ev.rule)
+                row = rows.get(ev.rule)
+                previous = row["state"] if row else "ok"
+                state, since, pending = step(previous, row["since"] if row else now, row["pending_since"] if row else None,
+                                             ev.level, now, rule.for_seconds if rule else 0.0)
+                states[ev.rule] = state
+                notification = notification_for(previous, state)
+                notified = now if notification else (row["last_notified_at"] if row else None)
+                db.execute(self._upsert, (model, version, ev.rule, state, since, pack(ev.value), pack(ev.threshold), now,
+                                          notified, pending))
+                if state != previous:
+                    transitions.append(Transition(model, version, ev.rule, previous, state, since, ev.value,
+                                                  ev.threshold, notification))
         self._announce(transitions)
         for rule_name, state in states.items():
             self._publish(model, version, rule_name, state)
@@ -355,20 +344,16 @@ class AlertManager:
         """Forget the alerts of model versions not in ``keep`` (no longer served); resolve the loud ones."""
         keep = {(model, int(version)) for model, version in keep}
         transitions: list[Transition] = []
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for row in db.execute("SELECT * FROM alerts").fetchall():
-                    if (row["model"], row["version"]) in keep:
-                        continue
-                    db.execute("DELETE FROM alerts WHERE model = ? AND version = ? AND rule = ?",
-                               (row["model"], row["version"], row["rule"]))
-                    transitions.append(Transition(row["model"], row["version"], row["rule"], row["state"], "ok", now,
-                                                  row["value"], row["threshold"], notification_for(row["state"], "ok")))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        unpack = self.store.unpack
+        with self.store.transaction(LOCK, self.timeout) as db:
+            for row in db.execute("SELECT * FROM alerts").fetchall():
+                if (row["model"], row["version"]) in keep:
+                    continue
+                db.execute("DELETE FROM alerts WHERE model = ? AND version = ? AND rule = ?",
+                           (row["model"], row["version"], row["rule"]))
+                transitions.append(Transition(row["model"], row["version"], row["rule"], row["state"], "ok", now,
+                                              unpack(row["value"]), unpack(row["threshold"]),
+                                              notification_for(row["state"], "ok")))
         self._announce(transitions)
         for t in transitions:
             self._publish(t.model, t.version, t.rule, "ok")
@@ -376,13 +361,13 @@ class AlertManager:
 
     def states(self, model: str | None = None, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Return the stored alerts (of ``model``; in states ``only``) as JSON-ready dicts, loudest first."""
-        with closing(self._connect()) as db:
-            rows = db.execute("SELECT * FROM alerts" + (" WHERE model = ?" if model is not None else ""),
-                              (model,) if model is not None else ()).fetchall()
+        rows = self.store.query("SELECT * FROM alerts" + (" WHERE model = ?" if model is not None else ""),
+                                (model,) if model is not None else ())
         wanted = set(only) if only is not None else None
+        unpack = self.store.unpack
         docs = [{"model": r["model"], "version": r["version"], "rule": r["rule"],
                  "description": self.rules[r["rule"]].description, "state": r["state"], "since": r["since"],
-                 "value": r["value"], "threshold": r["threshold"], "updated_at": r["updated_at"],
+                 "value": unpack(r["value"]), "threshold": unpack(r["threshold"]), "updated_at": r["updated_at"],
                  "last_notified_at": r["last_notified_at"]}
                 for r in rows if r["rule"] in self.rules and (wanted is None or r["state"] in wanted)]
         return sorted(docs, key=lambda d: (-STATE_VALUES[d["state"]], d["model"], d["version"], d["rule"]))
@@ -421,10 +406,11 @@ class AlertManager:
 class AlertLoop:
     """Evaluate every report each ``interval`` seconds on a daemon thread, in one process at a time.
 
-    The processes sharing a database elect an evaluator with a non-blocking ``flock`` on a
-    lock file next to it: the first to take the lock keeps it (and evaluates) until it stops
-    or dies, when the kernel releases it and the next one to try takes over. Start the loop
-    after forking (in each worker), never in a preloading master.
+    The processes sharing a database elect an evaluator with a lock taken without waiting: a
+    ``flock`` on a file next to a SQLite database, a session advisory lock on PostgreSQL (so
+    one evaluator for all replicas). The first to take it keeps it (and evaluates) until it
+    stops or dies, when the lock is released and the next one to try takes over. Start the
+    loop after forking (in each worker), never in a preloading master.
     """
 
     def __init__(self, manager: AlertManager, build_reports: Callable[[], Iterable[tuple[str, int | str, dict[str, Any]]]],
@@ -433,7 +419,7 @@ class AlertLoop:
         self.manager = manager
         self.build_reports = build_reports
         self.interval = interval
-        self.lock_path = Path(lock_path) if lock_path else manager.db_path.with_name(manager.db_path.name + ".alerts.lock")
+        self.lock_path = Path(lock_path) if lock_path else manager.store.lock_path(LOCK)  # None: a database lock
         self.clock = clock
         self.retire_missing = retire_missing
         #: Rounds evaluated by this process, and failures (a builder or a version that raised).
@@ -467,7 +453,12 @@ class AlertLoop:
 
     def _lead(self) -> bool:
         if self._lock_file is not None:
-            return True
+            if not self._lock_file.closed:
+                return True
+            self._lock_file = None  # the database session, and its lock, ended: elect again
+        if self.lock_path is None:
+            self._lock_file = self.manager.store.hold_lock(LOCK)
+            return self._lock_file is not None
         f = open(self.lock_path, "a+")  # held open for as long as we lead
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

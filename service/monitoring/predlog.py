@@ -32,10 +32,7 @@ MAX_ID_CHARS = 128
 #: Feature types read back as float64 with NaN for missing; the others as object arrays with None.
 NUMERIC_TYPES = ("float", "int")
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-INSERT_PREDICTIONS = (
-    "INSERT OR IGNORE INTO predictions (id, request_id, ts, model, version, inputs, output, probabilities, latency_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+PREDICTION_COLUMNS = ("id", "request_id", "ts", "model", "version", "inputs", "output", "probabilities", "latency_ms")
 _HASH_SCALE = float(2**64)
 
 
@@ -74,6 +71,8 @@ class PredictionLog:
         self.sample_rate = sample_rate  # share of predictions recorded, chosen by id hash
         self.pii_key = pii_key.encode() if isinstance(pii_key, str) else pii_key  # None: PII is dropped
         self.late_after_seconds = late_after_seconds  # feedback this long after its prediction is "late"
+        # A prediction id seen again (a retried write) keeps its first row.
+        self._insert = store.insert_sql("predictions", PREDICTION_COLUMNS, conflict="ignore")
 
     @property
     def write_failures(self) -> int:
@@ -93,7 +92,7 @@ class PredictionLog:
             return False
         if not rows:
             return True
-        return self.store.write("predictions", lambda db: db.executemany(INSERT_PREDICTIONS, rows))
+        return self.store.write("predictions", lambda db: db.executemany(self._insert, rows))
 
     def _rows(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
               columns: dict[str, np.ndarray], predictions: Any, probabilities: Any, latency_ms: float,
@@ -141,7 +140,8 @@ class PredictionLog:
                 entries.append((pid, _dumps(item["label"])))
         wanted = list(dict.fromkeys(pid for pid, label in entries if label is not None))
         result: dict[str, Any] = {"accepted": 0, "unknown": [], "duplicate": [], "late": []}
-        with self.store.transaction() as db:
+        # Read, decide, write: one batch per model at a time (SQLite's write lock does that alone).
+        with self.store.transaction(lock=f"feedback:{model}") as db:
             found: dict[str, float] = {}
             for chunk in chunks(wanted, MAX_PARAMS):
                 marks = ", ".join("?" * len(chunk))
