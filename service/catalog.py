@@ -22,6 +22,7 @@ from typing import Any
 from service import artifacts, registry, runtime
 from service.errors import ArtifactError, LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
 from service.monitoring import metrics
+from service.periodic import Periodic
 from service.rollout import choose_version, default_rollout
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Catalog:
     poll_seconds: float = 2.0
     _models: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    _poller: Periodic | None = None
 
     def refresh(self) -> None:
         """Bring the snapshot in line with the disk: load new versions first, then switch."""
@@ -140,21 +141,15 @@ class Catalog:
                                                  "load_seconds": round(model.load_seconds, 4)})
         return VersionState(version, AVAILABLE, None, model)
 
-    def start_polling(self) -> threading.Thread:
+    def start_polling(self) -> Periodic:
         """Follow the disk from a daemon thread, so label changes need no restart."""
-        thread = threading.Thread(target=self._poll, name="catalog-poll", daemon=True)
-        thread.start()
-        return thread
+        self._poller = Periodic("catalog-poll", self.poll_seconds, self.refresh, wait_first=True)
+        self._poller.start()
+        return self._poller
 
     def stop_polling(self) -> None:
-        self._stop.set()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.refresh()
-            except Exception:  # a bad scan must not kill the thread that keeps us current
-                log.exception("catalog refresh failed; serving the previous state")
+        if self._poller is not None:
+            self._poller.stop()
 
     # -- reading -----------------------------------------------------------------------------
 

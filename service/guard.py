@@ -10,7 +10,6 @@ It never promotes, never touches labels and never imports Flask.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from service import artifacts, comparison, registry
+from service.periodic import Periodic
 from service.rollout import DEFAULT_RULES
 
 log = logging.getLogger(__name__)
@@ -107,23 +107,19 @@ class Guard:
         self.store = store
         self.root = Path(root)
         self.interval_seconds = float(interval_seconds)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("rollout-guard", self.interval_seconds, self.run_once)
 
     def start(self) -> None:
         """Start the thread; calling it again while it runs does nothing."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="rollout-guard", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Ask the thread to finish and wait up to ``timeout`` seconds for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._loop.running
 
     def run_once(self) -> list[dict[str, Any]]:
         """Enforce the rules of every model once; return the rollbacks made."""
@@ -135,14 +131,6 @@ class Guard:
             except Exception:
                 log.exception("rollout guard failed for a model", extra={"model": name})
         return entries
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # e.g. the root vanished; the thread must outlive it
-                log.exception("rollout guard pass failed")
-            self._stop.wait(self.interval_seconds)
 
 
 def _active_canary(rollout: Mapping[str, Any]) -> dict[str, Any] | None:

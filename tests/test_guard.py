@@ -204,11 +204,10 @@ def test_the_guard_thread_rolls_back_and_survives_failures(root, store, caplog):
             while canary(root)["weight"] != 0.0 and time.monotonic() < deadline:
                 time.sleep(0.02)
             time.sleep(0.2)  # a few more passes, each failing on "aaa"
-            thread = worker._thread
-            assert thread.is_alive()
+            assert worker.running
         finally:
             worker.stop()
-    assert not thread.is_alive()
+    assert not worker.running
     assert canary(root) == {"version": 2, "weight": 0.0}
     assert [e["action"] for e in history(root)].count("rollout.auto_rollback") == 1
     failures = [r for r in caplog.records if r.message == "rollout guard failed for a model"]

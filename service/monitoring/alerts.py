@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from service.monitoring.alert_rules import (  # noqa: F401  (part of this module
     parse_rule,
 )
 from service.monitoring.notify import Notification, Notifier
+from service.periodic import Periodic
 from service.store import Store
 
 log = logging.getLogger(__name__)
@@ -246,30 +246,18 @@ class AlertLoop:
         self.runs = self.failures = 0
         self.last_run: float | None = None
         self._lock_file: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("alert-loop", interval, self.run_once)
 
     def start(self) -> None:
         """Start the daemon thread (idempotent)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="alert-loop", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and give up the evaluator's lock."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
         if self._lock_file is not None:
             self._lock_file.close()  # closing the descriptor releases the flock
             self._lock_file = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.run_once()
-            self._stop.wait(self.interval)
 
     def _lead(self) -> bool:
         if self._lock_file is not None:
