@@ -59,7 +59,7 @@ def create_app(config: Config | None = None) -> Flask:
     )
     report.alerts = _start_alerts(config, store, report)
     if config.guard_seconds:
-        guard = Guard(store, config.artifacts_dir, config.guard_seconds)
+        guard = Guard(store, config.artifacts_dir, config.guard_seconds, monitor=report.version_section)
         guard.start()
         app.extensions["guard"] = guard
 

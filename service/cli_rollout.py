@@ -63,6 +63,12 @@ def rollout_show(name: str, artifacts_dir: Path) -> None:
 @click.option("--no-budget", is_flag=True, help="Remove the time budget.")
 @click.option("--max-error-rate", type=OptionalNumber(), help="Roll the canary back above this error rate (0-1, or off).")
 @click.option("--max-p99-ms", type=OptionalNumber(), help="Roll the canary back above this p99 latency (ms, or off).")
+@click.option("--min-live-accuracy", type=OptionalNumber(),
+              help="Roll the canary back when its accuracy from feedback falls below this (0-1, or off).")
+@click.option("--max-live-rmse", type=OptionalNumber(),
+              help="Roll the canary back when its RMSE from feedback rises above this (or off).")
+@click.option("--max-prediction-psi", type=OptionalNumber(),
+              help="Roll the canary back when its predictions drift past this PSI (or off).")
 @click.option("--window-seconds", type=float, help="Window the rules are evaluated over.")
 @click.option("--min-requests", type=int, help="Requests a window needs before the rules apply.")
 @REASON

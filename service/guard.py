@@ -39,12 +39,52 @@ def _p99(limit: float, figures: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _live(metric: str) -> Callable[[Mapping[str, Any]], tuple[float, int] | None]:
+    """Read a live metric of the canary (value, labelled rows), when there are enough labels."""
+
+    def read(figures: Mapping[str, Any]) -> tuple[float, int] | None:
+        performance = (figures.get("monitoring") or {}).get("performance") or {}
+        value = (performance.get("metrics") or {}).get(metric)
+        if performance.get("status") in (None, "insufficient") or value is None:
+            return None
+        return float(value), int(performance.get("labelled") or 0)
+
+    return read
+
+
+def _live_accuracy(limit: float, figures: Mapping[str, Any]) -> str | None:
+    seen = _live("accuracy")(figures)
+    if seen is not None and seen[0] < limit:
+        return f"live accuracy {seen[0]:.3g} < {limit:g} over {seen[1]} labelled predictions"
+    return None
+
+
+def _live_rmse(limit: float, figures: Mapping[str, Any]) -> str | None:
+    seen = _live("rmse")(figures)
+    if seen is not None and seen[0] > limit:
+        return f"live RMSE {seen[0]:.4g} > {limit:g} over {seen[1]} labelled predictions"
+    return None
+
+
+def _prediction_psi(limit: float, figures: Mapping[str, Any]) -> str | None:
+    drift = ((figures.get("monitoring") or {}).get("drift") or {}).get("prediction") or {}
+    psi = drift.get("psi")
+    if drift.get("status") in (None, "insufficient") or psi is None or psi <= limit:
+        return None
+    return f"prediction drift PSI {psi:.3g} > {limit:g} over {drift.get('n')} predictions"
+
+
 #: Rule name in ``rollout.rules`` → check(threshold, figures) returning a sentence when broken.
 #: A new rule also needs its default and validation in ``service.rollout`` (``DEFAULT_RULES``).
 RULES: dict[str, Callable[[float, Mapping[str, Any]], str | None]] = {
     "max_error_rate": _error_rate,
     "max_p99_ms": _p99,
+    "min_live_accuracy": _live_accuracy,
+    "max_live_rmse": _live_rmse,
+    "max_prediction_psi": _prediction_psi,
 }
+#: Rules that need the canary's monitoring figures (computed only when one of them is set).
+MONITORING_RULES = ("min_live_accuracy", "max_live_rmse", "max_prediction_psi")
 
 
 class _NothingToDo(Exception):
@@ -66,8 +106,13 @@ def evaluate(rules: Mapping[str, Any] | None, figures: Mapping[str, Any] | None)
     return broken
 
 
-def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: str = "guard") -> dict[str, Any] | None:
-    """Set the canary of ``name`` to weight 0 when it breaks a rule; return the history entry."""
+def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: str = "guard",
+            monitor: Callable[[str, int], Mapping[str, Any] | None] | None = None) -> dict[str, Any] | None:
+    """Set the canary of ``name`` to weight 0 when it breaks a rule; return the history entry.
+
+    ``monitor(name, version)`` gives the canary's monitoring figures for the rules on live
+    metrics and prediction drift.
+    """
     now = time.time() if now is None else float(now)
     state = registry.read_state(root, name)
     rollout = state.get("rollout") or {}
@@ -80,6 +125,8 @@ def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: 
     # the canary must not roll it straight back on the old failures.
     since = max(now - float(rules["window_seconds"]), _last_rollback(state, version))
     figures = comparison.version_figures(store.requests_since(name, since)).get(version)
+    if figures and monitor is not None and any(rules.get(rule) is not None for rule in MONITORING_RULES):
+        figures = {**figures, "monitoring": monitor(name, version)}
     broken = evaluate(rules, figures)
     if not broken:
         return None
@@ -103,8 +150,10 @@ def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: 
 class Guard:
     """Run ``enforce`` for every model under ``root`` every ``interval_seconds`` in a daemon thread."""
 
-    def __init__(self, store: Any, root: Path, interval_seconds: float):
+    def __init__(self, store: Any, root: Path, interval_seconds: float,
+                 monitor: Callable[[str, int], Mapping[str, Any] | None] | None = None):
         self.store = store
+        self.monitor = monitor
         self.root = Path(root)
         self.interval_seconds = float(interval_seconds)
         self._loop = Periodic("rollout-guard", self.interval_seconds, self.run_once)
@@ -126,7 +175,7 @@ class Guard:
         entries = []
         for name in artifacts.list_models(self.root):
             try:
-                if (entry := enforce(self.store, self.root, name)) is not None:
+                if (entry := enforce(self.store, self.root, name, monitor=self.monitor)) is not None:
                     entries.append(entry)
             except Exception:
                 log.exception("rollout guard failed for a model", extra={"model": name})

@@ -25,7 +25,10 @@ BUCKETS = 10_000  # weights resolve to 0.01 %
 MAX_ROUTING_KEY = 256
 MAX_WINDOW_SECONDS = 7 * 24 * 3600
 MAX_BUDGET_MS = 600_000.0  # ten minutes: beyond any worker timeout
-DEFAULT_RULES: dict[str, Any] = {"window_seconds": 300, "min_requests": 50, "max_error_rate": 0.05, "max_p99_ms": None}
+#: Automatic-rollback rules; null switches one off. The last three read the canary's monitoring
+#: figures (live metrics from feedback, prediction drift) and apply only once those have enough data.
+DEFAULT_RULES: dict[str, Any] = {"window_seconds": 300, "min_requests": 50, "max_error_rate": 0.05, "max_p99_ms": None,
+                                 "min_live_accuracy": None, "max_live_rmse": None, "max_prediction_psi": None}
 
 
 def default_rollout() -> dict[str, Any]:
@@ -114,10 +117,12 @@ def check_rules(rules: Any) -> dict[str, Any]:
             checked[key] = value
         elif value is None:  # max_error_rate / max_p99_ms: null switches the rule off
             checked[key] = None
-        elif key == "max_error_rate":
+        elif key in ("max_error_rate", "min_live_accuracy"):
             checked[key] = _number(value, key, low=0, high=1)
-        else:
+        elif key == "max_p99_ms":
             checked[key] = _number(value, key, low=0.001, high=MAX_BUDGET_MS)
+        else:  # max_live_rmse, max_prediction_psi
+            checked[key] = _number(value, key, low=0.000001, high=1e12)
     return checked
 
 

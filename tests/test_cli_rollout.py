@@ -69,12 +69,13 @@ def test_show_prints_the_rollout_as_json(runner, root):
 def test_set_a_canary_shadow_fallback_budget_and_rules(runner, root):
     result = run(runner, root, "rollout", "set", "m", "--canary", "2", "--weight", "10", "--shadow", "3", "--shadow", "4",
                  "--fallback", "1", "--budget-ms", "250", "--max-error-rate", "0.1", "--max-p99-ms", "400",
-                 "--window-seconds", "60", "--min-requests", "20", "--reason", "try v2")
+                 "--min-live-accuracy", "0.9", "--window-seconds", "60", "--min-requests", "20", "--reason", "try v2")
     assert result.exit_code == 0, result.output
     assert result.stdout == "m: canary 2 at 10%; shadow 3, 4; fallback 1; budget 250 ms\n"
     assert rollout_of(root) == {"canary": {"version": 2, "weight": 10.0}, "shadow": [3, 4], "fallback": 1,
-                                "budget_ms": 250.0, "rules": {"window_seconds": 60.0, "min_requests": 20,
-                                                              "max_error_rate": 0.1, "max_p99_ms": 400.0}}
+                                "budget_ms": 250.0, "rules": {**DEFAULT_RULES, "window_seconds": 60.0, "min_requests": 20,
+                                                              "max_error_rate": 0.1, "max_p99_ms": 400.0,
+                                                              "min_live_accuracy": 0.9}}
     entry = registry.read_state(root, "m")["history"][-1]
     assert (entry["action"], entry["actor"], entry["reason"]) == ("rollout.set", "cli:tester", "try v2")
 

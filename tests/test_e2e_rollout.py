@@ -232,3 +232,28 @@ def test_admin_changes_need_the_admin_scope_and_valid_bodies(three_versions, ser
                                         timeout=10)
     assert no_canary_yet.status_code == 409 and no_canary_yet.json()["error"]["code"] == "change_refused"
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
+
+
+def test_a_canary_whose_live_accuracy_drops_is_rolled_back(three_versions, server_factory):
+    server = server_factory(three_versions, GUARD_SECONDS="0.5")
+    rules = {"min_requests": 5, "min_live_accuracy": 0.8, "window_seconds": 120}
+    assert admin(server, "PUT", "/v1/models/breast-cancer/rollout", canary={"version": 2, "weight": 100},
+                 rules=rules, reason="v2 on trial").status_code == 200
+    time.sleep(1.5)
+    from sklearn.datasets import load_breast_cancer
+
+    rows = load_breast_cancer().data[:60].tolist()
+    answers = [server.post("/v1/models/breast-cancer:predict", json={"instances": rows[i:i + 10]}).json()
+               for i in range(0, 60, 10)]
+    assert {a["version"] for a in answers} == {2}
+    # ground truth says the canary is wrong every time
+    feedback = [{"id": i, "label": 1 - p} for a in answers for i, p in zip(a["ids"], a["predictions"], strict=True)]
+    assert server.post("/v1/models/breast-cancer/feedback", json={"feedback": feedback}).json()["accepted"] == 60
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if admin(server, "GET", "/v1/models/breast-cancer/rollout").json()["rollout"]["canary"]["weight"] == 0:
+            break
+        time.sleep(0.3)
+    history = admin(server, "GET", "/v1/models/breast-cancer/history").json()["history"]
+    assert history[-1]["action"] == "rollout.auto_rollback"
+    assert history[-1]["reason"].startswith("live accuracy 0 < 0.8 over 60 labelled predictions")

@@ -212,3 +212,22 @@ def test_the_guard_thread_rolls_back_and_survives_failures(root, store, caplog):
     assert [e["action"] for e in history(root)].count("rollout.auto_rollback") == 1
     failures = [r for r in caplog.records if r.message == "rollout guard failed for a model"]
     assert len(failures) >= 2 and {r.model for r in failures} == {"aaa"}
+
+
+def section(accuracy=None, labelled=0, status="insufficient", psi=None, drift_status="insufficient"):
+    return {"performance": {"status": status, "labelled": labelled, "metrics": {} if accuracy is None else
+                            {"accuracy": accuracy}},
+            "drift": {"prediction": {"status": drift_status, "psi": psi, "n": 500}}}
+
+
+@pytest.mark.parametrize("rules, monitoring, broken", [
+    ({"min_live_accuracy": 0.9}, section(0.8, 120, "alert"), "live accuracy 0.8 < 0.9 over 120 labelled predictions"),
+    ({"min_live_accuracy": 0.9}, section(0.95, 120, "ok"), None),
+    ({"min_live_accuracy": 0.9}, section(0.5, 10, "insufficient"), None),  # too few labels never rolls back
+    ({"max_prediction_psi": 0.2}, section(psi=0.4, drift_status="alert"),
+     "prediction drift PSI 0.4 > 0.2 over 500 predictions"),
+    ({"max_prediction_psi": 0.2}, section(psi=0.9, drift_status="insufficient"), None),
+])
+def test_monitoring_rules_read_the_canarys_live_figures(rules, monitoring, broken):
+    figures = {"requests": 100, "error_rate": 0.0, "p99_ms": 5.0, "monitoring": monitoring}
+    assert guard.evaluate({**rules, "min_requests": 10}, figures) == ([broken] if broken else [])

@@ -60,6 +60,11 @@ class Monitoring:
             "alerts": self.alerts.active(name) if self.alerts is not None else [],
         }
 
+    def version_section(self, name: str, version: int) -> dict[str, Any] | None:
+        """One version's drift, quality, performance and bias (no traffic), or None if not loaded."""
+        model = self.catalog.model(name).available(version)
+        return None if model is None else self.version_report(model, self.default_window, None, [])
+
     def overview(self, window: int | None = None) -> list[dict[str, Any]]:
         return [self.model_report(state.name, window) for state in self.catalog.models()]
 
