@@ -52,11 +52,13 @@ def purge(older_than_days: float, database_url: str) -> None:
 @click.argument("name")
 @click.option("--window", type=click.IntRange(10, 100_000), envvar="MONITORING_WINDOW", default=500, show_default=True,
               help="Predictions per version to look at.")
+@click.option("--minutes", type=click.IntRange(1, 7 * 24 * 60), default=None,
+              help="Look at every prediction of the last N minutes instead of the last --window predictions.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full JSON report.")
 @ARTIFACTS
 @DATABASE
 @fails_cleanly
-def report(name: str, window: int, as_json: bool, artifacts_dir: Path, database_url: str) -> None:
+def report(name: str, window: int, minutes: int | None, as_json: bool, artifacts_dir: Path, database_url: str) -> None:
     """Print NAME's monitoring report: traffic, drift, data quality, live performance, bias, alerts."""
     from service.catalog import Catalog
     from service.monitoring.alerts import AlertManager, load_rules
@@ -69,7 +71,7 @@ def report(name: str, window: int, as_json: bool, artifacts_dir: Path, database_
     catalog.refresh()
     store = Store.from_url(database_url)
     monitoring = Monitoring(catalog, PredictionLog(store), window, AlertManager(store, load_rules(None)))
-    result = monitoring.model_report(name, window)
+    result = monitoring.model_report(name, window, minutes)
     click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
 
 

@@ -1,8 +1,9 @@
 """How the shared store talks to each database: SQLite (embedded, the default) or PostgreSQL.
 
 ``service.store`` writes every query once, in sqlite3's style; a dialect holds what differs:
-connecting, beginning a write transaction (and its locks), DDL types, conflict clauses, and
-turning PostgreSQL's errors into ``sqlite3.Error`` so callers need one ``except``. No Flask.
+connecting, beginning a write transaction (and its locks), DDL types, conflict clauses, a JSON
+array parameter read as rows, and turning PostgreSQL's errors into ``sqlite3.Error`` so callers
+need one ``except``. No Flask.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def close_all(connections: list[tuple[int, Any]]) -> None:
 class SQLiteDialect:
     """SQLite in WAL mode: a file, an implicit ``rowid``, one writer at a time."""
 
-    DDL = {"rowid": "", "any": ""}  # no declared type: a column keeps numbers and strings as given
+    # ``serial``: a key the database numbers, stable for references (an INTEGER PRIMARY KEY is
+    # the rowid itself; an undeclared rowid may be renumbered by VACUUM).
+    DDL = {"rowid": "", "any": "", "serial": "INTEGER PRIMARY KEY"}  # ``any``: no declared type, values as given
 
     def __init__(self, path: Path, timeout: float):
         self.path = path
@@ -86,9 +89,16 @@ class SQLiteDialect:
         cursor.row_factory = None
         return cursor.execute(sql, params).fetchall()
 
-    def insert_sql(self, table: str, columns: tuple[str, ...], conflict: str | None, key: tuple[str, ...]) -> str:
+    def insert_sql(self, table: str, columns: tuple[str, ...], conflict: str | None, key: tuple[str, ...],
+                   select: str | None = None) -> str:
         verb = {None: "INSERT", "ignore": "INSERT OR IGNORE", "replace": "INSERT OR REPLACE"}[conflict]
-        return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        return f"{verb} INTO {table} ({', '.join(columns)}) {select or _values(columns)}"
+
+    def json_elements(self) -> str:
+        return "json_each(?) AS j"
+
+    def uncompressed(self, db: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> None:
+        pass  # SQLite never compresses
 
     def pack(self, value: Any) -> Any:
         return value
@@ -103,7 +113,8 @@ class SQLiteDialect:
 class PostgresDialect:
     """PostgreSQL through psycopg 3: writers side by side, explicit row ids, advisory locks."""
 
-    DDL = {"rowid": "rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,", "any": "TEXT"}  # ``any``: JSON text
+    DDL = {"rowid": "rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,", "any": "TEXT",  # ``any``: JSON text
+           "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"}
 
     def __init__(self, url: str, timeout: float):
         import psycopg  # only PostgreSQL users pay for the import
@@ -159,14 +170,29 @@ class PostgresDialect:
 
         return db.conn.cursor(row_factory=tuple_row).execute(_pg_sql(sql), params).fetchall()
 
-    def insert_sql(self, table: str, columns: tuple[str, ...], conflict: str | None, key: tuple[str, ...]) -> str:
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    def insert_sql(self, table: str, columns: tuple[str, ...], conflict: str | None, key: tuple[str, ...],
+                   select: str | None = None) -> str:
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) {select or _values(columns)}"
         if conflict == "ignore":
             return sql + " ON CONFLICT DO NOTHING"
         if conflict == "replace":
             updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
             return sql + f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
         return sql
+
+    def json_elements(self) -> str:
+        return ("(SELECT value, ordinality - 1 AS key"
+                " FROM json_array_elements_text(CAST(? AS json)) WITH ORDINALITY) AS j")
+
+    def uncompressed(self, db: PgConnection, table: str, columns: tuple[str, ...]) -> None:
+        # TOAST compresses long values with pglz by default: ~25 ms per MB written, more than the
+        # space is worth for these columns. EXTERNAL keeps them out of line, uncompressed. Set once.
+        with self.begin(db, "schema", None):
+            names = [row[0] for row in db.conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = CAST(%s AS regclass) AND attstorage <> 'e'"
+                " AND attname = ANY(%s)", (table, list(columns))).fetchall()]
+            if names:
+                db.conn.execute(f"ALTER TABLE {table} " + ", ".join(f"ALTER COLUMN {n} SET STORAGE EXTERNAL" for n in names))
 
     def pack(self, value: Any) -> str | None:
         if value is None:
@@ -261,6 +287,10 @@ class Row(tuple):
 def _mapping_rows(cursor: Any) -> Callable[[Iterable[Any]], Row]:
     names = {column.name: i for i, column in enumerate(cursor.description or ())}
     return lambda values: Row(values, names)
+
+
+def _values(columns: tuple[str, ...]) -> str:
+    return f"VALUES ({', '.join('?' * len(columns))})"
 
 
 @lru_cache(maxsize=512)

@@ -60,17 +60,29 @@ CREATE TABLE IF NOT EXISTS shadow (
     detail TEXT                        -- JSON: per-class agreement
 );
 CREATE INDEX IF NOT EXISTS shadow_model_ts ON shadow (model, ts);
+CREATE TABLE IF NOT EXISTS prediction_batches (
+    batch {serial},                    -- what predictions.batch refers to
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the batch was recorded (its predictions' ts)
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    request_id TEXT,
+    latency_ms DOUBLE PRECISION,       -- time inside the prediction path for the whole request
+    rows INTEGER NOT NULL,             -- rows stored: the request's sampled predictions, in order
+    features TEXT NOT NULL,            -- JSON list: the stored features, in the order of ``inputs``
+    inputs TEXT NOT NULL,              -- JSON list of columns, one list of ``rows`` values per feature;
+                                       -- pii features hashed or absent (never raw)
+    outputs TEXT NOT NULL,             -- JSON list: the ``rows`` predictions
+    probabilities TEXT                 -- JSON list of ``rows`` lists in the model's class order, or NULL
+);
+CREATE INDEX IF NOT EXISTS prediction_batches_ts ON prediction_batches (ts);
 CREATE TABLE IF NOT EXISTS predictions (
     {rowid}
     id TEXT PRIMARY KEY,               -- the prediction id the client got (<request base>-<row index>)
-    request_id TEXT,
     ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the prediction was recorded
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
-    inputs TEXT NOT NULL,              -- JSON object: feature -> value; pii features hashed or absent
-    output TEXT NOT NULL,              -- JSON value: the prediction
-    probabilities TEXT,                -- JSON list in the model's class order, or NULL
-    latency_ms DOUBLE PRECISION        -- time inside the prediction path for the whole request
+    batch BIGINT,                      -- the prediction_batches row with its inputs and output
+    row_index INTEGER                  -- its row in that batch's columns
 );
 CREATE INDEX IF NOT EXISTS predictions_model_version_ts ON predictions (model, version, ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -139,6 +151,9 @@ class Store:
         self._opened: list[tuple[int, Any]] = []  # (pid, connection) this store opened, closed with it
         self._finalizer = weakref.finalize(self, close_all, self._opened)
         self.create_tables(SCHEMA)
+        with self.dialect.errors(), self._connection() as db:
+            self.dialect.uncompressed(db, "prediction_batches", ("inputs", "outputs", "probabilities"))
+        self.legacy_predictions = self._adopt_previous_layout()
 
     @classmethod
     def from_url(cls, url: str, timeout: float = 5.0) -> Store:
@@ -176,6 +191,30 @@ class Store:
         """Run ``ddl`` (``CREATE ... IF NOT EXISTS`` statements with ``{rowid}`` and ``{any}`` fields)."""
         with self.dialect.errors(), self._connection() as db:
             self.dialect.script(db, ddl.format(**self.dialect.DDL))
+
+    def _adopt_previous_layout(self) -> bool:
+        """Let a database of the previous prediction log layout take new rows; True if it is one.
+
+        Before ``prediction_batches``, ``predictions`` kept each row's inputs, output and
+        probabilities as JSON (``inputs`` and ``output`` NOT NULL) and had no batch reference.
+        This is no migration: the two reference columns are added, NULL in the old rows, whose
+        inputs then read as missing while their outputs, feedback and retention work as before;
+        new rows fill the old NOT NULL columns with constants (``PredictionLog`` asks
+        ``legacy_predictions``).
+        """
+        names = self._column_names("predictions")
+        if "batch" in names:
+            return "inputs" in names
+        with self.transaction(lock="schema") as db:  # workers starting together: one adds the columns
+            names = _names(db.execute("SELECT * FROM predictions LIMIT 0").description)
+            if "batch" not in names:
+                db.execute("ALTER TABLE predictions ADD COLUMN batch BIGINT")
+                db.execute("ALTER TABLE predictions ADD COLUMN row_index INTEGER")
+        return "inputs" in names
+
+    def _column_names(self, table: str) -> list[str]:
+        with self.dialect.errors(), self._connection() as db:
+            return _names(db.execute(f"SELECT * FROM {table} LIMIT 0").description)
 
     @contextmanager
     def transaction(self, lock: str | None = None, timeout: float | None = None) -> Iterator[Any]:
@@ -221,10 +260,17 @@ class Store:
             log.warning("store writes recovered", extra={"failed_in_burst": failed, "write_failures": self.write_failures})
 
     def insert_sql(self, table: str, columns: Iterable[str], *, conflict: str | None = None,
-                   key: tuple[str, ...] = ()) -> str:
+                   key: tuple[str, ...] = (), select: str | None = None) -> str:
         """Return an INSERT of ``columns``; on a key conflict ``"ignore"`` keeps the old row, ``"replace"``
-        overwrites it (``key`` names the conflicting columns)."""
-        return self.dialect.insert_sql(table, tuple(columns), conflict, key)
+        overwrites it (``key`` names the conflicting columns). ``select`` inserts a query's rows instead
+        of one row of parameters."""
+        return self.dialect.insert_sql(table, tuple(columns), conflict, key, select)
+
+    def json_elements(self) -> str:
+        """A FROM item over the elements of one JSON array of strings, a parameter (``?``): ``j.value``,
+        each string, and ``j.key``, its index from 0. One statement then inserts thousands
+        of rows, with no per-row round trip or parameter binding."""
+        return self.dialect.json_elements()
 
     def pack(self, value: Any) -> Any:
         """Turn a number, string or None into what an ``{any}`` column stores."""
@@ -275,12 +321,13 @@ class Store:
     def purge(self, older_than_seconds: float, now: float | None = None, batch: int = PURGE_BATCH) -> dict[str, int]:
         """Delete rows older than the cut-off in short batches; return the count deleted per table.
 
-        Feedback goes with its prediction. Each batch is its own transaction, so serving writes
+        Feedback goes with its prediction, and the inputs of a batch (``prediction_batches``)
+        with its predictions: they share its timestamp. Each batch is its own transaction, so serving writes
         interleave with a long purge; freed pages are reused by SQLite (no ``VACUUM``, which
         would lock the file). Raises ``sqlite3.Error`` if a batch cannot be written.
         """
         cutoff = (time.time() if now is None else now) - older_than_seconds
-        counts = {"predictions": 0, "feedback": 0, "requests": 0, "shadow": 0}
+        counts = {"predictions": 0, "feedback": 0, "prediction_batches": 0, "requests": 0, "shadow": 0}
         for model in self._distinct_models("predictions"):
             for version in self._distinct_versions(model):
                 while True:
@@ -289,6 +336,13 @@ class Store:
                     counts["feedback"] += labels
                     if deleted < batch:
                         break
+        while True:
+            with self.transaction() as db:
+                deleted = db.execute("DELETE FROM prediction_batches WHERE batch IN "
+                                     "(SELECT batch FROM prediction_batches WHERE ts < ? LIMIT ?)", (cutoff, batch)).rowcount
+            counts["prediction_batches"] += deleted
+            if deleted < batch:
+                break
         for table in ("requests", "shadow"):
             sql = (f"DELETE FROM {table} WHERE rowid IN "
                    f"(SELECT rowid FROM {table} WHERE model = ? AND ts < ? LIMIT ?)")
@@ -328,6 +382,10 @@ class Store:
 
 REQUEST_COLUMNS = tuple(f.name for f in fields(RequestRecord))
 SHADOW_COLUMNS = tuple(f.name for f in fields(ShadowRecord))
+
+
+def _names(description: Any) -> list[str]:
+    return [column[0] for column in description or ()]
 
 
 def now() -> float:

@@ -190,3 +190,13 @@ def test_the_monitoring_page_renders_live_data_in_chromium(monitored, tmp_path):
         assert overview.status == 200 and page.get_by_text("breast-cancer").first.is_visible()
     assert recorder.console_errors == [] and recorder.page_errors == [] and recorder.failed == []
     assert recorder.foreign(monitored.base) == []
+
+
+def test_a_window_of_minutes_instead_of_predictions(monitored):
+    rows = as_records(training_rows("diabetes").head(20))
+    assert monitored.post("/v1/models/diabetes:predict", json={"instances": rows}).status_code == 200
+    assert wait_for(lambda: monitoring(monitored, "diabetes")["versions"]["1"]["n"] == 20)
+    by_time = monitored.get("/v1/models/diabetes/monitoring?minutes=5").json()
+    assert by_time["versions"]["1"]["n"] == 20 and by_time["window"]["since"] and by_time["window"]["last_n"] is None
+    both = monitored.get("/v1/models/diabetes/monitoring?minutes=5&window=100")
+    assert both.status_code == 422 and both.json()["error"]["details"]["errors"][0]["field"] == "minutes"

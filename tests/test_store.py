@@ -35,7 +35,7 @@ def test_requests_and_shadow_round_trip(make_store):
         assert store.fetch("PRAGMA journal_mode") == [("wal",)]
     else:
         names = {r[0] for r in store.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert {"requests", "shadow", "predictions", "feedback"} <= names
+    assert {"requests", "shadow", "predictions", "prediction_batches", "feedback"} <= names
 
 
 def test_reopening_keeps_tables_and_rows_and_foreign_tables(make_store):
@@ -46,7 +46,7 @@ def test_reopening_keeps_tables_and_rows_and_foreign_tables(make_store):
         db.execute("INSERT INTO alerts VALUES ('a', 1)")
     store = make_store()
     assert len(store.requests_since("m", 0)) == 1
-    assert store.purge(0, now=100) == {"predictions": 0, "feedback": 0, "requests": 1, "shadow": 0}
+    assert store.purge(0, now=100) == {"predictions": 0, "feedback": 0, "prediction_batches": 0, "requests": 1, "shadow": 0}
     assert store.fetch("SELECT count(*) FROM alerts") == [(1,)]
 
 
@@ -81,7 +81,7 @@ def test_purge_deletes_old_rows_of_every_model_in_batches(make_store):
     store.record_requests([request(ts, model=m) for ts in range(100) for m in ("a", "b")])
     store.record_shadow([shadow(ts, model=m) for ts in range(100) for m in ("a", "b")])
     counts = store.purge(older_than_seconds=50, now=100, batch=7)  # cut-off 50: ts 0..49 go
-    assert counts == {"predictions": 0, "feedback": 0, "requests": 100, "shadow": 100}
+    assert counts == {"predictions": 0, "feedback": 0, "prediction_batches": 0, "requests": 100, "shadow": 100}
     assert store.fetch("SELECT min(ts), count(*) FROM requests") == [(50.0, 100)]
     assert store.fetch("SELECT min(ts), count(*) FROM shadow") == [(50.0, 100)]
     assert store.purge(older_than_seconds=50, now=100)["requests"] == 0

@@ -18,6 +18,7 @@ bp = Blueprint("monitoring", __name__, url_prefix="/v1/models")
 
 MAX_FEEDBACK = 10_000
 MAX_WINDOW = 100_000
+MAX_MINUTES = 7 * 24 * 60
 INVALID = object()
 
 
@@ -46,7 +47,10 @@ def feedback(name: str):
 @bp.get("/<model_name:name>/monitoring")
 @require_scope("read")
 def monitoring(name: str):
-    return json_response(current_app.extensions["monitoring"].model_report(name, _window()))
+    window, minutes = _window(), int_arg("minutes", low=1, high=MAX_MINUTES)
+    if window and minutes:
+        raise validation_failed({"minutes": ["Give window (predictions) or minutes, not both."]}, "the query")
+    return json_response(current_app.extensions["monitoring"].model_report(name, window, minutes))
 
 
 def _load_feedback(payload: Any, task: str, classes: list | None) -> list[dict]:

@@ -1,9 +1,14 @@
 """The prediction log: what each model version was asked, what it answered and, later, the truth.
 
 ``PredictionLog.record`` writes a (deterministically sampled) batch of predictions with its
-inputs redacted by ``privacy.redact``; ``record_feedback`` stores ground truth by prediction
-id; ``window`` reads the last N predictions (or the last T seconds) of a version back as the
-*window* shape the monitoring maths takes (see ``service.monitoring``); ``purge`` applies
+inputs redacted by ``privacy.redact``: inputs, outputs and probabilities once per batch, column
+by column (one ``prediction_batches`` row), and a slim ``predictions`` row per prediction (id,
+time, model, version, batch and row in it) for feedback and windows, all inserted by one
+statement from a JSON array of the ids. A 10,000-row batch so costs a few serialisations of
+whole arrays, not a JSON object per row with the feature names repeated. ``record_feedback``
+stores ground truth by prediction id; ``window`` reads the last N predictions (or the last T
+seconds) of a version back as the *window* shape the monitoring maths takes (see
+``service.monitoring``), slicing the few batches its rows come from; ``purge`` applies
 retention. Recording never raises into a request: a failed write is logged once per burst,
 counted on the store (``write_failures``) and reported as ``False``. No Flask.
 """
@@ -14,9 +19,8 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -32,7 +36,13 @@ MAX_ID_CHARS = 128
 #: Feature types read back as float64 with NaN for missing; the others as object arrays with None.
 NUMERIC_TYPES = ("float", "int")
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-PREDICTION_COLUMNS = ("id", "request_id", "ts", "model", "version", "inputs", "output", "probabilities", "latency_ms")
+PREDICTION_COLUMNS = ("id", "ts", "model", "version", "batch", "row_index")
+BATCH_COLUMNS = ("ts", "model", "version", "request_id", "latency_ms", "rows", "features", "inputs", "outputs",
+                 "probabilities")
+#: The NOT NULL columns of a previous-layout ``predictions`` table, and what new rows put there.
+LEGACY_COLUMNS = {"inputs": "'{}'", "output": "'null'"}
+#: numpy kinds orjson writes itself (OPT_SERIALIZE_NUMPY): bool, signed and unsigned int, float.
+NUMPY_KINDS = "biuf"
 _HASH_SCALE = float(2**64)
 
 
@@ -48,6 +58,14 @@ class Window:
     ids: list[str]
     n: int
     redacted: frozenset[str]  # features whose columns are all missing because they are PII
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch, encoded before the write lock is taken."""
+
+    values: tuple[Any, ...]  # of BATCH_COLUMNS
+    ids: str  # JSON list of the stored rows' prediction ids, in row order
 
 
 def is_sampled(prediction_id: str, rate: float) -> bool:
@@ -71,8 +89,15 @@ class PredictionLog:
         self.sample_rate = sample_rate  # share of predictions recorded, chosen by id hash
         self.pii_key = pii_key.encode() if isinstance(pii_key, str) else pii_key  # None: PII is dropped
         self.late_after_seconds = late_after_seconds  # feedback this long after its prediction is "late"
-        # A prediction id seen again (a retried write) keeps its first row.
-        self._insert = store.insert_sql("predictions", PREDICTION_COLUMNS, conflict="ignore")
+        # A database of the previous layout wants its old NOT NULL columns filled (see Store).
+        self._legacy = store.legacy_predictions
+        legacy = LEGACY_COLUMNS if self._legacy else {}
+        # One row per element of the ids' JSON array: j.value the id, j.key its row in the batch.
+        # A prediction id seen again (a retried write) keeps its first row, and so its first batch.
+        values = ", ".join(("j.value", "?", "?", "?", "?", "j.key", *legacy.values()))
+        self._insert = store.insert_sql("predictions", (*PREDICTION_COLUMNS, *legacy), conflict="ignore",
+                                        select=f"SELECT {values} FROM {store.json_elements()}")
+        self._insert_batch = store.insert_sql("prediction_batches", BATCH_COLUMNS) + " RETURNING batch"
 
     @property
     def write_failures(self) -> int:
@@ -85,39 +110,46 @@ class PredictionLog:
                *, now: float | None = None) -> bool:
         """Write the sampled rows of one predicted batch in one transaction; never raise."""
         try:
-            rows = self._rows(model, version, request_id, ids, columns, predictions, probabilities, latency_ms,
-                              features, time.time() if now is None else now)
+            batch = self._batch(model, version, request_id, ids, columns, predictions, probabilities, latency_ms,
+                                features, time.time() if now is None else now)
         except Exception as exc:  # a caller's bad value must not fail the request either
             self.store.write_failed("predictions", exc)
             return False
-        if not rows:
+        if batch is None:
             return True
-        return self.store.write("predictions", lambda db: db.executemany(self._insert, rows))
+        return self.store.write("predictions", lambda db: self._write(db, batch))
 
-    def _rows(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
-              columns: dict[str, np.ndarray], predictions: Any, probabilities: Any, latency_ms: float,
-              features: list[dict[str, Any]], ts: float) -> list[tuple[Any, ...]]:
+    def _batch(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
+               columns: dict[str, np.ndarray], predictions: Any, probabilities: Any, latency_ms: float,
+               features: list[dict[str, Any]], ts: float) -> Batch | None:
+        """Encode the sampled rows of one batch (None when none is sampled): all before the write lock."""
         n = len(ids)
         keep = None if self.sample_rate >= 1.0 else [i for i, pid in enumerate(ids) if is_sampled(pid, self.sample_rate)]
-        if keep is not None and not keep:
-            return []
+        if n == 0 or keep == []:
+            return None
+        rows = None if keep is None else np.asarray(keep)
 
-        def take(values: Any, what: str) -> list[Any]:
+        def take(values: Any, what: str) -> np.ndarray:
             array = np.asarray(values)
             if len(array) != n:
                 raise ValueError(f"{what} has {len(array)} rows for {n} prediction ids")
-            return (array if keep is None else array[keep]).tolist()
+            return array if rows is None else array[rows]
 
         safe = redact(features, columns, self.pii_key)
         names = list(safe)
-        values = [take(safe[name], f"column {name!r}") for name in names]
-        inputs = [_dumps(dict(zip(names, row, strict=True))) for row in zip(*values, strict=True)] if names else None
-        outputs = [_dumps(value) for value in take(predictions, "predictions")]
-        probas = [_dumps(row) for row in take(probabilities, "probabilities")] if probabilities is not None else None
+        inputs = [_column(take(safe[name], f"column {name!r}")) for name in names]
+        outputs = _column(take(predictions, "predictions"))
+        probas = _dumps(_column(take(probabilities, "probabilities"))) if probabilities is not None else None
         kept_ids = list(ids) if keep is None else [ids[i] for i in keep]
-        m = len(kept_ids)
-        return list(zip(kept_ids, repeat(request_id, m), repeat(float(ts), m), repeat(model, m), repeat(int(version), m),
-                        inputs or repeat("{}", m), outputs, probas or repeat(None, m), repeat(float(latency_ms), m), strict=True))
+        return Batch((float(ts), model, int(version), request_id, float(latency_ms), len(kept_ids), _dumps(names),
+                      _dumps(inputs), _dumps(outputs), probas), _dumps(kept_ids))
+
+    def _write(self, db: Any, batch: Batch) -> None:
+        """Insert the batch, then its predictions pointing at it (in the caller's transaction)."""
+        ts, model, version = batch.values[:3]
+        (key,) = db.execute(self._insert_batch, batch.values).fetchall()[0]
+        if db.execute(self._insert, (ts, model, version, key, batch.ids)).rowcount == 0:
+            db.execute("DELETE FROM prediction_batches WHERE batch = ?", (key,))  # all logged before (a retry)
 
     def record_feedback(self, model: str, items: list[dict[str, Any]], now: float | None = None) -> dict[str, Any]:
         """Store ground truth by prediction id in one transaction; the first label for an id wins.
@@ -169,7 +201,8 @@ class PredictionLog:
     def window(self, model: str, version: int | None, *, last_n: int | None = None, since: float | None = None,
                features: list[dict[str, Any]]) -> Window:
         """Read a version's predictions (all versions for None), newest first, with their labels."""
-        sql = ("SELECT p.id, p.ts, p.inputs, p.output, p.probabilities, f.label"
+        legacy = "p.output, p.probabilities" if self._legacy else "NULL, NULL"
+        sql = (f"SELECT p.id, p.ts, p.batch, p.row_index, f.label, {legacy}"
                " FROM predictions p LEFT JOIN feedback f ON f.id = p.id WHERE p.model = ?")
         params: list[Any] = [model]
         if version is not None:
@@ -183,12 +216,27 @@ class PredictionLog:
             sql += " LIMIT ?"
             params.append(max(int(last_n), 0))
         rows = self.store.fetch(sql, tuple(params))
-        ids, ts, inputs, outputs, probas, labels = (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 6
+        ids, ts, batches, positions, labels, old_outputs, old_probas = \
+            (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 7
         n = len(ids)
         hidden = pii_names(features)
+        stored = self._batches(batches)
+        # Each row points into the concatenation of its batches' columns; a row without a stored
+        # batch (purged, or a row of the previous layout) points at a missing value past the end.
+        offsets, total = {}, 0
+        for key, found in stored.items():
+            offsets[key] = total
+            total += found.rows
+        index = np.array([offsets[b] + p if b in offsets and p is not None and 0 <= p < stored[b].rows else total
+                          for b, p in zip(batches, positions, strict=True)], dtype=np.int64)
+        outputs = _gather([found.outputs for found in stored.values()], index)
+        probas = _gather([found.probabilities for found in stored.values()], index)
+        for i in (i for i, text in enumerate(old_outputs) if text is not None and batches[i] is None):
+            outputs[i] = orjson.loads(old_outputs[i])  # a previous-layout row: its JSON is its own
+            probas[i] = None if old_probas[i] is None else orjson.loads(old_probas[i])
         return Window(
-            columns=_columns(features, _loads_many(inputs), hidden, n),
-            predictions=_array(_loads_many(outputs)),
+            columns={f["name"]: _feature(f, stored.values(), index, f["name"] in hidden) for f in features},
+            predictions=_array(outputs),
             probabilities=_probabilities(probas),
             labels=_sparse(labels, n),
             ts=np.array(ts, dtype=np.float64),
@@ -197,9 +245,34 @@ class PredictionLog:
             redacted=hidden,
         )
 
+    def _batches(self, keys: list[int | None]) -> dict[int, Stored]:
+        """Read the batches some rows come from, each once."""
+        wanted = list(dict.fromkeys(key for key in keys if key is not None))
+        stored = {}
+        for chunk in chunks(wanted, MAX_PARAMS):
+            sql = ("SELECT batch, rows, features, inputs, outputs, probabilities FROM prediction_batches"
+                   f" WHERE batch IN ({', '.join('?' * len(chunk))})")
+            for key, rows, names, inputs, outputs, probas in self.store.fetch(sql, tuple(chunk)):
+                outputs = orjson.loads(outputs)
+                probas = orjson.loads(probas) if probas is not None else None
+                stored[key] = Stored(rows, dict(zip(orjson.loads(names), orjson.loads(inputs), strict=True)),
+                                     outputs if len(outputs) == rows else [None] * rows,
+                                     probas if probas is not None and len(probas) == rows else [None] * rows)
+        return stored
+
     def purge(self, older_than_seconds: float, now: float | None = None) -> dict[str, int]:
         """Delete predictions (with their feedback), requests and shadow rows older than the cut-off."""
         return self.store.purge(older_than_seconds, now)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored batch, read back: row-aligned lists."""
+
+    rows: int
+    inputs: dict[str, list[Any]]  # feature -> values
+    outputs: list[Any]
+    probabilities: list[Any]  # a list per row, or None
 
 
 def _dumps(value: Any) -> str:
@@ -208,23 +281,40 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, default=str, option=JSON_OPTIONS).decode()
 
 
+def _column(values: np.ndarray) -> np.ndarray | list[Any]:
+    """An array as orjson writes it fastest: numbers as a C-contiguous array (orjson would hand
+    another to ``default``), floats as float64 (the values ``tolist`` gives); others as a list."""
+    if values.dtype.kind in NUMPY_KINDS and values.ndim in (1, 2):
+        return np.ascontiguousarray(values, dtype=np.float64 if values.dtype.kind == "f" else None)
+    return values.tolist()
+
+
 def _loads_many(texts: list[str]) -> list[Any]:
     # One parse of a joined array is about twice as fast as one orjson.loads per row.
     return orjson.loads("[" + ",".join(texts) + "]") if texts else []
 
 
-def _columns(features: list[dict[str, Any]], records: list[dict[str, Any]], hidden: frozenset[str],
-             n: int) -> dict[str, np.ndarray]:
-    columns = {}
-    for feature in features:
-        name = feature["name"]
-        numeric = feature.get("type") in NUMERIC_TYPES
-        if name in hidden:
-            columns[name] = np.full(n, np.nan) if numeric else np.full(n, None, dtype=object)
-            continue
-        values = [record.get(name) for record in records]
-        columns[name] = _numeric(values) if numeric else _objects(values)
-    return columns
+def _gather(parts: list[list[Any]], index: np.ndarray) -> list[Any]:
+    """Pick ``index`` from the concatenation of ``parts`` and one trailing None."""
+    flat = [value for part in parts for value in part]
+    flat.append(None)
+    return [flat[i] for i in index.tolist()]
+
+
+def _feature(feature: dict[str, Any], stored: Iterable[Stored], index: np.ndarray, hidden: bool) -> np.ndarray:
+    """One feature's window column: float64 with NaN, or objects with None, for missing values."""
+    numeric = feature.get("type") in NUMERIC_TYPES
+    if hidden:
+        return np.full(len(index), np.nan) if numeric else np.full(len(index), None, dtype=object)
+    parts = []
+    for found in stored:
+        values = found.inputs.get(feature["name"])
+        if values is None or len(values) != found.rows:  # not stored (pii without a key, another schema)
+            parts.append(np.full(found.rows, np.nan) if numeric else np.full(found.rows, None, dtype=object))
+        else:
+            parts.append(_numeric(values) if numeric else _objects(values))
+    parts.append(np.full(1, np.nan) if numeric else np.full(1, None, dtype=object))
+    return np.concatenate(parts)[index]
 
 
 def _numeric(values: list[Any]) -> np.ndarray:
@@ -247,16 +337,15 @@ def _array(values: list[Any]) -> np.ndarray:
     return np.array(values)
 
 
-def _probabilities(texts: list[str | None]) -> np.ndarray | None:
-    present = [i for i, text in enumerate(texts) if text is not None]
+def _probabilities(rows: list[list[Any] | None]) -> np.ndarray | None:
+    present = [i for i, row in enumerate(rows) if row is not None]
     if not present:
         return None
-    rows = _loads_many([texts[i] for i in present])
-    width = len(rows[0])
-    if any(len(row) != width for row in rows):
+    width = len(rows[present[0]])
+    if any(len(rows[i]) != width for i in present):
         return None  # not one class list: no matrix to give
-    out = np.full((len(texts), width), np.nan)
-    out[present] = np.array(rows, dtype=np.float64)
+    out = np.full((len(rows), width), np.nan)
+    out[present] = np.array([rows[i] for i in present], dtype=np.float64)
     return out
 
 

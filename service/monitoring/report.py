@@ -39,21 +39,26 @@ class Monitoring:
     default_window: int
     alerts: Any = None  # an AlertManager, when alerting is on
 
-    def model_report(self, name: str, window: int | None = None) -> dict[str, Any]:
-        """Report every version in play of model ``name`` over its last ``window`` predictions."""
+    def model_report(self, name: str, window: int | None = None, minutes: float | None = None) -> dict[str, Any]:
+        """Report every version in play of model ``name`` over its last ``window`` predictions.
+
+        With ``minutes``, the window is every prediction of the last ``minutes`` instead.
+        """
         state = self.catalog.model(name)
-        last_n = window or self.default_window
         now = time.time()
+        last_n = None if minutes else (window or self.default_window)
+        since = now - minutes * 60 if minutes else None
         requests = self.log.store.requests_since(name, now - TRAFFIC_SECONDS)
         figures = comparison.version_figures(requests)
         versions = {}
         for version in versions_in_play(state, figures):
             model = state.available(version)
             if model is not None:
-                versions[str(version)] = self.version_report(model, last_n, figures.get(version), requests)
+                versions[str(version)] = self.version_report(model, last_n, figures.get(version), requests, since)
         return {
             "model": name,
-            "window": {"last_n": last_n, "traffic_seconds": TRAFFIC_SECONDS, "until": _iso(now)},
+            "window": {"last_n": last_n, "since": _iso(since) if since else None, "traffic_seconds": TRAFFIC_SECONDS,
+                       "until": _iso(now)},
             "labels": dict(state.labels),
             "rollout": {k: v for k, v in state.rollout.items() if k != "rules"},
             "versions": versions,
@@ -68,12 +73,12 @@ class Monitoring:
     def overview(self, window: int | None = None) -> list[dict[str, Any]]:
         return [self.model_report(state.name, window) for state in self.catalog.models()]
 
-    def version_report(self, model: LoadedModel, last_n: int, figures: dict[str, Any] | None,
-                       requests: list[Any]) -> dict[str, Any]:
-        """Compute one version's sections from its last ``last_n`` logged predictions."""
+    def version_report(self, model: LoadedModel, last_n: int | None, figures: dict[str, Any] | None,
+                       requests: list[Any], since: float | None = None) -> dict[str, Any]:
+        """Compute one version's sections from its last ``last_n`` logged predictions (or those since ``since``)."""
         manifest = model.manifest
         task, classes = manifest["task"], manifest["output"].get("classes")
-        data = self.log.window(model.name, model.version, last_n=last_n, features=model.features)
+        data = self.log.window(model.name, model.version, last_n=last_n, since=since, features=model.features)
         features = [f for f in model.features if f["name"] not in data.redacted]
         profile = manifest.get("reference_profile", {})
         reference_metrics = manifest.get("metrics", {}).get("holdout", {})

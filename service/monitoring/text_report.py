@@ -9,8 +9,9 @@ STATUS_MARK = {"ok": "ok   ", "warn": "WARN ", "alert": "ALERT", "insufficient":
 
 def format_report(report: dict[str, Any]) -> str:
     """Render ``Monitoring.model_report`` output as a few readable lines per version."""
-    lines = [f"{report['model']}: last {report['window']['last_n']} predictions per version "
-             f"(until {report['window']['until']})", f"labels: {_pairs(report.get('labels', {}))}"]
+    window = report["window"]
+    span = f"since {window['since']}" if window.get("since") else f"last {window['last_n']} predictions per version"
+    lines = [f"{report['model']}: {span} (until {window['until']})", f"labels: {_pairs(report.get('labels', {}))}"]
     alerts = [a for a in report.get("alerts", []) if a.get("state") in ("firing", "warn", "pending")]
     for alert in alerts:
         lines.append(f"  ALERT {alert['state']:<8} v{alert['version']} {alert['rule']}: value {alert.get('value')} "
