@@ -67,6 +67,8 @@ def report(name: str, window: int, minutes: int | None, as_json: bool, artifacts
     from service.monitoring.text_report import format_report
 
     artifacts.check_model_name(name)
+    if minutes is not None and click.get_current_context().get_parameter_source("window").name != "DEFAULT":
+        raise click.UsageError("give --window (predictions) or --minutes, not both")
     catalog = Catalog(artifacts_dir)
     catalog.refresh()
     store = Store.from_url(database_url)

@@ -107,11 +107,11 @@ def evaluate(rules: Mapping[str, Any] | None, figures: Mapping[str, Any] | None)
 
 
 def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: str = "guard",
-            monitor: Callable[[str, int], Mapping[str, Any] | None] | None = None) -> dict[str, Any] | None:
+            monitor: Callable[[str, int, float], Mapping[str, Any] | None] | None = None) -> dict[str, Any] | None:
     """Set the canary of ``name`` to weight 0 when it breaks a rule; return the history entry.
 
-    ``monitor(name, version)`` gives the canary's monitoring figures for the rules on live
-    metrics and prediction drift.
+    ``monitor(name, version, since)`` gives the canary's monitoring figures for the rules on
+    live metrics and prediction drift, from the predictions logged since ``since``.
     """
     now = time.time() if now is None else float(now)
     state = registry.read_state(root, name)
@@ -126,7 +126,7 @@ def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: 
     since = max(now - float(rules["window_seconds"]), _last_rollback(state, version))
     figures = comparison.version_figures(store.requests_since(name, since)).get(version)
     if figures and monitor is not None and any(rules.get(rule) is not None for rule in MONITORING_RULES):
-        figures = {**figures, "monitoring": monitor(name, version)}
+        figures = {**figures, "monitoring": monitor(name, version, since)}
     broken = evaluate(rules, figures)
     if not broken:
         return None
@@ -151,7 +151,7 @@ class Guard:
     """Run ``enforce`` for every model under ``root`` every ``interval_seconds`` in a daemon thread."""
 
     def __init__(self, store: Any, root: Path, interval_seconds: float,
-                 monitor: Callable[[str, int], Mapping[str, Any] | None] | None = None):
+                 monitor: Callable[[str, int, float], Mapping[str, Any] | None] | None = None):
         self.store = store
         self.monitor = monitor
         self.root = Path(root)

@@ -27,6 +27,8 @@ class Periodic:
     def start(self) -> None:
         """Start the thread; calling it again while it runs does nothing."""
         if self._thread is not None and self._thread.is_alive():
+            if self._stop.is_set():
+                raise RuntimeError(f"{self.name}: the previous thread has not stopped yet")
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -37,7 +39,8 @@ class Periodic:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
+            if not self._thread.is_alive():  # a job still running keeps its thread: start() will not add one
+                self._thread = None
 
     @property
     def running(self) -> bool:

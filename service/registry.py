@@ -186,6 +186,7 @@ def set_rollout(root: Path, name: str, *, canary: Any = UNSET, shadow: Any = UNS
     named = _named_versions(given)
     for version in named:
         _loadable(root, name, version, signing_key)
+    _check_rules_fit_task(root, name, new_rules)
 
     def change(state: dict[str, Any]) -> dict[str, Any]:
         _still_there(root, name, named)
@@ -345,6 +346,20 @@ def _remove_tree(path: Path) -> None:
         for filename in files:
             os.chmod(os.path.join(folder, filename), 0o644)
     shutil.rmtree(path)
+
+
+TASK_RULES = {"min_live_accuracy": "classification", "max_live_rmse": "regression"}
+
+
+def _check_rules_fit_task(root: Path, name: str, rules: dict[str, Any]) -> None:
+    """Refuse a live-metric rule that could never fire for this model's task."""
+    production = read_state(root, name)["labels"].get(PRODUCTION)
+    if production is None:
+        return
+    task = artifacts.read_manifest(artifacts.version_dir(root, name, production)).get("task")
+    for rule, needs in TASK_RULES.items():
+        if rules.get(rule) is not None and task != needs:
+            raise ValueError(f"{rule} applies to {needs} models; {name!r} is a {task} model")
 
 
 def installed_sklearn() -> str:

@@ -281,3 +281,9 @@ def test_python_dash_m_service_in_a_real_process(root, demo_root):
     assert completed.stdout == ("FAILED  breast-cancer 1: file model.joblib does not match its sha256 in the manifest\n"
                                 "ok      diabetes 1\n")
     assert completed.stderr == "Error: 1 version(s) failed verification\n"
+
+
+def test_report_refuses_both_window_and_minutes(runner, root):
+    result = runner.invoke(cli, ["report", "diabetes", "--window", "100", "--minutes", "5", "--artifacts-dir", str(root),
+                                 "--database-url", f"sqlite:///{root.parent / 'db.sqlite'}"])
+    assert result.exit_code == 2 and "give --window (predictions) or --minutes, not both" in result.output

@@ -231,3 +231,30 @@ def section(accuracy=None, labelled=0, status="insufficient", psi=None, drift_st
 def test_monitoring_rules_read_the_canarys_live_figures(rules, monitoring, broken):
     figures = {"requests": 100, "error_rate": 0.0, "p99_ms": 5.0, "monitoring": monitoring}
     assert guard.evaluate({**rules, "min_requests": 10}, figures) == ([broken] if broken else [])
+
+
+def test_monitoring_rules_judge_only_figures_since_the_window_and_the_last_rollback(root, store):
+    asked = []
+
+    def monitor(name, version, since):
+        asked.append(since)
+        return section(0.1, 200, "alert")
+
+    now = time.time()
+    set_canary(root, weight=50.0, min_live_accuracy=0.9, min_requests=10, window_seconds=600)
+    traffic(store, ok=20)
+    entry = guard.enforce(store, root, MODEL, now=now, monitor=monitor)
+    assert entry["broken"] == ["live accuracy 0.1 < 0.9 over 200 labelled predictions"]
+    assert asked == [pytest.approx(now - 600)]
+    # turned back on: the figures asked for start at that rollback, not at the old window
+    registry.update(root, MODEL, lambda s: s["rollout"]["canary"].update(weight=50.0) or {"action": "test"}, actor="t")
+    rolled_back_at = time.time()
+    traffic(store, ok=20, ts=rolled_back_at + 1)
+    guard.enforce(store, root, MODEL, now=rolled_back_at + 2, monitor=monitor)
+    assert asked[-1] >= rolled_back_at - 1
+
+
+def test_no_monitoring_figures_are_computed_without_a_monitoring_rule(root, store):
+    set_canary(root, weight=50.0, min_requests=10)
+    traffic(store, ok=20)
+    assert guard.enforce(store, root, MODEL, monitor=lambda *a: pytest.fail("monitor called")) is None

@@ -229,3 +229,11 @@ def test_view_model_does_not_change_the_report():
     before = copy.deepcopy(report)
     page.model_view(report)
     assert report == before
+
+
+def test_bias_p_values_are_shown_as_evidence_not_as_gaps():
+    view = page.bias_view({"status": "warn", "features": {"group": {
+        "status": "warn", "demographic_parity_difference": 0.15, "parity_pvalue": 0.0001, "groups": {}}}})
+    feature = view["features"][0]
+    assert feature["gaps"] == [("demographic parity difference", "0.15")]
+    assert feature["evidence"] == [("parity pvalue", "0.0001")]

@@ -41,3 +41,27 @@ def test_wait_first_delays_the_first_call():
     assert calls == []
     loop.stop()
     assert calls == []  # stopped during the first wait: never ran
+
+
+def test_a_job_that_outlives_stop_is_never_doubled():
+    release = threading.Event()
+    running = []
+
+    def slow():
+        running.append(1)
+        release.wait(5)
+
+    loop = Periodic("slow", 0.01, slow)
+    loop.start()
+    while not running:
+        time.sleep(0.01)
+    loop.stop(timeout=0.05)  # the job is still inside slow()
+    try:
+        import pytest
+
+        with pytest.raises(RuntimeError, match="has not stopped yet"):
+            loop.start()
+    finally:
+        release.set()
+    loop.stop()
+    assert not loop.running

@@ -357,3 +357,16 @@ def test_two_processes_changing_the_rollout_lose_nothing(root):
     assert all(a["after"] == b["before"] for a, b in zip(changes, changes[1:], strict=False))
     assert final["rollout"]["canary"] == {"version": 2, "weight": float(count - 1)}
     assert final["rollout"]["budget_ms"] == float(count)
+
+
+def test_live_metric_rules_must_fit_the_models_task(demo_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(demo_root, root)
+    with pytest.raises(ValueError, match="min_live_accuracy applies to classification models; 'diabetes' is a regression"):
+        registry.set_rollout(root, "diabetes", rules={"min_live_accuracy": 0.9}, actor="t")
+    with pytest.raises(ValueError, match="max_live_rmse applies to regression models"):
+        registry.set_rollout(root, "breast-cancer", rules={"max_live_rmse": 50}, actor="t")
+    registry.set_rollout(root, "diabetes", rules={"max_live_rmse": 60}, actor="t")
+    assert registry.read_state(root, "diabetes")["rollout"]["rules"]["max_live_rmse"] == 60

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from service.api.io import json_response
-from service.errors import ServiceError
+from service.errors import ServiceError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ HTTP_CODES = {
 def register_error_handlers(app: Flask) -> None:
     """Install one handler per failure family on the app (routing errors never reach blueprints)."""
     app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(sqlite3.Error, _store_error)  # both backends raise sqlite3.Error
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
 
@@ -33,6 +35,11 @@ def _service_error(error: ServiceError) -> Response:
         log.error("request failed", exc_info=error.__cause__ or error,
                   extra={"code": error.code, "details": error.details})
     return json_response(error.to_dict(), error.status, error.headers)
+
+
+def _store_error(error: sqlite3.Error) -> Response:
+    log.error("database unavailable", exc_info=error)
+    return _service_error(StoreUnavailable())
 
 
 def _http_error(error: HTTPException) -> Response:

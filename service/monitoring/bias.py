@@ -71,6 +71,7 @@ MIN_EXPECTED = 5.0
 #: Monte Carlo Fisher tests draw at least this many tables, and enough for this many expected
 #: exceedances at the report's p-value cut-off
 MONTE_CARLO_MIN = 9999
+MONTE_CARLO_MAX = 10_000
 MONTE_CARLO_AT_CUTOFF = 50
 MONTE_CARLO_SEED = 0
 CHI_SQUARE, FISHER, FISHER_MONTE_CARLO, KRUSKAL = "chi2_contingency", "fisher_exact", "fisher_exact_monte_carlo", "kruskal"
@@ -237,7 +238,9 @@ def _independence(table: np.ndarray, cutoff: float) -> tuple[float, str]:
         return float(stats.chi2_contingency(table, correction=False).pvalue), CHI_SQUARE
     if table.shape == (2, 2):
         return float(stats.fisher_exact(table).pvalue), FISHER
-    draws = max(MONTE_CARLO_MIN, math.ceil(MONTE_CARLO_AT_CUTOFF / cutoff))
+    # enough draws to resolve the cut-off, but bounded: a report must stay fast on any table
+    # (below 1/MONTE_CARLO_MAX a p-value reads as that floor, which only ever under-alerts)
+    draws = min(MONTE_CARLO_MAX, max(MONTE_CARLO_MIN, math.ceil(MONTE_CARLO_AT_CUTOFF / cutoff)))
     method = stats.MonteCarloMethod(n_resamples=draws, rng=np.random.default_rng(MONTE_CARLO_SEED))
     return float(stats.fisher_exact(table, method=method).pvalue), FISHER_MONTE_CARLO
 

@@ -242,12 +242,15 @@ def bias_view(bias: Any) -> dict[str, Any] | None:
     features = []
     for name, body in _dict(bias.get("features")).items():
         body = _dict(body)
-        gaps = [(k.replace("_", " "), fmt_num(v)) for k, v in body.items() if finite_number(v) is not None]
+        gaps = [(k.replace("_", " "), fmt_num(v)) for k, v in body.items()
+                 if finite_number(v) is not None and not k.endswith("pvalue")]
+        evidence = [(k.replace("_", " "), fmt_num(v)) for k, v in body.items()
+                    if finite_number(v) is not None and k.endswith("pvalue")]
         groups = {str(g): _dict(figures) for g, figures in _dict(body.get("groups")).items()}
         columns = list(dict.fromkeys(k for figures in groups.values() for k, v in figures.items()
                                      if finite_number(v) is not None))
         features.append({"name": str(name), "status": status_of(body.get("status")), "badge": badge(body.get("status")),
-                         "gaps": gaps, "columns": [c.replace("_", " ") for c in columns],
+                         "gaps": gaps, "evidence": evidence, "columns": [c.replace("_", " ") for c in columns],
                          "groups": [(g, [fmt_num(figures.get(c)) for c in columns]) for g, figures in groups.items()]})
     return {"status": status_of(bias.get("status")), "badge": badge(bias.get("status")), "features": features}
 

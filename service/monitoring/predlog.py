@@ -31,6 +31,9 @@ from service.store import MAX_PARAMS, Store, chunks
 
 log = logging.getLogger(__name__)
 
+#: The most predictions one window reads, whatever its size in minutes.
+MAX_WINDOW_ROWS = 100_000
+
 #: Longest prediction id we look up; anything longer is malformed (ids are ~30 characters).
 MAX_ID_CHARS = 128
 #: Feature types read back as float64 with NaN for missing; the others as object arrays with None.
@@ -212,9 +215,9 @@ class PredictionLog:
             sql += " AND p.ts >= ?"
             params.append(float(since))
         sql += " ORDER BY p.ts DESC, p.rowid DESC"
-        if last_n is not None:
-            sql += " LIMIT ?"
-            params.append(max(int(last_n), 0))
+        # a window by time is capped too: the newest MAX_WINDOW_ROWS, never the whole table
+        sql += " LIMIT ?"
+        params.append(max(int(last_n), 0) if last_n is not None else MAX_WINDOW_ROWS)
         rows = self.store.fetch(sql, tuple(params))
         ids, ts, batches, positions, labels, old_outputs, old_probas = \
             (list(c) for c in zip(*rows, strict=True)) if rows else ([],) * 7

@@ -65,10 +65,11 @@ class Monitoring:
             "alerts": self.alerts.active(name) if self.alerts is not None else [],
         }
 
-    def version_section(self, name: str, version: int) -> dict[str, Any] | None:
-        """One version's drift, quality, performance and bias (no traffic), or None if not loaded."""
+    def version_section(self, name: str, version: int, since: float) -> dict[str, Any] | None:
+        """One version's drift, quality, performance and bias (no traffic) from the predictions
+        logged since ``since``, or None when this worker has not loaded it."""
         model = self.catalog.model(name).available(version)
-        return None if model is None else self.version_report(model, self.default_window, None, [])
+        return None if model is None else self.version_report(model, None, None, [], since)
 
     def overview(self, window: int | None = None) -> list[dict[str, Any]]:
         return [self.model_report(state.name, window) for state in self.catalog.models()]
