@@ -32,6 +32,7 @@ demo: venv  ## Train and package the demo models unless artifacts exist
 	$(BIN)/python -m service train-demo
 
 serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn
+	@$(BIN)/python -m service config --quiet
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:application
 
 test: venv system-deps  ## Run the whole test suite (unit and end-to-end)

@@ -52,7 +52,8 @@ class Unauthorized(ServiceError):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": 'Bearer realm="models"'}
+        # Basic lets a browser prompt for a key (the monitoring page); API clients use Bearer
+        return {"WWW-Authenticate": 'Bearer realm="models", Basic realm="models", charset="UTF-8"'}
 
 
 class Forbidden(ServiceError):

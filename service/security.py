@@ -9,6 +9,7 @@ created, and is never stored or logged. ``KeyStore`` reads that file and picks u
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
@@ -202,12 +203,24 @@ class KeyStore:
 
 
 def credentials_from_headers(headers: Mapping[str, str]) -> str | None:
-    """Return the key sent as ``Authorization: Bearer`` or ``X-API-Key``, if any."""
+    """Return the key sent as ``Authorization: Bearer``, ``X-API-Key`` or Basic auth's password (in that order).
+
+    Basic auth (any user name, the key as password) is what a browser can send, so people can
+    open the monitoring page when keys are on; it carries the same key as the other two.
+    """
     auth = headers.get("Authorization", "")
     scheme, _, token = auth.strip().partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return headers.get("X-API-Key", "").strip() or None
+    if key := headers.get("X-API-Key", "").strip():
+        return key
+    if scheme.lower() == "basic" and token.strip():
+        try:
+            _user, _, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return password or None
+    return None
 
 
 def load_key_store(config: Config) -> KeyStore | None:

@@ -287,3 +287,16 @@ def test_report_refuses_both_window_and_minutes(runner, root):
     result = runner.invoke(cli, ["report", "diabetes", "--window", "100", "--minutes", "5", "--artifacts-dir", str(root),
                                  "--database-url", f"sqlite:///{root.parent / 'db.sqlite'}"])
     assert result.exit_code == 2 and "give --window (predictions) or --minutes, not both" in result.output
+
+
+def test_config_checks_and_prints_the_environment_hiding_secrets(runner, monkeypatch):
+    monkeypatch.setenv("PII_HASH_KEY", "very-secret")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://user:pw@db.internal/predictions")
+    result = runner.invoke(cli, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "PII_HASH_KEY             (set)" in result.stdout and "very-secret" not in result.stdout
+    assert "DATABASE_URL             postgresql://..." in result.stdout and "pw" not in result.stdout
+    monkeypatch.setenv("WEB_CONCURRENCY", "many")
+    bad = runner.invoke(cli, ["config", "--quiet"])
+    assert bad.exit_code == 1
+    assert bad.stderr == "Error: configuration error: WEB_CONCURRENCY='many' is invalid: expected a whole number\n"

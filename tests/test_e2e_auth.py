@@ -111,3 +111,13 @@ def test_refuses_an_open_public_listener_given_on_the_command_line(demo_root):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "without API_KEYS_FILE" in result.stderr and "Booting worker" not in result.stderr
+
+
+def test_a_browser_opens_the_monitoring_page_with_basic_auth(demo_root, server_factory, keys):
+    path, key = keys
+    server = server_factory(demo_root, API_KEYS_FILE=str(path))
+    challenge = server.get("/monitoring")
+    assert challenge.status_code == 401 and "Basic" in challenge.headers["WWW-Authenticate"]
+    page = server.get("/monitoring", auth=("dashboard", key["read"]))
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert server.get("/monitoring", auth=("dashboard", key["predict"])).status_code == 403

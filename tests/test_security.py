@@ -1,3 +1,4 @@
+import base64
 import json
 import logging
 import os
@@ -333,3 +334,14 @@ def test_forgotten_init_app_fails_closed():
 def test_unknown_scope_in_decorator_is_a_programming_error():
     with pytest.raises(ValueError, match="unknown scope"):
         security.require_scope("root")
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("Basic " + base64.b64encode(b"anyone:sk_abc").decode(), "sk_abc"),
+    ("Basic " + base64.b64encode(b":sk_abc").decode(), "sk_abc"),
+    ("Basic " + base64.b64encode(b"user-only").decode(), None),
+    ("Basic not-base64!!", None),
+    ("Basic " + base64.b64encode(b"\xff\xfe:x").decode(), None),
+])
+def test_basic_auth_carries_the_key_as_its_password(header, expected):
+    assert security.credentials_from_headers({"Authorization": header}) == expected
