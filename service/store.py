@@ -5,6 +5,9 @@ rollback) cover the traffic of all of them. SQLite in WAL mode by default: embed
 to install, many readers and one short writer at a time. A ``postgresql://`` URL selects a
 PostgreSQL server (psycopg 3) for replicas that share one. Writing never raises into a request:
 a full disk, a locked database or a stopped server is logged and counted, and serving goes on.
+Nor does opening it: a database that is down (or a directory not writable) when the store is
+built is logged once, and the schema is created on the first read or write that finds the
+database back (each use retries until one succeeds), so a server can boot during an outage.
 
 The queries are written once, in sqlite3's style (``?`` placeholders); a dialect object holds
 what differs between the two (connecting, beginning a write transaction, DDL types, insert
@@ -102,7 +105,6 @@ FAILURE_LOG_SECONDS = 60.0
 #: URL schemes of the backends: SQLite (a file) and PostgreSQL (a server).
 SQLITE_SCHEME = "sqlite:///"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-#: Fewest seconds libpq waits for a connection (it reads 1 as 2).
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,54 @@ class Store:
         self._local = threading.local()
         self._opened: list[tuple[int, Any]] = []  # (pid, connection) this store opened, closed with it
         self._finalizer = weakref.finalize(self, close_all, self._opened)
+        #: Whether the database has the previous ``predictions`` layout (see ``_adopt_previous_layout``);
+        #: False until the schema could be set up.
+        self.legacy_predictions = False
+        # Schema steps not done yet, in order: run before any read or write until each succeeds.
+        self._pending: list[Callable[[], None]] = [self._set_up]
+        self._schema_lock = threading.Lock()
+        self._schema_failed = False  # a failure was logged; the next success says so
+        self._try_schema()
+
+    def _set_up(self) -> None:
         self.create_tables(SCHEMA)
         with self.dialect.errors(), self._connection() as db:
             self.dialect.uncompressed(db, "prediction_batches", ("inputs", "outputs", "probabilities"))
         self.legacy_predictions = self._adopt_previous_layout()
+
+    def ensure_tables(self, ddl: str) -> None:
+        """Have ``ddl``'s tables (as ``create_tables``): created now if the database answers, else
+        before the next read or write, retried until done. Never raises (a database may be down)."""
+        with self._schema_lock:
+            self._pending.append(lambda: self.create_tables(ddl))
+            waiting = len(self._pending) > 1  # the database already failed: no new attempt now
+        if not waiting:
+            self._try_schema()
+
+    def _try_schema(self) -> None:
+        try:
+            self._ready()
+        except sqlite3.Error:
+            pass  # logged by _ready; every use tries again
+
+    def _ready(self) -> None:
+        """Run the schema steps still pending; raise ``sqlite3.Error`` if one fails (logged once)."""
+        if not self._pending:  # the common path: no lock
+            return
+        with self._schema_lock:
+            while self._pending:
+                try:
+                    self._pending[0]()
+                except sqlite3.Error as exc:
+                    if not self._schema_failed:
+                        self._schema_failed = True
+                        log.error("store schema could not be created; serving goes on, and every read or write "
+                                  "tries again", extra={"reason": f"{type(exc).__name__}: {exc}"})
+                    raise
+                self._pending.pop(0)
+            if self._schema_failed:
+                self._schema_failed = False
+                log.warning("store schema created: the database is back")
 
     @classmethod
     def from_url(cls, url: str, timeout: float = 5.0) -> Store:
@@ -188,7 +234,8 @@ class Store:
         yield self._local.db
 
     def create_tables(self, ddl: str) -> None:
-        """Run ``ddl`` (``CREATE ... IF NOT EXISTS`` statements with ``{rowid}`` and ``{any}`` fields)."""
+        """Run ``ddl`` (``CREATE ... IF NOT EXISTS`` statements with ``{rowid}`` and ``{any}`` fields) now;
+        raise ``sqlite3.Error`` if the database fails (``ensure_tables`` defers instead)."""
         with self.dialect.errors(), self._connection() as db:
             self.dialect.script(db, ddl.format(**self.dialect.DDL))
 
@@ -205,7 +252,7 @@ class Store:
         names = self._column_names("predictions")
         if "batch" in names:
             return "inputs" in names
-        with self.transaction(lock="schema") as db:  # workers starting together: one adds the columns
+        with self._transaction(lock="schema") as db:  # workers starting together: one adds the columns
             names = _names(db.execute("SELECT * FROM predictions LIMIT 0").description)
             if "batch" not in names:
                 db.execute("ALTER TABLE predictions ADD COLUMN batch BIGINT")
@@ -224,6 +271,12 @@ class Store:
         run side by side, so a block that reads then decides names a ``lock``: such blocks run
         one at a time per name. ``timeout`` overrides the store's for this transaction.
         """
+        self._ready()
+        with self._transaction(lock, timeout) as db:
+            yield db
+
+    @contextmanager
+    def _transaction(self, lock: str | None = None, timeout: float | None = None) -> Iterator[Any]:
         with self.dialect.errors(), self._connection() as db, self.dialect.begin(db, lock, timeout):
             yield db
 
@@ -305,13 +358,16 @@ class Store:
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Run a read query; rows read by index or column name; raises ``sqlite3.Error``."""
+        self._ready()
         with self.dialect.errors(), self._connection() as db:
             return db.execute(sql, params).fetchall()
 
     def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Like ``query`` but with plain tuples: cheaper for thousands of rows."""
+        self._ready()
         with self.dialect.errors(), self._connection() as db:
             return self.dialect.fetch(db, sql, params)
+
     def requests_since(self, model: str, since: float) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM requests WHERE model = ? AND ts >= ? ORDER BY ts", (model, since))
 

@@ -9,6 +9,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from service.store import Store
+from tests import postgres
 
 pytestmark = pytest.mark.e2e
 MODEL = "breast-cancer"
@@ -61,3 +62,29 @@ def test_two_replicas_share_predictions_feedback_and_alerts(demo_root, server_fa
     assert alerts[0] == alerts[1]
     store.close()
     assert not [line for r in replicas for line in r.log_records() if line.get("level") == "error"]
+
+
+def test_a_server_booted_during_a_database_outage_serves_then_logs_once_it_is_back(demo_root, server_factory):
+    """Workers boot (and are recycled) whether or not PostgreSQL answers: the outage costs the log, not serving."""
+    with postgres.running_postgres() as database:  # its own server: the session's keeps running
+        url = database.create_database()
+        database.stop()
+        server = server_factory(demo_root, DATABASE_URL=url, WEB_CONCURRENCY="2", ALERT_SECONDS="1", wait="/healthz")
+        assert server.get("/healthz").status_code == 200
+        for _ in range(4):  # both workers, likely: each answers and counts its failed writes
+            answer = server.post(f"/v1/models/{MODEL}:predict", json={"instances": rows(3)})
+            assert answer.status_code == 200, answer.text
+        version = str(answer.json()["version"])
+        assert server.proc.poll() is None
+        database.start()
+
+        def logged():
+            server.post(f"/v1/models/{MODEL}:predict", json={"instances": rows(1)})
+            answer = server.get(f"/v1/models/{MODEL}/monitoring")
+            return answer.status_code == 200 and answer.json()["versions"].get(version, {}).get("n", 0) > 0
+
+        wait_for(logged, timeout=10)
+        records = server.log_records()
+        assert any(r.get("message", "").startswith("store schema could not be created") for r in records)
+        assert any(r.get("message", "").startswith("store write failed") for r in records)
+        assert not [r for r in records if r.get("message") == "Worker failed to boot."]

@@ -112,3 +112,39 @@ def test_locked_postgres_table_is_counted_within_the_timeout(postgres_server, ca
     assert store.record_requests([request(2)]) is True
     store.close()
     holder.close()
+
+
+def test_a_lock_wait_that_times_out_leaves_the_thread_a_usable_connection(postgres_server):
+    """The transaction prelude (BEGIN, timeout, advisory lock) failing must roll back, never leave the
+    cached connection inside a failed transaction for the next read or write on the thread."""
+    import psycopg
+
+    from service.dialects import lock_key
+
+    url = postgres_server.create_database()
+    store = Store.from_url(url, timeout=0.2)
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_key("busy"),))  # what a transaction on "busy" waits for
+        with pytest.raises(sqlite3.OperationalError, match="statement timeout"), store.transaction(lock="busy"):
+            pass
+    assert store.record_requests([request(1)]) is True
+    assert [r["ts"] for r in store.query("SELECT ts FROM requests")] == [1.0]
+    assert store.write_failures == 0
+    store.close()
+
+
+def test_an_unwritable_sqlite_directory_at_start_is_logged_and_retried(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the database's directory should be")
+    with caplog.at_level(logging.WARNING, logger="service.store"):
+        store = Store(blocker / "db.sqlite", timeout=0.1)  # must not raise: a server boots during the outage
+        assert store.record_requests([request(1)]) is False  # counted, not raised
+        with pytest.raises(sqlite3.OperationalError):  # reads raise, as ever
+            store.requests_since("m", 0)
+        blocker.unlink()  # the directory can be made now
+        assert store.record_requests([request(2)]) is True
+    assert [r["ts"] for r in store.requests_since("m", 0)] == [2.0]
+    assert store.write_failures == 1
+    schema = [r for r in caplog.records if "schema" in r.getMessage()]
+    assert [r.levelno for r in schema] == [logging.ERROR, logging.WARNING]  # failed once (logged once), then back
+    store.close()

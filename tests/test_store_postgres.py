@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 import sqlite3
+import subprocess
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 from service.monitoring.alerts import AlertManager, Evaluation, parse_rule
 from service.monitoring.predlog import PredictionLog
-from service.store import Store
+from service.store import RequestRecord, Store
 from tests import postgres
 
 FEATURES = [{"name": "x", "type": "float"}]
@@ -133,4 +137,73 @@ def test_a_stopped_server_fails_writes_quickly_and_they_recover(caplog):
         assert len(errors) == 1 and "OperationalError" in errors[0].reason
         assert [r.failed_in_burst for r in caplog.records if r.levelno == logging.WARNING] == [2]
         assert {r[0] for r in store.fetch("SELECT id FROM predictions")} == {"before", "after"}
+        store.close()
+
+
+def test_a_server_down_at_construction_gets_the_schema_once_back(caplog):
+    """A worker booting during an outage: building the store and the alert manager must not raise."""
+    with postgres.running_postgres() as server:
+        url = server.create_database()
+        server.stop()
+        with caplog.at_level(logging.WARNING, logger="service.store"):
+            store = Store.from_url(url, timeout=1.0)
+            manager = AlertManager(store, [_rule()])
+            plog = PredictionLog(store)
+            assert plog.record("m", 1, "r", ["down"], {"x": np.ones(1)}, np.ones(1), None, 1, FEATURES) is False
+            with pytest.raises(sqlite3.OperationalError):  # reads raise, as ever
+                manager.states()
+            server.start()
+            assert plog.record("m", 1, "r", ["up"], {"x": np.ones(1)}, np.ones(1), None, 1, FEATURES) is True
+        names = {r[0] for r in store.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"requests", "shadow", "predictions", "prediction_batches", "feedback", "alerts"} <= names
+        assert manager.apply("m", 1, [Evaluation("errors", "alert", 0.5, 0.2)], 100.0)[0].state == "firing"
+        assert [s["state"] for s in manager.states()] == ["firing"]
+        assert store.write_failures == 1
+        schema = [r for r in caplog.records if "schema" in r.getMessage()]
+        assert [r.levelno for r in schema] == [logging.ERROR, logging.WARNING]  # logged once, then back
+        store.close()
+
+
+@contextmanager
+def frozen(server: postgres.PostgresServer):
+    """Stop every process of the cluster (the postmaster first, then its children: each backend leads
+    its own process group) with SIGSTOP; SIGCONT them all at the end, whatever happened."""
+    pids = [server.pid]
+    os.kill(pids[0], signal.SIGSTOP)  # no new backend from here on
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pids[0])], capture_output=True, text=True).stdout.split()
+        for pid in map(int, children):
+            os.kill(pid, signal.SIGSTOP)
+            pids.append(pid)
+        yield
+    finally:
+        # runuser (between us and a postmaster run as root) stops itself when its child stops: resume it too.
+        for pid in [*pids, server.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+def _request(ts: float) -> RequestRecord:
+    return RequestRecord(request_id=f"r{ts}", ts=ts, model="m", version=1, role="production", status=200,
+                         latency_ms=1.0, rows=1)
+
+
+def test_a_frozen_server_fails_writes_within_a_bound_and_they_recover(caplog):
+    """A server that accepts packets but never answers (its kernel still acknowledges them, so TCP
+    keepalives see nothing): an open connection's write must give up, not hang the worker."""
+    with postgres.running_postgres() as server:
+        store = Store.from_url(server.create_database(), timeout=1.0)
+        assert store.record_requests([_request(1)]) is True  # an open, cached connection
+        with caplog.at_level(logging.WARNING, logger="service"), frozen(server):
+            started = time.monotonic()
+            assert store.record_requests([_request(2)]) is False  # on the open connection: the watchdog drops it
+            assert store.record_requests([_request(3)]) is False  # a new one: connect_timeout
+            assert time.monotonic() - started < 15
+        assert store.record_requests([_request(4)]) is True
+        assert [r[0] for r in store.fetch("SELECT ts FROM requests ORDER BY ts")] == [1.0, 4.0]
+        assert store.write_failures == 2
+        assert "no answer from the database server" in next(
+            r.reason for r in caplog.records if r.getMessage().startswith("store write failed"))
         store.close()

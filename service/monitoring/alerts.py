@@ -124,7 +124,7 @@ class AlertManager:
         self.on_state = on_state
         self.timeout = timeout  # seconds an evaluation may wait for the store's write lock
         self._upsert = self.store.insert_sql("alerts", ALERT_COLUMNS, conflict="replace", key=ALERT_COLUMNS[:3])
-        self.store.create_tables(SCHEMA)
+        self.store.ensure_tables(SCHEMA)  # never raises: a database down now gets the table on first use
 
     def apply(self, model: str, version: int | str, evaluations: Iterable[Evaluation], now: float) -> list[Transition]:
         """Move each alert of one model version to its next state and notify; return the changes.

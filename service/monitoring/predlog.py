@@ -92,15 +92,24 @@ class PredictionLog:
         self.sample_rate = sample_rate  # share of predictions recorded, chosen by id hash
         self.pii_key = pii_key.encode() if isinstance(pii_key, str) else pii_key  # None: PII is dropped
         self.late_after_seconds = late_after_seconds  # feedback this long after its prediction is "late"
-        # A database of the previous layout wants its old NOT NULL columns filled (see Store).
-        self._legacy = store.legacy_predictions
-        legacy = LEGACY_COLUMNS if self._legacy else {}
+        self._insert_batch = store.insert_sql("prediction_batches", BATCH_COLUMNS) + " RETURNING batch"
+
+    @property
+    def _legacy(self) -> bool:
+        """A database of the previous layout wants its old NOT NULL columns filled (see Store).
+
+        Read at use, not at start: the store learns the layout once it first reaches the database.
+        """
+        return self.store.legacy_predictions
+
+    @property
+    def _insert(self) -> str:
         # One row per element of the ids' JSON array: j.value the id, j.key its row in the batch.
         # A prediction id seen again (a retried write) keeps its first row, and so its first batch.
+        legacy = LEGACY_COLUMNS if self._legacy else {}
         values = ", ".join(("j.value", "?", "?", "?", "?", "j.key", *legacy.values()))
-        self._insert = store.insert_sql("predictions", (*PREDICTION_COLUMNS, *legacy), conflict="ignore",
-                                        select=f"SELECT {values} FROM {store.json_elements()}")
-        self._insert_batch = store.insert_sql("prediction_batches", BATCH_COLUMNS) + " RETURNING batch"
+        return self.store.insert_sql("predictions", (*PREDICTION_COLUMNS, *legacy), conflict="ignore",
+                                     select=f"SELECT {values} FROM {self.store.json_elements()}")
 
     @property
     def write_failures(self) -> int:
