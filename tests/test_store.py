@@ -119,7 +119,7 @@ def test_a_lock_wait_that_times_out_leaves_the_thread_a_usable_connection(postgr
     cached connection inside a failed transaction for the next read or write on the thread."""
     import psycopg
 
-    from service.dialects import lock_key
+    from service.dialect_postgres import lock_key
 
     url = postgres_server.create_database()
     store = Store.from_url(url, timeout=0.2)

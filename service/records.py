@@ -1,0 +1,104 @@
+"""What the shared store keeps: the tables (DDL for both backends) and the records written to them.
+
+No Flask, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+#: DDL for both backends: ``{rowid}`` is SQLite's implicit row id made explicit on PostgreSQL.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    {rowid}
+    request_id TEXT NOT NULL,
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the answer was sent
+    model TEXT NOT NULL,
+    version INTEGER,                   -- the version that answered (after any fallback)
+    role TEXT NOT NULL,                -- production | canary | pinned | label | fallback
+    status INTEGER NOT NULL,           -- HTTP status of the answer
+    latency_ms DOUBLE PRECISION NOT NULL,  -- time inside the prediction path
+    rows INTEGER NOT NULL,
+    fallback_from INTEGER,             -- version that failed when role = fallback
+    error TEXT,                        -- error code when status >= 400
+    summary TEXT                       -- JSON: class counts, or count/mean/std of regression outputs
+);
+CREATE INDEX IF NOT EXISTS requests_model_ts ON requests (model, ts);
+CREATE TABLE IF NOT EXISTS shadow (
+    {rowid}
+    ts DOUBLE PRECISION NOT NULL,
+    model TEXT NOT NULL,
+    live_version INTEGER NOT NULL,
+    shadow_version INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    agreement DOUBLE PRECISION,        -- classification: share of equal predictions
+    mean_abs_diff DOUBLE PRECISION,    -- regression: mean |live - shadow|; classification: of probabilities
+    error TEXT,                        -- the shadow's failure, if it failed
+    detail TEXT                        -- JSON: per-class agreement
+);
+CREATE INDEX IF NOT EXISTS shadow_model_ts ON shadow (model, ts);
+CREATE TABLE IF NOT EXISTS prediction_batches (
+    batch {serial},                    -- what predictions.batch refers to
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the batch was recorded (its predictions' ts)
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    request_id TEXT,
+    latency_ms DOUBLE PRECISION,       -- time inside the prediction path for the whole request
+    rows INTEGER NOT NULL,             -- rows stored: the request's sampled predictions, in order
+    features TEXT NOT NULL,            -- JSON list: the stored features, in the order of ``inputs``
+    inputs TEXT NOT NULL,              -- JSON list of columns, one list of ``rows`` values per feature;
+                                       -- pii features hashed or absent (never raw)
+    outputs TEXT NOT NULL,             -- JSON list: the ``rows`` predictions
+    probabilities TEXT                 -- JSON list of ``rows`` lists in the model's class order, or NULL
+);
+CREATE INDEX IF NOT EXISTS prediction_batches_ts ON prediction_batches (ts);
+CREATE TABLE IF NOT EXISTS predictions (
+    {rowid}
+    id TEXT PRIMARY KEY,               -- the prediction id the client got (<request base>-<row index>)
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the prediction was recorded
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    batch BIGINT,                      -- the prediction_batches row with its inputs and output
+    row_index INTEGER                  -- its row in that batch's columns
+);
+CREATE INDEX IF NOT EXISTS predictions_model_version_ts ON predictions (model, version, ts);
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY,               -- the prediction id; the first label recorded wins
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the label arrived
+    label TEXT NOT NULL,               -- JSON value: the ground truth
+    model TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_model_ts ON feedback (model, ts);
+"""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    request_id: str
+    ts: float
+    model: str
+    version: int | None
+    role: str
+    status: int
+    latency_ms: float
+    rows: int
+    fallback_from: int | None = None
+    error: str | None = None
+    summary: str | None = None
+
+
+@dataclass(frozen=True)
+class ShadowRecord:
+    ts: float
+    model: str
+    live_version: int
+    shadow_version: int
+    rows: int
+    agreement: float | None
+    mean_abs_diff: float | None
+    error: str | None = None
+    detail: str | None = None
+
+
+REQUEST_COLUMNS = tuple(f.name for f in fields(RequestRecord))
+SHADOW_COLUMNS = tuple(f.name for f in fields(ShadowRecord))
