@@ -7,7 +7,7 @@ export ARTIFACTS_DIR
 
 # Debian packages the tests drive for real: headless Chromium (monitoring page), promtool
 # (Prometheus' checker, in the prometheus package) and a PostgreSQL server (shared store).
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/15/bin/postgres:postgresql
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql
 
 .PHONY: help venv system-deps demo serve test test-fast bench lint list verify package purge clean
 

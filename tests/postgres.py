@@ -24,7 +24,15 @@ from pathlib import Path
 
 import pytest
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def _newest_server_bin() -> Path:
+    """Debian installs each major version under /usr/lib/postgresql/<major>/bin; take the newest."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _newest_server_bin()
 OS_USER = "postgres"
 START_SECONDS = 30.0
 _databases = itertools.count(1)
