@@ -11,9 +11,16 @@ from typing import Any
 
 import click
 
+from service.config import Config
 from service.errors import ArtifactError, QualityGateFailed
 
-ARTIFACTS = click.option("--artifacts-dir", envvar="ARTIFACTS_DIR", default="artifacts", show_default=True,
+
+def setting(name: str):
+    """The default of a ``Config`` field, so a command's option and the server agree on it."""
+    return Config.__dataclass_fields__[name].default
+
+
+ARTIFACTS = click.option("--artifacts-dir", envvar="ARTIFACTS_DIR", default=setting("artifacts_dir"), show_default=True,
                          type=click.Path(file_okay=False, path_type=Path), help="Registry root (env ARTIFACTS_DIR).")
 SIGNING_KEY = click.option("--signing-key", envvar="MODEL_SIGNING_KEY", default=None,
                            help="HMAC key to sign/verify manifests (env MODEL_SIGNING_KEY).")

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from service import artifacts, comparison
-from service.cli_common import ARTIFACTS, fails_cleanly
+from service.cli_common import ARTIFACTS, fails_cleanly, setting
 from service.store import Store
 
-DATABASE = click.option("--database-url", envvar="DATABASE_URL", default="sqlite:///var/predictions.db",
+DATABASE = click.option("--database-url", envvar="DATABASE_URL", default=setting("database_url"),
                         show_default=True, help="The server's database (env DATABASE_URL).")
 
 
@@ -38,7 +38,7 @@ def compare(name: str, window_seconds: int, as_json: bool, artifacts_dir: Path, 
 
 
 @click.command()
-@click.option("--older-than-days", type=click.FloatRange(min=0), envvar="RETENTION_DAYS", default=30.0,
+@click.option("--older-than-days", type=click.FloatRange(min=0), envvar="RETENTION_DAYS", default=setting("retention_days"),
               show_default=True, help="Delete records older than this (env RETENTION_DAYS).")
 @DATABASE
 @fails_cleanly
@@ -50,7 +50,8 @@ def purge(older_than_days: float, database_url: str) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--window", type=click.IntRange(10, 100_000), envvar="MONITORING_WINDOW", default=500, show_default=True,
+@click.option("--window", type=click.IntRange(10, 100_000), envvar="MONITORING_WINDOW", default=setting("monitoring_window"),
+              show_default=True,
               help="Predictions per version to look at.")
 @click.option("--minutes", type=click.IntRange(1, 7 * 24 * 60), default=None,
               help="Look at every prediction of the last N minutes instead of the last --window predictions.")

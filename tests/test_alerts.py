@@ -1,5 +1,4 @@
 import json
-import multiprocessing
 import sqlite3
 import threading
 import time
@@ -9,6 +8,7 @@ import pytest
 
 from service.monitoring.alerts import AlertLoop, AlertManager, Evaluation, Rule, evaluate, load_rules, parse_rule
 from service.store import Store
+from tests.builders import race
 
 
 class Recorder:
@@ -300,7 +300,7 @@ def test_retire_forgets_versions_no_longer_served(store, recorder):
     assert [(d["version"], d["state"]) for d in m.states()] == [(2, "ok")]
 
 
-def _apply_in_child(db_path, barrier, results, lines):
+def _apply_in_child(barrier, results, db_path, lines):
     class FileRecorder:
         def send(self, notification):
             with open(lines, "a") as f:
@@ -315,15 +315,7 @@ def _apply_in_child(db_path, barrier, results, lines):
 def test_processes_applying_at_once_notify_once(tmp_path):
     db_path, lines = tmp_path / "p.db", tmp_path / "notified.txt"
     AlertManager(Store(db_path), [rule()], Recorder())  # create the schema before the race
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_apply_in_child, args=(db_path, barrier, results, lines)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=10) for _ in procs]
-    for p in procs:
-        p.join(10)
-        assert p.exitcode == 0
+    outcomes = race(_apply_in_child, (db_path, lines), timeout=10)
     assert sorted(outcomes) == [[], [], [], ["firing"]]
     assert lines.read_text().splitlines() == ["firing"]
 

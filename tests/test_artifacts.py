@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from service import artifacts
 from service.errors import ArtifactError
 from service.packaging import package_model
+from tests.builders import flip_byte
 
 KEY = "test-signing-key"
 
@@ -36,14 +37,6 @@ def edit_manifest(folder, change):
     manifest = json.loads((folder / artifacts.MANIFEST).read_text())
     change(manifest)
     artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest, mode=0o444)
-
-
-def flip_byte(path, offset=None):
-    os.chmod(path, 0o644)
-    data = bytearray(path.read_bytes())
-    offset = len(data) // 2 if offset is None else offset
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def refusal(folder, **kwargs):

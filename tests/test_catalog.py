@@ -1,41 +1,22 @@
-import functools
 import json
 import logging
-import os
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from service import registry
 from service.catalog import AVAILABLE, FAILED, Catalog
 from service.errors import LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
-from service.packaging import package_model
+from tests import builders
+from tests.builders import flip_byte
 
 ROWS = {"x": np.array([0.5, 4.5])}
 
 
-@functools.cache
-def fitted():
-    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
-    y = pd.Series([0, 0, 0, 1, 1, 1])
-    return LogisticRegression().fit(X, y), X, y
-
-
 def package(root, name="m"):
-    model, X, y = fitted()
-    manifest = package_model(model, name, root, X, y)
-    registry.record_packaged(root, manifest, actor="test")
-    return manifest["version"]
+    return builders.package(root, name, record=True)["version"]
 
-
-def flip_byte(path):
-    os.chmod(path, 0o644)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 
 from service import artifacts, demo, registry
 from service.cli import cli
+from tests.builders import flip_byte
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,13 +45,6 @@ def demo_root(demo_template, root):
     """Both demo models at version 1, as ``train-demo`` leaves them (trained once per module)."""
     shutil.copytree(demo_template, root)
     return root
-
-
-def flip_byte(path):
-    os.chmod(path, 0o644)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def assert_one_line_error(result, text):

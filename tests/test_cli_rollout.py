@@ -1,17 +1,15 @@
-import functools
 import json
 import os
 
 import click
-import pandas as pd
 import pytest
 from click.testing import CliRunner
-from sklearn.linear_model import LogisticRegression
 
 from service import artifacts, registry
 from service.cli_rollout import COMMANDS
 from service.packaging import package_model
 from service.rollout import DEFAULT_RULES
+from tests.builders import fitted
 
 
 @click.group()
@@ -21,13 +19,6 @@ def cli():
 
 for command in COMMANDS:
     cli.add_command(command)
-
-
-@functools.cache
-def fitted():
-    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
-    y = pd.Series([0, 0, 0, 1, 1, 1])
-    return LogisticRegression().fit(X, y), X, y
 
 
 @pytest.fixture

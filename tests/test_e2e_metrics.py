@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -15,18 +14,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
+from tests.test_metrics import promtool
+
 pytestmark = pytest.mark.e2e
 
 PREDICT_ROUTE = "/v1/models/<model_name:name>:predict"
 BATCHES = (1, 3, 7, 2, 5, 1, 4, 6)
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is missing: run the project's setup (Debian package `prometheus`: "
-                    "apt-get install -y prometheus)")
-    return path
 
 
 def records(n: int, offset: int) -> list[dict]:

@@ -7,7 +7,8 @@ import hmac
 
 import numpy as np
 
-from service.monitoring.privacy import hash_value, key_from_env, pii_names, redact
+from service.config import Config
+from service.monitoring.privacy import hash_value, pii_names, redact
 
 FEATURES = [
     {"name": "age", "type": "int", "pii": False},
@@ -47,7 +48,8 @@ def test_the_hash_depends_on_the_key_and_the_type():
 
 
 def test_key_and_flags_from_the_manifest_and_environment():
-    assert key_from_env({"PII_HASH_KEY": "abc"}) == b"abc"
-    assert key_from_env({"PII_HASH_KEY": ""}) is None
-    assert key_from_env({}) is None
+    # the key is read once, with the rest of the configuration
+    assert Config.from_env({"PII_HASH_KEY": "abc"}).pii_hash_key == "abc"
+    assert Config.from_env({"PII_HASH_KEY": ""}).pii_hash_key is None
+    assert Config.from_env({}).pii_hash_key is None
     assert pii_names(FEATURES) == {"email", "zip"}

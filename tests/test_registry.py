@@ -1,28 +1,18 @@
-import functools
 import json
 import multiprocessing
-import os
 import re
 
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from service import registry
 from service.errors import ArtifactError
-from service.packaging import package_model
-
-
-@functools.cache
-def fitted():
-    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
-    y = pd.Series([0, 0, 0, 1, 1, 1])
-    return LogisticRegression().fit(X, y), X, y
+from tests import builders
+from tests.builders import flip_byte
 
 
 def package(root, name="m", signing_key=None):
-    model, X, y = fitted()
-    return package_model(model, name, root, X, y, signing_key=signing_key)
+    return builders.package(root, name, signing_key)
+
 
 
 @pytest.fixture
@@ -34,13 +24,6 @@ def root(tmp_path):
 
 def registry_file(root, name="m"):
     return root / name / "registry.json"
-
-
-def flip_byte(path):
-    os.chmod(path, 0o644)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def test_a_model_without_registry_file_has_an_empty_state(root):

@@ -1,30 +1,18 @@
-import functools
 import json
 import multiprocessing
-import os
 import stat
 
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from service import artifacts, registry
-from service.packaging import package_model
 from service.rollout import DEFAULT_RULES
-
-
-@functools.cache
-def fitted():
-    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
-    y = pd.Series([0, 0, 0, 1, 1, 1])
-    return LogisticRegression().fit(X, y), X, y
+from tests import builders
+from tests.builders import flip_byte
 
 
 def package(root, name="m", signing_key=None):
-    model, X, y = fitted()
-    manifest = package_model(model, name, root, X, y, signing_key=signing_key)
-    registry.record_packaged(root, manifest, actor="ci")
-    return manifest["version"]
+    return builders.package(root, name, signing_key, record=True)["version"]
+
 
 
 @pytest.fixture
@@ -41,13 +29,6 @@ def registry_file(root, name="m"):
 
 def state(root):
     return registry.read_state(root, "m")
-
-
-def flip_byte(path):
-    os.chmod(path, 0o644)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def refused(root, message, call, *args, **kwargs):

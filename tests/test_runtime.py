@@ -1,4 +1,3 @@
-import functools
 import json
 import operator
 import os
@@ -6,15 +5,18 @@ import pathlib
 
 import joblib
 import numpy as np
-import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from service import artifacts, demo, runtime
 from service.errors import ArtifactError, PredictionFailed
-from service.packaging import package_model
+from tests import builders
 
 PADDING = "A" * 4096
+
+
+def package(root, name="m"):
+    return builders.package(root, name)["version"]
+
 
 
 class Payload:
@@ -34,18 +36,6 @@ class _Touch:
 
     def __reduce__(self):
         return pathlib.Path.touch, (pathlib.Path(self.marker),)
-
-
-@functools.cache
-def fitted():
-    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
-    y = pd.Series([0, 0, 0, 1, 1, 1])
-    return LogisticRegression().fit(X, y), X, y
-
-
-def package(root, name="m"):
-    model, X, y = fitted()
-    return package_model(model, name, root, X, y)["version"]
 
 
 def replace_model_file(folder, obj):

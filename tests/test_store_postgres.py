@@ -24,6 +24,7 @@ from service.monitoring.alerts import AlertManager, Evaluation, parse_rule
 from service.monitoring.predlog import PredictionLog
 from service.store import RequestRecord, Store
 from tests import postgres
+from tests.builders import race
 
 FEATURES = [{"name": "x", "type": "float"}]
 
@@ -63,7 +64,7 @@ class _FileRecorder:
             f.write(notification.status + "\n")
 
 
-def _apply_in_child(store, barrier, results, lines):
+def _apply_in_child(barrier, results, store, lines):
     manager = AlertManager(store, [_rule()], _FileRecorder(lines))  # the parent's Store: reconnects after the fork
     barrier.wait()
     transitions = manager.apply("m", 1, [Evaluation("errors", "alert", 0.5, 0.2)], 100.0)
@@ -73,15 +74,7 @@ def _apply_in_child(store, barrier, results, lines):
 def test_processes_applying_the_same_evaluations_fire_once(postgres_url, tmp_path):
     store, lines = Store.from_url(postgres_url), tmp_path / "notified.txt"
     AlertManager(store, [_rule()])  # schema first, and a connection that the children inherit
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_apply_in_child, args=(store, barrier, results, lines)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=20) for _ in procs]
-    for p in procs:
-        p.join(10)
-        assert p.exitcode == 0
+    outcomes = race(_apply_in_child, (store, lines))
     assert sorted(outcomes) == [[], [], [], ["firing"]]
     assert lines.read_text().splitlines() == ["firing"]
     (state,) = AlertManager(store, [_rule()]).states()  # the parent's connection survived its children

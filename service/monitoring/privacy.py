@@ -12,20 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
-
-KEY_ENV = "PII_HASH_KEY"
-
-
-def key_from_env(environ: Mapping[str, str] = os.environ) -> bytes | None:
-    """Return the PII hashing key from ``PII_HASH_KEY`` (``None`` when unset or empty)."""
-    value = environ.get(KEY_ENV, "")
-    return value.encode() if value else None
 
 
 def pii_names(features: list[dict[str, Any]]) -> frozenset[str]:

@@ -1,0 +1,57 @@
+"""Tiny real artifacts for unit tests: one fitted model, packaged into a root in ``tmp_path``."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from service import registry
+from service.packaging import package_model
+
+
+@functools.cache
+def fitted() -> tuple[LogisticRegression, pd.DataFrame, pd.Series]:
+    """A logistic regression on six rows, fitted once per test session."""
+    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]})
+    y = pd.Series([0, 0, 0, 1, 1, 1])
+    return LogisticRegression().fit(X, y), X, y
+
+
+def package(root: Path, name: str = "m", signing_key: str | None = None, *, record: bool = False) -> dict[str, Any]:
+    """Package the tiny model as the next version of ``name``; ``record`` also writes the history."""
+    model, X, y = fitted()
+    manifest = package_model(model, name, root, X, y, signing_key=signing_key)
+    if record:
+        registry.record_packaged(root, manifest, actor="test")
+    return manifest
+
+
+def flip_byte(path: Path, offset: int | None = None, mask: int = 0xFF) -> None:
+    """Corrupt one byte of a (read-only) artifact file, in the middle unless ``offset`` says where."""
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def race(target: Any, args: tuple, processes: int = 4, timeout: float = 20.0) -> list[Any]:
+    """Fork ``processes`` children that wait on one barrier, then run ``target(barrier, results, *args)``.
+
+    Returns what each child put on ``results``; fails if a child did not exit cleanly.
+    """
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(barrier, results, *args)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=timeout) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+        assert proc.exitcode == 0
+    return outcomes
