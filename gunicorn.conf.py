@@ -26,7 +26,7 @@ try:
     # Refuse to start open on a public address, or with a bad alert rules file, here in the
     # master with one clear line, instead of letting every worker fail to boot.
     from service.monitoring.alerts import load_rules
-    from service.security import load_key_store
+    from service.security.keys import load_key_store
 
     load_key_store(_config)
     load_rules(_config.alert_rules_file)
@@ -88,7 +88,7 @@ def on_starting(server):
     import sklearn.pipeline  # noqa: F401
     import sklearn.preprocessing  # noqa: F401
 
-    import service.catalog  # noqa: F401  (brings joblib and the service modules)
+    import service.serving.catalog  # noqa: F401  (brings joblib and the service modules)
 
     # Prometheus multiprocess mode: every worker writes its counters to files in this folder
     # and a scrape adds them up. It is emptied here, before any worker exists, so counts

@@ -3,6 +3,6 @@
 Any WSGI server can import ``application``; configuration comes from the environment.
 """
 
-from service import create_app
+from service.app import create_app
 
 application = create_app()

@@ -24,8 +24,8 @@ import orjson
 from bench import inprocess, load, machine, report
 from bench.server import Server, ServerError, post
 from bench.workload import CLASSIFIER, Scenario, build_scenarios
-from service.demo import train_demo
 from service.errors import ServiceError
+from service.models.demo import train_demo
 from service.monitoring import metrics
 
 DEFAULT_SECONDS = 8  # per wrk scenario; 10 scenarios keep the whole run near 2.5 minutes

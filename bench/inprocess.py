@@ -29,13 +29,13 @@ import orjson
 from threadpoolctl import threadpool_limits
 
 from bench.workload import Scenario
-from service import inference, runtime
-from service.catalog import Catalog
 from service.config import Config
+from service.monitoring.observe import Observer
 from service.monitoring.predlog import PredictionLog
-from service.observe import Observer
+from service.serving import inference, runtime
+from service.serving.catalog import Catalog
+from service.serving.validation import parse_predict_request
 from service.store import Store
-from service.validation import parse_predict_request
 
 BUDGET_SECONDS = 0.4  # per measured call; long enough for a stable median, short for the 3-minute run
 MIN_REPEATS = 7

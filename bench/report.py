@@ -162,7 +162,7 @@ def format_table(results: dict[str, Any]) -> str:
     lines += [header, "-" * len(header)]
     for r in results["scenarios"]:
         lines.append("  ".join(get(r).rjust(w) if i > 1 else get(r).ljust(w) for i, (_, w, get) in enumerate(COLUMNS)))
-    lines += ["", "est = estimator.predict on a DataFrame; path = service.inference.predict (resolve, validate, predict, "
+    lines += ["", "est = estimator.predict on a DataFrame; path = service.serving.inference.predict (resolve, validate, predict, "
               "shape; no HTTP);", "valid = parse_predict_request alone; json = orjson decode of the body + encode of "
               "the answer; p50/x = server p50 / in-process median.", ""]
     target = results["validation_target"]
@@ -202,7 +202,7 @@ def after_answer_lines(results: dict[str, Any]) -> list[str]:
                      f"{local['full_path']['median_ms']:>8.3f}  {local['observe']['median_ms']:>9.3f}  "
                      f"{ratios['observe_over_full_path']:>9.2f}x  {local['observe_unlogged']['median_ms']:>17.3f}  "
                      f"{ratios['observe_unlogged_over_full_path']:>11.2f}x")
-    lines.append("path = service.inference.predict; after = Observer.answered in full (request row, prediction log rows "
+    lines.append("path = service.serving.inference.predict; after = Observer.answered in full (request row, prediction log rows "
                  "with PREDICTION_LOG_SAMPLE=1, metrics, ...);")
     lines.append("log off = the same with PREDICTION_LOG_SAMPLE=0, so after - log off is the prediction log's own cost. "
                  "Fresh prediction ids on every call.")

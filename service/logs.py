@@ -14,18 +14,15 @@ import sys
 import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
-
-if TYPE_CHECKING:
-    from flask import Flask, Response
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: What we accept from a client as a request id; anything else is replaced, never echoed.
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; whatever else is on a record came from ``extra={...}``.
 _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -34,7 +31,7 @@ _CORE_FIELDS = ("ts", "level", "logger", "message", "request_id", "exc_type", "e
 
 def current_request_id() -> str | None:
     """Return the id of the request being handled, or ``None`` outside a request."""
-    return _request_id.get()
+    return request_id_var.get()
 
 
 class JsonFormatter(logging.Formatter):
@@ -104,34 +101,3 @@ def sane_request_id(value: str | None) -> str:
     if value and REQUEST_ID_RE.fullmatch(value):
         return value
     return new_request_id()
-
-
-def init_app(app: Flask) -> None:
-    """Give every request an id, expose it to logs and ``g``, and echo it on every response."""
-    from flask import g, request
-
-    def take_request_id() -> None:
-        g.request_id = sane_request_id(request.headers.get(REQUEST_ID_HEADER))
-        g._request_id_token = _request_id.set(g.request_id)
-
-    def set_header(response: Response) -> Response:
-        if "request_id" not in g:
-            # An earlier before_request hook failed before ours ran; the response still gets an id.
-            g.request_id = new_request_id()
-        response.headers[REQUEST_ID_HEADER] = g.request_id
-        return response
-
-    def forget_request_id(exc: BaseException | None) -> None:
-        token = g.pop("_request_id_token", None)
-        if token is not None:
-            try:
-                _request_id.reset(token)
-            except ValueError:  # set in another context (e.g. a copied one); clearing is enough
-                _request_id.set(None)
-
-    # First in line, so other before_request hooks (auth, limits) already log with the id;
-    # after_request and teardown functions run in reverse, so index 0 makes ours the last:
-    # the header lands on the final response and the id outlives the other teardowns.
-    app.before_request_funcs.setdefault(None, []).insert(0, take_request_id)
-    app.after_request_funcs.setdefault(None, []).insert(0, set_header)
-    app.teardown_request_funcs.setdefault(None, []).insert(0, forget_request_id)

@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from service import registry
-from service.packaging import package_model
+from service.models import registry
+from service.models.packaging import package_model
 
 
 @functools.cache

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.demo import train_demo
+from service.models.demo import train_demo
 from tests.postgres import make_store, postgres_server, postgres_url  # noqa: F401  (shared fixtures)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,6 +7,7 @@ import pytest
 from flask import Flask, g, jsonify
 
 from service import logs
+from service.api import request_ids
 from service.errors import NotFound, ServiceError
 
 
@@ -76,7 +77,7 @@ def test_unknown_level():
 
 def make_app() -> Flask:
     app = Flask("test_logs")
-    logs.init_app(app)
+    request_ids.init_app(app)
 
     @app.errorhandler(ServiceError)
     def handle(error: ServiceError):

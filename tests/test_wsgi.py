@@ -44,7 +44,7 @@ def test_pep3333_callable_in_process(demo_root, tmp_path):
     """Call the WSGI callable by hand, as any PEP 3333 server would."""
     from wsgiref.util import setup_testing_defaults
 
-    from service import create_app
+    from service.app import create_app
     from service.config import Config
 
     app = create_app(Config(artifacts_dir=demo_root, poll_seconds=0, guard_seconds=0,

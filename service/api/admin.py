@@ -12,11 +12,11 @@ from typing import Any
 from flask import Blueprint, current_app, g, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from service import comparison, registry
+from service.api.auth import require_scope
 from service.api.io import int_arg, json_response, read_json, validation_failed
 from service.errors import ArtifactError, ChangeRefused, ValidationFailed
-from service.rollout import check_rules
-from service.security import require_scope
+from service.models import comparison, registry
+from service.models.rollout import check_rules
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/models")
 

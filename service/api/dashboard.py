@@ -2,7 +2,7 @@
 
 The data comes from ``app.extensions["monitoring"]`` (``overview(window=...)`` and
 ``model_report(name, window=...)``); ``service.monitoring.page`` shapes it and the templates in
-``service/templates/monitoring`` draw it. The page makes no request beyond itself (the
+``service/api/templates/monitoring`` draw it. The page makes no request beyond itself (the
 Content-Security-Policy below enforces that) and needs no JavaScript.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, render_template
 
+from service.api.auth import require_scope
 from service.api.io import int_arg
 from service.monitoring import page
-from service.security import require_scope
 
-bp = Blueprint("dashboard", __name__, url_prefix="/monitoring", template_folder="../templates")
+bp = Blueprint("dashboard", __name__, url_prefix="/monitoring", template_folder="templates")
 
 #: Largest ``?window=`` accepted: the report reads that many predictions per version.
 MIN_WINDOW = 10

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+from service.api.auth import require_scope
 from service.api.io import json_response
-from service.catalog import ModelState, VersionState
 from service.errors import VersionNotFound
-from service.security import require_scope
+from service.serving.catalog import ModelState, VersionState
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 

@@ -9,10 +9,10 @@ from typing import Any
 from flask import Blueprint, current_app
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from service.api.auth import require_scope
 from service.api.io import int_arg, json_response, read_json, validation_failed
-from service.catalog import ModelState
 from service.errors import ModelUnavailable, StoreUnavailable
-from service.security import require_scope
+from service.serving.catalog import ModelState
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1/models")
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 
-from service import inference
+from service.api.auth import require_scope
 from service.api.io import json_response, read_json
 from service.errors import ServiceError
-from service.rollout import routing_key_from
-from service.security import require_scope
+from service.models.rollout import routing_key_from
+from service.serving import inference
 
 bp = Blueprint("predict", __name__, url_prefix="/v1/models")
 

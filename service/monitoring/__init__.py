@@ -8,7 +8,7 @@ they observe after the answer and never fail a request. Shapes shared between th
   ``predictions`` (numpy array), optionally ``probabilities`` (n x k) and, after feedback,
   ``labels`` (ground truth, aligned, None where unknown).
 * A *reference profile* is ``manifest["reference_profile"]`` written at packaging
-  (``service.profile``): per feature ``kind`` numeric (``bin_edges``, ``frequencies``,
+  (``service.models.profile``): per feature ``kind`` numeric (``bin_edges``, ``frequencies``,
   ``sample``, ``min``/``max``, ``mean``/``std``, ``missing_rate``) or categorical
   (``categories``: value -> share, ``other_rate``, ``missing_rate``); and ``prediction``
   profiled the same way.

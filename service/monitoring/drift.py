@@ -6,7 +6,7 @@ different questions:
 * **PSI** (population stability index) on the reference bins says *how much* the
   distribution moved. Numeric values fall into the profile's ``bin_edges`` with open outer
   bins (below the first edge -> bin 0, above the last -> the last bin, the same rule as
-  ``service.profile``); categorical values into the profile's categories plus an ``other``
+  ``service.models.profile``); categorical values into the profile's categories plus an ``other``
   bucket for anything the reference did not list. Shares are floored at ``PSI_EPSILON``
   (1e-4) before the logarithm, so a bin that is empty on one side adds a large but finite
   term (a 10 % bin that empties adds 0.1 * ln(0.1 / 1e-4) = 0.69).
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from service.profile import _bin_counts
+from service.models.profile import _bin_counts
 
 PSI_EPSILON = 1e-4
 OTHER = "other"

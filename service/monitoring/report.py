@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from service import comparison
-from service.catalog import Catalog, ModelState
+from service.models import comparison
 from service.monitoring import metrics
 from service.monitoring.bias import bias_report
 from service.monitoring.drift import drift_report
 from service.monitoring.performance import live_performance, outcomes, timeline
 from service.monitoring.predlog import PredictionLog
 from service.monitoring.quality import window_quality
-from service.runtime import LoadedModel
+from service.serving.catalog import Catalog, ModelState
+from service.serving.runtime import LoadedModel
 
 TRAFFIC_SECONDS = 3600  # traffic figures cover the last hour
 TIMELINE_BUCKET_SECONDS = 60

@@ -1,0 +1,36 @@
+"""Request ids: taken from ``X-Request-ID`` when sane, else made; echoed on every response."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g, request
+
+from service.logs import REQUEST_ID_HEADER, new_request_id, request_id_var, sane_request_id
+
+
+def init_app(app: Flask) -> None:
+    """Give every request an id, expose it to logs and ``g``, and echo it on every response."""
+    def take_request_id() -> None:
+        g.request_id = sane_request_id(request.headers.get(REQUEST_ID_HEADER))
+        g._request_id_token = request_id_var.set(g.request_id)
+
+    def set_header(response: Response) -> Response:
+        if "request_id" not in g:
+            # An earlier before_request hook failed before ours ran; the response still gets an id.
+            g.request_id = new_request_id()
+        response.headers[REQUEST_ID_HEADER] = g.request_id
+        return response
+
+    def forget_request_id(exc: BaseException | None) -> None:
+        token = g.pop("_request_id_token", None)
+        if token is not None:
+            try:
+                request_id_var.reset(token)
+            except ValueError:  # set in another context (e.g. a copied one); clearing is enough
+                request_id_var.set(None)
+
+    # First in line, so other before_request hooks (auth, limits) already log with the id;
+    # after_request and teardown functions run in reverse, so index 0 makes ours the last:
+    # the header lands on the final response and the id outlives the other teardowns.
+    app.before_request_funcs.setdefault(None, []).insert(0, take_request_id)
+    app.after_request_funcs.setdefault(None, []).insert(0, set_header)
+    app.teardown_request_funcs.setdefault(None, []).insert(0, forget_request_id)

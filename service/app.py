@@ -1,0 +1,90 @@
+"""The app factory: ``create_app`` only wires config -> logging -> auth -> catalog -> store,
+observers and monitoring -> blueprints -> error handlers. Nothing happens at import.
+"""
+
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from flask import Flask
+
+from service.config import Config
+
+BUDGET_THREADS = 4  # predictions running against a time budget at once, per worker
+STORE_TIMEOUT = 1.0  # seconds a write after a response may wait for the database lock
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the Flask app for ``config`` (read from the environment when not given)."""
+    from service import logs
+    from service.api import admin, auth, dashboard, health, models, monitoring, predict, request_ids
+    from service.api import metrics as metrics_api
+    from service.api.converters import CONVERTERS
+    from service.api.handlers import register_error_handlers
+    from service.models.auto_rollback import Guard
+    from service.monitoring import metrics
+    from service.monitoring.observe import Observer
+    from service.monitoring.predlog import PredictionLog
+    from service.monitoring.report import Monitoring
+    from service.serving.catalog import Catalog
+    from service.serving.inference import Limits
+    from service.store import Store
+
+    config = config or Config.from_env()
+    logs.configure_logging(config.log_level)
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=config.max_request_bytes, SERVICE_CONFIG=config)
+    app.url_map.converters.update(CONVERTERS)
+    app.url_map.strict_slashes = False
+    metrics_api.init_app(app)
+    request_ids.init_app(app)
+    auth.init_app(app, config)
+
+    catalog = Catalog(config.artifacts_dir, config.signing_key, config.poll_seconds,
+                      on_loaded=metrics.observe_model_loaded, on_load_failed=metrics.observe_load_failure,
+                      on_removed=metrics.observe_model_removed)
+    catalog.refresh()
+    if config.poll_seconds:
+        catalog.start_polling()
+    store = Store.from_url(config.database_url, timeout=STORE_TIMEOUT)
+    prediction_log = PredictionLog(store, sample_rate=config.prediction_log_sample, pii_key=config.pii_hash_key)
+    report = Monitoring(catalog, prediction_log, config.monitoring_window)
+    app.extensions.update(
+        catalog=catalog,
+        limits=Limits(config.max_batch_rows, config.vectorized_min_rows),
+        store=store,
+        observer=Observer(store, prediction_log),
+        monitoring=report,
+        executor=ThreadPoolExecutor(BUDGET_THREADS, thread_name_prefix="budget"),
+    )
+    report.alerts = _start_alerts(config, store, report)
+    if config.guard_seconds:
+        guard = Guard(store, config.artifacts_dir, config.guard_seconds, monitor=report.version_section)
+        guard.start()
+        app.extensions["guard"] = guard
+
+    for blueprint in (health.bp, models.bp, predict.bp, admin.bp, monitoring.bp, dashboard.bp, metrics_api.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    logging.getLogger(__name__).info(
+        "app ready", extra={"artifacts_dir": str(config.artifacts_dir), "models": [m.name for m in catalog.models()]}
+    )
+    return app
+
+
+def _start_alerts(config: Config, store, report):
+    """Evaluate alert rules in the background: one worker at a time, the state in the database."""
+    from service.monitoring import metrics
+    from service.monitoring.alerts import AlertLoop, AlertManager, load_rules
+    from service.monitoring.notify import Notifier
+
+    manager = AlertManager(
+        store, load_rules(config.alert_rules_file), Notifier(config.alert_webhook_url),
+        on_state=lambda model, version, rule, value: metrics.set_gauge(
+            "alert_state", value, model=model, version=version, rule=rule),
+    )
+    if config.alert_seconds:
+        AlertLoop(manager, report.reports, interval=config.alert_seconds).start()
+    return manager

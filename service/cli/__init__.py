@@ -1,0 +1,27 @@
+"""The command line: ``python -m service <command>``; a thin shell over the core modules.
+
+One module per command group; every command exits 0 on success and non-zero with a one-line
+reason on stderr otherwise.
+"""
+
+from __future__ import annotations
+
+import click
+
+from service.cli import labels, models, monitoring, rollout, settings
+from service.cli.keys import keys
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Package, inspect and serve scikit-learn models."""
+
+
+cli.add_command(keys)
+for _module in (models, labels, rollout, monitoring, settings):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="python -m service")

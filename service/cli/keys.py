@@ -1,0 +1,91 @@
+"""``keys``: create, list and revoke API keys in ``API_KEYS_FILE``.
+
+A thin shell over the functions in ``service.security.keys``; the plaintext of a new key goes to
+stdout exactly once (so scripts can capture it) and everything meant for a human to stderr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.errors import ConfigError
+from service.security import keys as security
+
+
+def _file_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--file",
+        "path",
+        envvar="API_KEYS_FILE",
+        show_envvar=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The keys file (JSON of hashed keys).",
+    )(f)
+
+
+def _need(path: Path | None) -> Path:
+    if path is None:
+        raise click.ClickException("no keys file: pass --file or set API_KEYS_FILE")
+    return path
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn expected failures into ``Error: <reason>`` and exit 1, without a traceback."""
+    try:
+        yield
+    except (ValueError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
+
+
+@click.group()
+def keys() -> None:
+    """Manage the API keys the server accepts."""
+
+
+@keys.command("create")
+@click.option("--name", "key_id", required=True, help="Key id, e.g. ci-deployer ([a-z0-9][a-z0-9_.-]{0,63}).")
+@click.option("--scopes", required=True, help="Comma-separated: " + ",".join(security.SCOPES) + ".")
+@_file_option
+def create(key_id: str, scopes: str, path: Path | None) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    with _one_line_errors():
+        plaintext = security.create_key(_need(path), key_id, wanted)
+    click.echo(plaintext)
+    click.echo(f"Created key {key_id!r} ({','.join(wanted)}); copy it now, it will not be shown again.", err=True)
+
+
+@keys.command("list")
+@_file_option
+def list_(path: Path | None) -> None:
+    """List key ids, scopes and creation times (never hashes)."""
+    path = _need(path)
+    with _one_line_errors():
+        found = security.list_keys(path)
+    if not found:
+        click.echo(f"No keys in {path}.", err=True)
+        return
+    rows = [("ID", "SCOPES", "CREATED_AT")]
+    rows += [(k.id, ",".join(s for s in security.SCOPES if s in k.scopes), k.created_at) for k in found]
+    width_id = max(len(r[0]) for r in rows)
+    width_scopes = max(len(r[1]) for r in rows)
+    for key_id, key_scopes, created_at in rows:
+        click.echo(f"{key_id:<{width_id}}  {key_scopes:<{width_scopes}}  {created_at}".rstrip())
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_file_option
+def revoke(key_id: str, path: Path | None) -> None:
+    """Revoke a key; running servers stop accepting it within a second."""
+    with _one_line_errors():
+        security.revoke_key(_need(path), key_id)
+    click.echo(f"Revoked key {key_id!r}.", err=True)

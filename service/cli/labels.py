@@ -1,0 +1,60 @@
+"""Commands over labels and the change history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from service.cli.common import ARTIFACTS, SIGNING_KEY, actor, fails_cleanly
+from service.models import artifacts, registry
+
+
+@click.group()
+def label() -> None:
+    """Point labels (production, staging, ...) at versions."""
+
+
+@label.command("set")
+@click.argument("name")
+@click.argument("label_name", metavar="LABEL")
+@click.argument("version", type=int)
+@click.option("--reason", default="", help="Why; recorded in the history.")
+@ARTIFACTS
+@SIGNING_KEY
+@fails_cleanly
+def label_set(name: str, label_name: str, version: int, reason: str, artifacts_dir: Path,
+              signing_key: str | None) -> None:
+    """Point LABEL of NAME at VERSION (refused when that version fails verification)."""
+    entry = registry.set_label(artifacts_dir, name, label_name, version, actor=actor(), reason=reason,
+                               signing_key=signing_key)
+    click.echo(f"{name}: {label_name} -> {version} (was {entry['previous']})")
+
+
+@label.command("remove")
+@click.argument("name")
+@click.argument("label_name", metavar="LABEL")
+@click.option("--reason", default="", help="Why; recorded in the history.")
+@ARTIFACTS
+@fails_cleanly
+def label_remove(name: str, label_name: str, reason: str, artifacts_dir: Path) -> None:
+    """Remove LABEL from NAME."""
+    entry = registry.remove_label(artifacts_dir, name, label_name, actor=actor(), reason=reason)
+    click.echo(f"{name}: removed {label_name} (was {entry['previous']})")
+
+
+@click.command()
+@click.argument("name")
+@ARTIFACTS
+@fails_cleanly
+def history(name: str, artifacts_dir: Path) -> None:
+    """Print the change history of NAME, oldest first."""
+    for entry in registry.read_state(artifacts_dir, artifacts.check_model_name(name))["history"]:
+        what = " ".join(f"{k}={entry[k]}" for k in HISTORY_FIELDS if entry.get(k) not in (None, [], ""))
+        click.echo(f"{entry['at']}  {entry['actor']:<20} {entry['action']:<18} {what}  {entry.get('reason', '')}".rstrip())
+
+
+HISTORY_FIELDS = ("label", "version", "previous", "from", "to", "deleted", "previous_weight")
+
+
+COMMANDS = (label, history)

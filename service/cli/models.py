@@ -1,0 +1,139 @@
+"""Commands over model versions on disk: train the demo, package, list, show, verify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.cli.common import ARTIFACTS, SIGNING_KEY, actor, fails_cleanly
+from service.errors import ArtifactError
+from service.models import artifacts, registry
+
+
+@click.command("train-demo")
+@ARTIFACTS
+@SIGNING_KEY
+@click.option("--force", is_flag=True, help="Package new versions even when the demo models exist.")
+@fails_cleanly
+def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool) -> None:
+    """Train the demo models (breast-cancer, diabetes) from scikit-learn's bundled data."""
+    from service.models.demo import train_demo as train
+
+    written = train(artifacts_dir, force=force, signing_key=signing_key)
+    for manifest in written:
+        click.echo(f"packaged {manifest['name']} version {manifest['version']}: {_metrics_line(manifest)}")
+    if not written:
+        click.echo(f"demo models already present under {artifacts_dir}; nothing to do")
+
+
+@click.command()
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A fitted estimator or Pipeline saved with joblib.dump.")
+@click.option("--name", required=True, help="Model name: [a-z0-9][a-z0-9_-]{0,63}.")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Hold-out CSV with the feature columns and the target.")
+@click.option("--target", required=True, help="Name of the target column in --data.")
+@click.option("--schema", "schema_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON overrides for the inferred schema: {feature: {type, min, max, categories, pii, ...}}.")
+@click.option("--min", "minimums", multiple=True, metavar="METRIC=VALUE", help="Quality gate: metric must be >= value.")
+@click.option("--max", "maximums", multiple=True, metavar="METRIC=VALUE", help="Quality gate: metric must be <= value.")
+@click.option("--strict-ranges", is_flag=True, help="Reject numbers outside the range seen in --data.")
+@click.option("--reference", "reference_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training-data CSV to profile as the drift reference (default: --data).")
+@click.option("--description", default="", help="What the model is.")
+@click.option("--changelog", default="", help="What changed in this version.")
+@ARTIFACTS
+@SIGNING_KEY
+@fails_cleanly
+def package(model_path: Path, name: str, data: Path, target: str, schema_path: Path | None, minimums: tuple[str, ...],
+            maximums: tuple[str, ...], strict_ranges: bool, reference_path: Path | None, description: str, changelog: str,
+            artifacts_dir: Path, signing_key: str | None) -> None:
+    """Evaluate, gate and package a joblib model as the next version of NAME."""
+    import joblib
+    import pandas as pd
+
+    from service.models.packaging import Threshold, package_model
+
+    thresholds = [Threshold.parse(t, "min") for t in minimums] + [Threshold.parse(t, "max") for t in maximums]
+    frame = pd.read_csv(data)
+    if target not in frame.columns:
+        raise ValueError(f"--target {target!r} is not a column of {data}")
+    overrides = json.loads(schema_path.read_text()) if schema_path else None
+    model = joblib.load(model_path)
+    manifest = package_model(model, name, artifacts_dir, frame.drop(columns=[target]), frame[target],
+                             description=description, changelog=changelog, overrides=overrides,
+                             thresholds=thresholds, strict_ranges=strict_ranges, signing_key=signing_key,
+                             training_data={"source": str(reference_path or data)},
+                             reference=pd.read_csv(reference_path) if reference_path else None)
+    entry = registry.record_packaged(artifacts_dir, manifest, actor=actor())
+    click.echo(f"packaged {name} version {manifest['version']}: {_metrics_line(manifest)}")
+    if entry.get("label"):
+        click.echo(f"{name} had no production version; version {manifest['version']} is now production")
+
+
+@click.command("list")
+@ARTIFACTS
+@fails_cleanly
+def list_models(artifacts_dir: Path) -> None:
+    """List models, their versions and labels."""
+    names = artifacts.list_models(artifacts_dir)
+    if not names:
+        click.echo(f"no models under {artifacts_dir}")
+    for name in names:
+        labels = registry.read_state(artifacts_dir, name)["labels"]
+        versions = ", ".join(str(v) for v in artifacts.list_versions(artifacts_dir, name)) or "-"
+        tags = ", ".join(f"{label}={v}" for label, v in sorted(labels.items())) or "-"
+        click.echo(f"{name:<24} versions: {versions:<16} labels: {tags}")
+
+
+@click.command()
+@click.argument("name")
+@click.argument("version", required=False)
+@click.option("--full", is_flag=True, help="Include the reference profile.")
+@ARTIFACTS
+@fails_cleanly
+def show(name: str, version: str | None, full: bool, artifacts_dir: Path) -> None:
+    """Show a version's manifest (the production version when VERSION is omitted)."""
+    if version is None:
+        version = registry.read_state(artifacts_dir, name)["labels"].get(registry.PRODUCTION)
+        if version is None:
+            raise ValueError(f"model {name!r} has no production label; name a version")
+    manifest = artifacts.read_manifest(artifacts.version_dir(artifacts_dir, name, version))
+    if not full:
+        manifest.pop("reference_profile", None)
+    click.echo(json.dumps(manifest, indent=2))
+
+
+@click.command()
+@click.argument("name", required=False)
+@ARTIFACTS
+@SIGNING_KEY
+@fails_cleanly
+def verify(name: str | None, artifacts_dir: Path, signing_key: str | None) -> None:
+    """Verify the hashes (and signatures) of every version on disk; exit 1 if any fails."""
+    import sklearn
+
+    names = [artifacts.check_model_name(name)] if name else artifacts.list_models(artifacts_dir)
+    failures = 0
+    for model in names:
+        for version in artifacts.list_versions(artifacts_dir, model):
+            try:
+                artifacts.verify_version(artifacts.version_dir(artifacts_dir, model, version), expected_name=model,
+                                         expected_version=version, signing_key=signing_key,
+                                         sklearn_version=sklearn.__version__)
+                click.echo(f"ok      {model} {version}")
+            except ArtifactError as exc:
+                failures += 1
+                click.echo(f"FAILED  {model} {version}: {exc}")
+    if failures:
+        raise click.ClickException(f"{failures} version(s) failed verification")
+
+
+def _metrics_line(manifest: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in manifest["metrics"]["holdout"].items())
+
+
+COMMANDS = (train_demo, package, list_models, show, verify)

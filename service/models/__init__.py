@@ -1,0 +1,1 @@
+"""Models on disk: artifacts, packaging, reference profiles, the registry, rollout and automatic rollback."""

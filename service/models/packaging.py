@@ -1,0 +1,268 @@
+"""Packaging: turn a fitted estimator into a new immutable, hash-verified version.
+
+Infers the input schema from the model and the data, evaluates the model on hold-out data,
+applies the quality gate, profiles the data for drift, and writes the version folder
+atomically (a temp folder renamed into place). No Flask here.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import platform
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn import metrics as skm
+from sklearn.base import is_classifier, is_regressor
+
+from service.errors import QualityGateFailed
+from service.models import artifacts
+from service.models.profile import profile_frame, profile_predictions
+
+MAX_CATEGORIES = 50
+FEATURE_TYPES = artifacts.FEATURE_TYPES
+FEATURE_KEYS = ("type", "required", "nullable", "min", "max", "categories", "pii", "sensitive", "description")
+HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "r2"}
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One quality-gate rule: ``metric`` must be ``>= value`` (kind "min") or ``<= value`` ("max")."""
+
+    metric: str
+    kind: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str, kind: str) -> Threshold:
+        name, sep, raw = text.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected METRIC=VALUE, got {text!r}")
+        try:
+            return cls(name.strip(), kind, float(raw))
+        except ValueError:
+            raise ValueError(f"threshold for {name.strip()!r} is not a number") from None
+
+    def passes(self, measured: float) -> bool:
+        return measured >= self.value if self.kind == "min" else measured <= self.value
+
+
+def task_of(model: Any) -> str:
+    try:
+        if is_classifier(model):
+            return "classification"
+        if is_regressor(model):
+            return "regression"
+    except AttributeError:  # scikit-learn >= 1.6 raises for objects without __sklearn_tags__
+        pass
+    raise ValueError("the model is neither a scikit-learn classifier nor a regressor")
+
+
+def infer_features(model: Any, data: pd.DataFrame, overrides: dict[str, dict[str, Any]] | None = None,
+                   strict_ranges: bool = False) -> list[dict[str, Any]]:
+    """Infer the ordered input schema from ``feature_names_in_`` (or the data's columns) and dtypes."""
+    names = [str(n) for n in getattr(model, "feature_names_in_", data.columns)]
+    missing = [n for n in names if n not in data.columns]
+    if missing:
+        raise ValueError(f"the data lacks columns the model needs: {', '.join(missing)}")
+    expected = getattr(model, "n_features_in_", len(names))
+    if expected != len(names):
+        raise ValueError(f"the model expects {expected} features, the data offers {len(names)} columns")
+    features = [_infer_feature(n, data[n], strict_ranges) for n in names]
+    return apply_overrides(features, overrides or {})
+
+
+def _infer_feature(name: str, column: pd.Series, strict_ranges: bool) -> dict[str, Any]:
+    feature: dict[str, Any] = {"name": name, "required": True, "nullable": bool(column.isna().any()),
+                               "min": None, "max": None, "categories": None, "pii": False, "sensitive": False,
+                               "dtype": str(column.dtype)}
+    present = column.dropna()
+    if pd.api.types.is_bool_dtype(column):
+        feature["type"] = "bool"
+    elif pd.api.types.is_numeric_dtype(column):
+        feature["type"] = "int" if pd.api.types.is_integer_dtype(column) else "float"
+        if strict_ranges and len(present):
+            feature["min"], feature["max"] = _native(present.min()), _native(present.max())
+    else:
+        values = sorted({_native(v) for v in present}, key=str)
+        if len(values) <= MAX_CATEGORIES:
+            feature["type"], feature["categories"] = "category", values
+        else:
+            feature["type"] = "string"
+    return feature
+
+
+def apply_overrides(features: list[dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge a user's schema file (``{"features": {name: {...}}}`` or ``{name: {...}}``) into the inferred schema."""
+    overrides = overrides.get("features", overrides)
+    by_name = {f["name"]: f for f in features}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        raise ValueError(f"schema overrides name unknown features: {', '.join(unknown)}")
+    for name, change in overrides.items():
+        bad = sorted(set(change) - set(FEATURE_KEYS))
+        if bad:
+            raise ValueError(f"schema override for {name!r} has unknown keys: {', '.join(bad)}")
+        if "type" in change and change["type"] not in FEATURE_TYPES:
+            raise ValueError(f"schema override for {name!r}: type must be one of {', '.join(FEATURE_TYPES)}")
+        by_name[name].update(change)
+    return features
+
+
+def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
+    """Measure the model on hold-out data with the metrics its task calls for."""
+    X = model_input(model, X)
+    predicted = model.predict(X)
+    if task == "regression":
+        return {"rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
+                "mae": float(skm.mean_absolute_error(y, predicted)), "r2": float(skm.r2_score(y, predicted))}
+    classes = list(model.classes_)
+    binary = len(classes) == 2
+    average = "binary" if binary else "macro"
+    extra = {"pos_label": classes[1]} if binary else {}
+    result = {
+        "accuracy": float(skm.accuracy_score(y, predicted)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y, predicted)),
+        "precision": float(skm.precision_score(y, predicted, average=average, zero_division=0, **extra)),
+        "recall": float(skm.recall_score(y, predicted, average=average, zero_division=0, **extra)),
+        "f1": float(skm.f1_score(y, predicted, average=average, zero_division=0, **extra)),
+    }
+    if hasattr(model, "predict_proba") and len(set(y)) == len(classes):
+        proba = model.predict_proba(X)
+        result["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]) if binary else
+                                  skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+        result["log_loss"] = float(skm.log_loss(y, proba, labels=classes))
+    return result
+
+
+def model_input(model: Any, X: pd.DataFrame) -> pd.DataFrame | np.ndarray:
+    """Give the model its data the way it was fitted: named columns, or a bare array."""
+    # a model fitted on an array warns (an error under our test settings) when given names
+    return X if hasattr(model, "feature_names_in_") else X.to_numpy()
+
+
+def check_quality_gate(measured: dict[str, float], thresholds: list[Threshold]) -> None:
+    """Raise ``QualityGateFailed`` listing every missed threshold next to the measured values."""
+    unknown = [t.metric for t in thresholds if t.metric not in measured]
+    if unknown:
+        raise QualityGateFailed(f"unknown metric(s) {', '.join(unknown)}; measured: {_fmt(measured)}")
+    failed = [t for t in thresholds if not t.passes(measured[t.metric])]
+    if failed:
+        rules = "; ".join(f"{t.metric} = {measured[t.metric]:.4f}, required {'>=' if t.kind == 'min' else '<='} {t.value:g}"
+                          for t in failed)
+        raise QualityGateFailed(f"quality gate failed: {rules} (all measured: {_fmt(measured)})")
+
+
+def fingerprint(X: pd.DataFrame, y: pd.Series) -> dict[str, Any]:
+    """Identify the evaluation data by content, so two manifests can say they saw the same rows."""
+    digest = hashlib.sha256()
+    digest.update(pd.util.hash_pandas_object(X, index=False).to_numpy().tobytes())
+    digest.update(pd.util.hash_pandas_object(y, index=False).to_numpy().tobytes())
+    return {"sha256": digest.hexdigest(), "rows": len(X), "columns": [str(c) for c in X.columns]}
+
+
+def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Series, *,
+                  description: str = "", changelog: str = "", overrides: dict[str, Any] | None = None,
+                  thresholds: list[Threshold] = (), cv: dict[str, Any] | None = None,
+                  strict_ranges: bool = False, signing_key: str | None = None,
+                  training_data: dict[str, Any] | None = None,
+                  reference: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Evaluate, gate and write ``model`` as the next version of ``name``; return the manifest.
+
+    The drift reference profile describes ``reference`` (the training data, when given) or
+    else the hold-out data ``X``.
+    """
+    artifacts.check_model_name(name)
+    task = task_of(model)
+    features = infer_features(model, X, overrides, strict_ranges)
+    X = X[[f["name"] for f in features]]
+    holdout = evaluate(model, X, y, task)
+    check_quality_gate(holdout, list(thresholds))
+    classes = [_native(c) for c in model.classes_] if task == "classification" else None
+    manifest: dict[str, Any] = {
+        "format_version": artifacts.FORMAT_VERSION,
+        "name": name,
+        "version": None,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "created_by": f"{_user()}@{socket.gethostname()}",
+        "description": description,
+        "changelog": changelog,
+        "parent_version": None,
+        "task": task,
+        "estimator": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_format": "joblib",
+        "model_file": artifacts.MODEL_FILE,
+        "libraries": {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
+                      "numpy": np.__version__, "joblib": joblib.__version__, "pandas": pd.__version__},
+        "files": {},
+        "input": {"features": features, "feature_names_in": hasattr(model, "feature_names_in_")},
+        "output": {"classes": classes, "probabilities": task == "classification" and hasattr(model, "predict_proba")},
+        "metrics": {"holdout": holdout, "holdout_rows": len(X), "cv": cv, "thresholds": [t.__dict__ for t in thresholds]},
+        "training_data": training_data,
+        "evaluation_data": fingerprint(X, y),
+        "reference_profile": _reference_profile(model, X if reference is None else reference, features, task),
+    }
+    return write_version(model, manifest, Path(root), signing_key)
+
+
+def _reference_profile(model: Any, data: pd.DataFrame, features: list[dict[str, Any]], task: str) -> dict[str, Any]:
+    data = data[[f["name"] for f in features]]
+    return {"rows": len(data), "features": profile_frame(data, features),
+            "prediction": profile_predictions(model.predict(model_input(model, data)), task)}
+
+
+def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key: str | None) -> dict[str, Any]:
+    """Write a version folder under a temp name, then rename it to the next free version number."""
+    folder = artifacts.model_dir(root, manifest["name"])
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; a server running as another user must read it
+    try:
+        joblib.dump(model, staging / artifacts.MODEL_FILE)
+        manifest["files"] = {artifacts.MODEL_FILE: artifacts.file_entry(staging / artifacts.MODEL_FILE)}
+        manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
+        while True:
+            versions = artifacts.list_versions(root, manifest["name"])
+            manifest["version"] = (versions[-1] + 1) if versions else 1
+            manifest["parent_version"] = versions[-1] if versions else None
+            if signing_key:
+                manifest["signature"] = artifacts.sign_manifest(manifest, signing_key)
+            artifacts.write_json_atomic(staging / artifacts.MANIFEST, manifest, mode=0o444)
+            os.chmod(staging / artifacts.MODEL_FILE, 0o444)
+            try:
+                # rename() of a folder onto an existing non-empty folder fails: two packagers
+                # racing for the same number cannot overwrite each other.
+                os.rename(staging, folder / str(manifest["version"]))
+                return manifest
+            except OSError:
+                if not (folder / str(manifest["version"])).exists():
+                    raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _native(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _fmt(measured: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in measured.items())

@@ -1,0 +1,371 @@
+"""The registry's mutable state on disk: labels, rollout, production stack and history per model.
+
+``<root>/<model>/registry.json`` is changed only through ``update``: under an exclusive file
+lock (so two processes changing it at once lose nothing), written to a temp file and renamed
+(so readers never see half a file), with every change appended to ``history``. Refused changes
+raise before anything is written. Which version answers a request is ``rollout``'s job, not
+this module's. No Flask.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from service.errors import ArtifactError
+from service.models import artifacts
+from service.models.rollout import (
+    DEFAULT_RULES,
+    PRODUCTION,
+    check_budget,
+    check_canary,
+    check_fallback,
+    check_rules,
+    check_shadow,
+    default_rollout,
+)
+
+LABEL_RE = re.compile(r"[a-z0-9_-]{1,64}")
+LOCK_FILE = ".registry.lock"
+GC_PREFIX = ".gc-"
+STACK_LIMIT = 20  # rollback targets remembered; older ones are dropped from the bottom
+
+
+class _Unset:
+    """The default of ``set_rollout``'s arguments: keep that part of the rollout as it is."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+def check_label(label: str) -> str:
+    """Return ``label`` when it is a legal label name, else raise ``ValueError``."""
+    if not isinstance(label, str) or not LABEL_RE.fullmatch(label):
+        raise ValueError("labels match [a-z0-9_-]{1,64}")
+    return label
+
+
+def empty_state() -> dict[str, Any]:
+    return {"labels": {}, "rollout": default_rollout(), "production_stack": [], "history": []}
+
+
+def read_state(root: Path, name: str) -> dict[str, Any]:
+    """Read a model's registry state; a missing file is an empty state."""
+    path = artifacts.model_dir(root, name) / artifacts.REGISTRY_FILE
+    try:
+        with open(path, "rb") as fh:
+            state = json.loads(fh.read())
+    except FileNotFoundError:
+        return empty_state()
+    except ValueError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("labels", {}), dict) \
+            or not isinstance(state.get("history", []), list) \
+            or not isinstance(state.get("rollout", {}), dict) \
+            or not isinstance(state.get("production_stack", []), list) \
+            or not isinstance(state.get("rollout", {}).get("rules", {}), dict):
+        raise ArtifactError(f"{path} is not a registry state (an object with labels and history)")
+    # files written before rollout existed read as "no rollout", field by field
+    rollout = {**default_rollout(), **state.get("rollout", {})}
+    rollout["rules"] = {**DEFAULT_RULES, **rollout["rules"]}
+    state = {"labels": {}, "rollout": None, "production_stack": [], **state}
+    state["rollout"] = rollout
+    state["history"] = state.pop("history", [])  # last, so the file reads top-down
+    return state
+
+
+def _locked(root: Path, name: str):
+    return artifacts.exclusive_lock(artifacts.model_dir(root, name) / LOCK_FILE)
+
+
+def update(root: Path, name: str, change: Callable[[dict[str, Any]], dict[str, Any]], *,
+           actor: str, reason: str = "") -> dict[str, Any]:
+    """Apply ``change`` to the state under the lock and record what it returned in the history.
+
+    ``change`` mutates the state it is given and returns the history entry's details (at
+    least ``action``); it raises to refuse the change, leaving the file untouched.
+    """
+    with _locked(root, name):
+        state = read_state(root, name)
+        return _commit(root, name, state, change(state), actor=actor, reason=reason)
+
+
+def _commit(root: Path, name: str, state: dict[str, Any], entry: dict[str, Any], *, actor: str,
+            reason: str) -> dict[str, Any]:
+    entry = {"at": _now(), "actor": actor, **entry, "reason": reason}
+    state["history"].append(entry)
+    artifacts.write_json_atomic(artifacts.model_dir(root, name) / artifacts.REGISTRY_FILE, state)
+    return entry
+
+
+def set_label(root: Path, name: str, label: str, version: int, *, actor: str, reason: str = "",
+              signing_key: str | None = None) -> dict[str, Any]:
+    """Point ``label`` at ``version`` after checking that version's files on disk."""
+    check_label(label)
+    folder = artifacts.version_dir(root, name, version)
+    if not folder.is_dir():
+        raise ValueError(f"model {name!r} has no version {version}")
+    artifacts.verify_version(folder, expected_name=name, expected_version=int(version), signing_key=signing_key,
+                             sklearn_version=installed_sklearn())
+
+    def change(state: dict[str, Any]) -> dict[str, Any]:
+        _still_there(root, name, [int(version)])
+        previous = state["labels"].get(label)
+        entry = {"action": "label.set", "label": label, "version": int(version), "previous": previous}
+        if label == PRODUCTION:
+            entry.update(_make_production(state, int(version)))
+        else:
+            state["labels"][label] = int(version)
+        return entry
+
+    return update(root, name, change, actor=actor, reason=reason)
+
+
+def remove_label(root: Path, name: str, label: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+    """Remove ``label``; raise ``ValueError`` when the model does not have it."""
+    check_label(label)
+
+    def change(state: dict[str, Any]) -> dict[str, Any]:
+        if label not in state["labels"]:
+            raise ValueError(f"model {name!r} has no label {label!r}")
+        rollout = state["rollout"]
+        if label == PRODUCTION and (rollout.get("canary") or rollout.get("shadow")):
+            raise ValueError(f"model {name!r} has a canary or shadows that compare against production; "
+                             "end them before removing the production label")
+        return {"action": "label.remove", "label": label, "previous": state["labels"].pop(label)}
+
+    return update(root, name, change, actor=actor, reason=reason)
+
+
+def record_packaged(root: Path, manifest: dict[str, Any], *, actor: str) -> dict[str, Any]:
+    """Record a new version in the history; the first version of a model becomes ``production``."""
+
+    def change(state: dict[str, Any]) -> dict[str, Any]:
+        entry = {"action": "version.packaged", "version": manifest["version"]}
+        if PRODUCTION not in state["labels"]:
+            state["labels"][PRODUCTION] = manifest["version"]
+            entry["label"] = PRODUCTION
+        return entry
+
+    return update(root, manifest["name"], change, actor=actor, reason=manifest.get("changelog", ""))
+
+
+def set_rollout(root: Path, name: str, *, canary: Any = UNSET, shadow: Any = UNSET, fallback: Any = UNSET,
+                budget_ms: Any = UNSET, rules: Any = UNSET, actor: str, reason: str = "",
+                signing_key: str | None = None) -> dict[str, Any]:
+    """Change the parts of the rollout that are given (``canary=None`` ends a canary).
+
+    ``rules`` is merged key by key into the current rules. Every version named must exist and
+    pass verification, and none may be the ``production`` version.
+    """
+    artifacts.check_model_name(name)
+    given: dict[str, Any] = {}
+    if canary is not UNSET:
+        given["canary"] = check_canary(canary)
+    if shadow is not UNSET:
+        given["shadow"] = check_shadow(shadow)
+    if fallback is not UNSET:
+        given["fallback"] = check_fallback(fallback)
+    if budget_ms is not UNSET:
+        given["budget_ms"] = check_budget(budget_ms)
+    new_rules = check_rules(rules) if rules is not UNSET else {}
+    if not given and rules is UNSET:
+        raise ValueError("nothing to change: give canary, shadow, fallback, budget_ms or rules")
+    named = _named_versions(given)
+    for version in named:
+        _loadable(root, name, version, signing_key)
+    _check_rules_fit_task(root, name, new_rules)
+
+    def change(state: dict[str, Any]) -> dict[str, Any]:
+        _still_there(root, name, named)
+        before = copy.deepcopy(state["rollout"])
+        after = {**copy.deepcopy(before), **given, "rules": {**before["rules"], **new_rules}}
+        _check_roles(name, state["labels"].get(PRODUCTION), given, after)
+        state["rollout"] = after
+        return {"action": "rollout.set", "before": before, "after": copy.deepcopy(after)}
+
+    return update(root, name, change, actor=actor, reason=reason)
+
+
+def promote(root: Path, name: str, *, actor: str, reason: str = "", signing_key: str | None = None) -> dict[str, Any]:
+    """Make the canary version ``production`` and end the canary."""
+    artifacts.check_model_name(name)
+
+    def change(state: dict[str, Any]) -> dict[str, Any]:
+        canary = state["rollout"]["canary"]
+        if not canary:
+            raise ValueError(f"model {name!r} has no canary to promote")
+        _loadable(root, name, canary["version"], signing_key)
+        state["rollout"]["canary"] = None
+        entry = {"action": "promote", "from": state["labels"].get(PRODUCTION), "to": canary["version"],
+                 "canary": canary}
+        return {**entry, **_make_production(state, canary["version"])}
+
+    return update(root, name, change, actor=actor, reason=reason)
+
+
+def rollback(root: Path, name: str, *, actor: str, reason: str = "", signing_key: str | None = None) -> dict[str, Any]:
+    """Point ``production`` back at the previous production version and end any canary."""
+    artifacts.check_model_name(name)
+
+    def change(state: dict[str, Any]) -> dict[str, Any]:
+        if not state["production_stack"]:
+            raise ValueError(f"model {name!r} has no previous production version to roll back to")
+        target = state["production_stack"][-1]
+        _loadable(root, name, target, signing_key)
+        state["production_stack"].pop()
+        entry = {"action": "rollback", "from": state["labels"].get(PRODUCTION), "to": target}
+        if state["rollout"]["canary"]:
+            entry["canary_ended"], state["rollout"]["canary"] = state["rollout"]["canary"], None
+        return {**entry, **_make_production(state, target, push=False)}
+
+    return update(root, name, change, actor=actor, reason=reason)
+
+
+def protected_versions(state: dict[str, Any]) -> set[int]:
+    """Return the versions ``gc`` must keep: labelled, in the rollout, or the rollback target."""
+    rollout = state["rollout"]
+    keep = set(state["labels"].values()) | set(rollout["shadow"])
+    if rollout["canary"]:
+        keep.add(rollout["canary"]["version"])
+    if rollout["fallback"] is not None:
+        keep.add(rollout["fallback"])
+    if state["production_stack"]:
+        keep.add(state["production_stack"][-1])
+    return keep
+
+
+def gc(root: Path, name: str, *, keep: int, actor: str, reason: str = "", dry_run: bool = False) -> list[int]:
+    """Delete the version folders older than the newest ``keep`` that nothing points at; return them."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        # the newest version always stays: packaging numbers the next one after it
+        raise ValueError("keep must be an integer of at least 1")
+    folder = artifacts.model_dir(root, name)
+    if not folder.is_dir():
+        raise ValueError(f"there is no model {name!r} under {root}")
+    with _locked(root, name):
+        state = read_state(root, name)
+        protected = protected_versions(state)
+        doomed = [v for v in artifacts.list_versions(root, name)[:-keep] if v not in protected]
+        if dry_run or not doomed:
+            return doomed
+        for stale in folder.glob(GC_PREFIX + "*"):  # left by a gc that died half-way
+            _remove_tree(stale)
+        # move the folders out of sight first (one rename each), so a failed write can put them back
+        moved: list[tuple[int, Path]] = []
+        try:
+            for version in doomed:
+                trash = Path(tempfile.mkdtemp(dir=folder, prefix=f"{GC_PREFIX}{version}-"))
+                os.rename(folder / str(version), trash / str(version))
+                moved.append((version, trash))
+            state["production_stack"] = [v for v in state["production_stack"] if v not in doomed]
+            _commit(root, name, state, {"action": "gc", "keep": keep, "deleted": doomed}, actor=actor, reason=reason)
+        except BaseException:
+            for version, trash in moved:
+                os.rename(trash / str(version), folder / str(version))
+                trash.rmdir()
+            raise
+        for _, trash in moved:
+            _remove_tree(trash)
+        return doomed
+
+
+def _make_production(state: dict[str, Any], version: int, *, push: bool = True) -> dict[str, Any]:
+    """Point ``production`` at ``version``; remember the old one and take ``version`` out of the rollout."""
+    previous = state["labels"].get(PRODUCTION)
+    state["labels"][PRODUCTION] = version
+    if push and previous is not None and previous != version:
+        state["production_stack"] = [*state["production_stack"], previous][-STACK_LIMIT:]
+    notes: dict[str, Any] = {}
+    rollout = state["rollout"]
+    if rollout["canary"] and rollout["canary"]["version"] == version:
+        notes["canary_ended"], rollout["canary"] = rollout["canary"], None
+    if version in rollout["shadow"]:
+        notes["shadow_removed"] = version
+        rollout["shadow"] = [v for v in rollout["shadow"] if v != version]
+    return notes
+
+
+def _named_versions(given: dict[str, Any]) -> list[int]:
+    named = list(given.get("shadow", []))
+    if given.get("canary"):
+        named.append(given["canary"]["version"])
+    if given.get("fallback") is not None:
+        named.append(given["fallback"])
+    return sorted(set(named))
+
+
+def _check_roles(name: str, production: int | None, given: dict[str, Any], after: dict[str, Any]) -> None:
+    """Refuse a rollout that gives the production version a second role or a canary nothing to compete with."""
+    canary = after["canary"]["version"] if after["canary"] else None
+    if given.get("canary"):
+        if production is None:
+            raise ValueError(f"model {name!r} has no production version to run a canary against")
+        if canary == production:
+            raise ValueError(f"version {canary} is production; a canary must be another version")
+    if production in given.get("shadow", []):
+        raise ValueError(f"version {production} is production; it cannot also be a shadow")
+    if ("canary" in given or "shadow" in given) and canary in after["shadow"]:
+        raise ValueError(f"version {canary} cannot be both the canary and a shadow")
+
+
+def _loadable(root: Path, name: str, version: int, signing_key: str | None) -> None:
+    folder = artifacts.version_dir(root, name, version)
+    if not folder.is_dir():
+        raise ValueError(f"model {name!r} has no version {version}")
+    try:
+        artifacts.verify_version(folder, expected_name=name, expected_version=version, signing_key=signing_key,
+                                 sklearn_version=installed_sklearn())
+    except ArtifactError as exc:
+        raise ValueError(f"version {version} of {name!r} cannot be loaded: {exc}") from None
+
+
+def _still_there(root: Path, name: str, versions: list[int]) -> None:
+    # checked again under the lock: a gc may have deleted a version after it was verified
+    for version in versions:
+        if not artifacts.version_dir(root, name, version).is_dir():
+            raise ValueError(f"model {name!r} has no version {version}")
+
+
+def _remove_tree(path: Path) -> None:
+    # versions are written read-only (0444); make them writable so removal works everywhere
+    for folder, _, files in os.walk(path):
+        os.chmod(folder, 0o755)
+        for filename in files:
+            os.chmod(os.path.join(folder, filename), 0o644)
+    shutil.rmtree(path)
+
+
+TASK_RULES = {"min_live_accuracy": "classification", "max_live_rmse": "regression"}
+
+
+def _check_rules_fit_task(root: Path, name: str, rules: dict[str, Any]) -> None:
+    """Refuse a live-metric rule that could never fire for this model's task."""
+    production = read_state(root, name)["labels"].get(PRODUCTION)
+    if production is None:
+        return
+    task = artifacts.read_manifest(artifacts.version_dir(root, name, production)).get("task")
+    for rule, needs in TASK_RULES.items():
+        if rules.get(rule) is not None and task != needs:
+            raise ValueError(f"{rule} applies to {needs} models; {name!r} is a {task} model")
+
+
+def installed_sklearn() -> str:
+    """The scikit-learn this process would load models with (without importing it)."""
+    return importlib.metadata.version("scikit-learn")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

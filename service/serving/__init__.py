@@ -1,0 +1,1 @@
+"""One prediction, in order: catalog -> route -> validate -> run -> answer. No Flask."""

@@ -1,0 +1,238 @@
+"""The models one worker serves: verified, loaded versions and where each label points.
+
+A ``Catalog`` scans the artifact root, loads every version it has not seen (verifying
+before unpickling), and re-reads each ``registry.json``. It publishes the result as one
+immutable snapshot swapped in a single assignment, so a request that resolved a version keeps
+it to the end while the next request sees the new state. A version that fails to load is
+reported (status FAILED with the reason, and a log line) and never replaces one that works.
+No Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from service.errors import ArtifactError, LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
+from service.models import artifacts, registry
+from service.models.rollout import choose_version, default_rollout
+from service.periodic import Periodic
+from service.serving import runtime
+
+log = logging.getLogger(__name__)
+
+AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
+NO_ROLLOUT = default_rollout()
+
+
+@dataclass(frozen=True)
+class VersionState:
+    version: int
+    status: str
+    reason: str | None = None
+    model: runtime.LoadedModel | None = None
+
+
+@dataclass(frozen=True)
+class ModelState:
+    name: str
+    versions: MappingProxyType  # int -> VersionState
+    labels: MappingProxyType  # str -> int, only versions this worker has AVAILABLE (or the last good ones)
+    registry_error: str | None = None
+    rollout: MappingProxyType = field(default_factory=lambda: MappingProxyType(dict(NO_ROLLOUT)))
+    wanted: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # labels as registry.json says
+
+    def available(self, version: int | None) -> runtime.LoadedModel | None:
+        entry = self.versions.get(version) if version is not None else None
+        return entry.model if entry is not None and entry.status == AVAILABLE else None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which loaded versions take part in answering one request."""
+
+    model: runtime.LoadedModel
+    role: str  # production | canary | pinned | label
+    fallback: runtime.LoadedModel | None = None
+    shadows: tuple[runtime.LoadedModel, ...] = ()
+    budget_ms: float | None = None
+
+
+def _ignore(*_args: Any) -> None:
+    """The default listener: a catalog works without anyone watching it."""
+
+
+@dataclass
+class Catalog:
+    """The models one worker serves; ``on_loaded``, ``on_load_failed`` and ``on_removed`` let
+    the app count loads (metrics) without this module knowing who listens."""
+
+    root: Path
+    signing_key: str | None = None
+    poll_seconds: float = 2.0
+    on_loaded: Callable[[str, int, dict[str, Any]], None] = _ignore
+    on_load_failed: Callable[[str, int], None] = _ignore
+    on_removed: Callable[[str, int], None] = _ignore
+    _models: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _poller: Periodic | None = None
+
+    def refresh(self) -> None:
+        """Bring the snapshot in line with the disk: load new versions first, then switch."""
+        with self._lock:
+            models = {}
+            for name in artifacts.list_models(self.root):
+                models[name] = self._refresh_model(name, self._models.get(name))
+            self._models = MappingProxyType(models)
+
+    def _refresh_model(self, name: str, old: ModelState | None) -> ModelState:
+        versions = dict(old.versions) if old else {}
+        on_disk = set(artifacts.list_versions(self.root, name))
+        for number in sorted(on_disk - set(versions)):
+            versions[number] = self._load(name, number)
+        for gone in set(versions) - on_disk:
+            del versions[gone]
+            self.on_removed(name, gone)
+        try:
+            state, error = registry.read_state(self.root, name), None
+        except ArtifactError as exc:
+            error = str(exc)
+            log.error("registry state unreadable; keeping the last good labels",
+                      extra={"model": name, "reason": error})
+            return ModelState(name, MappingProxyType(versions), old.labels if old else MappingProxyType({}), error,
+                              old.rollout if old else MappingProxyType(dict(NO_ROLLOUT)))
+        labels = self._servable_labels(name, state, versions, old)
+        rollout = {**NO_ROLLOUT, **state.get("rollout", {})}
+        return ModelState(name, MappingProxyType(versions), MappingProxyType(labels), None, MappingProxyType(rollout),
+                          MappingProxyType(dict(state["labels"])))
+
+    @staticmethod
+    def _servable_labels(name: str, state: dict[str, Any], versions: dict[int, VersionState],
+                         old: ModelState | None) -> dict[str, int]:
+        """Switch a label only to a version this worker has loaded; otherwise keep a good one.
+
+        The good one is what this worker served before or, for a worker that has just booted,
+        the newest loadable previous production version, so every worker lands on the same one.
+        """
+        labels = {}
+        for label, version in state["labels"].items():
+            entry = versions.get(version)
+            if entry is not None and entry.status == AVAILABLE:
+                labels[label] = version
+                continue
+            candidates = [old.labels.get(label)] if old else []
+            if label == registry.PRODUCTION:
+                candidates += list(reversed(state.get("production_stack", [])))
+            kept = next((v for v in candidates if v in versions and versions[v].status == AVAILABLE), None)
+            if kept is not None:
+                labels[label] = kept
+                log.error("label points at a version that is not loaded; serving a previous one",
+                          extra={"model": name, "label": label, "version": version, "serving": kept})
+            else:
+                labels[label] = version  # nothing better: resolve() will answer 503 with the reason
+        return labels
+
+    def _load(self, name: str, version: int) -> VersionState:
+        folder = artifacts.version_dir(self.root, name, version)
+        try:
+            model = runtime.load(folder, name=name, version=version, signing_key=self.signing_key)
+        except ArtifactError as exc:
+            log.error("model version refused", extra={"model": name, "version": version, "reason": str(exc)})
+            self.on_load_failed(name, version)
+            return VersionState(version, FAILED, str(exc))
+        self.on_loaded(name, version, model.manifest)
+        log.info("model version loaded", extra={"model": name, "version": version,
+                                                 "load_seconds": round(model.load_seconds, 4)})
+        return VersionState(version, AVAILABLE, None, model)
+
+    def start_polling(self) -> Periodic:
+        """Follow the disk from a daemon thread, so label changes need no restart."""
+        self._poller = Periodic("catalog-poll", self.poll_seconds, self.refresh, wait_first=True)
+        self._poller.start()
+        return self._poller
+
+    def stop_polling(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def model(self, name: str) -> ModelState:
+        state = self._models.get(name)
+        if state is None:
+            raise ModelNotFound(details={"model": name})
+        return state
+
+    def models(self) -> list[ModelState]:
+        return list(self._models.values())
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> runtime.LoadedModel:
+        """Return the loaded model a request should use: a pinned version, a label, or ``production``."""
+        state = self.model(name)
+        if version is None:
+            label = label or registry.PRODUCTION
+            if label not in state.labels:
+                raise LabelNotFound(f"Model {name!r} has no label {label!r}.", details={"model": name, "label": label})
+            version = state.labels[label]
+        entry = state.versions.get(version)
+        if entry is None:
+            raise VersionNotFound(details={"model": name, "version": version})
+        if entry.status != AVAILABLE:
+            raise ModelUnavailable(f"Version {version} of {name!r} is {entry.status}.",
+                                   details={"model": name, "version": version, "status": entry.status})
+        return entry.model
+
+    def route(self, name: str, version: int | None = None, label: str | None = None,
+              routing_key: str | None = None, rand: Callable[[], float] = random.random) -> Route:
+        """Choose the versions for one request: pinned, labelled, or production with its rollout.
+
+        Only unqualified requests take part in the rollout (canary split, shadows); a canary,
+        shadow or fallback version this worker could not load is left out rather than failing
+        the request.
+        """
+        state = self.model(name)
+        if version is not None or label is not None:
+            return Route(self.resolve(name, version, label), "pinned" if version is not None else "label")
+        production = self.resolve(name)
+        rollout = state.rollout
+        fallback = state.available(rollout.get("fallback"))
+        chosen, role = production, "production"
+        canary = rollout.get("canary")
+        if canary and state.available(canary.get("version")) is not None:
+            picked, role = choose_version(name, production.version, dict(rollout), routing_key, rand)
+            chosen = state.available(picked) if role == "canary" else production
+        if fallback is None and chosen is not production:
+            fallback = production
+        if fallback is not None and fallback.version == chosen.version:
+            fallback = None
+        shadows = tuple(m for v in rollout.get("shadow") or () if (m := state.available(v)) is not None
+                        and m.version != chosen.version)
+        return Route(chosen, role, fallback, shadows, rollout.get("budget_ms"))
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when some model has a ``production`` label and every such version is loaded.
+
+        The version that counts is the one this worker serves as production. When registry.json
+        names another that could not be loaded, the report says so (``wanted``) but the worker
+        stays ready: it serves a verified version, and taking every replica out of rotation
+        over a refused upgrade would turn a bad deploy into an outage.
+        """
+        report: dict[str, Any] = {}
+        for state in self._models.values():
+            version = state.labels.get(registry.PRODUCTION)
+            if version is not None:
+                entry = state.versions.get(version)
+                report[state.name] = {"production": version, "status": entry.status if entry else "MISSING"}
+                wanted = state.wanted.get(registry.PRODUCTION)
+                if wanted is not None and wanted != version:
+                    entry = state.versions.get(wanted)
+                    report[state.name].update(wanted=wanted, wanted_status=entry.status if entry else "MISSING",
+                                              wanted_reason=entry.reason if entry else "no such version on disk")
+        ready = bool(report) and all(r["status"] == AVAILABLE for r in report.values())
+        return ready, report

@@ -1,0 +1,404 @@
+"""Turn a predict request body into numpy columns for the model, or one detailed 422.
+
+``parse_predict_request`` checks the envelope (``service.serving.schemas``), then the values along one
+of two paths that must agree exactly: small batches go through the per-model marshmallow
+schema; large batches are checked column by column with C-level iteration (``map``, ``zip``,
+``array``, numpy comparisons) and no per-row Python loop. A column the fast checks cannot clear
+is re-checked value by value with the same ``convert`` rule, so both paths report the same
+errors and build the same arrays. The payload is assumed to hold only JSON types, as the
+JSON decoder produces them. Nothing here imports Flask.
+"""
+
+from __future__ import annotations
+
+import heapq
+import operator
+import re
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any, NoReturn
+
+import numpy as np
+from marshmallow import ValidationError
+
+from service.errors import ValidationFailed
+from service.serving.schemas import (
+    COLUMN_LENGTH,
+    EMPTY,
+    NOT_A_LIST,
+    NULL,
+    REQUIRED,
+    ROW_LENGTH,
+    UNKNOWN,
+    FeatureSpec,
+    ModelSchema,
+    convert,
+    load_envelope,
+    model_schema,
+)
+
+MAX_REPORTED_ERRORS = 50
+#: Unknown field names we repeat back to the client; anything else is described, not echoed.
+SAFE_FIELD_RE = re.compile(r"[A-Za-z0-9 _.()\[\]/-]{1,64}")
+EXACT_FLOAT_INT = 2**53  # integers below this survive a round trip through float64
+NONE_TYPE = type(None)
+NUMBER_TYPES = {"float": {float, int}, "int": {int, float}, "bool": {bool}, "category": {str, int}, "string": {str}}
+
+# (row or None, field or None, messages): rows are 0-based; None means the request or a column.
+Error = tuple[int | None, Any, list[str]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated request: one numpy array per feature, in feature order."""
+
+    columns: dict[str, np.ndarray]
+    n_rows: int
+    probabilities: bool
+    layout: str  # "records" | "rows" | "columns"
+
+
+def parse_predict_request(payload: object, features: list[dict[str, Any]], *, max_rows: int, vectorized_min_rows: int) -> Batch:
+    """Validate a decoded predict body against the model's features and build its columns."""
+    try:
+        envelope = load_envelope(payload, max_rows=max_rows)
+    except ValidationError as exc:
+        envelope, errors = {}, _flatten(exc.messages)
+    if not envelope:
+        raise_errors(errors, {})  # outside the except, so logs do not chain marshmallow's error
+    model = model_schema(features)
+    probabilities = envelope.get("parameters", {}).get("probabilities", False)
+    if "inputs" in envelope:
+        layout, data = "columns", envelope["inputs"]
+        n_rows = max((len(column) for column in data.values() if type(column) is list), default=0)
+    else:
+        data = envelope["instances"]
+        layout, n_rows = ("records" if type(data[0]) is dict else "rows"), len(data)
+    check = _check_columnwise if n_rows >= vectorized_min_rows else _check_with_schema
+    columns, n_rows = check(model, layout, data)
+    return Batch(columns=columns, n_rows=n_rows, probabilities=probabilities, layout=layout)
+
+
+def raise_errors(errors: list[Error], positions: dict[str, int]) -> NoReturn:
+    """Raise ValidationFailed with the first errors by (row, feature order) and a one-line summary."""
+
+    def order(error: Error) -> tuple[Any, ...]:
+        row, field, _ = error
+        if field is None:
+            rank: tuple[Any, ...] = (0, 0, "")
+        elif field in positions:
+            rank = (1, positions[field], "")
+        else:
+            rank = (2, 0, str(field))
+        return (row is not None, row or 0, *rank)
+
+    shown = heapq.nsmallest(MAX_REPORTED_ERRORS, errors, key=order)
+    entries = [{"row": row, "field": _clip(field), "messages": messages} for row, field, messages in shown]
+    first, count = entries[0], len(errors)
+    where = "" if first["field"] is None else f"field '{first['field']}': "
+    if any(row is None for row, _, _ in errors):
+        message = f"{_plural(count, 'error')} in the request; first: {where}{first['messages'][0]}"
+    else:
+        rows = len({row for row, _, _ in errors})
+        message = (
+            f"{_plural(count, 'invalid value')} in {_plural(rows, 'row')}; "
+            f"first: row {first['row']}, {where}{first['messages'][0]}"
+        )
+    raise ValidationFailed(message, details={"errors": entries, "error_count": count})
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _clip(field: Any) -> Any:
+    # Unknown keys come from the client: echo only a short, plain name, never markup or control text.
+    if isinstance(field, str) and not SAFE_FIELD_RE.fullmatch(field):
+        return "(an unknown field with an unusual name)"
+    return field
+
+
+def _flatten(messages: Any, row: int | None = None, field: str | None = None) -> list[Error]:
+    """Turn marshmallow's nested envelope messages into (row, field, messages) entries."""
+    if not isinstance(messages, dict):
+        return [(row, field, list(messages))]
+    out: list[Error] = []
+    for key, value in messages.items():
+        if isinstance(key, int):
+            out += _flatten(value, key, field)
+        elif key == "_schema":
+            out += _flatten(value, row, field)
+        else:
+            out += _flatten(value, row, key if field is None else f"{field}.{key}")
+    return out
+
+
+# -- layouts: shared structural checks ---------------------------------------------------------
+
+
+def _row_lengths(model: ModelSchema, rows: list[list[Any]]) -> tuple[list[Error], list[int] | None]:
+    """Report rows of the wrong length; return the indices of the others (None when all are fine)."""
+    width = len(model.specs)
+    if set(map(len, rows)) == {width}:
+        return [], None
+    message = ROW_LENGTH.format(count=width)
+    errors: list[Error] = [(i, "instances", [message]) for i, row in enumerate(rows) if len(row) != width]
+    return errors, [i for i, row in enumerate(rows) if len(row) == width]
+
+
+def _column_layout(model: ModelSchema, inputs: dict[Any, Any]) -> tuple[list[Error], bool]:
+    """Report unknown, missing and malformed columns; the flag says whether values can be checked."""
+    errors: list[Error] = [(None, key, [UNKNOWN]) for key in inputs if key not in model.positions]
+    lengths = set()
+    malformed = False
+    for spec in model.specs:
+        if spec.name not in inputs:
+            if spec.required:
+                errors.append((None, spec.name, [REQUIRED]))
+            continue
+        column = inputs[spec.name]
+        if type(column) is not list or not column:
+            errors.append((None, spec.name, [NOT_A_LIST if type(column) is not list else EMPTY]))
+            malformed = True
+        else:
+            lengths.add(len(column))
+    if len(lengths) > 1:
+        errors.append((None, "inputs", [COLUMN_LENGTH]))
+    return errors, not malformed and len(lengths) == 1
+
+
+def _raise_if(errors: list[Error], model: ModelSchema) -> None:
+    if errors:
+        raise_errors(errors, model.positions)
+
+
+# -- the marshmallow path -----------------------------------------------------------------------
+
+
+def _check_with_schema(model: ModelSchema, layout: str, data: Any) -> tuple[dict[str, np.ndarray], int]:
+    """Validate row by row with the model's records schema (cheap for small batches)."""
+    errors: list[Error] = []
+    kept: list[int] | None = None
+    partial: tuple[str, ...] = ()
+    if layout == "records":
+        records = data
+    elif layout == "rows":
+        errors, kept = _row_lengths(model, data)
+        names = model.names
+        records = [dict(zip(names, data[i], strict=False)) for i in (range(len(data)) if kept is None else kept)]
+    else:
+        errors, checkable = _column_layout(model, data)
+        if not checkable:
+            raise_errors(errors, model.positions)
+        present = [spec for spec in model.specs if spec.name in data]
+        names = tuple(spec.name for spec in present)
+        records = [dict(zip(names, values, strict=False)) for values in zip(*(data[name] for name in names), strict=False)]
+        # Missing columns were reported once above; do not report them again on every row.
+        partial = tuple(spec.attr for spec in model.specs if spec.required and spec.name not in data)
+    try:
+        loaded = model.records.load(records, many=True, partial=partial or None)
+    except ValidationError as exc:
+        for i, row_errors in exc.messages.items():  # type: ignore[union-attr]
+            row = i if kept is None else kept[i]
+            errors += [(row, field, list(messages)) for field, messages in row_errors.items()]
+    _raise_if(errors, model)
+    columns = {spec.name: build_array(spec, [record.get(spec.attr) for record in loaded]) for spec in model.specs}
+    return columns, len(loaded)
+
+
+def build_array(spec: FeatureSpec, values: Sequence[Any]) -> np.ndarray:
+    """Build a feature's output column from clean values (None for null), with the agreed dtypes."""
+    has_null = None in values
+    if spec.kind == "float" or (spec.kind == "int" and has_null):
+        return np.array(values, dtype=np.float64)
+    if spec.kind == "int":
+        return np.array(values, dtype=np.int64)
+    if spec.kind == "bool" and not has_null:
+        return np.array(values, dtype=bool)
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+# -- the vectorised path ------------------------------------------------------------------------
+
+
+def _check_columnwise(model: ModelSchema, layout: str, data: Any) -> tuple[dict[str, np.ndarray], int]:
+    """Validate column by column with C-level iteration; Python loops only build error messages."""
+    errors: list[Error] = []
+    kept: list[int] | None = None
+    if layout == "rows":
+        errors, kept = _row_lengths(model, data)
+        rows = data if kept is None else [data[i] for i in kept]
+        n_rows = len(rows)
+        columns: list[Any] = list(zip(*rows, strict=False)) if rows else [() for _ in model.specs]
+        missing: list[np.ndarray | None] = [None] * len(model.specs)
+    elif layout == "records":
+        n_rows = len(data)
+        columns, missing = [], []
+        for spec in model.specs:
+            column, absent = _extract(data, spec.name)
+            columns.append(column)
+            missing.append(absent)
+        errors = _unknown_keys(model, data, missing)
+    else:
+        errors, checkable = _column_layout(model, data)
+        if not checkable:
+            raise_errors(errors, model.positions)
+        n_rows = len(next(data[spec.name] for spec in model.specs if spec.name in data))
+        columns, missing = [], []
+        for spec in model.specs:
+            if spec.name in data:
+                columns.append(data[spec.name])
+                missing.append(None)
+            else:  # reported above when required; otherwise a column of nulls
+                columns.append([None] * n_rows if not spec.required else None)
+                missing.append(np.ones(n_rows, dtype=bool) if not spec.required else None)
+    out: dict[str, np.ndarray] = {}
+    for spec, column, absent_mask in zip(model.specs, columns, missing, strict=False):
+        if column is None:
+            continue
+        array_ = _fast_column(spec, column, absent_mask)
+        if array_ is None:
+            column_errors, values = _slow_column(spec, column, absent_mask)
+            errors += [(i if kept is None else kept[i], spec.name, [m]) for i, m in column_errors]
+            array_ = build_array(spec, values)
+        out[spec.name] = array_
+    _raise_if(errors, model)
+    return out, n_rows
+
+
+def _extract(records: list[dict[str, Any]], name: str) -> tuple[list[Any], np.ndarray | None]:
+    """Pull one feature out of every record; the mask marks records without the key."""
+    try:
+        return list(map(operator.itemgetter(name), records)), None
+    except KeyError:
+        present = np.fromiter(map(operator.contains, records, repeat(name)), dtype=bool, count=len(records))
+        return list(map(dict.get, records, repeat(name))), ~present
+
+
+def _unknown_keys(model: ModelSchema, records: list[dict[str, Any]], missing: list[np.ndarray | None]) -> list[Error]:
+    """Find keys outside the schema by counting: a record has extras iff it has more keys than known."""
+    known = np.full(len(records), len(model.specs))
+    for absent in missing:
+        if absent is not None:
+            known -= absent
+    sizes = np.fromiter(map(len, records), dtype=np.int64, count=len(records))
+    extra = np.flatnonzero(sizes > known)
+    positions = model.positions
+    return [(int(i), key, [UNKNOWN]) for i in extra.tolist() for key in records[i] if key not in positions]
+
+
+def _slow_column(spec: FeatureSpec, column: Sequence[Any], absent: np.ndarray | None) -> tuple[list[Any], list[Any]]:
+    """Check a column value by value with the marshmallow rules; used once a problem is known."""
+    errors: list[tuple[int, str]] = []
+    values: list[Any] = []
+    absent_list = [False] * len(column) if absent is None else absent.tolist()
+    for i, (value, is_absent) in enumerate(zip(column, absent_list, strict=False)):
+        if value is None:
+            if is_absent and spec.required:
+                errors.append((i, REQUIRED))
+            elif not is_absent and not spec.nullable:
+                errors.append((i, NULL))
+            values.append(None)
+            continue
+        try:
+            values.append(convert(spec, value))
+        except ValidationError as exc:
+            errors.append((i, exc.messages[0]))  # type: ignore[index]
+            values.append(None)
+    return errors, values
+
+
+def _fast_column(spec: FeatureSpec, column: Sequence[Any], absent: np.ndarray | None) -> np.ndarray | None:
+    """Return the column's array when C-level checks prove it clean, else None (check it slowly)."""
+    if absent is None and spec.kind in ("float", "int"):
+        dense = _dense_numbers(spec, column)
+        if dense is not None:
+            return dense
+    kinds = set(map(type, column))
+    has_null = NONE_TYPE in kinds
+    if has_null:
+        kinds.discard(NONE_TYPE)
+        n_absent = 0 if absent is None else int(np.count_nonzero(absent))
+        if n_absent and spec.required:
+            return None
+        if not spec.nullable and column.count(None) > n_absent:
+            return None
+    if not kinds <= NUMBER_TYPES[spec.kind]:
+        return None
+    if spec.kind == "float":
+        return _float_column(spec, column, has_null)
+    if spec.kind == "int":
+        return _int_column(spec, column, has_null, kinds)
+    if spec.categories is not None:
+        seen = set(column)
+        seen.discard(None)
+        if not seen <= spec.categories:
+            return None
+    return build_array(spec, column)
+
+
+def _dense_numbers(spec: FeatureSpec, column: Sequence[Any]) -> np.ndarray | None:
+    """Convert an all-number column through ``array`` (which refuses None, str and containers)."""
+    try:
+        values = np.frombuffer(array("d" if spec.kind == "float" else "q", column), dtype=_dtype(spec))
+    except (TypeError, OverflowError):
+        return None
+    # array() accepts bools as 0/1 (and "q" accepts nothing else odd): look only at those cells.
+    suspects = np.flatnonzero((values == 0) | (values == 1))
+    if suspects.size and bool in set(map(type, map(column.__getitem__, suspects.tolist()))):
+        return None
+    if spec.kind == "float" and not np.isfinite(values).all():
+        return None
+    return values if _in_range(spec, values) else None
+
+
+def _dtype(spec: FeatureSpec) -> type[np.generic]:
+    return np.float64 if spec.kind == "float" else np.int64
+
+
+def _float_column(spec: FeatureSpec, column: Sequence[Any], has_null: bool) -> np.ndarray | None:
+    try:
+        values = np.array(column, dtype=np.float64)  # None becomes nan
+    except OverflowError:
+        return None
+    if has_null:
+        if np.isinf(values).any() or np.count_nonzero(np.isnan(values)) != column.count(None):
+            return None
+    elif not np.isfinite(values).all():
+        return None
+    return values if _in_range(spec, values) else None
+
+
+def _int_column(spec: FeatureSpec, column: Sequence[Any], has_null: bool, kinds: set[type]) -> np.ndarray | None:
+    if kinds <= {int} and not has_null:
+        try:
+            values = np.array(column, dtype=np.int64)
+        except OverflowError:
+            return None
+        return values if _in_range(spec, values) else None
+    # Floats or nulls: go through float64, where only integers below 2**53 are exact.
+    try:
+        floats = np.array(column, dtype=np.float64)
+    except OverflowError:
+        return None
+    nulls = np.isnan(floats)
+    if np.count_nonzero(nulls) != (column.count(None) if has_null else 0) or np.isinf(floats).any():
+        return None
+    if (np.abs(floats) >= EXACT_FLOAT_INT).any() or not np.array_equal(floats, np.trunc(floats), equal_nan=True):
+        return None
+    if any(bound is not None and abs(bound) >= EXACT_FLOAT_INT for bound in (spec.lo, spec.hi)):
+        return None
+    if not _in_range(spec, floats):
+        return None
+    return floats if has_null else floats.astype(np.int64)
+
+
+def _in_range(spec: FeatureSpec, values: np.ndarray) -> bool:
+    # nan (a null) compares False both ways, as a null skips the range check on the schema path.
+    if spec.lo is not None and (values < spec.lo).any():
+        return False
+    return not (spec.hi is not None and (values > spec.hi).any())

@@ -1,0 +1,149 @@
+import json
+import multiprocessing
+import re
+
+import pytest
+
+from service.errors import ArtifactError
+from service.models import registry
+from tests import builders
+from tests.builders import flip_byte
+
+
+def package(root, name="m", signing_key=None):
+    return builders.package(root, name, signing_key)
+
+
+
+@pytest.fixture
+def root(tmp_path):
+    for _ in range(3):
+        package(tmp_path)
+    return tmp_path
+
+
+def registry_file(root, name="m"):
+    return root / name / "registry.json"
+
+
+def test_a_model_without_registry_file_has_an_empty_state(root):
+    assert registry.read_state(root, "m") == registry.empty_state()
+    assert registry.empty_state()["labels"] == {} and registry.empty_state()["history"] == []
+
+
+def test_set_and_remove_labels_record_history(root):
+    first = registry.set_label(root, "m", "production", 1, actor="alice", reason="first release")
+    second = registry.set_label(root, "m", "production", 2, actor="bob", reason="better")
+    registry.set_label(root, "m", "staging", 3, actor="bob")
+    removed = registry.remove_label(root, "m", "staging", actor="carol", reason="done testing")
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["at"])
+    assert {k: v for k, v in first.items() if k != "at"} == {
+        "actor": "alice", "action": "label.set", "label": "production", "version": 1, "previous": None,
+        "reason": "first release"}
+    assert (second["previous"], second["version"], second["actor"]) == (1, 2, "bob")
+    assert {k: v for k, v in removed.items() if k != "at"} == {
+        "actor": "carol", "action": "label.remove", "label": "staging", "previous": 3, "reason": "done testing"}
+
+    state = json.loads(registry_file(root).read_text())
+    assert state["labels"] == {"production": 2}
+    assert [(e["action"], e["label"], e.get("version"), e["previous"]) for e in state["history"]] == [
+        ("label.set", "production", 1, None), ("label.set", "production", 2, 1),
+        ("label.set", "staging", 3, None), ("label.remove", "staging", None, 3)]
+    assert state == registry.read_state(root, "m")
+    # atomic writes leave only the state and the lock file behind
+    assert sorted(p.name for p in (root / "m").iterdir() if not p.is_dir()) == [".registry.lock", "registry.json"]
+
+
+def test_removing_an_unset_label_raises_and_changes_nothing(root):
+    registry.set_label(root, "m", "production", 1, actor="a")
+    before = registry_file(root).read_bytes()
+    with pytest.raises(ValueError, match="has no label .staging."):
+        registry.remove_label(root, "m", "staging", actor="a")
+    assert registry_file(root).read_bytes() == before
+
+
+def test_set_label_refuses_a_version_that_fails_verification(root):
+    registry.set_label(root, "m", "production", 1, actor="a")
+    before = registry_file(root).read_bytes()
+    flip_byte(root / "m" / "2" / "model.joblib")
+    with pytest.raises(ArtifactError, match="file model.joblib does not match its sha256 in the manifest"):
+        registry.set_label(root, "m", "production", 2, actor="a")
+    assert registry_file(root).read_bytes() == before
+
+
+def test_set_label_refuses_a_missing_version(root):
+    with pytest.raises(ValueError, match="model 'm' has no version 9"):
+        registry.set_label(root, "m", "production", 9, actor="a")
+    assert not registry_file(root).exists()
+
+
+def test_set_label_checks_the_signature_when_a_key_is_given(root):
+    with pytest.raises(ArtifactError, match="not signed"):
+        registry.set_label(root, "m", "production", 1, actor="a", signing_key="k")
+    package(root, signing_key="k")
+    assert registry.set_label(root, "m", "production", 4, actor="a", signing_key="k")["version"] == 4
+
+
+@pytest.mark.parametrize("label", ["Prod", "a b", "", "../x", "x" * 65, None])
+def test_bad_label_names_are_refused(tmp_path, label):
+    with pytest.raises(ValueError, match="labels match"):
+        registry.set_label(tmp_path, "m", label, 1, actor="a")
+    with pytest.raises(ValueError, match="labels match"):
+        registry.remove_label(tmp_path, "m", label, actor="a")
+
+
+@pytest.mark.parametrize("name, version", [("../m", 1), ("m", 0), ("m", "../1")])
+def test_bad_names_and_versions_are_refused_before_touching_disk(tmp_path, name, version):
+    with pytest.raises(ValueError, match="model names match|versions are positive integers"):
+        registry.set_label(tmp_path, name, "production", version, actor="a")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_record_packaged_makes_only_the_first_version_production(tmp_path):
+    first = registry.record_packaged(tmp_path, package(tmp_path), actor="ci")
+    second = registry.record_packaged(tmp_path, package(tmp_path), actor="ci")
+    assert first["action"] == "version.packaged" and first["version"] == 1 and first["label"] == "production"
+    assert second["version"] == 2 and "label" not in second
+    state = registry.read_state(tmp_path, "m")
+    assert state["labels"] == {"production": 1}
+    assert [e["version"] for e in state["history"]] == [1, 2]
+
+
+def test_a_corrupt_registry_file_is_an_artifact_error(root):
+    registry_file(root).write_text("{oops")
+    with pytest.raises(ArtifactError, match="registry.json is not valid JSON"):
+        registry.read_state(root, "m")
+
+
+def _flip_labels(root, barrier, label, count):
+    barrier.wait()
+    for i in range(count):
+        registry.set_label(root, "m", label, 1 + i % 3, actor=f"worker-{label}", reason=str(i))
+
+
+def test_two_processes_changing_labels_lose_no_history(root):
+    context = multiprocessing.get_context("fork")
+    barrier, count = context.Barrier(2), 50
+    workers = [context.Process(target=_flip_labels, args=(root, barrier, label, count))
+               for label in ("production", "staging")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    state = registry.read_state(root, "m")
+    assert len(state["history"]) == 2 * count
+    for label in ("production", "staging"):
+        mine = [e for e in state["history"] if e["label"] == label]
+        assert [e["reason"] for e in mine] == [str(i) for i in range(count)]
+        # each entry's "previous" is what the one before it set: no update was lost
+        assert [e["previous"] for e in mine] == [None] + [e["version"] for e in mine[:-1]]
+    assert state["labels"] == {"production": 1 + (count - 1) % 3, "staging": 1 + (count - 1) % 3}
+
+
+def test_a_registry_file_that_is_not_a_state_is_refused(root):
+    registry_file(root).parent.mkdir(parents=True, exist_ok=True)
+    registry_file(root).write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="not a registry state"):
+        registry.read_state(root, "m")

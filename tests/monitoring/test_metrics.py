@@ -1,0 +1,473 @@
+"""Metrics: names, label bounds, the Flask hooks, multiprocess files, and the shipped rules and dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.api import metrics as metrics_api
+from service.monitoring import metrics
+
+REPO = Path(__file__).resolve().parents[2]
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "dashboard.json"
+METRIC_RE = re.compile(r"\bsklearn_server_[a-z0-9_]+")
+
+MANIFEST = {
+    "model_file": "model.joblib",
+    "files": {"model.joblib": {"sha256": "ab" * 32, "size": 10}},
+    "libraries": {"scikit-learn": "1.9.1", "python": "3.11.7"},
+    "input": {"features": [{"name": "age"}, {"name": "bmi"}]},
+}
+
+
+def promtool() -> str:
+    """Return promtool's path, failing (never skipping) with the fix when it is missing."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is missing: run the project's setup (Debian package `prometheus`: "
+                    "apt-get install -y prometheus)")
+    return path
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch) -> metrics.Metrics:
+    """A private, single-process set of metrics behind the module functions."""
+    assert metrics.multiprocess_dir() is None, "unit tests run single-process"
+    instance = metrics.Metrics(CollectorRegistry())
+    monkeypatch.setattr(metrics, "_current", instance)
+    return instance
+
+
+def scrape(instance: metrics.Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Parse the exposition text into {(sample name, sorted labels): value}, refusing duplicates."""
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(generate_latest(instance.registry).decode()):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"duplicate series {key}"
+            samples[key] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def defined_names() -> set[str]:
+    """Every sample name the module can expose (counters with _total, histograms with their parts)."""
+    names = set()
+    for family in metrics.Metrics(CollectorRegistry()).registry.collect():
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + suffix for suffix in ("_bucket", "_count", "_sum"))
+        else:
+            names.add(family.name)
+    return names
+
+
+def exercise(m: metrics.Metrics) -> None:
+    """Touch every family once with valid values."""
+    m.observe_model_loaded("diabetes", 1, MANIFEST)
+    m.observe_model_loaded("diabetes", 2, MANIFEST)
+    m.observe_load_failure("diabetes", 3)
+    m.observe_request("/v1/models/<model_name:name>:predict", "POST", 200, 0.0)
+    m.http_in_progress.inc()
+    m.observe_prediction("diabetes", 2, "ok", rows=5, seconds=0.01)
+    m.observe_prediction("diabetes", None, "invalid")
+    m.observe_validation_failure("diabetes", "validation_failed")
+    m.observe_fallback("diabetes", 2, 1, "timeout")
+    m.set_gauge("drift_score", 0.3, model="diabetes", version=2, feature="bmi", statistic="psi")
+    m.set_gauge("data_quality_ratio", 0.01, model="diabetes", version=2, feature="age", check="missing")
+    m.set_gauge("live_metric", 0.9, model="diabetes", version=2, metric="r2")
+    m.set_gauge("bias_gap", 0.05, model="diabetes", version=2, feature="age", metric="demographic_parity_difference")
+    m.set_gauge("window_predictions", 500, model="diabetes", version=2)
+    m.set_gauge("alert_state", 3, model="diabetes", version=2, rule="data_drift")
+
+
+# -- names --------------------------------------------------------------------------------------
+
+
+def test_names_follow_prometheus_conventions(fresh):
+    exercise(fresh)
+    families = list(text_string_to_metric_families(generate_latest(fresh.registry).decode()))
+    assert families
+    for family in families:
+        assert family.name.startswith(metrics.PREFIX), family.name
+        assert family.documentation, family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+        if family.type == "histogram":
+            assert family.name.endswith(("_seconds", "_rows")), family.name
+        if family.type == "gauge" and "sha256" in [label for s in family.samples for label in s.labels]:
+            assert family.name.endswith("_info")
+    assert {"sklearn_server_http_requests_total", "sklearn_server_http_request_duration_seconds_bucket",
+            "sklearn_server_http_requests_in_progress", "sklearn_server_prediction_requests_total",
+            "sklearn_server_predictions_total", "sklearn_server_prediction_batch_rows_bucket",
+            "sklearn_server_validation_failures_total", "sklearn_server_model_info",
+            "sklearn_server_model_load_failures_total", "sklearn_server_fallbacks_total",
+            "sklearn_server_drift_score", "sklearn_server_alert_state"} <= defined_names()
+
+
+def test_latency_buckets_include_the_objective():
+    assert metrics.LATENCY_OBJECTIVE_SECONDS in metrics.LATENCY_BUCKETS
+
+
+def test_promtool_finds_nothing_to_complain_about(fresh):
+    exercise(fresh)
+    done = subprocess.run([promtool(), "check", "metrics"], input=generate_latest(fresh.registry),
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done
+
+
+def test_values_and_labels(fresh):
+    exercise(fresh)
+    s = scrape(fresh)
+    assert value(s, "sklearn_server_model_info", model="diabetes", version="2", sha256="ab" * 32,
+                 sklearn_version="1.9.1") == 1
+    assert value(s, "sklearn_server_prediction_requests_total", model="diabetes", version="2", outcome="ok") == 1
+    assert value(s, "sklearn_server_prediction_requests_total", model="diabetes", version="", outcome="invalid") == 1
+    assert value(s, "sklearn_server_predictions_total", model="diabetes", version="2") == 5
+    assert value(s, "sklearn_server_prediction_batch_rows_sum", model="diabetes") == 5
+    assert value(s, "sklearn_server_validation_failures_total", model="diabetes", code="validation_failed") == 1
+    assert value(s, "sklearn_server_fallbacks_total", model="diabetes", from_version="2", to_version="1",
+                 reason="timeout") == 1
+    assert value(s, "sklearn_server_model_load_failures_total", model="diabetes", version="3") == 1
+    assert value(s, "sklearn_server_alert_state", model="diabetes", version="2", rule="data_drift") == 3
+    fresh.observe_model_removed("diabetes", 1)
+    assert value(scrape(fresh), "sklearn_server_model_info", model="diabetes", version="1", sha256="ab" * 32,
+                 sklearn_version="1.9.1") == 0
+
+
+# -- label bounds ---------------------------------------------------------------------------------
+
+
+def test_unknown_model_or_version_creates_no_series(fresh):
+    metrics.observe_model_loaded("diabetes", 1, MANIFEST)
+    metrics.observe_prediction("no-such-model", None, "invalid")
+    metrics.observe_prediction("no-such-model", 1, "ok", rows=3, seconds=0.1)
+    metrics.observe_prediction("diabetes", 99, "ok", rows=3, seconds=0.1)
+    metrics.observe_validation_failure("no-such-model", "validation_failed")
+    metrics.observe_fallback("no-such-model", 2, 1)
+    metrics.observe_fallback("diabetes", 99, 1)
+    metrics.set_gauge("drift_score", 1.0, model="no-such-model", version=1, feature="bmi", statistic="psi")
+    metrics.set_gauge("drift_score", 1.0, model="diabetes", version=99, feature="bmi", statistic="psi")
+    text = generate_latest(fresh.registry).decode()
+    assert "no-such-model" not in text
+    assert 'version="99"' not in text
+
+
+def test_labels_outside_their_bounds_are_dropped_without_raising(fresh):
+    metrics.observe_model_loaded("diabetes", 1, MANIFEST)
+    metrics.set_gauge("drift_score", 1.0, model="diabetes", version=1, feature="not-a-feature", statistic="psi")
+    metrics.set_gauge("drift_score", 1.0, model="diabetes", version=1, feature="bmi", statistic="bad value!")
+    metrics.set_gauge("drift_score", 1.0, model="diabetes", version=1)  # labels missing
+    metrics.set_gauge("no_such_gauge", 1.0, model="diabetes")
+    metrics.observe_prediction("diabetes", 1, "weird-outcome")
+    metrics.observe_validation_failure("diabetes", "x" * 500)
+    for i in range(metrics.MAX_VALUES_PER_LABEL + 20):
+        metrics.set_gauge("alert_state", 0, model="diabetes", version=1, rule=f"rule_{i}")
+    s = scrape(fresh)
+    names = {name for name, _ in s}
+    assert "sklearn_server_prediction_requests_total" not in names
+    assert "sklearn_server_validation_failures_total" not in names
+    assert not any(name == "sklearn_server_drift_score" for name, _ in s)
+    rules = [labels for name, labels in s if name == "sklearn_server_alert_state"]
+    assert len(rules) == metrics.MAX_VALUES_PER_LABEL
+    metrics.set_gauge("drift_score", 0.2, model="diabetes", version=1, feature=metrics.PREDICTION_FEATURE,
+                      statistic="psi")
+    assert value(scrape(fresh), "sklearn_server_drift_score", model="diabetes", version="1",
+                 feature=metrics.PREDICTION_FEATURE, statistic="psi") == pytest.approx(0.2)
+
+
+def test_observations_never_raise(monkeypatch):
+    def broken() -> metrics.Metrics:
+        raise RuntimeError("no metrics today")
+
+    monkeypatch.setattr(metrics, "current", broken)
+    metrics.observe_prediction("diabetes", 1, "ok", rows=1, seconds=0.1)
+    metrics.observe_validation_failure("diabetes", "validation_failed")
+    metrics.observe_model_loaded("diabetes", 1, {})
+    metrics.observe_model_removed("diabetes", 1)
+    metrics.observe_load_failure("diabetes", 1)
+    metrics.observe_fallback("diabetes", 2, 1)
+    metrics.set_gauge("live_metric", 1.0, model="diabetes", version=1, metric="r2")
+    app = Flask(__name__)
+    metrics_api.init_app(app)
+    app.add_url_rule("/ok", "ok", lambda: "fine")
+    assert app.test_client().get("/ok").status_code == 200
+
+
+def test_outcome_for_status():
+    assert [metrics.outcome_for(s) for s in (200, 404, 422, 500, 503)] == ["ok", "invalid", "invalid", "error", "error"]
+
+
+# -- the Flask hooks --------------------------------------------------------------------------------
+
+
+def test_route_label_is_the_url_rule_never_the_path(fresh):
+    app = Flask(__name__)
+    metrics_api.init_app(app)
+    app.add_url_rule("/items/<int:item>", "item", lambda item: {"item": item})
+
+    @app.post("/boom")
+    def boom():
+        raise RuntimeError("boom")
+
+    client = app.test_client()
+    for item in (1, 2, 3):
+        assert client.get(f"/items/{item}").status_code == 200
+    assert client.get("/no/such/path").status_code == 404
+    assert client.post("/items/1").status_code == 405
+    assert client.post("/boom").status_code == 500
+    s = scrape(fresh)
+    assert value(s, "sklearn_server_http_requests_total", route="/items/<int:item>", method="GET", status="200") == 3
+    assert value(s, "sklearn_server_http_requests_total", route="<unmatched>", method="GET", status="404") == 1
+    assert value(s, "sklearn_server_http_requests_total", route="<unmatched>", method="POST", status="405") == 1
+    assert value(s, "sklearn_server_http_requests_total", route="/boom", method="POST", status="500") == 1
+    assert value(s, "sklearn_server_http_request_duration_seconds_count", route="/items/<int:item>", method="GET") == 3
+    assert value(s, "sklearn_server_http_requests_in_progress") == 0
+    assert not any("/items/1" in str(labels) or "/no/such" in str(labels) for _, labels in s)
+
+
+def test_metrics_endpoint_serves_the_text_format(fresh):
+    app = Flask(__name__)
+    metrics_api.init_app(app)
+    app.register_blueprint(metrics_api.bp)
+    client = app.test_client()
+    client.get("/metrics")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f for f in text_string_to_metric_families(response.get_data(as_text=True))}
+    requests = families["sklearn_server_http_requests"].samples
+    assert [(s.labels["route"], s.value) for s in requests if s.name.endswith("_total")] == [("/metrics", 1.0)]
+    # the scrape being answered is in progress while the text is rendered
+    assert families["sklearn_server_http_requests_in_progress"].samples[0].value == 1
+
+
+# -- multiprocess mode (in subprocesses: it changes prometheus-client for the whole process) ----------
+
+
+def run_python(code: str, multiproc_dir: Path | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != metrics.MULTIPROC_ENV}
+    env["PYTHONPATH"] = str(REPO)
+    if multiproc_dir is not None:
+        env[metrics.MULTIPROC_ENV] = str(multiproc_dir)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_prepare_empties_only_prometheus_files_and_exports_the_directory(tmp_path):
+    folder = tmp_path / "prom"
+    folder.mkdir()
+    (folder / "counter_999.db").write_bytes(b"stale")
+    (folder / "gauge_livesum_999.db").write_bytes(b"stale")
+    (folder / "notes.txt").write_text("not ours")
+    out = run_python(f"""
+        import os
+        import prometheus_client  # imported before the variable exists, as a careless import would
+        from prometheus_client import values
+        from service.monitoring import metrics
+        folder = metrics.prepare_multiprocess_dir({str(folder)!r})
+        print(os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder), values.ValueClass._multiprocess)
+        metrics.observe_model_loaded("diabetes", 1, {{}})
+        print(sorted(os.listdir(folder)))
+    """)
+    flags, files = out.splitlines()
+    assert flags == "True True"
+    assert "notes.txt" in files and "counter_999.db" not in files and "gauge_livesum_999.db" not in files
+    assert re.search(r"gauge_livemax_\d+\.db", files)
+
+
+def test_prepare_defaults_to_var_prometheus_under_the_working_directory(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    out = run_python(f"""
+        import os
+        os.chdir({str(work)!r})
+        from service.monitoring import metrics
+        print(metrics.prepare_multiprocess_dir())
+    """)
+    assert Path(out.strip()) == work / "var" / "prometheus"
+    assert (work / "var" / "prometheus").is_dir()
+
+
+WORKER = """
+    import os, sys
+    from service.monitoring import metrics
+    m = metrics.current()
+    metrics.observe_model_loaded("diabetes", 1, {"model_file": "m", "files": {"m": {"sha256": "ab"}},
+                                                 "libraries": {"scikit-learn": "1.9.1"}})
+    for _ in range(int(sys.argv[1] if len(sys.argv) > 1 else 3)):
+        m.observe_request("/v1/models/<model_name:name>:predict", "POST", 200, None)
+        metrics.observe_prediction("diabetes", 1, "ok", rows=2, seconds=0.01)
+    m.http_in_progress.inc()  # dies "mid-request": only mark_worker_dead can take this back
+    print(os.getpid())
+"""
+
+
+def test_two_processes_add_up_and_a_dead_one_leaves_no_live_gauge(tmp_path):
+    folder = tmp_path / "prom"
+    run_python("""
+        from service.monitoring import metrics
+        metrics.prepare_multiprocess_dir()
+    """, folder)
+    pids = [int(run_python(WORKER, folder)) for _ in range(2)]
+    assert len(set(pids)) == 2
+
+    def scraped() -> dict:
+        out = run_python("""
+            from service.monitoring import metrics
+            body, content_type = metrics.render()
+            print(body.decode())
+        """, folder)
+        samples: dict = {}
+        for family in text_string_to_metric_families(out):
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                assert key not in samples, f"duplicate series {key}"
+                samples[key] = sample.value
+        return samples
+
+    s = scraped()
+    assert value(s, "sklearn_server_http_requests_total", route="/v1/models/<model_name:name>:predict",
+                 method="POST", status="200") == 6
+    assert value(s, "sklearn_server_predictions_total", model="diabetes", version="1") == 12
+    assert value(s, "sklearn_server_prediction_batch_rows_count", model="diabetes") == 6
+    assert value(s, "sklearn_server_http_requests_in_progress") == 2
+    assert value(s, "sklearn_server_model_info", model="diabetes", version="1", sha256="ab", sklearn_version="1.9.1") == 1
+    assert not any("pid" in dict(labels) for _, labels in s)
+
+    run_python(f"""
+        from service.monitoring import metrics
+        for pid in {pids!r}:
+            metrics.mark_worker_dead(pid)
+    """, folder)
+    s = scraped()
+    assert value(s, "sklearn_server_http_requests_in_progress") in (None, 0)
+    assert value(s, "sklearn_server_predictions_total", model="diabetes", version="1") == 12  # counters survive
+    assert not any(name == "sklearn_server_model_info" for name, _ in s)  # no live worker has it loaded
+
+
+def test_single_process_without_the_variable(fresh):
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert "sklearn_server_http_requests_in_progress" in body.decode()
+    metrics.mark_worker_dead(12345)  # a no-op, not an error
+
+
+# -- shipped Prometheus rules and Grafana dashboard ---------------------------------------------------
+
+
+def test_alert_rules_pass_promtool():
+    done = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def test_example_prometheus_config_passes_promtool():
+    done = subprocess.run([promtool(), "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_fire_on_the_figures_they_watch(tmp_path):
+    """Feed series to promtool's rule tester: the drift and 5xx alerts fire, nothing else."""
+    (tmp_path / "alerts.yml").write_text(without_annotations(ALERTS.read_text()))
+    (tmp_path / "test.yml").write_text(textwrap.dedent("""
+        rule_files: [alerts.yml]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'up{job="sklearn-server", instance="a"}'
+                values: '1x60'
+              - series: 'sklearn_server_model_info{job="j", model="m", version="1", sha256="x", sklearn_version="1"}'
+                values: '1x60'
+              - series: 'sklearn_server_http_requests_total{job="j", instance="a", route="/r", method="POST", status="200"}'
+                values: '0+60x60'
+              - series: 'sklearn_server_http_requests_total{job="j", instance="a", route="/r", method="POST", status="500"}'
+                values: '0+30x60'
+              - series: 'sklearn_server_drift_score{job="j", model="m", version="1", feature="bmi", statistic="psi"}'
+                values: '0.4x60'
+            alert_rule_test:
+              - eval_time: 40m
+                alertname: SklearnServerHighErrorRatio
+                exp_alerts:
+                  - exp_labels: {severity: critical, job: j, instance: a}
+              - eval_time: 40m
+                alertname: SklearnServerFeatureDrift
+                exp_alerts:
+                  - exp_labels: {severity: warning, job: j, model: m, version: "1", feature: bmi}
+              - eval_time: 40m
+                alertname: SklearnServerNoModelLoaded
+                exp_alerts: []
+              - eval_time: 40m
+                alertname: SklearnServerModelLoadFailure
+                exp_alerts: []
+    """))
+    done = subprocess.run([promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def without_annotations(rules: str) -> str:
+    """Drop each rule's annotations, so the rule tests check when alerts fire, not their prose."""
+    kept, depth = [], None
+    for line in rules.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if depth is not None and (indent > depth or not line.strip()):
+            continue
+        depth = indent if line.strip() == "annotations:" else None
+        if depth is None:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def test_alert_rules_only_use_metrics_the_server_defines():
+    exprs = re.findall(r"expr: (.*?)\n +for:", ALERTS.read_text(), flags=re.S)
+    assert len(exprs) == ALERTS.read_text().count("- alert:")
+    used = set(METRIC_RE.findall(" ".join(exprs)))
+    assert used and used <= defined_names(), used - defined_names()
+
+
+def test_dashboard_is_importable_and_queries_defined_metrics():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["schemaVersion"] >= 36
+    assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    names = defined_names()
+    queried = set()
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used = set(METRIC_RE.findall(target["expr"]))
+            assert used and used <= names, (panel["title"], used - names)
+            queried |= used
+    for variable in dashboard["templating"]["list"]:
+        assert set(METRIC_RE.findall(variable["query"]["query"])) <= names
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("requests per second", "error", "latency", "version", "batch", "validation", "fallback", "drift",
+                  "alert"):
+        assert topic in titles, topic
+    assert {"sklearn_server_fallbacks_total", "sklearn_server_drift_score", "sklearn_server_alert_state",
+            "sklearn_server_prediction_batch_rows_bucket", "sklearn_server_validation_failures_total"} <= queried

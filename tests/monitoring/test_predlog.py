@@ -1,0 +1,427 @@
+"""The prediction log on real SQLite files: round trip, privacy, sampling, feedback, windows,
+retention, concurrent writers, and failures (full disk, lock, crash) that never raise. The tests
+of the ``store`` fixture run on PostgreSQL too (its own failures: test_store_postgres.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.monitoring.predlog import PredictionLog, is_sampled
+from service.monitoring.privacy import hash_value
+from service.store import RequestRecord, ShadowRecord, Store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def manifest_features(root: Path, name: str) -> list[dict]:
+    return json.loads((root / name / "1" / "manifest.json").read_text())["input"]["features"]
+
+
+def make_columns(features: list[dict], n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Values of the right type for each feature, as validation would build them."""
+    rng = np.random.default_rng(seed)
+    columns = {}
+    for f in features:
+        if f["type"] == "float":
+            columns[f["name"]] = rng.normal(10, 3, n)
+        elif f["type"] == "int":
+            columns[f["name"]] = rng.integers(0, 100, n)
+        else:
+            column = np.empty(n, dtype=object)
+            column[:] = [f["categories"][i % len(f["categories"])] for i in range(n)] if f.get("categories") \
+                else [f"value-{i}" for i in range(n)]
+            columns[f["name"]] = column
+    return columns
+
+
+def ids(n: int, base: str = "18c0ffee0000abcdef012345") -> list[str]:
+    return [f"{base}-{i}" for i in range(n)]
+
+
+def stored_inputs(store: Store, prediction_id: str) -> dict:
+    """The inputs stored for one prediction: its row of its batch's columns."""
+    ((names, inputs, row),) = store.fetch("SELECT b.features, b.inputs, p.row_index FROM predictions p"
+                                          " JOIN prediction_batches b ON b.batch = p.batch WHERE p.id = ?", (prediction_id,))
+    return {name: column[row] for name, column in zip(json.loads(names), json.loads(inputs), strict=True)}
+
+
+def db_bytes(path: Path) -> bytes:
+    """Everything SQLite wrote for a database: the file, its WAL and shared memory."""
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+@pytest.fixture
+def store(make_store) -> Store:
+    """A store on SQLite, then on PostgreSQL."""
+    return make_store("log")
+
+
+# -- round trip --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["breast-cancer", "diabetes"])
+def test_record_and_read_back_a_demo_model(demo_root, store, name):
+    features = manifest_features(demo_root, name)
+    columns = make_columns(features, 50)
+    classifier = name == "breast-cancer"
+    predictions = np.arange(50) % 2 if classifier else np.linspace(25.0, 300.0, 50)
+    probabilities = np.column_stack([np.linspace(0, 1, 50), np.linspace(1, 0, 50)]) if classifier else None
+    plog = PredictionLog(store)
+    assert plog.record(name, 1, "req-1", ids(50), columns, predictions, probabilities, 3.5, features, now=1000.0)
+    window = plog.window(name, 1, features=features)
+    assert window.n == 50 and window.redacted == frozenset()
+    order = slice(None, None, -1)  # newest first; one batch shares a timestamp, so the last row comes first
+    assert window.ids == ids(50)[order]
+    for f in features:
+        got, sent = window.columns[f["name"]], columns[f["name"]][order]
+        if f["type"] in ("float", "int"):
+            assert got.dtype == np.float64 and np.array_equal(got, sent.astype(float))
+        else:
+            assert got.dtype == object and got.tolist() == sent.tolist()
+    assert np.array_equal(window.predictions, predictions[order])
+    if classifier:
+        assert np.array_equal(window.probabilities, probabilities[order])
+    else:
+        assert window.probabilities is None
+    assert window.labels.tolist() == [None] * 50 and np.all(window.ts == 1000.0)
+    row = store.query("SELECT * FROM predictions WHERE id = ?", (ids(50)[0],))[0]
+    assert (row["model"], row["version"], row["ts"], row["row_index"]) == (name, 1, 1000.0, 0)
+    (batch,) = store.query("SELECT * FROM prediction_batches")  # the inputs once, columnar, in feature order
+    assert (batch["batch"], batch["request_id"], batch["model"], batch["version"], batch["latency_ms"], batch["rows"]) \
+        == (row["batch"], "req-1", name, 1, 3.5, 50)
+    assert json.loads(batch["features"]) == [f["name"] for f in features]
+    assert stored_inputs(store, ids(50)[7]) == {f["name"]: columns[f["name"]].tolist()[7] for f in features}
+
+
+def test_string_classes_and_missing_values(store):
+    features = [{"name": "x", "type": "float"}, {"name": "c", "type": "category"}]
+    columns = {"x": np.array([1.5, np.nan]), "c": np.array(["a", None], dtype=object)}
+    plog = PredictionLog(store)
+    assert plog.record("m", 1, None, ["r-0", "r-1"], columns, np.array(["yes", "no"], dtype=object), None, 1, features)
+    window = plog.window("m", 1, features=features)
+    assert window.predictions.dtype == object and window.predictions.tolist() == ["no", "yes"]
+    assert np.isnan(window.columns["x"][0]) and window.columns["x"][1] == 1.5
+    assert window.columns["c"].tolist() == [None, "a"]
+
+
+def test_columns_of_any_layout_round_trip(store):
+    """Non-contiguous, float32, bool and sliced-away columns: stored as ``tolist`` would give them."""
+    features = [{"name": "a", "type": "float"}, {"name": "b", "type": "float"}, {"name": "f", "type": "bool"},
+                {"name": "p", "type": "float"}]
+    matrix = np.arange(12.0).reshape(4, 3) / 7  # a column of it is a strided view
+    columns = {"a": matrix[:, 1], "b": np.array([0.1, 0.2, np.inf, 0.4], dtype=np.float32),
+               "f": np.array([True, False, True, True]), "p": np.ones(4)}
+    plog = PredictionLog(store)
+    assert plog.record("m", 1, "r", ids(4), columns, np.array([1.5, 2.5, 3.5, 4.5]), np.eye(4)[:, :2], 1, features)
+    window = plog.window("m", 1, features=features)
+    assert window.columns["a"].tolist() == matrix[::-1, 1].tolist()
+    assert window.columns["b"].tolist()[::-1][:2] == np.array([0.1, 0.2], dtype=np.float32).tolist()
+    assert np.isnan(window.columns["b"][1])  # inf is not a number JSON keeps: missing, as before
+    assert window.columns["f"].tolist() == [True, True, False, True]
+    assert window.predictions.tolist() == [4.5, 3.5, 2.5, 1.5]
+    assert window.probabilities.tolist() == np.eye(4)[::-1, :2].tolist()
+
+
+def test_a_retried_batch_keeps_its_first_rows_and_leaves_no_orphan(store):
+    features = [{"name": "x", "type": "float"}]
+    plog = PredictionLog(store)
+    assert plog.record("m", 1, "r", ids(3), {"x": np.arange(3.0)}, np.zeros(3), None, 1, features, now=10.0)
+    assert plog.record("m", 1, "r", ids(3), {"x": np.arange(3.0) + 100}, np.ones(3), None, 1, features, now=20.0)
+    assert store.fetch("SELECT count(*) FROM prediction_batches") == [(1,)]  # the retry's batch is gone
+    # A batch that overlaps an earlier one: new ids point at it, old ids keep their first inputs.
+    assert plog.record("m", 1, "r", ids(4), {"x": np.arange(4.0) + 200}, np.full(4, 2), None, 1, features, now=30.0)
+    window = plog.window("m", 1, features=features)
+    assert window.ids == [ids(4)[3], *ids(3)[::-1]]
+    assert window.columns["x"].tolist() == [203.0, 2.0, 1.0, 0.0] and window.predictions.tolist() == [2, 0, 0, 0]
+
+
+PREVIOUS_LAYOUT = """
+CREATE TABLE predictions (
+    id TEXT PRIMARY KEY, request_id TEXT, ts DOUBLE PRECISION NOT NULL, model TEXT NOT NULL,
+    version INTEGER NOT NULL, inputs TEXT NOT NULL, output TEXT NOT NULL, probabilities TEXT,
+    latency_ms DOUBLE PRECISION);
+CREATE INDEX predictions_model_version_ts ON predictions (model, version, ts);
+INSERT INTO predictions (id, request_id, ts, model, version, inputs, output, probabilities, latency_ms)
+    VALUES ('old-0', 'r', 100.0, 'm', 1, '{"x": 5.0}', '1', '[0.25,0.75]', 1.0);
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_database_of_the_previous_layout_keeps_working(tmp_path, request, backend):
+    """No migration: old rows keep their outputs, feedback and retention; their inputs read as missing."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+        with sqlite3.connect(tmp_path / "log.sqlite") as db:
+            db.executescript(PREVIOUS_LAYOUT)
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres_server").create_database()
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(PREVIOUS_LAYOUT.replace("(\n    id", "(\n    rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE, id"))
+    store, again = Store.from_url(url), Store.from_url(url)  # opened twice: the second finds the columns added
+    assert store.legacy_predictions and again.legacy_predictions
+    request.addfinalizer(store.close)
+    request.addfinalizer(again.close)
+    features = [{"name": "x", "type": "float"}]
+    plog = PredictionLog(store)
+    assert plog.record("m", 1, "r", ["new-0"], {"x": np.ones(1)}, np.zeros(1, dtype=int), np.array([[0.5, 0.5]]), 1,
+                       features, now=200.0)
+    assert plog.record_feedback("m", [{"id": "old-0", "label": 1}, {"id": "new-0", "label": 0}])["accepted"] == 2
+    window = plog.window("m", 1, features=features)
+    assert window.ids == ["new-0", "old-0"] and window.labels.tolist() == [0, 1]
+    assert window.columns["x"][0] == 1.0 and np.isnan(window.columns["x"][1])
+    assert window.predictions.tolist() == [0, 1] and window.probabilities.tolist() == [[0.5, 0.5], [0.25, 0.75]]
+    assert plog.purge(0, now=1000.0)["predictions"] == 2
+
+
+# -- privacy -----------------------------------------------------------------------------------
+
+
+def pii_features(demo_root: Path) -> list[dict]:
+    features = [dict(f) for f in manifest_features(demo_root, "diabetes")]
+    for f in features:
+        f["pii"] = f["name"] == "age"
+    return [*features, {"name": "email", "type": "string", "pii": True}]
+
+
+def pii_columns(features: list[dict], n: int) -> dict[str, np.ndarray]:
+    columns = make_columns(features, n)
+    columns["age"] = np.full(n, 987654321)
+    columns["email"] = np.array([f"alice.{i}@example.org" for i in range(n)], dtype=object)
+    return columns
+
+
+def test_pii_is_hashed_with_a_key_and_never_stored_raw(demo_root, tmp_path):
+    store = Store(tmp_path / "log.sqlite")
+    features = pii_features(demo_root)
+    plog = PredictionLog(store, pii_key="k" * 32)
+    assert plog.record("diabetes", 1, "r", ids(20), pii_columns(features, 20), np.ones(20), None, 1, features)
+    raw = db_bytes(store.path)
+    assert b"alice." not in raw and b"987654321" not in raw
+    inputs = stored_inputs(store, ids(20)[3])
+    assert inputs["email"] == hash_value("alice.3@example.org", b"k" * 32)
+    assert inputs["age"] == hash_value(987654321, b"k" * 32)
+    window = plog.window("diabetes", 1, features=features)
+    assert window.redacted == {"age", "email"}
+    assert np.isnan(window.columns["age"]).all() and window.columns["email"].tolist() == [None] * 20
+    assert not np.isnan(window.columns["bmi"]).any()
+
+
+def test_pii_is_dropped_without_a_key(demo_root, tmp_path):
+    store = Store(tmp_path / "log.sqlite")
+    features = pii_features(demo_root)
+    plog = PredictionLog(store, pii_key=None)
+    assert plog.record("diabetes", 1, "r", ids(20), pii_columns(features, 20), np.ones(20), None, 1, features)
+    raw = db_bytes(store.path)
+    assert b"alice." not in raw and b"987654321" not in raw
+    inputs = stored_inputs(store, ids(20)[0])
+    assert "age" not in inputs and "email" not in inputs and "bmi" in inputs
+
+
+# -- sampling ----------------------------------------------------------------------------------
+
+
+def test_sampling_is_deterministic_and_close_to_the_rate(store, make_store):
+    features = [{"name": "x", "type": "float"}]
+    plog = PredictionLog(store, sample_rate=0.2)
+    sent = ids(10_000)
+    assert plog.record("m", 1, "r", sent, {"x": np.arange(10_000.0)}, np.zeros(10_000), None, 1, features)
+    logged = {r[0] for r in store.fetch("SELECT id FROM predictions")}
+    assert logged == {pid for pid in sent if is_sampled(pid, 0.2)}
+    assert 0.18 < len(logged) / 10_000 < 0.22
+    # The same id gets the same answer in another process's log, and a row keeps its own inputs.
+    other = make_store("other")
+    PredictionLog(other, sample_rate=0.2).record("m", 1, "r", sent[::-1], {"x": np.arange(10_000.0)[::-1]},
+                                                 np.zeros(10_000), None, 1, features)
+    assert {r[0] for r in other.fetch("SELECT id FROM predictions")} == logged
+    assert [stored_inputs(other, pid) for pid in sent[:50] if pid in logged] \
+        == [{"x": float(i)} for i, pid in enumerate(sent[:50]) if pid in logged]
+    assert PredictionLog(store, sample_rate=0.0).record("m", 1, "r", ids(5, "zz"), {"x": np.ones(5)}, np.ones(5), None, 1,
+                                                        features)
+    assert store.fetch("SELECT count(*) FROM predictions WHERE id LIKE 'zz-%'") == [(0,)]
+
+
+# -- feedback ----------------------------------------------------------------------------------
+
+
+def test_feedback_accepted_unknown_duplicate_late(store):
+    features = [{"name": "x", "type": "float"}]
+    plog = PredictionLog(store, late_after_seconds=3600)
+    sent = ids(4)
+    plog.record("m", 1, "r", sent, {"x": np.arange(4.0)}, np.array([0, 1, 0, 1]), None, 1, features, now=1000.0)
+    plog.record("other", 1, "r", ["o-0"], {"x": np.ones(1)}, np.ones(1), None, 1, features, now=1000.0)
+    result = plog.record_feedback("m", [
+        {"id": sent[0], "label": 1},
+        {"id": sent[1], "label": 0},
+        {"id": sent[0], "label": 0},   # repeated in the batch: the first label wins
+        {"id": "nope-1", "label": 1},  # never issued
+        {"id": "o-0", "label": 1},     # another model's prediction
+        {"label": 1},                   # malformed: no id
+        {"id": sent[2]},                # malformed: no label
+        "garbage",
+    ], now=2000.0)
+    assert result == {"accepted": 2, "unknown": ["nope-1", "o-0", None, sent[2], None], "duplicate": [sent[0]], "late": []}
+    again = plog.record_feedback("m", [{"id": sent[1], "label": 1}, {"id": sent[3], "label": "1"}], now=1000.0 + 7200)
+    assert again == {"accepted": 1, "unknown": [], "duplicate": [sent[1]], "late": [sent[3]]}
+    window = plog.window("m", 1, features=features)
+    labels = dict(zip(window.ids, window.labels.tolist(), strict=True))
+    assert labels == {sent[0]: 1, sent[1]: 0, sent[2]: None, sent[3]: "1"}
+    assert plog.record_feedback("m", []) == {"accepted": 0, "unknown": [], "duplicate": [], "late": []}
+
+
+# -- windows -----------------------------------------------------------------------------------
+
+
+def test_window_last_n_and_since_newest_first(store):
+    features = [{"name": "x", "type": "float"}]
+    plog = PredictionLog(store)
+    for batch, ts in enumerate((100.0, 200.0, 300.0)):
+        batch_ids = ids(3, f"b{batch}")
+        plog.record("m", 1, "r", batch_ids, {"x": np.full(3, ts)}, np.full(3, batch), np.full((3, 2), 0.5), 1, features,
+                    now=ts)
+    plog.record("m", 2, "r", ["v2-0"], {"x": np.ones(1)}, np.ones(1), None, 1, features, now=400.0)
+    plog.record_feedback("m", [{"id": "b2-0", "label": 7}, {"id": "b0-2", "label": 9}])
+
+    last = plog.window("m", 1, last_n=4, features=features)
+    assert last.n == 4 and last.ids == ["b2-2", "b2-1", "b2-0", "b1-2"]
+    assert last.ts.tolist() == [300.0, 300.0, 300.0, 200.0]
+    assert last.labels.tolist() == [None, None, 7, None]
+    assert last.probabilities.shape == (4, 2)
+
+    recent = plog.window("m", 1, since=200.0, features=features)
+    assert recent.n == 6 and set(recent.predictions.tolist()) == {1, 2}
+    assert plog.window("m", 1, since=200.0, last_n=2, features=features).ids == ["b2-2", "b2-1"]
+    everything = plog.window("m", 1, features=features)
+    assert everything.n == 9 and everything.labels.tolist()[6] == 9  # b0-2
+    assert plog.window("m", None, features=features).n == 10
+    empty = plog.window("m", 3, features=features)
+    assert empty.n == 0 and empty.columns["x"].shape == (0,) and empty.probabilities is None
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def test_purge_removes_old_predictions_with_their_feedback(store):
+    features = [{"name": "x", "type": "float"}]
+    plog = PredictionLog(store)
+    for ts in range(10):
+        plog.record("m", 1 + ts % 2, "r", ids(3, f"t{ts}"), {"x": np.ones(3)}, np.ones(3), None, 1, features, now=float(ts))
+    plog.record_feedback("m", [{"id": f"t{ts}-0", "label": 1} for ts in range(10)])
+    store.record_requests([RequestRecord("r", float(ts), "m", 1, "production", 200, 1.0, 3) for ts in range(10)])
+    store.record_shadow([ShadowRecord(float(ts), "m", 1, 2, 3, 1.0, 0.0) for ts in range(10)])
+    counts = plog.purge(older_than_seconds=5, now=10.0)  # cut-off 5: ts 0..4 go
+    assert counts == {"predictions": 15, "feedback": 5, "prediction_batches": 5, "requests": 5, "shadow": 5}
+    assert store.fetch("SELECT min(ts), count(*) FROM predictions") == [(5.0, 15)]
+    assert store.fetch("SELECT count(*) FROM feedback") == [(5,)]
+    assert store.fetch("SELECT min(ts), count(*) FROM prediction_batches") == [(5.0, 5)]
+    assert store.purge(5, now=10.0, batch=2) == {"predictions": 0, "feedback": 0, "prediction_batches": 0,
+                                                 "requests": 0, "shadow": 0}
+    counts = store.purge(0, now=100.0, batch=2)  # several small batches
+    assert (counts["predictions"], counts["prediction_batches"]) == (15, 5)
+
+
+# -- concurrency and failures ------------------------------------------------------------------
+
+
+def _writer(path: str, worker: int, batches: int, rows: int) -> None:
+    plog = PredictionLog(Store(path, timeout=10))
+    features = [{"name": "x", "type": "float"}]
+    for b in range(batches):
+        batch_ids = [f"w{worker}b{b}-{i}" for i in range(rows)]
+        if not plog.record("m", 1, "r", batch_ids, {"x": np.arange(float(rows))}, np.zeros(rows), None, 1, features):
+            raise SystemExit(1)
+
+
+def test_concurrent_writers_in_two_processes_lose_no_row(tmp_path):
+    path = str(tmp_path / "log.sqlite")
+    Store(path)
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_writer, args=(path, w, 100, 20)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert Store(path).fetch("SELECT count(*), count(DISTINCT id) FROM predictions") == [(4000, 4000)]
+
+
+def run_script(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_full_disk_returns_false_and_is_counted(tmp_path):
+    Store(tmp_path / "log.sqlite")
+    done = run_script("""
+        import json, resource, signal
+        import numpy as np
+        from service.monitoring.predlog import PredictionLog
+        from service.store import Store
+        plog = PredictionLog(Store("log.sqlite"))
+        features = [{"name": "x", "type": "float"}]
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write(2), not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+        n = 20_000
+        first = plog.record("m", 1, "r", [f"a-{i}" for i in range(n)], {"x": np.arange(n) / 7}, np.zeros(n), None, 1, features)
+        second = plog.record("m", 1, "r", [f"b-{i}" for i in range(n)], {"x": np.arange(n) / 7}, np.zeros(n), None, 1, features)
+        print(json.dumps({"results": [first, second], "failures": plog.write_failures}))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {"results": [False, False], "failures": 2}
+    assert done.stderr.count("store write failed") == 1  # logged once for the burst
+    assert Store(tmp_path / "log.sqlite").fetch("SELECT count(*) FROM predictions") == [(0,)]
+
+
+def test_locked_database_returns_false_and_is_counted(tmp_path, caplog):
+    store = Store(tmp_path / "log.sqlite", timeout=0.05)
+    features = [{"name": "x", "type": "float"}]
+    plog = PredictionLog(store)
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with caplog.at_level(logging.ERROR, logger="service.store"):
+            assert plog.record("m", 1, "r", ["a-0"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is False
+            assert plog.record("m", 1, "r", ["a-1"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is False
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert plog.write_failures == 2 and len(caplog.records) == 1
+    assert plog.record("m", 1, "r", ["a-2"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is True
+
+
+def test_bad_input_is_counted_not_raised(store):
+    plog = PredictionLog(store)
+    features = [{"name": "x", "type": "float"}]
+    assert plog.record("m", 1, "r", ["a-0", "a-1"], {"x": np.ones(3)}, np.ones(2), None, 1, features) is False
+    assert plog.write_failures == 1
+
+
+def test_a_committed_row_survives_a_crash_right_after_the_commit(tmp_path):
+    Store(tmp_path / "log.sqlite")
+    done = run_script("""
+        import os, signal, sys
+        import numpy as np
+        from service.monitoring.predlog import PredictionLog
+        from service.store import Store
+        plog = PredictionLog(Store("log.sqlite"))
+        ok = plog.record("m", 1, "r", ["crash-0"], {"x": np.ones(1)}, np.ones(1), None, 1, [{"name": "x", "type": "float"}])
+        sys.stdout.write("committed" if ok else "failed")
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: the row lives only in the WAL
+    """, tmp_path)
+    assert done.returncode == -signal.SIGKILL and done.stdout == "committed", done.stderr
+    assert Store(tmp_path / "log.sqlite").fetch("SELECT id FROM predictions") == [("crash-0",)]

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.models.profile import profile_column
+from service.monitoring.drift import drift_report
+from service.monitoring.quality import DEFAULT, QualityThresholds, feature_quality, request_quality, window_quality
+
+FEATURES = [
+    {"name": "size", "type": "float", "min": 0.0, "max": None, "categories": None},
+    {"name": "color", "type": "category", "min": None, "max": None, "categories": ["red", "blue"]},
+]
+
+
+def reference() -> dict:
+    size = pd.Series([*np.linspace(1.0, 10.0, 180), *[np.nan] * 20])  # 10 % missing in training
+    color = pd.Series(["red", "blue"] * 100)
+    return {"features": {"size": profile_column(size, "float"), "color": profile_column(color, "category")}}
+
+
+def test_rates_on_hand_made_data():
+    size = np.array([np.nan] * 40 + [0.5] * 16 + [20.0] * 16 + [5.0] * 128)  # 200 rows
+    color = np.array(["red"] * 150 + ["green"] * 30 + [None] * 20, dtype=object)
+    result = window_quality(reference(), FEATURES, {"size": size, "color": color})
+    s, c = result["features"]["size"], result["features"]["color"]
+    assert (s["n"], s["missing"], s["missing_rate"], s["reference_missing_rate"]) == (200, 40, 0.2, 0.1)
+    assert s["missing_status"] == "warn"                      # 10 points above the reference
+    assert s["range"] == [1.0, 10.0]                          # the training range, not the schema's
+    assert (s["out_of_range"], s["out_of_range_rate"]) == (32, 0.2)  # 32 of 160 present values
+    assert s["out_of_range_status"] == "alert" and s["status"] == "alert"
+    assert (c["missing"], c["missing_rate"], c["missing_status"]) == (20, 0.1, "warn")
+    assert (c["unseen"], c["unseen_rate"], c["unseen_status"]) == (30, 30 / 180, "warn")
+    assert c["status"] == "warn"
+    assert result["status"] == "alert" and result["n"] == 200
+    assert result["counts"] == {"missing": 60, "out_of_range": 32, "unseen": 30}
+    assert result["thresholds"] == {**result["thresholds"], "missing_warn": 0.05, "missing_alert": 0.2}
+    json.dumps(result, allow_nan=False)
+
+
+def test_rates_are_judged_against_the_reference():
+    size = np.array([np.nan] * 24 + [5.0] * 176)  # 12 % missing against 10 % in training
+    result = window_quality(reference(), FEATURES, {"size": size, "color": np.array(["red", "blue"] * 100)})
+    assert result["features"]["size"]["missing_status"] == "ok"
+    assert result["status"] == "ok"
+    rare = pd.Series([f"c{i}" for i in range(60)] * 3 + ["common"] * 120)
+    entry = profile_column(rare, "category")  # keeps 50 categories, the rest is other_rate
+    window = np.array([f"c{i}" for i in range(60)] * 3 + ["common"] * 120, dtype=object)
+    result = feature_quality(entry, {"name": "rare", "type": "category"}, window, len(window))
+    assert result["unseen_rate"] == pytest.approx(entry["other_rate"]) and result["unseen_rate"] > 0.05
+    assert result["unseen_status"] == "ok"
+
+
+def test_thresholds_are_reached_at_their_value():
+    values = np.array([np.nan] * 5 + [5.0] * 95)
+    entry = {"kind": "numeric", "missing_rate": 0.0, "min": 0.0, "max": 10.0}
+    assert feature_quality(entry, FEATURES[0], values, 100)["missing_status"] == "warn"
+    entry = {"kind": "numeric", "missing_rate": 0.10, "min": 0.0, "max": 10.0}
+    values = np.array([np.nan] * 15 + [5.0] * 85)
+    assert feature_quality(entry, FEATURES[0], values, 100)["missing_status"] == "warn"
+
+
+def test_small_batches_are_insufficient_but_counted():
+    result = window_quality(reference(), FEATURES, {"size": np.array([np.nan, 50.0]), "color": np.array(["green", "red"])})
+    assert result["status"] == "insufficient"
+    size = result["features"]["size"]
+    assert (size["missing"], size["out_of_range"], size["status"], size["missing_status"]) == (1, 1, "insufficient",
+                                                                                             "insufficient")
+    assert result["counts"] == {"missing": 1, "out_of_range": 1, "unseen": 1}
+    lenient = QualityThresholds(min_samples=1)
+    assert window_quality(reference(), FEATURES, {"size": np.array([50.0])}, lenient)["status"] == "alert"
+
+
+def test_an_absent_column_is_all_missing():
+    result = window_quality(reference(), FEATURES, {"size": np.full(150, 5.0)})
+    color = result["features"]["color"]
+    assert (color["missing"], color["missing_rate"], color["status"]) == (150, 1.0, "alert")
+
+
+def test_request_quality_uses_the_schema_without_a_profile():
+    columns = {"size": np.array([-1.0, 2.0, None] * 40, dtype=object), "color": np.array(["red", "pink", "blue"] * 40)}
+    result = request_quality(FEATURES, columns)
+    size, color = result["features"]["size"], result["features"]["color"]
+    assert size["range"] == [0.0, None] and size["out_of_range"] == 40 and size["missing"] == 40
+    assert color["unseen"] == 40 and color["unseen_status"] == "alert"
+    with_profile = request_quality(FEATURES, columns, reference())
+    assert with_profile["features"]["size"]["range"] == [1.0, 10.0]
+    assert with_profile == window_quality(reference(), FEATURES, columns, DEFAULT)
+
+
+def test_missing_values_count_for_quality_and_are_ignored_by_drift():
+    size = np.array([np.nan] * 100 + list(np.linspace(1.0, 10.0, 180)))
+    color = np.array(["red", "blue"] * 140, dtype=object)
+    color[:100] = None
+    columns = {"size": size, "color": color}
+    quality = window_quality(reference(), FEATURES, columns)
+    assert quality["features"]["size"]["missing"] == 100 and quality["features"]["color"]["missing"] == 100
+    assert quality["status"] == "alert"
+    profile = {**reference(), "prediction": profile_column(pd.Series([0, 1] * 50), "category")}
+    drift = drift_report(profile, FEATURES, columns, np.array([0, 1] * 140), "classification")
+    assert drift["features"]["size"]["n"] == 180 and drift["features"]["color"]["n"] == 180
+    assert drift["features"]["size"]["status"] == "ok" and drift["features"]["color"]["status"] == "ok"

@@ -1,0 +1,177 @@
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from service.errors import LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
+from service.models import registry
+from service.serving.catalog import AVAILABLE, FAILED, Catalog
+from tests import builders
+from tests.builders import flip_byte
+
+ROWS = {"x": np.array([0.5, 4.5])}
+
+
+def package(root, name="m"):
+    return builders.package(root, name, record=True)["version"]
+
+
+
+@pytest.fixture
+def root(tmp_path):
+    """Model ``m`` with versions 1 (production), 2 (staging) and 3 (tampered, canary); model ``other`` with 1."""
+    for _ in range(3):
+        package(tmp_path)
+    package(tmp_path, "other")
+    registry.set_label(tmp_path, "m", "staging", 2, actor="test")
+    registry.set_label(tmp_path, "m", "canary", 3, actor="test")
+    flip_byte(tmp_path / "m" / "3" / "model.joblib")
+    return tmp_path
+
+
+@pytest.fixture
+def catalog(root):
+    catalog = Catalog(root, poll_seconds=0)
+    catalog.refresh()
+    return catalog
+
+
+def test_refresh_loads_every_version(catalog):
+    assert sorted(state.name for state in catalog.models()) == ["m", "other"]
+    m = catalog.model("m")
+    assert sorted(m.versions) == [1, 2, 3]
+    assert dict(m.labels) == {"production": 1, "staging": 2, "canary": 3}
+    assert m.registry_error is None
+    assert [m.versions[v].status for v in (1, 2)] == [AVAILABLE, AVAILABLE]
+    assert catalog.model("other").versions[1].status == AVAILABLE
+
+
+def test_a_tampered_version_fails_with_its_reason_while_the_others_serve(root, caplog):
+    catalog = Catalog(root, poll_seconds=0)
+    with caplog.at_level(logging.ERROR, logger="service.serving.catalog"):
+        catalog.refresh()
+    failed = catalog.model("m").versions[3]
+    assert failed.status == FAILED
+    assert failed.reason == "file model.joblib does not match its sha256 in the manifest"
+    assert failed.model is None
+    [record] = [r for r in caplog.records if r.getMessage() == "model version refused"]
+    assert (record.model, record.version, record.reason) == ("m", 3, failed.reason)
+    assert catalog.resolve("m").version == 1
+    assert catalog.resolve("m", label="staging").predict(ROWS).predictions.tolist() == [0, 1]
+
+
+def test_resolve_by_production_version_and_label(catalog):
+    assert (catalog.resolve("m").name, catalog.resolve("m").version) == ("m", 1)
+    assert catalog.resolve("m", version=2).version == 2
+    assert catalog.resolve("m", label="staging").version == 2
+    assert catalog.resolve("other").version == 1
+
+
+def test_resolve_errors(catalog):
+    with pytest.raises(ModelNotFound) as excinfo:
+        catalog.resolve("nope")
+    assert (excinfo.value.status, excinfo.value.details) == (404, {"model": "nope"})
+    with pytest.raises(VersionNotFound) as excinfo:
+        catalog.resolve("m", version=9)
+    assert excinfo.value.details == {"model": "m", "version": 9}
+    with pytest.raises(LabelNotFound) as excinfo:
+        catalog.resolve("m", label="shadow")
+    assert excinfo.value.message == "Model 'm' has no label 'shadow'."
+    assert excinfo.value.details == {"model": "m", "label": "shadow"}
+    for kwargs in ({"version": 3}, {"label": "canary"}):
+        with pytest.raises(ModelUnavailable) as excinfo:
+            catalog.resolve("m", **kwargs)
+        assert excinfo.value.status == 503
+        assert excinfo.value.message == "Version 3 of 'm' is FAILED."
+        assert excinfo.value.details == {"model": "m", "version": 3, "status": FAILED}
+
+
+def test_a_model_without_production_label_has_no_default(root, catalog):
+    registry.remove_label(root, "other", "production", actor="test")
+    catalog.refresh()
+    with pytest.raises(LabelNotFound, match="has no label 'production'"):
+        catalog.resolve("other")
+
+
+def test_readiness(root, catalog):
+    assert catalog.readiness() == (True, {"m": {"production": 1, "status": AVAILABLE},
+                                          "other": {"production": 1, "status": AVAILABLE}})
+    registry.update(root, "m", lambda state: state["labels"].update(production=3) or {"action": "test"}, actor="t")
+    catalog.refresh()
+    ready, report = catalog.readiness()
+    # the worker keeps serving the verified version 1 and stays ready, but says what it could not do
+    assert ready is True and report["m"]["production"] == 1 and report["m"]["status"] == AVAILABLE
+    assert report["m"]["wanted"] == 3 and report["m"]["wanted_status"] == FAILED
+    assert "sha256" in report["m"]["wanted_reason"]
+    fresh = Catalog(root)  # a worker booting now has nothing to keep and nothing older to fall back to
+    fresh.refresh()
+    ready, report = fresh.readiness()
+    assert ready is False and report["m"] == {"production": 3, "status": FAILED}
+    registry.update(root, "m", lambda state: state["labels"].update(production=7) or {"action": "test"}, actor="t")
+    fresh.refresh()
+    assert fresh.readiness() == (False, {"m": {"production": 7, "status": "MISSING"},
+                                         "other": {"production": 1, "status": AVAILABLE}})
+
+
+def test_an_empty_root_is_not_ready(tmp_path):
+    catalog = Catalog(tmp_path / "nothing-here")
+    catalog.refresh()
+    assert catalog.models() == []
+    assert catalog.readiness() == (False, {})
+
+
+def test_a_label_change_on_disk_is_seen_after_refresh(root, catalog):
+    registry.set_label(root, "m", "production", 2, actor="test")
+    assert catalog.resolve("m").version == 1  # not before the refresh
+    catalog.refresh()
+    assert catalog.resolve("m").version == 2
+
+
+def test_new_versions_are_loaded_and_removed_ones_dropped(root, catalog):
+    assert package(root) == 4
+    shutil.rmtree(root / "m" / "2")
+    catalog.refresh()
+    assert sorted(catalog.model("m").versions) == [1, 3, 4]
+    assert catalog.model("m").versions[4].status == AVAILABLE
+    with pytest.raises(VersionNotFound):
+        catalog.resolve("m", version=2)
+
+
+def test_a_model_resolved_before_a_refresh_still_works_after_it(root, catalog):
+    in_flight = catalog.resolve("m")
+    registry.set_label(root, "m", "production", 2, actor="test")
+    shutil.rmtree(root / "m" / "1")
+    catalog.refresh()
+    assert catalog.resolve("m").version == 2
+    assert in_flight.version == 1
+    assert in_flight.predict(ROWS, probabilities=True).predictions.tolist() == [0, 1]
+
+
+def test_a_loaded_version_is_not_reloaded(root, catalog):
+    before = catalog.resolve("m", version=1)
+    catalog.refresh()
+    assert catalog.resolve("m", version=1) is before
+
+
+def test_an_unreadable_registry_keeps_the_last_good_labels(root, catalog):
+    (root / "m" / "registry.json").write_text("{broken")
+    catalog.refresh()
+    state = catalog.model("m")
+    assert dict(state.labels) == {"production": 1, "staging": 2, "canary": 3}
+    assert "registry.json is not valid JSON" in state.registry_error
+    assert catalog.resolve("m").version == 1
+
+
+def test_a_malformed_manifest_fails_its_version_not_the_refresh(root, catalog):
+    package(root)
+    manifest_path = root / "m" / "4" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["model.joblib"] = "not an object"
+    manifest_path.chmod(0o644)
+    manifest_path.write_text(json.dumps(manifest))
+    catalog.refresh()
+    assert catalog.model("m").versions[4].status == FAILED
+    assert catalog.model("m").versions[4].reason == "manifest entry for model.joblib is not an object"
+    assert catalog.resolve("m").version == 1

@@ -1,0 +1,178 @@
+import json
+import operator
+import os
+import pathlib
+
+import joblib
+import numpy as np
+import pytest
+
+from service.errors import ArtifactError, PredictionFailed
+from service.models import artifacts, demo
+from service.serving import runtime
+from tests import builders
+
+PADDING = "A" * 4096
+
+
+def package(root, name="m"):
+    return builders.package(root, name)["version"]
+
+
+
+class Payload:
+    """Unpickling this touches ``marker``: what a malicious artifact could do instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        # (touch(marker), PADDING)[0]: the padding gives the test a harmless byte to flip
+        return operator.getitem, ((_Touch(self.marker), PADDING), 0)
+
+
+class _Touch:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def replace_model_file(folder, obj):
+    """Swap in another pickle and make the manifest vouch for it, as a packager would."""
+    path = folder / artifacts.MODEL_FILE
+    os.chmod(path, 0o644)
+    joblib.dump(obj, path)
+    os.chmod(path, 0o444)
+    manifest = json.loads((folder / artifacts.MANIFEST).read_text())
+    manifest["files"][artifacts.MODEL_FILE] = artifacts.file_entry(path)
+    manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
+    artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest, mode=0o444)
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "artifacts"
+
+
+def test_an_untampered_payload_is_unpickled_control(root, tmp_path):
+    marker = tmp_path / "control-marker"
+    folder = root / "m" / str(package(root))
+    replace_model_file(folder, Payload(marker))
+    with pytest.raises(ArtifactError) as excinfo:
+        runtime.load(folder, name="m", version=1)
+    assert str(excinfo.value) == "model file holds a NoneType, not an estimator with predict()"
+    assert marker.exists()  # verification passed, so the pickle ran: the payload is live
+
+
+def test_a_flipped_byte_is_refused_before_unpickling(root, tmp_path):
+    marker = tmp_path / "tampered-marker"
+    folder = root / "m" / str(package(root))
+    replace_model_file(folder, Payload(marker))
+    path = folder / artifacts.MODEL_FILE
+    data = bytearray(path.read_bytes())
+    offset = data.index(PADDING.encode()) + len(PADDING) // 2
+    data[offset] ^= 0x01  # "A" -> "@": still a valid pickle with the same payload
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(ArtifactError) as excinfo:
+        runtime.load(folder, name="m", version=1)
+    assert str(excinfo.value) == "file model.joblib does not match its sha256 in the manifest"
+    assert not marker.exists()
+
+    # the flipped file is still a working payload: only the hash check kept it from running
+    assert joblib.load(path) is None
+    assert marker.exists()
+
+
+def test_load_refuses_a_folder_that_does_not_match_the_request(root):
+    folder = root / "m" / str(package(root))
+    with pytest.raises(ArtifactError, match="manifest names model 'm', folder is 'n'"):
+        runtime.load(folder, name="n", version=1)
+    with pytest.raises(ArtifactError, match="manifest says version 1, folder is 2"):
+        runtime.load(folder, name="m", version=2)
+    with pytest.raises(ArtifactError, match="not signed"):
+        runtime.load(folder, name="m", version=1, signing_key="k")
+
+
+def test_load_refuses_a_model_trained_with_another_scikit_learn(root):
+    folder = root / "m" / str(package(root))
+    manifest = json.loads((folder / artifacts.MANIFEST).read_text())
+    manifest["libraries"]["scikit-learn"] = "0.23.0"
+    artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
+    with pytest.raises(ArtifactError, match=r"trained with scikit-learn 0\.23\.0, this server runs"):
+        runtime.load(folder, name="m", version=1)
+
+
+def test_a_verified_file_that_is_not_a_pickle_is_an_artifact_error(root):
+    folder = root / "m" / str(package(root))
+    path = folder / artifacts.MODEL_FILE
+    os.chmod(path, 0o644)
+    path.write_bytes(b"this is not a pickle")
+    manifest = json.loads((folder / artifacts.MANIFEST).read_text())
+    manifest["files"][artifacts.MODEL_FILE] = artifacts.file_entry(path)
+    manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
+    artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
+    with pytest.raises(ArtifactError, match=r"^model file could not be loaded: \w+"):
+        runtime.load(folder, name="m", version=1)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    demo.train_demo(root)
+    return root
+
+
+def columns_of(frame):
+    return {name: frame[name].to_numpy() for name in frame.columns}
+
+
+def test_breast_cancer_predictions_equal_the_estimator(demo_root):
+    model = runtime.load(demo_root / "breast-cancer" / "1", name="breast-cancer", version=1)
+    assert model.name == "breast-cancer" and model.version == 1 and model.load_seconds > 0
+    assert model.classes == [0, 1] and model.has_probabilities
+    X = demo.breast_cancer()["X"].iloc[::7]
+    assert [f["name"] for f in model.features] == list(X.columns)
+
+    served = model.predict(columns_of(X), probabilities=True)
+    np.testing.assert_array_equal(served.predictions, model.estimator.predict(X))
+    # equal up to float rounding: BLAS may sum a column-built frame in another order
+    np.testing.assert_allclose(served.probabilities, model.estimator.predict_proba(X), rtol=1e-12, atol=1e-15)
+    assert served.classes == [0, 1] and served.seconds > 0
+    assert set(served.predictions.tolist()) == {0, 1}
+    assert model.predict(columns_of(X)).probabilities is None
+
+
+def test_diabetes_predictions_equal_the_estimator(demo_root):
+    model = runtime.load(demo_root / "diabetes" / "1", name="diabetes", version=1)
+    assert model.classes is None and not model.has_probabilities
+    X = demo.diabetes()["X"].iloc[::5]
+    served = model.predict(columns_of(X), probabilities=True)
+    expected = model.estimator.predict(X)
+    np.testing.assert_allclose(served.predictions, expected, rtol=1e-12)
+    assert served.probabilities is None
+    # validated integers may arrive as floats: the frame restores the training dtypes
+    as_floats = {name: values.astype(float) for name, values in columns_of(X).items()}
+    np.testing.assert_allclose(model.predict(as_floats).predictions, expected, rtol=1e-12)
+    frame = model.frame(as_floats)
+    assert str(frame["age"].dtype) == "int64" and str(frame["sex"].dtype) == "int64"
+
+
+class Exploding:
+    def predict(self, X):
+        raise ValueError("boom")
+
+
+def test_an_estimator_that_raises_gives_prediction_failed(root):
+    folder = root / "m" / str(package(root))
+    loaded = runtime.load(folder, name="m", version=1)
+    broken = runtime.LoadedModel("m", 1, loaded.manifest, Exploding(), 0.0)
+    with pytest.raises(PredictionFailed) as excinfo:
+        broken.predict({"x": np.array([1.0])})
+    assert excinfo.value.status == 500 and excinfo.value.code == "prediction_failed"
+    assert excinfo.value.details == {"model": "m", "version": 1, "reason": "ValueError"}
+    assert isinstance(excinfo.value.__cause__, ValueError)
+    assert "boom" not in excinfo.value.message  # user code's message stays out of the response

@@ -1,0 +1,320 @@
+import math
+import random
+
+import numpy as np
+import pytest
+
+from service.errors import ValidationFailed
+from service.serving import schemas, validation
+from service.serving.validation import Batch, parse_predict_request
+
+FEATURES = [
+    {"name": "mean radius", "type": "float", "min": 0.0, "max": 100.0},
+    {"name": "count", "type": "int", "min": 0, "nullable": True},
+    {"name": "smoker", "type": "bool", "required": False},
+    {"name": "grade", "type": "category", "categories": ["a", "b", 3]},
+    {"name": "note", "type": "string", "required": False, "nullable": True},
+]
+NAMES = [f["name"] for f in FEATURES]
+GOOD_ROWS = [[1.5, 2, True, "a", "x"], [0, 3.0, False, 3, None]]
+SMALL, VECTORISED = 10**9, 1  # vectorized_min_rows forcing each path
+
+
+def parse(payload, features=FEATURES, *, path, max_rows=1000):
+    return parse_predict_request(payload, features, max_rows=max_rows, vectorized_min_rows=path)
+
+
+def failure(payload, features=FEATURES, *, path, max_rows=1000):
+    with pytest.raises(ValidationFailed) as exc:
+        parse(payload, features, path=path, max_rows=max_rows)
+    assert exc.value.status == 422
+    return exc.value
+
+
+def records(rows):
+    return [dict(zip(NAMES, row, strict=True)) for row in rows]
+
+
+def columns(rows):
+    return {name: [row[i] for row in rows] for i, name in enumerate(NAMES)}
+
+
+LAYOUTS = {
+    "records": lambda rows: {"instances": records(rows)},
+    "rows": lambda rows: {"instances": rows},
+    "columns": lambda rows: {"inputs": columns(rows)},
+}
+
+
+@pytest.fixture(params=[SMALL, VECTORISED], ids=["marshmallow", "vectorised"])
+def path(request):
+    return request.param
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_each_layout_builds_the_same_columns(layout, path):
+    batch = parse(LAYOUTS[layout](GOOD_ROWS), path=path)
+    assert (batch.n_rows, batch.layout, batch.probabilities) == (2, layout, False)
+    assert list(batch.columns) == NAMES
+    np.testing.assert_array_equal(batch.columns["mean radius"], [1.5, 0.0])
+    assert batch.columns["mean radius"].dtype == np.float64
+    np.testing.assert_array_equal(batch.columns["count"], [2, 3])
+    assert batch.columns["count"].dtype == np.int64
+    assert batch.columns["smoker"].dtype == bool
+    assert batch.columns["grade"].dtype == object and batch.columns["grade"].tolist() == ["a", 3]
+    assert batch.columns["note"].tolist() == ["x", None]
+
+
+def test_nulls_and_missing_optionals_change_dtypes(path):
+    payload = {"instances": [{"mean radius": 1, "count": None, "grade": "b"}, {"mean radius": 2, "count": 4, "grade": "a"}]}
+    batch = parse(payload, path=path)
+    assert batch.columns["count"].dtype == np.float64
+    assert math.isnan(batch.columns["count"][0]) and batch.columns["count"][1] == 4.0
+    assert batch.columns["smoker"].dtype == object and batch.columns["smoker"].tolist() == [None, None]
+    assert batch.columns["note"].tolist() == [None, None]
+
+
+def test_missing_optional_column_is_null(path):
+    batch = parse({"inputs": {"mean radius": [1.0], "count": [1], "grade": ["a"]}}, path=path)
+    assert batch.columns["smoker"].tolist() == [None] and batch.columns["note"].tolist() == [None]
+
+
+def test_probabilities_parameter(path):
+    assert parse({"instances": GOOD_ROWS, "parameters": {"probabilities": True}}, path=path).probabilities is True
+    assert parse({"instances": GOOD_ROWS, "parameters": {}}, path=path).probabilities is False
+
+
+@pytest.mark.parametrize(
+    "cell, value, message",
+    [
+        (0, "1.5", schemas.NOT_A_NUMBER),
+        (0, True, schemas.NOT_A_NUMBER),
+        (0, -1, "Must be greater than or equal to 0.0 and less than or equal to 100.0."),
+        (0, None, schemas.NULL),
+        (0, math.inf, schemas.NOT_FINITE),
+        (1, 4.7, schemas.NOT_AN_INTEGER),
+        (1, False, schemas.NOT_AN_INTEGER),
+        (1, 2**64 - 1, schemas.TOO_LARGE),
+        (1, -3, "Must be greater than or equal to 0."),
+        (2, 1, schemas.NOT_A_BOOLEAN),
+        (2, "true", schemas.NOT_A_BOOLEAN),
+        (2, None, schemas.NULL),
+        (3, "c", "Must be one of: a, b, 3."),
+        (3, True, schemas.NOT_A_CATEGORY),
+        (4, 7, schemas.NOT_A_STRING),
+    ],
+)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bad_values_are_reported_by_row_and_field(cell, value, message, layout, path):
+    rows = [list(row) for row in GOOD_ROWS] + [list(GOOD_ROWS[0])]
+    rows[2][cell] = value
+    error = failure(LAYOUTS[layout](rows), path=path)
+    assert error.details == {"errors": [{"row": 2, "field": NAMES[cell], "messages": [message]}], "error_count": 1}
+    assert error.message == f"1 invalid value in 1 row; first: row 2, field '{NAMES[cell]}': {message}"
+
+
+def test_records_missing_required_and_unknown_keys(path):
+    payload = {"instances": records(GOOD_ROWS) + [{"count": 1, "zzz": 1, "aaa": 2}]}
+    assert failure(payload, path=path).details["errors"] == [
+        {"row": 2, "field": "mean radius", "messages": [schemas.REQUIRED]},
+        {"row": 2, "field": "grade", "messages": [schemas.REQUIRED]},
+        {"row": 2, "field": "aaa", "messages": [schemas.UNKNOWN]},
+        {"row": 2, "field": "zzz", "messages": [schemas.UNKNOWN]},
+    ]
+
+
+def test_rows_of_the_wrong_length_are_reported_and_the_rest_still_checked(path):
+    payload = {"instances": [GOOD_ROWS[0], [1.0, 2], [-1.0, 2, True, "a", "x"]]}
+    assert failure(payload, path=path).details["errors"] == [
+        {"row": 1, "field": "instances", "messages": [schemas.ROW_LENGTH.format(count=5)]},
+        {"row": 2, "field": "mean radius", "messages": ["Must be greater than or equal to 0.0 and less than or equal to 100.0."]},
+    ]
+
+
+def test_column_problems_have_no_row(path):
+    payload = {"inputs": {"mean radius": [1.0, -2.0], "count": [1, 2], "extra": [1, 2]}}
+    assert failure(payload, path=path).details["errors"] == [
+        {"row": None, "field": "grade", "messages": [schemas.REQUIRED]},
+        {"row": None, "field": "extra", "messages": [schemas.UNKNOWN]},
+        {"row": 1, "field": "mean radius", "messages": ["Must be greater than or equal to 0.0 and less than or equal to 100.0."]},
+    ]
+    malformed = {"inputs": {"mean radius": [1.0, 2.0], "count": 1, "grade": [], "note": ["x"]}}
+    assert failure(malformed, path=path).details["errors"] == [
+        {"row": None, "field": "count", "messages": [schemas.NOT_A_LIST]},
+        {"row": None, "field": "grade", "messages": [schemas.EMPTY]},
+        {"row": None, "field": "inputs", "messages": [schemas.COLUMN_LENGTH]},
+    ]
+
+
+def test_envelope_errors_are_shaped_like_value_errors(path):
+    error = failure({"instances": GOOD_ROWS, "inputs": columns(GOOD_ROWS), "debug": 1}, path=path)
+    assert error.details["errors"] == [{"row": None, "field": "debug", "messages": [schemas.UNKNOWN]}]
+    error = failure({"instances": GOOD_ROWS, "inputs": columns(GOOD_ROWS)}, path=path)
+    assert error.message == f"1 error in the request; first: {schemas.EXACTLY_ONE}"
+    error = failure({"instances": GOOD_ROWS, "parameters": {"probabilities": "yes"}}, path=path)
+    assert error.details["errors"][0]["field"] == "parameters.probabilities"
+    assert failure("not an object", path=path).details["errors"][0] == {
+        "row": None,
+        "field": None,
+        "messages": [schemas.INVALID_TYPE],
+    }
+
+
+def test_row_limit_names_the_limit(path):
+    error = failure({"instances": GOOD_ROWS * 3}, path=path, max_rows=5)
+    assert error.details["errors"] == [{"row": None, "field": "instances", "messages": ["Must have at most 5 rows."]}]
+    assert parse({"instances": GOOD_ROWS * 2}, path=path, max_rows=4).n_rows == 4
+
+
+def test_errors_are_sorted_capped_and_counted(path):
+    rows = [["x", -1, 0, "z", 1] for _ in range(30)]
+    error = failure({"instances": rows}, path=path)
+    assert error.details["error_count"] == 150
+    entries = error.details["errors"]
+    assert len(entries) == validation.MAX_REPORTED_ERRORS
+    assert [(e["row"], e["field"]) for e in entries[:6]] == [(0, n) for n in NAMES] + [(1, "mean radius")]
+    assert error.message == f"150 invalid values in 30 rows; first: row 0, field 'mean radius': {schemas.NOT_A_NUMBER}"
+
+
+@pytest.mark.parametrize("name", ["k" * 500, "<script>alert(1)</script>", "a\nb", "\u202etxt"])
+def test_unusual_unknown_keys_are_described_not_echoed(path, name):
+    payload = {"instances": [dict(records(GOOD_ROWS)[0], **{name: 1})]}
+    error = failure(payload, path=path)
+    assert error.details["errors"][0]["field"] == "(an unknown field with an unusual name)"
+    assert name not in str(error.details) and name not in error.message
+
+
+def test_plain_unknown_keys_are_named(path):
+    payload = {"instances": [dict(records(GOOD_ROWS)[0], colour=1)]}
+    assert failure(payload, path=path).details["errors"][0]["field"] == "colour"
+
+
+def test_vectorised_happy_path_never_checks_value_by_value(monkeypatch):
+    def forbidden(*args):
+        raise AssertionError("per-value check on the happy path")
+
+    monkeypatch.setattr(validation, "convert", forbidden)
+    rng = np.random.default_rng(1)
+    rows = [
+        [float(r), int(c), bool(b), g, None if i % 3 else "n"]
+        for i, (r, c, b, g) in enumerate(
+            zip(rng.uniform(0, 100, 200), rng.integers(0, 9, 200), rng.random(200) > 0.5, "ab" * 100, strict=True)
+        )
+    ]
+    rows[0][1] = None
+    for layout in LAYOUTS:
+        assert parse(LAYOUTS[layout](rows), path=VECTORISED).n_rows == 200
+    dense = [[0.0, 1, True, 3, "x"], [1.0, 0, False, "b", "y"]] * 50
+    assert parse({"instances": dense}, path=VECTORISED).columns["count"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "column, feature",
+    [
+        ([0.0, 1.0, True, 0.5], {"type": "float"}),  # a bool hidden among 0/1 floats
+        ([0, 1, False, 2], {"type": "int"}),
+        ([2**53 + 1, 1.0], {"type": "int"}),  # exact ints beyond float precision
+        ([2**62, 2], {"type": "int", "max": 2**62 - 1}),
+        ([1.0, None, 2**53], {"type": "int", "nullable": True}),
+        ([None, math.nan], {"type": "float", "nullable": True}),
+        ([None, -math.inf], {"type": "float", "nullable": True}),
+        ([1, 10**400], {"type": "float"}),
+        ([2**70, 1.5], {"type": "float"}),
+        ([3.0, 4.0], {"type": "int", "min": 3.5}),
+        (["a", None], {"type": "category", "categories": ["a"], "nullable": True}),
+        ([True, None], {"type": "bool", "nullable": True}),
+        ([[1], {"a": 1}], {"type": "float"}),
+    ],
+)
+def test_edge_columns_agree_on_both_paths(column, feature):
+    features = [{"name": "v", **feature}]
+    assert_same({"inputs": {"v": column}}, features)
+    assert_same({"instances": [[value] for value in column]}, features)
+
+
+def outcome(payload, features, path):
+    try:
+        return parse(payload, features, path=path)
+    except ValidationFailed as exc:
+        return exc
+
+
+def assert_same(payload, features):
+    small, large = outcome(payload, features, SMALL), outcome(payload, features, VECTORISED)
+    assert type(small) is type(large)
+    if isinstance(small, ValidationFailed):
+        assert (small.details, small.message) == (large.details, large.message)
+        return
+    assert isinstance(small, Batch) and isinstance(large, Batch)
+    assert (small.n_rows, small.layout, small.probabilities) == (large.n_rows, large.layout, large.probabilities)
+    assert list(small.columns) == list(large.columns)
+    for name, column in small.columns.items():
+        assert column.dtype == large.columns[name].dtype, name
+        if column.dtype == object:
+            assert column.tolist() == large.columns[name].tolist()
+        else:
+            np.testing.assert_array_equal(column, large.columns[name])
+
+
+RANDOM_FEATURES = [
+    {"name": "f", "type": "float", "min": -5.0, "max": 5.0},
+    {"name": "fn", "type": "float", "nullable": True, "required": False},
+    {"name": "i", "type": "int", "min": -3, "max": 10},
+    {"name": "in", "type": "int", "nullable": True},
+    {"name": "b", "type": "bool"},
+    {"name": "bn", "type": "bool", "nullable": True, "required": False},
+    {"name": "c", "type": "category", "categories": ["x", "y", 7]},
+    {"name": "s", "type": "string", "nullable": True},
+]
+GOOD = {
+    "float": lambda r: r.choice([r.uniform(-5, 5), r.randint(-5, 5), 0.0, 1.0, 5.0]),
+    "int": lambda r: r.choice([r.randint(-3, 10), float(r.randint(-3, 10)), 0, 1]),
+    "bool": lambda r: r.choice([True, False]),
+    "category": lambda r: r.choice(["x", "y", 7]),
+    "string": lambda r: r.choice(["x", "hello", ""]),
+}
+BAD = [True, False, 0, 1, 1.0, 4.5, -6.0, 11, 2**64 - 1, 1e300, "x", "1.5", "", [1], {"a": 1}, None, 7, "z"]
+
+
+def random_payload(r: random.Random):
+    n_rows = r.choice([1, 2, 3, 5, 8, 20])
+    bad_rate = r.choice([0.0, 0.0, 0.02, 0.1, 0.4])
+    rows = [[r.choice(BAD) if r.random() < bad_rate else GOOD[f["type"]](r) for f in RANDOM_FEATURES] for _ in range(n_rows)]
+    names = [f["name"] for f in RANDOM_FEATURES]
+    layout = r.choice(["records", "rows", "columns"])
+    if layout == "rows":
+        if r.random() < bad_rate:
+            rows[r.randrange(n_rows)].append(1)
+        if r.random() < bad_rate:
+            rows[r.randrange(n_rows)].pop()
+        return {"instances": rows}
+    if layout == "records":
+        recs = [dict(zip(names, row, strict=True)) for row in rows]
+        for rec in recs:
+            if r.random() < bad_rate:
+                rec.pop(r.choice(names))
+            if r.random() < bad_rate / 2:
+                rec[r.choice(["extra", "zz", "f "])] = 1
+        return {"instances": recs, "parameters": {"probabilities": r.random() < 0.5}}
+    cols = {name: [row[i] for row in rows] for i, name in enumerate(names)}
+    if r.random() < bad_rate:
+        cols.pop(r.choice(names))
+    if r.random() < bad_rate / 2:
+        cols["extra"] = [1] * n_rows
+    if r.random() < bad_rate / 4:
+        cols[r.choice(list(cols))].append(1.0)
+    return {"inputs": cols}
+
+
+def test_both_paths_agree_on_random_payloads():
+    r = random.Random(20240611)
+    failures = successes = 0
+    for _ in range(1500):
+        payload = random_payload(r)
+        assert_same(payload, RANDOM_FEATURES)
+        try:
+            parse(payload, RANDOM_FEATURES, path=SMALL)
+            successes += 1
+        except ValidationFailed:
+            failures += 1
+    assert successes > 300 and failures > 300  # the generator exercises both outcomes
