@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from service.cli.common import ARTIFACTS, SIGNING_KEY, actor, fails_cleanly
-from service.models import artifacts, registry
+from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, actor, fails_cleanly
+from service.models import registry
 
 
 @click.group()
@@ -16,7 +16,7 @@ def label() -> None:
 
 
 @label.command("set")
-@click.argument("name")
+@MODEL
 @click.argument("label_name", metavar="LABEL")
 @click.argument("version", type=int)
 @click.option("--reason", default="", help="Why; recorded in the history.")
@@ -32,7 +32,7 @@ def label_set(name: str, label_name: str, version: int, reason: str, artifacts_d
 
 
 @label.command("remove")
-@click.argument("name")
+@MODEL
 @click.argument("label_name", metavar="LABEL")
 @click.option("--reason", default="", help="Why; recorded in the history.")
 @ARTIFACTS
@@ -44,12 +44,12 @@ def label_remove(name: str, label_name: str, reason: str, artifacts_dir: Path) -
 
 
 @click.command()
-@click.argument("name")
+@MODEL
 @ARTIFACTS
 @fails_cleanly
 def history(name: str, artifacts_dir: Path) -> None:
     """Print the change history of NAME, oldest first."""
-    for entry in registry.read_state(artifacts_dir, artifacts.check_model_name(name))["history"]:
+    for entry in registry.read_state(artifacts_dir, name)["history"]:
         what = " ".join(f"{k}={entry[k]}" for k in HISTORY_FIELDS if entry.get(k) not in (None, [], ""))
         click.echo(f"{entry['at']}  {entry['actor']:<20} {entry['action']:<18} {what}  {entry.get('reason', '')}".rstrip())
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from service.cli.common import ARTIFACTS, SIGNING_KEY, actor, fails_cleanly
+from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, actor, fails_cleanly, model_argument
 from service.errors import ArtifactError
 from service.models import artifacts, registry
 
@@ -90,7 +90,7 @@ def list_models(artifacts_dir: Path) -> None:
 
 
 @click.command()
-@click.argument("name")
+@MODEL
 @click.argument("version", required=False)
 @click.option("--full", is_flag=True, help="Include the reference profile.")
 @ARTIFACTS
@@ -108,7 +108,7 @@ def show(name: str, version: str | None, full: bool, artifacts_dir: Path) -> Non
 
 
 @click.command()
-@click.argument("name", required=False)
+@model_argument(required=False)
 @ARTIFACTS
 @SIGNING_KEY
 @fails_cleanly
@@ -116,7 +116,9 @@ def verify(name: str | None, artifacts_dir: Path, signing_key: str | None) -> No
     """Verify the hashes (and signatures) of every version on disk; exit 1 if any fails."""
     import sklearn
 
-    names = [artifacts.check_model_name(name)] if name else artifacts.list_models(artifacts_dir)
+    names = [name] if name else artifacts.list_models(artifacts_dir)
+    if not names:
+        click.echo(f"no models under {artifacts_dir}")
     failures = 0
     for model in names:
         for version in artifacts.list_versions(artifacts_dir, model):

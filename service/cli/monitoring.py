@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from service.cli.common import ARTIFACTS, fails_cleanly, setting
-from service.models import artifacts, comparison
+from service.cli.common import ARTIFACTS, MODEL, fails_cleanly, setting
+from service.models import comparison
 from service.store import Store
 
 DATABASE = click.option("--database-url", envvar="DATABASE_URL", default=setting("database_url"),
@@ -20,7 +20,7 @@ DATABASE = click.option("--database-url", envvar="DATABASE_URL", default=setting
 
 
 @click.command()
-@click.argument("name")
+@MODEL
 @click.option("--window", "window_seconds", type=click.IntRange(1, 30 * 24 * 3600), default=300, show_default=True,
               help="Seconds of traffic to compare.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -29,12 +29,8 @@ DATABASE = click.option("--database-url", envvar="DATABASE_URL", default=setting
 @fails_cleanly
 def compare(name: str, window_seconds: int, as_json: bool, artifacts_dir: Path, database_url: str) -> None:
     """Compare NAME's versions side by side: traffic, errors, latency, predictions, shadows."""
-    artifacts.check_model_name(name)
-    if not artifacts.list_versions(artifacts_dir, name):
-        raise ValueError(f"no model {name!r} under {artifacts_dir}")
     figures = comparison.compare(Store.from_url(database_url), artifacts_dir, name, window_seconds)
     click.echo(json.dumps(figures, indent=2) if as_json else comparison.format_table(figures))
-
 
 
 @click.command()
@@ -49,7 +45,7 @@ def purge(older_than_days: float, database_url: str) -> None:
 
 
 @click.command()
-@click.argument("name")
+@MODEL
 @click.option("--window", type=click.IntRange(10, 100_000), envvar="MONITORING_WINDOW", default=setting("monitoring_window"),
               show_default=True,
               help="Predictions per version to look at.")
@@ -67,7 +63,6 @@ def report(name: str, window: int, minutes: int | None, as_json: bool, artifacts
     from service.monitoring.text_report import format_report
     from service.serving.catalog import Catalog
 
-    artifacts.check_model_name(name)
     if minutes is not None and click.get_current_context().get_parameter_source("window").name != "DEFAULT":
         raise click.UsageError("give --window (predictions) or --minutes, not both")
     catalog = Catalog(artifacts_dir)

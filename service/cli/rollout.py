@@ -14,7 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from service.cli.common import ARTIFACTS, SIGNING_KEY, actor, fails_cleanly
+from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, actor, fails_cleanly
 from service.models import registry
 
 REASON = click.option("--reason", required=True, help="Why; recorded in the history.")
@@ -40,7 +40,7 @@ def rollout() -> None:
 
 
 @rollout.command("show")
-@click.argument("name")
+@MODEL
 @ARTIFACTS
 @fails_cleanly
 def rollout_show(name: str, artifacts_dir: Path) -> None:
@@ -51,7 +51,7 @@ def rollout_show(name: str, artifacts_dir: Path) -> None:
 
 
 @rollout.command("set")
-@click.argument("name")
+@MODEL
 @click.option("--canary", type=int, help="Version to send a share of unqualified traffic to (needs --weight).")
 @click.option("--weight", type=float, help="Canary share in percent, 0-100 (alone: change the current canary's).")
 @click.option("--end-canary", is_flag=True, help="Stop the canary; production answers everything.")
@@ -106,7 +106,7 @@ def rollout_set(name: str, canary: int | None, weight: float | None, end_canary:
 
 
 @click.command()
-@click.argument("name")
+@MODEL
 @REASON
 @ARTIFACTS
 @SIGNING_KEY
@@ -118,7 +118,7 @@ def promote(name: str, reason: str, artifacts_dir: Path, signing_key: str | None
 
 
 @click.command()
-@click.argument("name")
+@MODEL
 @REASON
 @ARTIFACTS
 @SIGNING_KEY
@@ -132,7 +132,7 @@ def rollback(name: str, reason: str, artifacts_dir: Path, signing_key: str | Non
 
 
 @click.command()
-@click.argument("name")
+@MODEL
 @click.option("--keep", type=click.IntRange(min=1), required=True, help="How many of the newest versions to keep.")
 @click.option("--dry-run", is_flag=True, help="Only print what would be deleted.")
 @click.option("--reason", default="", help="Why; recorded in the history.")

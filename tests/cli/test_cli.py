@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import joblib
 import pandas as pd
 import pytest
@@ -13,6 +14,8 @@ from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 
 from service.cli import cli
+from service.cli.common import fails_cleanly
+from service.errors import StoreUnavailable
 from service.models import artifacts, demo, registry
 from tests.builders import flip_byte
 
@@ -84,8 +87,9 @@ def test_list(runner, root, demo_root):
     ]
 
 
-def test_list_an_empty_root(runner, root):
-    result = run(runner, root, "list")
+@pytest.mark.parametrize("command", ["list", "verify"])
+def test_list_and_verify_an_empty_root(runner, root, command):
+    result = run(runner, root, command)
     assert result.exit_code == 0
     assert result.stdout == f"no models under {root}\n"
 
@@ -154,6 +158,52 @@ def test_label_errors_are_one_line(runner, root, demo_root):
 ])
 def test_bad_model_names_exit_1_with_one_line(runner, root, demo_root, args):
     assert_one_line_error(run(runner, root, *args), "model names match [a-z0-9][a-z0-9_-]{0,63}")
+
+
+EVERY_MODEL_COMMAND = [
+    ("show", "x"), ("show", "x", "1"), ("verify", "x"), ("history", "x"),
+    ("label", "set", "x", "production", "1"), ("label", "remove", "x", "production"),
+    ("rollout", "show", "x"), ("rollout", "set", "x", "--canary", "1", "--weight", "5", "--reason", "r"),
+    ("promote", "x", "--reason", "r"), ("rollback", "x", "--reason", "r"), ("gc", "x", "--keep", "1"),
+    ("compare", "x"), ("report", "x"),
+]
+
+
+@pytest.mark.parametrize("args", EVERY_MODEL_COMMAND, ids=" ".join)
+def test_an_unknown_model_is_a_one_line_error_that_changes_nothing(runner, root, demo_root, tmp_path, args):
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    result = runner.invoke(cli, [*args, "--artifacts-dir", str(root)],
+                           env={"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"})
+    assert_one_line_error(result, f"model 'x' not found under {root}")
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_a_folder_without_versions_is_not_a_model(runner, root, demo_root):
+    (root / "x").mkdir()
+    (root / "x" / ".registry.lock").touch()
+    assert_one_line_error(run(runner, root, "history", "x"), f"model 'x' not found under {root}")
+
+
+def test_an_unknown_model_under_a_missing_root_names_the_root(runner, tmp_path):
+    missing = tmp_path / "nowhere"
+    assert_one_line_error(run(runner, missing, "show", "diabetes"), f"model 'diabetes' not found under {missing}")
+    assert not missing.exists()
+
+
+def test_model_commands_still_print_help(runner):
+    for args in EVERY_MODEL_COMMAND:
+        command = list(args[:args.index("x")])
+        result = runner.invoke(cli, [*command, "--help"])
+        assert result.exit_code == 0 and "NAME" in result.stdout, (command, result.output)
+
+
+def test_service_errors_are_one_line(runner):
+    @click.command()
+    @fails_cleanly
+    def broken():
+        raise StoreUnavailable("the database is down")
+
+    assert_one_line_error(runner.invoke(broken), "the database is down")
 
 
 def test_show_refuses_a_bad_version(runner, root, demo_root):
@@ -277,7 +327,7 @@ def test_python_dash_m_service_in_a_real_process(root, demo_root):
     assert completed.stderr == "Error: 1 version(s) failed verification\n"
 
 
-def test_report_refuses_both_window_and_minutes(runner, root):
+def test_report_refuses_both_window_and_minutes(runner, root, demo_root):
     result = runner.invoke(cli, ["report", "diabetes", "--window", "100", "--minutes", "5", "--artifacts-dir", str(root),
                                  "--database-url", f"sqlite:///{root.parent / 'db.sqlite'}"])
     assert result.exit_code == 2 and "give --window (predictions) or --minutes, not both" in result.output

@@ -156,7 +156,7 @@ def test_gc_dry_run_then_for_real(runner, root):
     zero = run(runner, root, "gc", "m", "--keep", "0")
     assert zero.exit_code == 2 and "0 is not in the range x>=1" in zero.stderr
     assert_one_line_error(run(runner, root, "gc", "nope", "--keep", "1"),
-                          f"there is no model 'nope' under {root}")
+                          f"model 'nope' not found under {root}")
 
 
 def test_bad_model_names_are_one_line_errors(runner, root):
