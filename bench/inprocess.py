@@ -32,9 +32,10 @@ from bench.workload import Scenario
 from service.config import Config
 from service.monitoring.observe import Observer
 from service.monitoring.predlog import PredictionLog
+from service.protocols import v1
 from service.serving import inference, runtime
 from service.serving.catalog import Catalog
-from service.serving.validation import parse_predict_request
+from service.serving.validation import validate_rows
 from service.store import Store
 
 BUDGET_SECONDS = 0.4  # per measured call; long enough for a stable median, short for the 3-minute run
@@ -115,7 +116,7 @@ def load_models(root: Path, names: set[str]) -> dict[str, runtime.LoadedModel]:
 def check_same_predictions(scenario: Scenario, model: runtime.LoadedModel, answer: inference.Answer) -> None:
     """The full path must give what the estimator gives, or the comparison is meaningless."""
     expected = np.asarray(model.estimator.predict(scenario.frame))
-    got = np.asarray(answer.body["predictions"])
+    got = np.asarray(answer.result.predictions)
     if got.shape != expected.shape or not np.allclose(got, expected):
         raise RuntimeError(f"{scenario.key}: in-process predictions differ from estimator.predict")
 
@@ -133,18 +134,18 @@ def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, li
             estimator.predict_proba(frame)
 
     def full_path() -> inference.Answer:
-        return inference.predict(catalog, payload, limits, target)
+        return inference.predict(catalog, v1.decode(payload, target, max_rows=limits.max_rows), limits)
 
     def validation() -> None:
-        parse_predict_request(payload, model.features, max_rows=limits.max_rows,
-                              vectorized_min_rows=limits.vectorized_min_rows)
+        request = v1.decode(payload, target, max_rows=limits.max_rows)
+        validate_rows(request.layout, request.data, model.features, vectorized_min_rows=limits.vectorized_min_rows)
 
     answer = full_path()
     check_same_predictions(scenario, model, answer)
 
     def json_codec() -> None:
         orjson.loads(scenario.body)
-        orjson.dumps(answer.body, option=orjson.OPT_SERIALIZE_NUMPY)
+        orjson.dumps(v1.encode(answer), option=orjson.OPT_SERIALIZE_NUMPY)
 
     def to_array() -> None:
         np.asarray(payload["instances"], dtype=np.float64)
@@ -154,7 +155,7 @@ def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, li
         return dataclasses.replace(answer, ids=inference.prediction_ids(answer.rows))
 
     def observe(observer: Observer) -> Callable[[inference.Answer], None]:
-        return lambda fresh: observer.answered(fresh, target, f"bench-{fresh.ids[0]}")
+        return lambda fresh: observer.answered(fresh, f"bench-{fresh.ids[0]}")
 
     return InProcessResult(time_call(estimator_only), time_call(full_path), time_call(validation), time_call(json_codec),
                            time_call(to_array), time_with_setup(fresh_answer, observe(observers.logged)),

@@ -163,7 +163,7 @@ def format_table(results: dict[str, Any]) -> str:
     for r in results["scenarios"]:
         lines.append("  ".join(get(r).rjust(w) if i > 1 else get(r).ljust(w) for i, (_, w, get) in enumerate(COLUMNS)))
     lines += ["", "est = estimator.predict on a DataFrame; path = service.serving.inference.predict (resolve, validate, predict, "
-              "shape; no HTTP);", "valid = parse_predict_request alone; json = orjson decode of the body + encode of "
+              "shape; no HTTP);", "valid = v1.decode + validate_rows alone; json = orjson decode of the body + encode of "
               "the answer; p50/x = server p50 / in-process median.", ""]
     target = results["validation_target"]
     shares = "   ".join(f"{model} {share:.1%} ({'ok' if share < target else 'OVER TARGET'})"
@@ -194,7 +194,7 @@ def after_answer_lines(results: dict[str, Any]) -> list[str]:
     """In process: Observer.answered next to the prediction path, log on and off."""
     head = (f"{'model':13}  {'request':16}  {'path ms':>8}  {'after ms':>9}  {'after/path':>10}  "
             f"{'after ms, log off':>17}  {'log off/path':>12}")
-    lines = ["After the answer, in process (1 thread): Observer.answered(answer, target, request_id) with a real "
+    lines = ["After the answer, in process (1 thread): Observer.answered(answer, request_id) with a real "
              "SQLite Store (temp file) and PredictionLog", head, "-" * len(head)]
     for r in results["scenarios"]:
         local, ratios = r["in_process"], r["ratios"]

@@ -46,7 +46,7 @@ def test_the_checker_sees_a_flask_import(tmp_path: Path) -> None:
     assert imported_roots(module) == {"flask", "werkzeug"}
 
 
-@pytest.mark.parametrize("module", ["service", "service.serving.inference",
+@pytest.mark.parametrize("module", ["service", "service.serving.inference", "service.protocols.v1",
                                     "service.monitoring.observe", "service.cli", "service.store"])
 def test_the_core_loads_without_flask(module: str) -> None:
     code = f"import sys, {module}; print('flask' in sys.modules, 'werkzeug' in sys.modules)"

@@ -1,6 +1,8 @@
 """What happens after the answer is sent: record the request, run shadows, compare them.
 
-Called from the HTTP layer once the response has gone out (``call_on_close``), so none of it
+``Observer.watch`` wraps one inference, whatever protocol carried it, in a single timing and
+error-counting context (no view keeps a ``try/except`` of its own); the recording itself is
+handed to ``defer``, which the HTTP layer runs once the response has gone out, so none of it
 adds latency or failure to the live answer. Everything here swallows its own errors (logged):
 an observer must never take a worker down. No Flask.
 """
@@ -11,13 +13,16 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
+from service.errors import ServiceError
 from service.monitoring import metrics
 from service.monitoring.predlog import PredictionLog
 from service.monitoring.quality import request_quality
@@ -26,6 +31,19 @@ from service.serving.runtime import LoadedModel
 from service.store import RequestRecord, ShadowRecord, Store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Watch:
+    """One inference being watched: the view hands the answer over with ``answered``."""
+
+    target: Target
+    started: float
+    answer: Answer | None = None
+
+    def answered(self, answer: Answer) -> Answer:
+        self.target, self.answer = answer.target, answer
+        return answer
 
 
 @dataclass
@@ -39,8 +57,25 @@ class Observer:
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
 
-    def answered(self, answer: Answer, target: Target, request_id: str, status: int = 200) -> None:
+    @contextmanager
+    def watch(self, target: Target, request_id: str, defer: Callable[[Callable[[], None]], None]) -> Iterator[Watch]:
+        """Time one inference and record its outcome through ``defer``: the answer, or the error raised."""
+        watch = Watch(target, time.perf_counter())
+        try:
+            yield watch
+        except Exception as exc:
+            status, code = (exc.status, exc.code) if isinstance(exc, ServiceError) else (500, "internal_error")
+            version = _version_of(exc) if isinstance(exc, ServiceError) else None
+            seconds = time.perf_counter() - watch.started
+            defer(lambda: self.failed(watch.target, request_id, status, code, seconds, version))
+            raise
+        if watch.answer is not None:
+            answer = watch.answer
+            defer(lambda: self.answered(answer, request_id))
+
+    def answered(self, answer: Answer, request_id: str, status: int = 200) -> None:
         """Record a successful answer and its predictions, then run and compare its shadows."""
+        target = answer.target
         metrics.observe_prediction(target.name, answer.version, "ok", answer.rows, answer.seconds)
         if answer.fallback_from is not None:
             metrics.observe_fallback(target.name, answer.fallback_from, answer.version, answer.fallback_reason or "error")
@@ -58,7 +93,7 @@ class Observer:
                                 answer.result.predictions, answer.result.probabilities, answer.seconds * 1000,
                                 answer.model.features)
             if answer.shadows:
-                self._schedule_shadows(answer, target)
+                self._schedule_shadows(answer)
         except Exception:
             log.exception("recording an answer failed", extra={"model": target.name})
 
@@ -75,7 +110,8 @@ class Observer:
         except Exception:
             log.exception("recording a failure failed", extra={"model": target.name})
 
-    def _schedule_shadows(self, answer: Answer, target: Target) -> None:
+    def _schedule_shadows(self, answer: Answer) -> None:
+        target = answer.target
         if self._pool is None:  # created in the worker, after fork
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
             self._slots = threading.BoundedSemaphore(self.max_pending_shadows)
@@ -84,9 +120,10 @@ class Observer:
             log.warning("shadow comparison dropped: the shadow queue is full",
                         extra={"model": target.name, "dropped": self.shadows_dropped})
             return
-        self._pool.submit(self._shadow, answer, target)
+        self._pool.submit(self._shadow, answer)
 
-    def _shadow(self, answer: Answer, target: Target) -> None:
+    def _shadow(self, answer: Answer) -> None:
+        target = answer.target
         try:
             records = [compare_shadow(answer, shadow, target.name) for shadow in answer.shadows]
             if self.store is not None:
@@ -141,3 +178,8 @@ def summarise(predictions: np.ndarray, task: str) -> str:
 def _key(value: Any) -> str:
     value = value.item() if hasattr(value, "item") else value
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _version_of(error: ServiceError) -> int | None:
+    version = error.details.get("version") if isinstance(error.details, dict) else None
+    return version if isinstance(version, int) else None

@@ -1,8 +1,9 @@
-"""The prediction path behind every wire format: route -> validate -> predict -> shape.
+"""The one prediction path behind every wire format: route -> validate -> predict.
 
-Codecs (the native v1 view today) hand it a parsed JSON payload and get an ``Answer`` back.
-When the chosen version raises or overruns the model's time budget, the fallback version
-answers instead and the answer says so. No Flask.
+Codecs (``service.protocols``) turn a body into a protocol-neutral ``PredictRequest`` and
+turn the ``Answer`` back into their own body; nothing here knows a wire format. When the
+chosen version raises or overruns the model's time budget, the fallback version answers
+instead and the answer says so. No Flask.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from service.errors import PredictionFailed, ValidationFailed
 from service.serving.catalog import Catalog, Route
 from service.serving.runtime import LoadedModel, Prediction
-from service.serving.validation import Batch, parse_predict_request
+from service.serving.validation import ValidatedBatch, validate_rows
 
 
 @dataclass(frozen=True)
@@ -40,14 +39,28 @@ class Target:
     routing_key: str | None = None
 
 
+#: How a request's rows arrive: a list of objects, a list of arrays in schema order, or columns.
+LAYOUTS = ("records", "rows", "columns")
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One predict request, whatever protocol carried it: the rows are JSON values, unchecked."""
+
+    target: Target
+    layout: str  # one of LAYOUTS
+    data: Any  # list of dicts | list of lists | dict of column lists
+    probabilities: bool = False
+
+
 @dataclass(frozen=True)
 class Answer:
-    """A finished prediction: the body, and what observers need to record it."""
+    """A finished prediction, protocol-neutral: what codecs encode and observers record."""
 
-    body: dict[str, Any]
+    request: PredictRequest
     model: LoadedModel  # the version that answered
     role: str  # production | canary | pinned | label | fallback
-    batch: Batch
+    batch: ValidatedBatch
     result: Prediction
     ids: list[str]
     seconds: float
@@ -60,6 +73,10 @@ class Answer:
         return self.model.version
 
     @property
+    def target(self) -> Target:
+        return self.request.target
+
+    @property
     def rows(self) -> int:
         return self.batch.n_rows
 
@@ -68,15 +85,16 @@ class BudgetExceeded(Exception):
     """The chosen version did not answer within the model's time budget."""
 
 
-def predict(catalog: Catalog, payload: Any, limits: Limits, target: Target, *,
+def predict(catalog: Catalog, request: PredictRequest, limits: Limits, *,
             executor: Executor | None = None, rand: Callable[[], float] = random.random) -> Answer:
     """Answer one predict request for a model, a pinned version or a label."""
     start = time.perf_counter()
+    target = request.target
     route = catalog.route(target.name, target.version, target.label, target.routing_key, rand)
-    batch = _validate(route.model, payload, limits)
+    batch = _validate(route.model, request, limits)
     answered_by, role, fallback_from, reason = route.model, route.role, None, None
     try:
-        result = _run(route, batch, executor)
+        result = _run(route, batch, request.probabilities, executor)
     except (PredictionFailed, BudgetExceeded) as exc:
         if route.fallback is None:
             if isinstance(exc, BudgetExceeded):  # no fallback: the late answer is still the answer
@@ -86,29 +104,17 @@ def predict(catalog: Catalog, payload: Any, limits: Limits, target: Target, *,
         else:
             answered_by, role, fallback_from = route.fallback, "fallback", route.model.version
             reason = "timeout" if isinstance(exc, BudgetExceeded) else "error"
-            batch = _validate(route.fallback, payload, limits) if route.fallback.features != route.model.features \
-                else batch
-            result = route.fallback.predict(batch.columns, batch.probabilities)
-    ids = prediction_ids(batch.n_rows)
-    body: dict[str, Any] = {
-        "predictions": _jsonable(result.predictions),
-        "model": target.name,
-        "version": answered_by.version,
-        "ids": ids,
-    }
-    if result.probabilities is not None:
-        body["classes"] = result.classes
-        body["probabilities"] = result.probabilities
-    if fallback_from is not None:
-        body["fallback"] = {"from_version": fallback_from, "reason": reason}
-    return Answer(body, answered_by, role, batch, result, ids, time.perf_counter() - start,
-                  fallback_from, reason, route.shadows)
+            if route.fallback.features != route.model.features:
+                batch = _validate(route.fallback, request, limits)
+            result = route.fallback.predict(batch.columns, request.probabilities)
+    return Answer(request, answered_by, role, batch, result, prediction_ids(batch.n_rows),
+                  time.perf_counter() - start, fallback_from, reason, route.shadows)
 
 
-def _validate(model: LoadedModel, payload: Any, limits: Limits) -> Batch:
-    batch = parse_predict_request(payload, model.features, max_rows=limits.max_rows,
-                                  vectorized_min_rows=limits.vectorized_min_rows)
-    if batch.probabilities and not model.has_probabilities:
+def _validate(model: LoadedModel, request: PredictRequest, limits: Limits) -> ValidatedBatch:
+    batch = validate_rows(request.layout, request.data, model.features,
+                          vectorized_min_rows=limits.vectorized_min_rows)
+    if request.probabilities and not model.has_probabilities:
         raise ValidationFailed(
             "This model does not provide probabilities.",
             details={"errors": [{"row": None, "field": "parameters.probabilities",
@@ -117,11 +123,11 @@ def _validate(model: LoadedModel, payload: Any, limits: Limits) -> Batch:
     return batch
 
 
-def _run(route: Route, batch: Batch, executor: Executor | None) -> Prediction:
+def _run(route: Route, batch: ValidatedBatch, probabilities: bool, executor: Executor | None) -> Prediction:
     """Predict with the chosen version, within the time budget when one is set and a pool exists."""
     if not route.budget_ms or executor is None:
-        return route.model.predict(batch.columns, batch.probabilities)
-    future = executor.submit(route.model.predict, batch.columns, batch.probabilities)
+        return route.model.predict(batch.columns, probabilities)
+    future = executor.submit(route.model.predict, batch.columns, probabilities)
     try:
         return future.result(timeout=route.budget_ms / 1000)
     except FutureTimeout:
@@ -132,8 +138,3 @@ def prediction_ids(n: int) -> list[str]:
     """Return ``n`` unique ids: one time-ordered random base per request plus the row index."""
     base = f"{time.time_ns():x}{secrets.token_hex(6)}"
     return [f"{base}-{i}" for i in range(n)]
-
-
-def _jsonable(values: np.ndarray) -> Any:
-    """Numeric arrays go to orjson as they are; object, string and bytes arrays become lists."""
-    return values.tolist() if values.dtype.kind in "OUS" else values

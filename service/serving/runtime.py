@@ -30,7 +30,6 @@ class Prediction:
     predictions: np.ndarray
     probabilities: np.ndarray | None
     classes: list[Any] | None
-    seconds: float
 
 
 @dataclass
@@ -73,7 +72,6 @@ class LoadedModel:
 
     def predict(self, columns: dict[str, np.ndarray], probabilities: bool = False) -> Prediction:
         """Predict for validated columns; raise ``PredictionFailed`` if the estimator raises."""
-        start = time.perf_counter()
         X = self.frame(columns)
         try:
             predicted = np.asarray(self.estimator.predict(X))
@@ -81,7 +79,7 @@ class LoadedModel:
         except Exception as exc:  # the estimator is user code: any exception is its failure
             raise PredictionFailed(details={"model": self.name, "version": self.version,
                                             "reason": type(exc).__name__}) from exc
-        return Prediction(predicted, proba, self.classes, time.perf_counter() - start)
+        return Prediction(predicted, proba, self.classes)
 
 
 def load(folder: Path, *, name: str, version: int, signing_key: str | None = None) -> LoadedModel:

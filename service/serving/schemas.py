@@ -1,8 +1,8 @@
 """What a valid predict request looks like, as marshmallow 4 schemas built from the manifest.
 
-Two kinds of schema live here: the envelope every predict request shares (``instances`` or
-``inputs``, plus ``parameters``), and one records schema per model, built with
-``Schema.from_dict`` from the manifest's ordered features and cached per feature list. The
+One records schema per model lives here, built with ``Schema.from_dict`` from the
+manifest's ordered features and cached per feature list (envelopes are the codecs' job:
+``service.protocols``). The
 rule for a single value (``convert``) and every error message are defined once here so that
 the vectorised path in ``service.serving.validation`` reports exactly what marshmallow would. Messages
 say what was expected and never repeat the submitted value. Nothing here imports Flask.
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields
 
 KINDS = ("float", "int", "bool", "category", "string")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -244,71 +244,3 @@ class StrictBoolean(fields.Field):
         if value is True or value is False:
             return value
         raise ValidationError(NOT_A_BOOLEAN)
-
-
-class Instances(fields.Field):
-    """A non-empty list of rows that are all objects (records) or all arrays (rows)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
-        if type(value) is not list:
-            raise ValidationError(NOT_A_LIST)
-        if not value:
-            raise ValidationError(EMPTY)
-        kinds = set(map(type, value))
-        if kinds == {dict} or kinds == {list}:
-            return value
-        # An error is certain now, so a Python loop only builds the messages.
-        expected = next((kind for kind in map(type, value) if kind in (dict, list)), None)
-        message = {dict: OBJECT_EXPECTED, list: ARRAY_EXPECTED, None: NOT_AN_INSTANCE}[expected]
-        raise ValidationError({i: [message] for i, item in enumerate(value) if type(item) is not expected})
-
-
-class Inputs(fields.Field):
-    """A non-empty mapping of column name to values; columns are checked against the model later."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
-        if type(value) is not dict:
-            raise ValidationError(NOT_A_MAPPING)
-        if not value:
-            raise ValidationError(EMPTY)
-        return value
-
-
-class ParametersSchema(Schema):
-    probabilities = StrictBoolean(load_default=False)
-    # Read before validation to pick the canary split (service.models.rollout); checked here like the rest.
-    routing_key = fields.String(validate=validate.Length(min=1, max=256))
-
-
-class EnvelopeSchema(Schema):
-    """The predict envelope: exactly one of ``instances`` or ``inputs``, and a row limit."""
-
-    instances = Instances()
-    inputs = Inputs()
-    parameters = fields.Nested(ParametersSchema, unknown=RAISE)
-
-    def __init__(self, *, max_rows: int):
-        super().__init__(unknown=RAISE)
-        self.max_rows = max_rows
-
-    @validates_schema
-    def _check_shape(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if ("instances" in data) == ("inputs" in data):
-            raise ValidationError(EXACTLY_ONE)
-        if "instances" in data:
-            key, n_rows = "instances", len(data["instances"])
-        else:
-            key, n_rows = "inputs", max((len(v) for v in data["inputs"].values() if type(v) is list), default=0)
-        if n_rows > self.max_rows:
-            raise ValidationError(TOO_MANY_ROWS.format(max_rows=self.max_rows), field_name=key)
-
-
-_envelopes: dict[int, EnvelopeSchema] = {}
-
-
-def load_envelope(payload: Any, *, max_rows: int) -> dict[str, Any]:
-    """Check the request envelope, returning its fields or raising marshmallow's ValidationError."""
-    schema = _envelopes.get(max_rows)
-    if schema is None:
-        schema = _envelopes.setdefault(max_rows, EnvelopeSchema(max_rows=max_rows))
-    return schema.load(payload)

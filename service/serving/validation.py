@@ -1,12 +1,13 @@
-"""Turn a predict request body into numpy columns for the model, or one detailed 422.
+"""Turn a request's rows into numpy columns for the model, or one detailed 422.
 
-``parse_predict_request`` checks the envelope (``service.serving.schemas``), then the values along one
-of two paths that must agree exactly: small batches go through the per-model marshmallow
-schema; large batches are checked column by column with C-level iteration (``map``, ``zip``,
-``array``, numpy comparisons) and no per-row Python loop. A column the fast checks cannot clear
-is re-checked value by value with the same ``convert`` rule, so both paths report the same
-errors and build the same arrays. The payload is assumed to hold only JSON types, as the
-JSON decoder produces them. Nothing here imports Flask.
+``validate_rows`` takes rows as a codec decoded them (records, rows or columns of JSON
+values; the envelope is the codec's job) and checks the values along one of two paths that
+must agree exactly: small batches go through the per-model marshmallow schema; large batches
+are checked column by column with C-level iteration (``map``, ``zip``, ``array``, numpy
+comparisons) and no per-row Python loop. A column the fast checks cannot clear is re-checked
+value by value with the same ``convert`` rule, so both paths report the same errors and build
+the same arrays. The rows are assumed to hold only JSON types, as a JSON decoder produces
+them. Nothing here imports Flask.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from service.serving.schemas import (
     FeatureSpec,
     ModelSchema,
     convert,
-    load_envelope,
     model_schema,
 )
 
@@ -51,34 +51,24 @@ Error = tuple[int | None, Any, list[str]]
 
 
 @dataclass(frozen=True)
-class Batch:
-    """A validated request: one numpy array per feature, in feature order."""
+class ValidatedBatch:
+    """A request's rows after validation: one numpy array per feature, in feature order."""
 
     columns: dict[str, np.ndarray]
     n_rows: int
-    probabilities: bool
-    layout: str  # "records" | "rows" | "columns"
 
 
-def parse_predict_request(payload: object, features: list[dict[str, Any]], *, max_rows: int, vectorized_min_rows: int) -> Batch:
-    """Validate a decoded predict body against the model's features and build its columns."""
-    try:
-        envelope = load_envelope(payload, max_rows=max_rows)
-    except ValidationError as exc:
-        envelope, errors = {}, _flatten(exc.messages)
-    if not envelope:
-        raise_errors(errors, {})  # outside the except, so logs do not chain marshmallow's error
+def validate_rows(layout: str, data: Any, features: list[dict[str, Any]], *,
+                  vectorized_min_rows: int) -> ValidatedBatch:
+    """Validate decoded rows against the model's features and build its columns."""
     model = model_schema(features)
-    probabilities = envelope.get("parameters", {}).get("probabilities", False)
-    if "inputs" in envelope:
-        layout, data = "columns", envelope["inputs"]
+    if layout == "columns":
         n_rows = max((len(column) for column in data.values() if type(column) is list), default=0)
     else:
-        data = envelope["instances"]
-        layout, n_rows = ("records" if type(data[0]) is dict else "rows"), len(data)
+        n_rows = len(data)
     check = _check_columnwise if n_rows >= vectorized_min_rows else _check_with_schema
     columns, n_rows = check(model, layout, data)
-    return Batch(columns=columns, n_rows=n_rows, probabilities=probabilities, layout=layout)
+    return ValidatedBatch(columns=columns, n_rows=n_rows)
 
 
 def raise_errors(errors: list[Error], positions: dict[str, int]) -> NoReturn:
@@ -120,18 +110,18 @@ def _clip(field: Any) -> Any:
     return field
 
 
-def _flatten(messages: Any, row: int | None = None, field: str | None = None) -> list[Error]:
+def flatten_messages(messages: Any, row: int | None = None, field: str | None = None) -> list[Error]:
     """Turn marshmallow's nested envelope messages into (row, field, messages) entries."""
     if not isinstance(messages, dict):
         return [(row, field, list(messages))]
     out: list[Error] = []
     for key, value in messages.items():
         if isinstance(key, int):
-            out += _flatten(value, key, field)
+            out += flatten_messages(value, key, field)
         elif key == "_schema":
-            out += _flatten(value, row, field)
+            out += flatten_messages(value, row, field)
         else:
-            out += _flatten(value, row, key if field is None else f"{field}.{key}")
+            out += flatten_messages(value, row, key if field is None else f"{field}.{key}")
     return out
 
 

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from service.models import registry
 from service.models.packaging import package_model
 from service.monitoring.observe import Observer
+from service.protocols import v1
 from service.serving import inference
 from service.serving.catalog import Catalog
 from service.serving.inference import Limits, Target
@@ -18,6 +19,11 @@ from service.store import Store
 from tests.faulty_models import TRIGGER, RaisingRegressor, SumRegressor
 
 LIMITS = Limits(max_rows=1000, vectorized_min_rows=64)
+
+
+def predict(catalog, payload, target):
+    """Predict through the v1 codec, as the HTTP layer does."""
+    return inference.predict(catalog, v1.decode(payload, target, max_rows=LIMITS.max_rows), LIMITS)
 
 
 @pytest.fixture
@@ -35,8 +41,8 @@ def string_classes(tmp_path):
 def test_string_classes_come_back_as_json_strings(string_classes):
     catalog, model, X = string_classes
     payload = {"instances": X.head(3).to_numpy().tolist(), "parameters": {"probabilities": True}}
-    answer = inference.predict(catalog, payload, LIMITS, Target("strings"))
-    body = orjson.loads(orjson.dumps(answer.body, option=orjson.OPT_SERIALIZE_NUMPY))
+    answer = predict(catalog, payload, Target("strings"))
+    body = orjson.loads(orjson.dumps(v1.encode(answer), option=orjson.OPT_SERIALIZE_NUMPY))
     assert body["predictions"] == model.predict(X.head(3)).tolist()
     assert body["classes"] == ["high", "low"]
 
@@ -55,18 +61,18 @@ def fragile(tmp_path):
 
 
 def test_a_failing_canary_falls_back_and_says_so(fragile):
-    answer = inference.predict(fragile, {"instances": [[TRIGGER, 1.0]]}, LIMITS, Target("fragile"))
+    answer = predict(fragile, {"instances": [[TRIGGER, 1.0]]}, Target("fragile"))
     assert answer.version == 1 and answer.role == "fallback" and answer.fallback_from == 2
-    assert answer.body["fallback"] == {"from_version": 2, "reason": "error"}
-    healthy = inference.predict(fragile, {"instances": [[1.0, 1.0]]}, LIMITS, Target("fragile"))
-    assert healthy.version == 2 and healthy.role == "canary" and "fallback" not in healthy.body
+    assert v1.encode(answer)["fallback"] == {"from_version": 2, "reason": "error"}
+    healthy = predict(fragile, {"instances": [[1.0, 1.0]]}, Target("fragile"))
+    assert healthy.version == 2 and healthy.role == "canary" and "fallback" not in v1.encode(healthy)
 
 
 def test_the_observer_records_answers_and_failures_with_their_status(fragile, tmp_path):
     store = Store(tmp_path / "db.sqlite")
     observer = Observer(store)
-    answer = inference.predict(fragile, {"instances": [[TRIGGER, 1.0]]}, LIMITS, Target("fragile"))
-    observer.answered(answer, Target("fragile"), "req-1")
+    answer = predict(fragile, {"instances": [[TRIGGER, 1.0]]}, Target("fragile"))
+    observer.answered(answer, "req-1")
     observer.failed(Target("fragile"), "req-2", 422, "validation_failed", 0.001, None)
     rows = {r["request_id"]: dict(r) for r in store.requests_since("fragile", 0)}
     assert rows["req-1"]["status"] == 200 and rows["req-1"]["fallback_from"] == 2 and rows["req-1"]["version"] == 1

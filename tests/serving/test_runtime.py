@@ -141,7 +141,7 @@ def test_breast_cancer_predictions_equal_the_estimator(demo_root):
     np.testing.assert_array_equal(served.predictions, model.estimator.predict(X))
     # equal up to float rounding: BLAS may sum a column-built frame in another order
     np.testing.assert_allclose(served.probabilities, model.estimator.predict_proba(X), rtol=1e-12, atol=1e-15)
-    assert served.classes == [0, 1] and served.seconds > 0
+    assert served.classes == [0, 1]
     assert set(served.predictions.tolist()) == {0, 1}
     assert model.predict(columns_of(X)).probabilities is None
 

@@ -3,8 +3,9 @@ import math
 import pytest
 from marshmallow import ValidationError
 
+from service.protocols.v1 import load_envelope
 from service.serving import schemas
-from service.serving.schemas import compile_feature, convert, load_envelope, model_schema
+from service.serving.schemas import compile_feature, convert, model_schema
 
 FEATURES = [
     {"name": "radius", "type": "float", "min": 0.0, "max": 10.0},

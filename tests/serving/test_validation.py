@@ -1,12 +1,15 @@
 import math
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from service.errors import ValidationFailed
+from service.protocols import v1
 from service.serving import schemas, validation
-from service.serving.validation import Batch, parse_predict_request
+from service.serving.inference import Target
+from service.serving.validation import validate_rows
 
 FEATURES = [
     {"name": "mean radius", "type": "float", "min": 0.0, "max": 100.0},
@@ -20,8 +23,20 @@ GOOD_ROWS = [[1.5, 2, True, "a", "x"], [0, 3.0, False, 3, None]]
 SMALL, VECTORISED = 10**9, 1  # vectorized_min_rows forcing each path
 
 
+@dataclass
+class Parsed:
+    """What the v1 codec and validation make of one body together."""
+
+    columns: dict
+    n_rows: int
+    layout: str
+    probabilities: bool
+
+
 def parse(payload, features=FEATURES, *, path, max_rows=1000):
-    return parse_predict_request(payload, features, max_rows=max_rows, vectorized_min_rows=path)
+    request = v1.decode(payload, Target("m"), max_rows=max_rows)
+    batch = validate_rows(request.layout, request.data, features, vectorized_min_rows=path)
+    return Parsed(batch.columns, batch.n_rows, request.layout, request.probabilities)
 
 
 def failure(payload, features=FEATURES, *, path, max_rows=1000):
@@ -245,7 +260,7 @@ def assert_same(payload, features):
     if isinstance(small, ValidationFailed):
         assert (small.details, small.message) == (large.details, large.message)
         return
-    assert isinstance(small, Batch) and isinstance(large, Batch)
+    assert isinstance(small, Parsed) and isinstance(large, Parsed)
     assert (small.n_rows, small.layout, small.probabilities) == (large.n_rows, large.layout, large.probabilities)
     assert list(small.columns) == list(large.columns)
     for name, column in small.columns.items():
