@@ -7,11 +7,14 @@ scenarios again for the same time, so the cost of the prediction log on a real s
 difference between two runs that differ in nothing else. Every server gets its own temp folder
 for its SQLite store and Prometheus files (deleted when it stops; its log is kept).
 Progress goes to stderr, the report to stdout; the exit code is non-zero with a one-line
-reason if a server did not start or any scenario saw a non-2xx answer.
+reason if a server did not start or any scenario saw a non-2xx answer. ``--help`` lists the
+options; each falls back to its environment variable (what ``make bench`` passes), then to the
+default here.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -43,12 +46,37 @@ def env_int(name: str, default: int) -> int:
     return int(raw)
 
 
-def settings_from_env() -> tuple[int, load.LoadSettings]:
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; defaults stay None so the environment is read only when no flag is given."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark the prediction server: train the demo models, time them in process, then "
+                    "load a real Gunicorn with wrk on 127.0.0.1 (once with the prediction log on, once off). "
+                    "Progress goes to stderr, the table to stdout.",
+        epilog="Exit status: 0 when every scenario answered 2xx, 1 otherwise (the scratch folder is kept).")
+    parser.add_argument("--seconds", type=positive_int, metavar="N",
+                        help=f"wrk duration per scenario (env BENCH_SECONDS, default {DEFAULT_SECONDS})")
+    parser.add_argument("--workers", type=positive_int, metavar="N",
+                        help=f"Gunicorn workers (env BENCH_WORKERS, default {DEFAULT_WORKERS})")
+    parser.add_argument("--connections", type=positive_int, metavar="N",
+                        help="wrk connections (env BENCH_CONNECTIONS, default: one per worker)")
+    parser.add_argument("--results", type=Path, default=report.RESULTS_FILE, metavar="PATH",
+                        help="where the JSON results are written (default: bench/results/latest.json)")
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> tuple[int, load.LoadSettings]:
     """Workers and wrk settings; one connection per worker keeps queueing out of p50."""
-    workers = env_int("BENCH_WORKERS", DEFAULT_WORKERS)
-    connections = env_int("BENCH_CONNECTIONS", workers)
-    return workers, load.LoadSettings(seconds=env_int("BENCH_SECONDS", DEFAULT_SECONDS),
-                                      connections=connections, threads=1)
+    workers = args.workers or env_int("BENCH_WORKERS", DEFAULT_WORKERS)
+    connections = args.connections or env_int("BENCH_CONNECTIONS", workers)
+    seconds = args.seconds or env_int("BENCH_SECONDS", DEFAULT_SECONDS)
+    return workers, load.LoadSettings(seconds=seconds, connections=connections, threads=1)
 
 
 def progress(message: str) -> None:
@@ -104,9 +132,8 @@ def serve_and_load(name: str, root: Path, work: Path, workers: int, scenarios: l
     return remote, [f"{name}: {p}" for p in problems], server.worker_boots()
 
 
-def run(work: Path) -> dict:
+def run(work: Path, workers: int, settings: load.LoadSettings) -> dict:
     """The whole benchmark in a scratch folder; returns the results dict."""
-    workers, settings = settings_from_env()
     load.require_wrk()
     load_before = machine.load_average()
     # The in-process observer counts into multiprocess files, as a Gunicorn worker does.
@@ -130,14 +157,16 @@ def run(work: Path) -> dict:
                                 problems + more_problems, log_ab)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run, print, save; exit 1 with a one-line reason on any failure (scratch kept for inspection)."""
+    args = build_parser().parse_args(argv)
+    workers, settings = load_settings(args)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     ok = False
     try:
-        results = run(work)
+        results = run(work, workers, settings)
         print(report.format_table(results))
-        progress(f"results written to {report.write_json(results)}")
+        progress(f"results written to {report.write_json(results, args.results)}")
         ok = results["ok"]
         if not ok:
             print(f"bench failed: {results['failures'][0]}"
