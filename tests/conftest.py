@@ -1,4 +1,11 @@
-"""Shared fixtures: demo artifacts built once per session, and real Gunicorn servers."""
+"""Shared fixtures: demo artifacts built once per session, the app in-process, and real Gunicorn servers.
+
+In-process (flaskr's layout): ``app`` is ``create_app(config)`` over a copy of the demo models and
+a SQLite file in ``tmp_path``, with no background thread; ``client`` is its test client and
+``runner`` a click runner whose environment points the CLI at the same artifacts and database.
+``make_app(**overrides)`` builds more apps (keys, limits) the same way. Real Gunicorn servers
+(``server_factory``, ``demo_server``) are for what needs processes.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
 
+from service.config import Config
 from service.models.demo import train_demo
 from tests.postgres import make_store, postgres_server, postgres_url  # noqa: F401  (shared fixtures)
 
@@ -41,6 +52,54 @@ def artifact_root(demo_root: Path, tmp_path: Path) -> Path:
     root = tmp_path / "artifacts"
     shutil.copytree(demo_root, root)
     return root
+
+
+def app_config(artifacts: Path, database: Path, **overrides: object) -> Config:
+    """A config for an in-process app: no poll, guard or alert thread; the database in a file of its own."""
+    values: dict[str, object] = dict(artifacts_dir=artifacts, database_url=f"sqlite:///{database}",
+                                     poll_seconds=0, guard_seconds=0, alert_seconds=0)
+    values.update(overrides)
+    return Config(**values)
+
+
+@pytest.fixture
+def make_app(artifact_root: Path, tmp_path: Path) -> Iterator:
+    """Build apps over this test's copy of the demo models: ``make_app(api_keys_file=path)``.
+
+    Each app has its own database file; its store and thread pool are closed at the end.
+    """
+    from service.app import create_app
+
+    apps: list[Flask] = []
+
+    def make(**overrides: object) -> Flask:
+        database = tmp_path / f"db-{len(apps)}.sqlite"
+        apps.append(create_app(app_config(overrides.pop("artifacts_dir", artifact_root), database, **overrides)))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.extensions["executor"].shutdown(wait=True)
+        app.extensions["store"].close()
+
+
+@pytest.fixture
+def app(make_app) -> Flask:
+    """The app over a copy of the demo models, open on loopback (no keys file)."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> CliRunner:
+    """A click runner for ``service.cli.cli`` over the app's artifacts and database (``runner.invoke(cli, [...])``)."""
+    config: Config = app.config["SERVICE_CONFIG"]
+    return CliRunner(env={**{name: None for name in SCRUBBED_ENV}, "ARTIFACTS_DIR": str(config.artifacts_dir),
+                          "DATABASE_URL": config.database_url})
 
 
 def free_port() -> int:

@@ -1,110 +1,23 @@
-"""End to end: a real Gunicorn server answering predictions for both demo models."""
+"""End to end: what only real Gunicorn shows about a prediction, its access log.
+
+Layouts, routes, probes and request ids are tested in-process in tests/api/test_predict.py.
+"""
 
 from __future__ import annotations
 
-import json
-
-import joblib
-import numpy as np
-import pandas as pd
 import pytest
-from sklearn.datasets import load_breast_cancer, load_diabetes
 
 pytestmark = pytest.mark.e2e
 
-
-def rows_of(name: str, n: int, seed: int = 0) -> pd.DataFrame:
-    if name == "breast-cancer":
-        data = load_breast_cancer(as_frame=True).data
-    else:
-        data = load_diabetes(as_frame=True, scaled=False).data.astype({"age": "int64", "sex": "int64"})
-    return data.sample(n, random_state=seed, replace=n > len(data)).reset_index(drop=True)
-
-
-def in_process(demo_root, name: str, frame: pd.DataFrame):
-    model = joblib.load(demo_root / name / "1" / "model.joblib")
-    proba = model.predict_proba(frame) if hasattr(model, "predict_proba") else None
-    return model.predict(frame), proba
-
-
-def payloads(frame: pd.DataFrame) -> dict[str, dict]:
-    records = json.loads(frame.to_json(orient="records"))
-    return {
-        "records": {"instances": records},
-        "rows": {"instances": [list(r.values()) for r in records]},
-        "columns": {"inputs": {c: [r[c] for r in records] for c in frame.columns}},
-    }
-
-
-def test_health_and_readiness(demo_server):
-    assert demo_server.get("/healthz").json() == {"status": "ok"}
-    ready = demo_server.get("/readyz")
-    assert ready.status_code == 200
-    assert ready.json()["models"] == {"breast-cancer": {"production": 1, "status": "AVAILABLE"},
-                                      "diabetes": {"production": 1, "status": "AVAILABLE"}}
-
-
-def test_list_and_describe_models(demo_server):
-    models = {m["name"]: m for m in demo_server.get("/v1/models").json()["models"]}
-    assert set(models) == {"breast-cancer", "diabetes"}
-    assert models["breast-cancer"]["versions"] == [1]
-    assert models["breast-cancer"]["labels"] == {"production": 1}
-    detail = demo_server.get("/v1/models/diabetes/versions/1").json()
-    assert detail["status"] == "AVAILABLE" and detail["task"] == "regression" and detail["labels"] == ["production"]
-    assert [f["name"] for f in detail["input"]["features"]][:3] == ["age", "sex", "bmi"]
-    assert detail["metrics"]["cv"]["folds"] == 5
-    assert "reference_profile" not in detail
-    model = demo_server.get("/v1/models/breast-cancer").json()
-    assert model["versions"][0]["status"] == "AVAILABLE"
-
-
-@pytest.mark.parametrize("name", ["breast-cancer", "diabetes"])
-@pytest.mark.parametrize("layout", ["records", "rows", "columns"])
-@pytest.mark.parametrize("n", [3, 200])  # below and above the vectorised threshold
-def test_predictions_equal_in_process(demo_server, demo_root, name, layout, n):
-    frame = rows_of(name, n)
-    expected, expected_proba = in_process(demo_root, name, frame)
-    body = payloads(frame)[layout]
-    if expected_proba is not None:
-        body["parameters"] = {"probabilities": True}
-    response = demo_server.post(f"/v1/models/{name}:predict", json=body)
-    assert response.status_code == 200, response.text
-    answer = response.json()
-    assert answer["model"] == name and answer["version"] == 1
-    assert response.headers["X-Model-Version"] == "1"
-    assert len(answer["ids"]) == n == len(set(answer["ids"]))
-    if name == "breast-cancer":
-        assert answer["predictions"] == expected.tolist()
-        assert answer["classes"] == [0, 1]
-        np.testing.assert_allclose(answer["probabilities"], expected_proba, rtol=1e-12)
-    else:
-        np.testing.assert_allclose(answer["predictions"], expected, rtol=1e-12)
-        assert "probabilities" not in answer
-
-
-def test_pinned_version_and_label_routes(demo_server):
-    body = {"instances": payloads(rows_of("diabetes", 2))["records"]["instances"]}
-    pinned = demo_server.post("/v1/models/diabetes/versions/1:predict", json=body)
-    labelled = demo_server.post("/v1/models/diabetes/labels/production:predict", json=body)
-    assert pinned.status_code == labelled.status_code == 200
-    assert pinned.json()["predictions"] == labelled.json()["predictions"]
-    missing = demo_server.post("/v1/models/diabetes/labels/staging:predict", json=body)
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "label_not_found"
-    absent = demo_server.post("/v1/models/diabetes/versions/9:predict", json=body)
-    assert absent.status_code == 404 and absent.json()["error"]["code"] == "version_not_found"
-
-
-def test_request_id_is_kept_when_sane_and_replaced_otherwise(demo_server):
-    kept = demo_server.get("/healthz", headers={"X-Request-ID": "trace-42.a:b"})
-    assert kept.headers["X-Request-ID"] == "trace-42.a:b"
-    replaced = demo_server.get("/healthz", headers={"X-Request-ID": "bad id <script>"})
-    assert replaced.headers["X-Request-ID"] != "bad id <script>"
-    assert len(replaced.headers["X-Request-ID"]) == 32
+ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
 
 
 def test_access_log_is_json_with_the_request_id(demo_server):
+    predicted = demo_server.post("/v1/models/diabetes:predict", json={"instances": [ROW]},
+                                 headers={"X-Request-ID": "access-log-check-2"})
+    assert predicted.status_code == 200 and predicted.headers["X-Model-Version"] == "1"
     response = demo_server.get("/healthz", headers={"X-Request-ID": "access-log-check-1"})
     assert response.status_code == 200
-    access = [r for r in demo_server.log_records() if r.get("logger") == "gunicorn.access"]
-    mine = [r for r in access if r["http"]["request_id"] == "access-log-check-1"]
-    assert mine and mine[0]["http"]["status"] == 200 and mine[0]["http"]["path"] == "/healthz"
+    access = {r["http"]["request_id"]: r["http"] for r in demo_server.log_records() if r.get("logger") == "gunicorn.access"}
+    assert access["access-log-check-1"]["status"] == 200 and access["access-log-check-1"]["path"] == "/healthz"
+    assert access["access-log-check-2"]["path"] == "/v1/models/diabetes:predict"
