@@ -152,7 +152,9 @@ def _to_bool(spec: FeatureSpec, value: Any) -> bool:
 
 
 def _to_category(spec: FeatureSpec, value: Any) -> str | int:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)  # 2.0 is the integer 2, as for int features (numpy float rows send codes so)
+    elif isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValidationError(NOT_A_CATEGORY)
     if spec.categories is not None and value not in spec.categories:
         raise ValidationError(spec.choices_message or "")
@@ -167,7 +169,7 @@ def _to_string(spec: FeatureSpec, value: Any) -> str:
     return value
 
 
-CONVERTERS: dict[str, Callable[[FeatureSpec, Any], Any]] = {
+VALUE_RULES: dict[str, Callable[[FeatureSpec, Any], Any]] = {
     "float": _to_float,
     "int": _to_int,
     "bool": _to_bool,
@@ -178,7 +180,7 @@ CONVERTERS: dict[str, Callable[[FeatureSpec, Any], Any]] = {
 
 def convert(spec: FeatureSpec, value: Any) -> Any:
     """Check one non-null value against its feature, returning it cleaned or raising ValidationError."""
-    return CONVERTERS[spec.kind](spec, value)
+    return VALUE_RULES[spec.kind](spec, value)
 
 
 class FeatureField(fields.Field):

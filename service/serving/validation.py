@@ -309,6 +309,11 @@ def _fast_column(spec: FeatureSpec, column: Sequence[Any], absent: np.ndarray | 
         if dense is not None:
             return dense
     kinds = set(map(type, column))
+    if spec.kind == "category" and float in kinds:
+        column = _integral_codes(column, kinds)
+        if column is None:
+            return None
+        kinds = set(map(type, column))
     has_null = NONE_TYPE in kinds
     if has_null:
         kinds.discard(NONE_TYPE)
@@ -329,6 +334,24 @@ def _fast_column(spec: FeatureSpec, column: Sequence[Any], absent: np.ndarray | 
         if not seen <= spec.categories:
             return None
     return build_array(spec, column)
+
+
+def _integral_codes(column: Sequence[Any], kinds: set[type]) -> list[Any] | None:
+    """Turn a numeric category column's exact floats (2.0) into the integers they are, in C."""
+    if not kinds <= {int, float, NONE_TYPE}:
+        return None  # strings beside floats: rare, and the slow path reports each value
+    try:
+        floats = np.array(column, dtype=np.float64)  # None becomes nan
+    except OverflowError:
+        return None
+    nulls = np.isnan(floats)
+    if np.count_nonzero(nulls) != column.count(None) or np.isinf(floats).any():
+        return None
+    if (np.abs(floats) >= EXACT_FLOAT_INT).any() or not np.array_equal(floats, np.trunc(floats), equal_nan=True):
+        return None
+    codes = np.where(nulls, 0, floats).astype(np.int64).astype(object)
+    codes[nulls] = None
+    return codes.tolist()
 
 
 def _dense_numbers(spec: FeatureSpec, column: Sequence[Any]) -> np.ndarray | None:

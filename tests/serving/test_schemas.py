@@ -92,8 +92,10 @@ def test_category_takes_declared_strings_or_ints():
     assert convert(s, "a") == "a" and convert(s, 3) == 3
     assert reject(s, "b") == "Must be one of: a, 3."
     assert reject(s, "3") == "Must be one of: a, 3."
-    for value in (True, 3.0, ["a"]):
+    for value in (True, 3.5, float("nan"), float("inf"), ["a"]):
         assert reject(s, value) == schemas.NOT_A_CATEGORY
+    assert convert(s, 3.0) == 3 and type(convert(s, 3.0)) is int  # an exact float is the integer it equals
+    assert reject(s, 4.0) == "Must be one of: a, 3."
     assert convert(spec(type="category"), "anything") == "anything"
 
 

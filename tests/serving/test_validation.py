@@ -333,3 +333,33 @@ def test_both_paths_agree_on_random_payloads():
         except ValidationFailed:
             failures += 1
     assert successes > 300 and failures > 300  # the generator exercises both outcomes
+
+
+# -- exact floats are integers: 2.0 is 2 for int features and integer categories alike ------------
+
+CODED = [{"name": "sex", "type": "category", "categories": [1, 2]}, {"name": "age", "type": "int", "min": 0}]
+
+
+@pytest.mark.parametrize("path", [SMALL, VECTORISED])
+@pytest.mark.parametrize("sex", [2.0, 1e0, 2])
+def test_an_exact_float_is_the_integer_category_it_equals(path, sex):
+    parsed = parse({"instances": [[sex, 59.0], [1, 1e1]]}, CODED, path=path)
+    assert parsed.columns["sex"].tolist() == [2 if sex == 2 else 1, 1]
+    assert all(type(v) is int for v in parsed.columns["sex"].tolist())
+    assert parsed.columns["age"].dtype == np.int64 and parsed.columns["age"].tolist() == [59, 10]
+
+
+@pytest.mark.parametrize("path", [SMALL, VECTORISED])
+@pytest.mark.parametrize(("sex", "message"), [(2.5, schemas.NOT_A_CATEGORY), (True, schemas.NOT_A_CATEGORY),
+                                               (3.0, "Must be one of: 1, 2."), (float("1e300"), "Must be one of: 1, 2.")])
+def test_a_non_integral_float_or_a_boolean_is_refused_the_same_way_on_both_paths(path, sex, message):
+    with pytest.raises(ValidationFailed) as exc:
+        parse({"instances": [[1, 30], [sex, 30]]}, CODED, path=path)
+    assert exc.value.details["errors"] == [{"row": 1, "field": "sex", "messages": [message]}]
+
+
+def test_exact_floats_in_nullable_category_columns_agree_on_both_paths():
+    features = [{"name": "code", "type": "category", "categories": [1, 2, 3], "nullable": True}]
+    for column in ([1.0, None, 3.0], [1.0, 2, None], [2.0, "x"], [1.5, None]):
+        assert_same({"inputs": {"code": column}}, features)
+        assert_same({"instances": [[value] for value in column]}, features)
