@@ -90,6 +90,12 @@ class ChangeRefused(Conflict):
     code, message = "change_refused", "The change was refused."
 
 
+class RegistryChangeBlocked(Conflict):
+    """A registry change refused because registry.json cannot be read: an admin call never overwrites it."""
+
+    code, message = "registry_unreadable", "The model's registry.json cannot be read; nothing was changed."
+
+
 class PayloadTooLarge(ServiceError):
     status, code, message = 413, "payload_too_large", "The request body is too large."
 
@@ -108,6 +114,12 @@ class ModelUnavailable(ServiceError):
     status, code, message = 503, "model_unavailable", "The model version is not available."
 
 
+class RegistryStateUnavailable(ServiceError):
+    """A read of the registry state (rollout, history, comparison) while registry.json cannot be read."""
+
+    status, code, message = 503, "registry_unreadable", "The model's registry.json cannot be read."
+
+
 class StoreUnavailable(ServiceError):
     status, code, message = 503, "store_unavailable", "The database could not record this; try again."
 
@@ -118,6 +130,23 @@ class PredictionFailed(ServiceError):
 
 class ArtifactError(Exception):
     """An artifact on disk that must not be loaded: bad hash, missing file, bad manifest."""
+
+
+class RegistryUnreadable(ArtifactError):
+    """A registry.json that cannot be read or is not a registry state.
+
+    ``reason`` names the file relative to the model's folder, never the server's absolute path,
+    so it may be shown to API callers; ``last_good`` says whether a verified copy exists to
+    restore from.
+    """
+
+    def __init__(self, model: str, reason: str, *, last_good: bool = False):
+        self.model, self.reason, self.last_good = model, reason, last_good
+        if last_good:
+            fix = f"restore the last good state with `python -m service registry restore {model}`"
+        else:
+            fix = "there is no last-good copy: repair registry.json by hand"
+        super().__init__(f"model {model!r}: {reason}; {fix}")
 
 
 class ConfigError(Exception):

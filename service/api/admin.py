@@ -14,7 +14,14 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.api.auth import require_scope
 from service.api.io import int_arg, json_response, read_json, validation_failed
-from service.errors import ArtifactError, ChangeRefused, ValidationFailed
+from service.errors import (
+    ArtifactError,
+    ChangeRefused,
+    RegistryChangeBlocked,
+    RegistryStateUnavailable,
+    RegistryUnreadable,
+    ValidationFailed,
+)
 from service.models import comparison, registry
 from service.models.rollout import check_rules
 
@@ -70,8 +77,7 @@ def remove_label(name: str, label: str):
 @bp.get("/<model_name:name>/rollout")
 @require_scope("read", "admin")
 def show_rollout(name: str):
-    current_app.extensions["catalog"].model(name)
-    state = registry.read_state(current_app.extensions["catalog"].root, name)
+    state = _read_state(name)
     return json_response({"model": name, "labels": state["labels"], "rollout": state["rollout"],
                           "production_stack": state["production_stack"]})
 
@@ -101,9 +107,7 @@ def rollback(name: str):
 @bp.get("/<model_name:name>/history")
 @require_scope("read", "admin")
 def history(name: str):
-    current_app.extensions["catalog"].model(name)
-    return json_response({"model": name,
-                          "history": registry.read_state(current_app.extensions["catalog"].root, name)["history"]})
+    return json_response({"model": name, "history": _read_state(name)["history"]})
 
 
 @bp.get("/<model_name:name>/comparison")
@@ -112,7 +116,10 @@ def compare(name: str):
     catalog = current_app.extensions["catalog"]
     catalog.model(name)
     window = _window_seconds()
-    return json_response(comparison.compare(current_app.extensions["store"], catalog.root, name, window))
+    try:
+        return json_response(comparison.compare(current_app.extensions["store"], catalog.root, name, window))
+    except RegistryUnreadable as exc:
+        raise _unreadable(exc, RegistryStateUnavailable) from None
 
 
 def _apply(name: str, change, *args: Any, reason: str, signed: bool = False, **kwargs: Any):
@@ -124,10 +131,37 @@ def _apply(name: str, change, *args: Any, reason: str, signed: bool = False, **k
     actor = f"key:{g.key_id}" if g.get("key_id") else "open-loopback"
     try:
         entry = change(catalog.root, name, *args, actor=actor, reason=reason, **kwargs)
+    except RegistryUnreadable as exc:
+        raise _unreadable(exc, RegistryChangeBlocked) from None
     except (ValueError, ArtifactError) as exc:
         raise ChangeRefused(str(exc), details={"model": name}) from None
     catalog.refresh()
     return json_response({"model": name, "change": entry})
+
+
+def _read_state(name: str) -> dict[str, Any]:
+    catalog = current_app.extensions["catalog"]
+    catalog.model(name)
+    try:
+        return registry.read_state(catalog.root, name)
+    except RegistryUnreadable as exc:
+        raise _unreadable(exc, RegistryStateUnavailable) from None
+
+
+def _unreadable(exc: RegistryUnreadable, error: type[RegistryStateUnavailable | RegistryChangeBlocked]):
+    """Say what is wrong with registry.json (no server path) and how the operator repairs it."""
+    name = exc.model
+    what = (f"Nothing was changed: the registry state of {name!r} cannot be read ({exc.reason}), "
+            "and an admin call never overwrites it." if error is RegistryChangeBlocked
+            else f"The registry state of {name!r} cannot be read ({exc.reason}).")
+    details: dict[str, Any] = {"model": name, "reason": exc.reason, "last_good": exc.last_good}
+    if exc.last_good:
+        details["restore_command"] = f"python -m service registry restore {name}"
+        fix = (f" Its last-good copy is intact: restore it with `{details['restore_command']}` "
+               "on the server, or repair registry.json by hand.")
+    else:
+        fix = " There is no last-good copy to restore: repair registry.json by hand."
+    return error(what + fix, details=details)
 
 
 def _load(schema: Schema, payload: Any) -> dict[str, Any]:

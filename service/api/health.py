@@ -9,6 +9,8 @@ from service.errors import NotReady
 
 bp = Blueprint("health", __name__)
 
+PUBLIC_FIELDS = ("status", "registry")  # what an unauthenticated probe sees per model with keys on
+
 
 @bp.get("/healthz")
 def healthz():
@@ -17,10 +19,17 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
+    """200 when this worker can serve every production model, else 503 (``Catalog.readiness``).
+
+    An unreadable registry.json shows as ``registry_error`` (and ``registry``: where the state
+    served comes from) on the model. Serving from the last-good copy stays 200, problem
+    reported: the state is the last one committed and every worker agrees on it. A model with
+    versions and no state at all (no readable file, no copy) is 503, ``REGISTRY_UNREADABLE``.
+    """
     ready, report = current_app.extensions["catalog"].readiness()
     if current_app.extensions.get("security") is not None:
         # probes carry no key: with keys on, say how many models and which state, not why
-        report = {name: {"status": entry["status"]} for name, entry in report.items()}
+        report = {name: {k: entry[k] for k in PUBLIC_FIELDS if k in entry} for name, entry in report.items()}
     if not ready:
         raise NotReady(details={"models": report})
     return json_response({"status": "ready", "models": report})

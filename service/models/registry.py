@@ -2,16 +2,17 @@
 
 ``<root>/<model>/registry.json`` is changed only through ``update``: under an exclusive file
 lock (so two processes changing it at once lose nothing), written to a temp file and renamed
-(so readers never see half a file), with every change appended to ``history``. Refused changes
-raise before anything is written. Which version answers a request is ``rollout``'s job, not
-this module's. No Flask.
+(so readers never see half a file), with every change appended to ``history`` and a checked
+last-good copy written beside it (``registry_file``). Refused changes raise before anything is
+written; so does every change over a registry.json that cannot be read, which only
+``restore`` (from the last-good copy) or a repair by hand replaces. Which version answers a
+request is ``rollout``'s job, not this module's. No Flask.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.metadata
-import json
 import os
 import re
 import shutil
@@ -21,21 +22,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.errors import ArtifactError
+from service.errors import ArtifactError, RegistryUnreadable
 from service.models import artifacts
+from service.models.registry_file import (  # noqa: F401  (read_serving_state, LAST_GOOD_FILE: this module's API too)
+    LAST_GOOD_FILE,
+    empty_state,
+    keep_broken,
+    locked,
+    read_last_good,
+    read_serving_state,
+    read_state,
+    write_state,
+)
 from service.models.rollout import (
-    DEFAULT_RULES,
     PRODUCTION,
     check_budget,
     check_canary,
     check_fallback,
     check_rules,
     check_shadow,
-    default_rollout,
 )
 
 LABEL_RE = re.compile(r"[a-z0-9_-]{1,64}")
-LOCK_FILE = ".registry.lock"
 GC_PREFIX = ".gc-"
 STACK_LIMIT = 20  # rollback targets remembered; older ones are dropped from the bottom
 
@@ -57,39 +65,6 @@ def check_label(label: str) -> str:
     return label
 
 
-def empty_state() -> dict[str, Any]:
-    return {"labels": {}, "rollout": default_rollout(), "production_stack": [], "history": []}
-
-
-def read_state(root: Path, name: str) -> dict[str, Any]:
-    """Read a model's registry state; a missing file is an empty state."""
-    path = artifacts.model_dir(root, name) / artifacts.REGISTRY_FILE
-    try:
-        with open(path, "rb") as fh:
-            state = json.loads(fh.read())
-    except FileNotFoundError:
-        return empty_state()
-    except ValueError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("labels", {}), dict) \
-            or not isinstance(state.get("history", []), list) \
-            or not isinstance(state.get("rollout", {}), dict) \
-            or not isinstance(state.get("production_stack", []), list) \
-            or not isinstance(state.get("rollout", {}).get("rules", {}), dict):
-        raise ArtifactError(f"{path} is not a registry state (an object with labels and history)")
-    # files written before rollout existed read as "no rollout", field by field
-    rollout = {**default_rollout(), **state.get("rollout", {})}
-    rollout["rules"] = {**DEFAULT_RULES, **rollout["rules"]}
-    state = {"labels": {}, "rollout": None, "production_stack": [], **state}
-    state["rollout"] = rollout
-    state["history"] = state.pop("history", [])  # last, so the file reads top-down
-    return state
-
-
-def _locked(root: Path, name: str):
-    return artifacts.exclusive_lock(artifacts.model_dir(root, name) / LOCK_FILE)
-
-
 def update(root: Path, name: str, change: Callable[[dict[str, Any]], dict[str, Any]], *,
            actor: str, reason: str = "") -> dict[str, Any]:
     """Apply ``change`` to the state under the lock and record what it returned in the history.
@@ -97,7 +72,7 @@ def update(root: Path, name: str, change: Callable[[dict[str, Any]], dict[str, A
     ``change`` mutates the state it is given and returns the history entry's details (at
     least ``action``); it raises to refuse the change, leaving the file untouched.
     """
-    with _locked(root, name):
+    with locked(root, name):
         state = read_state(root, name)
         return _commit(root, name, state, change(state), actor=actor, reason=reason)
 
@@ -106,8 +81,27 @@ def _commit(root: Path, name: str, state: dict[str, Any], entry: dict[str, Any],
             reason: str) -> dict[str, Any]:
     entry = {"at": _now(), "actor": actor, **entry, "reason": reason}
     state["history"].append(entry)
-    artifacts.write_json_atomic(artifacts.model_dir(root, name) / artifacts.REGISTRY_FILE, state)
+    write_state(root, name, state)
     return entry
+
+
+def restore(root: Path, name: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+    """Replace an unreadable registry.json with its last-good copy, keeping the broken file aside.
+
+    Refused (``ValueError``) when registry.json reads fine, so a restore never rolls back good
+    changes; raise ``RegistryUnreadable`` when there is no usable copy.
+    """
+    artifacts.check_model_name(name)
+    with locked(root, name):
+        try:
+            read_state(root, name)
+        except RegistryUnreadable:
+            pass
+        else:
+            raise ValueError(f"registry.json of {name!r} is readable; there is nothing to restore")
+        state = read_last_good(root, name)
+        entry = {"action": "registry.restore", "kept": keep_broken(root, name)}
+        return _commit(root, name, state, entry, actor=actor, reason=reason)
 
 
 def set_label(root: Path, name: str, label: str, version: int, *, actor: str, reason: str = "",
@@ -255,7 +249,7 @@ def gc(root: Path, name: str, *, keep: int, actor: str, reason: str = "", dry_ru
     folder = artifacts.model_dir(root, name)
     if not folder.is_dir():
         raise ValueError(f"there is no model {name!r} under {root}")
-    with _locked(root, name):
+    with locked(root, name):
         state = read_state(root, name)
         protected = protected_versions(state)
         doomed = [v for v in artifacts.list_versions(root, name)[:-keep] if v not in protected]

@@ -1,11 +1,12 @@
 """The models one worker serves: verified, loaded versions and where each label points.
 
 A ``Catalog`` scans the artifact root, loads every version it has not seen (verifying
-before unpickling), and re-reads each ``registry.json``. It publishes the result as one
-immutable snapshot swapped in a single assignment, so a request that resolved a version keeps
-it to the end while the next request sees the new state. A version that fails to load is
-reported (status FAILED with the reason, and a log line) and never replaces one that works.
-No Flask.
+before unpickling), and re-reads each ``registry.json``, falling back to its last-good copy
+when it is unreadable (so a worker booted after the file broke serves what the others do). It
+publishes the result as one immutable snapshot swapped in a single assignment, so a request
+that resolved a version keeps it to the end while the next request sees the new state. A
+version that fails to load is reported (status FAILED with the reason, and a log line) and
+never replaces one that works. No Flask.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from service.errors import ArtifactError, LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
+from service.errors import (
+    ArtifactError,
+    LabelNotFound,
+    ModelNotFound,
+    ModelUnavailable,
+    RegistryUnreadable,
+    VersionNotFound,
+)
 from service.models import artifacts, registry
 from service.models.rollout import choose_version, default_rollout
 from service.periodic import Periodic
@@ -28,6 +36,10 @@ from service.serving import runtime
 log = logging.getLogger(__name__)
 
 AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
+REGISTRY_UNREADABLE = "REGISTRY_UNREADABLE"  # readiness status of a model whose state is not known at all
+# where a model's labels and rollout came from: registry.json, its last-good copy, this
+# worker's memory of an earlier read, or nowhere
+FROM_FILE, FROM_LAST_GOOD, FROM_MEMORY, NO_STATE = "registry.json", "last-good", "memory", "none"
 NO_ROLLOUT = default_rollout()
 
 
@@ -47,6 +59,7 @@ class ModelState:
     registry_error: str | None = None
     rollout: MappingProxyType = field(default_factory=lambda: MappingProxyType(dict(NO_ROLLOUT)))
     wanted: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # labels as registry.json says
+    registry_source: str = FROM_FILE  # where labels and rollout came from; see readiness()
 
     def available(self, version: int | None) -> runtime.LoadedModel | None:
         entry = self.versions.get(version) if version is not None else None
@@ -100,17 +113,33 @@ class Catalog:
             del versions[gone]
             self.on_removed(name, gone)
         try:
-            state, error = registry.read_state(self.root, name), None
-        except ArtifactError as exc:
-            error = str(exc)
-            log.error("registry state unreadable; keeping the last good labels",
+            state, error = registry.read_serving_state(self.root, name)
+        except RegistryUnreadable as exc:
+            return self._without_registry(name, versions, old, exc.reason)
+        source = FROM_FILE if error is None else FROM_LAST_GOOD
+        if error is not None and (old is None or old.registry_error != error):
+            log.error("registry.json unreadable; serving its last-good copy",
                       extra={"model": name, "reason": error})
-            return ModelState(name, MappingProxyType(versions), old.labels if old else MappingProxyType({}), error,
-                              old.rollout if old else MappingProxyType(dict(NO_ROLLOUT)))
+        elif error is None and old is not None and old.registry_error is not None:
+            log.info("registry.json readable again", extra={"model": name})
         labels = self._servable_labels(name, state, versions, old)
         rollout = {**NO_ROLLOUT, **state.get("rollout", {})}
-        return ModelState(name, MappingProxyType(versions), MappingProxyType(labels), None, MappingProxyType(rollout),
-                          MappingProxyType(dict(state["labels"])))
+        return ModelState(name, MappingProxyType(versions), MappingProxyType(labels), error, MappingProxyType(rollout),
+                          MappingProxyType(dict(state["labels"])), source)
+
+    @staticmethod
+    def _without_registry(name: str, versions: dict[int, VersionState], old: ModelState | None,
+                          error: str) -> ModelState:
+        """Neither registry.json nor its copy reads: keep what this worker served, if anything."""
+        known = old is not None and old.registry_source != NO_STATE
+        if old is None or old.registry_error != error:
+            log.error("registry state unreadable and no last-good copy; "
+                      + ("keeping the labels this worker serves" if known else "serving no label"),
+                      extra={"model": name, "reason": error})
+        if not known:
+            return ModelState(name, MappingProxyType(versions), MappingProxyType({}), error,
+                              registry_source=NO_STATE)
+        return ModelState(name, MappingProxyType(versions), old.labels, error, old.rollout, old.wanted, FROM_MEMORY)
 
     @staticmethod
     def _servable_labels(name: str, state: dict[str, Any], versions: dict[int, VersionState],
@@ -216,23 +245,46 @@ class Catalog:
         return Route(chosen, role, fallback, shadows, rollout.get("budget_ms"))
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when some model has a ``production`` label and every such version is loaded.
+        """Ready when some model has a ``production`` label, every such version is loaded, and
+        every model with versions has a registry state.
 
         The version that counts is the one this worker serves as production. When registry.json
         names another that could not be loaded, the report says so (``wanted``) but the worker
         stays ready: it serves a verified version, and taking every replica out of rotation
         over a refused upgrade would turn a bad deploy into an outage.
+
+        An unreadable registry.json is reported per model: ``registry_error`` (the reason, never
+        the server's path) and ``registry`` (where the state served comes from). Serving from
+        the last-good copy, or from what this worker read before, stays ready: that state is
+        the last one an operator committed, every worker serves the same, and the report tells
+        the operator to restore the file. A model with versions but no state at all (no
+        readable file, no copy, nothing read before) is ``REGISTRY_UNREADABLE`` and makes the
+        worker unready: its production version is unknown, so unqualified requests would all
+        fail here, and a load balancer should send them to a replica that knows.
         """
         report: dict[str, Any] = {}
         for state in self._models.values():
-            version = state.labels.get(registry.PRODUCTION)
-            if version is not None:
-                entry = state.versions.get(version)
-                report[state.name] = {"production": version, "status": entry.status if entry else "MISSING"}
-                wanted = state.wanted.get(registry.PRODUCTION)
-                if wanted is not None and wanted != version:
-                    entry = state.versions.get(wanted)
-                    report[state.name].update(wanted=wanted, wanted_status=entry.status if entry else "MISSING",
-                                              wanted_reason=entry.reason if entry else "no such version on disk")
-        ready = bool(report) and all(r["status"] == AVAILABLE for r in report.values())
+            entry = self._production_report(state)
+            if state.registry_error is not None:
+                entry = {**(entry or {}), "registry": state.registry_source, "registry_error": state.registry_error}
+                if state.registry_source == NO_STATE and state.versions:
+                    entry["status"] = REGISTRY_UNREADABLE
+            if entry:
+                report[state.name] = entry
+        ready = any("production" in r for r in report.values()) \
+            and all(r.get("status", AVAILABLE) == AVAILABLE for r in report.values())
         return ready, report
+
+    @staticmethod
+    def _production_report(state: ModelState) -> dict[str, Any] | None:
+        version = state.labels.get(registry.PRODUCTION)
+        if version is None:
+            return None
+        entry = state.versions.get(version)
+        report = {"production": version, "status": entry.status if entry else "MISSING"}
+        wanted = state.wanted.get(registry.PRODUCTION)
+        if wanted is not None and wanted != version:
+            entry = state.versions.get(wanted)
+            report.update(wanted=wanted, wanted_status=entry.status if entry else "MISSING",
+                          wanted_reason=entry.reason if entry else "no such version on disk")
+        return report

@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -7,7 +8,16 @@ import pytest
 
 from service.errors import LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
 from service.models import registry
-from service.serving.catalog import AVAILABLE, FAILED, Catalog
+from service.serving.catalog import (
+    AVAILABLE,
+    FAILED,
+    FROM_FILE,
+    FROM_LAST_GOOD,
+    FROM_MEMORY,
+    NO_STATE,
+    REGISTRY_UNREADABLE,
+    Catalog,
+)
 from tests import builders
 from tests.builders import flip_byte
 
@@ -161,7 +171,77 @@ def test_an_unreadable_registry_keeps_the_last_good_labels(root, catalog):
     state = catalog.model("m")
     assert dict(state.labels) == {"production": 1, "staging": 2, "canary": 3}
     assert "registry.json is not valid JSON" in state.registry_error
+    assert state.registry_source == FROM_LAST_GOOD
     assert catalog.resolve("m").version == 1
+
+
+def test_a_worker_booted_after_the_registry_broke_serves_the_last_good_state(root, catalog):
+    registry.set_rollout(root, "m", shadow=[2], actor="test")
+    catalog.refresh()
+    (root / "m" / "registry.json").write_text("[]")
+    fresh = Catalog(root, poll_seconds=0)
+    fresh.refresh()
+    state = fresh.model("m")
+    assert dict(state.labels) == dict(catalog.model("m").labels) == {"production": 1, "staging": 2, "canary": 3}
+    assert dict(state.rollout) == dict(catalog.model("m").rollout) and state.rollout["shadow"] == [2]
+    assert state.registry_source == FROM_LAST_GOOD and "not a registry state" in state.registry_error
+    assert fresh.resolve("m").version == 1 and fresh.resolve("m", label="staging").version == 2
+    ready, report = fresh.readiness()
+    assert ready is True
+    assert report["m"] == {"production": 1, "status": AVAILABLE, "registry": FROM_LAST_GOOD,
+                           "registry_error": state.registry_error}
+    assert str(root) not in state.registry_error
+    assert report["other"] == {"production": 1, "status": AVAILABLE}
+
+
+def test_a_running_worker_without_a_copy_keeps_what_it_serves(root, catalog):
+    (root / "m" / "registry.json").write_text("{broken")
+    (root / "m" / registry.LAST_GOOD_FILE).unlink()
+    catalog.refresh()
+    state = catalog.model("m")
+    assert state.registry_source == FROM_MEMORY and dict(state.labels)["production"] == 1
+    assert catalog.resolve("m").version == 1
+    ready, report = catalog.readiness()
+    assert ready is True and report["m"]["registry"] == FROM_MEMORY
+
+
+def test_a_worker_booted_with_no_state_at_all_is_not_ready(root):
+    (root / "m" / "registry.json").write_text("{broken")
+    (root / "m" / registry.LAST_GOOD_FILE).unlink()
+    fresh = Catalog(root, poll_seconds=0)
+    fresh.refresh()
+    state = fresh.model("m")
+    assert state.registry_source == NO_STATE and dict(state.labels) == {}
+    with pytest.raises(LabelNotFound):
+        fresh.resolve("m")
+    assert fresh.resolve("m", version=2).version == 2  # pinned versions need no registry state
+    fresh.refresh()  # still nothing: the state does not turn into "memory" of nothing
+    ready, report = fresh.readiness()
+    assert ready is False
+    assert report["m"] == {"status": REGISTRY_UNREADABLE, "registry": NO_STATE,
+                           "registry_error": fresh.model("m").registry_error}
+
+
+def test_a_repaired_registry_is_picked_up_by_the_next_refresh(root, catalog, caplog):
+    good = (root / "m" / "registry.json").read_bytes()
+    (root / "m" / "registry.json").write_text("{broken")
+    with caplog.at_level(logging.INFO, logger="service.serving.catalog"):
+        catalog.refresh()
+        catalog.refresh()  # said once, not on every poll
+        fixed = json.loads(good)
+        fixed["labels"]["production"] = 2
+        (root / "m" / "registry.json").write_text(json.dumps(fixed))
+        older = (root / "m" / "registry.json").stat().st_mtime_ns - 1_000_000  # file clocks tick coarsely
+        os.utime(root / "m" / registry.LAST_GOOD_FILE, ns=(older, older))
+        catalog.refresh()
+    state = catalog.model("m")
+    assert state.registry_error is None and state.registry_source == FROM_FILE
+    assert catalog.resolve("m").version == 2
+    assert catalog.readiness()[1]["m"] == {"production": 2, "status": AVAILABLE}
+    assert [r.getMessage() for r in caplog.records] == ["registry.json unreadable; serving its last-good copy",
+                                                        "registry.json readable again"]
+    # the repaired file is the new last good state
+    assert json.loads((root / "m" / registry.LAST_GOOD_FILE).read_text())["labels"]["production"] == 2
 
 
 def test_a_malformed_manifest_fails_its_version_not_the_refresh(root, catalog):
