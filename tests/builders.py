@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from service.models import registry
+from service.models import artifacts, registry
 from service.models.packaging import package_model
 
 
@@ -30,6 +33,31 @@ def package(root: Path, name: str = "m", signing_key: str | None = None, *, reco
     if record:
         registry.record_packaged(root, manifest, actor="test")
     return manifest
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+               message: str = "condition") -> T:
+    """Call ``condition`` until it returns something truthy and return that; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} still false after {timeout} s (last value {value!r})")
+        time.sleep(interval)
+    return value
+
+
+def copy_version(root: Path, name: str, source: int, target: int) -> Path:
+    """Copy version ``source`` of ``name`` as version ``target`` (same model, its manifest renumbered)."""
+    folder = artifacts.version_dir(root, name, target)
+    shutil.copytree(artifacts.version_dir(root, name, source), folder)
+    manifest = artifacts.read_manifest(folder)
+    manifest["version"] = target
+    os.chmod(folder / artifacts.MANIFEST, 0o644)
+    artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
+    return folder
 
 
 def flip_byte(path: Path, offset: int | None = None, mask: int = 0xFF) -> None:

@@ -47,7 +47,8 @@ STATUSES = [
     (403, "forbidden", {"keys": True}, dict(method="POST", path=PREDICT, json=with_row(), headers="read")),
     (404, "model_not_found", {}, dict(method="POST", path="/v1/models/nope:predict", json=with_row())),
     (405, "method_not_allowed", {}, dict(method="GET", path=PREDICT)),
-    (409, "change_refused", {}, dict(method="POST", path="/v1/models/diabetes:promote", json={})),
+    (409, "change_refused", {"keys": True}, dict(method="POST", path="/v1/models/diabetes:promote", json={},
+                                                 headers="admin")),
     (413, "payload_too_large", {"max_request_bytes": 1024}, dict(method="POST", path=PREDICT,
                                                                   json={"instances": [DIABETES_ROW] * 20})),
     (415, "unsupported_media_type", {}, dict(method="POST", path=PREDICT, data=b"{}", content_type="text/plain")),
@@ -62,7 +63,8 @@ def test_every_error_status_has_the_one_shape(make_app, artifact_root, tmp_path,
     headers = {}
     if setup.pop("keys", False):
         keys = tmp_path / "keys.json"
-        headers = {"read": {"X-API-Key": create_key(keys, "dashboard", ["read"])}}
+        headers = {"read": {"X-API-Key": create_key(keys, "dashboard", ["read"])},
+                   "admin": {"X-API-Key": create_key(keys, "ops", ["admin"])}}
         setup["api_keys_file"] = keys
     if setup.pop("broken", False):
         _unloadable_production(artifact_root)

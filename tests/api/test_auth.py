@@ -1,0 +1,134 @@
+"""API keys and scopes on every protected route, in-process: the whole matrix of route x key -> status."""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import pytest
+
+from service.models import registry
+from service.security.keys import create_key
+from tests.builders import copy_version
+
+ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
+CANCER_ROW = [1.0] * 30
+KEYS = ("none", "wrong", "predict", "read", "admin")  # admin last: its change is the one that succeeds
+
+# (method, path, JSON body or None, the scopes that open it, the status of a call that is let in)
+ROUTES = [
+    ("POST", "/v1/models/diabetes:predict", {"instances": [ROW]}, {"predict"}, 200),
+    ("POST", "/v1/models/diabetes/versions/1:predict", {"instances": [ROW]}, {"predict"}, 200),
+    ("POST", "/v1/models/diabetes/labels/production:predict", {"instances": [ROW]}, {"predict"}, 200),
+    ("POST", "/v1/models/diabetes/feedback", {"feedback": [{"id": "nope", "label": 1.0}]}, {"predict"}, 200),
+    ("GET", "/v1/models", None, {"read"}, 200),
+    ("GET", "/v1/models/diabetes", None, {"read"}, 200),
+    ("GET", "/v1/models/diabetes/versions/1", None, {"read"}, 200),
+    ("GET", "/v1/models/diabetes/monitoring", None, {"read"}, 200),
+    ("GET", "/monitoring", None, {"read"}, 200),
+    ("GET", "/monitoring/diabetes", None, {"read"}, 200),
+    ("GET", "/v1/models/diabetes/rollout", None, {"read", "admin"}, 200),
+    ("GET", "/v1/models/diabetes/history", None, {"read", "admin"}, 200),
+    ("GET", "/v1/models/diabetes/comparison", None, {"read", "admin"}, 200),
+    ("PUT", "/v1/models/diabetes/labels/staging", {"version": 1}, {"admin"}, 200),
+    ("DELETE", "/v1/models/diabetes/labels/archive", None, {"admin"}, 200),
+    ("PUT", "/v1/models/diabetes/rollout", {"canary": None}, {"admin"}, 200),
+    ("POST", "/v1/models/breast-cancer:promote", {}, {"admin"}, 200),
+    ("POST", "/v1/models/diabetes:rollback", {}, {"admin"}, 200),
+]
+OPEN_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """A keys file with one key per scope; ``key["wrong"]`` is a well-formed key that is in no file."""
+    path = tmp_path / "keys.json"
+    key = {scope: create_key(path, f"only-{scope}", [scope]) for scope in ("predict", "read", "admin")}
+    return path, {**key, "wrong": "sk_" + "x" * 43}
+
+
+@pytest.fixture
+def keyed_app(make_app, artifact_root, keys):
+    """Keys on; breast-cancer has a canary to promote, diabetes a production to roll back and a label to remove."""
+    copy_version(artifact_root, "breast-cancer", 1, 2)
+    registry.set_rollout(artifact_root, "breast-cancer", canary={"version": 2, "weight": 10}, actor="test")
+    copy_version(artifact_root, "diabetes", 1, 2)
+    registry.set_label(artifact_root, "diabetes", "production", 2, actor="test")
+    registry.set_label(artifact_root, "diabetes", "archive", 1, actor="test")
+    return make_app(api_keys_file=keys[0])
+
+
+def headers_for(who: str, key: dict[str, str]) -> dict[str, str]:
+    return {} if who == "none" else {"X-API-Key": key[who]}
+
+
+@pytest.mark.parametrize("method, path, body, scopes, success", ROUTES, ids=[f"{r[0]} {r[1]}" for r in ROUTES])
+def test_every_protected_route_by_every_key(keyed_app, keys, method, path, body, scopes, success):
+    client, key = keyed_app.test_client(), keys[1]
+    expected = {who: 401 if who in ("none", "wrong") else success if who in scopes else 403 for who in KEYS}
+    got = {}
+    for who in KEYS:
+        response = client.open(path, method=method, json=body, headers=headers_for(who, key),
+                               content_type=None if method == "GET" else "application/json")
+        got[who] = response.status_code
+        if response.status_code in (401, 403):
+            error = response.get_json()["error"]
+            assert error["code"] == {401: "unauthorized", 403: "forbidden"}[response.status_code]
+            assert all(k not in response.get_data(as_text=True) for k in key.values())
+    assert got == expected
+
+
+@pytest.mark.parametrize("method, path", OPEN_ROUTES)
+def test_probes_and_metrics_need_no_key(keyed_app, method, path):
+    assert keyed_app.test_client().open(path, method=method).status_code == 200
+
+
+def test_the_routes_above_are_every_route_of_the_app(keyed_app):
+    """A new route must join the matrix (or the open list), so its scope is tested too."""
+    adapter = keyed_app.url_map.bind("localhost")
+    tested = {(method, adapter.match(path, method, return_rule=True)[0].rule)
+              for method, path in [(m, p) for m, p, *_ in ROUTES] + OPEN_ROUTES}
+    rules = {(method, rule.rule) for rule in keyed_app.url_map.iter_rules() if rule.endpoint != "static"
+             for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert rules == tested
+
+
+def test_how_a_refused_key_is_told(keyed_app, keys, caplog):
+    client, key = keyed_app.test_client(), keys[1]
+    body = {"instances": [ROW]}
+    with caplog.at_level(logging.DEBUG):
+        anonymous = client.post("/v1/models/diabetes:predict", json=body)
+        assert anonymous.get_json()["error"]["details"]["reason"] == "missing_credentials"
+        assert any(c.startswith("Bearer") for c in anonymous.headers.getlist("WWW-Authenticate"))
+        wrong = client.post("/v1/models/diabetes:predict", json=body, headers={"Authorization": "Bearer sk_nope"})
+        assert wrong.status_code == 401 and wrong.get_json()["error"]["details"]["reason"] == "invalid_key"
+        reader = client.post("/v1/models/diabetes:predict", json=body, headers={"Authorization": f"Bearer {key['read']}"})
+        assert reader.status_code == 403 and reader.get_json()["error"]["details"]["required_scope"] == "predict"
+        bearer = client.post("/v1/models/diabetes:predict", json=body,
+                             headers={"Authorization": f"Bearer {key['predict']}"})
+        header = client.post("/v1/models/diabetes:predict", json=body, headers={"X-API-Key": key["predict"]})
+        assert bearer.status_code == header.status_code == 200
+    assert caplog.records and not [r for r in caplog.records if any(k in r.getMessage() + str(r.__dict__)
+                                                                    for k in key.values())]
+
+
+def test_a_browser_opens_the_monitoring_page_with_basic_auth(keyed_app, keys):
+    client, key = keyed_app.test_client(), keys[1]
+
+    def basic(password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"dashboard:{password}".encode()).decode()}
+
+    challenge = client.get("/monitoring")
+    assert challenge.status_code == 401
+    assert any(c.startswith("Basic") for c in challenge.headers.getlist("WWW-Authenticate"))
+    page = client.get("/monitoring", headers=basic(key["read"]))
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert client.get("/monitoring", headers=basic(key["predict"])).status_code == 403
+
+
+def test_open_on_loopback_says_so(make_app, caplog):
+    with caplog.at_level(logging.WARNING):
+        client = make_app().test_client()
+    assert any("authentication" in r.getMessage().lower() for r in caplog.records if r.levelno == logging.WARNING)
+    assert client.post("/v1/models/diabetes:predict", json={"instances": [ROW]}).status_code == 200
+    assert client.get("/v1/models").status_code == 200
