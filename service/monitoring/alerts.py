@@ -185,8 +185,10 @@ class AlertManager:
                                 (model,) if model is not None else ())
         wanted = set(only) if only is not None else None
         unpack = self.store.unpack
+        # metric and op come from the rule (not the row), so the page can say what was measured
         docs = [{"model": r["model"], "version": r["version"], "rule": r["rule"],
-                 "description": self.rules[r["rule"]].description, "state": r["state"], "since": r["since"],
+                 "description": self.rules[r["rule"]].description, "metric": self.rules[r["rule"]].metric,
+                 "op": self.rules[r["rule"]].op, "state": r["state"], "since": r["since"],
                  "value": unpack(r["value"]), "threshold": unpack(r["threshold"]), "updated_at": r["updated_at"],
                  "last_notified_at": r["last_notified_at"]}
                 for r in rows if r["rule"] in self.rules and (wanted is None or r["state"] in wanted)]

@@ -49,6 +49,46 @@ def fmt_time(epoch: Any) -> str:
     return MISSING if number is None else datetime.fromtimestamp(number, UTC).strftime("%H:%M")
 
 
+def moment(value: Any) -> datetime | None:
+    """Read a point in time given as unix seconds (the store) or ISO 8601 text (reports); else ``None``."""
+    number = finite_number(value)
+    try:
+        if number is not None:
+            return datetime.fromtimestamp(number, UTC)
+        if isinstance(value, str) and value:
+            parsed = datetime.fromisoformat(value)  # Python 3.11 reads a trailing "Z"
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    return None
+
+
+def fmt_utc(when: datetime) -> str:
+    """A time people read at a glance: ``2026-11-24 10:12 UTC``."""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def iso_utc(when: datetime) -> str:
+    """The same time for machines (a ``<time datetime>`` attribute): ``2026-11-24T10:12:07Z``."""
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def fmt_duration(seconds: Any) -> str:
+    """Round a non-negative duration to its two largest units: ``45 s``, ``12 min``, ``3 h 5 min``, ``2 d 4 h``."""
+    number = finite_number(seconds)
+    if number is None or number < 0:
+        return MISSING
+    total = int(number)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min" if minutes else f"{secs} s"
+
+
 # -- charts --------------------------------------------------------------------------------
 
 

@@ -5,10 +5,15 @@ Reports come from outside and may lack any section (a version with no traffic ye
 feedback, no alerts), so every reader here tolerates missing or malformed parts and says so
 with an empty state instead of failing. Text that reaches SVG is escaped in ``charts``; the
 templates escape the rest (Jinja autoescape).
+
+An alert names its rule's ``metric``; for a status rule over a whole section (``drift.status``,
+``quality.status``) the findings it shows, feature by feature, come from the same report the
+page draws, so the alert row and the tables below it always agree.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,11 +21,15 @@ from service.monitoring.charts import (  # noqa: F401  (fmt_* are part of this m
     MISSING,
     distribution_chart,
     finite_number,
+    fmt_duration,
     fmt_ms,
     fmt_num,
     fmt_pct,
     fmt_time,
+    fmt_utc,
+    iso_utc,
     line_chart,
+    moment,
     traffic_chart,
 )
 
@@ -34,6 +43,13 @@ ALERT_TO_STATUS = {"firing": "alert", "warn": "warn", "pending": "warn"}
 ALERT_TEXT = {"firing": "✕ firing", "warn": "! warn", "pending": "… pending"}
 SECTIONS = ("drift", "quality", "performance", "bias")
 QUALITY_RATES = ("missing_rate", "out_of_range_rate", "unseen_rate")
+#: Quality checks as the report names them, and the words the page uses.
+QUALITY_CHECKS = {"missing": "missing", "out_of_range": "out of range", "unseen": "unseen categories"}
+#: Findings listed per alert; the section's own table below has the rest.
+MAX_FINDINGS = 5
+#: A rule metric about one feature, e.g. ``drift.features.age.psi`` (names may hold dots).
+FEATURE_METRIC = re.compile(r"(?:drift|quality|bias)\.features\.(?P<feature>.+)\.[a-z0-9_]+")
+OP_TEXT = {">": ">", ">=": "≥", "<": "<", "<=": "≤", "==": "="}
 
 # -- small readers -----------------------------------------------------------------------------
 
@@ -81,14 +97,15 @@ def model_view(report: Mapping[str, Any]) -> dict[str, Any]:
     report = _dict(report)
     name = str(report.get("model", "") or "")
     labels = {str(k): v for k, v in _dict(report.get("labels")).items()}
-    alerts = alerts_view(report.get("alerts"))
+    window = _dict(report.get("window"))
+    alerts = alerts_view(report.get("alerts"), report.get("versions"), now=window.get("until"))
     versions = []
     for key, body in _dict(report.get("versions")).items():
         on = sorted(label for label, v in labels.items() if str(v) == str(key))
         versions.append(version_view(str(key), _dict(body), on, [a for a in alerts if a["version"] == str(key)]))
     versions.sort(key=_version_order)
     status = worst([*(v["status"] for v in versions), *(a["status"] for a in alerts)])
-    return {"model": name, "status": status, "badge": badge(status), "window": window_text(report.get("window")),
+    return {"model": name, "status": status, "badge": badge(status), "window": window_text(window),
             "labels": sorted(labels.items()), "rollout": rollout_text(report.get("rollout")),
             "alerts": alerts, "versions": versions}
 
@@ -118,11 +135,25 @@ def window_text(window: Any) -> str:
     parts = []
     if finite_number(window.get("last_n")) is not None:
         parts.append(f"last {fmt_num(window['last_n'])} predictions")
-    if window.get("since"):
-        parts.append(f"since {window['since']}")
-    if window.get("until"):
-        parts.append(f"until {window['until']}")
+    for key in ("since", "until"):
+        when = moment(window.get(key))
+        if when is not None:
+            parts.append(f"{key} {fmt_utc(when)}")
+        elif window.get(key):
+            parts.append(f"{key} {window[key]}")
     return ", ".join(parts) or "the default window"
+
+
+def time_view(value: Any, now: Any = None) -> dict[str, str] | None:
+    """Return a time as people read it (UTC), as machines do (ISO 8601) and how long ago it was."""
+    when = moment(value)
+    if when is None:
+        return None
+    view = {"text": fmt_utc(when), "datetime": iso_utc(when), "ago": ""}
+    reference = moment(now)
+    if reference is not None and reference >= when:
+        view["ago"] = fmt_duration((reference - when).total_seconds())
+    return view
 
 
 def rollout_text(rollout: Any) -> str:
@@ -139,8 +170,13 @@ def rollout_text(rollout: Any) -> str:
     return "; ".join(parts)
 
 
-def alerts_view(alerts: Any) -> list[dict[str, Any]]:
-    """Return the active alerts, most urgent first, with display fields."""
+def alerts_view(alerts: Any, versions: Any = None, now: Any = None) -> list[dict[str, Any]]:
+    """Return the active alerts, most urgent first, each with what it measured and since when.
+
+    ``versions`` is the report's per-version sections (where a section-wide alert finds its
+    features); ``now`` the time the report was made (for "how long ago").
+    """
+    versions = _dict(versions)
     rows = []
     for alert in _list(alerts):
         alert = _dict(alert)
@@ -148,12 +184,99 @@ def alerts_view(alerts: Any) -> list[dict[str, Any]]:
         if state not in ACTIVE_ALERT_STATES:
             continue
         status = ALERT_TO_STATUS[state]
+        version = str(alert.get("version", ""))
+        findings = alert_findings(alert, _dict(versions.get(version)))
         rows.append({"state": state, "status": status, "badge": {"status": status, "text": ALERT_TEXT[state]},
-                     "version": str(alert.get("version", "")), "rule": str(alert.get("rule", "")),
-                     "feature": str(alert.get("feature", "") or ""), "since": str(alert.get("since", "") or ""),
-                     "value": fmt_num(alert.get("value")), "threshold": fmt_num(alert.get("threshold"))})
+                     "version": version, "rule": str(alert.get("rule", "")),
+                     "description": str(alert.get("description", "") or ""),
+                     "findings": findings[:MAX_FINDINGS], "more": max(len(findings) - MAX_FINDINGS, 0),
+                     "feature": ", ".join(f["feature"] for f in findings if f["feature"] != MISSING),
+                     "since": time_view(alert.get("since"), now)})
     rows.sort(key=lambda row: ACTIVE_ALERT_STATES.index(row["state"]))
     return rows
+
+
+def alert_findings(alert: Mapping[str, Any], section: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Say what an alert measured: which feature(s), the value and the threshold, worst first."""
+    metric = str(alert.get("metric", "") or "")
+    found: list[dict[str, str]] = []
+    if metric == "drift.status":
+        found = drift_findings(_dict(section.get("drift")))
+    elif metric == "drift.prediction.status":
+        found = drift_findings(_dict(section.get("drift")), prediction_only=True)
+    elif metric == "quality.status":
+        found = quality_findings(_dict(section.get("quality")))
+    if found:
+        return found
+    named = FEATURE_METRIC.fullmatch(metric)
+    feature = named["feature"] if named else str(alert.get("feature", "") or "") or MISSING
+    return [{"feature": feature, "value": _value_text(alert.get("value")),
+             "threshold": _threshold_text(alert.get("op"), alert.get("threshold"))}]
+
+
+def drift_findings(drift: Mapping[str, Any], *, prediction_only: bool = False) -> list[dict[str, str]]:
+    """The drifting features (and the prediction), worst first, with the figures that judged them."""
+    entries = [] if prediction_only else list(_dict(drift.get("features")).items())
+    if drift.get("prediction"):
+        entries.insert(0, ("prediction", drift["prediction"]))
+    limits = _dict(drift.get("thresholds"))
+    found = []
+    for name, body in entries:
+        body = _dict(body)
+        status = status_of(body.get("status"))
+        if status not in ("warn", "alert"):
+            continue
+        pvalue_key = next((k for k in ("ks_pvalue", "chi2_pvalue") if finite_number(body.get(k)) is not None), None)
+        value = f"PSI {fmt_num(body.get('psi'))}"
+        if pvalue_key:
+            value += f", p {fmt_num(body[pvalue_key])} ({'KS' if pvalue_key == 'ks_pvalue' else 'χ²'})"
+        found.append({"feature": str(name), "status": status, "value": value,
+                      "threshold": _drift_threshold(status, pvalue_key, body.get("kind"), limits)})
+    found.sort(key=lambda row: -SEVERITY[row["status"]])
+    return found
+
+
+def _drift_threshold(status: str, pvalue_key: str | None, kind: Any, limits: Mapping[str, Any]) -> str:
+    """Word the rule of ``service.monitoring.drift`` that gave this status, with the report's numbers."""
+    if not limits:
+        return MISSING
+    if pvalue_key is None:  # no test could run: PSI alone decides
+        return f"PSI ≥ {fmt_num(limits.get('psi_alert' if status == 'alert' else 'psi_warn'))}"
+    evidence = f"p < {fmt_num(limits.get('p_value'))}"
+    if status == "warn":
+        return evidence
+    material = f"PSI ≥ {fmt_num(limits.get('psi_warn'))}"
+    if kind == "numeric":
+        material = f"({material} or KS D ≥ {fmt_num(limits.get('ks_material'))})"
+    return f"{evidence} and {material}"
+
+
+def quality_findings(quality: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The features whose missing, out-of-range or unseen rate crossed a threshold, worst first."""
+    limits = _dict(quality.get("thresholds"))
+    found = []
+    for name, body in _dict(quality.get("features")).items():
+        body = _dict(body)
+        for check, words in QUALITY_CHECKS.items():
+            status = status_of(body.get(f"{check}_status"))
+            if status not in ("warn", "alert"):
+                continue
+            limit = fmt_pct(limits.get(f"{check}_{status}"))
+            reference = finite_number(body.get(f"reference_{check}_rate"))
+            over = f" above the reference {fmt_pct(reference)}" if reference else ""
+            found.append({"feature": str(name), "status": status, "value": f"{words} {fmt_pct(body.get(f'{check}_rate'))}",
+                          "threshold": MISSING if limit == MISSING else f"≥ {limit}{over}"})
+    found.sort(key=lambda row: -SEVERITY[row["status"]])
+    return found
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) and value else fmt_num(value)
+
+
+def _threshold_text(op: Any, threshold: Any) -> str:
+    text = _value_text(threshold)
+    return f"{OP_TEXT[op]} {text}" if op in OP_TEXT and text != MISSING else text
 
 
 def traffic_view(traffic: Any) -> dict[str, Any] | None:

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import copy
+import re
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from markupsafe import Markup
 
 from service.monitoring import page
+from service.monitoring.alerts import AlertManager, evaluate, load_rules
 
 SVG = "{http://www.w3.org/2000/svg}"
 EVIL = "<script>alert(1)</script>"
 START = 1795750000
+#: 2026-11-24 10:12:00 UTC, as the alert store keeps it: unix seconds.
+FIRED = datetime(2026, 11, 24, 10, 12, tzinfo=UTC).timestamp()
+DRIFT_THRESHOLDS = {"psi_warn": 0.1, "psi_alert": 0.25, "ks_material": 0.1, "alpha": 0.01, "min_samples": 100,
+                    "min_expected": 5.0, "tests": 5, "p_value": 0.002}
+QUALITY_THRESHOLDS = {"missing_warn": 0.05, "missing_alert": 0.2, "out_of_range_warn": 0.05, "out_of_range_alert": 0.2,
+                      "unseen_warn": 0.05, "unseen_alert": 0.2, "min_samples": 100}
 
 
 def _numeric(psi: float, status: str, shift: int = 0) -> dict:
@@ -37,7 +47,7 @@ def full_report() -> dict:
                 "n": 500,
                 "traffic": {"requests": 152, "errors": 2, "error_rate": 0.0132, "p50_ms": 3.1, "p99_ms": 12.5,
                             "fallback_rate": 0.0, "timeline": timeline},
-                "drift": {"status": "alert", "n": 500, "features": {
+                "drift": {"status": "alert", "n": 500, "thresholds": DRIFT_THRESHOLDS, "features": {
                     "mean radius": _numeric(0.41, "alert", shift=2),
                     "mean texture": _numeric(0.12, "warn", shift=1),
                     EVIL: _numeric(0.03, "ok"),
@@ -45,8 +55,9 @@ def full_report() -> dict:
                 }, "prediction": {"status": "ok", "kind": "categorical", "psi": 0.01,
                                   "reference": {"categories": ["0", "1"], "frequencies": [0.37, 0.63]},
                                   "current": {"frequencies": [0.4, 0.6]}}},
-                "quality": {"status": "warn", "features": {
-                    "mean radius": {"missing_rate": 0.0, "out_of_range_rate": 0.06, "unseen_rate": None, "status": "warn"},
+                "quality": {"status": "warn", "thresholds": QUALITY_THRESHOLDS, "features": {
+                    "mean radius": {"missing_rate": 0.0, "out_of_range_rate": 0.06, "unseen_rate": None, "status": "warn",
+                                    "missing_status": "ok", "out_of_range_status": "warn"},
                     "worst area": {"missing_rate": 0.0, "out_of_range_rate": 0.0, "unseen_rate": None, "status": "ok"},
                     EVIL: {"missing_rate": 0.02, "out_of_range_rate": 0.0, "unseen_rate": None, "status": "ok"}}},
                 "performance": {"status": "ok", "labelled": 80, "metrics": {"accuracy": 0.95, "f1": 0.96},
@@ -61,12 +72,15 @@ def full_report() -> dict:
             "2": {"n": 0, "performance": {"status": "insufficient", "labelled": 3, "metrics": {},
                                           "reference": {"accuracy": 0.98}}},
         },
-        "alerts": [
-            {"model": "breast-cancer", "version": 1, "rule": "feature_drift", "feature": "mean radius", "state": "firing",
-             "since": "2026-11-24T10:12:00Z", "value": 0.41, "threshold": 0.25},
-            {"model": "breast-cancer", "version": 1, "rule": "data_quality", "state": "pending",
-             "since": "2026-11-24T10:14:00Z", "value": 0.06, "threshold": 0.05},
-            {"model": "breast-cancer", "version": 1, "rule": "error_rate", "state": "ok", "value": 0.01, "threshold": 0.05},
+        "alerts": [  # as AlertManager.active() gives them: the rule's status levels, unix seconds
+            {"model": "breast-cancer", "version": 1, "rule": "data_drift", "state": "firing", "since": FIRED,
+             "description": "Input features drifted from the training reference", "metric": "drift.status", "op": "==",
+             "value": "alert", "threshold": "alert", "updated_at": FIRED + 150, "last_notified_at": FIRED},
+            {"model": "breast-cancer", "version": 1, "rule": "data_quality", "state": "pending", "since": FIRED + 120,
+             "description": "Input data quality degraded", "metric": "quality.status", "op": "==",
+             "value": "warn", "threshold": "warn", "updated_at": FIRED + 150, "last_notified_at": None},
+            {"model": "breast-cancer", "version": 1, "rule": "error_rate", "state": "ok", "since": FIRED,
+             "metric": "traffic.error_rate", "op": ">", "value": 0.01, "threshold": 0.05},
         ],
     }
 
@@ -237,3 +251,118 @@ def test_bias_p_values_are_shown_as_evidence_not_as_gaps():
     feature = view["features"][0]
     assert feature["gaps"] == [("demographic parity difference", "0.15")]
     assert feature["evidence"] == [("parity pvalue", "0.0001")]
+
+
+# -- alert rows: what was measured, since when ---------------------------------------------------
+
+
+def test_a_drift_alert_names_the_features_their_figures_and_the_thresholds():
+    firing, pending = page.model_view(full_report())["alerts"]
+    assert firing["rule"] == "data_drift" and firing["description"].startswith("Input features drifted")
+    assert firing["findings"] == [
+        {"feature": "mean radius", "status": "alert", "value": "PSI 0.41, p 0.001 (KS)",
+         "threshold": "p < 0.002 and (PSI ≥ 0.1 or KS D ≥ 0.1)"},
+        {"feature": "mean texture", "status": "warn", "value": "PSI 0.12, p 0.001 (KS)", "threshold": "p < 0.002"},
+    ]
+    assert firing["feature"] == "mean radius, mean texture" and firing["more"] == 0
+    assert pending["findings"] == [{"feature": "mean radius", "status": "warn", "value": "out of range 6.0%",
+                                    "threshold": "≥ 5.0%"}]
+
+
+def test_alert_since_is_a_readable_utc_time_with_a_machine_readable_twin():
+    firing, pending = page.model_view(full_report())["alerts"]
+    assert firing["since"] == {"text": "2026-11-24 10:12 UTC", "datetime": "2026-11-24T10:12:00Z", "ago": "3 min"}
+    assert pending["since"]["text"] == "2026-11-24 10:14 UTC" and pending["since"]["ago"] == "1 min"
+    assert not re.search(r"\b1\d{9}\b", repr(page.model_view(full_report())["alerts"]))  # no raw epoch left
+
+
+def test_the_window_reads_as_utc_times():
+    assert page.model_view(full_report())["window"] == (
+        "last 500 predictions, since 2026-11-24 10:00 UTC, until 2026-11-24 10:15 UTC")
+    assert page.window_text({"last_n": 20, "until": "not a time"}) == "last 20 predictions, until not a time"
+
+
+@pytest.mark.parametrize(("value", "now", "expected"), [
+    (FIRED, None, {"text": "2026-11-24 10:12 UTC", "datetime": "2026-11-24T10:12:00Z", "ago": ""}),
+    ("2026-11-24T10:12:07Z", FIRED + 4000, {"text": "2026-11-24 10:12 UTC", "datetime": "2026-11-24T10:12:07Z",
+                                            "ago": "1 h 6 min"}),
+    ("2026-11-24T10:12:07", None, {"text": "2026-11-24 10:12 UTC", "datetime": "2026-11-24T10:12:07Z", "ago": ""}),
+    (FIRED, FIRED - 5, {"text": "2026-11-24 10:12 UTC", "datetime": "2026-11-24T10:12:00Z", "ago": ""}),  # clock skew
+    (None, None, None), ("yesterday", None, None), (float("nan"), None, None), (True, None, None), (1e300, None, None),
+])
+def test_time_view(value, now, expected):
+    assert page.time_view(value, now) == expected
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0 s"), (59.9, "59 s"), (60, "1 min"), (3600, "1 h"), (3660, "1 h 1 min"), (86400, "1 d"),
+    (90000, "1 d 1 h"), (-1, "—"), (None, "—"),
+])
+def test_durations(seconds, text):
+    assert page.fmt_duration(seconds) == text
+
+
+def _alert(**fields):
+    return {"model": "m", "version": 1, "state": "warn", "since": FIRED, **fields}
+
+
+def test_a_rule_on_one_feature_names_it_with_the_operator():
+    (row,) = page.alerts_view([_alert(rule="radius_psi", metric="drift.features.mean radius.psi", op=">",
+                                      value=0.41, threshold=0.3)])
+    assert row["findings"] == [{"feature": "mean radius", "value": "0.41", "threshold": "> 0.3"}]
+
+
+def test_a_numeric_rule_without_a_feature_shows_value_and_threshold():
+    (row,) = page.alerts_view([_alert(rule="error_rate", metric="traffic.error_rate", op=">=", value=0.07,
+                                      threshold=0.05)])
+    assert row["findings"] == [{"feature": "—", "value": "0.07", "threshold": "≥ 0.05"}]
+    assert row["feature"] == ""
+
+
+def test_a_status_alert_whose_report_no_longer_shows_drift_falls_back_to_its_record():
+    calm = {"1": {"drift": {"status": "ok", "features": {"f": {"status": "ok", "psi": 0.01}}}}}
+    (row,) = page.alerts_view([_alert(rule="data_drift", metric="drift.status", op="==", value="alert",
+                                      threshold="alert")], calm)
+    assert row["findings"] == [{"feature": "—", "value": "alert", "threshold": "= alert"}]
+
+
+def test_an_alert_lists_five_features_and_counts_the_rest():
+    features = {f"f{i}": {"status": "alert", "kind": "categorical", "psi": 0.3 + i / 100} for i in range(8)}
+    drift = {"status": "alert", "thresholds": DRIFT_THRESHOLDS, "features": features}
+    (row,) = page.alerts_view([_alert(state="firing", rule="data_drift", metric="drift.status")], {"1": {"drift": drift}})
+    assert [f["feature"] for f in row["findings"]] == ["f0", "f1", "f2", "f3", "f4"]
+    assert row["more"] == 3
+    assert row["findings"][0]["threshold"] == "PSI ≥ 0.25"  # no test could run: PSI alone decides
+
+
+def test_prediction_drift_names_the_prediction_and_a_chi_square_test():
+    drift = {"thresholds": DRIFT_THRESHOLDS, "features": {"f": {"status": "alert", "psi": 0.5}},
+             "prediction": {"status": "warn", "kind": "categorical", "psi": 0.04, "chi2_pvalue": 0.0001}}
+    (row,) = page.alerts_view([_alert(rule="prediction_drift", metric="drift.prediction.status")], {"1": {"drift": drift}})
+    assert row["findings"] == [{"feature": "prediction", "status": "warn", "value": "PSI 0.04, p 0.0001 (χ²)",
+                                "threshold": "p < 0.002"}]
+
+
+def test_alerts_from_the_real_alert_manager_carry_what_the_page_needs(tmp_path):
+    manager = AlertManager(tmp_path / "alerts.db", load_rules(None))
+    section = full_report()["versions"]["1"]
+    manager.apply("breast-cancer", 1, evaluate(manager.rules.values(), "breast-cancer", 1, section), now=FIRED)
+    active = manager.active("breast-cancer")
+    drift = next(a for a in active if a["rule"] == "data_drift")
+    assert (drift["state"], drift["metric"], drift["op"], drift["since"]) == ("firing", "drift.status", "==", FIRED)
+    row = next(r for r in page.alerts_view(active, {"1": section}) if r["rule"] == "data_drift")
+    assert row["feature"] == "mean radius, mean texture"
+    assert row["since"]["datetime"] == "2026-11-24T10:12:00Z"
+
+
+def test_the_alerts_table_renders_a_time_element_and_one_row_per_finding():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    templates = Path(page.__file__).resolve().parents[1] / "api" / "templates"
+    env = Environment(loader=FileSystemLoader(templates), autoescape=select_autoescape(["html"]))
+    macros = env.get_template("monitoring/_macros.html").module
+    html = str(macros.alerts_table(page.model_view(full_report())["alerts"]))
+    assert '<time datetime="2026-11-24T10:12:00Z">2026-11-24 10:12 UTC</time>' in html
+    assert html.count("<tbody>") == 2 and html.count('rowspan="2"') == 4 and html.count("<tr>") == 1 + 3
+    assert "mean texture" in html and "p &lt; 0.002" in html
+    assert str(FIRED) not in html and str(int(FIRED)) not in html
