@@ -28,6 +28,8 @@ REGISTRY_FILE = "registry.json"
 FORMAT_VERSION = 1
 SUPPORTED_MODEL_FORMATS = ("joblib",)
 FEATURE_TYPES = ("float", "int", "bool", "category", "string")
+#: The feature types whose values are numbers: ranges, bins and means apply to them.
+NUMERIC_TYPES = ("float", "int")
 MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 VERSION_RE = re.compile(r"[1-9][0-9]{0,8}")
 CHUNK = 1 << 20

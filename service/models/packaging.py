@@ -28,12 +28,10 @@ from sklearn.base import is_classifier, is_regressor
 
 from service.errors import QualityGateFailed
 from service.models import artifacts
-from service.models.profile import profile_frame, profile_predictions
+from service.models.profile import MAX_CATEGORIES, profile_frame, profile_predictions
 
-MAX_CATEGORIES = 50
 FEATURE_TYPES = artifacts.FEATURE_TYPES
 FEATURE_KEYS = ("type", "required", "nullable", "min", "max", "categories", "pii", "sensitive", "description")
-HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "r2"}
 
 
 @dataclass(frozen=True)

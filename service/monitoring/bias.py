@@ -59,12 +59,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from service.models.artifacts import NUMERIC_TYPES
 from service.monitoring.performance import TOLERANCE, coerce_labels, coerce_numbers, worst_status
 
 MIN_GROUP = 30
 VALUE_GROUPS_MAX = 4
 QUARTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
-NUMERIC_TYPES = ("int", "float")
 MISSING_GROUP = "(missing)"
 #: below this expected count in any cell a table is tested exactly (Fisher), not by chi-square
 MIN_EXPECTED = 5.0

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
-STATUSES = ("ok", "warn", "alert")
+from service.monitoring.drift import STATUSES
+
 INSUFFICIENT = "insufficient"
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
-HIGHER_IS_BETTER = frozenset({"accuracy", "precision", "recall", "f1", "roc_auc", "r2"})
 ERROR_METRICS = frozenset({"rmse", "mae"})
 MIN_LABELS = 30
 TIMELINE_BUCKETS = 20

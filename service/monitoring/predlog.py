@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.models.artifacts import NUMERIC_TYPES
 from service.monitoring.privacy import pii_names, redact
 from service.store import MAX_PARAMS, Store, chunks
 
@@ -37,7 +38,6 @@ MAX_WINDOW_ROWS = 100_000
 #: Longest prediction id we look up; anything longer is malformed (ids are ~30 characters).
 MAX_ID_CHARS = 128
 #: Feature types read back as float64 with NaN for missing; the others as object arrays with None.
-NUMERIC_TYPES = ("float", "int")
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 PREDICTION_COLUMNS = ("id", "ts", "model", "version", "batch", "row_index")
 BATCH_COLUMNS = ("ts", "model", "version", "request_id", "latency_ms", "rows", "features", "inputs", "outputs",
@@ -64,8 +64,8 @@ class Window:
 
 
 @dataclass(frozen=True)
-class Batch:
-    """One batch, encoded before the write lock is taken."""
+class EncodedBatch:
+    """One request's logged rows, encoded before the write lock is taken."""
 
     values: tuple[Any, ...]  # of BATCH_COLUMNS
     ids: str  # JSON list of the stored rows' prediction ids, in row order
@@ -133,7 +133,7 @@ class PredictionLog:
 
     def _batch(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
                columns: dict[str, np.ndarray], predictions: Any, probabilities: Any, latency_ms: float,
-               features: list[dict[str, Any]], ts: float) -> Batch | None:
+               features: list[dict[str, Any]], ts: float) -> EncodedBatch | None:
         """Encode the sampled rows of one batch (None when none is sampled): all before the write lock."""
         n = len(ids)
         keep = None if self.sample_rate >= 1.0 else [i for i, pid in enumerate(ids) if is_sampled(pid, self.sample_rate)]
@@ -153,10 +153,10 @@ class PredictionLog:
         outputs = _column(take(predictions, "predictions"))
         probas = _dumps(_column(take(probabilities, "probabilities"))) if probabilities is not None else None
         kept_ids = list(ids) if keep is None else [ids[i] for i in keep]
-        return Batch((float(ts), model, int(version), request_id, float(latency_ms), len(kept_ids), _dumps(names),
+        return EncodedBatch((float(ts), model, int(version), request_id, float(latency_ms), len(kept_ids), _dumps(names),
                       _dumps(inputs), _dumps(outputs), probas), _dumps(kept_ids))
 
-    def _write(self, db: Any, batch: Batch) -> None:
+    def _write(self, db: Any, batch: EncodedBatch) -> None:
         """Insert the batch, then its predictions pointing at it (in the caller's transaction)."""
         ts, model, version = batch.values[:3]
         (key,) = db.execute(self._insert_batch, batch.values).fetchall()[0]

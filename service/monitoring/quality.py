@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from service.models.artifacts import NUMERIC_TYPES
 from service.monitoring.drift import INSUFFICIENT, canonical_key, category_key, keyed, numeric_values, worst
-
-NUMERIC_TYPES = ("float", "int")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,11 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields
 
-KINDS = ("float", "int", "bool", "category", "string")
+from service.models import artifacts
+
+KINDS = artifacts.FEATURE_TYPES
+#: The kinds whose values are numbers: ranges, bins and means apply to them.
+NUMERIC_KINDS = ("float", "int")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_LISTED_CATEGORIES = 20
 SCHEMA_CACHE_SIZE = 128
