@@ -1,0 +1,148 @@
+"""Nginx from deploy/nginx/prediction-server.conf in front of real Gunicorn."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import free_port, start_server
+from tests.deploy.conftest import Proxy, assert_error_shape, nginx_site, public_dir, reload_nginx, start_nginx, wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
+PREDICT = "/v1/models/diabetes:predict"
+BIG_BODY = b'{"instances": [' + b"[1.0]," * (20 * 1024 * 1024 // 6) + b"[1.0]]}"  # ~20 MB > 16 MiB
+
+
+def gunicorn_and_nginx(artifacts: Path, workdir: Path, stack: ExitStack, unix: bool = True) -> Proxy:
+    """Gunicorn on a Unix socket (or TCP), Nginx in front; both stopped when ``stack`` closes."""
+    if unix:
+        sock_dir = public_dir("ps-")
+        stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
+        server = start_server(artifacts, workdir, wait=None, GUNICORN_CMD_ARGS=f"--bind unix:{sock_dir}/g.sock")
+        upstream = f"unix:{sock_dir}/g.sock"
+    else:
+        server = start_server(artifacts, workdir)
+        upstream = f"127.0.0.1:{server.port}"
+    stack.callback(server.stop)
+    port = free_port()
+    proxy = start_nginx(workdir / "nginx", nginx_site(upstream, port), port)
+    stack.callback(proxy.stop)
+    proxy.gunicorn = server
+    proxy.wait_ready()
+    return proxy
+
+
+@pytest.fixture(scope="module")
+def nginx(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """One Gunicorn on a Unix socket behind Nginx, shared by the module's read-only tests."""
+    with ExitStack() as stack:
+        yield gunicorn_and_nginx(demo_root, tmp_path_factory.mktemp("nginx"), stack)
+
+
+def test_prediction_through_nginx(nginx):
+    response = nginx.post(PREDICT, json={"instances": [ROW]})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Model-Version"] == "1" and len(response.json()["predictions"]) == 1
+    # no id from the client: Nginx's $request_id (32 hex) reached the app, which echoed it
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
+    assert nginx.get("/healthz", headers={"X-Request-ID": "client-id-1"}).headers["X-Request-ID"] == "client-id-1"
+
+
+def test_prediction_through_nginx_over_tcp(demo_root: Path, tmp_path: Path):
+    with ExitStack() as stack:
+        proxy = gunicorn_and_nginx(demo_root, tmp_path, stack, unix=False)
+        response = proxy.post(PREDICT, json={"instances": [ROW]})
+        assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
+
+
+def test_oversized_body_gets_the_json_413(nginx):
+    response = nginx.post(PREDICT, data=BIG_BODY, headers={"Content-Type": "application/json", "X-Request-ID": "big-1"})
+    error = assert_error_shape(response, 413, "payload_too_large")
+    assert error["details"]["limit_bytes"] == 16 * 1024 * 1024 and response.headers["X-Request-ID"] == "big-1"
+    # refused by Nginx: Gunicorn never saw it
+    assert "big-1" not in nginx.gunicorn.log_path.read_text()
+
+
+def test_slow_clients_do_not_hold_the_workers(nginx):
+    """Two connections trickling headers (slowloris) would pin both sync workers; Nginx absorbs them."""
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", nginx.port)) as sock:
+            sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\n".encode())
+            while not stop.wait(0.2):
+                try:
+                    sock.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    return
+
+    slow = [threading.Thread(target=trickle, daemon=True) for _ in range(2)]
+    for thread in slow:
+        thread.start()
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            assert nginx.get("/healthz").status_code == 200
+            assert time.monotonic() - started < 1.0
+    finally:
+        stop.set()
+        for thread in slow:
+            thread.join(timeout=5)
+
+
+def test_bad_gateway_and_timeout_are_json(tmp_path: Path, proxy_factory: Callable[[Proxy], Proxy], short_dir: Path):
+    """Nginx's own 502 (nothing listens) and 504 (nothing answers) in the one error shape."""
+    port = free_port()
+    site = nginx_site(f"unix:{short_dir / 'nobody.sock'}", port)
+    down = proxy_factory(start_nginx(tmp_path / "down", site, port))
+    assert_error_shape(down.post(PREDICT, json={"instances": [ROW]}), 502, "bad_gateway")
+
+    with socket.socket(socket.AF_UNIX) as silent:  # accepts (the backlog does) and never answers
+        silent.bind(str(short_dir / "silent.sock"))
+        silent.listen(8)
+        port = free_port()
+        site = nginx_site(f"unix:{short_dir / 'silent.sock'}", port,
+                          **{"proxy_read_timeout 65s;": "proxy_read_timeout 1s;"})
+        slow = proxy_factory(start_nginx(tmp_path / "silent", site, port))
+        assert_error_shape(slow.get("/healthz", headers={"X-Request-ID": "slow-1"}), 504, "gateway_timeout")
+
+
+def test_graceful_reloads_drop_nothing(demo_root: Path, tmp_path: Path):
+    """HUP to Gunicorn and ``nginx -s reload`` while a thread pool sends 300 predictions."""
+    with ExitStack() as stack:
+        _reload_under_load(gunicorn_and_nginx(demo_root, tmp_path, stack))
+
+
+def _reload_under_load(nginx: Proxy) -> None:
+    total, done = 300, []
+    old_workers = set(nginx.gunicorn.worker_pids())
+
+    def predict(i: int) -> int:
+        with requests.Session() as session:
+            status = session.post(nginx.base + PREDICT, json={"instances": [ROW]}, timeout=30).status_code
+        done.append(i)
+        return status
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(predict, i) for i in range(total)]
+        wait_until(lambda: len(done) >= 50, 30, message="the first 50 predictions")
+        os.kill(nginx.gunicorn.proc.pid, signal.SIGHUP)
+        reload_nginx(nginx)
+        statuses = [future.result() for future in futures]
+    assert statuses == [200] * total
+    # the reload really happened: Gunicorn replaced its workers
+    wait_until(lambda: not old_workers & set(nginx.gunicorn.worker_pids()), 30, message="new Gunicorn workers")
