@@ -38,8 +38,8 @@ serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn
 test: venv system-deps  ## Run the whole test suite (unit and end-to-end)
 	$(BIN)/python -m pytest
 
-test-fast: venv  ## Run the unit tests only (no server processes)
-	$(BIN)/python -m pytest -m "not e2e"
+test-fast: venv  ## Run the in-process tests only: no Gunicorn, no PostgreSQL (neither need be installed)
+	$(BIN)/python -m pytest -m "not e2e and not postgres"
 
 bench: venv  ## Measure throughput and latency against a real server (needs wrk; installs it as root)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)

@@ -29,6 +29,7 @@ from flask.testing import FlaskClient
 
 from service.config import Config
 from service.models.demo import train_demo
+from tests import postgres
 from tests.postgres import make_store, postgres_server, postgres_url  # noqa: F401  (shared fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +38,31 @@ SCRUBBED_ENV = ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "HOST", "PORT", "WEB_CONCU
                 "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS", "ARTIFACTS_DIR", "THREADS", "DATABASE_URL", "GUARD_SECONDS",
                 "REGISTRY_POLL_SECONDS", "ROUTING_KEY_HEADER", "PROMETHEUS_MULTIPROC_DIR", "ALERT_RULES_FILE",
                 "ALERT_WEBHOOK_URL", "ALERT_SECONDS", "PII_HASH_KEY", "PREDICTION_LOG_SAMPLE", "MONITORING_WINDOW")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the marker must be on the item by then
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if postgres.needs_postgres(item):
+            item.add_marker(pytest.mark.postgres)
+
+
+def pytest_report_header() -> str:
+    where = postgres.PG_BIN if postgres.installed() else f"not installed ({postgres.PG_BIN} has no initdb/postgres)"
+    return f"postgresql server for tests marked postgres: {where}"
+
+
+_left_out: list[str] = []
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _left_out.extend(item.nodeid for item in items if item.get_closest_marker("postgres"))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _left_out:
+        terminalreporter.write_line(f"{len(_left_out)} PostgreSQL tests left out (-m); make test runs them "
+                                    "against a real server")
 
 
 @pytest.fixture(scope="session")

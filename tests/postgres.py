@@ -4,6 +4,8 @@
 ``postgres`` OS user (initdb refuses root) in a temporary directory, on a free loopback port,
 and stops it by PID at the end. ``postgres_url`` creates an empty database for one test. Import
 both into a test module or ``conftest.py``. Missing binaries fail the run: never a skip.
+Every test that uses a server carries the ``postgres`` marker (``needs_postgres``, applied in
+``conftest.py``), so ``-m "not postgres"`` runs where no server is installed.
 """
 
 from __future__ import annotations
@@ -26,13 +28,32 @@ import pytest
 
 
 def _newest_server_bin() -> Path:
-    """Debian installs each major version under /usr/lib/postgresql/<major>/bin; take the newest."""
+    """Debian installs each major version under /usr/lib/postgresql/<major>/bin; take the newest.
+
+    ``POSTGRES_BIN`` overrides the search (point it at an empty directory to act as a machine
+    without PostgreSQL: every test marked ``postgres`` then fails, and no other test may).
+    """
+    if override := os.environ.get("POSTGRES_BIN"):
+        return Path(override)
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
                    if p.parent.parent.name.isdigit() else 0)
     return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
 
 
 PG_BIN = _newest_server_bin()
+
+
+def installed() -> bool:
+    """Tell whether the server binaries the fixtures run are on this machine."""
+    return all((PG_BIN / name).exists() for name in ("initdb", "postgres"))
+
+
+def needs_postgres(item: pytest.Item) -> bool:
+    """Tell whether a collected test uses a PostgreSQL server (through these fixtures or a backend parameter)."""
+    if {"postgres_server", "postgres_url"} & set(getattr(item, "fixturenames", ())):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(params.get(name) == "postgres" for name in ("make_store", "backend"))
 OS_USER = "postgres"
 START_SECONDS = 30.0
 _databases = itertools.count(1)
@@ -122,7 +143,8 @@ def start_postgres(root: Path) -> PostgresServer:
     missing = [name for name in ("initdb", "postgres") if not (PG_BIN / name).exists()]
     if missing:
         pytest.fail(f"PostgreSQL binaries missing ({', '.join(str(PG_BIN / m) for m in missing)}): "
-                    "run make system-deps (apt-get install postgresql)", pytrace=False)
+                    "run make system-deps (apt-get install postgresql), or leave these tests out with "
+                    "-m 'not postgres' (make test-fast)", pytrace=False)
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
     if os.geteuid() == 0:

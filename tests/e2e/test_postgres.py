@@ -11,7 +11,7 @@ from sklearn.datasets import load_breast_cancer
 from service.store import Store
 from tests import postgres
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 MODEL = "breast-cancer"
 
 

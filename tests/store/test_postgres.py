@@ -26,6 +26,8 @@ from service.store import RequestRecord, Store
 from tests import postgres
 from tests.builders import race
 
+pytestmark = pytest.mark.postgres  # several tests start a server of their own (running_postgres)
+
 FEATURES = [{"name": "x", "type": "float"}]
 
 
