@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from service.cli.common import ARTIFACTS, actor, fails_cleanly
+from service.cli.common import ARTIFACTS, MODEL, actor, fails_cleanly, model_argument
 from service.errors import RegistryUnreadable
 from service.models import artifacts, registry
 from service.models.registry_file import read_last_good
@@ -18,7 +18,7 @@ def registry_group() -> None:
 
 
 @registry_group.command("check")
-@click.argument("name", required=False)
+@model_argument(required=False)
 @ARTIFACTS
 @fails_cleanly
 def check(name: str | None, artifacts_dir: Path) -> None:
@@ -38,7 +38,7 @@ def check(name: str | None, artifacts_dir: Path) -> None:
 
 
 @registry_group.command("restore")
-@click.argument("name")
+@MODEL
 @click.option("--reason", default="", help="Why; recorded in the history.")
 @ARTIFACTS
 @fails_cleanly

@@ -165,7 +165,7 @@ EVERY_MODEL_COMMAND = [
     ("label", "set", "x", "production", "1"), ("label", "remove", "x", "production"),
     ("rollout", "show", "x"), ("rollout", "set", "x", "--canary", "1", "--weight", "5", "--reason", "r"),
     ("promote", "x", "--reason", "r"), ("rollback", "x", "--reason", "r"), ("gc", "x", "--keep", "1"),
-    ("compare", "x"), ("report", "x"),
+    ("compare", "x"), ("report", "x"), ("registry", "check", "x"), ("registry", "restore", "x"),
 ]
 
 
