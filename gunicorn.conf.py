@@ -183,3 +183,14 @@ def child_exit(server, worker):
 def worker_abort(worker):
     """SIGABRT comes from the master after a timeout: leave a line saying which request hung."""
     worker.log.error("worker timed out and is being replaced", extra={"pid": worker.pid})
+def worker_exit(server, worker):
+    """A graceful stop (SIGTERM, HUP, max_requests): write what the worker's recorder still holds.
+
+    Every answered request is then in the requests table and the prediction log; the wait is
+    bounded so a dead database cannot hold the exit past the graceful timeout.
+    """
+    observer = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("observer")
+    if observer is not None and not observer.close(timeout=graceful_timeout / 2):
+        worker.log.error("records still queued at exit were lost", extra={"pending": observer.pending})
+
+

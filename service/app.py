@@ -55,7 +55,8 @@ def create_app(config: Config | None = None) -> Flask:
         catalog=catalog,
         limits=Limits(config.max_batch_rows, config.vectorized_min_rows),
         store=store,
-        observer=Observer(store, prediction_log),
+        observer=Observer(store, prediction_log, record_requests=config.record_requests,
+                          check_quality=config.data_quality_checks, capacity=config.record_queue_size),
         monitoring=report,
         executor=ThreadPoolExecutor(BUDGET_THREADS, thread_name_prefix="budget"),
     )

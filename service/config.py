@@ -48,7 +48,7 @@ class Config:
     )
     max_batch_rows: int = _env("MAX_BATCH_ROWS", "Most rows accepted in one predict request.", default=10_000)
     vectorized_min_rows: int = _env(
-        "VECTORIZED_MIN_ROWS", "Batches with at least this many rows are validated column-wise with numpy.", default=64
+        "VECTORIZED_MIN_ROWS", "Batches with at least this many rows are validated column-wise with numpy.", default=4
     )
     database_url: str = _env(
         "DATABASE_URL", "Where requests, the prediction log, feedback and alerts live: sqlite:///path or postgresql://...",
@@ -77,6 +77,18 @@ class Config:
     alert_webhook_url: str | None = _env(
         "ALERT_WEBHOOK_URL", "URL that receives alert notifications as JSON POSTs (retried with back-off).", default=None
     )
+    record_requests: bool = _env(
+        "RECORD_REQUESTS", "Write one row per predict request (traffic, errors, latency for rollout and alerts).",
+        default=True,
+    )
+    data_quality_checks: bool = _env(
+        "DATA_QUALITY_CHECKS", "Count missing, out-of-range and unseen input values per batch (a Prometheus metric).",
+        default=True,
+    )
+    record_queue_size: int = _env(
+        "RECORD_QUEUE_SIZE", "Records a worker may hold for its background writer; past it they are dropped and "
+        "counted, never waited on.", default=10_000,
+    )
     alert_seconds: float = _env("ALERT_SECONDS", "How often alert rules are evaluated; 0 = never.", default=30.0)
     retention_days: float = _env(
         "RETENTION_DAYS", "Age after which `python -m service purge` deletes logged predictions.", default=30.0
@@ -88,7 +100,8 @@ class Config:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be between 1 and 65535, got {self.port}")
-        for name in ("workers", "threads", "timeout", "max_request_bytes", "max_batch_rows", "vectorized_min_rows"):
+        for name in ("workers", "threads", "timeout", "max_request_bytes", "max_batch_rows", "vectorized_min_rows",
+                     "record_queue_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_var(name)} must be at least 1, got {getattr(self, name)}")
         # NaN would make the poll thread spin and inf would crash it: both are refused

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from flask import Blueprint, Response, after_this_request, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request
 
 from service.api.auth import require_scope
 from service.api.io import json_response, read_json
@@ -21,17 +19,9 @@ bp = Blueprint("predict", __name__, url_prefix="/v1/models")
 def predict(name: str, version: int | None = None, label: str | None = None) -> Response:
     ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
     target = inference.Target(name, version, label)
-    with ext["observer"].watch(target, g.request_id, after_response) as watch:
+    with ext["observer"].watch(target, g.request_id) as watch:
         wanted = v1.decode(read_json(), target, max_rows=ext["limits"].max_rows,
                            routing_header=request.headers.get(config.routing_key_header))
         answer = watch.answered(inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"]))
     return json_response(v1.encode(answer), headers={"X-Model-Version": str(answer.version)})
 
-
-def after_response(work: Callable[[], None]) -> None:
-    """Run ``work`` once the response has been sent: it never delays or fails the answer."""
-
-    @after_this_request
-    def schedule(response: Response) -> Response:
-        response.call_on_close(work)
-        return response

@@ -168,6 +168,9 @@ class Metrics:
                                 "Model versions loaded (1) by a live worker: artifact sha256 and training scikit-learn.",
                                 ("model", "version", "sha256", "sklearn_version"), multiprocess_mode="livemax", **reg)
         self.load_failures = Counter(PREFIX + "model_load_failures", "Model versions refused at load, by model and version.",
+        self.records_dropped = Counter(PREFIX + "records_dropped",
+                                       "Request and prediction records dropped because the worker's recording "
+                                       "queue was full (the predictions themselves were answered).", **reg)
                                      ("model", "version"), **reg)
         self.quality_issues = Counter(PREFIX + "data_quality_issues",
                                       "Input values with a data-quality problem at request time, by check "
@@ -373,6 +376,12 @@ def observe_data_quality(model: str, version: int, counts: Mapping[str, int]) ->
 
 @_never_raises
 def observe_fallback(model: str, from_version: int, to_version: int, reason: str = "error") -> None:
+@_never_raises
+def observe_record_dropped(count: int = 1) -> None:
+    """Count records the recording queue had no room for."""
+    current().records_dropped.inc(count)
+
+
     """Count an answer given by ``to_version`` because ``from_version`` failed or was too slow."""
     current().observe_fallback(model, from_version, to_version, reason)
 

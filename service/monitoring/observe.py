@@ -1,10 +1,12 @@
-"""What happens after the answer is sent: record the request, run shadows, compare them.
+"""What happens around and after each answer: count it, record it, run shadows, compare them.
 
 ``Observer.watch`` wraps one inference, whatever protocol carried it, in a single timing and
-error-counting context (no view keeps a ``try/except`` of its own); the recording itself is
-handed to ``defer``, which the HTTP layer runs once the response has gone out, so none of it
-adds latency or failure to the live answer. Everything here swallows its own errors (logged):
-an observer must never take a worker down. No Flask.
+error-counting context (no view keeps a ``try/except`` of its own). What it records (metrics,
+the request row, the prediction log, data-quality counts, shadows) is only queued on the
+request's path; one background writer per worker (``service.monitoring.recorder``) writes
+it in batches, one transaction per batch, so none of it adds latency or failure to the live
+answer. Everything here swallows its own errors (logged): an observer must never take a
+worker down. No Flask.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,11 +26,12 @@ import orjson
 
 from service.errors import ServiceError
 from service.monitoring import metrics
-from service.monitoring.predlog import PredictionLog
+from service.monitoring.predlog import EncodedBatch, PredictionLog
 from service.monitoring.quality import request_quality
+from service.monitoring.recorder import DEFAULT_CAPACITY, Recorder
 from service.serving.inference import Answer, Target
 from service.serving.runtime import LoadedModel
-from service.store import RequestRecord, ShadowRecord, Store
+from service.store import REQUEST_COLUMNS, RequestRecord, ShadowRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,69 +49,148 @@ class Watch:
         return answer
 
 
+@dataclass(frozen=True)
+class _Answered:
+    answer: Answer
+    request_id: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class _Failed:
+    record: RequestRecord
+    code: str
+
+
 @dataclass
 class Observer:
     store: Store | None
     log: PredictionLog | None = None
+    #: write one row per request to the ``requests`` table (traffic, errors and latency figures)
+    record_requests: bool = True
+    #: count missing, out-of-range and unseen input values per batch, for the data-quality metric
+    check_quality: bool = True
+    #: records waiting for the writer at most; past it they are dropped and counted
+    capacity: int = DEFAULT_CAPACITY
     #: shadows run on a background thread so a slow shadow never holds up the worker's next
     #: request; past this many waiting, shadow comparisons are dropped (and counted)
     max_pending_shadows: int = 4
     shadows_dropped: int = 0
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
+    _recorder: Recorder | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._recorder = Recorder(self.write_batch, capacity=self.capacity, on_drop=metrics.observe_record_dropped,
+                                  name="observer-writer")
 
     @contextmanager
-    def watch(self, target: Target, request_id: str, defer: Callable[[Callable[[], None]], None]) -> Iterator[Watch]:
-        """Time one inference and record its outcome through ``defer``: the answer, or the error raised."""
+    def watch(self, target: Target, request_id: str, defer: Any = None) -> Iterator[Watch]:
+        """Time one inference and queue its outcome: the answer, or the error raised (re-raised as is)."""
         watch = Watch(target, time.perf_counter())
         try:
             yield watch
         except Exception as exc:
             status, code = (exc.status, exc.code) if isinstance(exc, ServiceError) else (500, "internal_error")
             version = _version_of(exc) if isinstance(exc, ServiceError) else None
-            seconds = time.perf_counter() - watch.started
-            defer(lambda: self.failed(watch.target, request_id, status, code, seconds, version))
+            self.failed(watch.target, request_id, status, code, time.perf_counter() - watch.started, version)
             raise
         if watch.answer is not None:
-            answer = watch.answer
-            defer(lambda: self.answered(answer, request_id))
+            self.answered(watch.answer, request_id)
 
-    def answered(self, answer: Answer, request_id: str, status: int = 200) -> None:
-        """Record a successful answer and its predictions, then run and compare its shadows."""
-        target = answer.target
-        metrics.observe_prediction(target.name, answer.version, "ok", answer.rows, answer.seconds)
-        if answer.fallback_from is not None:
-            metrics.observe_fallback(target.name, answer.fallback_from, answer.version, answer.fallback_reason or "error")
-        try:
-            record = RequestRecord(request_id, time.time(), target.name, answer.version, answer.role, status,
-                                   answer.seconds * 1000, answer.rows, answer.fallback_from, None,
-                                   summarise(answer.result.predictions, answer.model.manifest["task"]))
-            if self.store is not None:
-                self.store.record_requests([record])
-            quality = request_quality(answer.model.features, answer.batch.columns,
-                                      answer.model.manifest.get("reference_profile"))
-            metrics.observe_data_quality(target.name, answer.version, quality.get("counts", {}))
-            if self.log is not None:
-                self.log.record(target.name, answer.version, request_id, answer.ids, answer.batch.columns,
-                                answer.result.predictions, answer.result.probabilities, answer.seconds * 1000,
-                                answer.model.features)
-            if answer.shadows:
-                self._schedule_shadows(answer)
-        except Exception:
-            log.exception("recording an answer failed", extra={"model": target.name})
+    def answered(self, answer: Answer, request_id: str) -> None:
+        """Queue a successful answer for recording; its shadows run once it is written."""
+        self._recorder.put(_Answered(answer, request_id, time.time()))
 
     def failed(self, target: Target, request_id: str, status: int, code: str, seconds: float,
                version: int | None) -> None:
-        """Record a request that ended in an error (4xx are kept apart from 5xx by status)."""
-        metrics.observe_prediction(target.name, version, metrics.outcome_for(status))
-        if code in metrics.VALIDATION_CODES:
-            metrics.observe_validation_failure(target.name, code)
+        """Queue a request that ended in an error (4xx are kept apart from 5xx by status)."""
+        record = RequestRecord(request_id, time.time(), target.name, version, "error", status, seconds * 1000, 0,
+                               None, code, None)
+        self._recorder.put(_Failed(record, code))
+
+    def flush(self) -> None:
+        """Write what is queued now, in the caller's thread."""
+        self._recorder.flush()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write everything queued and stop the writer (a worker's graceful exit)."""
+        return self._recorder.close(timeout)
+
+    @property
+    def pending(self) -> int:
+        return self._recorder.pending
+
+    def write_batch(self, items: list[Any]) -> None:
+        """Count, summarise and write one batch of outcomes in one transaction (the writer's thread)."""
+        answers = [item for item in items if isinstance(item, _Answered)]
+        requests = []
+        for item in items:
+            if isinstance(item, _Failed):
+                record = item.record
+                metrics.observe_prediction(record.model, record.version, metrics.outcome_for(record.status))
+                if item.code in metrics.VALIDATION_CODES:
+                    metrics.observe_validation_failure(record.model, item.code)
+                requests.append(record)
+            else:
+                requests.append(self._count_answer(item))
+        if self.check_quality:
+            self._count_quality(answers)
+        logged = self._encode_log(answers)
+        rows = [tuple(getattr(r, c) for c in REQUEST_COLUMNS) for r in requests] if self.record_requests else []
+        if self.store is not None and (rows or logged):
+            sql = self.store.insert_sql("requests", REQUEST_COLUMNS)
+
+            def work(db: Any) -> None:
+                if rows:
+                    db.executemany(sql, rows)
+                for batch in logged:
+                    self.log.write_encoded(db, batch)
+
+            self.store.write("records", work)
+        for item in answers:
+            if item.answer.shadows:
+                self._schedule_shadows(item.answer)
+
+    def _count_answer(self, item: _Answered) -> RequestRecord:
+        answer, name = item.answer, item.answer.target.name
+        metrics.observe_prediction(name, answer.version, "ok", answer.rows, answer.seconds)
+        if answer.fallback_from is not None:
+            metrics.observe_fallback(name, answer.fallback_from, answer.version, answer.fallback_reason or "error")
+        summary = None
         try:
-            if self.store is not None:
-                self.store.record_requests([RequestRecord(request_id, time.time(), target.name, version, "error",
-                                                          status, seconds * 1000, 0, None, code, None)])
+            summary = summarise(answer.result.predictions, answer.model.manifest["task"])
         except Exception:
-            log.exception("recording a failure failed", extra={"model": target.name})
+            log.exception("summarising predictions failed", extra={"model": name})
+        return RequestRecord(item.request_id, item.ts, name, answer.version, answer.role, 200, answer.seconds * 1000,
+                             answer.rows, answer.fallback_from, None, summary)
+
+    def _count_quality(self, answers: list[_Answered]) -> None:
+        """Count data-quality problems once per (model, version) in the batch, over all its rows."""
+        groups: dict[tuple[str, int], list[Answer]] = defaultdict(list)
+        for item in answers:
+            groups[(item.answer.target.name, item.answer.version)].append(item.answer)
+        for (name, version), group in groups.items():
+            try:
+                model = group[0].model
+                columns = {f["name"]: _concatenate([a.batch.columns[f["name"]] for a in group]) for f in model.features}
+                quality = request_quality(model.features, columns, model.manifest.get("reference_profile"))
+                metrics.observe_data_quality(name, version, quality.get("counts", {}))
+            except Exception:
+                log.exception("data-quality check failed", extra={"model": name, "version": version})
+
+    def _encode_log(self, answers: list[_Answered]) -> list[EncodedBatch]:
+        if self.log is None:
+            return []
+        encoded = []
+        for item in answers:
+            answer = item.answer
+            batch = self.log.encode(answer.target.name, answer.version, item.request_id, answer.ids,
+                                    answer.batch.columns, answer.result.predictions, answer.result.probabilities,
+                                    answer.seconds * 1000, answer.model.features, ts=item.ts)
+            if batch is not None:
+                encoded.append(batch)
+        return encoded
 
     def _schedule_shadows(self, answer: Answer) -> None:
         target = answer.target
@@ -132,6 +214,10 @@ class Observer:
             log.exception("shadow comparison failed", extra={"model": target.name})
         finally:
             self._slots.release()
+
+
+def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def compare_shadow(answer: Answer, shadow: LoadedModel, name: str) -> ShadowRecord:

@@ -122,18 +122,18 @@ class PredictionLog:
                *, now: float | None = None) -> bool:
         """Write the sampled rows of one predicted batch in one transaction; never raise."""
         try:
-            batch = self._batch(model, version, request_id, ids, columns, predictions, probabilities, latency_ms,
-                                features, time.time() if now is None else now)
+            batch = self.encode(model, version, request_id, ids, columns, predictions, probabilities, latency_ms,
+                                features, ts=time.time() if now is None else now)
         except Exception as exc:  # a caller's bad value must not fail the request either
             self.store.write_failed("predictions", exc)
             return False
         if batch is None:
             return True
-        return self.store.write("predictions", lambda db: self._write(db, batch))
+        return self.store.write("predictions", lambda db: self.write_encoded(db, batch))
 
-    def _batch(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
+    def encode(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
                columns: dict[str, np.ndarray], predictions: Any, probabilities: Any, latency_ms: float,
-               features: list[dict[str, Any]], ts: float) -> EncodedBatch | None:
+               features: list[dict[str, Any]], *, ts: float) -> EncodedBatch | None:
         """Encode the sampled rows of one batch (None when none is sampled): all before the write lock."""
         n = len(ids)
         keep = None if self.sample_rate >= 1.0 else [i for i, pid in enumerate(ids) if is_sampled(pid, self.sample_rate)]
@@ -156,7 +156,7 @@ class PredictionLog:
         return EncodedBatch((float(ts), model, int(version), request_id, float(latency_ms), len(kept_ids), _dumps(names),
                       _dumps(inputs), _dumps(outputs), probas), _dumps(kept_ids))
 
-    def _write(self, db: Any, batch: EncodedBatch) -> None:
+    def write_encoded(self, db: Any, batch: EncodedBatch) -> None:
         """Insert the batch, then its predictions pointing at it (in the caller's transaction)."""
         ts, model, version = batch.values[:3]
         (key,) = db.execute(self._insert_batch, batch.values).fetchall()[0]

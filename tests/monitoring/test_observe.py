@@ -1,4 +1,4 @@
-"""One watch around each inference: the outcome is recorded through ``defer``, never in the answer's way."""
+"""One watch around each inference; its outcome is queued and written off the request's path, in batches."""
 
 from __future__ import annotations
 
@@ -6,54 +6,118 @@ import pytest
 
 from service.errors import ModelNotFound
 from service.monitoring.observe import Observer
+from service.monitoring.predlog import PredictionLog
 from service.protocols import v1
 from service.serving import inference
 from service.serving.catalog import Catalog
 from service.serving.inference import Limits, Target
 from service.store import Store
+from tests.builders import wait_until
 
-LIMITS = Limits(max_rows=100, vectorized_min_rows=64)
+LIMITS = Limits(max_rows=100, vectorized_min_rows=4)
+ROW = [50, 1, 25.0, 90.0, 150, 100.0, 50.0, 3.0, 4.5, 90]
 
 
 @pytest.fixture
-def observer(tmp_path):
-    return Observer(Store(tmp_path / "db.sqlite"))
+def store(tmp_path):
+    return Store(tmp_path / "db.sqlite")
 
 
-def requests_of(observer, model):
-    return {r["request_id"]: dict(r) for r in observer.store.requests_since(model, 0)}
+@pytest.fixture
+def observer(store):
+    observer = Observer(store, PredictionLog(store))
+    yield observer
+    observer.close()
 
 
-def test_nothing_is_recorded_until_the_deferred_work_runs(observer, artifact_root):
+@pytest.fixture
+def catalog(artifact_root):
     catalog = Catalog(artifact_root)
     catalog.refresh()
-    deferred = []
+    return catalog
+
+
+def requests_of(store, model):
+    return {r["request_id"]: dict(r) for r in store.requests_since(model, 0)}
+
+
+def answer_one(observer, catalog, request_id, rows=(ROW,)):
     target = Target("diabetes")
-    with observer.watch(target, "req-ok", deferred.append) as watch:
-        request = v1.decode({"instances": [[50, 1, 25.0, 90.0, 150, 100.0, 50.0, 3.0, 4.5, 90]]}, target, max_rows=100)
-        answer = watch.answered(inference.predict(catalog, request, LIMITS))
-    assert requests_of(observer, "diabetes") == {} and len(deferred) == 1
-    deferred[0]()
-    row = requests_of(observer, "diabetes")["req-ok"]
-    assert (row["status"], row["version"], row["rows"]) == (200, answer.version, 1)
+    with observer.watch(target, request_id) as watch:
+        request = v1.decode({"instances": list(rows)}, target, max_rows=100)
+        return watch.answered(inference.predict(catalog, request, LIMITS))
+
+
+def test_an_answer_is_queued_then_written_with_its_predictions(observer, catalog, store):
+    answer = answer_one(observer, catalog, "req-ok", rows=[ROW, ROW])
+    observer.close()
+    row = requests_of(store, "diabetes")["req-ok"]
+    assert (row["status"], row["version"], row["rows"]) == (200, answer.version, 2)
+    logged = {r[0] for r in store.query("SELECT id FROM predictions")}
+    assert logged == set(answer.ids)
+
+
+def test_the_writer_thread_writes_without_being_asked(observer, catalog, store):
+    answer_one(observer, catalog, "req-bg")
+    assert wait_until(lambda: "req-bg" in requests_of(store, "diabetes"), timeout=10)
+    assert observer.pending == 0
 
 
 @pytest.mark.parametrize(("error", "status", "code"), [
     (ModelNotFound(details={"model": "nope"}), 404, "model_not_found"),
     (RuntimeError("a bug"), 500, "internal_error"),
 ])
-def test_an_error_is_recorded_once_with_its_status_and_raised_unchanged(observer, error, status, code):
-    deferred = []
-    with pytest.raises(type(error)) as raised, observer.watch(Target("nope"), "req-bad", deferred.append):
+def test_an_error_is_recorded_once_with_its_status_and_raised_unchanged(observer, store, error, status, code):
+    with pytest.raises(type(error)) as raised, observer.watch(Target("nope"), "req-bad"):
         raise error
-    assert raised.value is error and len(deferred) == 1
-    deferred[0]()
-    row = requests_of(observer, "nope")["req-bad"]
+    assert raised.value is error
+    observer.flush()
+    row = requests_of(store, "nope")["req-bad"]
     assert (row["status"], row["error"], row["role"]) == (status, code, "error")
 
 
-def test_a_watch_left_without_an_answer_records_nothing(observer):
-    deferred = []
-    with observer.watch(Target("diabetes"), "req-none", deferred.append):
+def test_a_watch_left_without_an_answer_records_nothing(observer, store):
+    with observer.watch(Target("diabetes"), "req-none"):
         pass
-    assert deferred == []
+    observer.flush()
+    assert requests_of(store, "diabetes") == {}
+
+
+def test_many_answers_are_written_in_one_transaction(catalog, store, monkeypatch):
+    observer = Observer(store, PredictionLog(store))
+    transactions = []
+    original = store.write
+    monkeypatch.setattr(store, "write", lambda what, work: transactions.append(what) or original(what, work))
+    observer._recorder._pid = -1  # pretend a writer runs elsewhere: nothing is written until the flush below
+    monkeypatch.setattr(observer._recorder, "_start", lambda: None)
+    for i in range(20):
+        answer_one(observer, catalog, f"req-{i}")
+    observer.flush()
+    assert transactions == ["records"]
+    assert len(requests_of(store, "diabetes")) == 20 and len(store.query("SELECT id FROM predictions")) == 20
+
+
+def test_the_request_row_and_quality_checks_can_be_switched_off(catalog, store):
+    observer = Observer(store, None, record_requests=False, check_quality=False)
+    answer_one(observer, catalog, "req-quiet")
+    observer.close()
+    assert requests_of(store, "diabetes") == {}
+
+
+def test_a_full_queue_drops_and_counts_instead_of_waiting(catalog, store, monkeypatch):
+    observer = Observer(store, PredictionLog(store), capacity=3)
+    monkeypatch.setattr(observer._recorder, "_start", lambda: None)
+    observer._recorder._pid = -1
+    for i in range(5):
+        answer_one(observer, catalog, f"req-{i}")
+    assert observer.pending == 3 and observer._recorder.dropped == 2
+    observer.flush()
+    assert len(requests_of(store, "diabetes")) == 3
+
+
+def test_a_broken_database_never_reaches_the_caller(catalog, tmp_path):
+    store = Store(tmp_path / "missing-dir" / "sub" / "db.sqlite")
+    observer = Observer(store, PredictionLog(store))
+    answer = answer_one(observer, catalog, "req-x")
+    assert answer.version >= 1
+    observer.close()  # the failed write is logged and counted, not raised

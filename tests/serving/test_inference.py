@@ -74,6 +74,7 @@ def test_the_observer_records_answers_and_failures_with_their_status(fragile, tm
     answer = predict(fragile, {"instances": [[TRIGGER, 1.0]]}, Target("fragile"))
     observer.answered(answer, "req-1")
     observer.failed(Target("fragile"), "req-2", 422, "validation_failed", 0.001, None)
+    observer.close()
     rows = {r["request_id"]: dict(r) for r in store.requests_since("fragile", 0)}
     assert rows["req-1"]["status"] == 200 and rows["req-1"]["fallback_from"] == 2 and rows["req-1"]["version"] == 1
     assert orjson.loads(rows["req-1"]["summary"])["n"] == 1
