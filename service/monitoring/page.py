@@ -151,8 +151,9 @@ def time_view(value: Any, now: Any = None) -> dict[str, str] | None:
         return None
     view = {"text": fmt_utc(when), "datetime": iso_utc(when), "ago": ""}
     reference = moment(now)
-    if reference is not None and reference >= when:
-        view["ago"] = fmt_duration((reference - when).total_seconds())
+    # ``now`` may be rounded down to the second: a moment just after it is still "0 s" ago
+    if reference is not None and (elapsed := (reference - when).total_seconds()) > -1:
+        view["ago"] = fmt_duration(max(elapsed, 0.0))
     return view
 
 

@@ -288,6 +288,8 @@ def test_the_window_reads_as_utc_times():
                                             "ago": "1 h 6 min"}),
     ("2026-11-24T10:12:07", None, {"text": "2026-11-24 10:12 UTC", "datetime": "2026-11-24T10:12:07Z", "ago": ""}),
     (FIRED, FIRED - 5, {"text": "2026-11-24 10:12 UTC", "datetime": "2026-11-24T10:12:00Z", "ago": ""}),  # clock skew
+    (FIRED + 0.4, "2026-11-24T10:12:00Z", {"text": "2026-11-24 10:12 UTC", "datetime": "2026-11-24T10:12:00Z",
+                                           "ago": "0 s"}),  # the report's time is rounded down
     (None, None, None), ("yesterday", None, None), (float("nan"), None, None), (True, None, None), (1e300, None, None),
 ])
 def test_time_view(value, now, expected):
