@@ -27,9 +27,15 @@ def readyz():
     versions and no state at all (no readable file, no copy) is 503, ``REGISTRY_UNREADABLE``.
     """
     ready, report = current_app.extensions["catalog"].readiness()
-    if current_app.extensions.get("security") is not None:
+    if _keys_on():
         # probes carry no key: with keys on, say how many models and which state, not why
         report = {name: {k: entry[k] for k in PUBLIC_FIELDS if k in entry} for name, entry in report.items()}
     if not ready:
         raise NotReady(details={"models": report})
     return json_response({"status": "ready", "models": report})
+
+
+def _keys_on() -> bool:
+    # a bare key store (keys on) or a policy whose open scopes are empty (API_KEYS_FILE set)
+    security = current_app.extensions.get("security")
+    return security is not None and not getattr(security, "open_scopes", frozenset())

@@ -25,6 +25,7 @@ from service.errors import (
     LabelNotFound,
     ModelNotFound,
     ModelUnavailable,
+    RegistryStateUnavailable,
     RegistryUnreadable,
     VersionNotFound,
 )
@@ -206,6 +207,11 @@ class Catalog:
         state = self.model(name)
         if version is None:
             label = label or registry.PRODUCTION
+            if label not in state.labels and state.registry_source == NO_STATE:
+                # the label may well exist: saying 404 would tell clients the model lost it
+                raise RegistryStateUnavailable(f"The registry state of {name!r} cannot be read, so where its "
+                                               f"label {label!r} points is unknown.",
+                                               details={"model": name, "label": label, "reason": state.registry_error})
             if label not in state.labels:
                 raise LabelNotFound(f"Model {name!r} has no label {label!r}.", details={"model": name, "label": label})
             version = state.labels[label]

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from service.errors import LabelNotFound, ModelNotFound, ModelUnavailable, VersionNotFound
+from service.errors import LabelNotFound, ModelNotFound, ModelUnavailable, RegistryStateUnavailable, VersionNotFound
 from service.models import registry
 from service.serving.catalog import (
     AVAILABLE,
@@ -212,8 +212,11 @@ def test_a_worker_booted_with_no_state_at_all_is_not_ready(root):
     fresh.refresh()
     state = fresh.model("m")
     assert state.registry_source == NO_STATE and dict(state.labels) == {}
+    with pytest.raises(RegistryStateUnavailable) as caught:
+        fresh.resolve("m", label="staging")
+    assert caught.value.status == 503 and caught.value.details["reason"] == state.registry_error
     with pytest.raises(LabelNotFound):
-        fresh.resolve("m")
+        fresh.resolve("other", label="staging")  # a model whose state is known still says 404
     assert fresh.resolve("m", version=2).version == 2  # pinned versions need no registry state
     fresh.refresh()  # still nothing: the state does not turn into "memory" of nothing
     ready, report = fresh.readiness()
