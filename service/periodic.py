@@ -16,11 +16,14 @@ log = logging.getLogger(__name__)
 class Periodic:
     """Call ``job`` every ``interval`` seconds (first call at once, or after one interval)."""
 
-    def __init__(self, name: str, interval: float, job: Callable[[], object], *, wait_first: bool = False):
+    def __init__(self, name: str, interval: float, job: Callable[[], object], *, wait_first: bool = False,
+                 wait: Callable[[threading.Event, float], bool] | None = None):
+        """``wait(stop, seconds)`` pauses between calls and returns True once stopped (tests pass their own)."""
         self.name = name
         self.interval = float(interval)
         self.job = job
         self.wait_first = wait_first
+        self._wait = wait or threading.Event.wait
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -47,11 +50,11 @@ class Periodic:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        if self.wait_first and self._stop.wait(self.interval):
+        if self.wait_first and self._wait(self._stop, self.interval):
             return
         while not self._stop.is_set():
             try:
                 self.job()
             except Exception:  # the thread that keeps the server current must outlive any one failure
                 log.exception("periodic job failed; trying again next time", extra={"job": self.name})
-            self._stop.wait(self.interval)
+            self._wait(self._stop, self.interval)

@@ -3,12 +3,14 @@ import os
 import shutil
 import time
 import types
+from datetime import datetime
 
 import pytest
 
 from service.models import artifacts, registry
 from service.models import auto_rollback as guard
 from service.store import RequestRecord, Store
+from tests.builders import wait_until
 
 MODEL = "breast-cancer"
 RATE_SENTENCE = "error rate 0.12 > 0.05 over 80 requests"
@@ -151,11 +153,12 @@ def test_a_handful_of_failures_does_not_roll_back(root, store):
 
 
 def test_failures_outside_the_window_do_not_count(root, store):
+    now = time.time()
     set_canary(root, window_seconds=60)
-    traffic(store, failed=100, ts=time.time() - 120)
-    assert guard.enforce(store, root, MODEL) is None
-    traffic(store, failed=100, ts=time.time() - 30)
-    assert guard.enforce(store, root, MODEL)["version"] == 2
+    traffic(store, failed=100, ts=now - 61)
+    assert guard.enforce(store, root, MODEL, now=now) is None
+    traffic(store, failed=100, ts=now - 59)
+    assert guard.enforce(store, root, MODEL, now=now)["version"] == 2
 
 
 def test_the_latency_rule_from_the_registry_is_enforced(root, store):
@@ -170,11 +173,11 @@ def test_a_reenabled_canary_is_judged_on_new_traffic_only(root, store):
     set_canary(root)
     traffic(store, failed=80)
     assert guard.enforce(store, root, MODEL) is not None
+    rolled_back_at = datetime.fromisoformat(history(root)[-1]["at"]).timestamp()
     set_canary(root)  # the operator fixed something and tries again
-    assert guard.enforce(store, root, MODEL) is None
-    time.sleep(0.01)
-    traffic(store, failed=80, ts=time.time())
-    assert guard.enforce(store, root, MODEL) is not None
+    assert guard.enforce(store, root, MODEL, now=rolled_back_at + 2) is None
+    traffic(store, failed=80, ts=rolled_back_at + 1)
+    assert guard.enforce(store, root, MODEL, now=rolled_back_at + 2) is not None
 
 
 def test_no_canary_no_action(root, store):
@@ -197,22 +200,25 @@ def test_the_guard_thread_rolls_back_and_survives_failures(root, store, caplog):
     (broken / artifacts.REGISTRY_FILE).write_text("{not json")
 
     worker = guard.Guard(store, root, interval_seconds=0.05)
+
+    def failures():
+        return [r for r in caplog.records if r.message == "rollout guard failed for a model"]
+
     with caplog.at_level(logging.ERROR):
         worker.start()
         worker.start()  # a second start does not start a second thread
         try:
-            deadline = time.monotonic() + 5
-            while canary(root)["weight"] != 0.0 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(0.2)  # a few more passes, each failing on "aaa"
+            wait_until(lambda: canary(root)["weight"] == 0.0, timeout=5, message="canary rolled back")
+            passes = len(failures())
+            # more passes after the rollback, each failing on "aaa": the thread carried on
+            wait_until(lambda: len(failures()) >= passes + 2, timeout=5, message="two more passes")
             assert worker.running
         finally:
             worker.stop()
     assert not worker.running
     assert canary(root) == {"version": 2, "weight": 0.0}
     assert [e["action"] for e in history(root)].count("rollout.auto_rollback") == 1
-    failures = [r for r in caplog.records if r.message == "rollout guard failed for a model"]
-    assert len(failures) >= 2 and {r.model for r in failures} == {"aaa"}
+    assert len(failures()) >= 3 and {r.model for r in failures()} == {"aaa"}
 
 
 def section(accuracy=None, labelled=0, status="insufficient", psi=None, drift_status="insufficient"):
