@@ -218,6 +218,8 @@ def test_a_lost_file_with_a_last_good_copy_is_unreadable_not_empty(labelled):
         registry.set_label(labelled, "m", "canary", 3, actor="a")
     assert not registry_file(labelled).exists()
     assert registry.read_serving_state(labelled, "m")[0]["labels"] == {"production": 1, "staging": 2}
+    assert registry.restore(labelled, "m", actor="ops")["kept"] is None  # nothing broken to keep aside
+    assert registry.read_state(labelled, "m")["labels"] == {"production": 1, "staging": 2}
 
 
 def test_no_file_and_no_copy_is_unreadable_for_serving_with_the_files_reason(labelled):
