@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app
 from werkzeug.exceptions import HTTPException
 
-from service.api.io import json_response
+from service.api.io import drain_body, json_response
 from service.errors import ServiceError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def _service_error(error: ServiceError) -> Response:
+    if error.status == 413:
+        drain_body(current_app.config.get("MAX_CONTENT_LENGTH"))
     if error.status >= 500:
         log.error("request failed", exc_info=error.__cause__ or error,
                   extra={"code": error.code, "details": error.details})
@@ -51,8 +53,10 @@ def _http_error(error: HTTPException) -> Response:
         allowed = ", ".join(sorted(error.valid_methods))
         headers["Allow"] = allowed
         details["allowed_methods"] = sorted(error.valid_methods)
-    if status == 413 and error.description and "limit" in str(error.description):
-        details["reason"] = str(error.description)
+    if status == 413:
+        drain_body(current_app.config.get("MAX_CONTENT_LENGTH"))
+        if error.description and "limit" in str(error.description):
+            details["reason"] = str(error.description)
     return json_response({"error": {"code": code, "message": message, "details": details}}, status, headers)
 
 

@@ -1,0 +1,96 @@
+"""Apache from deploy/apache/prediction-server.conf (mod_proxy) in front of real Gunicorn."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, start_server
+from tests.deploy.conftest import DEPLOY, Proxy, assert_error_shape, public_dir, render, start_apache
+
+pytestmark = pytest.mark.e2e
+
+ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
+PREDICT = "/v1/models/diabetes:predict"
+BIG_BODY = b'{"instances": [' + b"[1.0]," * (20 * 1024 * 1024 // 6) + b"[1.0]]}"  # ~20 MB > 16 MiB
+PROXY_MODULES = ("proxy", "proxy_http", "rewrite")
+
+
+def apache_site(upstream_port: int, port: int, errors: Path, **replacements: str) -> str:
+    """deploy/apache/prediction-server.conf on ``port``, proxying to Gunicorn on ``upstream_port``."""
+    return render(DEPLOY / "apache" / "prediction-server.conf", {
+        "<VirtualHost *:80>": f"<VirtualHost 127.0.0.1:{port}>",
+        "http://127.0.0.1:8000/": f"http://127.0.0.1:{upstream_port}/",
+        "/var/www/prediction-server/errors/": f"{errors}/",
+        **replacements,
+    })
+
+
+def error_pages(stack: ExitStack) -> Path:
+    """The shipped JSON error pages, where Apache's unprivileged children can read them."""
+    folder = public_dir("ps-errors-")
+    stack.callback(shutil.rmtree, folder, ignore_errors=True)
+    shutil.copytree(DEPLOY / "apache" / "errors", folder, dirs_exist_ok=True)
+    for page in folder.iterdir():
+        page.chmod(0o644)
+    return folder
+
+
+def apache_in_front(stack: ExitStack, workdir: Path, upstream_port: int, **replacements: str) -> Proxy:
+    port = free_port()
+    site = apache_site(upstream_port, port, error_pages(stack), **replacements)
+    proxy = start_apache(workdir, site, port, PROXY_MODULES)
+    stack.callback(proxy.stop)
+    return proxy
+
+
+@pytest.fixture(scope="module")
+def apache(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """One Gunicorn on TCP behind Apache, shared by the module's read-only tests."""
+    workdir = tmp_path_factory.mktemp("apache")
+    with ExitStack() as stack:
+        server = start_server(demo_root, workdir)
+        stack.callback(server.stop)
+        proxy = apache_in_front(stack, workdir / "apache", server.port)
+        proxy.gunicorn = server
+        proxy.wait_ready()
+        yield proxy
+
+
+def test_prediction_through_apache(apache):
+    response = apache.post(PREDICT, json={"instances": [ROW]})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Model-Version"] == "1" and len(response.json()["predictions"]) == 1
+    # no id from the client: mod_unique_id's, in an alphabet the app keeps, so both logs agree
+    request_id = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[A-Za-z0-9._-]{20,}", request_id) and request_id in apache.log("prediction-server-access.log")
+    assert apache.get("/healthz", headers={"X-Request-ID": "client-id-2"}).headers["X-Request-ID"] == "client-id-2"
+
+
+def test_oversized_body_gets_the_json_413(apache):
+    response = apache.post(PREDICT, data=BIG_BODY, headers={"Content-Type": "application/json", "X-Request-ID": "big-2"})
+    error = assert_error_shape(response, 413, "payload_too_large")
+    assert error["details"]["limit_bytes"] == 16 * 1024 * 1024 and response.headers["X-Request-ID"] == "big-2"
+    assert "big-2" not in apache.gunicorn.log_path.read_text()  # refused by Apache
+
+
+def test_the_apps_own_413_is_not_turned_into_a_502(apache, tmp_path: Path):
+    """With Apache's own limit raised, the app refuses the body; it reads it first, so Apache relays the 413."""
+    with ExitStack() as stack:
+        lenient = apache_in_front(stack, tmp_path, apache.gunicorn.port,
+                                  **{"-gt 16777216": "-gt 67108864"})
+        for _ in range(2):
+            response = lenient.post(PREDICT, data=BIG_BODY, headers={"Content-Type": "application/json"})
+            error = assert_error_shape(response, 413, "payload_too_large")
+            assert "limit_bytes" not in error["details"]  # the app's answer, not Apache's page
+
+
+def test_gunicorn_down_is_json(tmp_path: Path):
+    with ExitStack() as stack:
+        down = apache_in_front(stack, tmp_path, free_port())  # nothing listens there: Apache says 503
+        assert_error_shape(down.post(PREDICT, json={"instances": [ROW]}), 503, "service_unavailable")
