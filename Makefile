@@ -31,8 +31,9 @@ system-deps:  ## Install the Debian packages the tests need (chromium, promtool,
 demo: venv  ## Train and package the demo models unless artifacts exist
 	$(BIN)/python -m service train-demo
 
-serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn
+serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn (first run prints the local admin key)
 	@$(BIN)/python -m service config --quiet
+	@$(BIN)/python -m service keys ensure-local-admin
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:application
 
 test: venv system-deps  ## Run the whole test suite (unit and end-to-end)

@@ -26,9 +26,9 @@ try:
     # Refuse to start open on a public address, or with a bad alert rules file, here in the
     # master with one clear line, instead of letting every worker fail to boot.
     from service.monitoring.alerts import load_rules
-    from service.security.keys import load_key_store
+    from service.security.keys import load_policy
 
-    load_key_store(_config)
+    load_policy(_config)
     load_rules(_config.alert_rules_file)
 except (ConfigError, ValueError) as _exc:
     sys.stderr.write(f"configuration error: {_exc}\n")
@@ -90,13 +90,12 @@ def on_starting(server):
 
     import service.serving.catalog  # noqa: F401  (brings joblib and the service modules)
 
-    # Prometheus multiprocess mode: every worker writes its counters to files in this folder
-    # and a scrape adds them up. It is emptied here, before any worker exists, so counts
-    # restart with the server; one folder per port keeps two servers on one host apart.
-    from service.monitoring import metrics
 
-    metrics.prepare_multiprocess_dir(os.environ.get(metrics.MULTIPROC_ENV) or f"var/prometheus/{_config.port}")
-
+# -- proxies ---------------------------------------------------------------------------------
+# FORWARDED_ALLOW_IPS (default: nobody): the proxies whose X-Forwarded-Proto Gunicorn believes.
+# Gunicorn's own default trusts 127.0.0.1, which would let any local process claim https;
+# the app applies the same list to X-Forwarded-For/-Host (service.api.proxy).
+forwarded_allow_ips = ",".join(_config.forwarded_allow_ips)
 
 # -- control socket --------------------------------------------------------------------------
 # Gunicorn's runtime control socket lives at one path per user; two servers on one host would
@@ -124,8 +123,10 @@ class JsonLogger(Logger):
 
     def access(self, resp, req, environ, request_time):
         headers = dict((k.lower(), v) for k, v in resp.headers)
+        peer = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR") or environ.get("REMOTE_ADDR", "-")
         entry = {
-            "remote": environ.get("REMOTE_ADDR", "-"),
+            "remote": environ.get("REMOTE_ADDR", "-"),  # the client, once a trusted proxy named it
+            "peer": peer,  # the other end of the connection (the proxy, behind one)
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("PATH_INFO"),  # never the query string: it may carry data
             "status": int(str(resp.status).split(None, 1)[0]),
@@ -154,10 +155,30 @@ def post_worker_init(worker):
 
 
 def when_ready(server):
-    """Check the addresses Gunicorn really listens on (a --bind or GUNICORN_CMD_ARGS can differ from HOST).
+    """The sockets are bound and no worker exists yet: check the listeners, then reset the metrics.
 
     Serving without API keys is allowed on loopback only, unless ALLOW_UNAUTHENTICATED says so.
     """
+    _check_open_listeners(server)
+    _prepare_metrics(server)
+
+
+def _prepare_metrics(server):
+    """Empty this instance's Prometheus multiprocess folder and hand it to the workers.
+
+    Every worker writes its counters to files there and a scrape adds them up. By default
+    the folder is in memory (/dev/shm, one per port and user), so a full disk cannot kill
+    workers through it. It is emptied here, once the bind has succeeded: a second server
+    started on a busy port exits before this point and leaves the running one's files alone.
+    """
+    from service.monitoring import metrics, multiproc
+
+    folder = os.environ.get(multiproc.MULTIPROC_ENV) or multiproc.default_dir(_config.port)
+    server.log.info("metrics folder ready", extra={"path": str(metrics.prepare_multiprocess_dir(folder))})
+
+
+def _check_open_listeners(server):
+    """Check the addresses Gunicorn really listens on (a --bind or GUNICORN_CMD_ARGS can differ from HOST)."""
     import ipaddress
 
     if _config.api_keys_file or _config.allow_unauthenticated:
@@ -174,15 +195,12 @@ def when_ready(server):
 
 
 def child_exit(server, worker):
-    """Drop a dead worker's live gauges so a restart leaves no stale or duplicate series."""
+    """Drop a dead worker's live gauges and merge its counts, so restarts leave no stale series or pile of files."""
     from service.monitoring import metrics
 
     metrics.mark_worker_dead(worker.pid)
 
 
-def worker_abort(worker):
-    """SIGABRT comes from the master after a timeout: leave a line saying which request hung."""
-    worker.log.error("worker timed out and is being replaced", extra={"pid": worker.pid})
 def worker_exit(server, worker):
     """A graceful stop (SIGTERM, HUP, max_requests): write what the worker's recorder still holds.
 
@@ -194,3 +212,6 @@ def worker_exit(server, worker):
         worker.log.error("records still queued at exit were lost", extra={"pending": observer.pending})
 
 
+def worker_abort(worker):
+    """SIGABRT comes from the master after a timeout: leave a line saying which request hung."""
+    worker.log.error("worker timed out and is being replaced", extra={"pid": worker.pid})

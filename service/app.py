@@ -19,7 +19,7 @@ STORE_TIMEOUT = 1.0  # seconds a write after a response may wait for the databas
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app for ``config`` (read from the environment when not given)."""
     from service import logs
-    from service.api import admin, auth, dashboard, health, models, monitoring, predict, request_ids
+    from service.api import admin, auth, csrf, dashboard, health, models, monitoring, predict, proxy, request_ids
     from service.api import metrics as metrics_api
     from service.api.converters import CONVERTERS
     from service.api.handlers import register_error_handlers
@@ -40,6 +40,8 @@ def create_app(config: Config | None = None) -> Flask:
     app.url_map.strict_slashes = False
     metrics_api.init_app(app)
     request_ids.init_app(app)
+    proxy.init_app(app, config)
+    csrf.init_app(app, config)
     auth.init_app(app, config)
 
     catalog = Catalog(config.artifacts_dir, config.signing_key, config.poll_seconds,

@@ -37,7 +37,20 @@ class Config:
     artifacts_dir: Path = _env("ARTIFACTS_DIR", "Root of the model registry on disk.", default=Path("artifacts"))
     api_keys_file: Path | None = _env("API_KEYS_FILE", "JSON file of hashed API keys; unset = open on loopback.", default=None)
     allow_unauthenticated: bool = _env(
-        "ALLOW_UNAUTHENTICATED", "Serve without API keys on a non-loopback address (explicit opt-in).", default=False
+        "ALLOW_UNAUTHENTICATED", "Serve predict/read without API keys to any client, not just loopback (explicit opt-in).",
+        default=False,
+    )
+    local_admin_keys_file: Path = _env(
+        "LOCAL_ADMIN_KEYS_FILE", "Without API_KEYS_FILE: hashed keys for admin calls (and proxied requests), "
+        "made by `make serve`.", default=Path("var/local-admin-keys.json"),
+    )
+    forwarded_allow_ips: tuple[str, ...] = _env(
+        "FORWARDED_ALLOW_IPS", "Comma-separated proxy addresses or networks whose X-Forwarded-* headers are believed; "
+        "* = any peer.", default=(),
+    )
+    allowed_hosts: tuple[str, ...] = _env(
+        "ALLOWED_HOSTS", "Comma-separated Host header names served (DNS-rebinding guard); * = any; unset = the loopback "
+        "names and HOST (any when HOST is a wildcard).", default=(),
     )
     signing_key: str | None = _env(
         "MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature.", default=None
@@ -123,6 +136,13 @@ class Config:
             scheme = self.database_url.partition(":")[0]  # never the rest: it may hold a password
             raise ConfigError(f"DATABASE_URL must start with sqlite:///, postgresql:// or postgres://, got {scheme!r}...")
         object.__setattr__(self, "log_level", self.log_level.lower())  # frozen: normalise once, here
+        for value in self.forwarded_allow_ips:
+            if value != "*":
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    raise ConfigError(f"FORWARDED_ALLOW_IPS: {value!r} is not an IP address or network") from None
+        object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in self.allowed_hosts))
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
@@ -135,6 +155,24 @@ class Config:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+    @property
+    def is_wildcard(self) -> bool:
+        """Tell whether the bind address is every interface (``0.0.0.0`` or ``::``)."""
+        try:
+            return ipaddress.ip_address(self.host).is_unspecified
+        except ValueError:
+            return False
+
+    @property
+    def served_hosts(self) -> tuple[str, ...]:
+        """Return the Host names this server answers to (``("*",)`` = any), lower case, without port."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        if self.is_wildcard:
+            # Bound everywhere, the server needs keys (or the explicit opt-in) and cannot know its names.
+            return ("*",)
+        return tuple(dict.fromkeys(("localhost", "127.0.0.1", "::1", self.host.lower())))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -176,6 +214,10 @@ def _parse_int(raw: str) -> int:
         raise ValueError("expected a whole number") from None
 
 
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 _PARSERS: dict[Any, Callable[[str], Any]] = {
     "str": str,
     "int": _parse_int,
@@ -184,4 +226,5 @@ _PARSERS: dict[Any, Callable[[str], Any]] = {
     "Path": Path,
     "Path | None": lambda raw: Path(raw) if raw else None,
     "str | None": lambda raw: raw or None,
+    "tuple[str, ...]": _parse_list,
 }

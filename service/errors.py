@@ -51,13 +51,23 @@ class Unauthorized(ServiceError):
     status, code, message = 401, "unauthorized", "A valid API key is required."
 
     @property
-    def headers(self) -> dict[str, str]:
-        # Basic lets a browser prompt for a key (the monitoring page); API clients use Bearer
-        return {"WWW-Authenticate": 'Bearer realm="models", Basic realm="models", charset="UTF-8"'}
+    def headers(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        # Basic lets a browser prompt for a key (the monitoring page); API clients use Bearer. One
+        # header per challenge: browsers (Chromium) fail to parse several in one header.
+        return [("WWW-Authenticate", 'Bearer realm="models"'),
+                ("WWW-Authenticate", 'Basic realm="models", charset="UTF-8"')]
 
 
 class Forbidden(ServiceError):
     status, code, message = 403, "forbidden", "The API key lacks the scope this needs."
+
+
+class HostNotAllowed(Forbidden):
+    code, message = "host_not_allowed", "This server does not answer to that Host name (see ALLOWED_HOSTS)."
+
+
+class CrossSiteRequest(Forbidden):
+    code, message = "cross_site_request", "State-changing requests from another site are refused."
 
 
 class NotFound(ServiceError):

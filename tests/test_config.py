@@ -21,8 +21,11 @@ def test_defaults_without_any_variable():
     assert config.log_level == "info"
     assert config.max_request_bytes == 16 * 1024 * 1024
     assert config.max_batch_rows == 10_000
-    assert config.vectorized_min_rows == 64
+    assert config.vectorized_min_rows == 4
     assert config.poll_seconds == 2.0
+    assert config.local_admin_keys_file == Path("var/local-admin-keys.json")
+    assert config.forwarded_allow_ips == ()
+    assert config.allowed_hosts == ()
 
 
 def test_every_variable_is_parsed():
@@ -53,13 +56,16 @@ def test_every_variable_is_parsed():
 
 def test_every_declared_variable_is_covered_by_describe():
     variables = [name for name, _default, _help in Config.describe()]
-    assert variables == [
+    assert len(set(variables)) == len(variables)
+    assert {
         "HOST", "PORT", "WEB_CONCURRENCY", "THREADS", "WORKER_TIMEOUT", "ARTIFACTS_DIR", "API_KEYS_FILE",
-        "ALLOW_UNAUTHENTICATED", "MODEL_SIGNING_KEY", "LOG_LEVEL", "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS",
+        "ALLOW_UNAUTHENTICATED", "LOCAL_ADMIN_KEYS_FILE", "FORWARDED_ALLOW_IPS", "ALLOWED_HOSTS",
+        "MODEL_SIGNING_KEY", "LOG_LEVEL", "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS",
         "VECTORIZED_MIN_ROWS", "DATABASE_URL", "ROUTING_KEY_HEADER", "GUARD_SECONDS", "PREDICTION_LOG_SAMPLE",
         "PII_HASH_KEY", "MONITORING_WINDOW", "ALERT_RULES_FILE", "ALERT_WEBHOOK_URL", "ALERT_SECONDS", "RETENTION_DAYS",
         "REGISTRY_POLL_SECONDS",
-    ]
+    } <= set(variables)
+    assert variables.index("API_KEYS_FILE") < variables.index("LOCAL_ADMIN_KEYS_FILE")  # the trust settings together
     assert all(help_text for _name, _default, help_text in Config.describe())
 
 
@@ -119,3 +125,30 @@ def test_is_loopback(host, expected):
 
 def test_log_level_is_case_insensitive():
     assert Config.from_env({"LOG_LEVEL": "WARNING"}).log_level == "warning"
+
+
+def test_proxy_and_host_lists_are_comma_separated():
+    config = Config.from_env({"FORWARDED_ALLOW_IPS": " 10.0.0.0/8, 127.0.0.1 ,,::1", "ALLOWED_HOSTS": "Models.Example.COM,",
+                              "LOCAL_ADMIN_KEYS_FILE": "/run/keys.json"})
+    assert config.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.1", "::1")
+    assert config.allowed_hosts == ("models.example.com",)
+    assert config.local_admin_keys_file == Path("/run/keys.json")
+    assert Config.from_env({"FORWARDED_ALLOW_IPS": "*"}).forwarded_allow_ips == ("*",)
+    assert Config.from_env({"FORWARDED_ALLOW_IPS": ""}).forwarded_allow_ips == ()
+
+
+def test_a_proxy_that_is_not_an_address_is_named():
+    with pytest.raises(ConfigError, match="FORWARDED_ALLOW_IPS: 'proxy.local' is not an IP address or network"):
+        Config.from_env({"FORWARDED_ALLOW_IPS": "proxy.local"})
+
+
+@pytest.mark.parametrize("host, allowed, served", [
+    ("127.0.0.1", (), ("localhost", "127.0.0.1", "::1")),
+    ("::1", (), ("localhost", "127.0.0.1", "::1")),
+    ("10.1.2.3", (), ("localhost", "127.0.0.1", "::1", "10.1.2.3")),
+    ("0.0.0.0", (), ("*",)),
+    ("::", (), ("*",)),
+    ("0.0.0.0", ("models.example.com",), ("models.example.com",)),
+])
+def test_served_hosts_default_to_loopback_names_and_the_bind_address(host, allowed, served):
+    assert Config(host=host, allowed_hosts=allowed).served_hosts == served

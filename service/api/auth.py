@@ -1,4 +1,9 @@
-"""The HTTP side of API keys: ``init_app`` loads the key store, ``require_scope`` guards a view."""
+"""The HTTP side of API keys: ``init_app`` loads the policy, ``require_scope`` guards a view.
+
+Without ``API_KEYS_FILE``, predict and read need no key from a local request (straight from
+loopback, no proxy: ``service.api.proxy.is_local``); admin always needs a key, from the local
+admin keys file that ``make serve`` creates (``python -m service keys ensure-local-admin``).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,25 @@ from typing import ParamSpec, TypeVar
 
 from flask import Flask, current_app, g, request
 
+from service.api.proxy import is_local_request
 from service.config import Config
-from service.security.keys import SCOPES, KeyStore, credentials_from_headers, load_key_store
+from service.errors import Unauthorized
+from service.security.keys import SCOPES, Policy, credentials_from_headers, load_policy
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def init_app(app: Flask, config: Config) -> None:
-    """Apply the startup policy and keep the store on ``app.extensions["security"]``."""
-    app.extensions["security"] = load_key_store(config)
+    """Apply the startup policy and keep it on ``app.extensions["security"]``."""
+    app.extensions["security"] = load_policy(config)
 
 
 def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a view so it runs only for a key with ``scope`` (or one of ``others``); sets ``g.key_id``."""
+    """Decorate a view so it runs only for a key with ``scope`` (or one of ``others``); sets ``g.key_id``.
+
+    In open mode a local request to an open scope runs without a key (``g.key_id`` is None).
+    """
     for name in (scope, *others):
         if name not in SCOPES:
             raise ValueError(f"unknown scope {name!r}: choose from {', '.join(SCOPES)}")
@@ -32,13 +42,31 @@ def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callab
             if "security" not in current_app.extensions:
                 # Fail closed: a forgotten init_app must not turn into an open server.
                 raise RuntimeError("service.api.auth.init_app(app, config) was not called")
-            store: KeyStore | None = current_app.extensions["security"]
-            if store is None:
-                g.key_id = None
-            else:
-                g.key_id = store.authorize(credentials_from_headers(request.headers), scope, *others).id
+            g.key_id = _authorize(current_app.extensions["security"], (scope, *others))
             return view(*args, **kwargs)
 
         return wrapper
 
     return decorator
+
+
+def _authorize(policy: Policy, scopes: tuple[str, ...]) -> str | None:
+    if policy.is_open(scopes, is_local_request()):
+        return None
+    token = credentials_from_headers(request.headers)
+    if not token and policy.open_scopes:
+        raise _why_a_key_is_needed(policy, scopes)
+    return policy.store.authorize(token, *scopes).id
+
+
+def _why_a_key_is_needed(policy: Policy, scopes: tuple[str, ...]) -> Unauthorized:
+    """Explain, in open mode, why this request still needs a key and where that key is."""
+    if policy.open_scopes & set(scopes):
+        reason, why = "not_local", "This request came through a proxy or from another machine, so it needs an API key"
+    else:
+        reason, why = "admin_needs_key", "Admin calls need an API key with the admin scope, even on loopback"
+    return Unauthorized(
+        f"{why}: send the local admin key (printed once by `make serve`, which runs "
+        "`python -m service keys ensure-local-admin`) as 'Authorization: Bearer <key>'.",
+        details={"reason": reason},
+    )

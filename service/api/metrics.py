@@ -46,6 +46,7 @@ def _finish(response: Response) -> Response:
     try:
         route = request.url_rule.rule if request.url_rule is not None else metrics.UNMATCHED_ROUTE
         metrics.current().observe_request(route, request.method, response.status_code, g.get("_metrics_started"))
+        metrics.current().sample_process()
     except Exception:
         metrics.warn_once("request finish")
     return response

@@ -1,4 +1,4 @@
-"""``keys``: create, list and revoke API keys in ``API_KEYS_FILE``.
+"""``keys``: create, list and revoke API keys in ``API_KEYS_FILE``; make the local admin key.
 
 A thin shell over the functions in ``service.security.keys``; the plaintext of a new key goes to
 stdout exactly once (so scripts can capture it) and everything meant for a human to stderr.
@@ -89,3 +89,33 @@ def revoke(key_id: str, path: Path | None) -> None:
     with _one_line_errors():
         security.revoke_key(_need(path), key_id)
     click.echo(f"Revoked key {key_id!r}.", err=True)
+
+
+@keys.command("ensure-local-admin")
+def ensure_local_admin() -> None:
+    """Without API_KEYS_FILE, make sure a local admin key exists (``make serve`` runs this).
+
+    Admin calls always need a key, also on loopback; the first run creates one in
+    LOCAL_ADMIN_KEYS_FILE (hashed, mode 0600) and prints it once. Later runs say nothing.
+    """
+    from service.config import Config
+
+    with _one_line_errors():
+        config = Config.from_env()
+        if config.api_keys_file is not None:
+            return  # keys come from API_KEYS_FILE; nothing is open and nothing to make
+        plaintext = security.ensure_local_admin(config.local_admin_keys_file)
+    if plaintext is None:
+        return
+    click.echo(plaintext)
+    base = f"http://{'[' + config.host + ']' if ':' in config.host else config.host}:{config.port}"
+    click.echo(
+        f"Created the local admin key {security.LOCAL_ADMIN_ID!r} in {config.local_admin_keys_file} (only its hash is "
+        "stored); copy it now, it will not be shown again.\n"
+        "Predict and read calls from this machine need no key; admin calls (labels, rollout, promote, rollback), "
+        "and any call through a proxy, need it:\n"
+        f"  curl -X POST -H 'Authorization: Bearer <key>' -H 'Content-Type: application/json' {base}/v1/models/<m>:rollback\n"
+        f"Lost it? `python -m service keys revoke {security.LOCAL_ADMIN_ID} --file {config.local_admin_keys_file}` "
+        "and run this again.",
+        err=True,
+    )

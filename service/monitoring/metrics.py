@@ -6,13 +6,14 @@ counters, ``_info`` for the model-info gauge). Labels only take values from boun
 ``version`` only for models and versions this process has seen on disk (``observe_model_loaded``
 / ``observe_load_failure``), so a request for an unknown model creates no series.
 
-Under Gunicorn the values live in prometheus-client's multiprocess files: the master calls
-``prepare_multiprocess_dir`` from ``on_starting`` (before any worker forks) and
-``mark_worker_dead`` from ``child_exit``; every scrape reads the files into a fresh registry.
-Without ``PROMETHEUS_MULTIPROC_DIR`` (unit tests, waitress, a REPL) the same functions work
-in a single process. The metric objects are built on first use, so importing this module
-does nothing, and no observation ever raises into a request. No Flask: the request hooks and
-``GET /metrics`` live in ``service.api.metrics``.
+Under Gunicorn the values live in prometheus-client's multiprocess files (where, when they are
+emptied, how a full disk and dead workers are survived: ``service.monitoring.multiproc``);
+every scrape reads them into a fresh registry. Without ``PROMETHEUS_MULTIPROC_DIR`` (unit
+tests, waitress, a REPL) the same functions work in a single process. Each worker publishes
+its own CPU seconds, memory and open fds with a ``pid`` label. The metric objects are built on
+first use, so importing this module does nothing, and no observation ever raises into a
+request (a failed one is counted). No Flask: the request hooks and ``GET /metrics`` live in
+``service.api.metrics``.
 
 The latency objective: 99 % of requests answered within ``LATENCY_OBJECTIVE_SECONDS``
 (250 ms), a bucket boundary of the latency histogram; ``deploy/prometheus/alerts.yml`` alerts
@@ -31,12 +32,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec
 
+from service.monitoring import multiproc
+from service.monitoring.multiproc import MULTIPROC_ENV, multiprocess_dir  # noqa: F401  (part of this API)
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 PREFIX = "sklearn_server_"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-DEFAULT_MULTIPROC_DIR = Path("var") / "prometheus"
+#: Reads of the metrics folder per scrape before a file that vanished mid-read is an error.
+SCRAPE_ATTEMPTS = 3
+#: Seconds between two samples of a worker's CPU, memory and file descriptors.
+PROCESS_SAMPLE_SECONDS = 1.0
+#: prometheus-client's process figures (family name) -> our per-worker gauge key.
+PROCESS_FIGURES = {"process_cpu_seconds": "cpu", "process_resident_memory_bytes": "rss", "process_open_fds": "fds"}
 #: p99 of request latency we promise; one of ``LATENCY_BUCKETS`` so the histogram can tell.
 LATENCY_OBJECTIVE_SECONDS = 0.25
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -86,50 +94,22 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 
 
-# -- processes (called from gunicorn.conf.py, in the master) ----------------------------------
+# -- processes (called from gunicorn.conf.py, in the master; the work is in ``multiproc``) -----------
 
 
-def multiprocess_dir() -> Path | None:
-    """Return the multiprocess directory in force, or ``None`` in single-process mode."""
-    value = os.environ.get(MULTIPROC_ENV)
-    return Path(value) if value else None
-
-
-def prepare_multiprocess_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """Create and empty the metrics directory and export it to the workers forked later.
-
-    Call it in the Gunicorn master before any worker starts (``on_starting``). Only files
-    named like prometheus-client's (``counter_123.db``) are removed, so pointing the variable
-    at a shared directory by mistake cannot delete anything else.
-    """
-    folder = Path(path or os.environ.get(MULTIPROC_ENV) or DEFAULT_MULTIPROC_DIR).absolute()
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in folder.iterdir():
-        if _DB_FILE_RE.fullmatch(entry.name) and entry.is_file():
-            entry.unlink()
-    os.environ[MULTIPROC_ENV] = str(folder)
-    # prometheus-client picks its value class when first imported; if something imported it
-    # before the variable existed, the workers would silently count in private memory.
-    from prometheus_client import values
-
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()
-    return folder
+def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> Path:
+    """Create and empty the metrics folder and export it to workers forked later (see ``multiproc.prepare``)."""
+    return multiproc.prepare(path)
 
 
 def mark_worker_dead(pid: int) -> None:
-    """Drop a dead worker's live gauges (in progress, model info); call it from ``child_exit``."""
+    """Drop a dead worker's live gauges and merge its counts into the archives; call it from ``child_exit``."""
     if multiprocess_dir() is None:
         return
     try:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
+        multiproc.mark_dead(pid)
     except Exception:  # the master must outlive any bookkeeping problem
         log.exception("could not clean up a dead worker's metrics", extra={"pid": pid})
-
-
-_DB_FILE_RE = re.compile(r"(counter|histogram|summary|gauge_[a-z]+)_\d+\.db")
 
 
 # -- the metric families ------------------------------------------------------------------------
@@ -144,6 +124,19 @@ class Metrics:
         # In multiprocess mode values go to files and the scrape builds its own registry.
         self.registry = registry
         reg = {"registry": registry}
+        # First, so its file exists (allocated) before any other: counting a failure needs no new space.
+        self.write_failures = Counter(PREFIX + "metric_write_failures",
+                                      "Observations this server could not record (e.g. the metrics folder is full).",
+                                      **reg)
+        self.process = {
+            "cpu": Gauge(PREFIX + "worker_cpu_seconds", "CPU time (user and system) used by the worker process.",
+                         multiprocess_mode="liveall", **reg),
+            "rss": Gauge(PREFIX + "worker_resident_memory_bytes", "Resident memory of the worker process.",
+                         multiprocess_mode="liveall", **reg),
+            "fds": Gauge(PREFIX + "worker_open_fds", "Open file descriptors of the worker process.",
+                         multiprocess_mode="liveall", **reg),
+        }
+        self._sampled = float("-inf")
         self.http_requests = Counter(PREFIX + "http_requests", "HTTP requests answered, by URL rule, method and status.",
                                      ("route", "method", "status"), **reg)
         self.http_duration = Histogram(PREFIX + "http_request_duration_seconds",
@@ -168,9 +161,6 @@ class Metrics:
                                 "Model versions loaded (1) by a live worker: artifact sha256 and training scikit-learn.",
                                 ("model", "version", "sha256", "sklearn_version"), multiprocess_mode="livemax", **reg)
         self.load_failures = Counter(PREFIX + "model_load_failures", "Model versions refused at load, by model and version.",
-        self.records_dropped = Counter(PREFIX + "records_dropped",
-                                       "Request and prediction records dropped because the worker's recording "
-                                       "queue was full (the predictions themselves were answered).", **reg)
                                      ("model", "version"), **reg)
         self.quality_issues = Counter(PREFIX + "data_quality_issues",
                                       "Input values with a data-quality problem at request time, by check "
@@ -178,6 +168,9 @@ class Metrics:
                                       ("model", "version", "check"), **reg)
         self.fallbacks = Counter(PREFIX + "fallbacks", "Predictions answered by the fallback version instead of the chosen one.",
                                  ("model", "from_version", "to_version", "reason"), **reg)
+        self.records_dropped = Counter(PREFIX + "records_dropped",
+                                       "Request and prediction records dropped because the worker's recording "
+                                       "queue was full (the predictions themselves were answered).", **reg)
         self.gauges = {key: Gauge(name, doc, labels, multiprocess_mode="mostrecent", **reg)
                        for key, (name, doc, labels) in MONITORING_GAUGES.items()}
         self._lock = threading.Lock()
@@ -273,6 +266,24 @@ class Metrics:
         reason = reason if reason in FALLBACK_REASONS else "other"
         self.fallbacks.labels(model, str(from_version), str(to_version), reason).inc()
 
+    def sample_process(self, force: bool = False) -> None:
+        """Publish this worker's CPU seconds, resident memory and open fds, at most once per PROCESS_SAMPLE_SECONDS.
+
+        prometheus-client's ``ProcessCollector`` reads them from /proc but describes only the
+        process that is scraped; copied into ``liveall`` gauges, every live worker shows up
+        with its ``pid`` label.
+        """
+        now = time.monotonic()
+        if not force and now - self._sampled < PROCESS_SAMPLE_SECONDS:
+            return
+        self._sampled = now
+        from prometheus_client.process_collector import ProcessCollector
+
+        for family in ProcessCollector(registry=None).collect():
+            key = PROCESS_FIGURES.get(family.name)
+            if key is not None and family.samples:
+                self.process[key].set(family.samples[0].value)
+
     def set_gauge(self, key: str, value: float, **labels: Any) -> None:
         name, _, names = MONITORING_GAUGES[key]
         if set(labels) != set(names):
@@ -307,10 +318,15 @@ _warned: set[str] = set()
 
 
 def warn_once(where: str) -> None:
-    """Log a failure to record metrics the first time it happens at ``where``, then stay quiet."""
+    """Count a failure to record metrics; log it the first time it happens at ``where``, then stay quiet."""
     if where not in _warned:
         _warned.add(where)
         log.warning("metrics observation dropped (reported once)", exc_info=True, extra={"where": where})
+    try:
+        if _current is not None:
+            _current.write_failures.inc()
+    except Exception:  # noqa: S110  counting the failure must not be a second one
+        pass
 
 
 def current() -> Metrics:
@@ -319,10 +335,26 @@ def current() -> Metrics:
     if _current is None:
         with _build_lock:
             if _current is None:
-                from prometheus_client import CollectorRegistry
-
-                _current = Metrics(None if multiprocess_dir() else CollectorRegistry(auto_describe=True))
+                _current = _build()
     return _current
+
+
+def _build() -> Metrics:
+    from prometheus_client import CollectorRegistry, values
+
+    if multiprocess_dir() is None:
+        return Metrics(CollectorRegistry(auto_describe=True))
+    multiproc.install()
+    try:
+        metrics = Metrics(None)
+        metrics.sample_process(force=True)
+        return metrics
+    except OSError:
+        # No room for this worker's files: it serves on, its figures kept in memory and unexported.
+        log.error("metrics folder unusable (full?); this worker's metrics stay in memory and are not exported",
+                  exc_info=True, extra={"path": str(multiprocess_dir())})
+        values.ValueClass = values.MutexValue
+        return Metrics(CollectorRegistry(auto_describe=True))
 
 
 def _never_raises(func: Callable[P, None]) -> Callable[P, None]:
@@ -342,6 +374,12 @@ def _never_raises(func: Callable[P, None]) -> Callable[P, None]:
 def observe_prediction(model: str, version: int | None, outcome: str, rows: int = 0, seconds: float | None = None) -> None:
     """Count a predict request (``outcome`` ok, invalid or error) and, when ok, its rows and time."""
     current().observe_prediction(model, version, outcome, rows, seconds)
+
+
+@_never_raises
+def observe_record_dropped(count: int = 1) -> None:
+    """Count records the recording queue had no room for."""
+    current().records_dropped.inc(count)
 
 
 @_never_raises
@@ -376,12 +414,6 @@ def observe_data_quality(model: str, version: int, counts: Mapping[str, int]) ->
 
 @_never_raises
 def observe_fallback(model: str, from_version: int, to_version: int, reason: str = "error") -> None:
-@_never_raises
-def observe_record_dropped(count: int = 1) -> None:
-    """Count records the recording queue had no room for."""
-    current().records_dropped.inc(count)
-
-
     """Count an answer given by ``to_version`` because ``from_version`` failed or was too slow."""
     current().observe_fallback(model, from_version, to_version, reason)
 
@@ -402,9 +434,18 @@ def render() -> tuple[bytes, str]:
     from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    try:
+        current().sample_process()
+    except Exception:
+        warn_once("process sample")
     folder = multiprocess_dir()
     if folder is None:
         return generate_latest(current().registry), CONTENT_TYPE_PLAIN_0_0_4
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(folder))
+    for _ in range(SCRAPE_ATTEMPTS - 1):
+        try:
+            return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
+        except FileNotFoundError:
+            continue  # the master merged a dead worker's file between listing the folder and reading it
     return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4

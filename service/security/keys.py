@@ -3,8 +3,9 @@
 Keys are high-entropy random tokens, so the keys file (``API_KEYS_FILE``) stores only a plain
 SHA-256 of each one, as GitHub does for its tokens; the plaintext is shown once, when the key is
 created, and is never stored or logged. ``KeyStore`` reads that file and picks up changes
-(``keys revoke``) without a restart; it does not import Flask. The Flask shell
-(``init_app``, ``require_scope``) lives in ``service.api.auth``.
+(``keys revoke``) without a restart; ``Policy`` says which scopes a request may use without a
+key (see ``load_policy``). It does not import Flask. The Flask shell (``init_app``,
+``require_scope``) lives in ``service.api.auth``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
     from service.config import Config
 
 SCOPES = ("predict", "read", "admin")
+#: Without API_KEYS_FILE these scopes need no key from a local request; admin never is open.
+OPEN_SCOPES = ("predict", "read")
+#: Id of the key ``ensure_local_admin`` creates.
+LOCAL_ADMIN_ID = "local-admin"
 KEY_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 KEY_PREFIX = "sk_"
@@ -123,6 +128,8 @@ class KeyStore:
         *,
         reload_interval: float = RELOAD_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        optional: bool = False,
+        variable: str = "API_KEYS_FILE",
     ) -> None:
         self.path = Path(path)
         self.reload_interval = reload_interval
@@ -130,9 +137,10 @@ class KeyStore:
         self._lock = threading.Lock()
         self._stamp = _stamp(self.path)
         try:
-            self._keys = _read_keys(self.path)
+            # An optional file (the local admin keys) that does not exist yet holds no keys until it does.
+            self._keys = () if optional and self._stamp is None else _read_keys(self.path)
         except ValueError as exc:
-            raise ConfigError(f"API_KEYS_FILE={self.path}: {exc}") from None
+            raise ConfigError(f"{variable}={self.path}: {exc}") from None
         self._checked = clock()
 
     @property
@@ -155,6 +163,8 @@ class KeyStore:
                 return
             # Remember the new stamp even on failure, so a broken file is reported once, not every second.
             self._stamp = stamp
+            if stamp is None and not self._keys:
+                return  # an optional file that is still absent
             try:
                 keys = _read_keys(self.path)
             except ValueError as exc:
@@ -217,28 +227,59 @@ def credentials_from_headers(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def load_key_store(config: Config) -> KeyStore | None:
-    """Apply the startup policy: keys when configured, open only on loopback or by opt-in.
+@dataclass(frozen=True)
+class Policy:
+    """Who may call what without a key, and the keys that open the rest.
 
-    Returns ``None`` when the server runs without authentication, after saying so loudly.
+    With ``API_KEYS_FILE`` every scope needs a key from it (``open_scopes`` is empty). Without
+    it, predict and read are open to *local* requests (straight from a loopback peer, never
+    through a proxy), or to every request when ``ALLOW_UNAUTHENTICATED`` is set; admin always
+    needs a key, taken from the local admin keys file that ``make serve`` creates.
+    """
+
+    store: KeyStore
+    open_scopes: frozenset[str] = frozenset()
+    open_to_everyone: bool = False
+
+    def is_open(self, scopes: tuple[str, ...], local: bool) -> bool:
+        """Tell whether a request (``local`` or not) may use one of ``scopes`` without a key."""
+        return bool(self.open_scopes & set(scopes)) and (local or self.open_to_everyone)
+
+
+def load_policy(config: Config) -> Policy:
+    """Apply the startup policy: keys when configured; else predict/read open on loopback only, or by opt-in.
+
+    Refuses (``ConfigError``) to serve openly on a public address unless told to, and says
+    loudly when anything is open.
     """
     if config.api_keys_file is not None:
         store = KeyStore(config.api_keys_file)
         log.info("API keys enabled", extra={"path": str(store.path), "keys_in_force": len(store.keys)})
-        return store
+        return Policy(store)
     if not config.is_loopback and not config.allow_unauthenticated:
         raise ConfigError(
             f"HOST={config.host} is reachable from other machines but API_KEYS_FILE is unset: "
             "set API_KEYS_FILE (create keys with `python -m service keys create`) "
-            "or set ALLOW_UNAUTHENTICATED=1 to serve openly on purpose"
+            "or set ALLOW_UNAUTHENTICATED=1 to serve predict and read openly on purpose"
         )
-    reason = "HOST is loopback" if config.is_loopback else "ALLOW_UNAUTHENTICATED is set"
+    store = KeyStore(config.local_admin_keys_file, optional=True, variable="LOCAL_ADMIN_KEYS_FILE")
+    who = "direct loopback clients" if not config.allow_unauthenticated else "anyone (ALLOW_UNAUTHENTICATED is set)"
     log.warning(
-        "serving WITHOUT authentication (API_KEYS_FILE is unset and %s): anyone who can connect may call any endpoint",
-        reason,
-        extra={"host": config.host},
+        "serving predict and read WITHOUT authentication to %s (API_KEYS_FILE is unset); admin calls and "
+        "proxied requests need a key from %s", who, store.path,
+        extra={"host": config.host, "local_admin_keys": len(store.keys)},
     )
-    return None
+    return Policy(store, frozenset(OPEN_SCOPES), config.allow_unauthenticated)
+
+
+def ensure_local_admin(path: str | os.PathLike[str]) -> str | None:
+    """Create the local admin key in ``path`` unless the file already holds an admin key; return its plaintext."""
+    path = Path(path)
+    with _locked(path):
+        keys = _read_existing(path)
+        if any("admin" in k.scopes for k in keys):
+            return None
+        return _add_key(path, keys, LOCAL_ADMIN_ID, SCOPES)
 
 
 # -- Managing the keys file (the ``keys`` commands) -------------------------------------------
@@ -254,14 +295,16 @@ def create_key(path: str | os.PathLike[str], key_id: str, scopes: list[str] | tu
     if not scopes:
         raise ValueError(f"give at least one scope: {', '.join(SCOPES)}")
     path = Path(path)
+    with _locked(path):
+        return _add_key(path, _read_existing(path), key_id, scopes)
+
+
+def _add_key(path: Path, keys: tuple[ApiKey, ...], key_id: str, scopes: list[str] | tuple[str, ...]) -> str:
+    if any(k.id == key_id for k in keys):
+        raise ValueError(f"a key named {key_id!r} already exists; revoke it first or pick another name")
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with _locked(path):
-        keys = _read_existing(path)
-        if any(k.id == key_id for k in keys):
-            raise ValueError(f"a key named {key_id!r} already exists; revoke it first or pick another name")
-        new = ApiKey(key_id, hash_key(plaintext), frozenset(scopes), created_at)
-        _write_keys(path, [*keys, new])
+    _write_keys(path, [*keys, ApiKey(key_id, hash_key(plaintext), frozenset(scopes), created_at)])
     return plaintext
 
 

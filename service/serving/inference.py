@@ -39,8 +39,9 @@ class Target:
     routing_key: str | None = None
 
 
-#: How a request's rows arrive: a list of objects, a list of arrays in schema order, or columns.
-LAYOUTS = ("records", "rows", "columns")
+#: How a request's rows arrive: a list of objects, a list of arrays in schema order, columns, or
+#: a 2-D numpy array in schema order (tensor protocols).
+LAYOUTS = ("records", "rows", "columns", "matrix")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class PredictRequest:
 
     target: Target
     layout: str  # one of LAYOUTS
-    data: Any  # list of dicts | list of lists | dict of column lists
+    data: Any  # list of dicts | list of lists | dict of column lists | 2-D numpy array
     probabilities: bool = False
 
 

@@ -7,7 +7,9 @@ are checked column by column with C-level iteration (``map``, ``zip``, ``array``
 comparisons) and no per-row Python loop. A column the fast checks cannot clear is re-checked
 value by value with the same ``convert`` rule, so both paths report the same errors and build
 the same arrays. The rows are assumed to hold only JSON types, as a JSON decoder produces
-them. Nothing here imports Flask.
+them. A fourth layout, ``matrix`` (a 2-D numpy array in schema order, as tensor protocols
+send it), is checked with numpy alone by ``service.serving.matrix``, with the same messages and
+arrays. Nothing here imports Flask.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from marshmallow import ValidationError
 
 from service.errors import ValidationFailed
+from service.serving.matrix import NUMERIC_KINDS, check_matrix
 from service.serving.schemas import (
     COLUMN_LENGTH,
     EMPTY,
@@ -62,6 +65,12 @@ def validate_rows(layout: str, data: Any, features: list[dict[str, Any]], *,
                   vectorized_min_rows: int) -> ValidatedBatch:
     """Validate decoded rows against the model's features and build its columns."""
     model = model_schema(features)
+    if layout == "matrix":
+        if data.dtype.kind in NUMERIC_KINDS:
+            errors, columns = check_matrix(model, data)
+            _raise_if(errors, model)
+            return ValidatedBatch(columns=columns, n_rows=data.shape[0])
+        layout, data = "rows", data.tolist()  # strings or objects: Python values either way
     if layout == "columns":
         n_rows = max((len(column) for column in data.values() if type(column) is list), default=0)
     else:

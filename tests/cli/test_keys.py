@@ -114,3 +114,26 @@ def test_real_process_exit_codes_and_streams(keys_file):
     assert dup.returncode == 1
     assert dup.stdout == ""
     assert dup.stderr.strip() == "Error: a key named 'ci-deployer' already exists; revoke it first or pick another name"
+
+
+def test_ensure_local_admin_prints_the_key_once_with_how_to_use_it(tmp_path):
+    path = tmp_path / "var" / "local-admin-keys.json"
+    runner = CliRunner(env={"API_KEYS_FILE": None, "LOCAL_ADMIN_KEYS_FILE": str(path)})
+    first = runner.invoke(keys, ["ensure-local-admin"])
+    assert first.exit_code == 0, first.output
+    key = first.stdout.strip()
+    assert key.startswith("sk_") and key not in first.stderr and key not in path.read_text()
+    assert "Authorization: Bearer <key>" in first.stderr and "will not be shown again" in first.stderr
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert security.KeyStore(path).authorize(key, "admin").id == "local-admin"
+    again = runner.invoke(keys, ["ensure-local-admin"])
+    assert again.exit_code == 0 and again.stdout == "" and again.stderr == ""
+    assert len(security.list_keys(path)) == 1
+
+
+def test_ensure_local_admin_does_nothing_when_api_keys_file_is_set(keys_file, tmp_path):
+    local = tmp_path / "local.json"
+    result = CliRunner(env={"API_KEYS_FILE": str(keys_file), "LOCAL_ADMIN_KEYS_FILE": str(local)}).invoke(
+        keys, ["ensure-local-admin"])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert not local.exists() and not keys_file.exists()

@@ -123,7 +123,16 @@ def check_invariants(samples: dict, scraper: Scraper) -> None:
     assert sorted((i["model"], i["version"]) for i in info) == [("breast-cancer", "1"), ("diabetes", "1")]
     assert all(len(i["sha256"]) == 64 and i["sklearn_version"] for i in info)
     assert "no-such-model" not in scraper.text
-    assert not any("pid" in dict(labels) for _, labels in samples)
+    assert not any("pid" in dict(labels) for name, labels in samples if not name.startswith("sklearn_server_worker_"))
+    # live workers (a replacement may still be booting) report their own CPU, memory and open files by pid
+    live = set(scraper.server.worker_pids())
+    for name in ("sklearn_server_worker_cpu_seconds", "sklearn_server_worker_resident_memory_bytes",
+                 "sklearn_server_worker_open_fds"):
+        assert set() < {int(dict(labels)["pid"]) for n, labels in samples if n == name} <= live, name
+
+
+def worker_pids_reported(samples: dict) -> set[int]:
+    return {int(dict(labels)["pid"]) for name, labels in samples if name == "sklearn_server_worker_open_fds"}
 
 
 def promtool_check(text: str) -> None:
@@ -152,6 +161,7 @@ def test_metrics_add_up_across_workers_and_survive_a_killed_worker(artifact_root
         assert {k: samples.get(k) for k in expected_counts(traffic)} == expected_counts(traffic)
         check_invariants(samples, scraper)
     promtool_check(scraper.text)
+    assert worker_pids_reported(samples) == set(workers)
 
     victim = workers[0]
     os.kill(victim, signal.SIGKILL)
@@ -159,8 +169,9 @@ def test_metrics_add_up_across_workers_and_survive_a_killed_worker(artifact_root
     while not (len(pids := server.worker_pids()) == 2 and victim not in pids):
         assert time.monotonic() < deadline, "Gunicorn did not replace the killed worker"
         time.sleep(0.1)
-    # child_exit dropped the dead worker's live gauges and kept its counters
-    assert not list(folder.glob(f"gauge_live*_{victim}.db"))
+    # child_exit dropped the dead worker's live gauges and merged its counts into the archives
+    assert not list(folder.glob(f"*_{victim}.db"))
+    assert (folder / "counter_archive.db").exists()
     server.wait_ready()
 
     traffic.send(server, 16)

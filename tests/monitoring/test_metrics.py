@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import metrics as metrics_api
-from service.monitoring import metrics
+from service.monitoring import metrics, multiproc
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -295,17 +296,99 @@ def test_prepare_empties_only_prometheus_files_and_exports_the_directory(tmp_pat
     assert re.search(r"gauge_livemax_\d+\.db", files)
 
 
-def test_prepare_defaults_to_var_prometheus_under_the_working_directory(tmp_path):
-    work = tmp_path / "work"
-    work.mkdir()
-    out = run_python(f"""
-        import os
-        os.chdir({str(work)!r})
-        from service.monitoring import metrics
-        print(metrics.prepare_multiprocess_dir())
-    """)
-    assert Path(out.strip()) == work / "var" / "prometheus"
-    assert (work / "var" / "prometheus").is_dir()
+def test_default_folder_is_in_memory_per_user_and_port(tmp_path, monkeypatch):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(multiproc, "SHM", shm)
+    assert multiproc.default_dir(8123) == shm / f"sklearn-server-{os.getuid()}-metrics-8123"
+    assert multiproc.default_dir(8124) != multiproc.default_dir(8123)
+
+
+def test_default_folder_never_follows_a_link_in_shared_memory(tmp_path, monkeypatch):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(multiproc, "SHM", shm)
+    monkeypatch.chdir(tmp_path)
+    (shm / f"sklearn-server-{os.getuid()}-metrics-8123").symlink_to(tmp_path)
+    assert multiproc.default_dir(8123) == tmp_path / "var" / "prometheus" / "8123"
+    monkeypatch.setattr(multiproc, "SHM", tmp_path / "missing")
+    assert multiproc.default_dir(9000) == tmp_path / "var" / "prometheus" / "9000"
+
+
+def test_new_files_are_fully_allocated_before_they_are_mapped(tmp_path):
+    path = tmp_path / "counter_1.db"
+    mapped = multiproc.AllocatedMmapedDict(str(path))
+    try:
+        for i in range(3000):  # enough keys to grow the file past its first 64 KiB
+            mapped.write_value(f'["m", "m_total", {{"i": "{i}"}}, "help"]', float(i), 0.0)
+        st = path.stat()
+        assert st.st_size > 64 * 1024
+        assert st.st_blocks * 512 >= st.st_size  # no holes: a later write cannot find a full disk
+    finally:
+        mapped.close()
+    assert {k: v for k, v, _ in multiproc.read_values(path)}['["m", "m_total", {"i": "7"}, "help"]'] == 7
+
+
+def test_no_room_is_an_error_at_creation_and_leaves_no_empty_file(tmp_path, monkeypatch):
+    def full(fd: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(multiproc, "allocate", full)
+    path = tmp_path / "counter_1.db"
+    with pytest.raises(OSError):
+        multiproc.AllocatedMmapedDict(str(path))
+    assert not path.exists()  # an empty file would break every scrape
+
+
+def test_no_room_to_grow_is_an_error_and_the_file_stays_readable(tmp_path, monkeypatch):
+    path = tmp_path / "counter_1.db"
+    mapped = multiproc.AllocatedMmapedDict(str(path))
+    mapped.write_value("first", 1.0, 0.0)
+    monkeypatch.setattr(multiproc, "allocate", lambda fd, size: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(OSError):
+        for i in range(3000):
+            mapped.write_value(f"key-{i:05d}-" + "x" * 40, 1.0, 0.0)
+    mapped.write_value("first", 2.0, 0.0)  # existing series keep counting
+    mapped.close()
+    assert {k: v for k, v, _ in multiproc.read_values(path)}["first"] == 2.0
+
+
+def test_a_worker_whose_files_cannot_be_made_counts_in_memory(tmp_path):
+    out = run_python("""
+        import errno
+        from service.monitoring import metrics, multiproc
+        def full(fd, size):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        multiproc.allocate = full
+        m = metrics.current()
+        metrics.observe_model_loaded("diabetes", 1, {})
+        metrics.observe_prediction("diabetes", 1, "ok", rows=2, seconds=0.01)
+        print(m.registry is not None, m.predictions.labels("diabetes", "1")._value.get())
+    """, tmp_path)
+    assert out.split() == ["True", "2.0"]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_observation_is_counted(fresh):
+    metrics.observe_validation_failure("diabetes", "fine")  # unknown model: nothing to count, no failure
+    fresh.observe_model_loaded("diabetes", 1, MANIFEST)
+    metrics.observe_validation_failure("diabetes", "not a token!")
+    assert value(scrape(fresh), "sklearn_server_metric_write_failures_total") == 1
+
+
+def test_dead_workers_files_are_merged_newest_gauge_wins(tmp_path):
+    for pid, (count, gauge, ts) in {11: (2.0, 5.0, 100.0), 12: (3.0, 7.0, 50.0)}.items():
+        for kind, val, stamp in (("counter", count, 0.0), ("gauge_mostrecent", gauge, ts)):
+            mapped = multiproc.AllocatedMmapedDict(str(tmp_path / f"{kind}_{pid}.db"))
+            mapped.write_value("k", val, stamp)
+            mapped.close()
+        multiproc.merge_into_archive(tmp_path / f"counter_{pid}.db", tmp_path / "counter_archive.db")
+        multiproc.merge_into_archive(tmp_path / f"gauge_mostrecent_{pid}.db", tmp_path / "gauge_mostrecent_archive.db",
+                                     newest=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_archive.db", "gauge_mostrecent_archive.db"]
+    read = {name: list(multiproc.read_values(tmp_path / name))
+            for name in ("counter_archive.db", "gauge_mostrecent_archive.db")}
+    assert read == {"counter_archive.db": [("k", 5.0, 0.0)], "gauge_mostrecent_archive.db": [("k", 5.0, 100.0)]}
 
 
 WORKER = """
@@ -325,8 +408,9 @@ WORKER = """
 def test_two_processes_add_up_and_a_dead_one_leaves_no_live_gauge(tmp_path):
     folder = tmp_path / "prom"
     run_python("""
+        import os
         from service.monitoring import metrics
-        metrics.prepare_multiprocess_dir()
+        metrics.prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     """, folder)
     pids = [int(run_python(WORKER, folder)) for _ in range(2)]
     assert len(set(pids)) == 2
@@ -352,7 +436,12 @@ def test_two_processes_add_up_and_a_dead_one_leaves_no_live_gauge(tmp_path):
     assert value(s, "sklearn_server_prediction_batch_rows_count", model="diabetes") == 6
     assert value(s, "sklearn_server_http_requests_in_progress") == 2
     assert value(s, "sklearn_server_model_info", model="diabetes", version="1", sha256="ab", sklearn_version="1.9.1") == 1
-    assert not any("pid" in dict(labels) for _, labels in s)
+    assert not any("pid" in dict(labels) for name, labels in s if not name.startswith("sklearn_server_worker_"))
+    for name in ("sklearn_server_worker_cpu_seconds", "sklearn_server_worker_resident_memory_bytes",
+                 "sklearn_server_worker_open_fds"):
+        # every worker, and the process answering the scrape, each with its pid
+        assert set(pids) < {int(dict(labels)["pid"]) for n, labels in s if n == name}, name
+    assert value(s, "sklearn_server_worker_resident_memory_bytes", pid=str(pids[0])) > 1e6
 
     run_python(f"""
         from service.monitoring import metrics
@@ -363,12 +452,17 @@ def test_two_processes_add_up_and_a_dead_one_leaves_no_live_gauge(tmp_path):
     assert value(s, "sklearn_server_http_requests_in_progress") in (None, 0)
     assert value(s, "sklearn_server_predictions_total", model="diabetes", version="1") == 12  # counters survive
     assert not any(name == "sklearn_server_model_info" for name, _ in s)  # no live worker has it loaded
+    assert not any(dict(labels).get("pid") in map(str, pids) for _, labels in s)
+    # a dead worker's counts live on in one archive per kind; its own files are gone
+    assert not [p.name for p in folder.iterdir() if any(p.name.endswith(f"_{pid}.db") for pid in pids)]
+    assert {"counter_archive.db", "histogram_archive.db"} <= {p.name for p in folder.iterdir()}
 
 
 def test_single_process_without_the_variable(fresh):
     body, content_type = metrics.render()
     assert content_type.startswith("text/plain; version=0.0.4")
     assert "sklearn_server_http_requests_in_progress" in body.decode()
+    assert value(scrape(fresh), "sklearn_server_worker_open_fds") > 0
     metrics.mark_worker_dead(12345)  # a no-op, not an error
 
 

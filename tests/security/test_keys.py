@@ -91,7 +91,8 @@ def test_authorize_scopes(keys_file, predictor, admin):
     for token in (None, "", "sk_unknown"):
         with pytest.raises(Unauthorized) as info:
             store.authorize(token, "read")
-        assert "WWW-Authenticate" in info.value.headers
+        challenges = [value for name, value in info.value.headers if name == "WWW-Authenticate"]
+        assert [c.split()[0] for c in challenges] == ["Bearer", "Basic"]  # one header per challenge
 
 
 def test_reload_on_change_at_most_once_per_interval(keys_file, predictor, caplog):
@@ -217,32 +218,63 @@ def test_revoke_unknown(keys_file):
 # -- Startup policy ------------------------------------------------------------------------------
 
 
-def test_loopback_without_keys_is_open_with_a_warning(caplog):
+def test_loopback_without_keys_opens_predict_and_read_to_local_requests_only(caplog, tmp_path):
+    local = tmp_path / "local.json"
     with caplog.at_level(logging.WARNING, logger="service.security.keys"):
-        assert security.load_key_store(Config(host="127.0.0.1")) is None
-    assert "WITHOUT authentication" in caplog.text
+        policy = security.load_policy(Config(host="127.0.0.1", local_admin_keys_file=local))
+    assert "WITHOUT authentication" in caplog.text and "admin calls" in caplog.text
+    assert policy.store.path == local and policy.store.keys == ()
+    assert policy.is_open(("predict",), local=True) and policy.is_open(("read", "admin"), local=True)
+    assert not policy.is_open(("admin",), local=True)
+    assert not policy.is_open(("predict",), local=False)
 
 
 def test_public_address_without_keys_refuses_to_start():
     with pytest.raises(ConfigError) as info:
-        security.load_key_store(Config(host="0.0.0.0"))
+        security.load_policy(Config(host="0.0.0.0"))
     assert "API_KEYS_FILE" in str(info.value) and "ALLOW_UNAUTHENTICATED=1" in str(info.value)
 
 
-def test_public_address_opt_in_is_open_with_a_warning(caplog):
+def test_public_address_opt_in_opens_predict_and_read_to_everyone_never_admin(caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger="service.security.keys"):
-        assert security.load_key_store(Config(host="0.0.0.0", allow_unauthenticated=True)) is None
+        policy = security.load_policy(Config(host="0.0.0.0", allow_unauthenticated=True,
+                                             local_admin_keys_file=tmp_path / "local.json"))
     assert "WITHOUT authentication" in caplog.text
+    assert policy.is_open(("predict",), local=False)
+    assert not policy.is_open(("admin",), local=True)
 
 
 def test_keys_file_wins_everywhere(keys_file, predictor):
-    store = security.load_key_store(Config(host="0.0.0.0", api_keys_file=keys_file))
-    assert isinstance(store, KeyStore)
+    policy = security.load_policy(Config(host="0.0.0.0", api_keys_file=keys_file))
+    assert isinstance(policy.store, KeyStore) and policy.store.path == keys_file
+    assert not policy.is_open(("predict",), local=True)
 
 
 def test_configured_but_missing_file_refuses_to_start(keys_file):
     with pytest.raises(ConfigError, match="API_KEYS_FILE"):
-        security.load_key_store(Config(host="127.0.0.1", api_keys_file=keys_file))
+        security.load_policy(Config(host="127.0.0.1", api_keys_file=keys_file))
+
+
+def test_local_admin_key_is_made_once_hashed_and_owner_only(tmp_path):
+    path = tmp_path / "var" / "local-admin-keys.json"
+    plaintext = security.ensure_local_admin(path)
+    assert plaintext and plaintext.startswith("sk_")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert plaintext not in path.read_text()
+    (key,) = list_keys(path)
+    assert key.id == "local-admin" and "admin" in key.scopes
+    assert security.ensure_local_admin(path) is None  # never a second key, never the first one again
+    assert len(list_keys(path)) == 1
+
+
+def test_local_admin_keys_file_created_later_is_picked_up(tmp_path):
+    path = tmp_path / "local.json"
+    policy = security.load_policy(Config(local_admin_keys_file=path))
+    policy.store.reload_interval = 0
+    with pytest.raises(Unauthorized):
+        policy.store.authorize("sk_anything", "admin")
+    plaintext = security.ensure_local_admin(path)
+    assert policy.store.authorize(plaintext, "admin").id == "local-admin"
 
 
 # -- Flask integration ---------------------------------------------------------------------------
@@ -254,7 +286,9 @@ def make_app(config: Config) -> Flask:
 
     @app.errorhandler(ServiceError)
     def handle(error: ServiceError):
-        return jsonify(error.to_dict()), error.status, error.headers
+        response = jsonify(error.to_dict())
+        response.headers.extend(error.headers)  # add, not update: two WWW-Authenticate headers
+        return response, error.status
 
     @app.post("/predict")
     @auth.require_scope("predict")
@@ -277,7 +311,8 @@ def client(keys_file, predictor, admin):
 def test_view_without_credentials_is_401(client):
     response = client.post("/predict")
     assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert response.headers.getlist("WWW-Authenticate") == ['Bearer realm="models"',
+                                                            'Basic realm="models", charset="UTF-8"']
     assert response.json["error"]["code"] == "unauthorized"
 
 
@@ -306,7 +341,7 @@ def test_view_with_key_lacking_scope_is_403(client, predictor, admin):
 
 def test_revoked_key_stops_working_without_restart(keys_file, predictor):
     app = make_app(Config(api_keys_file=keys_file))
-    app.extensions["security"].reload_interval = 0
+    app.extensions["security"].store.reload_interval = 0
     client = app.test_client()
     headers = {"X-API-Key": predictor}
     assert client.post("/predict", headers=headers).status_code == 200
@@ -314,11 +349,22 @@ def test_revoked_key_stops_working_without_restart(keys_file, predictor):
     assert client.post("/predict", headers=headers).status_code == 401
 
 
-def test_open_server_sets_no_key_id():
-    client = make_app(Config(host="127.0.0.1")).test_client()
+def test_open_server_sets_no_key_id(tmp_path):
+    client = make_app(Config(host="127.0.0.1", local_admin_keys_file=tmp_path / "local.json")).test_client()
     response = client.post("/predict")
     assert response.status_code == 200
     assert response.json == {"key_id": None}
+
+
+def test_open_server_still_wants_the_local_admin_key_for_admin(tmp_path):
+    path = tmp_path / "local.json"
+    client = make_app(Config(host="127.0.0.1", local_admin_keys_file=path)).test_client()
+    refused = client.put("/admin/x")
+    assert refused.status_code == 401 and refused.json["error"]["details"] == {"reason": "admin_needs_key"}
+    key = security.ensure_local_admin(path)
+    client.application.extensions["security"].store.reload_if_changed(force=True)
+    assert client.put("/admin/x", headers={"Authorization": f"Bearer {key}"}).json == {"key_id": "local-admin",
+                                                                                         "name": "x"}
 
 
 def test_forgotten_init_app_fails_closed():

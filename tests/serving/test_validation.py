@@ -363,3 +363,99 @@ def test_exact_floats_in_nullable_category_columns_agree_on_both_paths():
     for column in ([1.0, None, 3.0], [1.0, 2, None], [2.0, "x"], [1.5, None]):
         assert_same({"inputs": {"code": column}}, features)
         assert_same({"instances": [[value] for value in column]}, features)
+
+
+# -- the matrix layout (tensor protocols): numpy checks, the same answers as rows ------------------
+
+MATRIX_FEATURES = [
+    {"name": "f", "type": "float", "min": -5.0, "max": 5.0},
+    {"name": "i", "type": "int", "min": -3, "max": 2**62},
+    {"name": "c", "type": "category", "categories": [1, 2, 7, "x"]},
+    {"name": "u", "type": "int"},
+    {"name": "g", "type": "float"},
+]
+MATRIX_DTYPES = [np.float64, np.float32, np.float16, np.int64, np.int32, np.int8, np.uint8, np.uint64, np.bool_]
+ODD_VALUES = [0.0, 1.0, 2.0, 7.0, -4.0, 4.5, -6.0, 11.0, 2.0**62, 2.0**63, -(2.0**63), 1e300, math.nan, math.inf,
+              -math.inf, 3.0]
+
+
+def matrix_outcome(data, features, layout, path):
+    try:
+        return validate_rows(layout, data, features, vectorized_min_rows=path)
+    except ValidationFailed as exc:
+        return exc
+
+
+def assert_matrix_same_as_rows(data, features=MATRIX_FEATURES):
+    matrix = matrix_outcome(data, features, "matrix", VECTORISED)
+    for path in (SMALL, VECTORISED):
+        rows = matrix_outcome(data.tolist(), features, "rows", path)
+        assert type(rows) is type(matrix), (data.dtype, path)
+        if isinstance(rows, ValidationFailed):
+            assert (rows.details, rows.message) == (matrix.details, matrix.message), (data.dtype, path)
+            continue
+        assert rows.n_rows == matrix.n_rows and list(rows.columns) == list(matrix.columns)
+        for name, column in rows.columns.items():
+            assert column.dtype == matrix.columns[name].dtype, (name, data.dtype)
+            assert column.tolist() == matrix.columns[name].tolist(), (name, data.dtype)
+            assert [type(v) for v in column.tolist()] == [type(v) for v in matrix.columns[name].tolist()]
+
+
+@pytest.mark.parametrize("dtype", MATRIX_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_a_clean_matrix_builds_the_arrays_rows_build(dtype):
+    data = np.array([[1.0, 2.0, 7.0, 0.0, 3.0], [0.0, 1.0, 1.0, 1.0, 1.0]]).astype(dtype)
+    assert_matrix_same_as_rows(data)
+    if dtype is np.bool_:  # booleans are not numbers here, as in JSON rows
+        assert isinstance(matrix_outcome(data, MATRIX_FEATURES, "matrix", SMALL), ValidationFailed)
+        return
+    batch = validate_rows("matrix", data, MATRIX_FEATURES, vectorized_min_rows=SMALL)
+    assert batch.n_rows == 2 and batch.columns["f"].dtype == np.float64
+    assert batch.columns["i"].dtype == np.int64 and batch.columns["c"].tolist() == [7, 1]
+
+
+@pytest.mark.parametrize("dtype", MATRIX_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_random_matrices_agree_with_rows(dtype):
+    r = np.random.default_rng(11)
+    for _ in range(60):
+        n_rows = int(r.integers(1, 12))
+        values = r.choice(ODD_VALUES, size=(n_rows, len(MATRIX_FEATURES)))
+        clean = r.random((n_rows, len(MATRIX_FEATURES))) < 0.7
+        values = np.where(clean, r.choice([0.0, 1.0, 2.0, 7.0], size=values.shape), values)
+        with np.errstate(invalid="ignore", over="ignore"):
+            data = values.astype(dtype)
+        assert_matrix_same_as_rows(data)
+
+
+def test_matrix_of_the_wrong_width_reports_every_row_like_rows():
+    assert_matrix_same_as_rows(np.zeros((3, 4)))
+    error = matrix_outcome(np.zeros((3, 4)), MATRIX_FEATURES, "matrix", VECTORISED)
+    assert error.details["errors"][0] == {"row": 0, "field": "instances",
+                                          "messages": [schemas.ROW_LENGTH.format(count=5)]}
+
+
+def test_bool_and_string_features_refuse_numbers_in_a_matrix_as_in_rows():
+    features = [{"name": "b", "type": "bool"}, {"name": "s", "type": "string"}]
+    assert_matrix_same_as_rows(np.array([[1.0, 0.0]]), features)
+    assert_matrix_same_as_rows(np.array([[True, False]]), features)
+    error = matrix_outcome(np.array([[1.0, 0.0]]), features, "matrix", VECTORISED)
+    assert [e["messages"] for e in error.details["errors"]] == [[schemas.NOT_A_BOOLEAN], [schemas.NOT_A_STRING]]
+
+
+def test_a_string_matrix_is_checked_as_rows():
+    features = [{"name": "c", "type": "category", "categories": ["a", "b"]}, {"name": "s", "type": "string"}]
+    data = np.array([["a", "x"], ["b", "y"]], dtype=object)
+    assert validate_rows("matrix", data, features, vectorized_min_rows=SMALL).columns["c"].tolist() == ["a", "b"]
+    assert_matrix_same_as_rows(np.array([["c", "x"]], dtype=object), features)
+
+
+def test_the_matrix_path_never_checks_value_by_value(monkeypatch):
+    def forbidden(*args):
+        raise AssertionError("per-value check on the matrix path")
+
+    monkeypatch.setattr(validation, "convert", forbidden)
+    monkeypatch.setattr(schemas, "convert", forbidden)
+    data = np.tile([[1.0, 2.0, 7.0, 0.0, 3.0]], (10_000, 1))
+    data[5, 0] = math.nan
+    error = matrix_outcome(data, MATRIX_FEATURES, "matrix", VECTORISED)
+    assert error.details["errors"] == [{"row": 5, "field": "f", "messages": [schemas.NOT_FINITE]}]
+    assert validate_rows("matrix", data[6:], MATRIX_FEATURES, vectorized_min_rows=SMALL).n_rows == 9_994

@@ -1,0 +1,103 @@
+"""Which peer speaks for the client: forwarded headers are believed from ``FORWARDED_ALLOW_IPS`` only.
+
+Behind a proxy every connection comes from the proxy, so the client's address is in
+``X-Forwarded-For``; believing that header from anyone would let any client pick its own
+address. ``init_app`` wraps the app in Werkzeug's ``ProxyFix`` for requests whose peer is a
+listed proxy and leaves every other request as it arrived, so logs, audit and rate limits see
+the real client. ``is_local`` answers the question open mode asks: did this request come
+straight from this machine, with no proxy in between?
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, current_app, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from service.config import Config
+
+#: A request carrying any of these came through a proxy (or pretends to), so it is never local.
+FORWARDED_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
+#: Where ProxyFix keeps the values it replaced.
+ORIGINAL_ENVIRON = "werkzeug.proxy_fix.orig"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedProxies:
+    """The peers listed in ``FORWARDED_ALLOW_IPS``; ``*`` trusts every peer."""
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        allowed = tuple(allowed)
+        self.everyone = "*" in allowed
+        self.networks: tuple[Network, ...] = tuple(ipaddress.ip_network(a, strict=False) for a in allowed if a != "*")
+
+    def __bool__(self) -> bool:
+        return self.everyone or bool(self.networks)
+
+    def trusts(self, peer: str | None) -> bool:
+        """Tell whether ``peer`` (an address as REMOTE_ADDR gives it) is a listed proxy."""
+        if self.everyone:
+            return True
+        address = _address(peer)
+        return address is not None and any(address in network for network in self.networks)
+
+
+class _ProxyFixForTrustedPeers:
+    """Apply ``ProxyFix`` (one proxy hop: client address, scheme and host) only for a trusted peer."""
+
+    def __init__(self, app: Any, trusted: TrustedProxies) -> None:
+        self.app = app
+        self.fixed = ProxyFix(app, x_for=1, x_proto=1, x_host=1)
+        self.trusted = trusted
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.trusted.trusts(environ.get("REMOTE_ADDR")):
+            return self.fixed(environ, start_response)
+        return self.app(environ, start_response)
+
+
+def init_app(app: Flask, config: Config) -> None:
+    """Believe forwarded headers from ``FORWARDED_ALLOW_IPS`` only (not at all when it is unset)."""
+    trusted = TrustedProxies(config.forwarded_allow_ips)
+    app.extensions["trusted_proxies"] = trusted
+    if trusted:
+        app.wsgi_app = _ProxyFixForTrustedPeers(app.wsgi_app, trusted)  # type: ignore[method-assign]
+
+
+def peer_address(environ: dict[str, Any]) -> str | None:
+    """Return the address of the connection's other end, before any forwarded header was applied."""
+    return environ.get(ORIGINAL_ENVIRON, {}).get("REMOTE_ADDR") or environ.get("REMOTE_ADDR")
+
+
+def is_local(environ: dict[str, Any], trusted: TrustedProxies) -> bool:
+    """Tell whether a request came straight from a loopback peer: no forwarded header, no listed proxy.
+
+    A same-host proxy connects from 127.0.0.1 too, so the headers it adds, or its address in
+    ``FORWARDED_ALLOW_IPS``, are what keep its requests from counting as local. A peer that is
+    not an IP address (a Unix socket) is not local either: a proxy is the usual reason for one.
+    """
+    if any(environ.get(name) for name in FORWARDED_HEADERS):
+        return False
+    peer = peer_address(environ)
+    address = _address(peer)
+    return address is not None and address.is_loopback and not trusted.trusts(peer)
+
+
+def is_local_request() -> bool:
+    """Tell whether the current request is local (see ``is_local``)."""
+    trusted = current_app.extensions.get("trusted_proxies") or TrustedProxies(())
+    return is_local(request.environ, trusted)
+
+
+def _address(peer: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address((peer or "").split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
