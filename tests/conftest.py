@@ -94,7 +94,8 @@ def app_config(artifacts: Path, database: Path, **overrides: object) -> Config:
 def make_app(artifact_root: Path, tmp_path: Path) -> Iterator:
     """Build apps over this test's copy of the demo models: ``make_app(api_keys_file=path)``.
 
-    Each app has its own database file; its store and thread pool are closed at the end.
+    Each app has its own database file. Background threads are off unless asked for
+    (``poll_seconds=0.1``, ``guard_seconds=0.1``); whatever runs is stopped at the end.
     """
     from service.app import create_app
 
@@ -106,7 +107,12 @@ def make_app(artifact_root: Path, tmp_path: Path) -> Iterator:
         return apps[-1]
 
     yield make
-    for app in apps:
+    for app in apps:  # threads first (polling, guard, writer), then what they use
+        app.extensions["catalog"].stop_polling()
+        if "guard" in app.extensions:
+            app.extensions["guard"].stop()
+        if hasattr(app.extensions["observer"], "close"):
+            app.extensions["observer"].close()
         app.extensions["executor"].shutdown(wait=True)
         app.extensions["store"].close()
 
