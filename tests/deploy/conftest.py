@@ -215,6 +215,19 @@ def public_dir(prefix: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def api_key() -> Iterator[tuple[Path, str]]:
+    """A keys file with one predict/read key, and the key: requests through a proxy are never "local"."""
+    from service.security.keys import create_key
+
+    folder = public_dir("ps-keys-")
+    keys_file = folder / "keys.json"
+    key = create_key(keys_file, "deploy-tests", ["predict", "read"])
+    keys_file.chmod(0o644)
+    yield keys_file, key
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A folder with a short path, for Unix sockets (their paths are limited to 107 bytes)."""

@@ -50,14 +50,15 @@ def apache_in_front(stack: ExitStack, workdir: Path, upstream_port: int, **repla
 
 
 @pytest.fixture(scope="module")
-def apache(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+def apache(demo_root: Path, tmp_path_factory: pytest.TempPathFactory, api_key: tuple[Path, str]) -> Iterator[Proxy]:
     """One Gunicorn on TCP behind Apache, shared by the module's read-only tests."""
     workdir = tmp_path_factory.mktemp("apache")
     with ExitStack() as stack:
-        server = start_server(demo_root, workdir)
+        server = start_server(demo_root, workdir, API_KEYS_FILE=str(api_key[0]))
         stack.callback(server.stop)
         proxy = apache_in_front(stack, workdir / "apache", server.port)
         proxy.gunicorn = server
+        proxy.session.headers["X-API-Key"] = api_key[1]
         proxy.wait_ready()
         yield proxy
 
@@ -70,6 +71,7 @@ def test_prediction_through_apache(apache):
     request_id = response.headers["X-Request-ID"]
     assert re.fullmatch(r"[A-Za-z0-9._-]{20,}", request_id) and request_id in apache.log("prediction-server-access.log")
     assert apache.get("/healthz", headers={"X-Request-ID": "client-id-2"}).headers["X-Request-ID"] == "client-id-2"
+    assert_error_shape(apache.get("/metrics"), 404, "not_found")  # scraped on the app's own port only
 
 
 def test_oversized_body_gets_the_json_413(apache):
@@ -84,6 +86,7 @@ def test_the_apps_own_413_is_not_turned_into_a_502(apache, tmp_path: Path):
     with ExitStack() as stack:
         lenient = apache_in_front(stack, tmp_path, apache.gunicorn.port,
                                   **{"-gt 16777216": "-gt 67108864"})
+        lenient.session.headers.update(apache.session.headers)
         for _ in range(2):
             response = lenient.post(PREDICT, data=BIG_BODY, headers={"Content-Type": "application/json"})
             error = assert_error_shape(response, 413, "payload_too_large")

@@ -26,13 +26,14 @@ def readable_by_apache(path: Path) -> bool:
     return subprocess.run(["runuser", "-u", APACHE_USER, "--", "test", "-r", str(path)]).returncode == 0
 
 
-def test_mod_wsgi_serves_wsgi_py(demo_root: Path, tmp_path: Path):
+def test_mod_wsgi_serves_wsgi_py(demo_root: Path, tmp_path: Path, api_key: tuple[Path, str]):
     if not (readable_by_apache(REPO / "wsgi.py") and readable_by_apache(VENV / "pyvenv.cfg")):
         pytest.skip(f"the checkout or the virtualenv is not readable by {APACHE_USER}, mod_wsgi's daemon account")
     with ExitStack() as stack:
         home = public_dir("ps-wsgi-")
         stack.callback(shutil.rmtree, home, ignore_errors=True)
         shutil.copytree(demo_root, home / "artifacts")
+        shutil.copy(api_key[0], home / "keys.json")
         (home / "var" / "metrics").mkdir(parents=True)  # under Gunicorn its master makes it; here the installer does
         shutil.copytree(DEPLOY / "apache" / "errors", home / "errors")
         account = pwd.getpwnam(APACHE_USER)
@@ -53,9 +54,10 @@ def test_mod_wsgi_serves_wsgi_py(demo_root: Path, tmp_path: Path):
         # the app's settings reach the daemon processes through Apache's environment
         env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
         env.update(ARTIFACTS_DIR=str(home / "artifacts"), DATABASE_URL=f"sqlite:///{home}/var/predictions.db",
-                   PROMETHEUS_MULTIPROC_DIR=str(home / "var" / "metrics"))
+                   PROMETHEUS_MULTIPROC_DIR=str(home / "var" / "metrics"), API_KEYS_FILE=str(home / "keys.json"))
         proxy = start_apache(tmp_path / "apache", site, port, ("wsgi",), env=env)
         stack.callback(proxy.stop)
+        proxy.session.headers["X-API-Key"] = api_key[1]
         try:
             proxy.wait_ready(timeout=60)
         except AssertionError:

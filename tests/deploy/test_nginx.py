@@ -27,30 +27,34 @@ PREDICT = "/v1/models/diabetes:predict"
 BIG_BODY = b'{"instances": [' + b"[1.0]," * (20 * 1024 * 1024 // 6) + b"[1.0]]}"  # ~20 MB > 16 MiB
 
 
-def gunicorn_and_nginx(artifacts: Path, workdir: Path, stack: ExitStack, unix: bool = True) -> Proxy:
+def gunicorn_and_nginx(artifacts: Path, workdir: Path, stack: ExitStack, api_key: tuple[Path, str],
+                       unix: bool = True) -> Proxy:
     """Gunicorn on a Unix socket (or TCP), Nginx in front; both stopped when ``stack`` closes."""
+    keys_file, key = api_key
     if unix:
         sock_dir = public_dir("ps-")
         stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
-        server = start_server(artifacts, workdir, wait=None, GUNICORN_CMD_ARGS=f"--bind unix:{sock_dir}/g.sock")
+        server = start_server(artifacts, workdir, wait=None, API_KEYS_FILE=str(keys_file),
+                              GUNICORN_CMD_ARGS=f"--bind unix:{sock_dir}/g.sock")
         upstream = f"unix:{sock_dir}/g.sock"
     else:
-        server = start_server(artifacts, workdir)
+        server = start_server(artifacts, workdir, API_KEYS_FILE=str(keys_file))
         upstream = f"127.0.0.1:{server.port}"
     stack.callback(server.stop)
     port = free_port()
     proxy = start_nginx(workdir / "nginx", nginx_site(upstream, port), port)
     stack.callback(proxy.stop)
     proxy.gunicorn = server
+    proxy.session.headers["X-API-Key"] = key
     proxy.wait_ready()
     return proxy
 
 
 @pytest.fixture(scope="module")
-def nginx(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+def nginx(demo_root: Path, tmp_path_factory: pytest.TempPathFactory, api_key: tuple[Path, str]) -> Iterator[Proxy]:
     """One Gunicorn on a Unix socket behind Nginx, shared by the module's read-only tests."""
     with ExitStack() as stack:
-        yield gunicorn_and_nginx(demo_root, tmp_path_factory.mktemp("nginx"), stack)
+        yield gunicorn_and_nginx(demo_root, tmp_path_factory.mktemp("nginx"), stack, api_key)
 
 
 def test_prediction_through_nginx(nginx):
@@ -60,11 +64,12 @@ def test_prediction_through_nginx(nginx):
     # no id from the client: Nginx's $request_id (32 hex) reached the app, which echoed it
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
     assert nginx.get("/healthz", headers={"X-Request-ID": "client-id-1"}).headers["X-Request-ID"] == "client-id-1"
+    assert_error_shape(nginx.get("/metrics"), 404, "not_found")  # scraped on the app's own port only
 
 
-def test_prediction_through_nginx_over_tcp(demo_root: Path, tmp_path: Path):
+def test_prediction_through_nginx_over_tcp(demo_root: Path, tmp_path: Path, api_key: tuple[Path, str]):
     with ExitStack() as stack:
-        proxy = gunicorn_and_nginx(demo_root, tmp_path, stack, unix=False)
+        proxy = gunicorn_and_nginx(demo_root, tmp_path, stack, api_key, unix=False)
         response = proxy.post(PREDICT, json={"instances": [ROW]})
         assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
 
@@ -121,10 +126,10 @@ def test_bad_gateway_and_timeout_are_json(tmp_path: Path, proxy_factory: Callabl
         assert_error_shape(slow.get("/healthz", headers={"X-Request-ID": "slow-1"}), 504, "gateway_timeout")
 
 
-def test_graceful_reloads_drop_nothing(demo_root: Path, tmp_path: Path):
+def test_graceful_reloads_drop_nothing(demo_root: Path, tmp_path: Path, api_key: tuple[Path, str]):
     """HUP to Gunicorn and ``nginx -s reload`` while a thread pool sends 300 predictions."""
     with ExitStack() as stack:
-        _reload_under_load(gunicorn_and_nginx(demo_root, tmp_path, stack))
+        _reload_under_load(gunicorn_and_nginx(demo_root, tmp_path, stack, api_key))
 
 
 def _reload_under_load(nginx: Proxy) -> None:
@@ -133,7 +138,8 @@ def _reload_under_load(nginx: Proxy) -> None:
 
     def predict(i: int) -> int:
         with requests.Session() as session:
-            status = session.post(nginx.base + PREDICT, json={"instances": [ROW]}, timeout=30).status_code
+            status = session.post(nginx.base + PREDICT, json={"instances": [ROW]}, timeout=30,
+                                  headers=nginx.session.headers).status_code
         done.append(i)
         return status
 
