@@ -109,6 +109,10 @@ class Config:
     poll_seconds: float = _env(
         "REGISTRY_POLL_SECONDS", "How often each worker re-reads the artifact root and registry.json; 0 = never.", default=2.0
     )
+    default_model: str | None = _env(
+        "DEFAULT_MODEL", "Model that /invocations (MLflow scoring, SageMaker) serves; unset = the only model, if one.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

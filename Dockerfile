@@ -1,0 +1,66 @@
+# The prediction server's image: Gunicorn serving wsgi.py, as a non-root user, on a read-only root.
+#   docker build -t prediction-server .                        (demo models trained into the image)
+#   docker build --build-arg DEMO_MODELS=0 -t prediction-server .   (models come from a volume)
+#   docker run --read-only --tmpfs /tmp --tmpfs /app/var -p 8000:8000 \
+#       -v "$PWD/artifacts:/app/artifacts" -e API_KEYS_FILE=/run/secrets/keys.json prediction-server
+# Settings are the app's environment variables (see the README); docker-compose.yml and
+# deploy/kubernetes/ run it with PostgreSQL, Nginx, Prometheus and Grafana.
+
+# One Python for both stages, so compiled wheels built in the first run in the second.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# -- build: a virtualenv with the pinned dependencies, and the demo models -----------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+COPY requirements.txt /tmp/requirements.txt
+# Every dependency is pinned in requirements.txt and ships as a wheel: no compiler in the image.
+RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+WORKDIR /app
+COPY gunicorn.conf.py wsgi.py ./
+COPY service/ service/
+# 1: train the demo models (breast-cancer, diabetes) into /app/artifacts at build, from data that
+# scikit-learn ships, so the image answers out of the box. 0: an empty registry; mount yours.
+ARG DEMO_MODELS=1
+RUN mkdir -p artifacts && if [ "$DEMO_MODELS" = "1" ]; then \
+      /opt/venv/bin/python -m service train-demo --artifacts-dir artifacts; fi
+
+# -- runtime: the virtualenv and the code, nothing else --------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+# A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can check it and volumes can be chowned to it.
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app --shell /usr/sbin/nologin app
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /app /app
+# The registry's registry.json changes at run time (labels, rollouts): the app's user owns it, and a
+# named volume mounted here starts as a copy of it (the demo models, when built with them).
+COPY --from=build --chown=10001:10001 /app/artifacts /app/artifacts
+# Mount points for what is written at run time, owned by the app's user so that a volume or tmpfs
+# mounted there starts with that owner: var/ (SQLite prediction log by default) and the folder
+# for Gunicorn's Unix socket when Nginx shares it (docker-compose.yml).
+RUN install -d -o 10001 -g 10001 /app/var /run/prediction-server
+WORKDIR /app
+# HOST 0.0.0.0: the container's own interface; Gunicorn refuses a non-loopback bind without
+# API_KEYS_FILE (or ALLOW_UNAUTHENTICATED=1), so keys must be given at run time.
+# var/ (SQLite prediction log by default) and the metrics folder are the only places written:
+# mount a tmpfs (or a volume) on /app/var, /tmp (Gunicorn's worker heartbeat files) and keep
+# /dev/shm, a tmpfs in every container, for Prometheus' per-worker files.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOST=0.0.0.0 \
+    PORT=8000 \
+    ARTIFACTS_DIR=/app/artifacts \
+    DATABASE_URL=sqlite:////app/var/predictions.db \
+    PROMETHEUS_MULTIPROC_DIR=/dev/shm/prometheus
+USER 10001:10001
+EXPOSE 8000
+# Liveness for Docker itself (Kubernetes uses its own probes): the process answers /healthz.
+# Python, because the slim image has no curl; 30 s start period for the model load.
+HEALTHCHECK --interval=30s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
+# Exec form: Gunicorn is PID 1 and gets SIGTERM itself, so `docker stop` and Kubernetes drain
+# requests in flight (graceful_timeout in gunicorn.conf.py) instead of being killed by a shell.
+# A CMD, not an ENTRYPOINT, so `docker run IMAGE python -m service list` runs the CLI.
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:application"]
