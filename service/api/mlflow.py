@@ -1,0 +1,111 @@
+"""The MLflow scoring surface for the default model: ``POST /invocations``, ``/ping``, ``/health``, ``/version``.
+
+This is also SageMaker's container contract (``/ping`` + ``/invocations``). The model is
+``DEFAULT_MODEL`` (else the only one served); predictions go through the one prediction path
+(routing, canary, validation, the prediction log) like v1's. Errors on these routes take
+MLflow's shape (``service.protocols.mlflow.error_body``), whatever raised them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+
+from service.api.auth import require_scope
+from service.api.csrf import accepts
+from service.api.io import json_response, read_json
+from service.errors import NotReady, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.protocols import mlflow
+from service.serving import inference
+
+bp = Blueprint("mlflow", __name__)
+
+JSON, CSV = "application/json", "text/csv"
+BODY_TYPES = (JSON, CSV)
+
+
+@bp.post("/invocations")
+@accepts(*BODY_TYPES)
+@require_scope("predict")
+def invocations() -> Response:
+    ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
+    target = inference.Target(mlflow.default_model(config.default_model, _model_names()))
+    with ext["observer"].watch(target, g.request_id) as watch:
+        wanted = _decode(target, ext["limits"].max_rows, request.headers.get(config.routing_key_header))
+        answer = watch.answered(inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"]))
+    return json_response(mlflow.encode(answer), headers={"X-Model-Version": str(answer.version)})
+
+
+@bp.get("/ping")
+@bp.get("/health")
+def ping() -> Response:
+    """200 when the default model has a verified production version to answer with; open, like the probes."""
+    if not _default_servable():
+        raise NotReady("The default model cannot answer yet (see /readyz with a key, or the server log).")
+    return Response("\n", mimetype="application/json")
+
+
+@bp.get("/version")
+@require_scope("read")
+def version() -> Response:
+    """Name the default model and the production version it serves."""
+    config = current_app.config["SERVICE_CONFIG"]
+    name = mlflow.default_model(config.default_model, _model_names())
+    return json_response({"model": name, "version": current_app.extensions["catalog"].resolve(name).version})
+
+
+@bp.after_request
+def mlflow_error_shape(response: Response) -> Response:
+    """Give every error on these routes MLflow's shape, whichever handler wrote it (ours, auth, CSRF)."""
+    if response.status_code < 400 or response.mimetype != JSON:
+        return response
+    try:
+        error = orjson.loads(response.get_data())["error"]
+        body = mlflow.error_body(response.status_code, error["message"], error["code"], error.get("details", {}))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return response
+    response.set_data(orjson.dumps(body))
+    return response
+
+
+def _decode(target: inference.Target, max_rows: int, routing_header: str | None) -> inference.PredictRequest:
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset != "utf-8":
+        raise UnsupportedMediaType("Send the body in UTF-8.", details={"charset": charset[:40]})
+    if request.mimetype == CSV:
+        return mlflow.decode_csv(_read_body(), target, max_rows=max_rows, text_columns=_text_columns(target.name),
+                                 routing_header=routing_header)
+    return mlflow.decode_json(read_json(), target, max_rows=max_rows, routing_header=routing_header)
+
+
+def _read_body() -> bytes:
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH when the length is declared
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(body) >= limit:
+        raise PayloadTooLarge(details={"limit_bytes": limit})  # a chunked body is cut off at the limit
+    return body
+
+
+def _model_names() -> list[str]:
+    return [state.name for state in current_app.extensions["catalog"].models()]
+
+
+def _text_columns(name: str) -> list[str]:
+    """Features the production version reads as text, so CSV cells like ``007`` stay strings."""
+    try:
+        features: list[dict[str, Any]] = current_app.extensions["catalog"].resolve(name).features
+    except ServiceError:
+        return []  # the prediction itself says what is wrong
+    return [f["name"] for f in features if f["type"] == "string"
+            or (f["type"] == "category" and all(isinstance(c, str) for c in f.get("categories") or [0]))]
+
+
+def _default_servable() -> bool:
+    config = current_app.config["SERVICE_CONFIG"]
+    try:
+        current_app.extensions["catalog"].resolve(mlflow.default_model(config.default_model, _model_names()))
+    except ServiceError:
+        return False
+    return True
