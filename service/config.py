@@ -109,6 +109,14 @@ class Config:
     poll_seconds: float = _env(
         "REGISTRY_POLL_SECONDS", "How often each worker re-reads the artifact root and registry.json; 0 = never.", default=2.0
     )
+    model_backend: str = _env(
+        "MODEL_BACKEND", "Prediction backend: auto (ONNX Runtime for versions whose export passed parity at "
+        "packaging, else scikit-learn), joblib (always scikit-learn) or onnx (whenever an export is stored).",
+        default="auto",
+    )
+    model_backends: tuple[str, ...] = _env(
+        "MODEL_BACKENDS", "Comma-separated model=backend overrides of MODEL_BACKEND, e.g. churn=joblib.", default=()
+    )
     default_model: str | None = _env(
         "DEFAULT_MODEL", "Model that /invocations (MLflow scoring, SageMaker) serves; unset = the only model, if one.",
         default=None,

@@ -64,4 +64,5 @@ def _version_summary(entry: VersionState) -> dict[str, Any]:
     if entry.model is not None:
         body.update({k: entry.model.manifest.get(k) for k in SUMMARY_KEYS})
         body["load_seconds"] = round(entry.model.load_seconds, 4)
+        body["backend"] = entry.model.backend  # onnx or joblib: what answers this version in this worker
     return body

@@ -27,7 +27,7 @@ from sklearn import metrics as skm
 from sklearn.base import is_classifier, is_regressor
 
 from service.errors import QualityGateFailed
-from service.models import artifacts
+from service.models import artifacts, onnx_export
 from service.models.profile import MAX_CATEGORIES, profile_frame, profile_predictions
 
 FEATURE_TYPES = artifacts.FEATURE_TYPES
@@ -211,7 +211,10 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "evaluation_data": fingerprint(X, y),
         "reference_profile": _reference_profile(model, X if reference is None else reference, features, task),
     }
-    return write_version(model, manifest, Path(root), signing_key)
+    exported = onnx_export.export(model, X, features, task)
+    manifest["backends"] = {"onnx": exported.report}
+    extra = {onnx_export.ONNX_FILE: exported.data} if exported.data is not None else {}
+    return write_version(model, manifest, Path(root), signing_key, extra)
 
 
 def _reference_profile(model: Any, data: pd.DataFrame, features: list[dict[str, Any]], task: str) -> dict[str, Any]:
@@ -220,15 +223,23 @@ def _reference_profile(model: Any, data: pd.DataFrame, features: list[dict[str, 
             "prediction": profile_predictions(model.predict(model_input(model, data)), task)}
 
 
-def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key: str | None) -> dict[str, Any]:
-    """Write a version folder under a temp name, then rename it to the next free version number."""
+def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key: str | None,
+                  extra: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """Write a version folder under a temp name, then rename it to the next free version number.
+
+    ``extra`` maps more file names to their bytes (the ONNX export); each is hashed in the
+    manifest like the model file, so loading verifies it the same way.
+    """
     folder = artifacts.model_dir(root, manifest["name"])
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
     os.chmod(staging, 0o755)  # mkdtemp makes it private; a server running as another user must read it
     try:
         joblib.dump(model, staging / artifacts.MODEL_FILE)
-        manifest["files"] = {artifacts.MODEL_FILE: artifacts.file_entry(staging / artifacts.MODEL_FILE)}
+        for filename, data in (extra or {}).items():
+            (staging / filename).write_bytes(data)
+        written = [artifacts.MODEL_FILE, *(extra or {})]
+        manifest["files"] = {filename: artifacts.file_entry(staging / filename) for filename in written}
         manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
         while True:
             versions = artifacts.list_versions(root, manifest["name"])
@@ -237,7 +248,8 @@ def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key:
             if signing_key:
                 manifest["signature"] = artifacts.sign_manifest(manifest, signing_key)
             artifacts.write_json_atomic(staging / artifacts.MANIFEST, manifest, mode=0o444)
-            os.chmod(staging / artifacts.MODEL_FILE, 0o444)
+            for filename in written:
+                os.chmod(staging / filename, 0o444)
             try:
                 # rename() of a folder onto an existing non-empty folder fails: two packagers
                 # racing for the same number cannot overwrite each other.

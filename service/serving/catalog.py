@@ -93,6 +93,7 @@ class Catalog:
     on_loaded: Callable[[str, int, dict[str, Any]], None] = _ignore
     on_load_failed: Callable[[str, int], None] = _ignore
     on_removed: Callable[[str, int], None] = _ignore
+    backend: Callable[[str], str] = runtime.BackendChoice()  # model name -> auto | joblib | onnx
     _models: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _poller: Periodic | None = None
@@ -171,14 +172,16 @@ class Catalog:
     def _load(self, name: str, version: int) -> VersionState:
         folder = artifacts.version_dir(self.root, name, version)
         try:
-            model = runtime.load(folder, name=name, version=version, signing_key=self.signing_key)
+            model = runtime.load(folder, name=name, version=version, signing_key=self.signing_key,
+                                 backend=self.backend(name))
         except ArtifactError as exc:
             log.error("model version refused", extra={"model": name, "version": version, "reason": str(exc)})
             self.on_load_failed(name, version)
             return VersionState(version, FAILED, str(exc))
         self.on_loaded(name, version, model.manifest)
         log.info("model version loaded", extra={"model": name, "version": version,
-                                                 "load_seconds": round(model.load_seconds, 4)})
+                                                 "load_seconds": round(model.load_seconds, 4),
+                                                 "backend": model.backend})
         return VersionState(version, AVAILABLE, None, model)
 
     def start_polling(self) -> Periodic:

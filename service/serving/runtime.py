@@ -1,7 +1,10 @@
-"""Model runtime: load a verified joblib artifact and compute predictions.
+"""Model runtime: load a verified artifact and compute predictions with joblib or ONNX Runtime.
 
 The interface is small on purpose (``load``, ``predict`` -> ``Prediction``), as in MLServer's
-runtimes. ``load`` unpickles only what ``artifacts.verify_version`` has just checked. No Flask.
+runtimes. ``load`` unpickles and reads only the bytes ``artifacts.verify_version`` has just
+checked. A version whose ONNX export passed parity at packaging answers through an ONNX Runtime
+session, created on first use in the process that predicts (never inherited across a fork);
+every other version, and any forced to, answers through scikit-learn. No Flask.
 """
 
 from __future__ import annotations
@@ -9,9 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import logging
+import os
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import joblib
@@ -19,8 +27,40 @@ import numpy as np
 import pandas as pd
 import sklearn
 
-from service.errors import ArtifactError, PredictionFailed
-from service.models import artifacts
+from service.errors import ArtifactError, ConfigError, PredictionFailed
+from service.models import artifacts, onnx_export
+
+log = logging.getLogger(__name__)
+
+AUTO, JOBLIB, ONNX = "auto", "joblib", "onnx"
+BACKENDS = (AUTO, JOBLIB, ONNX)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which backend each model should use: ``default`` unless ``overrides`` names the model."""
+
+    default: str = AUTO
+    overrides: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __call__(self, name: str) -> str:
+        return self.overrides.get(name, self.default)
+
+    @classmethod
+    def parse(cls, default: str, overrides: tuple[str, ...] = ()) -> BackendChoice:
+        """Build from ``MODEL_BACKEND`` and ``MODEL_BACKENDS`` (``name=backend`` items); raise ``ConfigError``."""
+        default = default.strip().lower()
+        if default not in BACKENDS:
+            raise ConfigError(f"MODEL_BACKEND must be one of {', '.join(BACKENDS)}, got {default!r}")
+        chosen = {}
+        for item in overrides:
+            name, sep, backend = item.partition("=")
+            backend = backend.strip().lower()
+            if not sep or not artifacts.MODEL_NAME_RE.fullmatch(name.strip()) or backend not in BACKENDS:
+                raise ConfigError(f"MODEL_BACKENDS items are model=backend with a backend among "
+                                  f"{', '.join(BACKENDS)}, got {item!r}")
+            chosen[name.strip()] = backend
+        return cls(default, MappingProxyType(chosen))
 
 
 @dataclass(frozen=True)
@@ -41,6 +81,15 @@ class LoadedModel:
     manifest: dict[str, Any]
     estimator: Any
     load_seconds: float
+    onnx_bytes: bytes | None = field(default=None, repr=False)  # the verified export, when ONNX answers
+    _session: Any = field(default=None, repr=False, compare=False)
+    _session_pid: int | None = field(default=None, repr=False, compare=False)
+    _session_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def backend(self) -> str:
+        """The backend that answers this version: ``onnx`` or ``joblib``."""
+        return ONNX if self.onnx_bytes is not None else JOBLIB
 
     @property
     def features(self) -> list[dict[str, Any]]:
@@ -71,19 +120,55 @@ class LoadedModel:
         return pd.DataFrame(data, copy=False)
 
     def predict(self, columns: dict[str, np.ndarray], probabilities: bool = False) -> Prediction:
-        """Predict for validated columns; raise ``PredictionFailed`` if the estimator raises."""
-        X = self.frame(columns)
+        """Predict for validated columns; raise ``PredictionFailed`` if the backend raises."""
+        probabilities = probabilities and self.has_probabilities
         try:
-            predicted = np.asarray(self.estimator.predict(X))
-            proba = self.estimator.predict_proba(X) if probabilities and self.has_probabilities else None
+            if self.onnx_bytes is not None and not onnx_export.missing_strings(columns, self.features).any():
+                predicted, proba = self._predict_onnx(columns, probabilities)
+            else:
+                predicted, proba = self._predict_sklearn(columns, probabilities)
         except Exception as exc:  # the estimator is user code: any exception is its failure
             raise PredictionFailed(details={"model": self.name, "version": self.version,
                                             "reason": type(exc).__name__}) from exc
         return Prediction(predicted, proba, self.classes)
 
+    def _predict_sklearn(self, columns: dict[str, np.ndarray], probabilities: bool) -> tuple[Any, Any]:
+        X = self.frame(columns)
+        # the inputs were validated against the schema: scikit-learn's own checks would repeat it
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            predicted = np.asarray(self.estimator.predict(X))
+            return predicted, self.estimator.predict_proba(X) if probabilities else None
 
-def load(folder: Path, *, name: str, version: int, signing_key: str | None = None) -> LoadedModel:
-    """Verify a version folder and only then unpickle it; raise ``ArtifactError`` on refusal."""
+    def _predict_onnx(self, columns: dict[str, np.ndarray], probabilities: bool) -> tuple[Any, Any]:
+        session, inputs = self.session()
+        spec = self.manifest["backends"]["onnx"]  # checked by load()
+        outputs = session.run(None, onnx_export.feeds(inputs, columns, self.features, spec))
+        if self.classes is None:
+            return np.asarray(outputs[0], dtype=np.float64).reshape(-1), None
+        predicted = onnx_export.decode_labels(outputs[0], self.estimator.classes_)
+        return predicted, np.asarray(outputs[1], dtype=np.float64) if probabilities else None
+
+    def session(self) -> tuple[Any, list[str]]:
+        """Return this process's ONNX Runtime session and its input names, creating them once."""
+        pid = os.getpid()
+        held = self._session
+        if held is None or self._session_pid != pid:
+            # lazily, per process: a session (and its threads) must never cross a fork
+            with self._session_lock:
+                if self._session is None or self._session_pid != pid:
+                    session = onnx_export.session(self.onnx_bytes)
+                    self._session, self._session_pid = (session, onnx_export.input_names(session)), pid
+                held = self._session
+        return held
+
+
+def load(folder: Path, *, name: str, version: int, signing_key: str | None = None,
+         backend: str = AUTO) -> LoadedModel:
+    """Verify a version folder and only then unpickle it; raise ``ArtifactError`` on refusal.
+
+    ``backend`` ``auto`` serves through ONNX Runtime when the export passed parity at
+    packaging; ``onnx`` does whenever an export is stored; ``joblib`` never does.
+    """
     start = time.perf_counter()
     verified = artifacts.verify_version(folder, expected_name=name, expected_version=version,
                                         signing_key=signing_key, sklearn_version=sklearn.__version__)
@@ -98,4 +183,30 @@ def load(folder: Path, *, name: str, version: int, signing_key: str | None = Non
         raise ArtifactError(f"model file could not be loaded: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(estimator, "predict", None)):
         raise ArtifactError(f"model file holds a {type(estimator).__name__}, not an estimator with predict()")
-    return LoadedModel(name, version, verified.manifest, estimator, time.perf_counter() - start)
+    onnx_bytes = _onnx_bytes(verified, backend)
+    return LoadedModel(name, version, verified.manifest, estimator, time.perf_counter() - start, onnx_bytes)
+
+
+def _onnx_bytes(verified: artifacts.VerifiedVersion, backend: str) -> bytes | None:
+    """Read the verified ONNX export when ``backend`` calls for it; ``None`` means joblib answers."""
+    manifest = verified.manifest
+    backends = manifest.get("backends")
+    report = backends.get("onnx") if isinstance(backends, dict) else None
+    report = report if isinstance(report, dict) else {}
+    listed = onnx_export.ONNX_FILE in manifest["files"]
+    if report.get("status") == onnx_export.OK and not listed:
+        raise ArtifactError(f"manifest says the ONNX export passed parity but does not list {onnx_export.ONNX_FILE}")
+    if listed and (report.get("layout") not in onnx_export.LAYOUTS or report.get("input_dtype") not in onnx_export.DTYPES):
+        raise ArtifactError(f"manifest lists {onnx_export.ONNX_FILE} without a usable backends.onnx input layout")
+    wanted = backend == ONNX or (backend == AUTO and report.get("status") == onnx_export.OK)
+    if not wanted:
+        return None
+    if not listed:
+        log.warning("ONNX backend requested but this version has no ONNX export; serving with joblib",
+                    extra={"model": manifest["name"], "version": manifest["version"], "reason": report.get("reason")})
+        return None
+    data = (verified.folder / onnx_export.ONNX_FILE).read_bytes()
+    # run the very bytes that were hashed, as for the model file
+    if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), str(manifest["files"][onnx_export.ONNX_FILE]["sha256"])):
+        raise ArtifactError(f"{onnx_export.ONNX_FILE} changed while it was being loaded")
+    return data

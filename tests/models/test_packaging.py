@@ -234,7 +234,7 @@ def test_package_model_writes_versions_with_a_complete_manifest(tmp_path):
     folder = tmp_path / "clf" / "1"
     on_disk = json.loads((folder / "manifest.json").read_text())
     assert on_disk == first
-    for name in ("manifest.json", "model.joblib"):
+    for name in ("manifest.json", "model.joblib", "model.onnx"):
         assert stat.S_IMODE((folder / name).stat().st_mode) == 0o444
     assert on_disk["format_version"] == 1
     assert on_disk["name"] == "clf" and on_disk["task"] == "classification"
@@ -244,7 +244,8 @@ def test_package_model_writes_versions_with_a_complete_manifest(tmp_path):
     assert on_disk["model_format"] == "joblib" and on_disk["model_file"] == "model.joblib"
     assert set(on_disk["libraries"]) == {"python", "scikit-learn", "numpy", "joblib", "pandas"}
     assert on_disk["libraries"]["scikit-learn"] == sklearn.__version__
-    assert on_disk["files"] == {"model.joblib": artifacts.file_entry(folder / "model.joblib")}
+    assert on_disk["files"] == {name: artifacts.file_entry(folder / name) for name in ("model.joblib", "model.onnx")}
+    assert on_disk["backends"]["onnx"]["status"] == "ok"
     assert [f["name"] for f in on_disk["input"]["features"]] == ["x", "n"]
     assert [f["type"] for f in on_disk["input"]["features"]] == ["float", "int"]
     assert on_disk["input"]["feature_names_in"] is True

@@ -1,0 +1,330 @@
+"""What the OpenAPI document says about each route, derived from the code wherever it can be.
+
+``operation`` reads a view and its rule: the scope from ``@require_scope`` (the decorator's
+closure), body types from ``@accepts``, path parameters from the URL converters, and the
+error responses from ``ServiceError`` classes: those every route can raise, those a kind of
+route raises (a scope, a body, a model in the path), and the few a view raises deeper down
+(``RAISES``). Statuses and codes are the classes' own attributes, so the document cannot
+drift from what the handlers send. Request bodies are the marshmallow schemas the views
+load; ``register_model`` turns a manifest's features into JSON Schema.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import Schema, fields
+from werkzeug.routing import Rule
+
+from service import errors
+from service.api import admin, monitoring
+from service.protocols import mlflow, v1, v2
+from service.serving.schemas import StrictBoolean
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+#: Blueprints that answer errors in their protocol's shape (and the statuses they answer instead of ours).
+#: A path the router cannot match never reaches a blueprint, so 404 may come in our shape there too.
+PROTOCOL_ERRORS: dict[str, tuple[dict[str, Any], dict[int, int]]] = {
+    "mlflow.": ({"$ref": "#/components/schemas/MlflowError"}, {}),
+    "v2.": ({"$ref": "#/components/schemas/V2Error"}, {errors.ValidationFailed.status: errors.BadRequest.status}),
+}
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "basic": {"type": "http", "scheme": "basic", "description": "Any user name, the API key as password (browsers)."},
+}
+SECURITY = [{"bearer": []}, {"apiKey": []}, {"basic": []}]
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Every route: a Host this server does not answer to, and a fault of ours.
+ALWAYS = (errors.HostNotAllowed, errors.ServiceError)
+SCOPED = (errors.Unauthorized, errors.Forbidden)
+#: A state-changing request: the CSRF checks, and a body that must be JSON and fit.
+WRITES = (errors.CrossSiteRequest, errors.UnsupportedMediaType, errors.InvalidJSON, errors.PayloadTooLarge,
+          errors.ValidationFailed)
+BY_PARAMETER = {"name": (errors.ModelNotFound,), "version": (errors.VersionNotFound,), "label": (errors.LabelNotFound,)}
+PREDICT = (errors.ModelUnavailable, errors.RegistryStateUnavailable, errors.PredictionFailed, errors.StoreUnavailable)
+#: What a view raises beyond what its kind of route does (from the views and the core they call).
+RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
+    "predict.predict": PREDICT,
+    "mlflow.invocations": (errors.ModelNotFound, errors.BadRequest, *PREDICT),
+    "mlflow.ping": (errors.NotReady,),
+    "mlflow.version": (errors.ModelNotFound, errors.LabelNotFound, errors.ModelUnavailable,
+                       errors.RegistryStateUnavailable),
+    "health.readyz": (errors.NotReady,),
+    "v2.model_metadata": (errors.ModelUnavailable,),
+    "v2.infer": (errors.BadRequest, *PREDICT),
+    "admin.set_label": (errors.ChangeRefused, errors.RegistryChangeBlocked),
+    "admin.remove_label": (errors.ChangeRefused, errors.RegistryChangeBlocked),
+    "admin.set_rollout": (errors.ChangeRefused, errors.RegistryChangeBlocked),
+    "admin.promote": (errors.ChangeRefused, errors.RegistryChangeBlocked),
+    "admin.rollback": (errors.ChangeRefused, errors.RegistryChangeBlocked),
+    "admin.show_rollout": (errors.RegistryStateUnavailable,),
+    "admin.history": (errors.RegistryStateUnavailable,),
+    "admin.compare": (errors.RegistryStateUnavailable, errors.ValidationFailed, errors.StoreUnavailable),
+    "monitoring.feedback": (errors.ModelUnavailable, errors.StoreUnavailable),
+    "monitoring.monitoring": (errors.ValidationFailed, errors.StoreUnavailable),
+    "dashboard.overview": (errors.ValidationFailed, errors.StoreUnavailable),
+    "dashboard.model": (errors.ValidationFailed, errors.StoreUnavailable),
+}
+#: The body each view loads, by the schema that validates it.
+BODIES: dict[str, str] = {"predict.predict": "PredictRequest", "mlflow.invocations": "InvocationRequest",
+                          "admin.set_label": "LabelChange", "admin.set_rollout": "RolloutChange",
+                          "admin.promote": "Reason", "admin.rollback": "Reason", "monitoring.feedback": "Feedback",
+                          "v2.infer": "InferenceRequest"}
+OPTIONAL_BODIES = frozenset({"admin.promote", "admin.rollback"})
+WINDOW = {"name": "window", "in": "query", "required": False, "description": "Predictions per version to look at."}
+#: Query parameters a view reads (``int_arg`` ranges are the views' constants).
+QUERIES: dict[str, list[dict[str, Any]]] = {
+    "monitoring.monitoring": [{**WINDOW, "schema": {"type": "integer", "minimum": 10, "maximum": monitoring.MAX_WINDOW}},
+                              {"name": "minutes", "in": "query", "required": False,
+                               "schema": {"type": "integer", "minimum": 1, "maximum": monitoring.MAX_MINUTES}}],
+    "admin.compare": [{"name": "window", "in": "query", "required": False, "description": "Seconds to compare over.",
+                       "schema": {"type": "integer", "minimum": 1, "maximum": admin.MAX_WINDOW_SECONDS}}],
+    "admin.remove_label": [{"name": "reason", "in": "query", "required": False, "schema": {"type": "string"}}],
+    "dashboard.overview": [{**WINDOW, "schema": {"type": "integer", "minimum": 10, "maximum": 100_000}}],
+    "dashboard.model": [{**WINDOW, "schema": {"type": "integer", "minimum": 10, "maximum": 100_000}}],
+}
+#: What a successful call answers with, where the body has a documented shape.
+ANSWERS: dict[str, tuple[str, str]] = {
+    "predict.predict": ("application/json", "PredictResponse"),
+    "mlflow.invocations": ("application/json", "InvocationResponse"),
+    "monitoring.feedback": ("application/json", "FeedbackResult"),
+    "metrics.scrape": ("text/plain", ""),
+    "dashboard.overview": ("text/html", ""), "dashboard.model": ("text/html", ""), "openapi.docs": ("text/html", ""),
+    "mlflow.ping": ("application/json", "-"), "mlflow.health": ("application/json", "-"),
+}
+#: Answers that are not errors but not 200 either: V2's readiness probes say "no" with a 400.
+NOT_READY = {"description": "Not ready", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["ready"], "properties": {"ready": {"const": False}, "name": {"type": "string"}}}}}}
+OTHER_ANSWERS: dict[str, dict[str, Any]] = {"v2.ready": {"400": NOT_READY}, "v2.model_ready": {"400": NOT_READY}}
+CONVERTER_SCHEMAS = {
+    "model_name": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
+    "version_number": {"type": "integer", "minimum": 1, "maximum": 999_999_999},
+    "label_name": {"type": "string", "pattern": r"^[a-z0-9_-]{1,64}$"},
+}
+RULE_ARGUMENT = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
+JSON_KINDS = {"float": "number", "int": "integer", "bool": "boolean", "string": "string"}
+
+
+def operation(rule: Rule, method: str, view: Callable[..., Any]) -> dict[str, Any]:
+    """Document one method of one route from its view, its rule and the errors its kind raises."""
+    endpoint = rule.endpoint
+    scopes = _scopes(view)
+    raised = [*ALWAYS, *(SCOPED if scopes else ()), *(WRITES if method in WRITE_METHODS else ()),
+              *(e for argument in sorted(rule.arguments) for e in BY_PARAMETER.get(argument, ())),
+              *RAISES.get(endpoint, ())]
+    doc = (inspect.getdoc(view) or endpoint.split(".")[-1].replace("_", " ").capitalize()).split("\n")[0]
+    responses = {**_success(endpoint), **_errors(raised, endpoint), **OTHER_ANSWERS.get(endpoint, {})}
+    op: dict[str, Any] = {"operationId": method.lower() + "_" + re.sub(r"[^A-Za-z0-9]+", "_", rule.rule).strip("_"),
+                          "summary": doc, "tags": [endpoint.split(".")[0]], "responses": responses}
+    if scopes:
+        op["security"] = SECURITY
+        op["description"] = f"Needs an API key with the {' or '.join(scopes)} scope (none from loopback in open mode)."
+    if endpoint in BODIES and method in WRITE_METHODS:
+        types = getattr(view, "accepted_body_types", ("application/json",))
+        ref = {"$ref": f"#/components/schemas/{BODIES[endpoint]}"}
+        op["requestBody"] = {"required": endpoint not in OPTIONAL_BODIES,
+                             "content": {t: {"schema": ref if t == "application/json" else {"type": "string"}}
+                                         for t in types}}
+    if endpoint in QUERIES:
+        op["parameters"] = QUERIES[endpoint]
+    return op
+
+
+def path_parameters(rule: Rule) -> list[dict[str, Any]]:
+    """The rule's variables as OpenAPI path parameters, typed by their URL converters."""
+    return [{"name": variable, "in": "path", "required": True, "schema": CONVERTER_SCHEMAS.get(converter, {"type": "string"})}
+            for converter, variable in RULE_ARGUMENT.findall(rule.rule)]
+
+
+def model_operations(rule: Rule, model: str, operations: dict[str, Any]) -> dict[str, Any]:
+    """The predict operations again for one model, with that model's own request schema."""
+    if rule.endpoint != "predict.predict":
+        return {}
+    ref = {"$ref": f"#/components/schemas/{component_name(model)}Request"}
+    return {method: {**op, "operationId": f"{op['operationId']}.{model}", "tags": [f"model {model}"],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+            for method, op in operations.items()}
+
+
+def _scopes(view: Callable[..., Any]) -> tuple[str, ...]:
+    """The scopes ``@require_scope`` was given (read from the wrapper's closure); () for an open view."""
+    try:
+        found = inspect.getclosurevars(view).nonlocals
+    except TypeError:
+        return ()
+    if "scope" not in found:
+        return ()
+    return (found["scope"], *found.get("others", ()))
+
+
+def _success(endpoint: str) -> dict[str, Any]:
+    mimetype, schema = ANSWERS.get(endpoint, ("application/json", ""))
+    if schema == "-":  # MLflow's probes answer a bare newline, labelled JSON as MLflow labels it
+        return {"200": {"description": "OK", "content": {mimetype: {"schema": {}}}}}
+    body = {"$ref": f"#/components/schemas/{schema}"} if schema else {"type": "object" if "json" in mimetype else "string"}
+    headers = {"X-Model-Version": {"schema": {"type": "string"}, "description": "The version that answered."}} \
+        if endpoint in ("predict.predict", "mlflow.invocations") else {}
+    return {"200": {"description": "OK", "content": {mimetype: {"schema": body}}, **({"headers": headers} if headers else {})}}
+
+
+def _errors(raised: list[type[errors.ServiceError]], endpoint: str) -> dict[str, Any]:
+    """One response per status, its description listing the error codes that share it."""
+    schema, statuses = next((shape for prefix, shape in PROTOCOL_ERRORS.items() if endpoint.startswith(prefix)),
+                            (ERROR, {}))
+    by_status: dict[int, list[str]] = {}
+    for error in raised:
+        codes = by_status.setdefault(statuses.get(error.status, error.status), [])
+        if error.code not in codes:
+            codes.append(error.code)
+    out = {}
+    for status in sorted(by_status):
+        shape = {"anyOf": [schema, ERROR]} if status == errors.NotFound.status and schema is not ERROR else schema
+        response: dict[str, Any] = {"description": ", ".join(by_status[status]),
+                                    "content": {"application/json": {"schema": shape}}}
+        if status == errors.Unauthorized.status:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        out[str(status)] = response
+    return out
+
+
+# -- components -----------------------------------------------------------------------------------
+
+
+class ErrorDetail(Schema):
+    code = fields.String(required=True, metadata={"description": "Stable machine-readable code."})
+    message = fields.String(required=True)
+    details = fields.Dict(required=True, metadata={"description": "Field-level errors and context."})
+
+
+class ErrorBody(Schema):
+    """The one error shape: ``{"error": {"code", "message", "details"}}``."""
+
+    error = fields.Nested(ErrorDetail, required=True)
+
+
+class MlflowErrorBody(Schema):
+    """MLflow's error shape on its routes, with our code and details alongside."""
+
+    error_code = fields.String(required=True, validate=lambda v: v in set(mlflow.ERROR_CODES.values()) | {"INTERNAL_ERROR"})
+    message = fields.String(required=True)
+    code = fields.String()
+    details = fields.Raw()
+
+
+class V2ErrorBody(Schema):
+    """The Open Inference Protocol's error shape on ``/v2``."""
+
+    error = fields.String(required=True)
+
+
+class Fallback(Schema):
+    from_version = fields.Integer()
+    reason = fields.String()
+
+
+class PredictResponse(Schema):
+    predictions = fields.List(fields.Raw(), required=True, metadata={"description": "In the model's own classes."})
+    model = fields.String(required=True)
+    version = fields.Integer(required=True)
+    ids = fields.List(fields.String(), required=True, metadata={"description": "Prediction ids, for feedback."})
+    classes = fields.List(fields.Raw())
+    probabilities = fields.List(fields.List(fields.Float()), metadata={"description": "Columns in `classes` order."})
+    fallback = fields.Nested(Fallback)
+
+
+class InvocationResponse(Schema):
+    predictions = fields.List(fields.Raw(), required=True)
+    ids = fields.List(fields.String(), required=True)
+    classes = fields.List(fields.Raw())
+    probabilities = fields.List(fields.List(fields.Float()))
+
+
+class FeedbackResult(Schema):
+    accepted = fields.Integer(required=True)
+    unknown = fields.List(fields.String(), required=True)
+    duplicate = fields.List(fields.String(), required=True)
+
+
+def register_components(spec: APISpec, *, max_rows: int) -> None:
+    """Add the shared schemas: bodies the views validate with, answers, and both error shapes."""
+    for name, schema in [("Error", ErrorBody), ("MlflowError", MlflowErrorBody), ("PredictResponse", PredictResponse),
+                         ("InvocationResponse", InvocationResponse), ("FeedbackResult", FeedbackResult),
+                         ("PredictRequest", v1.EnvelopeSchema(max_rows=max_rows)),
+                         ("InvocationRequest", mlflow.InvocationBody(max_rows=max_rows)),
+                         ("LabelChange", admin.LabelBody), ("RolloutChange", admin.RolloutBody),
+                         ("Reason", admin.ReasonBody), ("Feedback", monitoring.FeedbackBody),
+                         ("V2Error", V2ErrorBody), ("InferenceRequest", v2.InferenceRequestSchema)]:
+        spec.components.schema(name, schema=schema)
+
+
+def register_fields(plugin: MarshmallowPlugin) -> None:
+    """Teach apispec our own fields: what JSON each accepts."""
+    plugin.converter.add_attribute_function(_custom_field)
+
+
+def _custom_field(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+    row = {"type": ["object", "array"]}
+    if isinstance(field, mlflow.Records):
+        return {"type": "array", "minItems": 1, "items": {"type": "object"}}
+    if isinstance(field, mlflow.Rows):
+        return {"type": "array", "minItems": 1, "items": {"type": "array"}}
+    if isinstance(field, v1.Instances):
+        return {"type": "array", "minItems": 1, "items": row}
+    if isinstance(field, v1.Inputs):
+        return {"type": "object", "minProperties": 1, "additionalProperties": {"type": "array"}}
+    if isinstance(field, mlflow.InstancesOrInputs):
+        return {"type": ["object", "array"], "minItems": 1, "minProperties": 1}
+    if isinstance(field, StrictBoolean):
+        return {"type": "boolean"}
+    return {}
+
+
+def component_name(model: str) -> str:
+    return "Model_" + re.sub(r"[^A-Za-z0-9]", "_", model)
+
+
+def register_model(spec: APISpec, model: str, features: list[dict[str, Any]], *, max_rows: int) -> None:
+    """Add ``Model_<name>Record`` and ``Model_<name>Request``: the model's features as JSON Schema."""
+    base = component_name(model)
+    properties = {f["name"]: feature_schema(f) for f in features}
+    required = [f["name"] for f in features if f.get("required", True)]
+    spec.components.schema(f"{base}Record", {"type": "object", "properties": properties, "required": required,
+                                             "additionalProperties": False,
+                                             "description": f"One row for {model}, by feature name."})
+    columns = {name: {"type": "array", "minItems": 1, "maxItems": max_rows, "items": schema}
+               for name, schema in properties.items()}
+    parameters = {"$ref": "#/components/schemas/PredictRequest/properties/parameters"}
+    spec.components.schema(f"{base}Request", {"oneOf": [
+        {"type": "object", "required": ["instances"], "additionalProperties": False,
+         "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": max_rows,
+                                      "items": {"$ref": f"#/components/schemas/{base}Record"}},
+                        "parameters": parameters}},
+        {"type": "object", "required": ["inputs"], "additionalProperties": False,
+         "properties": {"inputs": {"type": "object", "properties": columns, "required": required,
+                                   "additionalProperties": False}, "parameters": parameters}},
+    ], "description": f"A predict request for {model}: rows by feature name (instances) or columns (inputs)."})
+
+
+def feature_schema(feature: dict[str, Any]) -> dict[str, Any]:
+    """One manifest feature as JSON Schema: type, range, categories, and null when it is nullable."""
+    kind = feature["type"]
+    schema: dict[str, Any] = {"description": f"{kind} feature"}
+    categories = feature.get("categories")
+    if kind in ("category", "string") and categories:
+        schema["enum"] = list(categories) + ([None] if feature.get("nullable") else [])
+        return schema
+    json_type = JSON_KINDS.get(kind, ["string", "integer"])
+    types = [json_type] if isinstance(json_type, str) else list(json_type)
+    schema["type"] = [*types, "null"] if feature.get("nullable") else (types[0] if len(types) == 1 else types)
+    if kind in ("float", "int"):
+        if feature.get("min") is not None:
+            schema["minimum"] = feature["min"]
+        if feature.get("max") is not None:
+            schema["maximum"] = feature["max"]
+    return schema

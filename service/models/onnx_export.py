@@ -1,0 +1,200 @@
+"""ONNX export: convert a fitted model with skl2onnx and prove it answers like the original.
+
+Packaging calls ``export``; serving calls ``session``, ``feeds`` and ``decode``, the same
+functions the parity check used, so what passed at packaging is what runs. ``export`` never
+raises for a model it cannot convert or that misses parity: its report says why, and joblib
+serves. It never writes files (packaging does). No Flask here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ONNX_FILE = "model.onnx"
+OK, FAILED, UNSUPPORTED = "ok", "failed", "unsupported"
+#: Parity tolerances: classes identical, probabilities within PROBA_ATOL (absolute),
+#: regression within REGRESSION_RTOL of the largest hold-out prediction's magnitude (an
+#: element-wise ratio would judge values near zero by their rounding noise).
+PROBA_ATOL = 1e-5
+REGRESSION_RTOL = 1e-6
+#: One input tensor of all features (fastest), or one input per feature (needed for string
+#: features and for column transformers that select by name).
+MATRIX, COLUMNS = "matrix", "columns"
+LAYOUTS = (MATRIX, COLUMNS)
+#: Double first, for exact parity; float when a converter (trees, in skl2onnx) only emits float.
+DTYPES = {"double": np.float64, "float": np.float32}
+
+
+@dataclass(frozen=True)
+class Export:
+    """The outcome of one conversion: the report for the manifest and, if any, the ONNX bytes."""
+
+    report: dict[str, Any]
+    data: bytes | None = None
+
+
+def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: str) -> Export:
+    """Convert ``model`` and check it against itself on the hold-out rows ``X``."""
+    try:
+        import onnxruntime  # noqa: F401  (installed beside skl2onnx; both or neither)
+        import skl2onnx  # noqa: F401
+    except ImportError as exc:
+        return Export(_report(UNSUPPORTED, reason=f"{exc.name} is not installed"))
+    named = hasattr(model, "feature_names_in_")
+    numeric = all(_is_numeric(f) for f in features)
+    layouts = ([MATRIX] if numeric else []) + ([COLUMNS] if named else [])
+    if not layouts:
+        return Export(_report(UNSUPPORTED, reason="string features on a model fitted without column names"))
+    failure: Export | None = None
+    reasons = []
+    for layout in layouts:
+        for dtype in DTYPES:
+            spec = {"layout": layout, "input_dtype": dtype}
+            try:
+                data = _convert(model, features, spec, task)
+            except Exception as exc:  # skl2onnx raises many types for what it cannot convert
+                reasons.append(f"{layout}/{dtype}: {type(exc).__name__}: {_short(exc)}")
+                continue
+            result = check_parity(model, data, X, features, spec, task)
+            if result.report["status"] == OK:
+                return result
+            failure = failure or result
+    return failure or Export(_report(UNSUPPORTED, reason="; ".join(reasons)))
+
+
+def _convert(model: Any, features: list[dict[str, Any]], spec: dict[str, Any], task: str) -> bytes:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
+
+    number = DoubleTensorType if spec["input_dtype"] == "double" else FloatTensorType
+    if spec["layout"] == MATRIX:
+        types = [("X", number([None, len(features)]))]
+    else:
+        types = [(f["name"], number([None, 1]) if _is_numeric(f) else StringTensorType([None, 1])) for f in features]
+    options = {"zipmap": False} if task == "classification" else None
+    with warnings.catch_warnings():
+        # converter warnings concern its own internals; the parity check is what decides
+        warnings.simplefilter("ignore")
+        return to_onnx(model, initial_types=types, options=options).SerializeToString()
+
+
+def check_parity(model: Any, data: bytes, X: pd.DataFrame, features: list[dict[str, Any]],
+                 spec: dict[str, Any], task: str) -> Export:
+    """Run the ONNX bytes and the estimator on the same rows and compare their answers."""
+    columns = {f["name"]: X[f["name"]].to_numpy() for f in features}
+    usable = ~missing_strings(columns, features)  # ONNX string tensors cannot hold a null
+    columns = {name: values[usable] for name, values in columns.items()}
+    frame = X[usable]
+    frame = frame if hasattr(model, "feature_names_in_") else frame.to_numpy()
+    details = {**spec, "rows": int(usable.sum())}
+    try:
+        runner = session(data)
+        outputs = runner.run(None, feeds(input_names(runner), columns, features, spec))
+    except Exception as exc:  # onnxruntime refuses some converter output (type mismatches)
+        return Export(_report(FAILED, reason=f"onnxruntime: {type(exc).__name__}: {_short(exc)}", **details))
+    if task == "classification":
+        return _check_classes(model, data, outputs, frame, details)
+    expected = np.asarray(model.predict(frame), dtype=np.float64)
+    got = np.asarray(outputs[0], dtype=np.float64).reshape(len(expected))
+    diff = float(np.max(np.abs(got - expected), initial=0.0))
+    scale = float(np.max(np.abs(expected), initial=0.0)) or 1.0
+    ok = bool(np.isfinite(got).all() == np.isfinite(expected).all()) and diff <= REGRESSION_RTOL * scale
+    reason = None if ok else f"regression differs by {diff:.3g} (more than {REGRESSION_RTOL:g} x {scale:.3g})"
+    return Export(_report(OK if ok else FAILED, reason=reason, max_abs_diff=diff, max_rel_diff=diff / scale,
+                          **details), data)
+
+
+def _check_classes(model: Any, data: bytes, outputs: list[Any], frame: Any, details: dict[str, Any]) -> Export:
+    expected = np.asarray(model.predict(frame))
+    try:
+        got = decode_labels(outputs[0], np.asarray(model.classes_))
+    except ValueError as exc:
+        return Export(_report(FAILED, reason=str(exc), **details))
+    if not np.array_equal(got, expected):
+        wrong = int(np.count_nonzero(got != expected))
+        return Export(_report(FAILED, reason=f"{wrong} of {len(expected)} predicted classes differ", **details), data)
+    diff = 0.0
+    if hasattr(model, "predict_proba") and len(outputs) > 1:
+        proba = np.asarray(outputs[1], dtype=np.float64)
+        diff = float(np.max(np.abs(proba - model.predict_proba(frame)), initial=0.0))
+    if diff > PROBA_ATOL:
+        return Export(_report(FAILED, reason=f"probabilities differ by {diff:.3g} (more than {PROBA_ATOL:g})",
+                              max_abs_diff=diff, **details), data)
+    return Export(_report(OK, max_abs_diff=diff, **details), data)
+
+
+def session(data: bytes) -> Any:
+    """Create an ONNX Runtime session tuned for one request at a time in one worker process."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # workers are the unit of parallelism: a thread pool per session would oversubscribe the CPU
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle pool threads spinning for work burn CPU that the next request needs
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: warnings would go to stderr, not our logs
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def feeds(inputs: list[str], columns: dict[str, np.ndarray], features: list[dict[str, Any]],
+          spec: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Shape validated columns into a session's ``inputs`` (its input names, in declared order)."""
+    dtype = DTYPES[spec["input_dtype"]]
+    if spec["layout"] == MATRIX:
+        return {inputs[0]: np.column_stack([np.asarray(columns[f["name"]], dtype=dtype) for f in features])}
+    if len(inputs) != len(features):
+        raise ValueError(f"the ONNX model takes {len(inputs)} inputs for {len(features)} features")
+    # by position: skl2onnx rewrites names that are not legal ONNX identifiers ("mean radius")
+    return {name: np.asarray(columns[f["name"]], dtype=dtype if _is_numeric(f) else object).reshape(-1, 1)
+            for name, f in zip(inputs, features, strict=True)}
+
+
+def input_names(session: Any) -> list[str]:
+    return [i.name for i in session.get_inputs()]
+
+
+def decode_labels(labels: Any, classes: np.ndarray) -> np.ndarray:
+    """Map ONNX labels back to the estimator's own classes, with their dtype."""
+    labels = np.asarray(labels).reshape(-1)
+    index = pd.Index(classes).get_indexer(labels)
+    if (index < 0).any():
+        raise ValueError("the ONNX model predicted a label that is not one of the model's classes")
+    return classes[index]
+
+
+def missing_strings(columns: dict[str, np.ndarray], features: list[dict[str, Any]]) -> np.ndarray:
+    """Flag the rows with a null in a string feature (such rows are for joblib to answer)."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    flags = np.zeros(n, dtype=bool)
+    for f in features:
+        if not _is_numeric(f):
+            flags |= pd.isna(columns[f["name"]])
+    return flags
+
+
+def _is_numeric(feature: dict[str, Any]) -> bool:
+    """Whether the model was fitted on numbers here (the pandas dtype, not the schema type)."""
+    dtype = feature.get("dtype")
+    if dtype is None:
+        return feature["type"] in ("float", "int", "bool")
+    try:
+        return pd.api.types.is_numeric_dtype(pd.api.types.pandas_dtype(dtype)) or dtype in ("bool", "boolean")
+    except TypeError:
+        return False
+
+
+def _report(status: str, *, reason: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"status": status, "reason": reason, **extra}
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
