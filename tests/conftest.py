@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -83,9 +83,8 @@ def artifact_root(demo_root: Path, tmp_path: Path) -> Path:
 def app_config(artifacts: Path, database: Path, **overrides: object) -> Config:
     """A config for an in-process app: no poll, guard or alert thread; the database in a file of its own."""
     values: dict[str, object] = dict(artifacts_dir=artifacts, database_url=f"sqlite:///{database}",
-                                     poll_seconds=0, guard_seconds=0, alert_seconds=0)
-    if "local_admin_keys_file" in {f.name for f in fields(Config)}:
-        values["local_admin_keys_file"] = database.parent / "local-admin-keys.json"  # never the repo's var/
+                                     poll_seconds=0, guard_seconds=0, alert_seconds=0,
+                                     local_admin_keys_file=database.parent / "local-admin-keys.json")  # not var/
     values.update(overrides)
     return Config(**values)
 
