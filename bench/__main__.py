@@ -1,11 +1,13 @@
-"""``python -m bench``: train the demo models, time them in process, then load a real server.
+"""``python -m bench``: train the models, time them in process, then compare real servers under wrk.
 
 Order matters on a 2-core machine: the in-process timings run first, while no server or wrk
-competes for the CPU; the server then runs only for the wrk scenarios and is always stopped.
-A second server, identical but for ``PREDICTION_LOG_SAMPLE=0``, then runs the classifier's
-scenarios again for the same time, so the cost of the prediction log on a real server is the
-difference between two runs that differ in nothing else. Every server gets its own temp folder
-for its SQLite store and Prometheus files (deleted when it stops; its log is kept).
+competes for the CPU. Then four Gunicorn servers run side by side (this project with monitoring
+on, the naive Flask app in ``bench/naive_app.py``, the bare-stack floor in ``bench/floor_app.py``,
+and this project with monitoring off) and every scenario loads them in turn, so machine noise
+hits all alike; each run also reads the server's CPU from /proc. Last, three copies of the
+project's server that differ only in worker recycling take the fastest scenario at more
+connections, for p99. Every server gets its own temp folder for its SQLite store and Prometheus
+files (deleted when it stops; its log is kept) and is stopped by pid even on failure.
 Progress goes to stderr, the report to stdout; the exit code is non-zero with a one-line
 reason if a server did not start or any scenario saw a non-2xx answer. ``--help`` lists the
 options; each falls back to its environment variable (what ``make bench`` passes), then to the
@@ -15,6 +17,7 @@ default here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -22,18 +25,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import orjson
-
-from bench import inprocess, load, machine, report
-from bench.server import Server, ServerError, post
-from bench.workload import CLASSIFIER, Scenario, build_scenarios
+from bench import compare, inprocess, load, machine, models, report
+from bench.server import ServerError
+from bench.workload import CLASSIFIER, build_scenarios
 from service.errors import ServiceError
-from service.models.demo import train_demo
 from service.monitoring import metrics
 
-DEFAULT_SECONDS = 8  # per wrk scenario; 10 scenarios keep the whole run near 2.5 minutes
+DEFAULT_SECONDS = 6  # per wrk run; 12 scenarios x 4 servers keep the whole run under 10 minutes
 DEFAULT_WORKERS = 2  # the target machine has 2 cores
-LOG_AB_MODEL = CLASSIFIER  # the model run with the prediction log on and off (30 features: the wider log rows)
+QUICK_SECONDS = 2  # --quick: enough to see that everything answers, not to trust the figures
+LATENCY_CONNECTIONS = 8  # the recycling runs: more connections than workers, so requests queue as in production
+RECYCLING_SECONDS = 25  # per recycling setting: long enough for the shipped max_requests to replace workers
 
 
 def env_int(name: str, default: int) -> int:
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark the prediction server: train the demo models, time them in process, then "
-                    "load a real Gunicorn with wrk on 127.0.0.1 (once with the prediction log on, once off). "
+                    "compare real Gunicorn servers with wrk on 127.0.0.1: this server with monitoring on and off, "
+                    "a naive Flask app on the same joblib files, and the bare Flask floor; then worker recycling. "
                     "Progress goes to stderr, the table to stdout.",
         epilog="Exit status: 0 when every scenario answered 2xx, 1 otherwise (the scratch folder is kept).")
     parser.add_argument("--seconds", type=positive_int, metavar="N",
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Gunicorn workers (env BENCH_WORKERS, default {DEFAULT_WORKERS})")
     parser.add_argument("--connections", type=positive_int, metavar="N",
                         help="wrk connections (env BENCH_CONNECTIONS, default: one per worker)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a short check: {QUICK_SECONDS} s per wrk run and short in-process timings "
+                             "(figures are rough)")
     parser.add_argument("--results", type=Path, default=report.RESULTS_FILE, metavar="PATH",
                         help="where the JSON results are written (default: bench/results/latest.json)")
     return parser
@@ -75,7 +81,7 @@ def load_settings(args: argparse.Namespace) -> tuple[int, load.LoadSettings]:
     """Workers and wrk settings; one connection per worker keeps queueing out of p50."""
     workers = args.workers or env_int("BENCH_WORKERS", DEFAULT_WORKERS)
     connections = args.connections or env_int("BENCH_CONNECTIONS", workers)
-    seconds = args.seconds or env_int("BENCH_SECONDS", DEFAULT_SECONDS)
+    seconds = args.seconds or (QUICK_SECONDS if getattr(args, "quick", False) else env_int("BENCH_SECONDS", DEFAULT_SECONDS))
     return workers, load.LoadSettings(seconds=seconds, connections=connections, threads=1)
 
 
@@ -83,78 +89,26 @@ def progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def smoke_check(server: Server, scenario: Scenario, repeats: int) -> str | None:
-    """Send the body a few times (warming every worker) and check the answer; return a problem or None."""
-    for _ in range(repeats):
-        status, body = post(server.url + scenario.path, scenario.body)
-        if status != 200:
-            return f"{scenario.key}: smoke request got HTTP {status}: {body[:200].decode(errors='replace')}"
-    predictions = orjson.loads(body).get("predictions", [])
-    if len(predictions) != scenario.rows:
-        return f"{scenario.key}: smoke request got {len(predictions)} predictions for {scenario.rows} rows"
-    return None
-
-
-def run_load(server: Server, scenarios: list[Scenario], settings: load.LoadSettings,
-             folder: Path) -> tuple[dict[str, load.LoadResult], list[str]]:
-    """Run wrk for every scenario that passes its smoke check; collect results and problems."""
-    script = load.write_script(folder)
-    results: dict[str, load.LoadResult] = {}
-    problems: list[str] = []
-    for scenario in scenarios:
-        problem = smoke_check(server, scenario, repeats=2 * server.workers)
-        if problem:
-            problems.append(problem)
-            progress(f"!! {problem}")
-            continue
-        body_file = folder / f"{scenario.key.replace('/', '_')}.json"
-        body_file.write_bytes(scenario.body)
-        progress(f"wrk {scenario.key} for {settings.seconds} s")
-        results[scenario.key] = load.run_wrk(server.url + scenario.path, body_file, script, settings)
-    return results, problems
-
-
-def serve_and_load(name: str, root: Path, work: Path, workers: int, scenarios: list[Scenario],
-                   settings: load.LoadSettings, extra_env: dict[str, str] | None = None,
-                   ) -> tuple[dict[str, load.LoadResult], list[str], int]:
-    """Start one server in its own scratch folder, run the scenarios, stop it; drop its database."""
-    server = Server(root, work / name, workers, dict(extra_env or {}))
-    settings_note = " ".join(f"{k}={v}" for k, v in server.extra_env.items())
-    progress(f"starting gunicorn ({name}{', ' + settings_note if settings_note else ''}) "
-             f"with {workers} workers on {server.url}")
-    try:
-        server.start()
-        remote, problems = run_load(server, scenarios, settings, work)
-    finally:
-        server.stop()
-        for leftover in server.scratch.glob("predictions.db*"):  # gigabytes after 10,000-row runs
-            leftover.unlink(missing_ok=True)
-    return remote, [f"{name}: {p}" for p in problems], server.worker_boots()
-
-
-def run(work: Path, workers: int, settings: load.LoadSettings) -> dict:
+def run(work: Path, workers: int, settings: load.LoadSettings, quick: bool = False) -> dict:
     """The whole benchmark in a scratch folder; returns the results dict."""
     load.require_wrk()
     load_before = machine.load_average()
     # The in-process observer counts into multiprocess files, as a Gunicorn worker does.
     metrics.prepare_multiprocess_dir(work / "inprocess" / "prom")
     root = work / "artifacts"
-    progress(f"training the demo models into {root}")
-    train_demo(root)
-    scenarios = build_scenarios(root)
-    progress("timing the in-process path and the work after the answer (single thread)")
-    local = inprocess.measure_all(root, scenarios, work / "inprocess")
+    progress(f"training and packaging the bench models into {root}")
+    scenarios = build_scenarios(root, models.train_all(root))
+    progress("timing the in-process path and the writer's work per answer (single thread)")
+    local = inprocess.measure_all(root, scenarios, work / "inprocess", budget=0.05 if quick else inprocess.BUDGET_SECONDS)
     for leftover in (work / "inprocess").glob("predictions.db*"):
         leftover.unlink(missing_ok=True)
-    remote, problems, boots = serve_and_load("server", root, work, workers, scenarios, settings)
-    ab_scenarios = [s for s in scenarios if s.model == LOG_AB_MODEL and not s.probabilities]
-    unlogged, more_problems, more_boots = serve_and_load("server-log-off", root, work, workers, ab_scenarios, settings,
-                                                         {"PREDICTION_LOG_SAMPLE": "0"})
-    records = [report.scenario_record(s, remote.get(s.key), local[s.key]) for s in scenarios]
-    log_ab = report.log_ab_records(ab_scenarios, remote, unlogged)
+    side_by_side = compare.compare(root, work / "servers", workers, scenarios, settings)
+    fastest = next(s for s in scenarios if s.model == CLASSIFIER and s.rows == 1)
+    latency = dataclasses.replace(settings, connections=LATENCY_CONNECTIONS,
+                                  seconds=settings.seconds if quick else max(settings.seconds, RECYCLING_SECONDS))
+    recycled = compare.recycling(root, work / "servers", workers, fastest, latency)
     facts = machine.machine_facts(workers, load.wrk_version(), load_before)
-    return report.build_results(facts, settings, records, {"server": boots, "server-log-off": more_boots},
-                                problems + more_problems, log_ab)
+    return report.build_results(facts, settings, scenarios, local, side_by_side, recycled)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     ok = False
     try:
-        results = run(work, workers, settings)
+        results = run(work, workers, settings, args.quick)
         print(report.format_table(results))
         progress(f"results written to {report.write_json(results, args.results)}")
         ok = results["ok"]

@@ -6,12 +6,14 @@ resolve, validate, predict, shape the answer), and validation alone. JSON decodi
 encoding are timed too, since the server pays them and the in-process path does not, and so
 is the bare list-to-array conversion, the floor under any validation of a row-layout body.
 
-What the server does after the answer is sent is timed as well: ``Observer.answered`` with a
-real SQLite ``Store`` in a temp file and a real ``PredictionLog`` (the request row, the
-prediction log rows, the Prometheus counters), once with the log keeping every prediction
-(``PREDICTION_LOG_SAMPLE=1``, the default) and once keeping none (``0``). Every timed call gets
-fresh prediction ids, so each one really inserts its rows (the log ignores ids it already has).
-Everything runs on one thread, as a Gunicorn worker does.
+What the server does after the answer is sent is timed as well: the work the observer's
+background writer does for one answer (``Observer.write_batch`` of a batch of one: the request
+row, the prediction log rows, data-quality counts and the Prometheus counters) with a real
+SQLite ``Store`` in a temp file, once with the log keeping every prediction
+(``PREDICTION_LOG_SAMPLE=1``, the default) and once keeping none (``0``). A real writer batches
+several answers per transaction, so this is the most one answer can cost it. Every timed call
+gets fresh prediction ids, so each one really inserts its rows (the log ignores ids it already
+has). Everything runs on one thread, as a Gunicorn worker does.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from threadpoolctl import threadpool_limits
 
 from bench.workload import Scenario
 from service.config import Config
-from service.monitoring.observe import Observer
+from service.monitoring.observe import Observer, _Answered
 from service.monitoring.predlog import PredictionLog
 from service.protocols import v1
 from service.serving import inference, runtime
@@ -58,6 +60,7 @@ class InProcessResult:
     full_path: Timing
     validation: Timing
     json: Timing
+    backend: Timing  # LoadedModel.predict on validated columns: the served backend (ONNX Runtime or joblib) alone
     to_array: Timing  # np.asarray(instances, float64): the floor for any validation of row-layout JSON
     observe: Timing  # Observer.answered with the prediction log keeping every row (PREDICTION_LOG_SAMPLE=1)
     observe_unlogged: Timing  # the same with the log keeping none (PREDICTION_LOG_SAMPLE=0)
@@ -122,7 +125,7 @@ def check_same_predictions(scenario: Scenario, model: runtime.LoadedModel, answe
 
 
 def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, limits: inference.Limits,
-            observers: Observers) -> InProcessResult:
+            observers: Observers, budget: float = BUDGET_SECONDS) -> InProcessResult:
     """Time the estimator, the full path, validation, JSON and the after-answer work for one scenario."""
     payload = orjson.loads(scenario.body)
     estimator, frame, proba = model.estimator, scenario.frame, scenario.probabilities
@@ -155,14 +158,24 @@ def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, li
         return dataclasses.replace(answer, ids=inference.prediction_ids(answer.rows))
 
     def observe(observer: Observer) -> Callable[[inference.Answer], None]:
-        return lambda fresh: observer.answered(fresh, f"bench-{fresh.ids[0]}")
+        # the writer thread's work for one answer, run here so the timing is not split across threads
+        return lambda fresh: observer.write_batch([_Answered(fresh, f"bench-{fresh.ids[0]}", time.time())])
 
-    return InProcessResult(time_call(estimator_only), time_call(full_path), time_call(validation), time_call(json_codec),
-                           time_call(to_array), time_with_setup(fresh_answer, observe(observers.logged)),
-                           time_with_setup(fresh_answer, observe(observers.unlogged)))
+    columns = {name: scenario.frame[name].to_numpy() for name in scenario.frame.columns}
+
+    def backend_only() -> None:
+        model.predict(columns, proba)
+
+    def timed(call: Callable[[], Any]) -> Timing:
+        return time_call(call, budget)
+
+    return InProcessResult(timed(estimator_only), timed(full_path), timed(validation), timed(json_codec),
+                           timed(backend_only), timed(to_array), time_with_setup(fresh_answer, observe(observers.logged), budget),
+                           time_with_setup(fresh_answer, observe(observers.unlogged), budget))
 
 
-def measure_all(root: Path, scenarios: list[Scenario], scratch: Path) -> dict[str, InProcessResult]:
+def measure_all(root: Path, scenarios: list[Scenario], scratch: Path,
+                budget: float = BUDGET_SECONDS) -> dict[str, InProcessResult]:
     """Measure every scenario on one thread; run it while no server competes for the CPU.
 
     ``scratch`` holds the observers' SQLite store (a temp folder, never the repo's ``var/``).
@@ -174,4 +187,4 @@ def measure_all(root: Path, scenarios: list[Scenario], scratch: Path) -> dict[st
     scratch.mkdir(parents=True, exist_ok=True)
     observers = Observers.in_folder(scratch)
     with threadpool_limits(limits=1):
-        return {s.key: measure(s, models[s.model], catalog, limits, observers) for s in scenarios}
+        return {s.key: measure(s, models[s.model], catalog, limits, observers, budget) for s in scenarios}

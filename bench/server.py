@@ -40,7 +40,12 @@ def free_port() -> int:
 #: included) with only what ``server_env`` sets on top.
 DROPPED_ENV = ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "GUNICORN_CMD_ARGS", "DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR",
                "PREDICTION_LOG_SAMPLE", "ALERT_SECONDS", "GUARD_SECONDS", "ALERT_RULES_FILE", "ALERT_WEBHOOK_URL",
-               "MONITORING_WINDOW", "PII_HASH_KEY", "MAX_BATCH_ROWS", "VECTORIZED_MIN_ROWS")
+               "MONITORING_WINDOW", "PII_HASH_KEY", "MAX_BATCH_ROWS", "VECTORIZED_MIN_ROWS", "RECORD_REQUESTS",
+               "DATA_QUALITY_CHECKS", "RECORD_QUEUE_SIZE", "MODEL_BACKEND", "MODEL_BACKENDS")
+#: One native thread per process in every server (the project's, the naive app, the floor), so
+#: none of them wins or loses by its BLAS/OpenMP pool; gunicorn.conf.py would only set defaults.
+THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+PROJECT_APP = "wsgi:application"
 
 
 def server_env(artifacts: Path, port: int, workers: int, scratch: Path,
@@ -55,6 +60,7 @@ def server_env(artifacts: Path, port: int, workers: int, scratch: Path,
     env = dict(os.environ)
     for name in DROPPED_ENV:
         env.pop(name, None)  # a developer's own settings must not turn requests into 401s or skew figures
+    env.update(THREAD_LIMITS)
     env.update(HOST=HOST, PORT=str(port), WEB_CONCURRENCY=str(workers), ARTIFACTS_DIR=str(artifacts),
                REGISTRY_POLL_SECONDS="0", DATABASE_URL=f"sqlite:///{scratch.absolute() / 'predictions.db'}",
                PROMETHEUS_MULTIPROC_DIR=str(scratch.absolute() / "prom"))
@@ -70,6 +76,7 @@ class Server:
     scratch: Path  # this server's own folder: its database, metrics files and log
     workers: int
     extra_env: dict[str, str] = field(default_factory=dict)
+    app: str = PROJECT_APP  # the WSGI app Gunicorn serves with gunicorn.conf.py (bench.naive_app:application, ...)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -78,13 +85,18 @@ class Server:
         return self.scratch / "gunicorn.log"
 
     @property
+    def pid(self) -> int:
+        """The Gunicorn master's pid (its children are the workers)."""
+        return self.process.pid
+
+    @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
         """Spawn Gunicorn (logs to a file) and wait until ``/readyz`` says 200."""
         (self.scratch / "prom").mkdir(parents=True, exist_ok=True)
-        command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:application"]
+        command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", self.app]
         env = server_env(self.artifacts, self.port, self.workers, self.scratch, self.extra_env)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""What the bench sends: real rows from the demo data sets, in the manifest's feature order.
+"""What the bench sends: real rows from each model's data set, in the manifest's feature order.
 
 Rows are drawn with replacement with a fixed seed, so every run sends the same bytes and
 numbers from two runs are comparable. The same rows are kept as a typed DataFrame for the
@@ -72,15 +72,13 @@ def request_body(frame: pd.DataFrame, probabilities: bool = False) -> bytes:
     return orjson.dumps(payload)
 
 
-def build_scenarios(root: Path) -> list[Scenario]:
-    """Every scenario, for both models, plus one 10,000-row probabilities run for the classifier."""
+def build_scenarios(root: Path, extra: dict[str, pd.DataFrame] | None = None,
+                    sizes: tuple[int, ...] = BATCH_SIZES) -> list[Scenario]:
+    """One plain-predict scenario per model (the demo models, then ``extra``) and batch size."""
     scenarios = []
-    for model, data in demo_data().items():
-        pool = sample_rows(data, manifest_features(root, model), max(BATCH_SIZES))
-        shapes = [(n, False) for n in BATCH_SIZES]
-        if model == CLASSIFIER:
-            shapes.append((max(BATCH_SIZES), True))
-        for rows, proba in shapes:
+    for model, data in (demo_data() | dict(extra or {})).items():
+        pool = sample_rows(data, manifest_features(root, model), max(sizes))
+        for rows in sizes:
             frame = pool.head(rows)
-            scenarios.append(Scenario(model, rows, proba, request_body(frame, proba), frame))
+            scenarios.append(Scenario(model, rows, False, request_body(frame), frame))
     return scenarios

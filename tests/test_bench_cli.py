@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import DEFAULT_SECONDS, DEFAULT_WORKERS, build_parser, load_settings
+from bench.__main__ import DEFAULT_SECONDS, DEFAULT_WORKERS, QUICK_SECONDS, build_parser, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_ENV = ("BENCH_SECONDS", "BENCH_WORKERS", "BENCH_CONNECTIONS")
@@ -23,7 +23,7 @@ def test_help_prints_usage_and_runs_nothing():
     completed = bench("--help")
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("usage: python -m bench")
-    for option in ("--seconds", "--workers", "--connections", "--results", "BENCH_SECONDS"):
+    for option in ("--seconds", "--workers", "--connections", "--quick", "--results", "BENCH_SECONDS"):
         assert option in completed.stdout
     assert completed.stderr == ""  # progress lines ("bench: training ...") would mean it started
 
@@ -63,3 +63,11 @@ def test_a_bad_environment_value_names_the_variable(monkeypatch):
     monkeypatch.setenv("BENCH_SECONDS", "soon")
     with pytest.raises(SystemExit, match="BENCH_SECONDS must be a positive whole number, got 'soon'"):
         load_settings(build_parser().parse_args([]))
+
+
+def test_quick_shortens_the_runs_unless_seconds_are_given(monkeypatch):
+    monkeypatch.setenv("BENCH_SECONDS", "30")
+    _, settings = load_settings(build_parser().parse_args(["--quick"]))
+    assert settings.seconds == QUICK_SECONDS < DEFAULT_SECONDS
+    _, settings = load_settings(build_parser().parse_args(["--quick", "--seconds", "4"]))
+    assert settings.seconds == 4
