@@ -1,0 +1,140 @@
+"""Per-prediction explanations: each feature's contribution to one model output, and the base.
+
+``explain(model, columns)`` picks the method once per model version (``methods``: exact for
+linear models and tree ensembles, a sampled estimate for anything else), checks on reference
+rows that base + contributions reproduce the model's output before trusting an exact method,
+and returns an ``Explanation`` whose ``items()`` are the wire's ``{"base", "contributions"}``.
+Contributions are summed back to the manifest's input features. No Flask.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.errors import ValidationFailed
+from service.explain import methods
+from service.explain.background import reference_rows
+from service.explain.columns import Unsupported
+
+#: Largest gap between base + contributions and the model's output an exact method may show.
+TOLERANCE = 1e-6
+CHECK_ROWS = 8
+#: Reference rows behind the global importance of a model card (fewer for the sampled method).
+IMPORTANCE_ROWS = 200
+
+_methods: weakref.WeakKeyDictionary[Any, methods.Method] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+class ExplanationUnavailable(ValidationFailed):
+    """The request is valid but this model cannot explain it as asked (the message says why)."""
+
+    code = "explanation_unavailable"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Contributions of ``features`` to ``output`` for n rows and k outputs (k = 1 unless per class)."""
+
+    method: str
+    output: str
+    exact: bool
+    features: list[str]
+    classes: list[Any] | None
+    base: np.ndarray  # (k,)
+    contributions: np.ndarray  # (n, d, k); NaN where a feature's value was not available
+
+    @property
+    def per_class(self) -> bool:
+        return self.base.shape[0] > 1
+
+    def summary(self) -> dict[str, Any]:
+        """What the numbers mean: the method, the output they add up to, and for which class(es)."""
+        about: dict[str, Any] = {"method": self.method, "output": self.output, "exact": self.exact}
+        if self.classes is not None:
+            about["classes" if self.per_class else "class"] = self.classes if self.per_class else self.classes[0]
+        if not self.exact:
+            about["note"] = ("approximate: a sampled estimate against reference rows; "
+                             "base + contributions still equals the output")
+        return about
+
+    def items(self) -> list[dict[str, Any]]:
+        """One ``{"base", "contributions": {feature: c}}`` per row; lists in class order when per class."""
+        base = _value(self.base)
+        return [{"base": base, "contributions": {name: _value(row[j]) for j, name in enumerate(self.features)}}
+                for row in self.contributions]
+
+
+def method_for(model: Any) -> methods.Method:
+    """Return how ``model`` (a LoadedModel) is explained, choosing and checking it once per version."""
+    found = _methods.get(model.estimator)
+    if found is None:
+        with _lock:
+            found = _methods.get(model.estimator)
+            if found is None:
+                found = _methods[model.estimator] = _choose(model)
+    return found
+
+
+def explain(model: Any, columns: dict[str, np.ndarray]) -> Explanation:
+    """Explain validated input columns with the version that answers; 422 past the method's row limit."""
+    method = method_for(model)
+    n = len(next(iter(columns.values()))) if columns else 0
+    if method.max_rows is not None and n > method.max_rows:
+        raise ExplanationUnavailable(
+            f"{model.name} version {model.version} is explained by sampling, limited to {method.max_rows} "
+            f"rows per request; this one has {n}.",
+            details={"method": method.name, "max_rows": method.max_rows, "rows": n})
+    base, contributions = method.run(columns)
+    return Explanation(method.name, method.output, method.exact, [f["name"] for f in model.features],
+                       method.classes, np.asarray(base, dtype=np.float64), contributions)
+
+
+def importance(model: Any) -> dict[str, Any] | None:
+    """Mean absolute contribution of each feature on reference rows (global importance), or None."""
+    method = method_for(model)
+    rows = reference_rows(model.manifest, min(IMPORTANCE_ROWS, method.max_rows or IMPORTANCE_ROWS))
+    if rows is None:
+        return None
+    _, contributions = method.run(rows)
+    mean = np.abs(contributions).mean(axis=0).sum(axis=1)  # summed over classes when per class
+    order = np.argsort(-mean, kind="stable")
+    names = [f["name"] for f in model.features]
+    return {"method": method.name, "output": method.output, "rows": len(contributions),
+            "features": {names[i]: float(mean[i]) for i in order}}
+
+
+def _choose(model: Any) -> methods.Method:
+    """The first exact method that reproduces the model's output on reference rows, else sampling."""
+    reasons = []
+    rows = reference_rows(model.manifest, CHECK_ROWS)
+    for build in (methods.linear, methods.tree):
+        try:
+            method = build(model)
+            if rows is not None:
+                base, contributions = method.run(rows)
+                gap = np.abs(base + contributions.sum(axis=1) - method.outputs(rows)).max()
+                if not gap <= TOLERANCE:
+                    raise Unsupported(f"{method.name} is off the model's output by {gap:.3g}")
+            return method
+        except Unsupported as exc:
+            reasons.append(str(exc))
+        except Exception as exc:  # the model is user code: an exact method that cannot run is skipped
+            reasons.append(f"{build.__name__}: {type(exc).__name__}: {exc}")
+    try:
+        return methods.sampled(model)
+    except Unsupported as exc:
+        reasons.append(str(exc))
+    raise ExplanationUnavailable(f"{model.name} version {model.version} cannot be explained.",
+                                 details={"reasons": reasons})
+
+
+def _value(values: np.ndarray) -> Any:
+    """A scalar for one output, a list per class otherwise; NaN (not available) becomes None."""
+    out = [None if np.isnan(v) else float(v) for v in values]
+    return out[0] if len(out) == 1 else out
