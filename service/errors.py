@@ -86,10 +86,6 @@ class LabelNotFound(NotFound):
     code, message = "label_not_found", "No such label."
 
 
-class MethodNotAllowed(ServiceError):
-    status, code, message = 405, "method_not_allowed", "The method is not allowed here."
-
-
 class Conflict(ServiceError):
     status, code, message = 409, "conflict", "The request conflicts with the current state."
 

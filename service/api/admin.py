@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, g, request
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.api.auth import require_scope
 from service.api.io import int_arg, json_response, read_json, validation_failed
@@ -23,11 +23,9 @@ from service.errors import (
     ValidationFailed,
 )
 from service.models import comparison, registry
-from service.models.rollout import check_rules
+from service.models.rollout import MAX_WINDOW_SECONDS, check_budget, check_canary, check_fallback, check_rules, check_shadow
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/models")
-
-MAX_WINDOW_SECONDS = 30 * 24 * 3600
 
 
 class LabelBody(Schema):
@@ -39,25 +37,29 @@ class ReasonBody(Schema):
     reason = fields.String(load_default="", validate=validate.Length(max=1000))
 
 
-class CanaryBody(Schema):
-    version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
-    weight = fields.Float(required=True, allow_nan=False, validate=validate.Range(min=0, max=100))
-
-
-def _rules(value: dict) -> None:
-    try:
-        check_rules(value)
-    except ValueError as exc:
-        raise ValidationError(str(exc)) from None
-
-
 class RolloutBody(Schema):
-    canary = fields.Nested(CanaryBody, allow_none=True, unknown=RAISE)
-    shadow = fields.List(fields.Integer(strict=True, validate=validate.Range(min=1)))
-    fallback = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1))
-    budget_ms = fields.Float(allow_none=True, allow_nan=False, validate=validate.Range(min=0, min_inclusive=False))
-    rules = fields.Dict(keys=fields.String(), validate=_rules)
+    """Each part is checked by service.models.rollout's own rule (one rule, one status: 422);
+    what depends on the versions on disk is refused later by the registry (409)."""
+
+    canary = fields.Raw(allow_none=True)
+    shadow = fields.Raw()
+    fallback = fields.Raw(allow_none=True)
+    budget_ms = fields.Raw(allow_none=True)
+    rules = fields.Raw()
     reason = fields.String(load_default="", validate=validate.Length(max=1000))
+
+    @validates_schema
+    def _follow_the_rollout_rules(self, data: dict[str, Any], **kwargs: Any) -> None:
+        for name, check in ROLLOUT_CHECKS.items():
+            if name in data:
+                try:
+                    check(data[name])
+                except ValueError as exc:
+                    raise ValidationError(str(exc), field_name=getattr(exc, "field", None) or name) from None
+
+
+ROLLOUT_CHECKS = {"canary": check_canary, "shadow": check_shadow, "fallback": check_fallback,
+                  "budget_ms": check_budget, "rules": check_rules}
 
 
 @bp.put("/<model_name:name>/labels/<label_name:label>")

@@ -12,13 +12,13 @@ from flask import Blueprint, Response, current_app, render_template
 
 from service.api.auth import require_scope
 from service.api.io import int_arg
-from service.monitoring import page
+from service.monitoring import page, report
 
 bp = Blueprint("dashboard", __name__, url_prefix="/monitoring", template_folder="templates")
 
 #: Largest ``?window=`` accepted: the report reads that many predictions per version.
 MIN_WINDOW = 10
-MAX_WINDOW = 100_000
+MAX_WINDOW = report.MAX_WINDOW
 #: Inline styles and SVG only; nothing is fetched from anywhere, not even from us.
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")

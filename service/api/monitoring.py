@@ -12,12 +12,13 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate
 from service.api.auth import require_scope
 from service.api.io import int_arg, json_response, read_json, validation_failed
 from service.errors import ModelUnavailable, StoreUnavailable
+from service.monitoring import report
 from service.serving.catalog import ModelState
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1/models")
 
 MAX_FEEDBACK = 10_000
-MAX_WINDOW = 100_000
+MAX_WINDOW = report.MAX_WINDOW
 MAX_MINUTES = 7 * 24 * 60
 INVALID = object()
 

@@ -23,7 +23,8 @@ PRODUCTION = "production"
 CANARY = "canary"
 BUCKETS = 10_000  # weights resolve to 0.01 %
 MAX_ROUTING_KEY = 256
-MAX_WINDOW_SECONDS = 7 * 24 * 3600
+#: The longest window any rule or comparison looks back over (a month of traffic).
+MAX_WINDOW_SECONDS = 30 * 24 * 3600
 MAX_BUDGET_MS = 600_000.0  # ten minutes: beyond any worker timeout
 #: Automatic-rollback rules; null switches one off. The last three read the canary's monitoring
 #: figures (live metrics from feedback, prediction drift) and apply only once those have enough data.
@@ -76,15 +77,15 @@ def check_canary(canary: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(canary, dict) or set(canary) != {"version", "weight"}:
         raise ValueError('canary must be {"version": <int>, "weight": <0..100>} or null')
-    return {"version": _version(canary["version"], "canary version"),
-            "weight": _number(canary["weight"], "canary weight", low=0, high=100)}
+    return {"version": _version(canary["version"], "canary version", "canary.version"),
+            "weight": _number(canary["weight"], "canary weight", low=0, high=100, field="canary.weight")}
 
 
 def check_shadow(shadow: Any) -> list[int]:
     """Return ``shadow`` as a list of distinct versions, else raise ``ValueError``."""
     if not isinstance(shadow, list | tuple):
         raise ValueError("shadow must be a list of versions")
-    versions = [_version(v, "shadow version") for v in shadow]
+    versions = [_version(v, "shadow version", f"shadow.{i}") for i, v in enumerate(shadow)]
     if len(set(versions)) != len(versions):
         raise ValueError("shadow versions must be distinct")
     return versions
@@ -110,33 +111,41 @@ def check_rules(rules: Any) -> dict[str, Any]:
     checked = {}
     for key, value in rules.items():
         if key == "window_seconds":
-            checked[key] = _number(value, key, low=1, high=MAX_WINDOW_SECONDS)
+            checked[key] = _number(value, key, low=1, high=MAX_WINDOW_SECONDS, field=f"rules.{key}")
         elif key == "min_requests":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError("min_requests must be an integer of at least 1")
+                raise InvalidSetting("min_requests must be an integer of at least 1", f"rules.{key}")
             checked[key] = value
         elif value is None:  # max_error_rate / max_p99_ms: null switches the rule off
             checked[key] = None
         elif key in ("max_error_rate", "min_live_accuracy"):
-            checked[key] = _number(value, key, low=0, high=1)
+            checked[key] = _number(value, key, low=0, high=1, field=f"rules.{key}")
         elif key == "max_p99_ms":
-            checked[key] = _number(value, key, low=0.001, high=MAX_BUDGET_MS)
+            checked[key] = _number(value, key, low=0.001, high=MAX_BUDGET_MS, field=f"rules.{key}")
         else:  # max_live_rmse, max_prediction_psi
-            checked[key] = _number(value, key, low=0.000001, high=1e12)
+            checked[key] = _number(value, key, low=0.000001, high=1e12, field=f"rules.{key}")
     return checked
 
 
-def _version(value: Any, what: str) -> int:
+class InvalidSetting(ValueError):
+    """A rollout value outside its rule; ``field`` is its dotted path in the admin body (``canary.weight``)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _version(value: Any, what: str, field: str | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer")
+        raise InvalidSetting(f"{what} must be a positive integer", field)
     return value
 
 
 def _number(value: Any, what: str, *, low: float | None = None, high: float | None = None,
-            above: float | None = None) -> float:
+            above: float | None = None, field: str | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or (low is not None and value < low) or (high is not None and value > high) \
             or (above is not None and value <= above):
         bounds = f"above {above:g}" if above is not None else f"from {low:g} to {high:g}"
-        raise ValueError(f"{what} must be a number {bounds}")
+        raise InvalidSetting(f"{what} must be a number {bounds}", field)
     return float(value)

@@ -246,7 +246,6 @@ class AlertLoop:
         self.retire_missing = retire_missing
         #: Rounds evaluated by this process, and failures (a builder or a version that raised).
         self.runs = self.failures = 0
-        self.last_run: float | None = None
         self._lock_file: Any = None
         self._loop = Periodic("alert-loop", interval, self.run_once)
 
@@ -301,7 +300,6 @@ class AlertLoop:
                 if self.retire_missing:
                     self.manager.retire(seen, now)
             self.runs += 1
-            self.last_run = now
             return True
         except Exception:  # the loop must outlive anything
             self.failures += 1

@@ -15,7 +15,7 @@ from markupsafe import Markup, escape
 
 MISSING = "—"
 # Chart palette: colour is never the only signal (bars carry <title> text, legends use words).
-BLUE, RED, GREY, INK, MUTED = "#2563eb", "#dc2626", "#cbd5e1", "#0f172a", "#64748b"
+BLUE, RED, GREY, MUTED = "#2563eb", "#dc2626", "#cbd5e1", "#64748b"
 
 
 def finite_number(value: Any) -> float | None:

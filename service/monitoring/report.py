@@ -24,6 +24,8 @@ from service.monitoring.quality import window_quality
 from service.serving.catalog import Catalog, ModelState
 from service.serving.runtime import LoadedModel
 
+#: Most logged predictions one monitoring report reads (the API's and the page's ``window``).
+MAX_WINDOW = 100_000
 TRAFFIC_SECONDS = 3600  # traffic figures cover the last hour
 TIMELINE_BUCKET_SECONDS = 60
 TRAFFIC_KEYS = ("requests", "errors", "error_rate", "client_errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms",

@@ -36,7 +36,7 @@ from service.serving import runtime
 
 log = logging.getLogger(__name__)
 
-AVAILABLE, LOADING, FAILED = "AVAILABLE", "LOADING", "FAILED"
+AVAILABLE, FAILED = "AVAILABLE", "FAILED"
 REGISTRY_UNREADABLE = "REGISTRY_UNREADABLE"  # readiness status of a model whose state is not known at all
 # where a model's labels and rollout came from: registry.json, its last-good copy, this
 # worker's memory of an earlier read, or nowhere
