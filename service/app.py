@@ -22,6 +22,7 @@ def create_app(config: Config | None = None) -> Flask:
     from service.api import admin, auth, csrf, dashboard, health, models, monitoring, predict, proxy, request_ids
     from service.api import metrics as metrics_api
     from service.api import mlflow as mlflow_api
+    from service.api import v2 as v2_api
     from service.api import openapi
     from service.api.converters import CONVERTERS
     from service.api.handlers import register_error_handlers
@@ -71,7 +72,7 @@ def create_app(config: Config | None = None) -> Flask:
         app.extensions["guard"] = guard
 
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, monitoring.bp, dashboard.bp, metrics_api.bp,
-                      mlflow_api.bp, openapi.bp):
+                      mlflow_api.bp, openapi.bp, v2_api.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     logging.getLogger(__name__).info(

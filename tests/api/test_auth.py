@@ -13,6 +13,7 @@ from tests.builders import copy_version
 
 ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
 CANCER_ROW = [1.0] * 30
+V2_BODY = {"inputs": [{"name": "input-0", "shape": [1, 10], "datatype": "FP64", "data": ROW}]}
 KEYS = ("none", "wrong", "predict", "read", "admin")  # admin last: its change is the one that succeeds
 
 # (method, path, JSON body or None, the scopes that open it, the status of a call that is let in)
@@ -36,9 +37,17 @@ ROUTES = [
     ("POST", "/v1/models/breast-cancer:promote", {}, {"admin"}, 200),
     ("POST", "/v1/models/diabetes:rollback", {}, {"admin"}, 200),
     ("POST", "/invocations", {"instances": [ROW]}, {"predict"}, 200),
+    ("POST", "/v2/models/diabetes/infer", V2_BODY, {"predict"}, 200),
+    ("POST", "/v2/models/diabetes/versions/1/infer", V2_BODY, {"predict"}, 200),
+    ("POST", "/v2/models/diabetes/labels/production/infer", V2_BODY, {"predict"}, 200),
+    ("GET", "/v2/models/diabetes", None, {"read"}, 200),
+    ("GET", "/v2/models/diabetes/versions/1", None, {"read"}, 200),
+    ("GET", "/v2/models/diabetes/ready", None, {"read"}, 200),
+    ("GET", "/v2/models/diabetes/versions/1/ready", None, {"read"}, 200),
     ("GET", "/version", None, {"read"}, 200),
 ]
-OPEN_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/ping"), ("GET", "/health")]
+OPEN_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/ping"), ("GET", "/health"),
+               ("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")]
 
 
 @pytest.fixture
@@ -75,8 +84,11 @@ def test_every_protected_route_by_every_key(keyed_app, keys, method, path, body,
         got[who] = response.status_code
         if response.status_code in (401, 403):
             answer = response.get_json()
-            error = answer.get("error", answer)  # MLflow's routes answer in MLflow's shape, our code inside
-            assert error["code"] == {401: "unauthorized", 403: "forbidden"}[response.status_code]
+            if path.startswith("/v2/"):  # the Open Inference Protocol's shape: the message alone
+                assert set(answer) == {"error"} and isinstance(answer["error"], str)
+            else:
+                error = answer.get("error", answer)  # MLflow's routes answer in MLflow's shape, our code inside
+                assert error["code"] == {401: "unauthorized", 403: "forbidden"}[response.status_code]
             assert all(k not in response.get_data(as_text=True) for k in key.values())
     assert got == expected
 

@@ -1,0 +1,162 @@
+"""The Open Inference Protocol V2 REST surface (``/v2``): parse -> call -> dump, errors as the spec says.
+
+Inference goes through the same path as v1 (``service.serving.inference.predict``: labels,
+canary, shadow, fallback, validation) inside the same ``observer.watch``; the codec is
+``service.protocols.v2``. Failures on these routes answer ``{"error": "<message>"}`` (the spec's
+shape; invalid input is 400 as in KServe and Triton); every other route keeps the service's own
+error shape. Routing errors (an unknown path under /v2) never reach a blueprint and keep it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from service.api.auth import require_scope
+from service.api.csrf import accepts
+from service.api.handlers import HTTP_CODES
+from service.api.io import drain_body, json_response
+from service.errors import (
+    ModelUnavailable,
+    PayloadTooLarge,
+    ServiceError,
+    StoreUnavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+    VersionNotFound,
+)
+from service.models.registry import PRODUCTION
+from service.protocols import v2
+from service.serving import inference
+from service.serving.catalog import ModelState
+from service.serving.runtime import LoadedModel
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("v2", __name__, url_prefix="/v2")
+
+NOT_READY = 400  # the spec: 200 means true, a 4xx false
+
+
+@bp.url_value_preprocessor
+def _binary_body_type(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Name the type of a binary request sent without one (tritonclient sends none).
+
+    Runs before the app's checks. ``Inference-Header-Content-Length`` defines the body, and no
+    browser sends that header cross-site without a CORS preflight, which this server never
+    grants: naming the type it implies opens nothing to forms on other sites.
+    """
+    if v2.HEADER_LENGTH in request.headers and not request.headers.get("Content-Type"):
+        request.environ["CONTENT_TYPE"] = v2.BINARY_TYPE
+
+
+@bp.get("")
+def server_metadata() -> Response:
+    return json_response(v2.SERVER)
+
+
+@bp.get("/health/live")
+def live() -> Response:
+    return json_response({"live": True})
+
+
+@bp.get("/health/ready")
+def ready() -> Response:
+    is_ready, _ = current_app.extensions["catalog"].readiness()
+    return json_response({"ready": is_ready}, 200 if is_ready else NOT_READY)
+
+
+@bp.get("/models/<model_name:name>")
+@bp.get("/models/<model_name:name>/versions/<version_number:version>")
+@require_scope("read")
+def model_metadata(name: str, version: int | None = None) -> Response:
+    state = current_app.extensions["catalog"].model(name)
+    model = _described(state, version)
+    versions = [version] if version is not None else sorted(v for v in state.versions if state.available(v))
+    return json_response(v2.model_metadata(name, versions, model))
+
+
+@bp.get("/models/<model_name:name>/ready")
+@bp.get("/models/<model_name:name>/versions/<version_number:version>/ready")
+@require_scope("read")
+def model_ready(name: str, version: int | None = None) -> Response:
+    state = current_app.extensions["catalog"].model(name)
+    if version is not None and version not in state.versions:
+        raise VersionNotFound(details={"model": name, "version": version})
+    is_ready = state.available(version if version is not None else state.labels.get(PRODUCTION)) is not None
+    return json_response({"name": name, "ready": is_ready}, 200 if is_ready else NOT_READY)
+
+
+@bp.post("/models/<model_name:name>/infer")
+@bp.post("/models/<model_name:name>/versions/<version_number:version>/infer")
+@bp.post("/models/<model_name:name>/labels/<label_name:label>/infer")
+@require_scope("predict")
+@accepts(v2.JSON_TYPE, v2.BINARY_TYPE)
+def infer(name: str, version: int | None = None, label: str | None = None) -> Response:
+    ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
+    target = inference.Target(name, version, label)
+    with ext["observer"].watch(target, g.request_id) as watch:
+        wanted = v2.decode(_read_body(), target, header_length=request.headers.get(v2.HEADER_LENGTH),
+                           max_rows=ext["limits"].max_rows, request_id=g.request_id,
+                           routing_header=request.headers.get(config.routing_key_header))
+        answer = watch.answered(inference.predict(ext["catalog"], wanted.request, ext["limits"],
+                                                  executor=ext["executor"]))
+    body, headers = v2.encode(answer, wanted)
+    return Response(body, headers={**headers, "X-Model-Version": str(answer.version)})
+
+
+def _described(state: ModelState, version: int | None) -> LoadedModel:
+    """The version whose schema metadata shows: the one asked for, else production, else the newest loaded."""
+    if version is not None:
+        if version not in state.versions:
+            raise VersionNotFound(details={"model": state.name, "version": version})
+        candidates = [version]
+    else:
+        candidates = [state.labels.get(PRODUCTION), *sorted(state.versions, reverse=True)]
+    model = next((m for v in candidates if (m := state.available(v)) is not None), None)
+    if model is None:
+        raise ModelUnavailable(details={"model": state.name, "version": version})
+    return model
+
+
+def _read_body() -> bytes:
+    """Read the whole body (JSON, or JSON plus binary tensors); 413 past the limit, 415 if compressed."""
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        raise UnsupportedMediaType("Compressed request bodies are not supported; send them uncompressed.")
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH when the length is declared
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(body) >= limit:
+        raise PayloadTooLarge(details={"limit_bytes": limit})
+    return body
+
+
+# -- errors, as the spec shapes them -------------------------------------------------------------
+
+
+@bp.errorhandler(Exception)
+def _error(error: Exception) -> Response:
+    """Answer ``{"error": message}`` with the status the failure has (invalid input: 400)."""
+    headers: Any = {}
+    if isinstance(error, HTTPException):
+        status = error.code or 500
+        message = HTTP_CODES.get(status, (None, error.name))[1]
+        if status == 405 and getattr(error, "valid_methods", None):
+            headers = {"Allow": ", ".join(sorted(error.valid_methods))}
+    else:
+        failure = error
+        if isinstance(error, sqlite3.Error):  # both store backends raise sqlite3.Error
+            failure = StoreUnavailable()
+        elif not isinstance(error, ServiceError):
+            failure = ServiceError()
+        status, message, headers = failure.status, failure.message, failure.headers
+        if status >= 500:
+            log.error("request failed", exc_info=failure.__cause__ or error, extra={"code": failure.code})
+        if isinstance(failure, ValidationFailed):
+            status = 400
+    if status == 413:
+        drain_body(current_app.config.get("MAX_CONTENT_LENGTH"))
+    return json_response({"error": message}, status, headers)
