@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, request
 
+from service import explain
 from service.api.auth import require_scope
 from service.api.io import json_response, read_json
 from service.protocols import v1
@@ -17,11 +18,18 @@ bp = Blueprint("predict", __name__, url_prefix="/v1/models")
 @bp.post("/<model_name:name>/labels/<label_name:label>:predict")
 @require_scope("predict")
 def predict(name: str, version: int | None = None, label: str | None = None) -> Response:
-    ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
-    target = inference.Target(name, version, label)
-    with ext["observer"].watch(target, g.request_id) as watch:
-        wanted = v1.decode(read_json(), target, max_rows=ext["limits"].max_rows,
-                           routing_header=request.headers.get(config.routing_key_header))
-        answer = watch.answered(inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"]))
-    return json_response(v1.encode(answer), headers={"X-Model-Version": str(answer.version)})
+    return answer(inference.Target(name, version, label))
 
+
+def answer(target: inference.Target, *, explained: bool = False) -> Response:
+    """Predict (and explain when asked, or when ``explained``) with the version that answers."""
+    ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
+    with ext["observer"].watch(target, g.request_id) as watch:
+        payload = read_json()
+        wanted = v1.decode(payload, target, max_rows=ext["limits"].max_rows,
+                           routing_header=request.headers.get(config.routing_key_header))
+        done = inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"])
+        # explanations use the scikit-learn estimator of the version that answered, whatever its backend
+        why = explain.explain(done.model, done.batch.columns) if explained or v1.explain_asked(payload) else None
+        watch.answered(done)
+    return json_response(v1.encode(done, why), headers={"X-Model-Version": str(done.version)})

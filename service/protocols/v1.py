@@ -1,7 +1,7 @@
 """The native v1 wire format (KServe V1 / TF Serving style): decode a body, encode an answer.
 
 A body is ``{"instances": [...]}`` (records or rows in schema order) or ``{"inputs": {...}}``
-(columns), with optional ``parameters`` (``probabilities``, ``routing_key``). ``decode`` checks
+(columns), with optional ``parameters`` (``probabilities``, ``routing_key``, ``explain``). ``decode`` checks
 that envelope and returns a protocol-neutral ``PredictRequest``; ``encode`` turns an
 ``Answer`` into the v1 response body. The rows' values are checked later, against the model
 that answers (``service.serving.validation``). No Flask.
@@ -9,7 +9,7 @@ that answers (``service.serving.validation``). No Flask.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -28,6 +28,9 @@ from service.serving.schemas import (
     StrictBoolean,
 )
 from service.serving.validation import flatten_messages, raise_errors
+
+if TYPE_CHECKING:
+    from service.explain import Explanation
 
 
 def decode(payload: Any, target: Target, *, max_rows: int, routing_header: str | None = None) -> PredictRequest:
@@ -51,8 +54,17 @@ def decode(payload: Any, target: Target, *, max_rows: int, routing_header: str |
     return PredictRequest(target, layout, data, parameters.get("probabilities", False))
 
 
-def encode(answer: Answer) -> dict[str, Any]:
-    """Return the v1 response body: predictions in the model's own classes, ids, and what answered."""
+def explain_asked(payload: Any) -> bool:
+    """Whether a body ``decode`` accepted asks for explanations (``"parameters": {"explain": true}``)."""
+    return payload.get("parameters", {}).get("explain") is True
+
+
+def encode(answer: Answer, explained: Explanation | None = None) -> dict[str, Any]:
+    """Return the v1 response body: predictions in the model's own classes, ids, and what answered.
+
+    With ``explained``, each row's ``{"base", "contributions"}`` goes in ``explanations`` (same
+    order as ``ids``) and what they add up to in ``explanation``.
+    """
     result = answer.result
     body: dict[str, Any] = {
         "predictions": _jsonable(result.predictions),
@@ -65,6 +77,9 @@ def encode(answer: Answer) -> dict[str, Any]:
         body["probabilities"] = result.probabilities
     if answer.fallback_from is not None:
         body["fallback"] = {"from_version": answer.fallback_from, "reason": answer.fallback_reason}
+    if explained is not None:
+        body["explanation"] = explained.summary()
+        body["explanations"] = explained.items()
     return body
 
 
@@ -108,6 +123,7 @@ class ParametersSchema(Schema):
     probabilities = StrictBoolean(load_default=False)
     # Read before validation to pick the canary split (service.models.rollout); checked here like the rest.
     routing_key = fields.String(validate=validate.Length(min=1, max=256))
+    explain = StrictBoolean(load_default=False)  # per-row feature contributions (service.explain)
 
 
 class EnvelopeSchema(Schema):
