@@ -63,7 +63,9 @@ def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: st
             result = check_parity(model, data, X, features, spec, task)
             if result.report["status"] == OK:
                 return result
-            failure = failure or result
+            # a parity miss (whose bytes are kept, for MODEL_BACKEND=onnx) says more than a crash
+            if failure is None or (failure.data is None and result.data is not None):
+                failure = result
     return failure or Export(_report(UNSUPPORTED, reason="; ".join(reasons)))
 
 

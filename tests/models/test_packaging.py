@@ -2,17 +2,22 @@ import json
 import multiprocessing
 import re
 import stat
+import sys
 
 import joblib
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import sklearn
+from sklearn.compose import make_column_transformer
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from service.errors import QualityGateFailed
-from service.models import artifacts
+from service.models import artifacts, onnx_export
 from service.models.packaging import (
     Threshold,
     apply_overrides,
@@ -300,6 +305,54 @@ def test_a_model_trained_on_an_array_packages_with_the_data_column_names(tmp_pat
     served = loaded.predict({c: X[c].to_numpy() for c in X.columns}, probabilities=True)
     np.testing.assert_array_equal(served.predictions, model.predict(X.to_numpy()))
     np.testing.assert_allclose(served.probabilities, model.predict_proba(X.to_numpy()))
+    assert manifest["backends"]["onnx"]["layout"] == "matrix" and loaded.backend == "onnx"
+
+
+def test_package_model_stores_the_onnx_export_with_its_hash_and_parity_report(tmp_path):
+    model, X, y = classifier()
+    manifest = package_model(model, "clf", tmp_path, X, y)
+    folder = tmp_path / "clf" / "1"
+    assert manifest["files"]["model.onnx"] == artifacts.file_entry(folder / "model.onnx")
+    assert manifest["content_sha256"] == artifacts.content_hash(manifest["files"])
+    report = manifest["backends"]["onnx"]
+    assert report["status"] == "ok" and report["reason"] is None
+    assert report["rows"] == len(X) and 0 <= report["max_abs_diff"] <= 1e-5
+    assert (report["layout"], report["input_dtype"]) == ("matrix", "double")  # numbers only: one input tensor
+
+
+def test_string_features_become_string_inputs_and_numbers_doubles(tmp_path):
+    X = mixed_frame()[["i", "f", "b", "c"]].fillna({"f": 0.0})
+    y = pd.Series((X["i"] > 20).astype("int64"))
+    model = make_pipeline(make_column_transformer((StandardScaler(), ["i", "f", "b"]), (OneHotEncoder(), ["c"])),
+                          LogisticRegression()).fit(X, y)
+    manifest = package_model(model, "mixed", tmp_path, X, y)
+    report = manifest["backends"]["onnx"]
+    assert (report["status"], report["layout"], report["input_dtype"]) == ("ok", "columns", "double")
+    graph = onnx.load_from_string((tmp_path / "mixed" / "1" / "model.onnx").read_bytes()).graph
+    kinds = [i.type.tensor_type.elem_type for i in graph.input]
+    assert kinds == [onnx.TensorProto.DOUBLE] * 3 + [onnx.TensorProto.STRING]
+
+
+def test_packaging_never_fails_because_of_the_onnx_export(tmp_path, monkeypatch):
+    def broken(*_args):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(onnx_export, "_convert", broken)
+    model, X, y = classifier()
+    manifest = package_model(model, "clf", tmp_path, X, y)
+    report = manifest["backends"]["onnx"]
+    assert report["status"] == "unsupported" and "RuntimeError: converter exploded" in report["reason"]
+    assert set(manifest["files"]) == {"model.joblib"}
+    assert sorted(p.name for p in (tmp_path / "clf" / "1").iterdir()) == ["manifest.json", "model.joblib"]
+    assert runtime.load(tmp_path / "clf" / "1", name="clf", version=1).backend == "joblib"
+
+
+def test_without_skl2onnx_packaging_records_why(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "skl2onnx", None)  # what an environment without it looks like
+    model, X, y = classifier()
+    manifest = package_model(model, "clf", tmp_path, X, y)
+    assert manifest["backends"]["onnx"] == {"status": "unsupported", "reason": "skl2onnx is not installed"}
+    assert "model.onnx" not in manifest["files"]
 
 
 def _package_many(root, barrier, queue, count):

@@ -5,10 +5,18 @@ import pathlib
 
 import joblib
 import numpy as np
+import onnxruntime
+import pandas as pd
 import pytest
+import sklearn
+from sklearn.compose import make_column_transformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder
 
 from service.errors import ArtifactError, PredictionFailed
 from service.models import artifacts, demo
+from service.models.packaging import package_model
 from service.serving import runtime
 from tests import builders
 
@@ -176,3 +184,55 @@ def test_an_estimator_that_raises_gives_prediction_failed(root):
     assert excinfo.value.details == {"model": "m", "version": 1, "reason": "ValueError"}
     assert isinstance(excinfo.value.__cause__, ValueError)
     assert "boom" not in excinfo.value.message  # user code's message stays out of the response
+
+
+class ConfigRecorder:
+    """Remembers the scikit-learn settings in force while it predicts."""
+
+    seen: list[dict] = []
+
+    def predict(self, X):
+        self.seen.append(sklearn.get_config())
+        return np.zeros(len(X))
+
+
+def test_scikit_learn_predicts_without_repeating_the_input_checks(root):
+    folder = root / "m" / str(package(root))
+    loaded = runtime.load(folder, name="m", version=1, backend="joblib")
+    recorder = runtime.LoadedModel("m", 1, loaded.manifest, ConfigRecorder(), 0.0)
+    recorder.predict({"x": np.array([1.0, 2.0])})
+    assert ConfigRecorder.seen[-1]["assume_finite"] and ConfigRecorder.seen[-1]["skip_parameter_validation"]
+    assert not sklearn.get_config()["assume_finite"]  # only for the call: the process default is back
+
+
+def test_the_onnx_session_is_made_on_first_use_in_each_process(demo_root, monkeypatch):
+    model = runtime.load(demo_root / "breast-cancer" / "1", name="breast-cancer", version=1)
+    assert model.backend == "onnx" and model._session is None  # loading (perhaps in a master) makes none
+    X = demo.breast_cancer()["X"].iloc[:3]
+    model.predict(columns_of(X))
+    session, inputs = model.session()
+    assert model.session()[0] is session and inputs == ["X"]
+    options = session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert options.execution_mode == onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    monkeypatch.setattr(runtime.os, "getpid", lambda: -1)  # as seen from a forked child
+    assert model.session()[0] is not session
+
+
+def test_rows_with_a_missing_string_are_answered_by_scikit_learn(tmp_path):
+    X = pd.DataFrame({"x": np.linspace(0, 1, 40), "c": [None if i % 5 == 0 else "ab"[i % 2] for i in range(40)]})
+    y = pd.Series(np.arange(40) % 2)
+    model = make_pipeline(make_column_transformer(("passthrough", ["x"]), (OneHotEncoder(handle_unknown="ignore"), ["c"])),
+                          LogisticRegression()).fit(X.fillna({"c": "?"}), y)
+    manifest = package_model(model, "gaps", tmp_path, X, y)
+    assert manifest["backends"]["onnx"]["status"] == "ok"
+    assert manifest["backends"]["onnx"]["rows"] == 32  # parity is checked on the rows ONNX can take
+    loaded = runtime.load(tmp_path / "gaps" / "1", name="gaps", version=1)
+    assert loaded.backend == "onnx"
+    columns = {"x": X["x"].to_numpy(), "c": X["c"].to_numpy(dtype=object)}
+    np.testing.assert_array_equal(loaded.predict(columns).predictions, model.predict(X))
+    assert loaded._session is None  # a null string cannot be a string tensor: ONNX never ran
+    complete = {name: values[1:5] for name, values in columns.items()}
+    np.testing.assert_array_equal(loaded.predict(complete).predictions, model.predict(X[1:5]))
+    assert loaded._session is not None
