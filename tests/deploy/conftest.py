@@ -228,6 +228,19 @@ def api_key() -> Iterator[tuple[Path, str]]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def tcp_gunicorn(demo_root: Path, tmp_path_factory: pytest.TempPathFactory, api_key: tuple[Path, str]) -> Iterator[Server]:
+    """One Gunicorn on a loopback TCP port over the demo models, shared by the read-only proxy tests.
+
+    It has API keys (a request through a proxy is never local) and believes forwarded headers from
+    127.0.0.1, where the proxies under test run.
+    """
+    server = start_server(demo_root, tmp_path_factory.mktemp("gunicorn"), API_KEYS_FILE=str(api_key[0]),
+                          FORWARDED_ALLOW_IPS="127.0.0.1")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A folder with a short path, for Unix sockets (their paths are limited to 107 bytes)."""
@@ -248,25 +261,3 @@ def proxy_factory() -> Iterator[Callable[..., Proxy]]:
     yield started
     for proxy in reversed(proxies):
         proxy.stop()
-
-
-@pytest.fixture
-def gunicorn_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start Gunicorn with the repo's gunicorn.conf.py; ``bind`` overrides HOST/PORT (e.g. ``unix:/path``)."""
-    servers: list[Server] = []
-
-    def start(artifacts: Path, bind: str | None = None, **env: str) -> Server:
-        if bind is not None:
-            env["GUNICORN_CMD_ARGS"] = f"--bind {bind} " + env.get("GUNICORN_CMD_ARGS", "")
-        server = start_server(artifacts, tmp_path, wait=None if bind else "/readyz", **env)
-        servers.append(server)
-        if bind and bind.startswith("unix:"):
-            wait_until(lambda: Path(bind[5:]).exists() or server.proc.poll() is not None, 30,
-                       message="Gunicorn's socket")
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, start_server
+from tests.conftest import Server, free_port
 from tests.deploy.conftest import DEPLOY, Proxy, assert_error_shape, public_dir, render, start_apache
 
 pytestmark = pytest.mark.e2e
@@ -50,14 +50,11 @@ def apache_in_front(stack: ExitStack, workdir: Path, upstream_port: int, **repla
 
 
 @pytest.fixture(scope="module")
-def apache(demo_root: Path, tmp_path_factory: pytest.TempPathFactory, api_key: tuple[Path, str]) -> Iterator[Proxy]:
-    """One Gunicorn on TCP behind Apache, shared by the module's read-only tests."""
-    workdir = tmp_path_factory.mktemp("apache")
+def apache(tcp_gunicorn: Server, tmp_path_factory: pytest.TempPathFactory, api_key: tuple[Path, str]) -> Iterator[Proxy]:
+    """Apache in front of the shared Gunicorn, for the module's read-only tests."""
     with ExitStack() as stack:
-        server = start_server(demo_root, workdir, API_KEYS_FILE=str(api_key[0]))
-        stack.callback(server.stop)
-        proxy = apache_in_front(stack, workdir / "apache", server.port)
-        proxy.gunicorn = server
+        proxy = apache_in_front(stack, tmp_path_factory.mktemp("apache"), tcp_gunicorn.port)
+        proxy.gunicorn = tcp_gunicorn
         proxy.session.headers["X-API-Key"] = api_key[1]
         proxy.wait_ready()
         yield proxy

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port, start_server
+from tests.conftest import Server, free_port, start_server
 from tests.deploy.conftest import Proxy, assert_error_shape, nginx_site, public_dir, reload_nginx, start_nginx, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -67,10 +67,12 @@ def test_prediction_through_nginx(nginx):
     assert_error_shape(nginx.get("/metrics"), 404, "not_found")  # scraped on the app's own port only
 
 
-def test_prediction_through_nginx_over_tcp(demo_root: Path, tmp_path: Path, api_key: tuple[Path, str]):
+def test_prediction_through_nginx_over_tcp(tcp_gunicorn: Server, tmp_path: Path, api_key: tuple[Path, str]):
+    port = free_port()
     with ExitStack() as stack:
-        proxy = gunicorn_and_nginx(demo_root, tmp_path, stack, api_key, unix=False)
-        response = proxy.post(PREDICT, json={"instances": [ROW]})
+        proxy = start_nginx(tmp_path, nginx_site(f"127.0.0.1:{tcp_gunicorn.port}", port), port)
+        stack.callback(proxy.stop)
+        response = proxy.post(PREDICT, json={"instances": [ROW]}, headers={"X-API-Key": api_key[1]})
         assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
 
 
