@@ -110,8 +110,7 @@ def make_app(artifact_root: Path, tmp_path: Path) -> Iterator:
         app.extensions["catalog"].stop_polling()
         if "guard" in app.extensions:
             app.extensions["guard"].stop()
-        if hasattr(app.extensions["observer"], "close"):
-            app.extensions["observer"].close()
+        app.extensions["observer"].close()
         app.extensions["executor"].shutdown(wait=True)
         app.extensions["store"].close()
 
