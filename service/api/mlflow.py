@@ -44,7 +44,8 @@ def ping() -> Response:
     """200 when the default model has a verified production version to answer with; open, like the probes."""
     if not _default_servable():
         raise NotReady("The default model cannot answer yet (see /readyz with a key, or the server log).")
-    return Response("\n", mimetype="application/json")
+    # MLflow answers a bare newline labelled JSON; clients read only the status, so this is valid JSON
+    return json_response({"status": "ok"})
 
 
 @bp.get("/version")

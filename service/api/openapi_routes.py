@@ -18,7 +18,7 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from marshmallow import Schema, fields
+from marshmallow import INCLUDE, Schema, fields
 from werkzeug.routing import Rule
 
 from service import errors
@@ -47,7 +47,8 @@ SCOPED = (errors.Unauthorized, errors.Forbidden)
 WRITES = (errors.CrossSiteRequest, errors.UnsupportedMediaType, errors.InvalidJSON, errors.PayloadTooLarge,
           errors.ValidationFailed)
 BY_PARAMETER = {"name": (errors.ModelNotFound,), "version": (errors.VersionNotFound,), "label": (errors.LabelNotFound,)}
-PREDICT = (errors.ModelUnavailable, errors.RegistryStateUnavailable, errors.PredictionFailed, errors.StoreUnavailable)
+PREDICT = (errors.LabelNotFound, errors.ModelUnavailable, errors.RegistryStateUnavailable, errors.PredictionFailed,
+           errors.StoreUnavailable)
 #: What a view raises beyond what its kind of route does (from the views and the core they call).
 RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
     "predict.predict": PREDICT,
@@ -96,7 +97,6 @@ ANSWERS: dict[str, tuple[str, str]] = {
     "monitoring.feedback": ("application/json", "FeedbackResult"),
     "metrics.scrape": ("text/plain", ""),
     "dashboard.overview": ("text/html", ""), "dashboard.model": ("text/html", ""), "openapi.docs": ("text/html", ""),
-    "mlflow.ping": ("application/json", "-"), "mlflow.health": ("application/json", "-"),
 }
 #: Answers that are not errors but not 200 either: V2's readiness probes say "no" with a 400.
 NOT_READY = {"description": "Not ready", "content": {"application/json": {"schema": {
@@ -165,8 +165,6 @@ def _scopes(view: Callable[..., Any]) -> tuple[str, ...]:
 
 def _success(endpoint: str) -> dict[str, Any]:
     mimetype, schema = ANSWERS.get(endpoint, ("application/json", ""))
-    if schema == "-":  # MLflow's probes answer a bare newline, labelled JSON as MLflow labels it
-        return {"200": {"description": "OK", "content": {mimetype: {"schema": {}}}}}
     body = {"$ref": f"#/components/schemas/{schema}"} if schema else {"type": "object" if "json" in mimetype else "string"}
     headers = {"X-Model-Version": {"schema": {"type": "string"}, "description": "The version that answered."}} \
         if endpoint in ("predict.predict", "mlflow.invocations") else {}
@@ -229,23 +227,34 @@ class Fallback(Schema):
 
 
 class PredictResponse(Schema):
+    class Meta:
+        unknown = INCLUDE  # answers may gain fields (explanations, ...): documented as open
+
     predictions = fields.List(fields.Raw(), required=True, metadata={"description": "In the model's own classes."})
     model = fields.String(required=True)
     version = fields.Integer(required=True)
     ids = fields.List(fields.String(), required=True, metadata={"description": "Prediction ids, for feedback."})
     classes = fields.List(fields.Raw())
-    probabilities = fields.List(fields.List(fields.Float()), metadata={"description": "Columns in `classes` order."})
+    probabilities = fields.List(fields.List(fields.Float(allow_none=True)),
+                                metadata={"description": "Columns in `classes` order; null where the model's "
+                                                         "arithmetic overflowed (inputs far outside the training data)."})
     fallback = fields.Nested(Fallback)
 
 
 class InvocationResponse(Schema):
+    class Meta:
+        unknown = INCLUDE
+
     predictions = fields.List(fields.Raw(), required=True)
     ids = fields.List(fields.String(), required=True)
     classes = fields.List(fields.Raw())
-    probabilities = fields.List(fields.List(fields.Float()))
+    probabilities = fields.List(fields.List(fields.Float(allow_none=True)))
 
 
 class FeedbackResult(Schema):
+    class Meta:
+        unknown = INCLUDE
+
     accepted = fields.Integer(required=True)
     unknown = fields.List(fields.String(), required=True)
     duplicate = fields.List(fields.String(), required=True)

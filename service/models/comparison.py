@@ -154,11 +154,16 @@ class _VersionAccumulator:
             for label, count in summary["classes"].items():
                 self.classes[str(label)] += int(count)
         elif summary.get("n"):
-            self.n += int(summary["n"])
-            self.total += float(summary.get("sum", 0.0))
-            self.total_sq += float(summary.get("sumsq", 0.0))
-            self.low = min(self.low, float(summary.get("min", math.inf)))
-            self.high = max(self.high, float(summary.get("max", -math.inf)))
+            try:  # a null sum (non-finite predictions were stored as JSON null) is malformed too
+                n, total, total_sq = int(summary["n"]), float(summary.get("sum", 0.0)), float(summary.get("sumsq", 0.0))
+                low, high = float(summary.get("min", math.inf)), float(summary.get("max", -math.inf))
+            except (TypeError, ValueError):
+                return
+            self.n += n
+            self.total += total
+            self.total_sq += total_sq
+            self.low = min(self.low, low)
+            self.high = max(self.high, high)
 
     def figures(self) -> dict[str, Any]:
         latencies = np.asarray(self.latencies, dtype=float)

@@ -150,7 +150,7 @@ def test_ping_and_health_answer_like_mlflow(app):
     client = app.test_client()
     for path in ("/ping", "/health"):
         response = client.get(path)
-        assert response.status_code == 200 and response.data == b"\n"
+        assert response.status_code == 200 and response.get_json() == {"status": "ok"}
 
 
 def test_the_canary_and_labels_apply(make_app, artifact_root, cancer):

@@ -91,6 +91,7 @@ def test_regression_summaries_merge_into_mean_std_min_max():
                for i, c in enumerate(chunks)]
     records.append(req(1, 99, summary=None))
     records.append(req(1, 98, summary="not json"))
+    records.append(req(1, 97, summary={"n": 1, "sum": None, "sumsq": None, "min": None, "max": None}))  # overflowed
     predictions = comparison.version_figures(as_rows(records))[1]["predictions"]
     values = np.concatenate(chunks)
     assert predictions["task"] == "regression" and predictions["n"] == values.size
