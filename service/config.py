@@ -49,8 +49,8 @@ class Config:
         "* = any peer.", default=(),
     )
     allowed_hosts: tuple[str, ...] = _env(
-        "ALLOWED_HOSTS", "Comma-separated Host header names served (DNS-rebinding guard); * = any; unset = the loopback "
-        "names and HOST (any when HOST is a wildcard).", default=(),
+        "ALLOWED_HOSTS", "Comma-separated Host names served (DNS-rebinding guard), * = any; unset = the loopback names "
+        "and HOST (any when HOST is a wildcard) for requests not through a proxy.", default=(),
     )
     signing_key: str | None = _env(
         "MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature.", default=None

@@ -1,8 +1,11 @@
 """Refuse what a browser can be tricked into sending: cross-site writes and DNS-rebound reads.
 
-* Every request's ``Host`` must be a name this server answers to (``ALLOWED_HOSTS``): a page
+* A request's ``Host`` must be a name this server answers to (``ALLOWED_HOSTS``): a page
   whose own domain an attacker re-points at 127.0.0.1 (DNS rebinding) sends its own name as
-  Host, so it cannot read an API that is open on loopback.
+  Host, so it cannot read an API that is open on loopback. Set, the list applies to every
+  request; unset, the default (loopback names and HOST) applies to requests that come straight
+  to the server. Proxied requests then are the proxy's to filter (its server names): they are
+  never open, and a rebound page has no credentials for the real site.
 * A state-changing request (POST, PUT, PATCH, DELETE) must declare ``Content-Type:
   application/json``, even with no body. An HTML form on another site can only send form or
   text bodies, and ``fetch`` with any other type makes the browser ask first (a CORS
@@ -21,6 +24,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request
 
+from service.api.proxy import is_direct_request
 from service.config import Config
 from service.errors import CrossSiteRequest, HostNotAllowed, UnsupportedMediaType
 
@@ -49,14 +53,14 @@ def accepts(*mimetypes: str) -> Callable[[V], V]:
 
 def init_app(app: Flask, config: Config) -> None:
     """Check every request's Host and every state-changing request's origin and content type."""
-    app.extensions["served_hosts"] = frozenset(config.served_hosts)
+    app.extensions["served_hosts"] = (frozenset(config.served_hosts), bool(config.allowed_hosts))
     app.before_request(check_request)
 
 
 def check_request() -> None:
     """Raise ``HostNotAllowed``, ``CrossSiteRequest`` or ``UnsupportedMediaType`` for a request to refuse."""
-    served = current_app.extensions["served_hosts"]
-    if "*" not in served and _hostname(request.host) not in served:
+    served, explicit = current_app.extensions["served_hosts"]
+    if "*" not in served and _hostname(request.host) not in served and (explicit or is_direct_request()):
         raise HostNotAllowed(details={"host": request.host[:255]})
     if request.method not in STATE_CHANGING or request.routing_exception is not None:
         return  # nothing changes on a read, or on a URL that does not exist (it answers 404/405)

@@ -73,6 +73,11 @@ def peer_address(environ: dict[str, Any]) -> str | None:
     return environ.get(ORIGINAL_ENVIRON, {}).get("REMOTE_ADDR") or environ.get("REMOTE_ADDR")
 
 
+def is_direct(environ: dict[str, Any], trusted: TrustedProxies) -> bool:
+    """Tell whether a request came straight from its client: no forwarded header, not from a listed proxy."""
+    return not any(environ.get(name) for name in FORWARDED_HEADERS) and not trusted.trusts(peer_address(environ))
+
+
 def is_local(environ: dict[str, Any], trusted: TrustedProxies) -> bool:
     """Tell whether a request came straight from a loopback peer: no forwarded header, no listed proxy.
 
@@ -80,17 +85,22 @@ def is_local(environ: dict[str, Any], trusted: TrustedProxies) -> bool:
     ``FORWARDED_ALLOW_IPS``, are what keep its requests from counting as local. A peer that is
     not an IP address (a Unix socket) is not local either: a proxy is the usual reason for one.
     """
-    if any(environ.get(name) for name in FORWARDED_HEADERS):
-        return False
-    peer = peer_address(environ)
-    address = _address(peer)
-    return address is not None and address.is_loopback and not trusted.trusts(peer)
+    address = _address(peer_address(environ))
+    return address is not None and address.is_loopback and is_direct(environ, trusted)
 
 
 def is_local_request() -> bool:
     """Tell whether the current request is local (see ``is_local``)."""
-    trusted = current_app.extensions.get("trusted_proxies") or TrustedProxies(())
-    return is_local(request.environ, trusted)
+    return is_local(request.environ, _trusted())
+
+
+def is_direct_request() -> bool:
+    """Tell whether the current request came straight from its client (see ``is_direct``)."""
+    return is_direct(request.environ, _trusted())
+
+
+def _trusted() -> TrustedProxies:
+    return current_app.extensions.get("trusted_proxies") or TrustedProxies(())
 
 
 def _address(peer: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

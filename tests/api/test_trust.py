@@ -214,6 +214,18 @@ def test_loopback_names_are_served(client, host):
     assert client.get("/v1/models", headers={"Host": host}).status_code == 200
 
 
+def test_by_default_a_proxy_filters_the_names_it_forwards(artifact_root, tmp_path):
+    client = build(artifact_root, tmp_path, forwarded_allow_ips=("10.0.0.1",)).test_client()
+    from_proxy = {"environ_base": {"REMOTE_ADDR": "10.0.0.1"}, "headers": {"Host": "models.example.com"}}
+    assert client.get("/healthz", **from_proxy).status_code == 200
+    forwarded = {"X-Forwarded-For": "198.51.100.7", "Host": "models.example.com"}
+    assert client.get("/healthz", headers=forwarded).status_code == 200
+    assert client.get("/v1/models", headers=forwarded).status_code == 401  # proxied: never open
+    assert client.get("/healthz", headers={"Host": "models.example.com"}).status_code == 403  # straight to us
+    named = build(artifact_root, tmp_path, forwarded_allow_ips=("10.0.0.1",), allowed_hosts=("localhost",))
+    assert named.test_client().get("/healthz", **from_proxy).status_code == 403  # a set list applies to all
+
+
 def test_allowed_hosts_replace_the_defaults_and_star_serves_any(artifact_root, tmp_path):
     named = build(artifact_root, tmp_path, allowed_hosts=("models.example.com",)).test_client()
     assert named.get("/healthz", headers={"Host": "models.example.com"}).status_code == 200
