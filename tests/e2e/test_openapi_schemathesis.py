@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from service.security.keys import create_key
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +33,7 @@ def test_schemathesis_finds_nothing(artifact_root, tmp_path, server_factory):
         [str(SCHEMATHESIS), "run", f"{server.base}/openapi.json", "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES),
          "--phases", "examples,fuzzing,stateful", "--seed", str(SEED), "--workers", "2", "--no-color",
          "--request-timeout", "30", "--header", f"Authorization: Bearer {key}", "--output-truncate", "true"],
-        cwd=REPO, capture_output=True, text=True, timeout=TIME_BUDGET,
+        cwd=tmp_path, capture_output=True, text=True, timeout=TIME_BUDGET,
     )
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
     assert "Tested:" in run.stdout and "Failures:" not in run.stdout, run.stdout[-3000:]
