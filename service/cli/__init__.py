@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from service.cli import labels, models, monitoring, registry, rollout, settings
+from service.cli import card, labels, models, monitoring, registry, rollout, settings
 from service.cli.keys import keys
 
 
@@ -18,7 +18,7 @@ def cli() -> None:
 
 
 cli.add_command(keys)
-for _module in (models, labels, rollout, registry, monitoring, settings):
+for _module in (models, labels, rollout, registry, monitoring, settings, card):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, actor, fails_cleanly, model_argument
+from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, actor, fails_cleanly, model_argument, setting
 from service.errors import ArtifactError
 from service.models import artifacts, registry
 
@@ -45,12 +45,16 @@ def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool) -> Non
               help="Training-data CSV to profile as the drift reference (default: --data).")
 @click.option("--description", default="", help="What the model is.")
 @click.option("--changelog", default="", help="What changed in this version.")
+@click.option("--card", "card_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Markdown for the model card: intended use and limitations, in people's words.")
+@click.option("--require-card/--no-require-card", envvar="REQUIRE_MODEL_CARD", default=setting("require_model_card"),
+              help="Refuse to package without --card (env REQUIRE_MODEL_CARD).")
 @ARTIFACTS
 @SIGNING_KEY
 @fails_cleanly
 def package(model_path: Path, name: str, data: Path, target: str, schema_path: Path | None, minimums: tuple[str, ...],
             maximums: tuple[str, ...], strict_ranges: bool, reference_path: Path | None, description: str, changelog: str,
-            artifacts_dir: Path, signing_key: str | None) -> None:
+            card_path: Path | None, require_card: bool, artifacts_dir: Path, signing_key: str | None) -> None:
     """Evaluate, gate and package a joblib model as the next version of NAME."""
     import joblib
     import pandas as pd
@@ -67,7 +71,8 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
                              description=description, changelog=changelog, overrides=overrides,
                              thresholds=thresholds, strict_ranges=strict_ranges, signing_key=signing_key,
                              training_data={"source": str(reference_path or data)},
-                             reference=pd.read_csv(reference_path) if reference_path else None)
+                             reference=pd.read_csv(reference_path) if reference_path else None,
+                             card=card_path.read_text(encoding="utf-8") if card_path else "", require_card=require_card)
     entry = registry.record_packaged(artifacts_dir, manifest, actor=actor())
     click.echo(f"packaged {name} version {manifest['version']}: {_metrics_line(manifest)}")
     if entry.get("label"):

@@ -175,13 +175,17 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
                   thresholds: list[Threshold] = (), cv: dict[str, Any] | None = None,
                   strict_ranges: bool = False, signing_key: str | None = None,
                   training_data: dict[str, Any] | None = None,
-                  reference: pd.DataFrame | None = None) -> dict[str, Any]:
+                  reference: pd.DataFrame | None = None, card: str = "",
+                  require_card: bool = False) -> dict[str, Any]:
     """Evaluate, gate and write ``model`` as the next version of ``name``; return the manifest.
 
     The drift reference profile describes ``reference`` (the training data, when given) or
-    else the hold-out data ``X``.
+    else the hold-out data ``X``. ``card`` is the human-written part of the model card
+    (intended use, limitations; Markdown); ``require_card`` refuses to package without one.
     """
     artifacts.check_model_name(name)
+    if require_card and not card.strip():
+        raise ValueError("a model card is required (REQUIRE_MODEL_CARD): give its text with --card card.md")
     task = task_of(model)
     features = infer_features(model, X, overrides, strict_ranges)
     X = X[[f["name"] for f in features]]
@@ -196,6 +200,7 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "created_by": f"{_user()}@{socket.gethostname()}",
         "description": description,
         "changelog": changelog,
+        "card": card,
         "parent_version": None,
         "task": task,
         "estimator": f"{type(model).__module__}.{type(model).__qualname__}",
