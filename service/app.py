@@ -24,6 +24,8 @@ def create_app(config: Config | None = None) -> Flask:
     from service.api import mlflow as mlflow_api
     from service.api import v2 as v2_api
     from service.api import openapi
+    from service.api import card as card_api
+    from service.api import explain as explain_api
     from service.api.converters import CONVERTERS
     from service.api.handlers import register_error_handlers
     from service.models.auto_rollback import Guard
@@ -72,7 +74,7 @@ def create_app(config: Config | None = None) -> Flask:
         app.extensions["guard"] = guard
 
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, monitoring.bp, dashboard.bp, metrics_api.bp,
-                      mlflow_api.bp, openapi.bp, v2_api.bp):
+                      mlflow_api.bp, openapi.bp, v2_api.bp, explain_api.bp, card_api.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     logging.getLogger(__name__).info(

@@ -55,6 +55,10 @@ class Config:
     signing_key: str | None = _env(
         "MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature.", default=None
     )
+    require_model_card: bool = _env(
+        "REQUIRE_MODEL_CARD", "Packaging refuses a model without a model card text (package --card card.md).",
+        default=False,
+    )
     log_level: str = _env("LOG_LEVEL", "Application log level: " + ", ".join(LOG_LEVELS) + " (any case).", default="info")
     max_request_bytes: int = _env(
         "MAX_REQUEST_BYTES", "Largest accepted request body in bytes (413 above).", default=16 * 1024 * 1024
