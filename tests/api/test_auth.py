@@ -45,9 +45,12 @@ ROUTES = [
     ("GET", "/v2/models/diabetes/ready", None, {"read"}, 200),
     ("GET", "/v2/models/diabetes/versions/1/ready", None, {"read"}, 200),
     ("GET", "/version", None, {"read"}, 200),
+    ("GET", "/openapi.json", None, {"read"}, 200),
+    ("GET", "/docs", None, {"read"}, 200),
 ]
 OPEN_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/ping"), ("GET", "/health"),
-               ("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready")]
+               ("GET", "/v2"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"),
+               ("GET", "/docs/assets/swagger-ui.css"), ("GET", "/docs/static/init.js")]  # the docs page's own files
 
 
 @pytest.fixture
@@ -95,7 +98,8 @@ def test_every_protected_route_by_every_key(keyed_app, keys, method, path, body,
 
 @pytest.mark.parametrize("method, path", OPEN_ROUTES)
 def test_probes_and_metrics_need_no_key(keyed_app, method, path):
-    assert keyed_app.test_client().open(path, method=method).status_code == 200
+    with keyed_app.test_client().open(path, method=method) as response:  # closed: file answers hold the file open
+        assert response.status_code == 200
 
 
 def test_the_routes_above_are_every_route_of_the_app(keyed_app):
