@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +78,7 @@ class Proxy:
         return f"http://127.0.0.1:{self.port}"
 
     def get(self, path: str, **kwargs) -> requests.Response:
-        return self.session.get(self.base + path, timeout=30, **kwargs)
+        return self.session.get(self.base + path, **{"timeout": 30, **kwargs})
 
     def post(self, path: str, **kwargs) -> requests.Response:
         return self.session.post(self.base + path, timeout=30, **kwargs)
@@ -174,6 +176,7 @@ def reload_nginx(proxy: Proxy) -> None:
                     "-s", "reload"], check=True, capture_output=True, timeout=30)
 
 
+APACHE_PROXY_MODULES = ("proxy", "proxy_http", "rewrite", "buffer")  # a2enmod in prediction-server.conf
 APACHE_BASE_MODULES = ("mpm_event", "authz_core", "mime", "alias", "headers", "reqtimeout", "unique_id", "setenvif",
                        "env")
 
@@ -206,6 +209,46 @@ MaxRequestWorkers 50
 Include {workdir}/site.conf
 """)
     return _launch([APACHE, "-f", str(conf), "-DFOREGROUND"], workdir, port, conf, env=env)
+
+
+@contextmanager
+def slow_clients(port: int, path: str, count: int = 2, headers: dict[str, str] | None = None) -> Iterator[None]:
+    """Hold ``count`` connections that trickle a request: half send headers a line at a time
+    (slowloris), half send complete headers, part of the body, and then the rest a byte at a time.
+    Enough to pin every sync worker of a Gunicorn facing them directly."""
+    stop = threading.Event()
+    started = [threading.Event() for _ in range(count)]
+    # a valid key, so the app reads the body rather than refusing at once
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+
+    def trickle(index: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            if index % 2 == 0:
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode())
+                piece = b"X-Slow: 1\r\n"
+            else:
+                # 32 KiB at once: past the 16 KiB Apache reads before it decides whether to stream
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+                             f"Content-Length: 100000\r\n\r\n{{".encode() + b" " * 32768)
+                piece = b" "
+            started[index].set()
+            while not stop.wait(0.2):
+                try:
+                    sock.sendall(piece)
+                except OSError:
+                    return
+
+    threads = [threading.Thread(target=trickle, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        for event in started:
+            assert event.wait(10), "a slow client could not connect"
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
 
 
 def public_dir(prefix: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,14 +12,22 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, free_port
-from tests.deploy.conftest import DEPLOY, Proxy, assert_error_shape, public_dir, render, start_apache
+from tests.deploy.conftest import (
+    APACHE_PROXY_MODULES,
+    DEPLOY,
+    Proxy,
+    assert_error_shape,
+    public_dir,
+    render,
+    slow_clients,
+    start_apache,
+)
 
 pytestmark = pytest.mark.e2e
 
 ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
 PREDICT = "/v1/models/diabetes:predict"
 BIG_BODY = b'{"instances": [' + b"[1.0]," * (20 * 1024 * 1024 // 6) + b"[1.0]]}"  # ~20 MB > 16 MiB
-PROXY_MODULES = ("proxy", "proxy_http", "rewrite")
 
 
 def apache_site(upstream_port: int, port: int, errors: Path, **replacements: str) -> str:
@@ -44,7 +53,7 @@ def error_pages(stack: ExitStack) -> Path:
 def apache_in_front(stack: ExitStack, workdir: Path, upstream_port: int, **replacements: str) -> Proxy:
     port = free_port()
     site = apache_site(upstream_port, port, error_pages(stack), **replacements)
-    proxy = start_apache(workdir, site, port, PROXY_MODULES)
+    proxy = start_apache(workdir, site, port, APACHE_PROXY_MODULES)
     stack.callback(proxy.stop)
     return proxy
 
@@ -76,6 +85,15 @@ def test_oversized_body_gets_the_json_413(apache):
     error = assert_error_shape(response, 413, "payload_too_large")
     assert error["details"]["limit_bytes"] == 16 * 1024 * 1024 and response.headers["X-Request-ID"] == "big-2"
     assert "big-2" not in apache.gunicorn.log_path.read_text()  # refused by Apache
+
+
+def test_slow_clients_do_not_hold_the_workers(apache):
+    """mod_reqtimeout and request spooling (proxy-sendcl): trickling clients never reach the sync workers."""
+    with slow_clients(apache.port, PREDICT, count=4, headers=dict(apache.session.headers)):
+        for _ in range(3):
+            started = time.monotonic()
+            assert apache.get("/healthz", timeout=2).status_code == 200
+            assert time.monotonic() - started < 1.0
 
 
 def test_the_apps_own_413_is_not_turned_into_a_502(apache, tmp_path: Path):

@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, free_port
-from tests.deploy.conftest import DEPLOY, nginx_site, public_dir, render, start_apache, start_nginx, wait_until
+from tests.deploy.conftest import (
+    APACHE_PROXY_MODULES,
+    DEPLOY,
+    nginx_site,
+    public_dir,
+    render,
+    start_apache,
+    start_nginx,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +39,7 @@ def start_proxy(kind: str, upstream_port: int, workdir: Path, stack: ExitStack):
         "http://127.0.0.1:8000/": f"http://127.0.0.1:{upstream_port}/",
         "/var/www/prediction-server/errors/": f"{errors}/",
     })
-    return start_apache(workdir, site, port, ("proxy", "proxy_http", "rewrite"))
+    return start_apache(workdir, site, port, APACHE_PROXY_MODULES)
 
 
 def get_from(source: str, port: int, path: str, headers: dict[str, str]) -> int:

@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,16 @@ import pytest
 import requests
 
 from tests.conftest import Server, free_port, start_server
-from tests.deploy.conftest import Proxy, assert_error_shape, nginx_site, public_dir, reload_nginx, start_nginx, wait_until
+from tests.deploy.conftest import (
+    Proxy,
+    assert_error_shape,
+    nginx_site,
+    public_dir,
+    reload_nginx,
+    slow_clients,
+    start_nginx,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -85,30 +93,12 @@ def test_oversized_body_gets_the_json_413(nginx):
 
 
 def test_slow_clients_do_not_hold_the_workers(nginx):
-    """Two connections trickling headers (slowloris) would pin both sync workers; Nginx absorbs them."""
-    stop = threading.Event()
-
-    def trickle() -> None:
-        with socket.create_connection(("127.0.0.1", nginx.port)) as sock:
-            sock.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\n".encode())
-            while not stop.wait(0.2):
-                try:
-                    sock.sendall(b"X-Slow: 1\r\n")
-                except OSError:
-                    return
-
-    slow = [threading.Thread(target=trickle, daemon=True) for _ in range(2)]
-    for thread in slow:
-        thread.start()
-    try:
+    """Slow clients (headers or body trickling in) would pin both sync workers; Nginx absorbs them."""
+    with slow_clients(nginx.port, PREDICT, count=4, headers=dict(nginx.session.headers)):
         for _ in range(3):
             started = time.monotonic()
-            assert nginx.get("/healthz").status_code == 200
+            assert nginx.get("/healthz", timeout=2).status_code == 200
             assert time.monotonic() - started < 1.0
-    finally:
-        stop.set()
-        for thread in slow:
-            thread.join(timeout=5)
 
 
 def test_bad_gateway_and_timeout_are_json(tmp_path: Path, proxy_factory: Callable[[Proxy], Proxy], short_dir: Path):
