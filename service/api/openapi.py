@@ -39,6 +39,26 @@ SWAGGER_FILES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})
+DESCRIPTION = ("Predictions (v1, Open Inference Protocol V2, MLflow scoring), model metadata, monitoring and admin. "
+               "Errors share one JSON shape, except on /v2 and MLflow's routes, which answer in their protocol's.")
+#: Sections of the page, in this order (a blueprint not listed follows them).
+TAGS = [("predict", "Native v1 predictions (KServe V1 / TF Serving style); each model also has its own section."),
+        ("mlflow", "MLflow's scoring protocol and SageMaker's container contract, for DEFAULT_MODEL."),
+        ("v2", "Open Inference Protocol V2 (KServe, Triton, MLServer)."),
+        ("models", "What is served: models, versions, labels, schemas."),
+        ("monitoring", "Feedback (ground truth) and the monitoring report."),
+        ("admin", "Labels, rollout, promotion, rollback, history (admin scope)."),
+        ("health", "Liveness and readiness probes, open."), ("metrics", "Prometheus metrics, open."),
+        ("dashboard", "The monitoring page, for people."), ("openapi", "This document and its page.")]
+#: Where a prediction's answer leads (stateful clients such as schemathesis follow these).
+PREDICT_OPERATION = re.compile(r"post_v1_models_name\w*_predict(\..+)?")
+LINKS = {
+    "model": (("/v1/models/{name}", "get"), {"name": "$response.body#/model"}),
+    "version": (("/v1/models/{name}/versions/{version}", "get"),
+                {"name": "$response.body#/model", "version": "$response.body#/version"}),
+    "explanation": (("/v1/models/{name}/predictions/{prediction_id}/explanation", "get"),
+                    {"name": "$response.body#/model", "prediction_id": "$response.body#/ids/0"}),
+}
 
 
 @bp.get("/openapi.json")
@@ -67,30 +87,47 @@ def asset(name: str) -> Response:
 def build_spec(app: Flask) -> dict[str, Any]:
     """Return the OpenAPI document for every route of ``app`` and every model its catalog serves."""
     plugin = MarshmallowPlugin()
-    spec = APISpec(TITLE, API_VERSION, OPENAPI_VERSION, plugins=[plugin],
-                   info={"description": "Predictions (v1, MLflow scoring), model metadata, monitoring and admin. "
-                                        "Errors share one JSON shape; MLflow's routes answer in MLflow's."})
+    spec = APISpec(TITLE, API_VERSION, OPENAPI_VERSION, plugins=[plugin], info={"description": DESCRIPTION})
     routes.register_fields(plugin)
     for scheme, definition in routes.SECURITY_SCHEMES.items():
         spec.components.security_scheme(scheme, definition)
+    for name, description in TAGS:
+        spec.tag({"name": name, "description": description})
     limits = app.extensions["limits"]
     routes.register_components(spec, max_rows=limits.max_rows)
     models = _model_features(app.extensions["catalog"])
     for name, features in models.items():
         routes.register_model(spec, name, features, max_rows=limits.max_rows)
+    paths: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if rule.endpoint.endswith("static") or rule.endpoint == "openapi.asset":
             continue
         view = app.view_functions[rule.endpoint]
         operations = {method.lower(): routes.operation(rule, method, view)
                       for method in sorted((rule.methods or set()) - SKIPPED_METHODS)}
-        spec.path(path=openapi_path(rule), operations=operations, parameters=routes.path_parameters(rule))
+        # one path may have several rules (a PUT and a DELETE): their operations share it
+        paths.setdefault(openapi_path(rule), ({}, routes.path_parameters(rule)))[0].update(operations)
         for name in models:
-            concrete = routes.model_operations(rule, name, operations)
-            if concrete:
-                spec.path(path=openapi_path(rule, name), operations=concrete,
-                          parameters=[p for p in routes.path_parameters(rule) if p["name"] != "name"])
+            if concrete := routes.model_operations(rule, name, operations):
+                parameters = [p for p in routes.path_parameters(rule) if p["name"] != "name"]
+                paths.setdefault(openapi_path(rule, name), ({}, parameters))[0].update(concrete)
+    _link(paths)
+    for path, (operations, parameters) in paths.items():
+        spec.path(path=path, operations=operations, parameters=parameters)
     return spec.to_dict()
+
+
+def _link(paths: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
+    """Add ``LINKS`` to every 200 answer of a predict operation, where the target operation exists."""
+    found = {}
+    for name, ((path, method), parameters) in LINKS.items():
+        target = paths.get(path, ({}, []))[0].get(method)
+        if target is not None:
+            found[name] = {"operationId": target["operationId"], "parameters": parameters}
+    for operations, _ in paths.values():
+        for op in operations.values():
+            if PREDICT_OPERATION.fullmatch(op["operationId"]) and found:
+                op["responses"]["200"] = {**op["responses"]["200"], "links": found}
 
 
 def openapi_path(rule: Rule, model: str | None = None) -> str:

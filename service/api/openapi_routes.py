@@ -120,7 +120,8 @@ def operation(rule: Rule, method: str, view: Callable[..., Any]) -> dict[str, An
               *RAISES.get(endpoint, ())]
     doc = (inspect.getdoc(view) or endpoint.split(".")[-1].replace("_", " ").capitalize()).split("\n")[0]
     responses = {**_success(endpoint), **_errors(raised, endpoint), **OTHER_ANSWERS.get(endpoint, {})}
-    op: dict[str, Any] = {"operationId": method.lower() + "_" + re.sub(r"[^A-Za-z0-9]+", "_", rule.rule).strip("_"),
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", RULE_ARGUMENT.sub(r"\2", rule.rule)).strip("_")
+    op: dict[str, Any] = {"operationId": f"{method.lower()}_{slug}",
                           "summary": doc, "tags": [endpoint.split(".")[0]], "responses": responses}
     if scopes:
         op["security"] = SECURITY

@@ -120,3 +120,11 @@ def test_the_docs_page_loads_nothing_from_elsewhere(client):
     html = page.get_data(as_text=True)
     assert "<script>" not in html and "http" not in html
     assert 'data-spec-url="/openapi.json"' in html
+
+
+def test_a_prediction_links_to_its_model_and_version_for_stateful_clients(spec):
+    links = operation(spec, "/v1/models/{name}:predict", "post")["responses"]["200"]["links"]
+    assert links["model"] == {"operationId": operation(spec, "/v1/models/{name}", "get")["operationId"],
+                              "parameters": {"name": "$response.body#/model"}}
+    assert links["version"]["parameters"]["version"] == "$response.body#/version"
+    assert [t["name"] for t in spec["tags"]][:3] == ["predict", "mlflow", "v2"]
