@@ -145,6 +145,12 @@ def nginx_site(upstream: str, port: int, **replacements: str) -> str:
 
 def start_nginx(workdir: Path, site: str, port: int) -> Proxy:
     """Run Nginx in the foreground with ``site`` in its http block; everything it writes stays in ``workdir``."""
+    conf = write_nginx_conf(workdir, site)
+    return _launch([NGINX, "-p", f"{workdir}/", "-e", str(workdir / "error.log"), "-c", str(conf)], workdir, port, conf)
+
+
+def write_nginx_conf(workdir: Path, site: str) -> Path:
+    """A main nginx.conf for the test: ``site`` in its http block, pid, logs and temporary files in ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "site.conf").write_text(site)
     temp = {name: workdir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
@@ -167,7 +173,7 @@ http {{
     include {workdir}/site.conf;
 }}
 """)
-    return _launch([NGINX, "-p", f"{workdir}/", "-e", str(workdir / "error.log"), "-c", str(conf)], workdir, port, conf)
+    return conf
 
 
 def reload_nginx(proxy: Proxy) -> None:

@@ -70,3 +70,7 @@ def test_mod_wsgi_serves_wsgi_py(demo_root: Path, tmp_path: Path, api_key: tuple
         assert len(response.json()["predictions"]) == 1
         assert_error_shape(proxy.get("/v1/models/nope"), 404, "model_not_found")
         assert "observation dropped" not in proxy.log("prediction-server-error.log")  # metrics files were writable
+        big = b'{"instances": [' + b"[1.0]," * (20 * 1024 * 1024 // 6) + b"[1.0]]}"  # ~20 MB: LimitRequestBody
+        error = assert_error_shape(proxy.post("/v1/models/diabetes:predict", data=big,
+                                              headers={"Content-Type": "application/json"}), 413, "payload_too_large")
+        assert error["details"]["limit_bytes"] == 16 * 1024 * 1024

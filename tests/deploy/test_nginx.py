@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,14 +19,18 @@ import requests
 
 from tests.conftest import Server, free_port, start_server
 from tests.deploy.conftest import (
+    DEPLOY,
+    NGINX,
     Proxy,
     assert_error_shape,
     nginx_site,
     public_dir,
     reload_nginx,
+    render,
     slow_clients,
     start_nginx,
     wait_until,
+    write_nginx_conf,
 )
 
 pytestmark = pytest.mark.e2e
@@ -144,3 +149,20 @@ def _reload_under_load(nginx: Proxy) -> None:
     assert statuses == [200] * total
     # the reload really happened: Gunicorn replaced its workers
     wait_until(lambda: not old_workers & set(nginx.gunicorn.worker_pids()), 30, message="new Gunicorn workers")
+
+
+def test_tls_config_passes_nginx_t(tmp_path: Path):
+    """The HTTPS server block, with a throwaway certificate, is one Nginx accepts."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    site = render(DEPLOY / "nginx" / "prediction-server-tls.conf", {
+        "listen 80;": f"listen 127.0.0.1:{free_port()};",
+        "listen 443 ssl http2;": f"listen 127.0.0.1:{free_port()} ssl http2;",
+        "/etc/ssl/prediction-server/fullchain.pem": str(cert),
+        "/etc/ssl/prediction-server/privkey.pem": str(key),
+    })
+    conf = write_nginx_conf(tmp_path / "nginx", site)
+    result = subprocess.run([NGINX, "-t", "-p", f"{tmp_path}/nginx/", "-e", str(tmp_path / "nginx" / "error.log"),
+                             "-c", str(conf)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
