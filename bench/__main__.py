@@ -35,7 +35,7 @@ DEFAULT_SECONDS = 6  # per wrk run; 12 scenarios x 4 servers keep the whole run 
 DEFAULT_WORKERS = 2  # the target machine has 2 cores
 QUICK_SECONDS = 2  # --quick: enough to see that everything answers, not to trust the figures
 LATENCY_CONNECTIONS = 8  # the recycling runs: more connections than workers, so requests queue as in production
-RECYCLING_SECONDS = 25  # per recycling setting: long enough for the shipped max_requests to replace workers
+RECYCLING_SECONDS = 20  # per recycling setting: long enough for the shipped max_requests to replace workers
 
 
 def env_int(name: str, default: int) -> int:
