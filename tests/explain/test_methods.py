@@ -165,3 +165,26 @@ def test_importance_ranks_features_by_mean_absolute_contribution():
     assert ranked["method"] == "linear" and list(ranked["features"])[0] in ("bmi", "s5", "s1")
     values = list(ranked["features"].values())
     assert values == sorted(values, reverse=True)
+
+
+@pytest.mark.parametrize("build", [lambda: HistGradientBoostingClassifier(max_iter=20),
+                                   lambda: RandomForestClassifier(20, random_state=0)], ids=["hist", "forest"])
+def test_missing_values_follow_the_trees_own_default_branch(build):
+    X, y = cancer()
+    X = X.copy()
+    X.iloc[::3, 1] = np.nan
+    model = loaded(build(), X, y)
+    found = explain.explain(model, columns_of(model, X.iloc[:12]))
+    assert found.method == "tree_shap"
+    np.testing.assert_allclose(found.base + found.contributions.sum(axis=1), output(model, found.output, X.iloc[:12]),
+                               rtol=0, atol=1e-6)
+
+
+def test_native_categorical_boosting_falls_back_to_sampling():
+    X, y = mixed()
+    X = X.astype({"city": "category"})
+    model = loaded(HistGradientBoostingClassifier(max_iter=20), X, y)
+    found = explain.explain(model, columns_of(model, X.iloc[:3]))
+    assert (found.method, found.exact) == ("sampled_permutation", False)
+    np.testing.assert_allclose(found.base + found.contributions.sum(axis=1), output(model, "probability", X.iloc[:3]),
+                               rtol=0, atol=1e-9)
