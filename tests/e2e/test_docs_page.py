@@ -40,6 +40,13 @@ def signed_in_browser(profile_dir: Path, key: str) -> Iterator:
             context.close()
 
 
+def keep(page, tmp_path: Path, name: str) -> None:
+    """Screenshot the viewport and copy it where people look (``var/`` is git-ignored)."""
+    page.screenshot(path=str(tmp_path / name))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tmp_path / name, SCREENSHOTS / name)
+
+
 @pytest.fixture
 def server(artifact_root, tmp_path, server_factory):
     keys = tmp_path / "keys.json"
@@ -57,6 +64,7 @@ def test_the_docs_page_draws_every_operation_with_keys_on(server, tmp_path):
         assert response.status == 200
         assert "default-src 'none'" in response.headers["content-security-policy"]
         page.locator(".opblock").first.wait_for()
+        keep(page, tmp_path, "docs.png")
         assert page.locator(".opblock").count() == operations
         assert page.locator(".opblock-summary-path", has_text="/v1/models/breast-cancer:predict").count() >= 1
         assert page.get_by_text("scikit-learn model server").first.is_visible()
@@ -65,10 +73,16 @@ def test_the_docs_page_draws_every_operation_with_keys_on(server, tmp_path):
         opened.locator(".responses-table").first.wait_for()
         assert opened.get_by_text("validation_failed").first.is_visible()  # error responses from the error classes
         assert opened.get_by_text("text/csv").count() >= 1
-        shot = tmp_path / "docs.png"
-        page.screenshot(path=str(shot), full_page=False)
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOTS / "docs.png")
+        models = page.locator("#operations-models-get_v1_models")  # Swagger UI's id: tag and operationId
+        models.locator(".opblock-summary").click()
+        models.get_by_role("button", name="Try it out").click()
+        with page.expect_response(f"{server.base}/v1/models") as called:
+            models.get_by_role("button", name="Execute").click()
+        assert called.value.status == 200  # "Try it out" carries the same Basic credentials
+        status = models.locator(".live-responses-table .response-col_status", has_text="200").first
+        status.wait_for()
+        status.scroll_into_view_if_needed()
+        keep(page, tmp_path, "docs-try-it-out.png")
         assert recorder.console_errors == [] and recorder.page_errors == [] and recorder.failed == []
         assert recorder.foreign(server.base) == []
         assert f"{server.base}/openapi.json" in recorder.requests
