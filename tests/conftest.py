@@ -106,13 +106,18 @@ def make_app(artifact_root: Path, tmp_path: Path) -> Iterator:
         return apps[-1]
 
     yield make
-    for app in apps:  # threads first (polling, guard, writer), then what they use
-        app.extensions["catalog"].stop_polling()
-        if "guard" in app.extensions:
-            app.extensions["guard"].stop()
-        app.extensions["observer"].close()
-        app.extensions["executor"].shutdown(wait=True)
-        app.extensions["store"].close()
+    for app in apps:
+        close_app(app)
+
+
+def close_app(app: Flask) -> None:
+    """Stop an in-process app's threads (polling, guard, writer), then close what they use."""
+    app.extensions["catalog"].stop_polling()
+    if "guard" in app.extensions:
+        app.extensions["guard"].stop()
+    app.extensions["observer"].close()
+    app.extensions["executor"].shutdown(wait=True)
+    app.extensions["store"].close()
 
 
 @pytest.fixture

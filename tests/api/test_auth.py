@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import logging
+import shutil
+from pathlib import Path
 
 import pytest
 
 from service.models import registry
 from service.security.keys import create_key
 from tests.builders import copy_version
+from tests.conftest import app_config, close_app
 
 ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
 CANCER_ROW = [1.0] * 30
@@ -58,23 +61,45 @@ OPEN_ROUTES = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("G
                ("GET", "/docs/assets/swagger-ui.css"), ("GET", "/docs/static/init.js")]  # the docs page's own files
 
 
-@pytest.fixture
-def keys(tmp_path):
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
     """A keys file with one key per scope; ``key["wrong"]`` is a well-formed key that is in no file."""
-    path = tmp_path / "keys.json"
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
     key = {scope: create_key(path, f"only-{scope}", [scope]) for scope in ("predict", "read", "admin")}
     return path, {**key, "wrong": "sk_" + "x" * 43}
 
 
+def prepare(root) -> None:
+    """breast-cancer gets a canary to promote, diabetes a production to roll back and a label to remove."""
+    copy_version(root, "breast-cancer", 1, 2)
+    registry.set_rollout(root, "breast-cancer", canary={"version": 2, "weight": 10}, actor="test")
+    copy_version(root, "diabetes", 1, 2)
+    registry.set_label(root, "diabetes", "production", 2, actor="test")
+    registry.set_label(root, "diabetes", "archive", 1, actor="test")
+
+
 @pytest.fixture
 def keyed_app(make_app, artifact_root, keys):
-    """Keys on; breast-cancer has a canary to promote, diabetes a production to roll back and a label to remove."""
-    copy_version(artifact_root, "breast-cancer", 1, 2)
-    registry.set_rollout(artifact_root, "breast-cancer", canary={"version": 2, "weight": 10}, actor="test")
-    copy_version(artifact_root, "diabetes", 1, 2)
-    registry.set_label(artifact_root, "diabetes", "production", 2, actor="test")
-    registry.set_label(artifact_root, "diabetes", "archive", 1, actor="test")
+    """Keys on, a registry of its own: for a test whose calls change the registry."""
+    prepare(artifact_root)
     return make_app(api_keys_file=keys[0], default_model="diabetes")
+
+
+@pytest.fixture(scope="module")
+def shared_app(demo_root, keys, tmp_path_factory):
+    """Keys on, one app for the module's calls that change nothing (building an app per call is most of the cost)."""
+    from service.app import create_app
+
+    folder = tmp_path_factory.mktemp("shared")
+    root = Path(shutil.copytree(demo_root, folder / "artifacts"))
+    prepare(root)
+    app = create_app(app_config(root, folder / "db.sqlite", api_keys_file=keys[0], default_model="diabetes"))
+    yield app
+    close_app(app)
+
+
+def changes_state(method: str, path: str) -> bool:
+    return method in ("PUT", "DELETE") or path.endswith((":promote", ":rollback"))
 
 
 def headers_for(who: str, key: dict[str, str]) -> dict[str, str]:
@@ -82,8 +107,9 @@ def headers_for(who: str, key: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("method, path, body, scopes, success", ROUTES, ids=[f"{r[0]} {r[1]}" for r in ROUTES])
-def test_every_protected_route_by_every_key(keyed_app, keys, method, path, body, scopes, success):
-    client, key = keyed_app.test_client(), keys[1]
+def test_every_protected_route_by_every_key(request, keys, method, path, body, scopes, success):
+    app = request.getfixturevalue("keyed_app" if changes_state(method, path) else "shared_app")
+    client, key = app.test_client(), keys[1]
     expected = {who: 401 if who in ("none", "wrong") else success if who in scopes else 403 for who in KEYS}
     got = {}
     for who in KEYS:
@@ -102,23 +128,23 @@ def test_every_protected_route_by_every_key(keyed_app, keys, method, path, body,
 
 
 @pytest.mark.parametrize("method, path", OPEN_ROUTES)
-def test_probes_and_metrics_need_no_key(keyed_app, method, path):
-    with keyed_app.test_client().open(path, method=method) as response:  # closed: file answers hold the file open
+def test_probes_and_metrics_need_no_key(shared_app, method, path):
+    with shared_app.test_client().open(path, method=method) as response:  # closed: file answers hold the file open
         assert response.status_code == 200
 
 
-def test_the_routes_above_are_every_route_of_the_app(keyed_app):
+def test_the_routes_above_are_every_route_of_the_app(shared_app):
     """A new route must join the matrix (or the open list), so its scope is tested too."""
-    adapter = keyed_app.url_map.bind("localhost")
+    adapter = shared_app.url_map.bind("localhost")
     tested = {(method, adapter.match(path, method, return_rule=True)[0].rule)
               for method, path in [(m, p) for m, p, *_ in ROUTES] + OPEN_ROUTES}
-    rules = {(method, rule.rule) for rule in keyed_app.url_map.iter_rules() if rule.endpoint != "static"
+    rules = {(method, rule.rule) for rule in shared_app.url_map.iter_rules() if rule.endpoint != "static"
              for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert rules == tested
 
 
-def test_how_a_refused_key_is_told(keyed_app, keys, caplog):
-    client, key = keyed_app.test_client(), keys[1]
+def test_how_a_refused_key_is_told(shared_app, keys, caplog):
+    client, key = shared_app.test_client(), keys[1]
     body = {"instances": [ROW]}
     with caplog.at_level(logging.DEBUG):
         anonymous = client.post("/v1/models/diabetes:predict", json=body)
@@ -136,8 +162,8 @@ def test_how_a_refused_key_is_told(keyed_app, keys, caplog):
                                                                     for k in key.values())]
 
 
-def test_a_browser_opens_the_monitoring_page_with_basic_auth(keyed_app, keys):
-    client, key = keyed_app.test_client(), keys[1]
+def test_a_browser_opens_the_monitoring_page_with_basic_auth(shared_app, keys):
+    client, key = shared_app.test_client(), keys[1]
 
     def basic(password: str) -> dict[str, str]:
         return {"Authorization": "Basic " + base64.b64encode(f"dashboard:{password}".encode()).decode()}

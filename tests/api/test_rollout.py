@@ -179,7 +179,9 @@ def test_a_failing_canary_is_rolled_back_automatically(fragile, operator, caplog
     wait_until(lambda: rollout(client, "fragile")["canary"]["weight"] == 0, timeout=10, message="canary at weight 0")
     history = admin(client, "GET", "/v1/models/fragile/history").get_json()["history"]
     assert history[-1]["action"] == "rollout.auto_rollback" and "error rate" in history[-1]["reason"]
-    assert [r for r in caplog.records if r.getMessage() == "canary rolled back automatically"]
+    # the guard logs just after it writes the registry: wait for the line rather than race it
+    wait_until(lambda: [r for r in caplog.records if r.getMessage() == "canary rolled back automatically"],
+               timeout=10, message="rollback logged")
 
     def served_by_production_only():
         return {client.post("/v1/models/fragile:predict", json={"instances": [[1.0, 1.0]]},
@@ -227,3 +229,4 @@ def test_a_canary_whose_live_accuracy_drops_is_rolled_back(three_versions, opera
     history = admin(client, "GET", "/v1/models/breast-cancer/history").get_json()["history"]
     assert history[-1]["action"] == "rollout.auto_rollback"
     assert history[-1]["reason"].startswith("live accuracy 0 < 0.8 over 60 labelled predictions")
+
