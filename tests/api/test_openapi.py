@@ -7,7 +7,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from service.api import openapi
+from service.api import openapi, openapi_routes
 from service.security.keys import create_key
 
 CANCER_ROW = [1.0] * 30
@@ -128,3 +128,14 @@ def test_a_prediction_links_to_its_model_and_version_for_stateful_clients(spec):
                               "parameters": {"name": "$response.body#/model"}}
     assert links["version"]["parameters"]["version"] == "$response.body#/version"
     assert [t["name"] for t in spec["tags"]][:3] == ["predict", "mlflow", "v2"]
+
+
+@pytest.mark.parametrize(("feature", "expected"), [
+    ({"name": "x", "type": "float", "min": 0.5, "max": None}, {"type": "number", "minimum": 0.5}),
+    ({"name": "x", "type": "int", "nullable": True}, {"type": ["integer", "null"]}),
+    ({"name": "x", "type": "bool"}, {"type": "boolean"}),
+    ({"name": "x", "type": "string", "categories": ["a", "b"], "nullable": True}, {"enum": ["a", "b", None]}),
+    ({"name": "x", "type": "category", "categories": None}, {"type": ["string", "integer"]}),
+])
+def test_a_feature_becomes_json_schema(feature, expected):
+    assert {k: v for k, v in openapi_routes.feature_schema(feature).items() if k != "description"} == expected
