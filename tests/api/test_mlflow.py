@@ -187,3 +187,12 @@ def test_keys_on_needs_the_predict_scope_and_says_so_in_mlflows_shape(make_app, 
     assert client.get("/ping").status_code == 200  # a probe carries no key
     assert client.get("/version").status_code == 401
     assert client.get("/version", headers={"X-API-Key": keys["read"]}).status_code == 200
+
+
+def test_a_body_over_the_limit_is_a_413_in_mlflows_shape(make_app, cancer):
+    client = make_app(default_model="breast-cancer", max_request_bytes=2_000).test_client()
+    big = pd.concat([cancer] * 5)
+    for data, content_type in ((big.to_csv(index=False), "text/csv"), (dump_input_data(big), "application/json")):
+        response = client.post("/invocations", data=data, content_type=content_type)
+        assert response.status_code == 413
+        assert response.get_json()["error_code"] == "BAD_REQUEST" and response.get_json()["code"] == "payload_too_large"
