@@ -181,6 +181,6 @@ def test_envelope_errors(payload, messages):
 
 def test_envelope_accepts_each_layout_and_parameters():
     assert load_envelope({"instances": [[1]] * 3}, max_rows=3) == {"instances": [[1]] * 3}
-    assert load_envelope({"inputs": {"a": [1]}, "parameters": {}}, max_rows=3)["parameters"] == {"probabilities": False}
+    assert load_envelope({"inputs": {"a": [1]}, "parameters": {}}, max_rows=3)["parameters"]["probabilities"] is False
     loaded = load_envelope({"instances": [{}], "parameters": {"probabilities": True}}, max_rows=3)
-    assert loaded["parameters"] == {"probabilities": True}
+    assert loaded["parameters"] == {"probabilities": True, "explain": False}
