@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, free_port
+from tests.conftest import Server, free_port, start_server
 from tests.deploy.conftest import (
     APACHE_PROXY_MODULES,
     DEPLOY,
@@ -112,3 +112,21 @@ def test_gunicorn_down_is_json(tmp_path: Path):
     with ExitStack() as stack:
         down = apache_in_front(stack, tmp_path, free_port())  # nothing listens there: Apache says 503
         assert_error_shape(down.post(PREDICT, json={"instances": [ROW]}), 503, "service_unavailable")
+
+
+def test_prediction_through_apache_over_a_unix_socket(demo_root: Path, tmp_path: Path, api_key: tuple[Path, str]):
+    """The commented Unix-socket ProxyPass works as written."""
+    with ExitStack() as stack:
+        sock_dir = public_dir("ps-")
+        stack.callback(shutil.rmtree, sock_dir, ignore_errors=True)
+        server = start_server(demo_root, tmp_path, wait=None, API_KEYS_FILE=str(api_key[0]),
+                              GUNICORN_CMD_ARGS=f"--bind unix:{sock_dir}/gunicorn.sock")
+        stack.callback(server.stop)
+        unix = "ProxyPass        / unix:/run/prediction-server/gunicorn.sock|http://localhost/"
+        proxy = apache_in_front(stack, tmp_path / "apache", 0, **{
+            "    ProxyPass        / http://127.0.0.1:0/": "    # ProxyPass        / http://127.0.0.1:0/",
+            f"    # {unix}": "    " + unix.replace("/run/prediction-server", str(sock_dir)),
+        })
+        proxy.wait_ready()
+        response = proxy.post(PREDICT, json={"instances": [ROW]}, headers={"X-API-Key": api_key[1]})
+        assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
