@@ -132,6 +132,7 @@ def test_graceful_reloads_drop_nothing(demo_root: Path, tmp_path: Path, api_key:
 def _reload_under_load(nginx: Proxy) -> None:
     total, done = 300, []
     old_workers = set(nginx.gunicorn.worker_pids())
+    old_nginx_workers = set(children(nginx.proc.pid))
 
     def predict(i: int) -> int:
         with requests.Session() as session:
@@ -145,10 +146,18 @@ def _reload_under_load(nginx: Proxy) -> None:
         wait_until(lambda: len(done) >= 50, 30, message="the first 50 predictions")
         os.kill(nginx.gunicorn.proc.pid, signal.SIGHUP)
         reload_nginx(nginx)
+        left_after_reloads = total - len(done)
         statuses = [future.result() for future in futures]
+    assert left_after_reloads > 0  # the reloads happened under load, not after it
     assert statuses == [200] * total
-    # the reload really happened: Gunicorn replaced its workers
+    # both reloads really happened: Gunicorn and Nginx replaced their workers
     wait_until(lambda: not old_workers & set(nginx.gunicorn.worker_pids()), 30, message="new Gunicorn workers")
+    wait_until(lambda: not old_nginx_workers & set(children(nginx.proc.pid)), 30, message="new Nginx workers")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
 
 
 def test_tls_config_passes_nginx_t(tmp_path: Path):
