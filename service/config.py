@@ -53,7 +53,20 @@ class Config:
         "and HOST (any when HOST is a wildcard) for requests not through a proxy.", default=(),
     )
     signing_key: str | None = _env(
-        "MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature.", default=None
+        "MODEL_SIGNING_KEY", "When set, manifests must carry a valid HMAC-SHA256 signature (shared secret; "
+        "MODEL_TRUSTED_KEYS is the recommended mode).", default=None
+    )
+    trusted_keys: tuple[str, ...] = _env(
+        "MODEL_TRUSTED_KEYS", "Comma-separated Ed25519 public key files or folders of them (*.pub, *.pem); when set, "
+        "manifests must carry a signature by one of these keys (several at once: rotation).", default=(),
+    )
+    signing_private_key_file: Path | None = _env(
+        "MODEL_SIGNING_PRIVATE_KEY_FILE", "Ed25519 private key packaging signs manifests with (never needed by a "
+        "server; made by `keys signing-keygen`).", default=None,
+    )
+    allow_unsigned_models: bool = _env(
+        "ALLOW_UNSIGNED_MODELS", "Serve on a non-loopback address without verifying model signatures "
+        "(explicit opt-out; logged as a warning at start).", default=False,
     )
     require_model_card: bool = _env(
         "REQUIRE_MODEL_CARD", "Packaging refuses a model without a model card text (package --card card.md).",
@@ -81,6 +94,18 @@ class Config:
     prediction_log_sample: float = _env(
         "PREDICTION_LOG_SAMPLE", "Share of predictions kept in the prediction log (0 to 1; by prediction id).", default=1.0
     )
+    record_requests: bool = _env(
+        "RECORD_REQUESTS", "Write one row per predict request (traffic, errors, latency for rollout and alerts).",
+        default=True,
+    )
+    data_quality_checks: bool = _env(
+        "DATA_QUALITY_CHECKS", "Count missing, out-of-range and unseen input values per batch (a Prometheus metric).",
+        default=True,
+    )
+    record_queue_size: int = _env(
+        "RECORD_QUEUE_SIZE", "Records a worker may hold for its background writer; past it they are dropped and "
+        "counted, never waited on.", default=10_000,
+    )
     pii_hash_key: str | None = _env(
         "PII_HASH_KEY", "Secret for HMAC-hashing inputs flagged pii in the log; unset = such inputs are dropped.",
         default=None,
@@ -93,18 +118,6 @@ class Config:
     )
     alert_webhook_url: str | None = _env(
         "ALERT_WEBHOOK_URL", "URL that receives alert notifications as JSON POSTs (retried with back-off).", default=None
-    )
-    record_requests: bool = _env(
-        "RECORD_REQUESTS", "Write one row per predict request (traffic, errors, latency for rollout and alerts).",
-        default=True,
-    )
-    data_quality_checks: bool = _env(
-        "DATA_QUALITY_CHECKS", "Count missing, out-of-range and unseen input values per batch (a Prometheus metric).",
-        default=True,
-    )
-    record_queue_size: int = _env(
-        "RECORD_QUEUE_SIZE", "Records a worker may hold for its background writer; past it they are dropped and "
-        "counted, never waited on.", default=10_000,
     )
     alert_seconds: float = _env("ALERT_SECONDS", "How often alert rules are evaluated; 0 = never.", default=30.0)
     retention_days: float = _env(
@@ -120,6 +133,13 @@ class Config:
     )
     model_backends: tuple[str, ...] = _env(
         "MODEL_BACKENDS", "Comma-separated model=backend overrides of MODEL_BACKEND, e.g. churn=joblib.", default=()
+    )
+    metrics_require_key: bool = _env(
+        "METRICS_REQUIRE_KEY", "/metrics answers only callers with a read key (as /v1/models does).", default=False
+    )
+    metrics_feature_labels: bool = _env(
+        "METRICS_FEATURE_LABELS", "Name features in /metrics labels (data-quality counts per feature); off = "
+        "counted per model version only.", default=False,
     )
     default_model: str | None = _env(
         "DEFAULT_MODEL", "Model that /invocations (MLflow scoring, SageMaker) serves; unset = the only model, if one.",
@@ -207,8 +227,20 @@ class Config:
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
-        """List (variable, default, meaning) for every setting, for docs and --help."""
-        return [(f.metadata["env"], repr(f.default), f.metadata["help"]) for f in fields(cls)]
+        """List (variable, default as the README shows it, meaning) for every setting."""
+        return [(f.metadata["env"], _shown_default(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+def _shown_default(value: Any) -> str:
+    if value is None or value == ():
+        return "unset"
+    if isinstance(value, bool):
+        return "`1`" if value else "`0`"
+    if isinstance(value, tuple):
+        return "`" + ",".join(map(str, value)) + "`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
 
 
 def _var(field_name: str) -> str:

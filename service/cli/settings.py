@@ -9,11 +9,16 @@ SECRET_SETTINGS = ("signing_key", "pii_hash_key", "alert_webhook_url")
 
 @click.command("config")
 @click.option("--quiet", is_flag=True, help="Only check; print nothing when the configuration is good.")
-def check_config(quiet: bool) -> None:
+@click.option("--markdown", is_flag=True, help="Print every setting, its default and meaning as the README's table.")
+def check_config(quiet: bool, markdown: bool) -> None:
     """Check the configuration the server would read from the environment, and print it."""
     from dataclasses import fields
 
     from service.config import Config
+
+    if markdown:
+        click.echo(settings_table())
+        return
     from service.errors import ConfigError
     from service.monitoring.alert_rules import load_rules
 
@@ -32,7 +37,19 @@ def _shown(name: str, value: object) -> object:
     """Hide secrets: keys and webhook URLs entirely, database credentials by scheme only."""
     if name == "database_url" and "@" in str(value):
         return str(value).split("://", 1)[0] + "://..."
-    return "(set)" if name in SECRET_SETTINGS and value else value
+    if name in SECRET_SETTINGS and value:
+        return "(set)"
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
+def settings_table() -> str:
+    """The README's settings table, from the one place settings are declared (``Config``)."""
+    from service.config import Config
+
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for variable, default, meaning in Config.describe():
+        rows.append(f"| `{variable}` | {default} | {meaning.replace('|', '/')} |")
+    return "\n".join(rows)
 
 
 COMMANDS = (check_config,)
