@@ -28,6 +28,7 @@ MATRIX, COLUMNS = "matrix", "columns"
 LAYOUTS = (MATRIX, COLUMNS)
 #: Double first, for exact parity; float when a converter (trees, in skl2onnx) only emits float.
 DTYPES = {"double": np.float64, "float": np.float32}
+TREE_OPS = {"TreeEnsembleClassifier", "TreeEnsembleRegressor"}
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,17 @@ def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: st
     failure: Export | None = None
     reasons = []
     for layout in layouts:
+        converted = []
         for dtype in DTYPES:
             spec = {"layout": layout, "input_dtype": dtype}
             try:
-                data = _convert(model, features, spec, task)
+                converted.append((spec, *_convert(model, features, spec, task)))
             except Exception as exc:  # skl2onnx raises many types for what it cannot convert
                 reasons.append(f"{layout}/{dtype}: {type(exc).__name__}: {_short(exc)}")
-                continue
+        # tree ops hold float thresholds and scikit-learn's trees compare float32 inputs: float
+        # inputs match them on every row, double inputs only on most (parity may miss the rest)
+        converted.sort(key=lambda c: c[2] and c[0]["input_dtype"] == "double")
+        for spec, data, _trees in converted:
             result = check_parity(model, data, X, features, spec, task)
             if result.report["status"] == OK:
                 return result
@@ -69,7 +74,8 @@ def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: st
     return failure or Export(_report(UNSUPPORTED, reason="; ".join(reasons)))
 
 
-def _convert(model: Any, features: list[dict[str, Any]], spec: dict[str, Any], task: str) -> bytes:
+def _convert(model: Any, features: list[dict[str, Any]], spec: dict[str, Any], task: str) -> tuple[bytes, bool]:
+    """Return the ONNX bytes and whether they hold tree ensembles."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
 
@@ -82,23 +88,25 @@ def _convert(model: Any, features: list[dict[str, Any]], spec: dict[str, Any], t
     with warnings.catch_warnings():
         # converter warnings concern its own internals; the parity check is what decides
         warnings.simplefilter("ignore")
-        return to_onnx(model, initial_types=types, options=options).SerializeToString()
+        proto = to_onnx(model, initial_types=types, options=options)
+    return proto.SerializeToString(), bool({n.op_type for n in proto.graph.node} & TREE_OPS)
 
 
 def check_parity(model: Any, data: bytes, X: pd.DataFrame, features: list[dict[str, Any]],
                  spec: dict[str, Any], task: str) -> Export:
     """Run the ONNX bytes and the estimator on the same rows and compare their answers."""
     columns = {f["name"]: X[f["name"]].to_numpy() for f in features}
-    usable = ~missing_strings(columns, features)  # ONNX string tensors cannot hold a null
-    columns = {name: values[usable] for name, values in columns.items()}
-    frame = X[usable]
-    frame = frame if hasattr(model, "feature_names_in_") else frame.to_numpy()
-    details = {**spec, "rows": int(usable.sum())}
     try:
         runner = session(data)
-        outputs = runner.run(None, feeds(input_names(runner), columns, features, spec))
+        inputs = Inputs.of(features, spec, runner)
+        usable = ~inputs.missing_strings(columns)  # those rows are joblib's to answer when served
+        details = {**spec, "rows": int(usable.sum())}
+        outputs = runner.run(None, inputs.feeds({name: values[usable] for name, values in columns.items()}))
     except Exception as exc:  # onnxruntime refuses some converter output (type mismatches)
-        return Export(_report(FAILED, reason=f"onnxruntime: {type(exc).__name__}: {_short(exc)}", **details))
+        return Export(_report(FAILED, reason=f"onnxruntime: {type(exc).__name__}: {_short(exc)}", **spec))
+    if not usable.any():
+        return Export(_report(FAILED, reason="no hold-out row without a missing string to compare on", **details))
+    frame = X[usable] if hasattr(model, "feature_names_in_") else X[usable].to_numpy()
     if task == "classification":
         return _check_classes(model, data, outputs, frame, details)
     expected = np.asarray(model.predict(frame), dtype=np.float64)
@@ -146,40 +154,56 @@ def session(data: bytes) -> Any:
     return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def feeds(inputs: list[str], columns: dict[str, np.ndarray], features: list[dict[str, Any]],
-          spec: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Shape validated columns into a session's ``inputs`` (its input names, in declared order)."""
-    dtype = DTYPES[spec["input_dtype"]]
-    if spec["layout"] == MATRIX:
-        return {inputs[0]: np.column_stack([np.asarray(columns[f["name"]], dtype=dtype) for f in features])}
-    if len(inputs) != len(features):
-        raise ValueError(f"the ONNX model takes {len(inputs)} inputs for {len(features)} features")
-    # by position: skl2onnx rewrites names that are not legal ONNX identifiers ("mean radius")
-    return {name: np.asarray(columns[f["name"]], dtype=dtype if _is_numeric(f) else object).reshape(-1, 1)
-            for name, f in zip(inputs, features, strict=True)}
+@dataclass(frozen=True)
+class Inputs:
+    """How validated columns become a session's inputs; built once per loaded version."""
 
+    layout: str
+    dtype: type
+    features: tuple[str, ...]  # schema order
+    numeric: tuple[bool, ...]  # per feature: a number tensor, else a string tensor
+    names: tuple[str, ...]  # the session's input names, in declared order
 
-def input_names(session: Any) -> list[str]:
-    return [i.name for i in session.get_inputs()]
+    @classmethod
+    def of(cls, features: list[dict[str, Any]], spec: dict[str, Any], session: Any) -> Inputs:
+        names = tuple(i.name for i in session.get_inputs())
+        expected = 1 if spec["layout"] == MATRIX else len(features)
+        if len(names) != expected:
+            raise ValueError(f"the ONNX model takes {len(names)} inputs, {expected} expected")
+        return cls(spec["layout"], DTYPES[spec["input_dtype"]], tuple(f["name"] for f in features),
+                   tuple(_is_numeric(f) for f in features), names)
+
+    def missing_strings(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """Flag the rows with a null in a string feature (joblib answers those: a string tensor has no null)."""
+        flags = np.zeros(len(columns[self.features[0]]), dtype=bool)
+        for name, numeric in zip(self.features, self.numeric, strict=True):
+            if not numeric:
+                flags |= pd.isna(columns[name])
+        return flags
+
+    def feeds(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Shape validated columns into the session's inputs."""
+        if self.layout == MATRIX:
+            return {self.names[0]: np.column_stack([np.asarray(columns[name], dtype=self.dtype) for name in self.features])}
+        # by position: skl2onnx rewrites names that are not legal ONNX identifiers ("mean radius")
+        return {input_name: np.asarray(columns[name], dtype=self.dtype if numeric else object).reshape(-1, 1)
+                for input_name, name, numeric in zip(self.names, self.features, self.numeric, strict=True)}
 
 
 def decode_labels(labels: Any, classes: np.ndarray) -> np.ndarray:
     """Map ONNX labels back to the estimator's own classes, with their dtype."""
     labels = np.asarray(labels).reshape(-1)
-    index = pd.Index(classes).get_indexer(labels)
-    if (index < 0).any():
-        raise ValueError("the ONNX model predicted a label that is not one of the model's classes")
+    try:
+        # scikit-learn keeps classes_ sorted (np.unique): a binary search finds them cheaply
+        index = np.minimum(np.searchsorted(classes, labels), len(classes) - 1)
+        found = bool((classes[index] == labels).all())
+    except TypeError:  # labels and classes of types that do not compare
+        found = False
+    if not found:
+        index = pd.Index(classes).get_indexer(labels)
+        if (index < 0).any():
+            raise ValueError("the ONNX model predicted a label that is not one of the model's classes")
     return classes[index]
-
-
-def missing_strings(columns: dict[str, np.ndarray], features: list[dict[str, Any]]) -> np.ndarray:
-    """Flag the rows with a null in a string feature (such rows are for joblib to answer)."""
-    n = len(next(iter(columns.values()))) if columns else 0
-    flags = np.zeros(n, dtype=bool)
-    for f in features:
-        if not _is_numeric(f):
-            flags |= pd.isna(columns[f["name"]])
-    return flags
 
 
 def _is_numeric(feature: dict[str, Any]) -> bool:

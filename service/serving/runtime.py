@@ -123,8 +123,9 @@ class LoadedModel:
         """Predict for validated columns; raise ``PredictionFailed`` if the backend raises."""
         probabilities = probabilities and self.has_probabilities
         try:
-            if self.onnx_bytes is not None and not onnx_export.missing_strings(columns, self.features).any():
-                predicted, proba = self._predict_onnx(columns, probabilities)
+            session, inputs = self.session() if self.onnx_bytes is not None else (None, None)
+            if inputs is not None and not inputs.missing_strings(columns).any():
+                predicted, proba = self._predict_onnx(session, inputs.feeds(columns), probabilities)
             else:
                 predicted, proba = self._predict_sklearn(columns, probabilities)
         except Exception as exc:  # the estimator is user code: any exception is its failure
@@ -139,17 +140,15 @@ class LoadedModel:
             predicted = np.asarray(self.estimator.predict(X))
             return predicted, self.estimator.predict_proba(X) if probabilities else None
 
-    def _predict_onnx(self, columns: dict[str, np.ndarray], probabilities: bool) -> tuple[Any, Any]:
-        session, inputs = self.session()
-        spec = self.manifest["backends"]["onnx"]  # checked by load()
-        outputs = session.run(None, onnx_export.feeds(inputs, columns, self.features, spec))
+    def _predict_onnx(self, session: Any, feeds: dict[str, np.ndarray], probabilities: bool) -> tuple[Any, Any]:
+        outputs = session.run(None, feeds)
         if self.classes is None:
             return np.asarray(outputs[0], dtype=np.float64).reshape(-1), None
         predicted = onnx_export.decode_labels(outputs[0], self.estimator.classes_)
         return predicted, np.asarray(outputs[1], dtype=np.float64) if probabilities else None
 
-    def session(self) -> tuple[Any, list[str]]:
-        """Return this process's ONNX Runtime session and its input names, creating them once."""
+    def session(self) -> tuple[Any, onnx_export.Inputs]:
+        """Return this process's ONNX Runtime session and how to feed it, creating them once."""
         pid = os.getpid()
         held = self._session
         if held is None or self._session_pid != pid:
@@ -157,7 +156,8 @@ class LoadedModel:
             with self._session_lock:
                 if self._session is None or self._session_pid != pid:
                     session = onnx_export.session(self.onnx_bytes)
-                    self._session, self._session_pid = (session, onnx_export.input_names(session)), pid
+                    inputs = onnx_export.Inputs.of(self.features, self.manifest["backends"]["onnx"], session)
+                    self._session, self._session_pid = (session, inputs), pid
                 held = self._session
         return held
 
