@@ -72,6 +72,7 @@ class Proxy:
     workdir: Path
     conf: Path
     session: requests.Session = field(default_factory=requests.Session)
+    gunicorn: Server | None = None  # the server behind it, when the test started one
 
     @property
     def base(self) -> str:
