@@ -27,9 +27,11 @@ try:
     # master with one clear line, instead of letting every worker fail to boot.
     from service.monitoring.alerts import load_rules
     from service.security.keys import load_policy
+    from service.security.signing import model_keys
 
     load_policy(_config)
     load_rules(_config.alert_rules_file)
+    model_keys(_config.signing_key, _config.trusted_keys)  # an unreadable trusted key: one line, here
 except (ConfigError, ValueError) as _exc:
     sys.stderr.write(f"configuration error: {_exc}\n")
     sys.exit(2)
@@ -160,6 +162,7 @@ def when_ready(server):
     Serving without API keys is allowed on loopback only, unless ALLOW_UNAUTHENTICATED says so.
     """
     _check_open_listeners(server)
+    _check_unsigned_models(server)
     _prepare_metrics(server)
 
 
@@ -192,6 +195,28 @@ def _check_open_listeners(server):
             sys.stderr.write(f"configuration error: listening on {listener} without API_KEYS_FILE; "
                              "set API_KEYS_FILE or ALLOW_UNAUTHENTICATED=1\n")
             os._exit(2)  # before any worker exists; nothing to clean up but the sockets
+
+
+def _check_unsigned_models(server):
+    """Anyone who can write artifacts/ runs code in a server that loads unsigned pickles: on a
+    non-loopback listener that takes MODEL_TRUSTED_KEYS (or MODEL_SIGNING_KEY), or ALLOW_UNSIGNED_MODELS=1."""
+    import ipaddress
+
+    if _config.trusted_keys or _config.signing_key:
+        return
+    public = [str(listener) for listener in server.LISTENERS if isinstance(listener.sock.getsockname(), tuple)
+              and not ipaddress.ip_address(listener.sock.getsockname()[0].split("%")[0]).is_loopback]
+    if not public:
+        return
+    if _config.allow_unsigned_models:
+        server.log.warning("serving models without signature verification on a non-loopback address "
+                           "(ALLOW_UNSIGNED_MODELS=1)", extra={"address": ", ".join(public)})
+        return
+    server.log.error("refusing to serve unsigned models on a non-loopback address; set MODEL_TRUSTED_KEYS "
+                     "or ALLOW_UNSIGNED_MODELS=1", extra={"address": ", ".join(public)})
+    sys.stderr.write(f"configuration error: listening on {public[0]} without MODEL_TRUSTED_KEYS; "
+                     "set MODEL_TRUSTED_KEYS (or MODEL_SIGNING_KEY) or ALLOW_UNSIGNED_MODELS=1\n")
+    os._exit(2)
 
 
 def child_exit(server, worker):

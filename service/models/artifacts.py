@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ArtifactError
+from service.security.signing import ModelKeys
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.joblib"
@@ -88,10 +89,21 @@ def canonical_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def sign_manifest(manifest: dict[str, Any], key: str) -> str:
-    """Return the HMAC-SHA256 of the manifest without its ``signature`` field."""
-    body = {k: v for k, v in manifest.items() if k != "signature"}
-    return "hmac-sha256:" + hmac.new(key.encode(), canonical_json(body), hashlib.sha256).hexdigest()
+def signed_bytes(manifest: dict[str, Any]) -> bytes:
+    """The bytes a signature covers: the canonical manifest without its ``signature`` field.
+
+    The manifest lists every file's sha256, so a signature vouches for every file too.
+    """
+    return canonical_json({k: v for k, v in manifest.items() if k != "signature"})
+
+
+def sign_manifest(manifest: dict[str, Any], key: str | ModelKeys) -> str | None:
+    """Sign the manifest: Ed25519 with a private key, HMAC-SHA256 with a shared ``key`` string.
+
+    Return None when ``key`` holds nothing to sign with (only trusted public keys).
+    """
+    keys = ModelKeys(hmac_key=key) if isinstance(key, str) else key
+    return keys.sign(signed_bytes(manifest))
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -171,11 +183,12 @@ class VerifiedVersion:
 
 
 def verify_version(folder: Path, *, expected_name: str | None = None, expected_version: int | None = None,
-                   signing_key: str | None = None, sklearn_version: str | None = None) -> VerifiedVersion:
+                   signing_key: str | ModelKeys | None = None, sklearn_version: str | None = None) -> VerifiedVersion:
     """Check a version folder before anything in it is unpickled.
 
     Raises ``ArtifactError`` naming the first problem: bad manifest, name/version mismatch,
-    bad or missing signature, unknown model format, missing, extra or altered files, or a
+    bad or missing signature (required when ``signing_key`` is an HMAC key string or keys that
+    verify: trusted Ed25519 public keys and/or an HMAC key), unknown model format, missing, extra or altered files, or a
     scikit-learn major.minor different from the one the model was trained with.
     """
     folder = Path(folder)
@@ -184,12 +197,11 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
         raise ArtifactError(f"manifest names model {manifest['name']!r}, folder is {expected_name!r}")
     if expected_version is not None and (type(manifest["version"]) is not int or manifest["version"] != expected_version):
         raise ArtifactError(f"manifest says version {manifest['version']!r}, folder is {expected_version}")
-    if signing_key:
-        signature = manifest.get("signature")
-        if not signature:
-            raise ArtifactError("manifest is not signed and MODEL_SIGNING_KEY requires a signature")
-        if not hmac.compare_digest(str(signature), sign_manifest(manifest, signing_key)):
-            raise ArtifactError("manifest signature does not match")
+    keys = ModelKeys(hmac_key=signing_key) if isinstance(signing_key, str) else signing_key
+    if keys is not None and keys.verifies:
+        refused = keys.check(signed_bytes(manifest), manifest.get("signature"))
+        if refused:
+            raise ArtifactError(refused)
     fmt = manifest.get("model_format")
     if fmt not in SUPPORTED_MODEL_FORMATS:
         raise ArtifactError(f"unknown model format {fmt!r}; supported: {', '.join(SUPPORTED_MODEL_FORMATS)}")

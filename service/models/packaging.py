@@ -250,8 +250,9 @@ def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key:
             versions = artifacts.list_versions(root, manifest["name"])
             manifest["version"] = (versions[-1] + 1) if versions else 1
             manifest["parent_version"] = versions[-1] if versions else None
-            if signing_key:
-                manifest["signature"] = artifacts.sign_manifest(manifest, signing_key)
+            signature = artifacts.sign_manifest(manifest, signing_key) if signing_key else None
+            if signature:  # Ed25519 when a private key is given (recommended), else the HMAC key
+                manifest["signature"] = signature
             artifacts.write_json_atomic(staging / artifacts.MANIFEST, manifest, mode=0o444)
             for filename in written:
                 os.chmod(staging / filename, 0o444)

@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ class _Unset:
 
 UNSET: Any = _Unset()
 
+#: Who changes the registry on someone's behalf (admin API, CLI, automatic rollback) sets this to
+#: a function that records the change (model, history entry, new state) in the audit trail and
+#: returns the record's hash, which the history entry then carries: ``audit verify`` compares them.
+AuditHook = Callable[[str, dict[str, Any], dict[str, Any]], "str | None"]
+AUDIT: ContextVar[AuditHook | None] = ContextVar("registry_audit", default=None)
+
 
 def check_label(label: str) -> str:
     """Return ``label`` when it is a legal label name, else raise ``ValueError``."""
@@ -80,6 +87,12 @@ def update(root: Path, name: str, change: Callable[[dict[str, Any]], dict[str, A
 def _commit(root: Path, name: str, state: dict[str, Any], entry: dict[str, Any], *, actor: str,
             reason: str) -> dict[str, Any]:
     entry = {"at": _now(), "actor": actor, **entry, "reason": reason}
+    audit = AUDIT.get()
+    if audit is not None:
+        # recorded before registry.json is written, under its lock: the chain orders changes as they happened
+        digest = audit(name, entry, state)
+        if digest:
+            entry["audit"] = digest
     state["history"].append(entry)
     write_state(root, name, state)
     return entry

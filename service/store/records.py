@@ -69,6 +69,16 @@ CREATE TABLE IF NOT EXISTS feedback (
     model TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_model_ts ON feedback (model, ts);
+CREATE TABLE IF NOT EXISTS audit (
+    seq BIGINT PRIMARY KEY,            -- 1, 2, 3, ...: given by the one writer under the "audit" lock
+    ts DOUBLE PRECISION NOT NULL,      -- unix seconds
+    actor TEXT NOT NULL,               -- key:<id>, cli:<user>, auto-rollback, anonymous, ...
+    action TEXT NOT NULL,              -- e.g. label.set, key.create, artifact.refused, auth.denied
+    target TEXT NOT NULL,              -- what it applied to: a model, a key id, a route
+    details TEXT NOT NULL,             -- JSON object
+    prev_hash TEXT NOT NULL,           -- the previous record's hash (64 zeros for the first)
+    hash TEXT NOT NULL                 -- sha256 of prev_hash and this record's canonical content
+);
 """
 
 
