@@ -24,6 +24,7 @@ from service.errors import (
 )
 from service.models import comparison, registry
 from service.models.rollout import MAX_WINDOW_SECONDS, check_budget, check_canary, check_fallback, check_rules, check_shadow
+from service.security import audit
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/models")
 
@@ -129,10 +130,11 @@ def _apply(name: str, change, *args: Any, reason: str, signed: bool = False, **k
     catalog = current_app.extensions["catalog"]
     catalog.model(name)  # 404 before anything touches the disk
     if signed:
-        kwargs["signing_key"] = current_app.config["SERVICE_CONFIG"].signing_key
+        kwargs["signing_key"] = catalog.signing_key  # the keys this server verifies with, never a private one
     actor = f"key:{g.key_id}" if g.get("key_id") else "open-loopback"
     try:
-        entry = change(catalog.root, name, *args, actor=actor, reason=reason, **kwargs)
+        with audit.registry_changes(current_app.extensions["store"]):
+            entry = change(catalog.root, name, *args, actor=actor, reason=reason, **kwargs)
     except RegistryUnreadable as exc:
         raise _unreadable(exc, RegistryChangeBlocked) from None
     except (ValueError, ArtifactError) as exc:

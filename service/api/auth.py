@@ -8,6 +8,7 @@ admin keys file that ``make serve`` creates (``python -m service keys ensure-loc
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -15,9 +16,10 @@ from flask import Flask, current_app, g, request
 
 from service.api.proxy import is_local_request
 from service.config import Config
-from service.errors import Unauthorized
+from service.errors import ServiceError, Unauthorized
 from service.security.keys import SCOPES, Policy, credentials_from_headers, load_policy
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -42,7 +44,11 @@ def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callab
             if "security" not in current_app.extensions:
                 # Fail closed: a forgotten init_app must not turn into an open server.
                 raise RuntimeError("service.api.auth.init_app(app, config) was not called")
-            g.key_id = _authorize(current_app.extensions["security"], (scope, *others))
+            try:
+                g.key_id = _authorize(current_app.extensions["security"], (scope, *others))
+            except ServiceError as exc:
+                _audit_denied(exc, (scope, *others))
+                raise
             return view(*args, **kwargs)
 
         return wrapper
@@ -57,6 +63,23 @@ def _authorize(policy: Policy, scopes: tuple[str, ...]) -> str | None:
     if not token and policy.open_scopes:
         raise _why_a_key_is_needed(policy, scopes)
     return policy.store.authorize(token, *scopes).id
+
+
+def _audit_denied(exc: ServiceError, scopes: tuple[str, ...]) -> None:
+    """Queue a 401/403 for the audit trail; never let that fail or slow the answer."""
+    try:
+        background = current_app.extensions.get("audit")
+        if background is None:
+            return
+        actor = "anonymous"
+        if exc.status == 403:  # the key was valid: name it (its id, never the key)
+            key = current_app.extensions["security"].store.authenticate(credentials_from_headers(request.headers) or "")
+            actor = f"key:{key.id}" if key is not None else actor
+        details = {"status": exc.status, "method": request.method, "scopes": list(scopes),
+                   "reason": (exc.details or {}).get("reason"), "remote_addr": request.remote_addr}
+        background.put(actor, "auth.denied", request.path[:300], details)
+    except Exception:
+        log.warning("authentication failure not queued for the audit trail", exc_info=True)
 
 
 def _why_a_key_is_needed(policy: Policy, scopes: tuple[str, ...]) -> Unauthorized:

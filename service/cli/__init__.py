@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import click
 
-from service.cli import card, labels, models, monitoring, registry, rollout, settings
+from service.cli import audit, card, labels, models, monitoring, registry, rollout, settings
 from service.cli.keys import keys
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Package, inspect and serve scikit-learn models."""
+    audit.record_cli_changes(ctx)
 
 
 cli.add_command(keys)
-for _module in (models, labels, rollout, registry, monitoring, settings, card):
+for _module in (models, labels, rollout, registry, monitoring, settings, card, audit):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

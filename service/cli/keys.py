@@ -13,8 +13,10 @@ from typing import Any
 
 import click
 
+from service.cli.audit import record as audit_record
 from service.errors import ConfigError
 from service.security import keys as security
+from service.security import signing
 
 
 def _file_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,6 +61,7 @@ def create(key_id: str, scopes: str, path: Path | None) -> None:
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     with _one_line_errors():
         plaintext = security.create_key(_need(path), key_id, wanted)
+    audit_record("key.create", f"key:{key_id}", {"scopes": wanted, "file": str(path)})
     click.echo(plaintext)
     click.echo(f"Created key {key_id!r} ({','.join(wanted)}); copy it now, it will not be shown again.", err=True)
 
@@ -88,7 +91,25 @@ def revoke(key_id: str, path: Path | None) -> None:
     """Revoke a key; running servers stop accepting it within a second."""
     with _one_line_errors():
         security.revoke_key(_need(path), key_id)
+    audit_record("key.revoke", f"key:{key_id}", {"file": str(path)})
     click.echo(f"Revoked key {key_id!r}.", err=True)
+
+
+@keys.command("signing-keygen")
+@click.option("--out", "folder", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the pair: model-signing.key (private, mode 0600) and model-signing-<id>.pub.")
+def signing_keygen(folder: Path) -> None:
+    """Make an Ed25519 key pair for signing models: the private key stays with packaging, servers
+    trust the public one (MODEL_TRUSTED_KEYS)."""
+    with _one_line_errors():
+        try:
+            private, public, kid = signing.generate(folder)
+        except FileExistsError:
+            raise ValueError(f"{folder / signing.PRIVATE_FILE} exists; it is never overwritten") from None
+    audit_record("signing_key.create", f"signing-key:{kid}", {"public_key": str(public)})
+    click.echo(kid)
+    click.echo(f"Private key {private} (mode 0600): package with --signing-key-file or MODEL_SIGNING_PRIVATE_KEY_FILE.\n"
+               f"Public key {public}: give it to servers in MODEL_TRUSTED_KEYS.", err=True)
 
 
 @keys.command("ensure-local-admin")

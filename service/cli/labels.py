@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, actor, fails_cleanly
+from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, actor, escape, fails_cleanly
 from service.models import registry
 
 
@@ -51,7 +51,8 @@ def history(name: str, artifacts_dir: Path) -> None:
     """Print the change history of NAME, oldest first."""
     for entry in registry.read_state(artifacts_dir, name)["history"]:
         what = " ".join(f"{k}={entry[k]}" for k in HISTORY_FIELDS if entry.get(k) not in (None, [], ""))
-        click.echo(f"{entry['at']}  {entry['actor']:<20} {entry['action']:<18} {what}  {entry.get('reason', '')}".rstrip())
+        click.echo(escape(f"{entry['at']}  {entry['actor']:<20} {entry['action']:<18} {what}  "
+                          f"{entry.get('reason', '')}".rstrip()))
 
 
 HISTORY_FIELDS = ("label", "version", "previous", "from", "to", "deleted", "previous_weight")

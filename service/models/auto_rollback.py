@@ -19,6 +19,7 @@ from typing import Any
 from service.models import artifacts, comparison, registry
 from service.models.rollout import DEFAULT_RULES
 from service.periodic import Periodic
+from service.security import audit
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: 
         return {"action": ACTION, "version": version, "previous_weight": previous, "broken": broken}
 
     try:
-        entry = registry.update(root, name, change, actor=actor, reason="; ".join(broken))
+        with audit.registry_changes(store):
+            entry = registry.update(root, name, change, actor=actor, reason="; ".join(broken))
     except _NothingToDo:
         return None
     log.error("canary rolled back automatically", extra={"model": name, "version": version, "broken": broken})
