@@ -1,13 +1,16 @@
 """Tell people about alert transitions: a structured log line always, a webhook when configured.
 
 Delivery happens on a background thread behind a bounded queue, with retries, exponential
-back-off and jitter, and a short timeout. Nothing here may slow or fail serving or the
+back-off and jitter, a short timeout and a total deadline per attempt (a receiver trickling
+bytes cannot hold an attempt longer); redirects are never followed (a 3xx is a failed
+delivery: following one could turn the POST into a GET somewhere else). Nothing here may slow or fail serving or the
 evaluation loop: a slow, failing or unreachable webhook is logged and counted, a full queue
 drops its oldest notification (counted too), and ``send`` never raises. No Flask.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -70,6 +73,7 @@ class Notifier:
         *,
         server: str | None = None,
         timeout: float = 3.0,
+        deadline: float = 10.0,
         attempts: int = 5,
         base_delay: float = 0.5,
         max_delay: float = 8.0,
@@ -83,6 +87,7 @@ class Notifier:
         self.webhook_url = webhook_url
         self.server = server or socket.gethostname()
         self.timeout = timeout
+        self.deadline = deadline
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -92,7 +97,9 @@ class Notifier:
         self.sent = self.failed = self.dropped = self.attempt_failures = 0
         # Without a proxy handler from the environment a loopback test never leaves loopback;
         # with one, production webhooks still go through the operator's proxy.
-        self._opener = urllib.request.build_opener()
+        self._connections: list[http.client.HTTPConnection] = []  # the current attempt's, for the deadline
+        self._opener = urllib.request.build_opener(_NoRedirect(), _TrackedHTTP(self._connections),
+                                                   _TrackedHTTPS(self._connections))
         self._pid: int | None = None
         self._reset()
 
@@ -205,12 +212,69 @@ class Notifier:
         """POST once; return (worth retrying, failure reason or "" on success)."""
         request = urllib.request.Request(self.webhook_url or "", data=body, method="POST",
                                          headers={"Content-Type": "application/json", "User-Agent": USER_AGENT})
+        watchdog = threading.Timer(self.deadline, self._abort)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 response.read(65536)
             return False, ""
         except urllib.error.HTTPError as exc:
             exc.close()
+            if 300 <= exc.code < 400:
+                return False, f"HTTP {exc.code}: redirects are not followed (to {exc.headers.get('Location', '?')!r})"
             return exc.code >= 500 or exc.code in RETRY_STATUSES, f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:  # refused, DNS, timeout, TLS, bad URL
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            # refused, DNS, timeout, TLS, bad URL, or closed at the deadline
+            if not watchdog.is_alive():
+                return True, f"no answer within the {self.deadline:g} s deadline"
             return True, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        finally:
+            watchdog.cancel()
+            self._connections.clear()
+
+    def _abort(self) -> None:
+        """The attempt's deadline passed: close its connection, which ends any read blocked on it."""
+        for connection in list(self._connections):
+            sock = connection.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib then raises the 3xx as an ``HTTPError``."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class _TrackedHTTP(urllib.request.HTTPHandler):
+    """Open connections as usual, remembering each so the deadline can close it."""
+
+    def __init__(self, opened: list[http.client.HTTPConnection]):
+        super().__init__()
+        self._opened = opened
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_remembered(http.client.HTTPConnection, self._opened), req)
+
+
+class _TrackedHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, opened: list[http.client.HTTPConnection]):
+        super().__init__()
+        self._opened = opened
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_remembered(http.client.HTTPSConnection, self._opened), req, context=self._context)
+
+
+def _remembered(kind: type[http.client.HTTPConnection], opened: list[http.client.HTTPConnection]) -> Callable[..., Any]:
+    def connect(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+        connection = kind(*args, **kwargs)
+        opened.append(connection)
+        return connection
+
+    return connect

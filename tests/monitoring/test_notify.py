@@ -161,3 +161,85 @@ def test_full_queue_drops_the_oldest():
 def test_only_http_urls():
     with pytest.raises(ValueError, match="http"):
         Notifier("file:///etc/passwd")
+
+
+class Redirecting:
+    """A receiver that answers every POST with a 302 to another path and counts any GET that follows."""
+
+    def __init__(self):
+        self.gets: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(302)
+                self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                receiver.gets.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_redirect_is_not_followed_and_not_counted_as_delivered(caplog):
+    receiver = Redirecting()
+    try:
+        notifier = Notifier(receiver.url, attempts=3, base_delay=0.01)
+        notifier.send(FIRING)
+        assert notifier.flush(10)
+        assert receiver.gets == []
+        assert notifier.stats()["sent"] == 0 and notifier.stats()["failed"] == 1
+        assert notifier.stats()["attempt_failures"] == 1  # a 3xx is not retried
+        reasons = [getattr(r, "reason", "") for r in caplog.records]
+        assert any("redirects are not followed" in r and "/elsewhere" in r for r in reasons)
+    finally:
+        receiver.close()
+
+
+def test_a_trickling_receiver_cannot_hold_an_attempt_past_its_deadline():
+    """Each byte arrives within the socket timeout, so only the total deadline ends the attempt."""
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    notifier = Notifier(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", timeout=1.0, deadline=0.8, attempts=1)
+    started = time.monotonic()
+    notifier.send(FIRING)
+    try:
+        assert notifier.flush(10)
+        assert time.monotonic() - started < 5  # the trickle alone would take 20 s
+        assert notifier.stats()["failed"] == 1 and notifier.stats()["sent"] == 0
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
