@@ -12,6 +12,7 @@ request is ``rollout``'s job, not this module's. No Flask.
 from __future__ import annotations
 
 import copy
+import errno
 import importlib.metadata
 import os
 import re
@@ -347,12 +348,32 @@ def _still_there(root: Path, name: str, versions: list[int]) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    # versions are written read-only (0444); make them writable so removal works everywhere
+    """Delete ``path`` without ever following a symlink: a planted link is removed, never its target."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    # versions are written read-only (0444); make them writable so removal works everywhere.
+    # os.walk does not descend into linked folders, and the chmod below refuses links.
     for folder, _, files in os.walk(path):
-        os.chmod(folder, 0o755)
+        _chmod_no_follow(folder, 0o755)
         for filename in files:
-            os.chmod(os.path.join(folder, filename), 0o644)
-    shutil.rmtree(path)
+            _chmod_no_follow(os.path.join(folder, filename), 0o644)
+    shutil.rmtree(path)  # unlinks links inside, never follows them
+
+
+def _chmod_no_follow(path: str, mode: int) -> None:
+    # O_NOFOLLOW: a link swapped in after the walk looked is refused (ELOOP), not followed;
+    # O_NONBLOCK: a planted FIFO cannot hang the gc
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOENT):
+            return
+        raise
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 TASK_RULES = {"min_live_accuracy": "classification", "max_live_rmse": "regression"}
