@@ -65,7 +65,10 @@ def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: st
         # inputs match them on every row, double inputs only on most (parity may miss the rest)
         converted.sort(key=lambda c: c[2] and c[0]["input_dtype"] == "double")
         for spec, data, _trees in converted:
-            result = check_parity(model, data, X, features, spec, task)
+            try:
+                result = check_parity(model, data, X, features, spec, task)
+            except Exception as exc:  # e.g. outputs shaped unlike the estimator's: never fail packaging
+                result = Export(_report(FAILED, reason=f"parity check: {type(exc).__name__}: {_short(exc)}", **spec))
             if result.report["status"] == OK:
                 return result
             # a parity miss (whose bytes are kept, for MODEL_BACKEND=onnx) says more than a crash
@@ -110,7 +113,7 @@ def check_parity(model: Any, data: bytes, X: pd.DataFrame, features: list[dict[s
     if task == "classification":
         return _check_classes(model, data, outputs, frame, details)
     expected = np.asarray(model.predict(frame), dtype=np.float64)
-    got = np.asarray(outputs[0], dtype=np.float64).reshape(len(expected))
+    got = regression_values(outputs[0]).reshape(expected.shape)
     diff = float(np.max(np.abs(got - expected), initial=0.0))
     scale = float(np.max(np.abs(expected), initial=0.0)) or 1.0
     ok = bool(np.isfinite(got).all() == np.isfinite(expected).all()) and diff <= REGRESSION_RTOL * scale
@@ -188,6 +191,12 @@ class Inputs:
         # by position: skl2onnx rewrites names that are not legal ONNX identifiers ("mean radius")
         return {input_name: np.asarray(columns[name], dtype=self.dtype if numeric else object).reshape(-1, 1)
                 for input_name, name, numeric in zip(self.names, self.features, self.numeric, strict=True)}
+
+
+def regression_values(output: Any) -> np.ndarray:
+    """Shape an ONNX regression output like scikit-learn's: (n,) for one target, (n, k) for k."""
+    values = np.asarray(output, dtype=np.float64)
+    return values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
 
 
 def decode_labels(labels: Any, classes: np.ndarray) -> np.ndarray:

@@ -143,7 +143,7 @@ class LoadedModel:
     def _predict_onnx(self, session: Any, feeds: dict[str, np.ndarray], probabilities: bool) -> tuple[Any, Any]:
         outputs = session.run(None, feeds)
         if self.classes is None:
-            return np.asarray(outputs[0], dtype=np.float64).reshape(-1), None
+            return onnx_export.regression_values(outputs[0]), None
         predicted = onnx_export.decode_labels(outputs[0], self.estimator.classes_)
         return predicted, np.asarray(outputs[1], dtype=np.float64) if probabilities else None
 
