@@ -1,7 +1,7 @@
 """ONNX export: convert a fitted model with skl2onnx and prove it answers like the original.
 
-Packaging calls ``export``; serving calls ``session``, ``feeds`` and ``decode``, the same
-functions the parity check used, so what passed at packaging is what runs. ``export`` never
+Packaging calls ``export``; serving calls ``session``, ``Inputs`` and ``decode_labels``, the
+same code the parity check ran, so what passed at packaging is what runs. ``export`` never
 raises for a model it cannot convert or that misses parity: its report says why, and joblib
 serves. It never writes files (packaging does). No Flask here.
 """
@@ -26,7 +26,7 @@ REGRESSION_RTOL = 1e-6
 #: features and for column transformers that select by name).
 MATRIX, COLUMNS = "matrix", "columns"
 LAYOUTS = (MATRIX, COLUMNS)
-#: Double first, for exact parity; float when a converter (trees, in skl2onnx) only emits float.
+#: Double first, for exact parity; float for tree ensembles and whatever only converts in float.
 DTYPES = {"double": np.float64, "float": np.float32}
 TREE_OPS = {"TreeEnsembleClassifier", "TreeEnsembleRegressor"}
 
@@ -61,8 +61,8 @@ def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: st
                 converted.append((spec, *_convert(model, features, spec, task)))
             except Exception as exc:  # skl2onnx raises many types for what it cannot convert
                 reasons.append(f"{layout}/{dtype}: {type(exc).__name__}: {_short(exc)}")
-        # tree ops hold float thresholds and scikit-learn's trees compare float32 inputs: float
-        # inputs match them on every row, double inputs only on most (parity may miss the rest)
+        # scikit-learn's trees cast inputs to float32 and so do these ops given float inputs;
+        # given double ones they compare against float-rounded thresholds and disagree more often
         converted.sort(key=lambda c: c[2] and c[0]["input_dtype"] == "double")
         for spec, data, _trees in converted:
             try:
