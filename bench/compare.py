@@ -191,7 +191,12 @@ def compare(root: Path, work: Path, workers: int, scenarios: list[Scenario],
                     load.run_wrk(servers[variant.name].url + scenario.path, body_file, script, warm)
             progress(f"wrk {scenario.key}: {', '.join(v.name for v in VARIANTS)}, {settings.seconds} s each")
             for variant in VARIANTS:
-                run = measured_run(servers[variant.name], scenario, body_file, script, settings)
+                try:
+                    run = measured_run(servers[variant.name], scenario, body_file, script, settings)
+                except RuntimeError as exc:  # e.g. that server died: the others' figures still count
+                    problems.append(f"{variant.name}: {scenario.key}: {exc}")
+                    progress(f"!! {variant.name}: {scenario.key}: {exc}")
+                    continue
                 runs[scenario.key][variant.name] = run.as_dict(scenario.rows)
         memory = {name: [asdict(m) for m in procstat.worker_memory(server.pid)] for name, server in servers.items()}
         served_by = backends(servers[SERVER], sorted({s.model for s in scenarios}))
@@ -219,7 +224,11 @@ def recycling(root: Path, work: Path, workers: int, scenario: Scenario, settings
         for variant in RECYCLING:
             if any(p.startswith(variant.name + ":") for p in problems):
                 continue
-            run = measured_run(servers[variant.name], scenario, body_file, script, settings)
+            try:
+                run = measured_run(servers[variant.name], scenario, body_file, script, settings)
+            except RuntimeError as exc:
+                problems.append(f"{variant.name}: {exc}")
+                continue
             results[variant.name] = run.as_dict(scenario.rows) | {"label": variant.label}
         for variant in RECYCLING:
             if variant.name in results:
