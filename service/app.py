@@ -35,6 +35,7 @@ def create_app(config: Config | None = None) -> Flask:
     from service.monitoring.report import Monitoring
     from service.serving.catalog import Catalog
     from service.serving.inference import Limits
+    from service.serving.runtime import BackendChoice
     from service.store import Store
 
     config = config or Config.from_env()
@@ -51,7 +52,8 @@ def create_app(config: Config | None = None) -> Flask:
 
     catalog = Catalog(config.artifacts_dir, config.signing_key, config.poll_seconds,
                       on_loaded=metrics.observe_model_loaded, on_load_failed=metrics.observe_load_failure,
-                      on_removed=metrics.observe_model_removed)
+                      on_removed=metrics.observe_model_removed,
+                      backend=BackendChoice.parse(config.model_backend, config.model_backends))
     catalog.refresh()
     if config.poll_seconds:
         catalog.start_polling()
