@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,18 @@ def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool) -> Non
               help="Hold-out CSV with the feature columns and the target.")
 @click.option("--target", required=True, help="Name of the target column in --data.")
 @click.option("--schema", "schema_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON overrides for the inferred schema: {feature: {type, min, max, categories, pii, ...}}.")
-@click.option("--min", "minimums", multiple=True, metavar="METRIC=VALUE", help="Quality gate: metric must be >= value.")
+              help="JSON overrides for the inferred schema: {feature: {type, min, max, categories, pii, ...}}; "
+                   "types also decide how the CSV columns are read.")
+@click.option("--features", "feature_list", default=None, metavar="A,B,C",
+              help="Feature names in order, for a model fitted on an unnamed array.")
+@click.option("--min", "minimums", multiple=True, metavar="METRIC=VALUE",
+              help="Quality gate: metric must be >= value (cv.METRIC for cross-validated means).")
 @click.option("--max", "maximums", multiple=True, metavar="METRIC=VALUE", help="Quality gate: metric must be <= value.")
+@click.option("--cv", "folds", type=int, default=None, help="Cross-validate: refit clones K times on --train.")
+@click.option("--train", "train_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training CSV (features and target) for --cv; the drift reference unless --reference is given.")
+@click.option("--breaking", is_flag=True,
+              help="Accept a version whose task, classes or features differ from production's.")
 @click.option("--strict-ranges", is_flag=True, help="Reject numbers outside the range seen in --data.")
 @click.option("--reference", "reference_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Training-data CSV to profile as the drift reference (default: --data).")
@@ -52,31 +62,53 @@ def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool) -> Non
 @ARTIFACTS
 @SIGNING_KEY
 @fails_cleanly
-def package(model_path: Path, name: str, data: Path, target: str, schema_path: Path | None, minimums: tuple[str, ...],
-            maximums: tuple[str, ...], strict_ranges: bool, reference_path: Path | None, description: str, changelog: str,
+def package(model_path: Path, name: str, data: Path, target: str, schema_path: Path | None, feature_list: str | None,
+            minimums: tuple[str, ...], maximums: tuple[str, ...], folds: int | None, train_path: Path | None,
+            breaking: bool, strict_ranges: bool, reference_path: Path | None, description: str, changelog: str,
             card_path: Path | None, require_card: bool, artifacts_dir: Path, signing_key: str | None) -> None:
     """Evaluate, gate and package a joblib model as the next version of NAME."""
-    import joblib
-    import pandas as pd
-
+    from service.models.package_inputs import read_inputs
     from service.models.packaging import Threshold, package_model
 
     thresholds = [Threshold.parse(t, "min") for t in minimums] + [Threshold.parse(t, "max") for t in maximums]
-    frame = pd.read_csv(data)
-    if target not in frame.columns:
-        raise ValueError(f"--target {target!r} is not a column of {data}")
-    overrides = json.loads(schema_path.read_text()) if schema_path else None
-    model = joblib.load(model_path)
-    manifest = package_model(model, name, artifacts_dir, frame.drop(columns=[target]), frame[target],
-                             description=description, changelog=changelog, overrides=overrides,
-                             thresholds=thresholds, strict_ranges=strict_ranges, signing_key=signing_key,
-                             training_data={"source": str(reference_path or data)},
-                             reference=pd.read_csv(reference_path) if reference_path else None,
-                             card=card_path.read_text(encoding="utf-8") if card_path else "", require_card=require_card)
+    inputs = read_inputs(model_path, data, target, schema_path=schema_path, feature_list=feature_list,
+                         reference_path=reference_path, train_path=train_path, folds=folds)
+    for line in inputs.warnings:
+        click.echo(f"warning: {line}", err=True)
+    manifest = package_model(inputs.model, name, artifacts_dir, inputs.X, inputs.y,
+                             description=description, changelog=changelog, overrides=inputs.overrides,
+                             thresholds=thresholds, cv=inputs.cv, strict_ranges=strict_ranges,
+                             signing_key=signing_key, training_data={"source": str(reference_path or train_path or data)},
+                             reference=inputs.reference, card=card_path.read_text(encoding="utf-8") if card_path else "",
+                             require_card=require_card, feature_names=inputs.feature_names, breaking=breaking,
+                             pickled_with=inputs.pickled_with)
     entry = registry.record_packaged(artifacts_dir, manifest, actor=actor())
     click.echo(f"packaged {name} version {manifest['version']}: {_metrics_line(manifest)}")
     if entry.get("label"):
         click.echo(f"{name} had no production version; version {manifest['version']} is now production")
+    _describe(manifest)
+
+
+def _describe(manifest: dict[str, Any]) -> None:
+    """Tell the person packaging how the version was made (stderr: stdout stays the result lines)."""
+    from service.models.schema_inference import describe_sources
+
+    say = functools.partial(click.echo, err=True)
+    cv = manifest["metrics"].get("cv") or {}
+    if cv:
+        say(f"cross-validation ({cv['folds']} folds): " + ", ".join(
+            f"{k}={v['mean']:.4f}±{v['std']:.4f}" for k, v in cv.items() if isinstance(v, dict)))
+    note = manifest["metrics"].get("averaging", {}).get("note")
+    if note:
+        say(note)
+    say("schema sources:")
+    for line in describe_sources(manifest["input"].get("sources", {})):
+        say(line)
+    for line in manifest["input"].get("notes", []):
+        say(f"warning: {line}")
+    changes = manifest.get("compatibility") or {}
+    if changes.get("breaking"):
+        say(f"breaking against version {changes['against_version']}: {'; '.join(changes['breaking'])}")
 
 
 @click.command("list")

@@ -27,11 +27,12 @@ from sklearn import metrics as skm
 from sklearn.base import is_classifier, is_regressor
 
 from service.errors import QualityGateFailed
-from service.models import artifacts, onnx_export
-from service.models.profile import MAX_CATEGORIES, profile_frame, profile_predictions
+from service.models import artifacts, compatibility, onnx_export, registry, schema_inference
+from service.models.cross_validation import averaging, gate_values
+from service.models.profile import profile_frame, profile_predictions
 
 FEATURE_TYPES = artifacts.FEATURE_TYPES
-FEATURE_KEYS = ("type", "required", "nullable", "min", "max", "categories", "pii", "sensitive", "description")
+FEATURE_KEYS = schema_inference.FEATURE_KEYS
 
 
 @dataclass(frozen=True)
@@ -69,53 +70,11 @@ def task_of(model: Any) -> str:
 
 def infer_features(model: Any, data: pd.DataFrame, overrides: dict[str, dict[str, Any]] | None = None,
                    strict_ranges: bool = False) -> list[dict[str, Any]]:
-    """Infer the ordered input schema from ``feature_names_in_`` (or the data's columns) and dtypes."""
-    names = [str(n) for n in getattr(model, "feature_names_in_", data.columns)]
-    missing = [n for n in names if n not in data.columns]
-    if missing:
-        raise ValueError(f"the data lacks columns the model needs: {', '.join(missing)}")
-    expected = getattr(model, "n_features_in_", len(names))
-    if expected != len(names):
-        raise ValueError(f"the model expects {expected} features, the data offers {len(names)} columns")
-    features = [_infer_feature(n, data[n], strict_ranges) for n in names]
-    return apply_overrides(features, overrides or {})
+    """Infer the ordered input schema from what the model knows, then the data's columns and dtypes."""
+    return schema_inference.infer_schema(model, data, overrides=overrides, strict_ranges=strict_ranges).features
 
 
-def _infer_feature(name: str, column: pd.Series, strict_ranges: bool) -> dict[str, Any]:
-    feature: dict[str, Any] = {"name": name, "required": True, "nullable": bool(column.isna().any()),
-                               "min": None, "max": None, "categories": None, "pii": False, "sensitive": False,
-                               "dtype": str(column.dtype)}
-    present = column.dropna()
-    if pd.api.types.is_bool_dtype(column):
-        feature["type"] = "bool"
-    elif pd.api.types.is_numeric_dtype(column):
-        feature["type"] = "int" if pd.api.types.is_integer_dtype(column) else "float"
-        if strict_ranges and len(present):
-            feature["min"], feature["max"] = _native(present.min()), _native(present.max())
-    else:
-        values = sorted({_native(v) for v in present}, key=str)
-        if len(values) <= MAX_CATEGORIES:
-            feature["type"], feature["categories"] = "category", values
-        else:
-            feature["type"] = "string"
-    return feature
-
-
-def apply_overrides(features: list[dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Merge a user's schema file (``{"features": {name: {...}}}`` or ``{name: {...}}``) into the inferred schema."""
-    overrides = overrides.get("features", overrides)
-    by_name = {f["name"]: f for f in features}
-    unknown = sorted(set(overrides) - set(by_name))
-    if unknown:
-        raise ValueError(f"schema overrides name unknown features: {', '.join(unknown)}")
-    for name, change in overrides.items():
-        bad = sorted(set(change) - set(FEATURE_KEYS))
-        if bad:
-            raise ValueError(f"schema override for {name!r} has unknown keys: {', '.join(bad)}")
-        if "type" in change and change["type"] not in FEATURE_TYPES:
-            raise ValueError(f"schema override for {name!r}: type must be one of {', '.join(FEATURE_TYPES)}")
-        by_name[name].update(change)
-    return features
+apply_overrides = schema_inference.apply_overrides
 
 
 def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
@@ -176,21 +135,27 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
                   strict_ranges: bool = False, signing_key: str | None = None,
                   training_data: dict[str, Any] | None = None,
                   reference: pd.DataFrame | None = None, card: str = "",
-                  require_card: bool = False) -> dict[str, Any]:
+                  require_card: bool = False, feature_names: list[str] | None = None,
+                  breaking: bool = False, pickled_with: str | None = None) -> dict[str, Any]:
     """Evaluate, gate and write ``model`` as the next version of ``name``; return the manifest.
 
     The drift reference profile describes ``reference`` (the training data, when given) or
     else the hold-out data ``X``. ``card`` is the human-written part of the model card
     (intended use, limitations; Markdown); ``require_card`` refuses to package without one.
+    The schema comes from the model first, then ``reference`` (else ``X``); a version whose
+    task, classes or features differ from production's is refused unless ``breaking``.
+    ``pickled_with`` is the scikit-learn version that pickled the model handed in.
     """
     artifacts.check_model_name(name)
     if require_card and not card.strip():
         raise ValueError("a model card is required (REQUIRE_MODEL_CARD): give its text with --card card.md")
     task = task_of(model)
-    features = infer_features(model, X, overrides, strict_ranges)
+    schema = schema_inference.infer_schema(model, X, reference=reference, overrides=overrides,
+                                           names=feature_names, strict_ranges=strict_ranges)
+    features = schema.features
     X = X[[f["name"] for f in features]]
     holdout = evaluate(model, X, y, task)
-    check_quality_gate(holdout, list(thresholds))
+    check_quality_gate(gate_values(holdout, cv), list(thresholds))
     classes = [_native(c) for c in model.classes_] if task == "classification" else None
     manifest: dict[str, Any] = {
         "format_version": artifacts.FORMAT_VERSION,
@@ -206,20 +171,39 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "estimator": f"{type(model).__module__}.{type(model).__qualname__}",
         "model_format": "joblib",
         "model_file": artifacts.MODEL_FILE,
+        # model.joblib is written here, so these are the versions that pickled it (the load check's)
         "libraries": {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
                       "numpy": np.__version__, "joblib": joblib.__version__, "pandas": pd.__version__},
+        "pickled_with": {"scikit-learn": pickled_with or sklearn.__version__},
         "files": {},
-        "input": {"features": features, "feature_names_in": hasattr(model, "feature_names_in_")},
+        "input": {"features": features, "feature_names_in": hasattr(model, "feature_names_in_"),
+                  "sources": schema.sources, "notes": schema.notes},
         "output": {"classes": classes, "probabilities": task == "classification" and hasattr(model, "predict_proba")},
-        "metrics": {"holdout": holdout, "holdout_rows": len(X), "cv": cv, "thresholds": [t.__dict__ for t in thresholds]},
+        "metrics": {"holdout": holdout, "holdout_rows": len(X), "cv": cv, "averaging": averaging(classes),
+                    "thresholds": [t.__dict__ for t in thresholds]},
         "training_data": training_data,
         "evaluation_data": fingerprint(X, y),
         "reference_profile": _reference_profile(model, X if reference is None else reference, features, task),
     }
+    manifest["compatibility"] = check_meaning(Path(root), manifest, breaking)
     exported = onnx_export.export(model, X, features, task)
     manifest["backends"] = {"onnx": exported.report}
     extra = {onnx_export.ONNX_FILE: exported.data} if exported.data is not None else {}
     return write_version(model, manifest, Path(root), signing_key, extra)
+
+
+def check_meaning(root: Path, manifest: dict[str, Any], breaking: bool) -> dict[str, Any] | None:
+    """Compare with the production version; refuse a change of meaning unless ``breaking``."""
+    production = registry.read_state(root, manifest["name"])["labels"].get(registry.PRODUCTION) \
+        if artifacts.model_dir(root, manifest["name"]).is_dir() else None
+    if production is None:
+        return None
+    before = artifacts.read_manifest(artifacts.version_dir(root, manifest["name"], production))
+    changes = compatibility.compare(before, manifest)
+    if changes["breaking"] and not breaking:
+        raise ValueError(f"{manifest['name']} would change meaning against production version {production} "
+                         f"({'; '.join(changes['breaking'])}): give --breaking to package it anyway")
+    return changes
 
 
 def _reference_profile(model: Any, data: pd.DataFrame, features: list[dict[str, Any]], task: str) -> dict[str, Any]:

@@ -106,7 +106,8 @@ def compile_feature(index: int, feature: dict[str, Any]) -> FeatureSpec:
         name=name,
         kind=kind,
         index=index,
-        required=bool(feature.get("required", True)),
+        # a feature that may be null may also be left out: omitted means null
+        required=bool(feature.get("required", True)) and not feature.get("nullable", False),
         nullable=bool(feature.get("nullable", False)),
         lo=lo,
         hi=hi,

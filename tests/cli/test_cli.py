@@ -312,7 +312,7 @@ def test_package_refuses_a_missing_target_and_a_non_model(runner, root, user_mod
     joblib.dump({"weights": [1, 2]}, not_a_model)
     result = run(runner, root, "package", "--model", str(not_a_model), "--data", str(data_path),
                  "--target", "label", "--name", "user")
-    assert_one_line_error(result, "the model is neither a scikit-learn classifier nor a regressor")
+    assert_one_line_error(result, f"--model {not_a_model}: the model is neither a scikit-learn classifier nor a regressor")
 
 
 def test_python_dash_m_service_in_a_real_process(root, demo_root):

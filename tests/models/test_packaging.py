@@ -82,7 +82,7 @@ def test_infer_features_follows_feature_names_in_order_and_dtypes():
     assert by_name["k"]["categories"] == ["x", "y"]
     assert by_name["s"]["categories"] is None
     assert by_name["i"]["dtype"] == "int64" and by_name["f"]["dtype"] == "float64"
-    assert all(f["required"] and not f["pii"] and not f["sensitive"] for f in features)
+    assert all(f["required"] is not f["nullable"] and not f["pii"] and not f["sensitive"] for f in features)
     # without strict ranges numbers are open-ended
     assert by_name["i"]["min"] is None and by_name["i"]["max"] is None
 
@@ -105,7 +105,7 @@ def test_strict_ranges_record_the_observed_range_ignoring_missing_values():
 
 
 def test_infer_features_refuses_missing_columns_and_wrong_feature_counts():
-    with pytest.raises(ValueError, match="the data lacks columns the model needs: z"):
+    with pytest.raises(ValueError, match="--data lacks columns the model needs: z"):
         infer_features(Stub(["i", "z"]), mixed_frame())
     stub = Stub(["i"])
     stub.n_features_in_ = 2
