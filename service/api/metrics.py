@@ -1,17 +1,19 @@
 """The metrics HTTP shell: request hooks that time and count every request, and ``GET /metrics``.
 
-``GET /metrics`` is open like the health probes, with no API key: it carries counts and
-timings, never inputs, and scrapers expect it unauthenticated on the serving port. Keep it
-off the public internet at the reverse proxy like any other operational endpoint. What is
-counted, and how workers are added up, is ``service.monitoring.metrics``'s job.
+``GET /metrics`` is open like the health probes by default: it carries counts and timings,
+never inputs, and scrapers expect it unauthenticated on the serving port. It does list model
+names, versions and hashes, so ``METRICS_REQUIRE_KEY=1`` puts it behind a read key (scrapers
+send it as a bearer token); feature names are numbered unless ``METRICS_FEATURE_LABELS=1``.
+What is counted, and how workers are added up, is ``service.monitoring.metrics``'s job.
 """
 
 from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
+from service.api.auth import require_scope
 from service.monitoring import metrics
 
 bp = Blueprint("metrics", __name__)
@@ -19,6 +21,18 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def scrape():
+    config = current_app.config.get("SERVICE_CONFIG")
+    if config is not None and config.metrics_require_key:
+        return _scrape_with_key()
+    return _render()
+
+
+@require_scope("read")
+def _scrape_with_key():
+    return _render()
+
+
+def _render() -> Response:
     body, content_type = metrics.render()
     return Response(body, status=200, content_type=content_type)
 
@@ -29,6 +43,8 @@ def init_app(app: Flask) -> None:
     The start hook goes first in the chain so the time covers the other hooks (request id,
     authentication); the in-progress gauge is released in teardown, which runs whatever happens.
     """
+    config = app.config.get("SERVICE_CONFIG")
+    metrics.use_feature_names(config.metrics_feature_labels if config is not None else True)
     app.before_request_funcs.setdefault(None, []).insert(0, _start)
     app.after_request(_finish)
     app.teardown_request(_release)

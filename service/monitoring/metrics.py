@@ -93,6 +93,15 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 
+#: Whether ``feature`` labels carry feature names (METRICS_FEATURE_LABELS); one flag per process,
+#: set once by ``use_feature_names`` when the app starts. Names by default outside an app.
+FEATURE_LABELS = [True]
+
+
+def use_feature_names(enabled: bool) -> None:
+    """Name features in labels (True) or number them by their position in the manifest (False)."""
+    FEATURE_LABELS[0] = bool(enabled)
+
 
 # -- processes (called from gunicorn.conf.py, in the master; the work is in ``multiproc``) -----------
 
@@ -176,6 +185,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._features: dict[str, dict[str, frozenset[str]]] = {}  # model -> version -> feature names
         self._info_labels: dict[tuple[str, str], tuple[str, str]] = {}
+        self._feature_positions: dict[tuple[str, str], dict[str, int]] = {}
         self._tokens: dict[tuple[str, str], set[str]] = {}
 
     # -- bounds --------------------------------------------------------------------------------
@@ -204,6 +214,13 @@ class Metrics:
             versions[version] = features
             self._features[model] = versions
 
+    def _feature_label(self, model: str, version: str, feature: str) -> str:
+        """The feature's name with ``FEATURE_LABELS``, else its position in the manifest (``feature_3``):
+        /metrics needs no key, and feature names are part of what /v1/models keeps behind one."""
+        if FEATURE_LABELS[0] or feature == PREDICTION_FEATURE:
+            return feature
+        return f"feature_{self._feature_positions.get((model, version), {}).get(feature, 'unknown')}"
+
     # -- observations ----------------------------------------------------------------------------
 
     def observe_request(self, route: str, method: str, status: int, started: float | None) -> None:
@@ -213,8 +230,9 @@ class Metrics:
             self.http_duration.labels(route, method).observe(time.perf_counter() - started)
 
     def observe_model_loaded(self, model: str, version: int, manifest: Mapping[str, Any]) -> None:
-        features = frozenset(f["name"] for f in manifest.get("input", {}).get("features", ()))
-        self._remember(model, str(version), features | {PREDICTION_FEATURE})
+        names = [f["name"] for f in manifest.get("input", {}).get("features", ())]
+        self._feature_positions[(model, str(version))] = {name: i for i, name in enumerate(names)}
+        self._remember(model, str(version), frozenset(names) | {PREDICTION_FEATURE})
         model_file = manifest.get("model_file", "")
         sha256 = str(manifest.get("files", {}).get(model_file, {}).get("sha256", ""))
         sklearn_version = str(manifest.get("libraries", {}).get("scikit-learn", ""))
@@ -301,7 +319,7 @@ class Metrics:
             elif label == "feature":
                 if version in (None, "") or str(raw) not in self._features[model].get(str(version), ()):
                     raise ValueError(f"{raw!r} is not a feature of {model} version {version}")
-                values.append(str(raw))
+                values.append(self._feature_label(model, str(version), str(raw)))
             else:
                 token = self._token(name, label, raw)
                 if token is None:
