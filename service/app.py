@@ -33,6 +33,8 @@ def create_app(config: Config | None = None) -> Flask:
     from service.monitoring.observe import Observer
     from service.monitoring.predlog import PredictionLog
     from service.monitoring.report import Monitoring
+    from service.security import audit
+    from service.security.signing import model_keys
     from service.serving.catalog import Catalog
     from service.serving.inference import Limits
     from service.serving.runtime import BackendChoice
@@ -50,14 +52,18 @@ def create_app(config: Config | None = None) -> Flask:
     csrf.init_app(app, config)
     auth.init_app(app, config)
 
-    catalog = Catalog(config.artifacts_dir, config.signing_key, config.poll_seconds,
-                      on_loaded=metrics.observe_model_loaded, on_load_failed=metrics.observe_load_failure,
+    audit_log = audit.Background()  # refused artifacts, denied requests: written off the request path
+    catalog = Catalog(config.artifacts_dir, model_keys(config.signing_key, config.trusted_keys), config.poll_seconds,
+                      on_loaded=metrics.observe_model_loaded,
+                      on_load_failed=audit_log.refused(metrics.observe_load_failure),
                       on_removed=metrics.observe_model_removed,
                       backend=BackendChoice.parse(config.model_backend, config.model_backends))
     catalog.refresh()
     if config.poll_seconds:
         catalog.start_polling()
     store = Store.from_url(config.database_url, timeout=STORE_TIMEOUT)
+    audit_log.attach(store)
+    app.extensions["audit"] = audit_log
     prediction_log = PredictionLog(store, sample_rate=config.prediction_log_sample, pii_key=config.pii_hash_key)
     report = Monitoring(catalog, prediction_log, config.monitoring_window)
     app.extensions.update(
@@ -76,7 +82,8 @@ def create_app(config: Config | None = None) -> Flask:
         app.extensions["guard"] = guard
 
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, monitoring.bp, dashboard.bp, metrics_api.bp,
-                      mlflow_api.bp, openapi.bp, v2_api.bp, explain_api.bp, card_api.bp):
+                      mlflow_api.bp, v2_api.bp,
+                      openapi.bp, explain_api.bp, card_api.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     logging.getLogger(__name__).info(
