@@ -44,14 +44,20 @@ NOT_READY = 400  # the spec: 200 means true, a 4xx false
 
 @bp.url_value_preprocessor
 def _binary_body_type(endpoint: str | None, values: dict[str, Any] | None) -> None:
-    """Name the type of a binary request sent without one (tritonclient sends none).
+    """Name the type of a request sent without one (tritonclient and the KServe client send none).
 
-    Runs before the app's checks. ``Inference-Header-Content-Length`` defines the body, and no
-    browser sends that header cross-site without a CORS preflight, which this server never
-    grants: naming the type it implies opens nothing to forms on other sites.
+    Runs before the app's checks. ``Inference-Header-Content-Length`` defines a binary body, and
+    no browser sends that header cross-site without a CORS preflight, which this server never
+    grants. An untyped body with neither ``Origin`` nor ``Sec-Fetch-Site`` is not from a browser
+    (a form always names its type; a cross-site ``fetch`` always sends Origin), so it is read as
+    JSON, which is what these clients send. Naming either type opens nothing to other sites.
     """
-    if v2.HEADER_LENGTH in request.headers and not request.headers.get("Content-Type"):
+    if request.headers.get("Content-Type"):
+        return
+    if v2.HEADER_LENGTH in request.headers:
         request.environ["CONTENT_TYPE"] = v2.BINARY_TYPE
+    elif "Origin" not in request.headers and "Sec-Fetch-Site" not in request.headers:
+        request.environ["CONTENT_TYPE"] = v2.JSON_TYPE
 
 
 @bp.get("")

@@ -119,8 +119,16 @@ def test_binary_infer_without_a_content_type_as_tritonclient_sends_it(app, clien
     np.testing.assert_array_equal(outputs["predict_proba"], proba)
 
 
-def test_a_body_without_a_type_or_the_binary_header_is_refused(client):
+def test_an_untyped_json_body_from_a_client_library_is_read_as_json(client):
+    """The KServe client and tritonclient's JSON mode send no Content-Type; neither is a browser."""
     response = client.post("/v2/models/breast-cancer/infer", data=json.dumps(matrix_body(CANCER)))
+    assert response.status_code == 200, response.data
+
+
+@pytest.mark.parametrize("browser_header", [{"Origin": "http://localhost"}, {"Sec-Fetch-Site": "same-origin"}])
+def test_an_untyped_body_from_a_browser_is_refused(client, browser_header):
+    response = client.post("/v2/models/breast-cancer/infer", data=json.dumps(matrix_body(CANCER)),
+                           headers=browser_header)
     assert response.status_code == 415 and "Content-Type" in response.get_json()["error"]
 
 
