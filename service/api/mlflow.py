@@ -32,7 +32,7 @@ BODY_TYPES = (JSON, CSV)
 def invocations() -> Response:
     ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
     target = inference.Target(mlflow.default_model(config.default_model, _model_names()))
-    with ext["observer"].watch(target, g.request_id) as watch:
+    with ext["observer"].watch(target, g.request_id, "mlflow") as watch:
         wanted = _decode(target, ext["limits"].max_rows, request.headers.get(config.routing_key_header))
         answer = watch.answered(inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"]))
     return json_response(mlflow.encode(answer), headers={"X-Model-Version": str(answer.version)})

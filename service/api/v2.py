@@ -105,7 +105,7 @@ def model_ready(name: str, version: int | None = None) -> Response:
 def infer(name: str, version: int | None = None, label: str | None = None) -> Response:
     ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
     target = inference.Target(name, version, label)
-    with ext["observer"].watch(target, g.request_id) as watch:
+    with ext["observer"].watch(target, g.request_id, "v2") as watch:
         wanted = v2.decode(_read_body(), target, header_length=request.headers.get(v2.HEADER_LENGTH),
                            max_rows=ext["limits"].max_rows, request_id=g.request_id,
                            routing_header=request.headers.get(config.routing_key_header))

@@ -53,6 +53,8 @@ UNMATCHED_ROUTE = "<unmatched>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: ``outcome`` of a prediction request: answered, refused (4xx) or failed (5xx).
 OUTCOMES = ("ok", "invalid", "error")
+#: The wire protocols a predict request can arrive by (service/protocols).
+PROTOCOLS = ("v1", "v2", "mlflow")
 #: Error codes that mean "the input was wrong" (``observe_validation_failure``'s reasons).
 VALIDATION_CODES = frozenset({"validation_failed", "invalid_json", "unsupported_media_type", "payload_too_large",
                               "bad_request"})
@@ -177,6 +179,9 @@ class Metrics:
                                       ("model", "version", "check"), **reg)
         self.fallbacks = Counter(PREFIX + "fallbacks", "Predictions answered by the fallback version instead of the chosen one.",
                                  ("model", "from_version", "to_version", "reason"), **reg)
+        self.protocol_requests = Counter(PREFIX + "protocol_requests",
+                                         "Predict requests by model, wire protocol (v1, v2, mlflow) and outcome.",
+                                         ("model", "protocol", "outcome"), **reg)
         self.records_dropped = Counter(PREFIX + "records_dropped",
                                        "Request and prediction records dropped because the worker's recording "
                                        "queue was full (the predictions themselves were answered).", **reg)
@@ -262,6 +267,12 @@ class Metrics:
             self.batch_rows.labels(model).observe(rows)
             if seconds is not None:
                 self.prediction_duration.labels(model, label).observe(seconds)
+
+    def observe_protocol(self, model: str, protocol: str, outcome: str) -> None:
+        if protocol not in PROTOCOLS or outcome not in OUTCOMES:
+            raise ValueError(f"unknown protocol {protocol!r} or outcome {outcome!r}")
+        if self.known(model):
+            self.protocol_requests.labels(model, protocol, outcome).inc()
 
     def observe_validation_failure(self, model: str, code: str) -> None:
         if not self.known(model):
@@ -392,6 +403,12 @@ def _never_raises(func: Callable[P, None]) -> Callable[P, None]:
 def observe_prediction(model: str, version: int | None, outcome: str, rows: int = 0, seconds: float | None = None) -> None:
     """Count a predict request (``outcome`` ok, invalid or error) and, when ok, its rows and time."""
     current().observe_prediction(model, version, outcome, rows, seconds)
+
+
+@_never_raises
+def observe_protocol(model: str, protocol: str, outcome: str) -> None:
+    """Count a predict request by the wire protocol that carried it."""
+    current().observe_protocol(model, protocol, outcome)
 
 
 @_never_raises

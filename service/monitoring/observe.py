@@ -42,6 +42,7 @@ class Watch:
 
     target: Target
     started: float
+    protocol: str = "v1"
     answer: Answer | None = None
 
     def answered(self, answer: Answer) -> Answer:
@@ -54,12 +55,14 @@ class _Answered:
     answer: Answer
     request_id: str
     ts: float
+    protocol: str = "v1"
 
 
 @dataclass(frozen=True)
 class _Failed:
     record: RequestRecord
     code: str
+    protocol: str = "v1"
 
 
 @dataclass
@@ -85,29 +88,33 @@ class Observer:
                                   name="observer-writer")
 
     @contextmanager
-    def watch(self, target: Target, request_id: str, defer: Any = None) -> Iterator[Watch]:
-        """Time one inference and queue its outcome: the answer, or the error raised (re-raised as is)."""
-        watch = Watch(target, time.perf_counter())
+    def watch(self, target: Target, request_id: str, protocol: str = "v1") -> Iterator[Watch]:
+        """Time one inference and queue its outcome: the answer, or the error raised (re-raised as is).
+
+        ``protocol`` names the codec that carried it (v1, v2, mlflow), for the per-protocol metric.
+        """
+        watch = Watch(target, time.perf_counter(), protocol)
         try:
             yield watch
         except Exception as exc:
             status, code = (exc.status, exc.code) if isinstance(exc, ServiceError) else (500, "internal_error")
             version = _version_of(exc) if isinstance(exc, ServiceError) else None
-            self.failed(watch.target, request_id, status, code, time.perf_counter() - watch.started, version)
+            self.failed(watch.target, request_id, status, code, time.perf_counter() - watch.started, version,
+                        protocol=watch.protocol)
             raise
         if watch.answer is not None:
-            self.answered(watch.answer, request_id)
+            self.answered(watch.answer, request_id, protocol=watch.protocol)
 
-    def answered(self, answer: Answer, request_id: str) -> None:
+    def answered(self, answer: Answer, request_id: str, *, protocol: str = "v1") -> None:
         """Queue a successful answer for recording; its shadows run once it is written."""
-        self._recorder.put(_Answered(answer, request_id, time.time()))
+        self._recorder.put(_Answered(answer, request_id, time.time(), protocol))
 
     def failed(self, target: Target, request_id: str, status: int, code: str, seconds: float,
-               version: int | None) -> None:
+               version: int | None, *, protocol: str = "v1") -> None:
         """Queue a request that ended in an error (4xx are kept apart from 5xx by status)."""
         record = RequestRecord(request_id, time.time(), target.name, version, "error", status, seconds * 1000, 0,
                                None, code, None)
-        self._recorder.put(_Failed(record, code))
+        self._recorder.put(_Failed(record, code, protocol))
 
     def flush(self) -> None:
         """Write what is queued now, in the caller's thread."""
@@ -128,12 +135,15 @@ class Observer:
         for item in items:
             if isinstance(item, _Failed):
                 record = item.record
-                metrics.observe_prediction(record.model, record.version, metrics.outcome_for(record.status))
+                outcome = metrics.outcome_for(record.status)
+                metrics.observe_prediction(record.model, record.version, outcome)
+                metrics.observe_protocol(record.model, item.protocol, outcome)
                 if item.code in metrics.VALIDATION_CODES:
                     metrics.observe_validation_failure(record.model, item.code)
                 requests.append(record)
             else:
                 requests.append(self._count_answer(item))
+                metrics.observe_protocol(item.answer.target.name, item.protocol, "ok")
         if self.check_quality:
             self._count_quality(answers)
         logged = self._encode_log(answers)

@@ -121,3 +121,28 @@ def test_a_broken_database_never_reaches_the_caller(catalog, tmp_path):
     answer = answer_one(observer, catalog, "req-x")
     assert answer.version >= 1
     observer.close()  # the failed write is logged and counted, not raised
+
+
+def test_each_outcome_is_counted_by_the_protocol_that_carried_it(observer, catalog, monkeypatch):
+    from service.monitoring import metrics
+
+    counted = []
+    monkeypatch.setattr(metrics, "observe_protocol", lambda model, protocol, outcome: counted.append(
+        (model, protocol, outcome)))
+    target = Target("diabetes")
+    with observer.watch(target, "req-v2", "v2") as watch:
+        watch.answered(inference.predict(catalog, v1.decode({"instances": [ROW]}, target, max_rows=100), LIMITS))
+    with pytest.raises(ModelNotFound), observer.watch(Target("diabetes"), "req-mlflow", "mlflow"):
+        raise ModelNotFound(details={"model": "diabetes"})
+    observer.flush()
+    assert counted == [("diabetes", "v2", "ok"), ("diabetes", "mlflow", "invalid")]
+
+
+def test_the_protocol_metric_refuses_a_protocol_it_does_not_know():
+    from prometheus_client import CollectorRegistry
+
+    from service.monitoring.metrics import Metrics
+
+    fresh = Metrics(CollectorRegistry())
+    with pytest.raises(ValueError):
+        fresh.observe_protocol("diabetes", "grpc", "ok")
