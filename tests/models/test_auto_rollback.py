@@ -265,3 +265,15 @@ def test_no_monitoring_figures_are_computed_without_a_monitoring_rule(root, stor
     set_canary(root, weight=50.0, min_requests=10)
     traffic(store, ok=20)
     assert guard.enforce(store, root, MODEL, monitor=lambda *a: pytest.fail("monitor called")) is None
+
+
+def test_an_automatic_rollback_is_in_the_audit_trail(root, store):
+    from service.security import audit
+
+    set_canary(root)
+    traffic(store, ok=88, failed=8, fallbacks=4)
+    entry = guard.enforce(store, root, MODEL)
+    [record] = audit.find(store, "rollout.auto_rollback")
+    assert (record.actor, record.target, record.hash) == ("guard", f"model:{MODEL}", entry["audit"])
+    assert record.details["rollout"]["canary"] == {"version": 2, "weight": 0.0}
+    assert audit.verify(store).ok
