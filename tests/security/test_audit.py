@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import threading
 
 import pytest
 
@@ -156,3 +157,28 @@ def test_changes_outside_the_block_are_not_audited(store, tmp_path):
         pass
     assert "audit" not in registry.set_label(root, "m", "staging", 1, actor="x")
     assert audit.verify(store).count == 0
+
+
+def test_the_chain_holds_on_both_backends_with_writers_racing(make_store):
+    """Two stores (as two workers) append at once: one writer at a time, so the chain never forks."""
+    first, second = make_store(), make_store()
+    errors = []
+
+    def append(store, who):
+        try:
+            for i in range(15):
+                audit.record(store, who, "auth.denied", "/v1/models", {"i": i})
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(s, who)) for s, who in ((first, "a"), (second, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    check = audit.verify(first)
+    assert check.ok and check.count == 30
+    with first.transaction() as db:
+        db.execute("UPDATE audit SET target = '/v1/modelz' WHERE seq = 17")
+    assert audit.verify(second).broken_seq == 17
