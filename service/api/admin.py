@@ -25,6 +25,7 @@ from service.errors import (
 from service.models import comparison, registry
 from service.models.rollout import MAX_WINDOW_SECONDS, check_budget, check_canary, check_fallback, check_rules, check_shadow
 from service.security import audit
+from service.serving.schemas import StrictBoolean
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/models")
 
@@ -32,6 +33,7 @@ bp = Blueprint("admin", __name__, url_prefix="/v1/models")
 class LabelBody(Schema):
     version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     reason = fields.String(load_default="", validate=validate.Length(max=1000))
+    force = StrictBoolean(load_default=False)  # move to a version that changes meaning (breaking)
 
 
 class ReasonBody(Schema):
@@ -67,7 +69,8 @@ ROLLOUT_CHECKS = {"canary": check_canary, "shadow": check_shadow, "fallback": ch
 @require_scope("admin")
 def set_label(name: str, label: str):
     body = _load(LabelBody(), read_json())
-    return _apply(name, registry.set_label, label, body["version"], reason=body["reason"], signed=True)
+    return _apply(name, registry.set_label, label, body["version"], reason=body["reason"], signed=True,
+                  force=body["force"])
 
 
 @bp.delete("/<model_name:name>/labels/<label_name:label>")

@@ -20,14 +20,15 @@ def label() -> None:
 @click.argument("label_name", metavar="LABEL")
 @click.argument("version", type=int)
 @click.option("--reason", default="", help="Why; recorded in the history.")
+@click.option("--force", is_flag=True, help="Move the label to a version whose task, classes or features differ.")
 @ARTIFACTS
 @SIGNING_KEY
 @fails_cleanly
-def label_set(name: str, label_name: str, version: int, reason: str, artifacts_dir: Path,
+def label_set(name: str, label_name: str, version: int, reason: str, force: bool, artifacts_dir: Path,
               signing_key: str | None) -> None:
-    """Point LABEL of NAME at VERSION (refused when that version fails verification)."""
+    """Point LABEL of NAME at VERSION (refused when that version fails verification or changes meaning)."""
     entry = registry.set_label(artifacts_dir, name, label_name, version, actor=actor(), reason=reason,
-                               signing_key=signing_key)
+                               signing_key=signing_key, force=force)
     click.echo(f"{name}: {label_name} -> {version} (was {entry['previous']})")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ArtifactError, RegistryUnreadable
-from service.models import artifacts
+from service.models import artifacts, compatibility
 from service.models.registry_file import (  # noqa: F401  (read_serving_state, LAST_GOOD_FILE: this module's API too)
     LAST_GOOD_FILE,
     empty_state,
@@ -119,8 +119,12 @@ def restore(root: Path, name: str, *, actor: str, reason: str = "") -> dict[str,
 
 
 def set_label(root: Path, name: str, label: str, version: int, *, actor: str, reason: str = "",
-              signing_key: str | None = None) -> dict[str, Any]:
-    """Point ``label`` at ``version`` after checking that version's files on disk."""
+              signing_key: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Point ``label`` at ``version`` after checking that version's files on disk.
+
+    A move to a version that means something else (task, classes, features: see
+    ``compatibility``) than the one the label points at needs ``force``; the history says why.
+    """
     check_label(label)
     folder = artifacts.version_dir(root, name, version)
     if not folder.is_dir():
@@ -132,6 +136,12 @@ def set_label(root: Path, name: str, label: str, version: int, *, actor: str, re
         _still_there(root, name, [int(version)])
         previous = state["labels"].get(label)
         entry = {"action": "label.set", "label": label, "version": int(version), "previous": previous}
+        breaking = _breaking_move(root, name, previous, int(version))
+        if breaking and not force:
+            raise ValueError(f"{name} version {version} changes meaning against {label} version {previous} "
+                             f"({'; '.join(breaking)}): give --force (API: \"force\": true) to move {label!r}")
+        if breaking:
+            entry.update(forced=True, breaking=breaking)
         if label == PRODUCTION:
             entry.update(_make_production(state, int(version)))
         else:
@@ -139,6 +149,17 @@ def set_label(root: Path, name: str, label: str, version: int, *, actor: str, re
         return entry
 
     return update(root, name, change, actor=actor, reason=reason)
+
+
+def _breaking_move(root: Path, name: str, previous: int | None, version: int) -> list[str]:
+    if previous is None or previous == version:
+        return []
+    try:
+        before = artifacts.read_manifest(artifacts.version_dir(root, name, previous))
+    except (ArtifactError, OSError):
+        return []  # the old version is gone or broken: there is no meaning left to keep
+    after = artifacts.read_manifest(artifacts.version_dir(root, name, version))
+    return compatibility.compare(before, after)["breaking"]
 
 
 def remove_label(root: Path, name: str, label: str, *, actor: str, reason: str = "") -> dict[str, Any]:
