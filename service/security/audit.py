@@ -32,6 +32,7 @@ GENESIS = "0" * 64
 LOCK = "audit"
 COLUMNS = ("seq", "ts", "actor", "action", "target", "details", "prev_hash", "hash")
 PAGE = 1000
+BATCH = 200  # records the background writer puts in one transaction
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,27 @@ def content_hash(prev_hash: str, seq: int, ts: float, actor: str, action: str, t
 def record(store: Any, actor: str, action: str, target: str, details: dict[str, Any] | None = None, *,
            now: float | None = None) -> AuditRecord:
     """Append one record and return it; raise ``sqlite3.Error`` when the store cannot take it."""
-    details = json.loads(json.dumps(details or {}, default=str))  # what is hashed is exactly what reads back
+    return record_many(store, [(actor, action, target, details or {})], now=now)[0]
+
+
+def record_many(store: Any, items: list[tuple[str, str, str, dict[str, Any]]], *,
+                now: float | None = None) -> list[AuditRecord]:
+    """Append (actor, action, target, details) records in one transaction, in order; return them."""
     ts = round(time.time() if now is None else now, 6)
+    written = []
     with store.transaction(lock=LOCK) as db:
         last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (int(last[0]) + 1, last[1]) if last else (1, GENESIS)
-        digest = content_hash(prev, seq, ts, actor, action, target, details)
-        db.execute(store.insert_sql("audit", COLUMNS),
-                   (seq, ts, actor, action, target, json.dumps(details, sort_keys=True), prev, digest))
-    return AuditRecord(seq, ts, actor, action, target, details, prev, digest)
+        seq, prev = (int(last[0]), last[1]) if last else (0, GENESIS)
+        rows = []
+        for actor, action, target, details in items:
+            details = json.loads(json.dumps(details, default=str))  # what is hashed is exactly what reads back
+            seq += 1
+            digest = content_hash(prev, seq, ts, actor, action, target, details)
+            rows.append((seq, ts, actor, action, target, json.dumps(details, sort_keys=True), prev, digest))
+            written.append(AuditRecord(seq, ts, actor, action, target, details, prev, digest))
+            prev = digest
+        db.executemany(store.insert_sql("audit", COLUMNS), rows)
+    return written
 
 
 def record_quietly(store: Any, actor: str, action: str, target: str,
@@ -218,11 +231,20 @@ class Background:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            batch = [self._queue.get()]
+            while len(batch) < BATCH:  # one transaction for what has piled up: a flood costs less per record
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                record_quietly(self.store, *item)
+                record_many(self.store, batch)
+            except Exception as exc:  # the store is down or full: these records are lost, and said so
+                log.error("audit records could not be written", extra={"records": len(batch),
+                                                                        "reason": f"{type(exc).__name__}: {exc}"})
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
 
 
 # -- registry changes -----------------------------------------------------------------------------
