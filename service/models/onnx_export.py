@@ -42,10 +42,17 @@ class Export:
 def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: str) -> Export:
     """Convert ``model`` and check it against itself on the hold-out rows ``X``."""
     try:
-        import onnxruntime  # noqa: F401  (installed beside skl2onnx; both or neither)
-        import skl2onnx  # noqa: F401
+        import onnx
+        import onnxruntime
+        import skl2onnx
     except ImportError as exc:
         return Export(_report(UNSUPPORTED, reason=f"{exc.name} is not installed"))
+    libraries = {"skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    result = _export(model, X, features, task)
+    return Export({**result.report, "libraries": libraries}, result.data)
+
+
+def _export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: str) -> Export:
     named = hasattr(model, "feature_names_in_")
     numeric = all(_is_numeric(f) for f in features)
     layouts = ([MATRIX] if numeric else []) + ([COLUMNS] if named else [])

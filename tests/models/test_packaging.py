@@ -7,8 +7,10 @@ import sys
 import joblib
 import numpy as np
 import onnx
+import onnxruntime
 import pandas as pd
 import pytest
+import skl2onnx
 import sklearn
 from sklearn.compose import make_column_transformer
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -318,6 +320,8 @@ def test_package_model_stores_the_onnx_export_with_its_hash_and_parity_report(tm
     assert report["status"] == "ok" and report["reason"] is None
     assert report["rows"] == len(X) and 0 <= report["max_abs_diff"] <= 1e-5
     assert (report["layout"], report["input_dtype"]) == ("matrix", "double")  # numbers only: one input tensor
+    assert report["libraries"] == {"skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__,
+                                   "onnxruntime": onnxruntime.__version__}
 
 
 def test_string_features_become_string_inputs_and_numbers_doubles(tmp_path):
