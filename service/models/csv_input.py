@@ -17,19 +17,33 @@ DTYPES = {"str": str, "float64": "float64", "Int64": "Int64"}
 
 def read_frame(path: Path, dtypes: dict[str, str] | None = None, *, option: str = "--data") -> pd.DataFrame:
     """Read ``path`` with ``dtypes`` (column → "str", "float64" or "Int64") applied to the columns it has."""
+    wanted: dict[str, str] = {}
     try:
         header = pd.read_csv(path, nrows=0).columns
-        wanted = {name: DTYPES[kind] for name, kind in (dtypes or {}).items() if name in header}
-        return pd.read_csv(path, dtype=wanted or None)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{option} {path}: {_column_error(exc, dtypes or {})}") from None
+        wanted = {name: kind for name, kind in (dtypes or {}).items() if name in header}
+        return pd.read_csv(path, dtype={name: DTYPES[kind] for name, kind in wanted.items()} or None)
     except UnicodeDecodeError:
         raise ValueError(f"{option} {path}: not a UTF-8 CSV file") from None
+    except (ValueError, TypeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        column = _culprit(path, wanted)
+        where = f"column {column!r} cannot be read as {wanted[column]}: " if column else ""
+        raise ValueError(f"{option} {path}: {where}{text}") from None
 
 
-def _column_error(exc: Exception, dtypes: dict[str, str]) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    for name, kind in dtypes.items():
-        if f"'{name}'" in str(exc) or f"column {name}" in str(exc):
-            return f"column {name!r} cannot be read as {kind}: {text}"
-    return text
+def _culprit(path: Path, wanted: dict[str, str]) -> str | None:
+    """Find the first column whose declared dtype its text cannot take (pandas does not say)."""
+    if not wanted:
+        return None
+    try:
+        raw = pd.read_csv(path, dtype=str, usecols=list(wanted))
+    except (ValueError, TypeError):
+        return None
+    for name, kind in wanted.items():
+        if kind == "str":
+            continue
+        try:
+            pd.to_numeric(raw[name]).astype(DTYPES[kind])
+        except (ValueError, TypeError):
+            return name
+    return None
