@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from service.cli import audit, card, labels, models, monitoring, registry, rollout, settings
+from service.cli import audit, card, export, labels, models, monitoring, registry, rollout, settings
 from service.cli.keys import keys
 
 
@@ -20,7 +20,7 @@ def cli(ctx: click.Context) -> None:
 
 
 cli.add_command(keys)
-for _module in (models, labels, rollout, registry, monitoring, settings, card, audit):
+for _module in (models, labels, rollout, registry, monitoring, settings, card, audit, export):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

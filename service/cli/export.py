@@ -1,0 +1,30 @@
+"""``export``: copy a version's portable model file (ONNX) out of the registry, verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, fails_cleanly
+
+
+@click.command("export")
+@MODEL
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pmml"]), required=True, help="The file format.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write it (default: NAME-VERSION.FORMAT in the current folder).")
+@ARTIFACTS
+@SIGNING_KEY
+@fails_cleanly
+def export(name: str, version: int, fmt: str, out: Path | None, artifacts_dir: Path, signing_key: str | None) -> None:
+    """Write NAME's VERSION as ONNX: the file packaging converted and parity-checked, hash verified."""
+    from service.models.exporting import export_version
+
+    target = out or Path(f"{name}-{version}.{fmt}")
+    written = export_version(artifacts_dir, name, version, fmt, target, signing_key=signing_key)
+    click.echo(f"exported {name} version {version} as {fmt} to {written['file']} (sha256 {written['sha256']})")
+
+
+COMMANDS = (export,)
