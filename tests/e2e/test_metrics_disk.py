@@ -133,7 +133,8 @@ def test_a_second_server_on_a_busy_port_leaves_the_first_ones_metrics(demo_root,
         second = start_second(demo_root, first.port, tmp_path, **env)
         assert second.returncode != 0  # it could not bind
 
-        assert sorted(p.name for p in shared.glob("*.db")) == files
+        # nothing of the first server's was removed (its other worker may have made files since)
+        assert set(files) <= {p.name for p in shared.glob("*.db")}
         assert predictions_counted(first, before) == before
         assert answers(first, PREDICT, json=ROW) == 200
         assert predictions_counted(first, before + 1) == before + 1
