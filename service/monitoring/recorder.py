@@ -100,9 +100,11 @@ class Recorder:
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            self._wake.clear()
             if not self._closing and self.interval:
                 time.sleep(self.interval)  # let a burst gather into one transaction
+            # Cleared only now: while the batch gathers, ``put`` sees the event set and skips
+            # Event.set (a lock and a notify), so a busy worker pays for one wake per batch.
+            self._wake.clear()
             self._drain()
             if self._closing:
                 return
