@@ -110,6 +110,11 @@ def generate(folder: Path) -> tuple[Path, Path, str]:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read the signing key; refuse one that others than its owner may read (as ssh does)."""
+    mode = Path(path).stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(f"{path} is readable by others (mode {mode:o}): chmod 600 it (and make a new pair "
+                          "if anyone else may have read it)")
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (ValueError, TypeError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -105,3 +106,10 @@ def test_cli_keygen_package_and_verify(tmp_path):
     failed = runner.invoke(cli, ["verify", "--artifacts-dir", str(unsigned.parent.parent)],
                            env={"MODEL_TRUSTED_KEYS": f"{public},{public}"})
     assert failed.exit_code == 1 and "requires a signature" in failed.output
+
+
+def test_a_private_key_others_can_read_is_refused(pair):
+    private = pair[0]
+    os.chmod(private, 0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        signing.model_keys(private_key_file=private)
