@@ -34,6 +34,14 @@ class Config:
     workers: int = _env("WEB_CONCURRENCY", "Gunicorn worker processes.", default=2)
     threads: int = _env("THREADS", "Threads per Gunicorn worker (gthread when > 1).", default=1)
     timeout: int = _env("WORKER_TIMEOUT", "Seconds before a silent worker is killed and replaced.", default=60)
+    worker_max_requests: int = _env(
+        "WORKER_MAX_REQUESTS", "Replace a worker after about this many requests (jittered by a fifth); 0 = never.",
+        default=100_000,
+    )
+    worker_memory_growth_mb: float = _env(
+        "WORKER_MEMORY_GROWTH_MB", "Replace a worker whose resident memory grew this much since it was ready; 0 = off.",
+        default=512.0,
+    )
     artifacts_dir: Path = _env("ARTIFACTS_DIR", "Root of the model registry on disk.", default=Path("artifacts"))
     api_keys_file: Path | None = _env("API_KEYS_FILE", "JSON file of hashed API keys; unset = open on loopback.", default=None)
     allow_unauthenticated: bool = _env(
@@ -162,7 +170,9 @@ class Config:
             raise ConfigError(f"PREDICTION_LOG_SAMPLE must be between 0 and 1, got {self.prediction_log_sample}")
         if self.monitoring_window < 10:
             raise ConfigError(f"MONITORING_WINDOW must be at least 10, got {self.monitoring_window}")
-        for name in ("alert_seconds", "retention_days"):
+        if self.worker_max_requests < 0:
+            raise ConfigError(f"WORKER_MAX_REQUESTS must be 0 (never) or more, got {self.worker_max_requests}")
+        for name in ("alert_seconds", "retention_days", "worker_memory_growth_mb"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {value}")

@@ -253,6 +253,20 @@ class Catalog:
                         and m.version != chosen.version)
         return Route(chosen, role, fallback, shadows, rollout.get("budget_ms"))
 
+    def warm_up(self) -> int:
+        """Open every loaded version's ONNX Runtime session now (a worker calls it before serving)."""
+        opened = 0
+        for state in self._models.values():
+            for entry in state.versions.values():
+                if entry.model is not None and entry.model.backend == "onnx":
+                    try:
+                        entry.model.session()
+                        opened += 1
+                    except Exception:  # the first request will try again, and report a failure as usual
+                        log.exception("opening an ONNX Runtime session failed", extra={
+                            "model": state.name, "version": entry.version})
+        return opened
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when some model has a ``production`` label, every such version is loaded, and
         every model with versions has a registry state.

@@ -18,6 +18,7 @@ from service.serving.catalog import (
     REGISTRY_UNREADABLE,
     Catalog,
 )
+from service.serving.runtime import BackendChoice
 from tests import builders
 from tests.builders import flip_byte
 
@@ -258,3 +259,19 @@ def test_a_malformed_manifest_fails_its_version_not_the_refresh(root, catalog):
     assert catalog.model("m").versions[4].status == FAILED
     assert catalog.model("m").versions[4].reason == "manifest entry for model.joblib is not an object"
     assert catalog.resolve("m").version == 1
+
+
+def test_warm_up_opens_each_onnx_session_before_any_request(artifact_root):
+    catalog = Catalog(artifact_root, backend=BackendChoice.parse("onnx"))
+    catalog.refresh()
+    loaded = [entry.model for state in catalog.models() for entry in state.versions.values() if entry.model]
+    assert loaded and all(model.backend == "onnx" for model in loaded)
+    assert all(model._session is None for model in loaded)
+    assert catalog.warm_up() == len(loaded)
+    assert all(model._session is not None for model in loaded)
+
+
+def test_warm_up_leaves_joblib_versions_alone(artifact_root):
+    catalog = Catalog(artifact_root, backend=BackendChoice.parse("joblib"))
+    catalog.refresh()
+    assert catalog.warm_up() == 0
