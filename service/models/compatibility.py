@@ -3,12 +3,16 @@
 A caller holding the production version's manifest asks whether a new one answers the same
 question: same task, same classes, the same features with the same types. The differences are
 plain data for the manifest and the history; whether to refuse is the caller's decision.
-Pure: reads no files.
+Reads manifests only; writes nothing.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from service.errors import ArtifactError
+from service.models import artifacts
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -53,3 +57,14 @@ def reasons(changes: dict[str, Any]) -> list[str]:
 def notes(changes: dict[str, Any]) -> list[str]:
     """Changes worth telling that keep the meaning: a feature's type."""
     return [f"feature {r['name']} retyped {r['from']} -> {r['to']}" for r in changes.get("features_retyped", [])]
+
+
+def between_versions(root: Path, name: str, previous: int | None, version: int) -> list[str]:
+    """Why moving a label from ``previous`` to ``version`` changes meaning (empty: it does not)."""
+    if previous is None or previous == version:
+        return []
+    try:
+        before = artifacts.read_manifest(artifacts.version_dir(root, name, previous))
+    except (ArtifactError, OSError):
+        return []  # the old version is gone or broken: there is no meaning left to keep
+    return compare(before, artifacts.read_manifest(artifacts.version_dir(root, name, version)))["breaking"]

@@ -136,7 +136,7 @@ def set_label(root: Path, name: str, label: str, version: int, *, actor: str, re
         _still_there(root, name, [int(version)])
         previous = state["labels"].get(label)
         entry = {"action": "label.set", "label": label, "version": int(version), "previous": previous}
-        breaking = _breaking_move(root, name, previous, int(version))
+        breaking = compatibility.between_versions(root, name, previous, int(version))
         if breaking and not force:
             raise ValueError(f"{name} version {version} changes meaning against {label} version {previous} "
                              f"({'; '.join(breaking)}): give --force (API: \"force\": true) to move {label!r}")
@@ -149,17 +149,6 @@ def set_label(root: Path, name: str, label: str, version: int, *, actor: str, re
         return entry
 
     return update(root, name, change, actor=actor, reason=reason)
-
-
-def _breaking_move(root: Path, name: str, previous: int | None, version: int) -> list[str]:
-    if previous is None or previous == version:
-        return []
-    try:
-        before = artifacts.read_manifest(artifacts.version_dir(root, name, previous))
-    except (ArtifactError, OSError):
-        return []  # the old version is gone or broken: there is no meaning left to keep
-    after = artifacts.read_manifest(artifacts.version_dir(root, name, version))
-    return compatibility.compare(before, after)["breaking"]
 
 
 def remove_label(root: Path, name: str, label: str, *, actor: str, reason: str = "") -> dict[str, Any]:
