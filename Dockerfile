@@ -42,7 +42,9 @@ COPY --from=build --chown=10001:10001 /app/artifacts /app/artifacts
 RUN install -d -o 10001 -g 10001 /app/var /run/prediction-server
 WORKDIR /app
 # HOST 0.0.0.0: the container's own interface; Gunicorn refuses a non-loopback bind without
-# API_KEYS_FILE (or ALLOW_UNAUTHENTICATED=1), so keys must be given at run time.
+# API_KEYS_FILE (or ALLOW_UNAUTHENTICATED=1), and without signature checks on the models
+# (MODEL_TRUSTED_KEYS: mounted public keys; or ALLOW_UNSIGNED_MODELS=1 for the unsigned demo
+# models, logged as a warning), so both are given at run time.
 # var/ (SQLite prediction log by default) and the metrics folder are the only places written:
 # mount a tmpfs (or a volume) on /app/var, /tmp (Gunicorn's worker heartbeat files) and keep
 # /dev/shm, a tmpfs in every container, for Prometheus' per-worker files.
