@@ -77,7 +77,8 @@ def webhook():
 
 @pytest.fixture
 def monitored(demo_root, server_factory, webhook):
-    return server_factory(demo_root, ALERT_SECONDS="1", ALERT_WEBHOOK_URL=webhook.url, GUARD_SECONDS="0")
+    return server_factory(demo_root, ALERT_SECONDS="1", ALERT_WEBHOOK_URL=webhook.url, GUARD_SECONDS="0",
+                          METRICS_FEATURE_LABELS="1")
 
 
 def wait_for(check, timeout: float = 20.0, interval: float = 0.3):
@@ -131,7 +132,9 @@ def test_drift_is_caught_across_workers_and_alerts(monitored, webhook):
     # the figures behind the alert are exported too, as of the latest evaluation
     assert wait_for(lambda: gauge(monitored, "sklearn_server_monitoring_window_predictions", model="diabetes",
                                   version="1") == 500)
-    assert gauge(monitored, "sklearn_server_drift_score", model="diabetes", feature="bmi", statistic="psi") > 0.1
+    # exported one after another by the evaluation: wait for this one too rather than race it
+    assert wait_for(lambda: (gauge(monitored, "sklearn_server_drift_score", model="diabetes", feature="bmi",
+                                   statistic="psi") or 0) > 0.1)
 
 
 def gauge(server, name: str, **labels) -> float | None:
