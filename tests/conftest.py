@@ -37,7 +37,12 @@ GUNICORN = Path(sys.executable).parent / "gunicorn"
 SCRUBBED_ENV = ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "HOST", "PORT", "WEB_CONCURRENCY", "ALLOW_UNAUTHENTICATED",
                 "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS", "ARTIFACTS_DIR", "THREADS", "DATABASE_URL", "GUARD_SECONDS",
                 "REGISTRY_POLL_SECONDS", "ROUTING_KEY_HEADER", "PROMETHEUS_MULTIPROC_DIR", "ALERT_RULES_FILE",
-                "ALERT_WEBHOOK_URL", "ALERT_SECONDS", "PII_HASH_KEY", "PREDICTION_LOG_SAMPLE", "MONITORING_WINDOW")
+                "ALERT_WEBHOOK_URL", "ALERT_SECONDS", "PII_HASH_KEY", "PREDICTION_LOG_SAMPLE", "MONITORING_WINDOW",
+                "DEFAULT_MODEL", "MODEL_TRUSTED_KEYS", "MODEL_SIGNING_PRIVATE_KEY_FILE", "ALLOW_UNSIGNED_MODELS",
+                "METRICS_REQUIRE_KEY", "METRICS_FEATURE_LABELS", "MODEL_BACKEND", "MODEL_BACKENDS", "RECORD_REQUESTS",
+                "DATA_QUALITY_CHECKS", "RECORD_QUEUE_SIZE", "WORKER_MAX_REQUESTS", "WORKER_MEMORY_GROWTH_MB",
+                "ALLOWED_HOSTS", "FORWARDED_ALLOW_IPS", "LOCAL_ADMIN_KEYS_FILE", "REQUIRE_MODEL_CARD",
+                "VECTORIZED_MIN_ROWS", "GUNICORN_CMD_ARGS")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects: the marker must be on the item by then
@@ -63,6 +68,12 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if _left_out:
         terminalreporter.write_line(f"{len(_left_out)} PostgreSQL tests left out (-m); make test runs them "
                                     "against a real server")
+
+
+@pytest.fixture(autouse=True)
+def no_writes_to_the_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Commands a test runs without naming a database (the CLI's audit records) write here, not to var/."""
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'default-store.db'}")
 
 
 @pytest.fixture(scope="session")

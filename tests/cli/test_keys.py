@@ -99,7 +99,8 @@ def test_real_process_exit_codes_and_streams(keys_file):
         return subprocess.run(
             [sys.executable, "-c", "from service.cli.keys import keys; keys()", *args],
             cwd=ROOT,
-            env={"API_KEYS_FILE": str(keys_file), "PATH": "/usr/bin:/bin"},
+            env={"API_KEYS_FILE": str(keys_file), "PATH": "/usr/bin:/bin",
+                 "DATABASE_URL": f"sqlite:///{keys_file.parent / 'audit.db'}"},  # key changes are audited
             capture_output=True,
             text=True,
             timeout=30,
