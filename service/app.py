@@ -19,14 +19,13 @@ STORE_TIMEOUT = 1.0  # seconds a write after a response may wait for the databas
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app for ``config`` (read from the environment when not given)."""
     from service import logs
-    from service.api import admin, auth, csrf, dashboard, health, models, monitoring, predict, proxy, request_ids
+    from service.api import admin, auth, csrf, dashboard, health, models, monitoring, openapi, predict, proxy, request_ids
+    from service.api import card as card_api
+    from service.api import explain as explain_api
     from service.api import metrics as metrics_api
     from service.api import mlflow as mlflow_api
     from service.api import v2 as v2_api
-    from service.api import openapi
-    from service.api import card as card_api
-    from service.api import explain as explain_api
-    from service.api.converters import CONVERTERS
+    from service.api.converters import URL_CONVERTERS
     from service.api.handlers import register_error_handlers
     from service.models.auto_rollback import Guard
     from service.monitoring import metrics
@@ -44,7 +43,7 @@ def create_app(config: Config | None = None) -> Flask:
     logs.configure_logging(config.log_level)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=config.max_request_bytes, SERVICE_CONFIG=config)
-    app.url_map.converters.update(CONVERTERS)
+    app.url_map.converters.update(URL_CONVERTERS)
     app.url_map.strict_slashes = False
     metrics_api.init_app(app)
     request_ids.init_app(app)

@@ -23,5 +23,5 @@ class LabelNameConverter(BaseConverter):
     regex = r"[a-z0-9_-]{1,64}"
 
 
-CONVERTERS = {"model_name": ModelNameConverter, "version_number": VersionNumberConverter,
+URL_CONVERTERS = {"model_name": ModelNameConverter, "version_number": VersionNumberConverter,
               "label_name": LabelNameConverter}

@@ -17,7 +17,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from service.api import auth, dashboard
-from service.api.converters import CONVERTERS
+from service.api.converters import URL_CONVERTERS
 from service.api.handlers import register_error_handlers
 from service.config import Config
 from service.errors import ModelNotFound
@@ -50,7 +50,7 @@ class FakeMonitoring:
 
 def make_app(monitoring: FakeMonitoring) -> Flask:
     app = Flask("service")
-    app.url_map.converters.update(CONVERTERS)
+    app.url_map.converters.update(URL_CONVERTERS)
     app.url_map.strict_slashes = False
     auth.init_app(app, Config())  # loopback, no keys file: open
     app.extensions["monitoring"] = monitoring
