@@ -44,9 +44,9 @@ test: venv system-deps  ## Run the whole test suite (unit and end-to-end)
 test-fast: venv  ## Run the in-process tests only: no Gunicorn, no PostgreSQL (neither need be installed)
 	$(BIN)/python -m pytest -m "not e2e and not postgres"
 
-bench: venv  ## Compare this server, a naive Flask app and the bare floor under wrk (needs wrk; installs it as root; BENCH_ARGS=--quick)
+bench: venv  ## Compare this server, a naive Flask app and the bare floor under wrk (needs wrk; installs it as root; BENCH_ARGS=--quick; MODEL=<packaged model in ARTIFACTS_DIR>)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(if $(MODEL),--model '$(MODEL)') $(BENCH_ARGS)
 
 lint:  venv  ## Check the code with ruff
 	$(BIN)/ruff check .

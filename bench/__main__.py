@@ -7,7 +7,12 @@ and this project with monitoring off) and every scenario loads them in turn, so 
 hits all alike; each run also reads the server's CPU from /proc. Last, three copies of the
 project's server that differ only in worker recycling take the fastest scenario at more
 connections, for p99. Every server gets its own temp folder for its SQLite store and Prometheus
-files (deleted when it stops; its log is kept) and is stopped by pid even on failure.
+files (deleted when it stops; its log is kept) and is stopped by pid even on failure. Between
+the two, one more project server answers the same rows of the demo classifier in each wire
+protocol (v1, V2 JSON, V2 binary, MLflow) and ``:explain`` next to ``:predict``; explain is
+timed in process too. ``--model <m>`` (``make bench MODEL=<m>``) measures one packaged
+model of ``ARTIFACTS_DIR`` instead, with rows drawn from its reference profile, and skips the
+protocol and explain phases, which are about the demo models.
 Progress goes to stderr, the report to stdout; the exit code is non-zero with a one-line
 reason if a server did not start or any scenario saw a non-2xx answer. ``--help`` lists the
 options; each falls back to its environment variable (what ``make bench`` passes), then to the
@@ -25,9 +30,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import compare, inprocess, load, machine, models, report
+from bench import compare, explaining, inprocess, load, machine, models, profiled, protocols, report
 from bench.server import ServerError
-from bench.workload import CLASSIFIER, build_scenarios
+from bench.workload import CLASSIFIER, Scenario, build_scenarios
 from service.errors import ServiceError
 from service.monitoring import metrics
 
@@ -36,6 +41,7 @@ DEFAULT_WORKERS = 2  # the target machine has 2 cores
 QUICK_SECONDS = 2  # --quick: enough to see that everything answers, not to trust the figures
 LATENCY_CONNECTIONS = 8  # the recycling runs: more connections than workers, so requests queue as in production
 RECYCLING_SECONDS = 20  # per recycling setting: long enough for the shipped max_requests to replace workers
+EXPLAINED = (CLASSIFIER, models.FOREST)  # explain is timed on the demo classifier and the 100-tree forest
 
 
 def env_int(name: str, default: int) -> int:
@@ -72,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help=f"a short check: {QUICK_SECONDS} s per wrk run and short in-process timings "
                              "(figures are rough)")
+    parser.add_argument("--model", metavar="NAME",
+                        help="measure this packaged model of ARTIFACTS_DIR (default artifacts/) instead of the "
+                             "bench's own, with rows from its reference profile (make bench MODEL=NAME)")
     parser.add_argument("--results", type=Path, default=report.RESULTS_FILE, metavar="PATH",
                         help="where the JSON results are written (default: bench/results/latest.json)")
     return parser
@@ -89,26 +98,49 @@ def progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def run(work: Path, workers: int, settings: load.LoadSettings, quick: bool = False) -> dict:
+def prepare(root: Path, model: str | None) -> list[Scenario]:
+    """Train the bench's models, or copy the one asked for out of ARTIFACTS_DIR; return the scenarios."""
+    if model is None:
+        progress(f"training and packaging the bench models into {root}")
+        return build_scenarios(root, models.train_all(root))
+    source = Path(os.environ.get("ARTIFACTS_DIR", "artifacts"))
+    version = profiled.copy_model(source, model, root)
+    progress(f"measuring {model} version {version} (copied from {source} into {root}), rows from its reference profile")
+    return profiled.scenarios_for(root, model, version)
+
+
+def explain_in_process(root: Path, scenarios: list[Scenario], budget: float) -> list[dict]:
+    frames = {s.model: s.frame for s in scenarios if s.model in EXPLAINED and s.rows == explaining.BATCH}
+    progress(f"timing explain against predict in process: {', '.join(frames)}")
+    return explaining.measure_all(root, frames, budget)
+
+
+def run(work: Path, workers: int, settings: load.LoadSettings, quick: bool = False, model: str | None = None) -> dict:
     """The whole benchmark in a scratch folder; returns the results dict."""
     load.require_wrk()
     load_before = machine.load_average()
     # The in-process observer counts into multiprocess files, as a Gunicorn worker does.
     metrics.prepare_multiprocess_dir(work / "inprocess" / "prom")
     root = work / "artifacts"
-    progress(f"training and packaging the bench models into {root}")
-    scenarios = build_scenarios(root, models.train_all(root))
+    scenarios = prepare(root, model)
+    budget = 0.05 if quick else inprocess.BUDGET_SECONDS
     progress("timing the in-process path and the writer's work per answer (single thread)")
-    local = inprocess.measure_all(root, scenarios, work / "inprocess", budget=0.05 if quick else inprocess.BUDGET_SECONDS)
+    local = inprocess.measure_all(root, scenarios, work / "inprocess", budget=budget)
     for leftover in (work / "inprocess").glob("predictions.db*"):
         leftover.unlink(missing_ok=True)
+    explained = None if model else explain_in_process(root, scenarios, budget)
     side_by_side = compare.compare(root, work / "servers", workers, scenarios, settings)
-    fastest = next(s for s in scenarios if s.model == CLASSIFIER and s.rows == 1)
+    wire = None
+    if model is None:
+        short = dataclasses.replace(settings, seconds=1 if quick else max(2, settings.seconds // 2))
+        wire = protocols.run_phase(root, work / "protocols", workers, scenarios, short, EXPLAINED)
+    fastest = next(s for s in scenarios if s.model == (model or CLASSIFIER) and s.rows == 1)
     latency = dataclasses.replace(settings, connections=LATENCY_CONNECTIONS,
                                   seconds=settings.seconds if quick else max(settings.seconds, RECYCLING_SECONDS))
     recycled = compare.recycling(root, work / "servers", workers, fastest, latency)
     facts = machine.machine_facts(workers, load.wrk_version(), load_before)
-    return report.build_results(facts, settings, scenarios, local, side_by_side, recycled)
+    results = report.build_results(facts, settings, scenarios, local, side_by_side, recycled)
+    return report.add_phases(results, wire, explained)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     ok = False
     try:
-        results = run(work, workers, settings, args.quick)
+        results = run(work, workers, settings, args.quick, args.model)
         print(report.format_table(results))
         progress(f"results written to {report.write_json(results, args.results)}")
         ok = results["ok"]

@@ -111,9 +111,9 @@ def limits_from_config() -> inference.Limits:
     return inference.Limits(config.max_batch_rows, config.vectorized_min_rows)
 
 
-def load_models(root: Path, names: set[str]) -> dict[str, runtime.LoadedModel]:
-    """Load version 1 of each model through the runtime (verified before unpickling)."""
-    return {name: runtime.load(root / name / "1", name=name, version=1) for name in names}
+def load_models(root: Path, versions: dict[str, int]) -> dict[str, runtime.LoadedModel]:
+    """Load the given version of each model through the runtime (verified before unpickling)."""
+    return {name: runtime.load(root / name / str(v), name=name, version=v) for name, v in versions.items()}
 
 
 def check_same_predictions(scenario: Scenario, model: runtime.LoadedModel, answer: inference.Answer) -> None:
@@ -129,7 +129,7 @@ def measure(scenario: Scenario, model: runtime.LoadedModel, catalog: Catalog, li
     """Time the estimator, the full path, validation, JSON and the after-answer work for one scenario."""
     payload = orjson.loads(scenario.body)
     estimator, frame, proba = model.estimator, scenario.frame, scenario.probabilities
-    target = inference.Target(scenario.model)
+    target = inference.Target(scenario.model, scenario.version)
 
     def estimator_only() -> None:
         estimator.predict(frame)
@@ -180,7 +180,7 @@ def measure_all(root: Path, scenarios: list[Scenario], scratch: Path,
 
     ``scratch`` holds the observers' SQLite store (a temp folder, never the repo's ``var/``).
     """
-    models = load_models(root, {s.model for s in scenarios})
+    models = load_models(root, {s.model: s.version or 1 for s in scenarios})
     catalog = Catalog(root, None, 0)
     catalog.refresh()
     limits = limits_from_config()

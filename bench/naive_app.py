@@ -1,8 +1,9 @@
 """The Flask app a user would write: load the joblib file, ``predict`` on a DataFrame, nothing else.
 
-The bench's yardstick. It serves every model folder the bench packaged (version 1, the same
-``model.joblib`` the project serves) at the project's URL, with no validation, no monitoring
-and no error handling beyond Flask's own: ``gunicorn bench.naive_app:application``.
+The bench's yardstick. It serves every model version the bench packaged or copied (the same
+``model.joblib`` the project serves) at the project's URLs (version 1 without a version in the
+path), with no validation, no monitoring and no error handling beyond Flask's own:
+``gunicorn bench.naive_app:application``.
 """
 
 import os
@@ -13,13 +14,15 @@ import pandas as pd
 from flask import Flask, jsonify, request
 
 ROOT = Path(os.environ.get("ARTIFACTS_DIR", "artifacts"))
-MODELS = {path.parent.parent.name: joblib.load(path) for path in ROOT.glob("*/1/model.joblib")}
+MODELS = {(path.parent.parent.name, int(path.parent.name)): joblib.load(path) for path in ROOT.glob("*/*/model.joblib")
+          if path.parent.name.isdigit()}
 application = Flask(__name__)
 
 
 @application.post("/v1/models/<name>:predict")
-def predict(name: str):
-    model = MODELS[name]
+@application.post("/v1/models/<name>/versions/<int:version>:predict")
+def predict(name: str, version: int = 1):
+    model = MODELS[name, version]
     body = request.get_json()
     frame = pd.DataFrame(body["instances"], columns=model.feature_names_in_)
     return jsonify({"predictions": model.predict(frame).tolist()})
@@ -27,4 +30,4 @@ def predict(name: str):
 
 @application.get("/readyz")
 def ready():
-    return jsonify({"status": "ready", "models": sorted(MODELS)})
+    return jsonify({"status": "ready", "models": sorted({name for name, _ in MODELS})})

@@ -82,6 +82,20 @@ def build_results(machine: dict[str, Any], load: LoadSettings, scenarios: list[S
     }
 
 
+def add_phases(results: dict[str, Any], wire: dict[str, Any] | None,
+               explained: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Add the protocol and explain phases (None when not run, as with --model); their problems fail the run."""
+    problems = (wire or {}).get("problems", []) + failures_of((wire or {}).get("protocols", {}) | (wire or {}).get("explain", {}))
+    results = results | {"protocols": wire, "explain_in_process": explained,
+                         "failures": results["failures"] + problems}
+    results["ok"] = not results["failures"]
+    return results
+
+
+def failures_of(runs: dict[str, Any]) -> list[str]:
+    return [f"{key}: {run['non2xx']} non-2xx of {run['requests']} responses" for key, run in runs.items() if run["failed"]]
+
+
 def _rows(rows: int) -> str:
     return f"{rows:,} row{'s' if rows > 1 else ''}"
 
@@ -191,6 +205,47 @@ def recycling_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def protocol_lines(results: dict[str, Any]) -> list[str]:
+    wire = results.get("protocols")
+    if not wire:
+        return []
+    head = (f"{'request':12}  {'protocol':13}  {'body KiB':>9}  {'req/s':>8}  {'p50 ms':>8}  {'CPU us/req':>10}  "
+            f"{'CPU us/row':>10}")
+    lines = [f"Protocols (this server, monitoring on, breast-cancer; wrk {wire['seconds']} s each, one after another)",
+             head, "-" * len(head)]
+    for run in wire["protocols"].values():
+        lines.append(f"{_rows(run['rows']):12}  {run['protocol']:13}  {run['body_bytes'] / 1024:>9,.1f}  "
+                     f"{_cell(run['requests_per_second'], ',.1f', 8)}  {_cell(run['p50_ms'], ',.2f', 8)}  "
+                     f"{_cell(run['cpu_us_per_request'], ',.0f', 10)}  {_cell(run['cpu_us_per_row'], ',.2f', 10)}")
+    lines.append("v1 rows = POST /v1/models/m:predict {instances}; v2 = POST /v2/models/m/infer, one [rows, 30] FP64 "
+                 "tensor as JSON or as raw bytes after the header (Inference-Header-Content-Length);")
+    lines.append("mlflow split = POST /invocations {dataframe_split} with DEFAULT_MODEL=breast-cancer. "
+                 "CPU = the server's process tree.")
+    return lines
+
+
+def explain_lines(results: dict[str, Any]) -> list[str]:
+    local, wire = results.get("explain_in_process"), (results.get("protocols") or {}).get("explain")
+    if not local:
+        return []
+    head = (f"{'model':14}  {'request':10}  {'method':20}  {'predict us/row':>14}  {'explain us/row':>14}  "
+            f"{'ratio':>7}")
+    lines = ["Explain vs predict in process (one thread, median per row; predict = the served backend)",
+             head, "-" * len(head)]
+    for c in local:
+        lines.append(f"{c['model']:14}  {_rows(c['rows']):10}  {c['method']:20}  {c['predict_ms_per_row'] * 1e3:>14,.1f}  "
+                     f"{c['explain_ms_per_row'] * 1e3:>14,.1f}  {c['ratio']:>6.1f}x")
+    if wire:
+        head = f"{'model':14}  {'request':10}  {'route':8}  {'req/s':>8}  {'p50 ms':>8}  {'CPU us/req':>10}  {'CPU us/row':>10}"
+        lines += ["", "Explain vs predict through the server (POST /v1/models/m:explain and :predict, monitoring on)",
+                  head, "-" * len(head)]
+        for run in wire.values():
+            lines.append(f"{run['model']:14}  {_rows(run['rows']):10}  {run['protocol']:8}  "
+                         f"{_cell(run['requests_per_second'], ',.1f', 8)}  {_cell(run['p50_ms'], ',.2f', 8)}  "
+                         f"{_cell(run['cpu_us_per_request'], ',.0f', 10)}  {_cell(run['cpu_us_per_row'], ',.2f', 10)}")
+    return lines
+
+
 def target_lines(results: dict[str, Any]) -> list[str]:
     lines = ["Targets (issue 9)"]
     for t in results["targets"]:
@@ -202,7 +257,10 @@ def target_lines(results: dict[str, Any]) -> list[str]:
 def format_table(results: dict[str, Any]) -> str:
     """The whole report as plain text: facts, the comparison, ratios, in process, memory, recycling, targets."""
     lines = header_lines(results) + comparison_lines(results) + [""] + ratio_lines(results) + [""]
-    lines += in_process_lines(results) + [""] + memory_lines(results) + [""] + recycling_lines(results) + [""]
+    lines += in_process_lines(results) + [""]
+    for extra in (protocol_lines(results), explain_lines(results)):
+        lines += extra + ([""] if extra else [])
+    lines += memory_lines(results) + [""] + recycling_lines(results) + [""]
     lines += target_lines(results) + [""]
     for problem in results["failures"]:
         lines.append(f"!! FAILED: {problem}")

@@ -140,11 +140,11 @@ class Server:
             return 0
 
 
-def post(url: str, body: bytes, timeout: float = 60.0) -> tuple[int, bytes]:
-    """One JSON POST to the bench server; returns (status, body) for 4xx/5xx as well."""
+def post(url: str, body: bytes, timeout: float = 60.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One POST (JSON unless ``headers`` say otherwise) to the bench server; returns (status, body) for 4xx/5xx too."""
     if not url.startswith(f"http://{HOST}:"):
         raise ValueError(f"the bench only sends traffic to {HOST}, not {url}")
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()

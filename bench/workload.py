@@ -30,6 +30,7 @@ class Scenario:
     probabilities: bool
     body: bytes
     frame: pd.DataFrame
+    version: int | None = None  # None: whichever version production serves (the bench's own models have one)
 
     @property
     def key(self) -> str:
@@ -41,7 +42,9 @@ class Scenario:
 
     @property
     def path(self) -> str:
-        return f"/v1/models/{self.model}:predict"
+        if self.version is None:
+            return f"/v1/models/{self.model}:predict"
+        return f"/v1/models/{self.model}/versions/{self.version}:predict"
 
 
 def demo_data() -> dict[str, pd.DataFrame]:

@@ -88,3 +88,10 @@ def test_a_target_without_a_figure_is_not_measured_never_met():
     assert ratios["cpu_vs_floor"] == pytest.approx(2.5)
     assert ratios["monitoring_throughput_cost"] is None
     assert np.isclose(ratios["p99_over_p50"], 2.0)
+
+
+def test_the_naive_app_serves_a_version_named_in_the_path(naive, tmp_path):
+    client, model, X = naive
+    url = "/v1/models/tiny/versions/1:predict"
+    assert client.post(url, json={"instances": X.to_numpy().tolist()}).get_json() == {"predictions": model.predict(X).tolist()}
+    assert client.post("/v1/models/tiny/versions/2:predict", json={"instances": []}).status_code >= 400
