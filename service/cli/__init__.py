@@ -1,10 +1,16 @@
 """The command line: ``python -m service <command>``; a thin shell over the core modules.
 
 One module per command group; every command exits 0 on success and non-zero with a one-line
-reason on stderr otherwise.
+reason on stderr otherwise. Warnings the core logs on the way (an audit record that could not be
+written) are held back and shown after a command that succeeded; after a failure the one-line
+reason is all that is printed. ``LOG_LEVEL`` set shows every log line as it happens, as JSON.
 """
 
 from __future__ import annotations
+
+import logging
+import os
+import sys
 
 import click
 
@@ -25,5 +31,30 @@ for _module in (models, labels, rollout, registry, monitoring, settings, card, a
         cli.add_command(_command)
 
 
+class _HeldWarnings(logging.Handler):
+    """Keep the core's warnings until the command's outcome is known."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"warning: {record.getMessage()}")
+
+
 def main() -> None:
-    cli(prog_name="python -m service")
+    if os.environ.get("LOG_LEVEL"):
+        from service.logs import configure_logging
+
+        configure_logging(os.environ["LOG_LEVEL"])
+        cli(prog_name="python -m service")
+        return
+    held = _HeldWarnings()
+    logging.getLogger().addHandler(held)
+    try:
+        cli(prog_name="python -m service")
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            for line in dict.fromkeys(held.lines):  # each warning once
+                print(line, file=sys.stderr)
+        raise

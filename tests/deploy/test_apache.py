@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import wait_until
 from tests.conftest import Server, free_port, start_server
 from tests.deploy.conftest import (
     APACHE_PROXY_MODULES,
@@ -75,7 +76,10 @@ def test_prediction_through_apache(apache):
     assert response.headers["X-Model-Version"] == "1" and len(response.json()["predictions"]) == 1
     # no id from the client: mod_unique_id's, in an alphabet the app keeps, so both logs agree
     request_id = response.headers["X-Request-ID"]
-    assert re.fullmatch(r"[A-Za-z0-9._-]{20,}", request_id) and request_id in apache.log("prediction-server-access.log")
+    assert re.fullmatch(r"[A-Za-z0-9._-]{20,}", request_id)
+    # Apache writes its access log line once the response has gone out: wait for it
+    wait_until(lambda: request_id in apache.log("prediction-server-access.log"), timeout=10,
+               message="the request id in Apache's access log")
     assert apache.get("/healthz", headers={"X-Request-ID": "client-id-2"}).headers["X-Request-ID"] == "client-id-2"
     assert_error_shape(apache.get("/metrics"), 404, "not_found")  # scraped on the app's own port only
 

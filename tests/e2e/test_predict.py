@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.builders import wait_until
+
 pytestmark = pytest.mark.e2e
 
 ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
@@ -18,6 +20,12 @@ def test_access_log_is_json_with_the_request_id(demo_server):
     assert predicted.status_code == 200 and predicted.headers["X-Model-Version"] == "1"
     response = demo_server.get("/healthz", headers={"X-Request-ID": "access-log-check-1"})
     assert response.status_code == 200
-    access = {r["http"]["request_id"]: r["http"] for r in demo_server.log_records() if r.get("logger") == "gunicorn.access"}
+
+    def access_records() -> dict:
+        return {r["http"]["request_id"]: r["http"] for r in demo_server.log_records() if r.get("logger") == "gunicorn.access"}
+
+    # Gunicorn writes the access log line after the response has gone out: wait for both
+    access = wait_until(lambda: (found := access_records()) and {"access-log-check-1", "access-log-check-2"} <= set(found)
+                        and found, timeout=10, message="both requests in the access log")
     assert access["access-log-check-1"]["status"] == 200 and access["access-log-check-1"]["path"] == "/healthz"
     assert access["access-log-check-2"]["path"] == "/v1/models/diabetes:predict"
