@@ -175,3 +175,26 @@ def test_tls_config_passes_nginx_t(tmp_path: Path):
     result = subprocess.run([NGINX, "-t", "-p", f"{tmp_path}/nginx/", "-e", str(tmp_path / "nginx" / "error.log"),
                              "-c", str(conf)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_an_open_loopback_server_behind_nginx_is_not_open_through_it(demo_root: Path, tmp_path: Path):
+    """No API_KEYS_FILE: direct loopback clients may predict, but nothing through the proxy is "local"."""
+    with ExitStack() as stack:
+        server = start_server(demo_root, tmp_path, LOCAL_ADMIN_KEYS_FILE=str(tmp_path / "local-admin.json"))
+        stack.callback(server.stop)
+        port = free_port()
+        proxy = start_nginx(tmp_path / "nginx", nginx_site(f"127.0.0.1:{server.port}", port), port)
+        stack.callback(proxy.stop)
+        proxy.wait_listening()
+        label = "/v1/models/diabetes/labels/staging"
+        # an anonymous admin change through the proxy: refused, and the registry is untouched
+        through = proxy.session.put(proxy.base + label, json={"version": 1})
+        assert assert_error_shape(through, 401, "unauthorized")["details"]["reason"] == "admin_needs_key"
+        # predictions through the proxy need a key too; straight from loopback they do not
+        proxied = proxy.post(PREDICT, json={"instances": [ROW]})
+        assert assert_error_shape(proxied, 401, "unauthorized")["details"]["reason"] == "not_local"
+        assert server.post(PREDICT, json={"instances": [ROW]}).status_code == 200
+        # and admin needs a key even straight from loopback
+        direct = server.session.put(server.base + label, json={"version": 1}, timeout=30)
+        assert assert_error_shape(direct, 401, "unauthorized")["details"]["reason"] == "admin_needs_key"
+        assert "staging" not in server.get("/v1/models/diabetes").json().get("labels", {})
