@@ -213,6 +213,7 @@ def when_ready(server):
     """
     _check_open_listeners(server)
     _check_unsigned_models(server)
+    _warn_unbuffered_public_sync(server)
     _prepare_metrics(server)
 
 
@@ -267,6 +268,21 @@ def _check_unsigned_models(server):
     sys.stderr.write(f"configuration error: listening on {public[0]} without MODEL_TRUSTED_KEYS; "
                      "set MODEL_TRUSTED_KEYS (or MODEL_SIGNING_KEY) or ALLOW_UNSIGNED_MODELS=1\n")
     os._exit(2)
+
+
+def _warn_unbuffered_public_sync(server):
+    """Sync workers read a request in the worker: two slow clients can hold both, so on a public
+    address they belong behind a buffering proxy (Nginx, Apache), declared in FORWARDED_ALLOW_IPS."""
+    import ipaddress
+
+    if worker_class != "sync" or _config.forwarded_allow_ips:
+        return
+    public = [str(listener) for listener in server.LISTENERS if isinstance(listener.sock.getsockname(), tuple)
+              and not ipaddress.ip_address(listener.sock.getsockname()[0].split("%")[0]).is_loopback]
+    if public:
+        server.log.warning("sync workers on a public address with no proxy declared: slow clients can stall every "
+                           "worker; put Nginx or Apache in front (deploy/) and set FORWARDED_ALLOW_IPS to it, or "
+                           "use THREADS>1 (gthread workers)", extra={"address": ", ".join(public)})
 
 
 def child_exit(server, worker):
