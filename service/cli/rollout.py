@@ -8,6 +8,7 @@ commands to its group.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,13 @@ from service.cli.common import ARTIFACTS, MODEL, SIGNING_KEY, actor, fails_clean
 from service.models import registry
 
 REASON = click.option("--reason", required=True, help="Why; recorded in the history.")
+
+
+def _moves_production(command: Callable[..., None]) -> click.Command:
+    """Make a command that moves NAME's production label: NAME, --reason, the artifact root, the signing key."""
+    for decorate in (fails_cleanly, SIGNING_KEY, ARTIFACTS, REASON, MODEL, click.command()):
+        command = decorate(command)
+    return command
 
 
 class OptionalNumber(click.ParamType):
@@ -105,24 +113,14 @@ def rollout_set(name: str, canary: int | None, weight: float | None, end_canary:
     click.echo(f"{name}: {describe(entry['after'])}")
 
 
-@click.command()
-@MODEL
-@REASON
-@ARTIFACTS
-@SIGNING_KEY
-@fails_cleanly
+@_moves_production
 def promote(name: str, reason: str, artifacts_dir: Path, signing_key: str | None) -> None:
     """Make NAME's canary version production and end the canary."""
     entry = registry.promote(artifacts_dir, name, actor=actor(), reason=reason, signing_key=signing_key)
     click.echo(f"{name}: production -> {entry['to']} (was {entry['from']}); canary ended")
 
 
-@click.command()
-@MODEL
-@REASON
-@ARTIFACTS
-@SIGNING_KEY
-@fails_cleanly
+@_moves_production
 def rollback(name: str, reason: str, artifacts_dir: Path, signing_key: str | None) -> None:
     """Point NAME's production back at the previous production version and end any canary."""
     entry = registry.rollback(artifacts_dir, name, actor=actor(), reason=reason, signing_key=signing_key)
