@@ -1,4 +1,4 @@
-"""JSON in and out for the HTTP layer: content type, size, parsing, and orjson responses."""
+"""Bodies in and JSON out for the HTTP layer: content type, size, parsing, and orjson responses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 import orjson
 from flask import Response, current_app, request
 
-from service.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from service.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from service.protocols import parse_json
 
 JSON_MIMETYPES = ("application/json",)
 # Before a 413 the rest of the body is read and thrown away, so the connection closes cleanly: a
@@ -18,22 +19,21 @@ DRAIN_FACTOR = 2
 DRAIN_CHUNK = 64 * 1024
 
 
-def read_json() -> Any:
-    """Parse the request body as JSON; 415 for another content type, 400 for bad JSON."""
-    if request.mimetype not in JSON_MIMETYPES:
-        raise UnsupportedMediaType(details={"expected": "application/json"})
+def read_body() -> bytes:
+    """The whole request body; 413 past MAX_CONTENT_LENGTH, whether the length is declared or not."""
     body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH when the length is declared
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if request.content_length is None and limit is not None and len(body) >= limit:
         # a chunked body is cut off at the limit rather than refused: refuse it here
         raise PayloadTooLarge(details={"limit_bytes": limit})
-    if not body:
-        raise InvalidJSON("The request body is empty.")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        # orjson's message gives a position and the problem, never the offending text
-        raise InvalidJSON(details={"reason": str(exc).split(":", 1)[0], "position": exc.pos}) from None
+    return body
+
+
+def read_json() -> Any:
+    """Parse the request body as JSON; 415 for another content type, 413 past the limit, 400 for bad JSON."""
+    if request.mimetype not in JSON_MIMETYPES:
+        raise UnsupportedMediaType(details={"expected": "application/json"})
+    return parse_json(read_body())
 
 
 def drain_body(limit: int | None) -> int:

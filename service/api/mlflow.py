@@ -15,8 +15,8 @@ from flask import Blueprint, Response, current_app, g, request
 
 from service.api.auth import require_scope
 from service.api.csrf import accepts
-from service.api.io import json_response, read_json
-from service.errors import NotReady, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.api.io import json_response, read_body, read_json
+from service.errors import NotReady, ServiceError, UnsupportedMediaType
 from service.protocols import mlflow
 from service.serving import inference
 
@@ -76,17 +76,9 @@ def _decode(target: inference.Target, max_rows: int, routing_header: str | None)
     if charset != "utf-8":
         raise UnsupportedMediaType("Send the body in UTF-8.", details={"charset": charset[:40]})
     if request.mimetype == CSV:
-        return mlflow.decode_csv(_read_body(), target, max_rows=max_rows, text_columns=_text_columns(target.name),
+        return mlflow.decode_csv(read_body(), target, max_rows=max_rows, text_columns=_text_columns(target.name),
                                  routing_header=routing_header)
     return mlflow.decode_json(read_json(), target, max_rows=max_rows, routing_header=routing_header)
-
-
-def _read_body() -> bytes:
-    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH when the length is declared
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is None and limit is not None and len(body) >= limit:
-        raise PayloadTooLarge(details={"limit_bytes": limit})  # a chunked body is cut off at the limit
-    return body
 
 
 def _model_names() -> list[str]:

@@ -19,10 +19,9 @@ from werkzeug.exceptions import HTTPException
 from service.api.auth import require_scope
 from service.api.csrf import accepts
 from service.api.handlers import HTTP_CODES
-from service.api.io import drain_body, json_response
+from service.api.io import drain_body, json_response, read_body
 from service.errors import (
     ModelUnavailable,
-    PayloadTooLarge,
     ServiceError,
     StoreUnavailable,
     UnsupportedMediaType,
@@ -133,11 +132,7 @@ def _read_body() -> bytes:
     """Read the whole body (JSON, or JSON plus binary tensors); 413 past the limit, 415 if compressed."""
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise UnsupportedMediaType("Compressed request bodies are not supported; send them uncompressed.")
-    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH when the length is declared
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is None and limit is not None and len(body) >= limit:
-        raise PayloadTooLarge(details={"limit_bytes": limit})
-    return body
+    return read_body()
 
 
 # -- errors, as the spec shapes them -------------------------------------------------------------

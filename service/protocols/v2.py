@@ -25,9 +25,8 @@ import numpy as np
 import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from service.errors import InvalidJSON
 from service.models.rollout import routing_key_from
-from service.protocols import tensors
+from service.protocols import parse_json, tensors
 from service.protocols.tensors import invalid
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.runtime import LoadedModel
@@ -58,7 +57,7 @@ def decode(body: bytes, target: Target, *, header_length: str | None, max_rows: 
            routing_header: str | None = None) -> InferRequest:
     """Parse an inference request body (JSON or JSON plus binary tensors); 400/422 naming the problem."""
     header, binary = _split(body, header_length)
-    envelope = _load(_parse_json(header))
+    envelope = _load(parse_json(header))
     parameters = envelope.get("parameters", {})
     layout, data = _inputs(envelope["inputs"], binary, max_rows)
     outputs, binary_outputs = _outputs(envelope.get("outputs"), parameters)
@@ -146,15 +145,6 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
         invalid(HEADER_LENGTH, f"Must be a whole number of bytes from 0 to the body's length ({len(body)}).")
     view = memoryview(body)
     return body[:int(value)], view[int(value):]
-
-
-def _parse_json(header: bytes) -> Any:
-    if not header:
-        raise InvalidJSON("The request body is empty.")
-    try:
-        return orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(details={"reason": str(exc).split(":", 1)[0], "position": exc.pos}) from None
 
 
 class Shape(fields.Field):
