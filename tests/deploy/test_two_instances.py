@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from service.security.keys import create_key
 from service.store import Store
 from tests.builders import copy_version
-from tests.conftest import Server, free_port, start_server
+from tests.conftest import Server, Webhook, free_port, start_server
 from tests.deploy.conftest import DEPLOY, Proxy, render, start_nginx, wait_until
 from tests.postgres import PostgresServer
 
@@ -41,36 +39,6 @@ REACH_SECONDS = POLL_SECONDS + 2.0
 ALERT_SECONDS = 1
 CANCER_ROW = [[1.0] * 30]
 WINDOW = 5000  # larger than everything the module sends: the monitoring report counts it all
-
-
-class Webhook:
-    """A loopback receiver for alert notifications: keeps every JSON body POSTed to it."""
-
-    def __init__(self) -> None:
-        received: list[dict] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/alerts"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 @dataclass
