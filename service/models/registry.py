@@ -6,18 +6,15 @@ lock (so two processes changing it at once lose nothing), written to a temp file
 last-good copy written beside it (``registry_file``). Refused changes raise before anything is
 written; so does every change over a registry.json that cannot be read, which only
 ``restore`` (from the last-good copy) or a repair by hand replaces. Which version answers a
-request is ``rollout``'s job, not this module's. No Flask.
+request is ``rollout``'s job, and deleting old version folders ``registry_gc``'s (``gc`` here
+only records it), not this module's. No Flask.
 """
 
 from __future__ import annotations
 
 import copy
-import errno
 import importlib.metadata
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -25,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ArtifactError, RegistryUnreadable
-from service.models import artifacts, compatibility
+from service.models import artifacts, compatibility, registry_gc
 from service.models.registry_file import (  # noqa: F401  (read_serving_state, LAST_GOOD_FILE: this module's API too)
     LAST_GOOD_FILE,
     empty_state,
@@ -36,6 +33,7 @@ from service.models.registry_file import (  # noqa: F401  (read_serving_state, L
     read_state,
     write_state,
 )
+from service.models.registry_gc import GC_PREFIX, protected_versions  # noqa: F401  (this module's API too)
 from service.models.rollout import (
     PRODUCTION,
     check_budget,
@@ -46,7 +44,6 @@ from service.models.rollout import (
 )
 
 LABEL_RE = re.compile(r"[a-z0-9_-]{1,64}")
-GC_PREFIX = ".gc-"
 STACK_LIMIT = 20  # rollback targets remembered; older ones are dropped from the bottom
 
 
@@ -252,52 +249,16 @@ def rollback(root: Path, name: str, *, actor: str, reason: str = "", signing_key
     return update(root, name, change, actor=actor, reason=reason)
 
 
-def protected_versions(state: dict[str, Any]) -> set[int]:
-    """Return the versions ``gc`` must keep: labelled, in the rollout, or the rollback target."""
-    rollout = state["rollout"]
-    keep = set(state["labels"].values()) | set(rollout["shadow"])
-    if rollout["canary"]:
-        keep.add(rollout["canary"]["version"])
-    if rollout["fallback"] is not None:
-        keep.add(rollout["fallback"])
-    if state["production_stack"]:
-        keep.add(state["production_stack"][-1])
-    return keep
-
-
 def gc(root: Path, name: str, *, keep: int, actor: str, reason: str = "", dry_run: bool = False) -> list[int]:
-    """Delete the version folders older than the newest ``keep`` that nothing points at; return them."""
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        # the newest version always stays: packaging numbers the next one after it
-        raise ValueError("keep must be an integer of at least 1")
-    folder = artifacts.model_dir(root, name)
-    if not folder.is_dir():
-        raise ValueError(f"there is no model {name!r} under {root}")
-    with locked(root, name):
-        state = read_state(root, name)
-        protected = protected_versions(state)
-        doomed = [v for v in artifacts.list_versions(root, name)[:-keep] if v not in protected]
-        if dry_run or not doomed:
-            return doomed
-        for stale in folder.glob(GC_PREFIX + "*"):  # left by a gc that died half-way
-            _remove_tree(stale)
-        # move the folders out of sight first (one rename each), so a failed write can put them back
-        moved: list[tuple[int, Path]] = []
-        try:
-            for version in doomed:
-                trash = Path(tempfile.mkdtemp(dir=folder, prefix=f"{GC_PREFIX}{version}-"))
-                os.rename(folder / str(version), trash / str(version))
-                moved.append((version, trash))
-            state["production_stack"] = [v for v in state["production_stack"] if v not in doomed]
-            _commit(root, name, state, {"action": "gc", "keep": keep, "deleted": doomed}, actor=actor, reason=reason)
-        except BaseException:
-            for version, trash in moved:
-                os.rename(trash / str(version), folder / str(version))
-                trash.rmdir()
-            raise
-        for _, trash in moved:
-            _remove_tree(trash)
-        return doomed
+    """Delete the version folders older than the newest ``keep`` that nothing points at; return them.
+
+    The deletion is ``registry_gc``'s; the history entry (and audit record) is written here.
+    """
+
+    def record(state: dict[str, Any], entry: dict[str, Any]) -> None:
+        _commit(root, name, state, entry, actor=actor, reason=reason)
+
+    return registry_gc.collect(root, name, keep=keep, record=record, dry_run=dry_run)
 
 
 def _make_production(state: dict[str, Any], version: int, *, push: bool = True) -> dict[str, Any]:
@@ -355,35 +316,6 @@ def _still_there(root: Path, name: str, versions: list[int]) -> None:
     for version in versions:
         if not artifacts.version_dir(root, name, version).is_dir():
             raise ValueError(f"model {name!r} has no version {version}")
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete ``path`` without ever following a symlink: a planted link is removed, never its target."""
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-        return
-    # versions are written read-only (0444); make them writable so removal works everywhere.
-    # os.walk does not descend into linked folders, and the chmod below refuses links.
-    for folder, _, files in os.walk(path):
-        _chmod_no_follow(folder, 0o755)
-        for filename in files:
-            _chmod_no_follow(os.path.join(folder, filename), 0o644)
-    shutil.rmtree(path)  # unlinks links inside, never follows them
-
-
-def _chmod_no_follow(path: str, mode: int) -> None:
-    # O_NOFOLLOW: a link swapped in after the walk looked is refused (ELOOP), not followed;
-    # O_NONBLOCK: a planted FIFO cannot hang the gc
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOENT):
-            return
-        raise
-    try:
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
 
 
 TASK_RULES = {"min_live_accuracy": "classification", "max_live_rmse": "regression"}
