@@ -12,7 +12,8 @@ application = Flask(__name__)
 
 
 @application.post("/v1/models/<name>:predict")
-def predict(name: str):
+@application.post("/v1/models/<name>/versions/<int:version>:predict")
+def predict(name: str, version: int = 1):
     request.get_data()
     return jsonify(ANSWER)
 

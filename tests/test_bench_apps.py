@@ -43,8 +43,8 @@ def test_the_naive_app_has_no_model_it_was_not_given(naive):
 
 def test_the_floor_answers_a_constant_whatever_it_is_sent():
     client = floor_app.application.test_client()
-    for body in (b'{"instances": [[1, 2]]}', b"not even json"):
-        response = client.post("/v1/models/anything:predict", data=body, content_type="application/json")
+    for body, path in ((b'{"instances": [[1, 2]]}', "anything:predict"), (b"not even json", "m/versions/3:predict")):
+        response = client.post(f"/v1/models/{path}", data=body, content_type="application/json")
         assert response.status_code == 200
         assert response.get_json() == {"predictions": [0]}
     assert client.get("/readyz").status_code == 200
