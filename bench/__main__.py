@@ -36,11 +36,12 @@ from bench.workload import CLASSIFIER, Scenario, build_scenarios
 from service.errors import ServiceError
 from service.monitoring import metrics
 
-DEFAULT_SECONDS = 6  # per wrk run; 12 scenarios x 4 servers keep the whole run under 10 minutes
+DEFAULT_SECONDS = 6  # per wrk run; 12 scenarios x 4 servers plus the protocol phase keep the whole run under 10 minutes
 DEFAULT_WORKERS = 2  # the target machine has 2 cores
 QUICK_SECONDS = 2  # --quick: enough to see that everything answers, not to trust the figures
 LATENCY_CONNECTIONS = 8  # the recycling runs: more connections than workers, so requests queue as in production
 RECYCLING_SECONDS = 20  # per recycling setting: long enough for the shipped max_requests to replace workers
+PHASE_DIVISOR = 3  # the protocol and explain runs (20 of them, one server) get a third of a comparison run's time
 EXPLAINED = (CLASSIFIER, models.FOREST)  # explain is timed on the demo classifier and the 100-tree forest
 
 
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="Benchmark the prediction server: train the demo models, time them in process, then "
                     "compare real Gunicorn servers with wrk on 127.0.0.1: this server with monitoring on and off, "
-                    "a naive Flask app on the same joblib files, and the bare Flask floor; then worker recycling. "
+                    "a naive Flask app on the same joblib files, and the bare Flask floor; then the wire protocols "
+                    "(v1, V2 JSON and binary, MLflow) and :explain against :predict on one server; then worker recycling. "
                     "Progress goes to stderr, the table to stdout.",
         epilog="Exit status: 0 when every scenario answered 2xx, 1 otherwise (the scratch folder is kept).")
     parser.add_argument("--seconds", type=positive_int, metavar="N",
@@ -132,7 +134,7 @@ def run(work: Path, workers: int, settings: load.LoadSettings, quick: bool = Fal
     side_by_side = compare.compare(root, work / "servers", workers, scenarios, settings)
     wire = None
     if model is None:
-        short = dataclasses.replace(settings, seconds=1 if quick else max(2, settings.seconds // 2))
+        short = dataclasses.replace(settings, seconds=1 if quick else max(2, settings.seconds // PHASE_DIVISOR))
         wire = protocols.run_phase(root, work / "protocols", workers, scenarios, short, EXPLAINED)
     fastest = next(s for s in scenarios if s.model == (model or CLASSIFIER) and s.rows == 1)
     latency = dataclasses.replace(settings, connections=LATENCY_CONNECTIONS,
