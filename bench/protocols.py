@@ -6,7 +6,7 @@ little-endian FP64 after the JSON header, ``Inference-Header-Content-Length`` sa
 header ends) and MLflow's ``dataframe_split`` on ``/invocations`` (``DEFAULT_MODEL`` set). One
 server of the project's own (monitoring on, the defaults) answers all of them, loaded in turn
 by wrk while its CPU is read from /proc, so only the protocol differs. The explain runs use the
-same server: ``:explain`` against ``:predict`` on the same v1 body. Building the bodies is pure
+same server, first: ``:explain`` against ``:predict`` on the same v1 body. Building the bodies is pure
 and tested without a server; the server is stopped by pid when the phase ends.
 """
 
@@ -138,7 +138,7 @@ def measure(server: Server, requests: list[Request], work: Path, settings: load.
 
 def run_phase(root: Path, work: Path, workers: int, scenarios: list[Scenario], settings: load.LoadSettings,
               explain_models: tuple[str, ...]) -> dict[str, Any]:
-    """One project server (monitoring on, DEFAULT_MODEL = the classifier): protocols, then explain vs predict."""
+    """One project server (monitoring on, DEFAULT_MODEL = the classifier): explain vs predict, then protocols."""
     work.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         server = Server(root, work / "server", workers, {"DEFAULT_MODEL": CLASSIFIER})
@@ -146,10 +146,12 @@ def run_phase(root: Path, work: Path, workers: int, scenarios: list[Scenario], s
         stack.callback(server.stop)
         progress(f"starting the protocol server (monitoring on, DEFAULT_MODEL={CLASSIFIER}) on {server.url}")
         server.start()
-        requests = protocol_requests(scenarios)
-        progress(f"wrk protocols: {len(requests)} runs of {settings.seconds} s")
-        protocols, problems = measure(server, requests, work, settings)
+        # explain first: after the 10,000-row protocol runs the writer thread is still logging their
+        # predictions, which would bill its CPU to the small explain and predict requests
         requests = explain_requests(scenarios, explain_models)
         progress(f"wrk explain vs predict: {len(requests)} runs of {settings.seconds} s")
-        explained, more = measure(server, requests, work, settings)
+        explained, problems = measure(server, requests, work, settings)
+        requests = protocol_requests(scenarios)
+        progress(f"wrk protocols: {len(requests)} runs of {settings.seconds} s")
+        protocols, more = measure(server, requests, work, settings)
     return {"seconds": settings.seconds, "protocols": protocols, "explain": explained, "problems": problems + more}
