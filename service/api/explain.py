@@ -3,12 +3,13 @@
 ``POST /v1/models/<m>:explain`` (and ``/versions/<v>:explain``, ``/labels/<l>:explain``) is
 predict with ``"parameters": {"explain": true}`` forced on: same layouts, routing, logging and
 scope. ``GET /v1/models/<m>/predictions/<id>/explanation`` explains a logged decision again with
-the version that made it (``service.explain.past``).
+the version that made it (``service.explain.past``); each such look is recorded in the audit
+trail (who asked, for which prediction), as answering a data subject is an act to account for.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, g
 
 from service.api.auth import require_scope
 from service.api.io import json_response
@@ -34,4 +35,9 @@ def logged(name: str, prediction_id: str) -> Response:
     ext["catalog"].model(name)  # 404 for an unknown model before the database is asked
     found = past.find(ext["store"], name, prediction_id)
     model = ext["catalog"].resolve(name, found.version)
-    return json_response(past.explain_logged(model, found))
+    body = past.explain_logged(model, found)
+    if "audit" in ext:  # queued: never slows or fails the answer
+        actor = f"key:{g.key_id}" if getattr(g, "key_id", None) else "local"
+        ext["audit"].put(actor, "prediction.explained", f"model:{name}",
+                         {"prediction_id": prediction_id, "version": found.version})
+    return json_response(body)

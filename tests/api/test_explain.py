@@ -143,3 +143,15 @@ def test_explanation_of_a_past_decision_needs_read_scope(make_app, tmp_path):
     client = make_app(api_keys_file=path).test_client()
     reply = client.get("/v1/models/breast-cancer/predictions/x-0/explanation", headers={"Authorization": f"Bearer {key}"})
     assert reply.status_code == 403
+
+
+def test_explaining_a_logged_decision_is_recorded_in_the_audit_trail(app, client):
+    from service.security import audit
+    from tests.builders import wait_until
+
+    ids = predicted_ids(app, client, "breast-cancer", rows_of("breast-cancer", 2))
+    assert client.get(f"/v1/models/breast-cancer/predictions/{ids[0]}/explanation").status_code == 200
+    store = app.extensions["store"]
+    found = wait_until(lambda: audit.find(store, "prediction.explained"), timeout=10, message="the audit record")
+    assert found[-1].target == "model:breast-cancer" and found[-1].details["prediction_id"] == ids[0]
+    assert audit.verify(store).ok
