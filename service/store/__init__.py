@@ -68,6 +68,9 @@ class Store:
         self._failure_lock = threading.Lock()
         self._local = threading.local()
         self._opened: list[tuple[int, Any]] = []  # (pid, connection) this store opened, closed with it
+        #: One lock per open connection, held while its thread uses it: ``close`` from another thread
+        #: waits for that use to end, since closing a SQLite connection mid-statement crashes the process.
+        self._in_use: dict[int, threading.RLock] = {}
         self._finalizer = weakref.finalize(self, close_all, self._opened)
         #: Whether the database has the previous ``predictions`` layout (see ``_adopt_previous_layout``);
         #: False until the schema could be set up.
@@ -129,9 +132,26 @@ class Store:
         raise ValueError("DATABASE_URL must start with sqlite:///, postgresql:// or postgres:// "
                          "(e.g. sqlite:///var/predictions.db)")
 
-    def close(self) -> None:
-        """Close the connections this process opened; using the store again opens new ones."""
-        close_all(self._opened)
+    def close(self, wait: float = 5.0) -> None:
+        """Close the connections this process opened; using the store again opens new ones.
+
+        A connection another thread is using is closed once that use ends (waiting up to ``wait``
+        seconds), or left to that thread when it does not end in time: never closed under it.
+        """
+        kept = []
+        for pid, db in list(self._opened):
+            lock = self._in_use.get(id(db))
+            if pid != os.getpid() or lock is None:
+                continue
+            if lock.acquire(timeout=wait):
+                try:
+                    db.close()
+                finally:
+                    lock.release()
+                self._in_use.pop(id(db), None)
+            else:
+                kept.append((pid, db))
+        self._opened[:] = kept
         self._local = threading.local()
 
     @contextmanager
@@ -144,11 +164,21 @@ class Store:
                 INHERITED.append(cached)  # the parent's: never close it here, nor let it be collected
             elif cached is not None:  # broken: let it go
                 self._opened.remove((self._local.pid, cached))
+                self._in_use.pop(id(cached), None)
                 cached.close()
             self._local.db = None
             self._local.db, self._local.pid = self.dialect.connect(), os.getpid()
+            self._in_use[id(self._local.db)] = threading.RLock()
             self._opened.append((os.getpid(), self._local.db))
-        yield self._local.db
+        db = self._local.db
+        lock = self._in_use.get(id(db))
+        if lock is None:  # closed by another thread's close() since this thread cached it: reconnect
+            self._local.db = None
+            with self._connection() as fresh:
+                yield fresh
+            return
+        with lock:
+            yield db
 
     def create_tables(self, ddl: str) -> None:
         """Run ``ddl`` (``CREATE ... IF NOT EXISTS`` statements with ``{rowid}`` and ``{any}`` fields) now;
