@@ -83,3 +83,43 @@ def race(target: Any, args: tuple, processes: int = 4, timeout: float = 20.0) ->
         proc.join(10)
         assert proc.exitcode == 0
     return outcomes
+
+
+def load_gunicorn_conf(monkeypatch, **env: str):
+    """Execute gunicorn.conf.py as Gunicorn would, with only ``env`` set of the server's settings."""
+    import importlib.util
+
+    from tests.conftest import REPO, SCRUBBED_ENV
+
+    for name in SCRUBBED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", REPO / "gunicorn.conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def fake_gunicorn_server(host: str) -> tuple[Any, list[tuple[str, str]]]:
+    """A stand-in for Gunicorn's arbiter with one listener on ``host`` (tests may bind loopback only)
+    and a log that keeps (level, message) pairs."""
+    lines: list[tuple[str, str]] = []
+
+    class Log:
+        def warning(self, message, **_):
+            lines.append(("warning", message))
+
+        def error(self, message, **_):
+            lines.append(("error", message))
+
+    class Listener:
+        class sock:  # noqa: N801
+            @staticmethod
+            def getsockname():
+                return (host, 8000)
+
+        def __str__(self):
+            return f"{host}:8000"
+
+    return type("Server", (), {"LISTENERS": [Listener()], "log": Log()})(), lines

@@ -6,7 +6,6 @@ wrong scope, or with a webhook receiver of their choosing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sqlite3
@@ -23,8 +22,8 @@ from service.monitoring.notify import Notifier
 from service.security import audit, signing
 from service.security.keys import create_key
 from tests.api.test_faults import replace_model_file
-from tests.builders import copy_version
-from tests.conftest import REPO, SCRUBBED_ENV
+from tests.builders import copy_version, fake_gunicorn_server, load_gunicorn_conf
+from tests.conftest import SCRUBBED_ENV
 from tests.faulty_models import MarkerOnUnpickle
 from tests.monitoring.test_notify import FIRING, Redirecting
 
@@ -103,14 +102,9 @@ def test_a_label_cannot_point_at_the_planted_version(artifact_root, tmp_path):
 
 def unsigned_check(monkeypatch, host: str, **env: str):
     """Run gunicorn.conf.py's start-up check against one fake listener on ``host``; return (exited, log)."""
-    for name in (*SCRUBBED_ENV, "MODEL_TRUSTED_KEYS", "ALLOW_UNSIGNED_MODELS"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", REPO / "gunicorn.conf.py")
-    conf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conf)
-    exits, lines = [], []
+    conf = load_gunicorn_conf(monkeypatch, **env)
+    server, lines = fake_gunicorn_server(host)
+    exits = []
 
     class Exit(Exception):
         pass
@@ -119,23 +113,6 @@ def unsigned_check(monkeypatch, host: str, **env: str):
         exits.append(code)
         raise Exit
 
-    class Log:
-        def warning(self, message, **_):
-            lines.append(("warning", message))
-
-        def error(self, message, **_):
-            lines.append(("error", message))
-
-    class Listener:
-        class sock:  # noqa: N801
-            @staticmethod
-            def getsockname():
-                return (host, 8000)
-
-        def __str__(self):
-            return f"{host}:8000"
-
-    server = type("Server", (), {"LISTENERS": [Listener()], "log": Log()})()
     monkeypatch.setattr(conf.os, "_exit", fake_exit)
     try:
         conf._check_unsigned_models(server)
