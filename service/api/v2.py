@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 from service.api.auth import require_scope
 from service.api.csrf import accepts
 from service.api.handlers import HTTP_CODES
-from service.api.io import drain_body, json_response, read_body
+from service.api.io import json_response, read_body
 from service.errors import (
     ModelUnavailable,
     ServiceError,
@@ -158,6 +158,4 @@ def _error(error: Exception) -> Response:
             log.error("request failed", exc_info=failure.__cause__ or error, extra={"code": failure.code})
         if isinstance(failure, ValidationFailed):
             status = 400
-    if status == 413:
-        drain_body(current_app.config.get("MAX_CONTENT_LENGTH"))
     return json_response({"error": message}, status, headers)

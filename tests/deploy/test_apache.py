@@ -134,3 +134,14 @@ def test_prediction_through_apache_over_a_unix_socket(demo_root: Path, tmp_path:
         proxy.wait_ready()
         response = proxy.post(PREDICT, json={"instances": [ROW]}, headers={"X-API-Key": api_key[1]})
         assert response.status_code == 200 and response.headers["X-Model-Version"] == "1"
+
+
+@pytest.mark.parametrize(("headers", "status", "code"), [
+    ({"X-API-Key": "sk_not-a-key"}, 401, "unauthorized"),                  # refused before the body is read
+    ({"Content-Type": "text/csv"}, 415, "unsupported_media_type"),        # refused before the body is read
+])
+def test_an_early_refusal_of_a_large_body_is_relayed_not_turned_into_a_502(apache, headers, status, code):
+    body = b'{"instances": [' + b"[1.0]," * (10 * 1024 * 1024 // 6) + b"[1.0]]}"  # ~10 MB, under the limit
+    for _ in range(2):
+        response = apache.post(PREDICT, data=body, headers={"Content-Type": "application/json", **headers})
+        assert_error_shape(response, status, code)
