@@ -87,8 +87,8 @@ def explain(model: Any, columns: dict[str, np.ndarray]) -> Explanation:
     n = len(next(iter(columns.values()))) if columns else 0
     if method.max_rows is not None and n > method.max_rows:
         raise ExplanationUnavailable(
-            f"{model.name} version {model.version} is explained by sampling, limited to {method.max_rows} "
-            f"rows per request; this one has {n}.",
+            f"{model.name} version {model.version} is explained by {method.name.replace('_', ' ')}, limited to "
+            f"{method.max_rows} rows per request; this one has {n}: send fewer rows per request.",
             details={"method": method.name, "max_rows": method.max_rows, "rows": n})
     base, contributions = method.run(columns)
     return Explanation(method.name, method.output, method.exact, [f["name"] for f in model.features],

@@ -144,6 +144,15 @@ def test_sampled_method_is_reproducible_and_limited():
         explain.explain(model, too_many)
 
 
+def test_tree_shap_is_limited_to_a_number_of_rows_a_worker_answers_in_time(monkeypatch):
+    X, y = diabetes()
+    model = loaded(RandomForestRegressor(n_estimators=3, random_state=0), X, y)
+    monkeypatch.setattr(methods, "TREE_SHAP_MAX_ROWS", 5)  # read when the model's method is chosen, just below
+    assert explain.explain(model, columns_of(model, X.iloc[:5])).contributions.shape[0] == 5
+    with pytest.raises(explain.ExplanationUnavailable, match="tree shap, limited to 5 rows"):
+        explain.explain(model, columns_of(model, X.iloc[:6]))
+
+
 def test_a_wrong_exact_method_is_never_trusted(monkeypatch):
     X, y = diabetes()
     model = loaded(Ridge(), X, y)
