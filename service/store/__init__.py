@@ -107,10 +107,14 @@ class Store:
         if not self._pending:  # the common path: no lock
             return
         with self._schema_lock:
+            deadline = time.monotonic() + self.timeout
             while self._pending:
                 try:
                     self._pending[0]()
                 except sqlite3.Error as exc:
+                    if "locked" in str(exc) and time.monotonic() < deadline:
+                        time.sleep(0.01)  # workers booting together all create the schema: wait our turn
+                        continue
                     if not self._schema_failed:
                         self._schema_failed = True
                         log.error("store schema could not be created; serving goes on, and every read or write "

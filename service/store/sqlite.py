@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -45,10 +46,24 @@ class SQLiteDialect:
         except OSError as exc:
             raise sqlite3.OperationalError(f"cannot create the directory of {self.path}: {exc}") from exc
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        self._wal(db)
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         db.row_factory = sqlite3.Row
         return db
+
+    def _wal(self, db: sqlite3.Connection) -> None:
+        """Switch to WAL, waiting like any writer: the switch does not call SQLite's busy handler, so
+        two workers opening a new database at once would otherwise see "database is locked" at once."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(0.01)
 
     def usable(self, db: sqlite3.Connection) -> bool:
         return True
