@@ -197,7 +197,8 @@ class Observer:
             answer = item.answer
             batch = self.log.encode(answer.target.name, answer.version, item.request_id, answer.ids,
                                     answer.batch.columns, answer.result.predictions, answer.result.probabilities,
-                                    answer.seconds * 1000, answer.model.features, ts=item.ts)
+                                    answer.seconds * 1000, answer.model.features, ts=item.ts,
+                                    subject=answer.model.manifest.get("subject"))
             if batch is not None:
                 encoded.append(batch)
         return encoded

@@ -27,8 +27,8 @@ import numpy as np
 import orjson
 
 from service.models.artifacts import NUMERIC_TYPES
-from service.monitoring.privacy import pii_names, redact
-from service.store import MAX_PARAMS, Store, chunks
+from service.monitoring.privacy import hash_column, hash_value, pii_names, redact
+from service.store import MAX_PARAMS, Store, chunks, erasure
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ MAX_ID_CHARS = 128
 #: Feature types read back as float64 with NaN for missing; the others as object arrays with None.
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 PREDICTION_COLUMNS = ("id", "ts", "model", "version", "batch", "row_index")
+#: ``predictions.subject`` of a row whose subject value was missing: found by no erasure, but
+#: not NULL, so the rows of a batch with a subject are all under the partial indexes.
+NO_SUBJECT = ""
 BATCH_COLUMNS = ("ts", "model", "version", "request_id", "latency_ms", "rows", "features", "inputs", "outputs",
                  "probabilities")
 #: The NOT NULL columns of a previous-layout ``predictions`` table, and what new rows put there.
@@ -68,7 +71,8 @@ class EncodedBatch:
     """One request's logged rows, encoded before the write lock is taken."""
 
     values: tuple[Any, ...]  # of BATCH_COLUMNS
-    ids: str  # JSON list of the stored rows' prediction ids, in row order
+    ids: str  # JSON list of the stored rows' prediction ids, in row order ([id, subject hash] pairs with a subject)
+    subjects: bool = False  # whether ``ids`` holds pairs
 
 
 def is_sampled(prediction_id: str, rate: float) -> bool:
@@ -93,6 +97,7 @@ class PredictionLog:
         self.pii_key = pii_key.encode() if isinstance(pii_key, str) else pii_key  # None: PII is dropped
         self.late_after_seconds = late_after_seconds  # feedback this long after its prediction is "late"
         self._insert_batch = store.insert_sql("prediction_batches", BATCH_COLUMNS) + " RETURNING batch"
+        self._store_key: bytes | None = None  # the store's own subject key, read once (see subject_key)
 
     @property
     def _legacy(self) -> bool:
@@ -102,14 +107,46 @@ class PredictionLog:
         """
         return self.store.legacy_predictions
 
-    @property
-    def _insert(self) -> str:
-        # One row per element of the ids' JSON array: j.value the id, j.key its row in the batch.
+    def _insert(self, subjects: bool) -> str:
+        # One row per element of the ids' JSON array: j.value the id, j.key its row in the batch
+        # (with subjects, pairs: j.a the id, j.b its subject hash).
         # A prediction id seen again (a retried write) keeps its first row, and so its first batch.
         legacy = LEGACY_COLUMNS if self._legacy else {}
+        if subjects:
+            values = ", ".join(("j.a", "?", "?", "?", "?", "j.key", "j.b", *legacy.values()))
+            select = f"SELECT {values} FROM {self.store.json_pairs()}"  # noqa: S608  # nosec B608: constants and "?" only
+            return self.store.insert_sql("predictions", (*PREDICTION_COLUMNS, "subject", *legacy), conflict="ignore",
+                                         select=select)
         values = ", ".join(("j.value", "?", "?", "?", "?", "j.key", *legacy.values()))
         return self.store.insert_sql("predictions", (*PREDICTION_COLUMNS, *legacy), conflict="ignore",
                                      select=f"SELECT {values} FROM {self.store.json_elements()}")
+
+    def subject_key(self) -> bytes:
+        """The key subjects are hashed with: ``PII_HASH_KEY``, else the store's own (made once).
+
+        Without PII_HASH_KEY the key lives in the database next to the hashes: a reader of the
+        log's tables alone (an export, a stolen copy of one table) cannot turn a hash back into a
+        customer id, while erasure from any process still finds the rows. Raises ``sqlite3.Error``.
+        """
+        if self.pii_key:
+            return self.pii_key
+        if self._store_key is None:
+            self._store_key = erasure.subject_key(self.store)
+            log.warning("subjects are hashed with a key kept in the store; set PII_HASH_KEY to keep it elsewhere")
+        return self._store_key
+
+    def subject_hashes(self, subject: Any) -> list[str]:
+        """Every hash a logged subject equal to ``subject`` may carry: one per key it may have been hashed
+        with (PII_HASH_KEY, and the store's own if one was ever made). An integer and its decimal text
+        hash alike. Never makes a key; raises ``sqlite3.Error``."""
+        keys = [key for key in (self.pii_key, erasure.stored_subject_key(self.store)) if key]
+        return list(dict.fromkeys(h for key in keys if (h := hash_value(subject, key))))
+
+    def erase(self, subject: Any, model: str | None = None) -> tuple[list[str], dict[str, int]]:
+        """Delete every logged prediction about ``subject`` (of ``model`` only, when given), its feedback
+        and its rows in the stored batches; return the hashes looked for and the count per table."""
+        hashes = self.subject_hashes(subject)
+        return hashes, self.store.erase(hashes, model)
 
     @property
     def write_failures(self) -> int:
@@ -119,11 +156,11 @@ class PredictionLog:
     def record(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
                columns: dict[str, np.ndarray], predictions: np.ndarray | Sequence[Any],
                probabilities: np.ndarray | None, latency_ms: float, features: list[dict[str, Any]],
-               *, now: float | None = None) -> bool:
+               *, now: float | None = None, subject: str | None = None) -> bool:
         """Write the sampled rows of one predicted batch in one transaction; never raise."""
         try:
             batch = self.encode(model, version, request_id, ids, columns, predictions, probabilities, latency_ms,
-                                features, ts=time.time() if now is None else now)
+                                features, ts=time.time() if now is None else now, subject=subject)
         except Exception as exc:  # a caller's bad value must not fail the request either
             self.store.write_failed("predictions", exc)
             return False
@@ -133,8 +170,13 @@ class PredictionLog:
 
     def encode(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
                columns: dict[str, np.ndarray], predictions: Any, probabilities: Any, latency_ms: float,
-               features: list[dict[str, Any]], *, ts: float) -> EncodedBatch | None:
-        """Encode the sampled rows of one batch (None when none is sampled): all before the write lock."""
+               features: list[dict[str, Any]], *, ts: float, subject: str | None = None) -> EncodedBatch | None:
+        """Encode the sampled rows of one batch (None when none is sampled): all before the write lock.
+
+        ``subject`` names the feature that says whom each row is about (the manifest's): its values
+        are stored as keyed hashes in ``predictions.subject`` for erasure. Raises ``sqlite3.Error``
+        when the store's subject key is needed and cannot be read.
+        """
         n = len(ids)
         keep = None if self.sample_rate >= 1.0 else [i for i, pid in enumerate(ids) if is_sampled(pid, self.sample_rate)]
         if n == 0 or keep == []:
@@ -153,14 +195,20 @@ class PredictionLog:
         outputs = _column(take(predictions, "predictions"))
         probas = _dumps(_column(take(probabilities, "probabilities"))) if probabilities is not None else None
         kept_ids = list(ids) if keep is None else [ids[i] for i in keep]
-        return EncodedBatch((float(ts), model, int(version), request_id, float(latency_ms), len(kept_ids), _dumps(names),
-                      _dumps(inputs), _dumps(outputs), probas), _dumps(kept_ids))
+        values = (float(ts), model, int(version), request_id, float(latency_ms), len(kept_ids), _dumps(names),
+                  _dumps(inputs), _dumps(outputs), probas)
+        if not subject:
+            return EncodedBatch(values, _dumps(kept_ids))
+        raw = columns.get(subject)
+        hashes = ([NO_SUBJECT] * len(kept_ids) if raw is None else
+                  [h or NO_SUBJECT for h in hash_column(take(raw, f"column {subject!r}"), self.subject_key()).tolist()])
+        return EncodedBatch(values, _dumps([list(pair) for pair in zip(kept_ids, hashes, strict=True)]), subjects=True)
 
     def write_encoded(self, db: Any, batch: EncodedBatch) -> None:
         """Insert the batch, then its predictions pointing at it (in the caller's transaction)."""
         ts, model, version = batch.values[:3]
         (key,) = db.execute(self._insert_batch, batch.values).fetchall()[0]
-        if db.execute(self._insert, (ts, model, version, key, batch.ids)).rowcount == 0:
+        if db.execute(self._insert(batch.subjects), (ts, model, version, key, batch.ids)).rowcount == 0:
             db.execute("DELETE FROM prediction_batches WHERE batch = ?", (key,))  # all logged before (a retry)
 
     def record_feedback(self, model: str, items: list[dict[str, Any]], now: float | None = None) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from service.store.records import (  # noqa: F401  (the record types are part of
     REQUEST_COLUMNS,
     SCHEMA,
     SHADOW_COLUMNS,
+    SUBJECT_INDEXES,
     RequestRecord,
     ShadowRecord,
 )
@@ -86,6 +87,8 @@ class Store:
         with self.dialect.errors(), self._connection() as db:
             self.dialect.uncompressed(db, "prediction_batches", ("inputs", "outputs", "probabilities"))
         self.legacy_predictions = self._adopt_previous_layout()
+        self._add_subject()
+        self.create_tables(SUBJECT_INDEXES)
 
     def ensure_tables(self, ddl: str) -> None:
         """Have ``ddl``'s tables (as ``create_tables``): created now if the database answers, else
@@ -210,6 +213,15 @@ class Store:
                 db.execute("ALTER TABLE predictions ADD COLUMN row_index INTEGER")
         return "inputs" in names
 
+    def _add_subject(self) -> None:
+        """Give a database made before erasure its ``predictions.subject`` column (NULL in old rows:
+        they were logged without a subject, so no erasure can find them, as before)."""
+        if "subject" in self._column_names("predictions"):
+            return
+        with self._transaction(lock="schema") as db:  # workers starting together: one adds it
+            if "subject" not in _names(db.execute("SELECT * FROM predictions LIMIT 0").description):
+                db.execute("ALTER TABLE predictions ADD COLUMN subject TEXT")
+
     def _column_names(self, table: str) -> list[str]:
         with self.dialect.errors(), self._connection() as db:
             return _names(db.execute(f"SELECT * FROM {table} LIMIT 0").description)
@@ -276,6 +288,11 @@ class Store:
         of rows, with no per-row round trip or parameter binding."""
         return self.dialect.json_elements()
 
+    def json_pairs(self) -> str:
+        """Like ``json_elements`` over an array of two-string arrays: ``j.a`` and ``j.b``, each pair's
+        strings (NULL for a JSON null), and ``j.key``, its index from 0."""
+        return self.dialect.json_pairs()
+
     def pack(self, value: Any) -> Any:
         """Turn a number, string or None into what an ``{any}`` column stores."""
         return self.dialect.pack(value)
@@ -331,6 +348,13 @@ class Store:
         from service.store import retention
 
         return retention.purge(self, older_than_seconds, now, batch)
+
+    def erase(self, hashes: Iterable[str], model: str | None = None) -> dict[str, int]:
+        """Delete the predictions whose subject hash is one of ``hashes`` (of ``model`` only, when
+        given), their feedback, and their rows in the stored batches (``service.store.erasure``)."""
+        from service.store import erasure
+
+        return erasure.erase(self, list(hashes), model)
 
 
 def _names(description: Any) -> list[str]:

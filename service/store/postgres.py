@@ -151,6 +151,10 @@ class PostgresDialect:
         return ("(SELECT value, ordinality - 1 AS key"
                 " FROM json_array_elements_text(CAST(? AS json)) WITH ORDINALITY) AS j")
 
+    def json_pairs(self) -> str:
+        return ("(SELECT value ->> 0 AS a, value ->> 1 AS b, ordinality - 1 AS key"
+                " FROM json_array_elements(CAST(? AS json)) WITH ORDINALITY) AS j")
+
     def uncompressed(self, db: PgConnection, table: str, columns: tuple[str, ...]) -> None:
         # TOAST compresses long values with pglz by default: ~25 ms per MB written, more than the
         # space is worth for these columns. EXTERNAL keeps them out of line, uncompressed. Set once.

@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
     batch BIGINT,                      -- the prediction_batches row with its inputs and output
-    row_index INTEGER                  -- its row in that batch's columns
+    row_index INTEGER,                 -- its row in that batch's columns
+    subject TEXT                       -- keyed hash of the person it is about (the manifest's "subject"
+                                       -- feature), '' when that value was missing, NULL without a subject
 );
 CREATE INDEX IF NOT EXISTS predictions_model_version_ts ON predictions (model, version, ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -69,6 +71,14 @@ CREATE TABLE IF NOT EXISTS feedback (
     model TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_model_ts ON feedback (model, ts);
+CREATE TABLE IF NOT EXISTS store_secrets (
+    name TEXT PRIMARY KEY,             -- e.g. subject-key: what the secret is for
+    value TEXT NOT NULL                -- hex; made once by the first process that needs it
+);
+CREATE TABLE IF NOT EXISTS maintenance (
+    job TEXT PRIMARY KEY,              -- e.g. retention
+    last_run DOUBLE PRECISION NOT NULL -- unix seconds the job last ran to the end, in any process
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq BIGINT PRIMARY KEY,            -- 1, 2, 3, ...: given by the one writer under the "audit" lock
     ts DOUBLE PRECISION NOT NULL,      -- unix seconds
@@ -79,6 +89,13 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL,           -- the previous record's hash (64 zeros for the first)
     hash TEXT NOT NULL                 -- sha256 of prev_hash and this record's canonical content
 );
+"""
+
+#: Indexes for erasure, made after ``subject`` is known to exist (an older database gains it first).
+#: Partial: rows of models without a subject (NULL) cost nothing on insert.
+SUBJECT_INDEXES = """
+CREATE INDEX IF NOT EXISTS predictions_subject ON predictions (subject) WHERE subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS predictions_subject_batch ON predictions (batch) WHERE subject IS NOT NULL;
 """
 
 

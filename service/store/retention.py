@@ -1,7 +1,10 @@
-"""Retention: delete what is older than a cut-off, in short batches, from every table of the store.
+"""Retention: delete what is older than a cut-off, or past the log's size cap, in short batches.
 
 Each batch is its own transaction, so serving writes interleave with a long purge. ``make purge``
-and ``python -m service purge`` call it through ``Store.purge``.
+and ``python -m service purge`` call ``purge`` through ``Store.purge``; the retention loop
+(``service.monitoring.retention_loop``) calls it and ``trim_log`` on its own. The cap policy:
+past ``max_rows`` predictions the oldest batches go (predictions, their feedback and inputs)
+until ``CAP_LOW_WATER`` of the cap is left; nothing is sampled down and nothing waits on it.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import time
 
 from service.store import MAX_PARAMS, PURGE_BATCH, Store, chunks
+
+#: After trimming to the cap, this share of it is left: room for new rows before the next trim.
+CAP_LOW_WATER = 0.9
 
 
 def purge(store: Store, older_than_seconds: float, now: float | None = None, batch: int = PURGE_BATCH) -> dict[str, int]:
@@ -20,7 +26,25 @@ def purge(store: Store, older_than_seconds: float, now: float | None = None, bat
     would lock the file). Raises ``sqlite3.Error`` if a batch cannot be written.
     """
     cutoff = (time.time() if now is None else now) - older_than_seconds
-    counts = {"predictions": 0, "feedback": 0, "prediction_batches": 0, "requests": 0, "shadow": 0}
+    counts = purge_log(store, cutoff, batch)
+    counts.update(requests=0, shadow=0)
+    for table in ("requests", "shadow"):
+        sql = (f"DELETE FROM {table} WHERE rowid IN "
+               f"(SELECT rowid FROM {table} WHERE model = ? AND ts < ? LIMIT ?)")
+        for model in _distinct_models(store, table):
+            while True:
+                with store.transaction() as db:
+                    deleted = db.execute(sql, (model, cutoff, batch)).rowcount
+                counts[table] += deleted
+                if deleted < batch:
+                    break
+    return counts
+
+
+def purge_log(store: Store, cutoff: float, batch: int = PURGE_BATCH) -> dict[str, int]:
+    """Delete the prediction log's rows (predictions, their feedback, their batches) logged before
+    ``cutoff`` (unix seconds), in short transactions; return the count per table."""
+    counts = {"predictions": 0, "feedback": 0, "prediction_batches": 0}
     for model in _distinct_models(store, "predictions"):
         for version in _distinct_versions(store, model):
             while True:
@@ -36,17 +60,60 @@ def purge(store: Store, older_than_seconds: float, now: float | None = None, bat
         counts["prediction_batches"] += deleted
         if deleted < batch:
             break
-    for table in ("requests", "shadow"):
-        sql = (f"DELETE FROM {table} WHERE rowid IN "
-               f"(SELECT rowid FROM {table} WHERE model = ? AND ts < ? LIMIT ?)")
-        for model in _distinct_models(store, table):
-            while True:
-                with store.transaction() as db:
-                    deleted = db.execute(sql, (model, cutoff, batch)).rowcount
-                counts[table] += deleted
-                if deleted < batch:
-                    break
     return counts
+
+
+def log_rows_bound(store: Store) -> int:
+    """Return an upper bound of the rows in ``predictions`` at the cost of two index seeks.
+
+    Row ids only grow (SQLite's rowid is the largest plus one; PostgreSQL's identity skips at
+    most), so the span between the smallest and the largest counts every row and any gap left
+    by deletions in the middle. A COUNT(*) reads the whole table (see ``count_log_rows``).
+    """
+    low, high = store.fetch("SELECT MIN(rowid), MAX(rowid) FROM predictions")[0]
+    return 0 if low is None else int(high) - int(low) + 1
+
+
+def count_log_rows(store: Store) -> int:
+    """Return the exact number of rows in ``predictions`` (a full scan of its smallest index)."""
+    return int(store.fetch("SELECT COUNT(*) FROM predictions")[0][0])
+
+
+def trim_log(store: Store, max_rows: int, low_water: float = CAP_LOW_WATER,
+             batch: int = PURGE_BATCH) -> dict[str, int]:
+    """Keep the prediction log under ``max_rows``: when over it, delete the oldest batches (with
+    their predictions and feedback) until at most ``low_water`` of the cap is left.
+
+    The cheap bound is checked first; the exact count only when the bound is over the cap.
+    Returns the count deleted per table (all zero when under the cap).
+    """
+    counts = {"predictions": 0, "feedback": 0, "prediction_batches": 0}
+    if max_rows <= 0 or log_rows_bound(store) <= max_rows:
+        return counts
+    rows = count_log_rows(store)
+    if rows <= max_rows:
+        return counts
+    cutoff = _cutoff_for(store, rows - int(max_rows * low_water))
+    return purge_log(store, cutoff, batch)
+
+
+def _cutoff_for(store: Store, excess: int, page: int = 5000) -> float:
+    """The timestamp before which at least ``excess`` logged predictions lie, walking batches oldest first.
+
+    Never past the newest batch: rows without a batch (the previous layout) are left to the age limit.
+    """
+    seen, last, after = 0, float("-inf"), float("-inf")
+    while True:
+        found = store.fetch("SELECT ts, rows FROM prediction_batches WHERE ts > ? ORDER BY ts LIMIT ?", (after, page))
+        for ts, rows in found:
+            if seen >= excess and ts > last:
+                return ts  # every batch before this one goes
+            seen += rows
+            last = ts
+        if len(found) < page:
+            return last
+        after = found[-1][0]
+
 
 def _purge_predictions(store: Store, model: str, version: int, cutoff: float, batch: int) -> tuple[int, int]:
     with store.transaction() as db:

@@ -106,6 +106,9 @@ class SQLiteDialect:
     def json_elements(self) -> str:
         return "json_each(?) AS j"
 
+    def json_pairs(self) -> str:
+        return "(SELECT value ->> 0 AS a, value ->> 1 AS b, key FROM json_each(?)) AS j"
+
     def uncompressed(self, db: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> None:
         pass  # SQLite never compresses
 

@@ -1,0 +1,130 @@
+"""Erasure on both backends: one person's predictions, feedback and batch rows go; nobody else's move."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import psycopg
+import pytest
+
+from service.monitoring.predlog import PredictionLog
+from service.security import audit
+from service.store import Store
+
+FEATURES = [{"name": "customer_id", "type": "string", "pii": True}, {"name": "x", "type": "float"},
+            {"name": "city", "type": "category"}]
+
+
+def record(plog: PredictionLog, request: str, customers: list[str], *, model: str = "m", now: float = 100.0,
+           subject: str | None = "customer_id") -> list[str]:
+    """Log one batch of rows for these customers; x is each row's position, city a marker of the row."""
+    ids = [f"{request}-{i}" for i in range(len(customers))]
+    columns = {"customer_id": np.array(customers, dtype=object), "x": np.arange(len(customers), dtype=float),
+               "city": np.array([f"{request}:{c}" for c in customers], dtype=object)}
+    probabilities = np.array([[i / 10, 1 - i / 10] for i in range(len(customers))])
+    assert plog.record(model, 1, request, ids, columns, np.arange(len(customers)), probabilities, 1.0, FEATURES,
+                       now=now, subject=subject)
+    return ids
+
+
+def test_erasure_removes_one_person_everywhere_and_keeps_the_others_readable(make_store):
+    store = make_store()
+    plog = PredictionLog(store, pii_key="k")
+    first = record(plog, "a", ["alice", "bob", "alice", "carol"])
+    second = record(plog, "b", ["alice"], now=101.0)
+    third = record(plog, "c", ["dave", "erin"], now=102.0)
+    plog.record_feedback("m", [{"id": first[0], "label": 1}, {"id": first[1], "label": 0}, {"id": second[0], "label": 1}])
+
+    hashes, counts = plog.erase("alice")
+
+    assert counts == {"predictions": 3, "feedback": 2, "prediction_batches_rewritten": 1,
+                      "prediction_batches_deleted": 1}
+    assert hashes and all(store.fetch("SELECT COUNT(*) FROM predictions WHERE subject = ?", (h,)) == [(0,)]
+                          for h in hashes)
+    assert store.fetch("SELECT id FROM feedback") == [(first[1],)]
+    for (inputs,) in store.fetch("SELECT inputs FROM prediction_batches"):
+        assert "alice" not in inputs and not any(h in inputs for h in hashes)
+    assert store.fetch("SELECT rows FROM prediction_batches ORDER BY ts") == [(2,), (2,)]
+    window = plog.window("m", 1, features=FEATURES)
+    by_id = dict(zip(window.ids, window.columns["city"].tolist(), strict=True))
+    assert by_id == {first[1]: "a:bob", first[3]: "a:carol", third[0]: "c:dave", third[1]: "c:erin"}
+    outputs = dict(zip(window.ids, window.predictions.tolist(), strict=True))
+    assert outputs[first[1]] == 1 and outputs[first[3]] == 3  # each row keeps its own output, not a neighbour's
+    assert dict(zip(window.ids, window.probabilities[:, 0].tolist(), strict=True))[first[3]] == pytest.approx(0.3)
+    assert window.labels.tolist().count(0) == 1  # bob's label stays
+
+
+def test_an_unknown_subject_and_another_models_rows_are_left_alone(make_store):
+    store = make_store()
+    plog = PredictionLog(store)  # no PII_HASH_KEY: the store's own key
+    record(plog, "a", ["alice", "bob"])
+    record(plog, "b", ["alice"], model="other")
+    assert plog.erase("zoe")[1] == dict.fromkeys(("predictions", "feedback", "prediction_batches_rewritten",
+                                                   "prediction_batches_deleted"), 0)
+    assert plog.erase("alice", model="other")[1]["predictions"] == 1
+    assert store.fetch("SELECT model, COUNT(*) FROM predictions GROUP BY model") == [("m", 2)]
+    assert plog.erase("alice")[1]["predictions"] == 1
+
+
+def test_without_a_subject_nothing_is_hashed_and_nothing_can_be_erased(make_store):
+    store = make_store()
+    plog = PredictionLog(store, pii_key="k")
+    record(plog, "a", ["alice"], subject=None)
+    assert store.fetch("SELECT subject FROM predictions") == [(None,)]
+    assert store.fetch("SELECT COUNT(*) FROM store_secrets") == [(0,)]
+    assert plog.erase("alice")[1]["predictions"] == 0
+
+
+def test_the_subject_hash_is_keyed_and_a_missing_value_is_findable_by_nobody(make_store):
+    store = make_store()
+    plog = PredictionLog(store)
+    record(plog, "a", ["alice", None])
+    (secret,) = store.fetch("SELECT value FROM store_secrets")[0]
+    subjects = [row[0] for row in store.fetch("SELECT subject FROM predictions ORDER BY row_index")]
+    assert subjects[1] == "" and len(subjects[0]) == 64 and "alice" not in subjects[0]
+    assert plog.subject_hashes("alice") == [subjects[0]] and len(secret) == 64
+    assert PredictionLog(store, pii_key="k").subject_hashes("alice")[1] == subjects[0]  # the old key still found
+
+
+def test_erasure_is_one_audit_record_and_the_chain_still_verifies(make_store):
+    store = make_store()
+    plog = PredictionLog(store, pii_key="k")
+    record(plog, "a", ["alice", "bob"])
+    audit.record(store, "cli:x", "key.create", "key:a")
+    hashes, counts = plog.erase("alice")
+    audit.record(store, "cli:x", "subject.erase", f"subject:{hashes[0]}", {"model": None, "counts": counts})
+    assert audit.verify(store).ok
+    assert "alice" not in str(list(audit.records(store)))
+
+
+PREVIOUS_DDL = """
+CREATE TABLE predictions (
+    {rowid} id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL,
+    batch BIGINT, row_index INTEGER);
+CREATE INDEX predictions_model_version_ts ON predictions (model, version, ts);
+INSERT INTO predictions (id, ts, model, version, batch, row_index) VALUES ('old-0', 1.0, 'm', 1, NULL, NULL);
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_database_from_before_erasure_gains_the_subject_column_and_its_indexes(tmp_path, request, backend):
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+        with sqlite3.connect(tmp_path / "log.sqlite") as db:
+            db.executescript(PREVIOUS_DDL.format(rowid=""))
+        indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'predictions_subject%'"
+    else:
+        url = request.getfixturevalue("postgres_server").create_database()
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(PREVIOUS_DDL.format(rowid="rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,"))
+        indexes = "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'predictions_subject%'"
+    store, again = Store.from_url(url), Store.from_url(url)
+    request.addfinalizer(store.close)
+    request.addfinalizer(again.close)
+    assert sorted(r[0] for r in store.fetch(indexes)) == ["predictions_subject", "predictions_subject_batch"]
+    plog = PredictionLog(again, pii_key="k")
+    record(plog, "a", ["alice", "bob"])
+    assert store.fetch("SELECT id, subject FROM predictions WHERE id = 'old-0'") == [("old-0", None)]
+    assert plog.erase("alice")[1]["predictions"] == 1
+    assert sorted(r[0] for r in store.fetch("SELECT id FROM predictions")) == ["a-1", "old-0"]
