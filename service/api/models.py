@@ -1,4 +1,8 @@
-"""Model metadata: what is served, its versions, labels, schema and metrics."""
+"""Model metadata: what is served, its versions, labels, schema and metrics.
+
+Personal-data features are shown by ``service.models.pii.public_input``: no category, bound,
+salt or digest of theirs reaches a read key, whatever the manifest on disk holds.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ from flask import Blueprint, current_app
 from service.api.auth import require_scope
 from service.api.io import json_response
 from service.errors import VersionNotFound
+from service.models import pii
 from service.serving.catalog import ModelState, VersionState
 
 bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
 SUMMARY_KEYS = ("created_at", "created_by", "description", "changelog", "parent_version", "task", "estimator",
                 "content_sha256")
-DETAIL_KEYS = ("libraries", "files", "input", "output", "metrics", "training_data", "evaluation_data")
+DETAIL_KEYS = ("libraries", "files", "input", "output", "metrics", "training_data", "evaluation_data", "subject")
 
 
 @bp.get("")
@@ -45,6 +50,7 @@ def show_version(name: str, version: int):
     body["labels"] = sorted(label for label, v in state.labels.items() if v == version)
     if entry.model is not None:
         body.update({k: entry.model.manifest.get(k) for k in DETAIL_KEYS})
+        body["input"] = pii.public_input(body["input"])
     return json_response(body)
 
 

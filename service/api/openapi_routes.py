@@ -22,7 +22,8 @@ from marshmallow import INCLUDE, Schema, fields
 from werkzeug.routing import Rule
 
 from service import errors
-from service.api import admin, monitoring
+from service.api import admin, monitoring, subjects
+from service.models import pii
 from service.protocols import mlflow, v1, v2
 from service.serving.schemas import StrictBoolean
 
@@ -68,6 +69,7 @@ RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
     "admin.history": (errors.RegistryStateUnavailable,),
     "admin.compare": (errors.RegistryStateUnavailable, errors.ValidationFailed, errors.StoreUnavailable),
     "monitoring.feedback": (errors.ModelUnavailable, errors.StoreUnavailable),
+    "subjects.erase": (errors.StoreUnavailable,),
     "monitoring.monitoring": (errors.ValidationFailed, errors.StoreUnavailable),
     "dashboard.overview": (errors.ValidationFailed, errors.StoreUnavailable),
     "dashboard.model": (errors.ValidationFailed, errors.StoreUnavailable),
@@ -76,7 +78,7 @@ RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
 BODIES: dict[str, str] = {"predict.predict": "PredictRequest", "mlflow.invocations": "InvocationRequest",
                           "admin.set_label": "LabelChange", "admin.set_rollout": "RolloutChange",
                           "admin.promote": "Reason", "admin.rollback": "Reason", "monitoring.feedback": "Feedback",
-                          "v2.infer": "InferenceRequest"}
+                          "v2.infer": "InferenceRequest", "subjects.erase": "SubjectErasure"}
 OPTIONAL_BODIES = frozenset({"admin.promote", "admin.rollback"})
 WINDOW = {"name": "window", "in": "query", "required": False, "description": "Predictions per version to look at."}
 #: Query parameters a view reads (``int_arg`` ranges are the views' constants).
@@ -95,6 +97,7 @@ ANSWERS: dict[str, tuple[str, str]] = {
     "predict.predict": ("application/json", "PredictResponse"),
     "mlflow.invocations": ("application/json", "InvocationResponse"),
     "monitoring.feedback": ("application/json", "FeedbackResult"),
+    "subjects.erase": ("application/json", "ErasureResult"),
     "metrics.scrape": ("text/plain", ""),
     "dashboard.overview": ("text/html", ""), "dashboard.model": ("text/html", ""), "openapi.docs": ("text/html", ""),
 }
@@ -269,7 +272,8 @@ def register_components(spec: APISpec, *, max_rows: int) -> None:
                          ("InvocationRequest", mlflow.InvocationBody(max_rows=max_rows)),
                          ("LabelChange", admin.LabelBody), ("RolloutChange", admin.RolloutBody),
                          ("Reason", admin.ReasonBody), ("Feedback", monitoring.FeedbackBody),
-                         ("V2Error", V2ErrorBody), ("InferenceRequest", v2.InferenceRequestSchema)]:
+                         ("V2Error", V2ErrorBody), ("InferenceRequest", v2.InferenceRequestSchema),
+                         ("SubjectErasure", subjects.EraseBody), ("ErasureResult", subjects.ErasureResult)]:
         spec.components.schema(name, schema=schema)
 
 
@@ -322,7 +326,11 @@ def register_model(spec: APISpec, model: str, features: list[dict[str, Any]], *,
 
 
 def feature_schema(feature: dict[str, Any]) -> dict[str, Any]:
-    """One manifest feature as JSON Schema: type, range, categories, and null when it is nullable."""
+    """One manifest feature as JSON Schema: type, range, categories, and null when it is nullable.
+
+    A personal-data feature is described by its type only: its categories and range stay unlisted.
+    """
+    feature = pii.public_feature(feature)
     kind = feature["type"]
     schema: dict[str, Any] = {"description": f"{kind} feature"}
     categories = feature.get("categories")

@@ -53,6 +53,9 @@ def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool) -> Non
 @click.option("--strict-ranges", is_flag=True, help="Reject numbers outside the range seen in --data.")
 @click.option("--reference", "reference_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Training-data CSV to profile as the drift reference (default: --data).")
+@click.option("--subject", default=None, metavar="FEATURE",
+              help="The feature that identifies the person a row is about (e.g. customer_id): recorded as the "
+                   "manifest's subject, for erasure; always treated as personal data (pii).")
 @click.option("--description", default="", help="What the model is.")
 @click.option("--changelog", default="", help="What changed in this version.")
 @click.option("--card", "card_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -64,7 +67,8 @@ def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool) -> Non
 @fails_cleanly
 def package(model_path: Path, name: str, data: Path, target: str, schema_path: Path | None, feature_list: str | None,
             minimums: tuple[str, ...], maximums: tuple[str, ...], folds: int | None, train_path: Path | None,
-            breaking: bool, strict_ranges: bool, reference_path: Path | None, description: str, changelog: str,
+            breaking: bool, strict_ranges: bool, reference_path: Path | None, subject: str | None,
+            description: str, changelog: str,
             card_path: Path | None, require_card: bool, artifacts_dir: Path, signing_key: str | None) -> None:
     """Evaluate, gate and package a joblib model as the next version of NAME."""
     from service.models.package_inputs import read_inputs
@@ -81,7 +85,7 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
                              signing_key=signing_key, training_data={"source": str(reference_path or train_path or data)},
                              reference=inputs.reference, card=card_path.read_text(encoding="utf-8") if card_path else "",
                              require_card=require_card, feature_names=inputs.feature_names, breaking=breaking,
-                             pickled_with=inputs.pickled_with)
+                             pickled_with=inputs.pickled_with, subject=subject)
     entry = registry.record_packaged(artifacts_dir, manifest, actor=actor())
     click.echo(f"packaged {name} version {manifest['version']}: {_metrics_line(manifest)}")
     if entry.get("label"):

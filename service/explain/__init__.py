@@ -98,7 +98,7 @@ def explain(model: Any, columns: dict[str, np.ndarray]) -> Explanation:
 def importance(model: Any) -> dict[str, Any] | None:
     """Mean absolute contribution of each feature on reference rows (global importance), or None."""
     method = method_for(model)
-    rows = reference_rows(model.manifest, min(IMPORTANCE_ROWS, method.max_rows or IMPORTANCE_ROWS))
+    rows = reference_rows(model.manifest, min(IMPORTANCE_ROWS, method.max_rows or IMPORTANCE_ROWS), model.estimator)
     if rows is None:
         return None
     _, contributions = method.run(rows)
@@ -112,7 +112,7 @@ def importance(model: Any) -> dict[str, Any] | None:
 def _choose(model: Any) -> methods.Method:
     """The first exact method that reproduces the model's output on reference rows, else sampling."""
     reasons = []
-    rows = reference_rows(model.manifest, CHECK_ROWS)
+    rows = reference_rows(model.manifest, CHECK_ROWS, model.estimator)
     for build in (methods.linear, methods.tree):
         try:
             method = build(model)

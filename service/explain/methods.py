@@ -79,7 +79,7 @@ def linear(model: Any) -> Method:
     if weights.shape[1] != len(origin):
         raise Unsupported("the preprocessing output does not match the model's coefficients")
     group = grouping(origin, len(names))
-    rows = reference_rows(model.manifest, LINEAR_BACKGROUND)
+    rows = reference_rows(model.manifest, LINEAR_BACKGROUND, model.estimator)
     mean = transform(steps, model.frame(rows)).mean(axis=0) if rows is not None else np.zeros(len(origin))
     base = intercept + weights @ mean
 
@@ -165,7 +165,7 @@ def sampled(model: Any) -> Method:
     Each permutation's steps telescope, so base + the contributions still equals the output;
     the split between features is what is estimated.
     """
-    background = reference_rows(model.manifest, SAMPLED_BACKGROUND)
+    background = reference_rows(model.manifest, SAMPLED_BACKGROUND, model.estimator)
     if background is None:
         raise Unsupported("the manifest has no reference profile to sample a baseline from")
     classifier = model.manifest["task"] == "classification"

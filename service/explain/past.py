@@ -95,7 +95,7 @@ def explain_logged(model: Any, logged: Logged) -> dict[str, Any]:
                             vectorized_min_rows=2).columns if kept else {}
     if hidden:
         # any value will do: with an additive method it moves only its own (withheld) contribution
-        filler = reference_rows(model.manifest, 1)
+        filler = reference_rows(model.manifest, 1, model.estimator)
         if filler is None:
             raise InputsNotStored("Withheld features cannot be filled in: the manifest has no reference profile.",
                                   details={"withheld": hidden})

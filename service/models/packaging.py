@@ -27,7 +27,7 @@ from sklearn import metrics as skm
 from sklearn.base import is_classifier, is_regressor
 
 from service.errors import QualityGateFailed
-from service.models import artifacts, compatibility, onnx_export, registry, schema_inference
+from service.models import artifacts, compatibility, onnx_export, pii, registry, schema_inference
 from service.models.cross_validation import averaging, gate_values
 from service.models.profile import profile_frame, profile_predictions
 
@@ -136,7 +136,8 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
                   training_data: dict[str, Any] | None = None,
                   reference: pd.DataFrame | None = None, card: str = "",
                   require_card: bool = False, feature_names: list[str] | None = None,
-                  breaking: bool = False, pickled_with: str | None = None) -> dict[str, Any]:
+                  breaking: bool = False, pickled_with: str | None = None,
+                  subject: str | None = None) -> dict[str, Any]:
     """Evaluate, gate and write ``model`` as the next version of ``name``; return the manifest.
 
     The drift reference profile describes ``reference`` (the training data, when given) or
@@ -144,14 +145,19 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
     (intended use, limitations; Markdown); ``require_card`` refuses to package without one.
     The schema comes from the model first, then ``reference`` (else ``X``); a version whose
     task, classes or features differ from production's is refused unless ``breaking``.
-    ``pickled_with`` is the scikit-learn version that pickled the model handed in.
+    ``pickled_with`` is the scikit-learn version that pickled the model handed in. ``subject``
+    names the feature that identifies the person a row is about (recorded as the manifest's
+    top-level ``subject``, always personal data); personal-data features keep no raw value in the
+    manifest, their hashes use the manifest's random ``pii_salt``.
     """
     artifacts.check_model_name(name)
     if require_card and not card.strip():
         raise ValueError("a model card is required (REQUIRE_MODEL_CARD): give its text with --card card.md")
     task = task_of(model)
+    salt = pii.new_salt()
     schema = schema_inference.infer_schema(model, X, reference=reference, overrides=overrides,
-                                           names=feature_names, strict_ranges=strict_ranges)
+                                           names=feature_names, strict_ranges=strict_ranges, salt=salt,
+                                           subject=subject)
     features = schema.features
     X = X[[f["name"] for f in features]]
     holdout = evaluate(model, X, y, task)
@@ -167,6 +173,8 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "changelog": changelog,
         "card": card,
         "parent_version": None,
+        "subject": subject,
+        "pii_salt": salt,
         "task": task,
         "estimator": f"{type(model).__module__}.{type(model).__qualname__}",
         "model_format": "joblib",
@@ -183,7 +191,7 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
                     "thresholds": [t.__dict__ for t in thresholds]},
         "training_data": training_data,
         "evaluation_data": fingerprint(X, y),
-        "reference_profile": _reference_profile(model, X if reference is None else reference, features, task),
+        "reference_profile": _reference_profile(model, X if reference is None else reference, features, task, salt),
     }
     manifest["compatibility"] = check_meaning(Path(root), manifest, breaking)
     exported = onnx_export.export(model, X, features, task)
@@ -206,9 +214,10 @@ def check_meaning(root: Path, manifest: dict[str, Any], breaking: bool) -> dict[
     return changes
 
 
-def _reference_profile(model: Any, data: pd.DataFrame, features: list[dict[str, Any]], task: str) -> dict[str, Any]:
+def _reference_profile(model: Any, data: pd.DataFrame, features: list[dict[str, Any]], task: str,
+                       salt: str) -> dict[str, Any]:
     data = data[[f["name"] for f in features]]
-    return {"rows": len(data), "features": profile_frame(data, features),
+    return {"rows": len(data), "features": profile_frame(data, features, salt),
             "prediction": profile_predictions(model.predict(model_input(model, data)), task)}
 
 

@@ -1,7 +1,15 @@
 """Reference profile: what the data a model was validated on looked like.
 
 Packaging stores it in the manifest so drift and data-quality checks later compare live
-traffic with it. Pure pandas/numpy; no Flask.
+traffic with it.
+
+A feature flagged ``pii`` keeps nothing that can single out a person (``protected_numeric``,
+``protected_categorical``): counts and the missing rate; numeric bins as shares over edges
+rounded to two significant figures, the outer ones rounded outwards, with every bin holding at
+least ``MIN_GROUP`` rows (a sparse bin joins its neighbour), so an edge bounds a group and is
+not somebody's value; no min, max, mean, deviation, quantiles or raw sample. Category shares are
+keyed by a salted hash (``service.models.pii``), and categories seen fewer than ``MIN_GROUP``
+times count only in ``other_rate``. Pure pandas/numpy; no Flask.
 """
 
 from __future__ import annotations
@@ -11,23 +19,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from service.models import pii
+
 NUMERIC_BINS = 10
 MAX_CATEGORIES = 50
 SAMPLE_SIZE = 1000  # raw values kept per numeric feature for two-sample tests (KS)
 SAMPLE_SEED = 0
+#: Fewest rows a pii bin or category may describe (k-anonymity's k); sparser ones are merged.
+MIN_GROUP = 5
+SIGNIFICANT = 2  # digits kept on a pii bin edge
 
 
-def profile_frame(frame: pd.DataFrame, features: list[dict[str, Any]]) -> dict[str, Any]:
-    """Describe every feature: quantile bins and frequencies, or category frequencies."""
-    return {f["name"]: profile_column(frame[f["name"]], f["type"]) for f in features}
+def profile_frame(frame: pd.DataFrame, features: list[dict[str, Any]], salt: str | None = None) -> dict[str, Any]:
+    """Describe every feature: quantile bins and frequencies, or category frequencies.
+
+    ``salt`` keys the categories of pii features (a fresh one when not given).
+    """
+    salt = salt or pii.new_salt()
+    return {f["name"]: profile_column(frame[f["name"]], f["type"], salt=salt if f.get("pii") else None)
+            for f in features}
 
 
-def profile_column(column: pd.Series, kind: str) -> dict[str, Any]:
+def profile_column(column: pd.Series, kind: str, *, salt: str | None = None) -> dict[str, Any]:
+    """Describe one column; with ``salt`` it is personal data and keeps only what ``protected_*`` allow."""
     n = len(column)
     missing = int(column.isna().sum())
     present = column.dropna()
     base: dict[str, Any] = {"count": n, "missing_rate": missing / n if n else 0.0}
-    if kind in ("float", "int") and len(present):
+    if salt is not None and len(present):
+        base["pii"] = True
+        if kind in ("float", "int"):
+            base.update(protected_numeric(present.to_numpy(dtype=float)))
+        else:
+            base.update(protected_categorical(present.astype(str if kind == "string" else object), salt))
+    elif kind in ("float", "int") and len(present):
         values = present.to_numpy(dtype=float)
         edges = np.unique(np.quantile(values, np.linspace(0, 1, NUMERIC_BINS + 1)))
         counts = _bin_counts(values, edges)
@@ -59,6 +84,46 @@ def profile_predictions(predictions: np.ndarray, task: str) -> dict[str, Any]:
     """Describe the model's output on the reference data (class shares or numeric bins)."""
     column = pd.Series(np.asarray(predictions))
     return profile_column(column, "float" if task == "regression" else "category")
+
+
+def protected_numeric(values: np.ndarray) -> dict[str, Any]:
+    """Shares over rounded edges, each bin at least ``MIN_GROUP`` rows; nothing else of the values."""
+    if len(values) < MIN_GROUP:
+        return {"kind": "numeric", "bin_edges": [], "frequencies": [1.0]}
+    quantiles = np.quantile(values, np.linspace(0, 1, NUMERIC_BINS + 1))
+    inner = {_round_sig(q, np.round) for q in quantiles[1:-1]}
+    low, high = _round_sig(quantiles[0], np.floor), _round_sig(quantiles[-1], np.ceil)
+    edges = sorted({low, high, *(e for e in inner if low < e < high)})
+    counts = _bin_counts(values, np.asarray(edges))
+    # merge a sparse bin into the next one (the last into the one before) by dropping the edge between
+    i = 0
+    while len(counts) > 1 and i < len(counts):
+        if counts[i] >= MIN_GROUP:
+            i += 1
+            continue
+        j = i if i < len(counts) - 1 else i - 1
+        counts[j:j + 2] = [counts[j] + counts[j + 1]]
+        del edges[j + 1]
+        i = max(j, 0)
+    return {"kind": "numeric", "bin_edges": [float(e) for e in edges],
+            "frequencies": [c / len(values) for c in counts]}
+
+
+def protected_categorical(present: pd.Series, salt: str) -> dict[str, Any]:
+    """Category shares keyed by salted hash; categories rarer than ``MIN_GROUP`` count as other."""
+    counts = present.value_counts()
+    kept = counts[counts >= MIN_GROUP].head(MAX_CATEGORIES)
+    keyed = {pii.profile_key(salt, k): int(v) / len(present) for k, v in kept.items()}
+    return {"kind": "categorical", "hashed": pii.KEY_PREFIX.rstrip(":"), "salt": salt, "categories": keyed,
+            "other_rate": float(counts.sum() - kept.sum()) / len(present)}
+
+
+def _round_sig(value: float, how: Any) -> float:
+    """Round to ``SIGNIFICANT`` digits with ``how`` (np.floor, np.ceil or np.round)."""
+    if value == 0 or not np.isfinite(value):
+        return float(value)
+    scale = 10.0 ** (int(np.floor(np.log10(abs(value)))) - SIGNIFICANT + 1)
+    return float(round(float(how(value / scale)) * scale, 12))
 
 
 def _sample(values: np.ndarray) -> list[float]:

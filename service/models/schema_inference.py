@@ -4,8 +4,10 @@ Reads ``feature_names_in_``, ``n_features_in_``, the encoders' ``categories_`` a
 columns meet an imputer (through ``Pipeline`` and ``ColumnTransformer``), merges that with
 the reference data (the training CSV, else the hold-out), applies the user's schema and
 records where each feature's type and categories came from. The hold-out only checks: a
-value it holds that the model never saw is reported, not learned. Reads no files and writes
-nothing.
+value it holds that the model never saw is reported, not learned. Features flagged ``pii`` (and
+the data subject, which always is) leave with their categories hashed and without a range the
+data gave (``service.models.pii.protect``); notes about them count values, never list them.
+Reads no files and writes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.models import artifacts
+from service.models import artifacts, pii
 from service.models.profile import MAX_CATEGORIES
 
 FEATURE_TYPES = artifacts.FEATURE_TYPES
@@ -131,8 +133,13 @@ def declared_dtypes(fitted: FittedSchema, overrides: dict[str, Any] | None) -> d
 
 def infer_schema(model: Any, holdout: pd.DataFrame, *, reference: pd.DataFrame | None = None,
                  overrides: dict[str, Any] | None = None, names: list[str] | None = None,
-                 strict_ranges: bool = False) -> InferredSchema:
-    """Build the ordered input schema: the model first, the reference data second, then ``overrides``."""
+                 strict_ranges: bool = False, salt: str | None = None,
+                 subject: str | None = None) -> InferredSchema:
+    """Build the ordered input schema: the model first, the reference data second, then ``overrides``.
+
+    ``subject`` names the feature that identifies the data subject: it must be a feature and is
+    always personal data. ``salt`` hashes the categories of personal-data features.
+    """
     fitted = read_model(model)
     order = feature_order(fitted, names, overrides) or [str(c) for c in holdout.columns]
     if fitted.count is not None and fitted.count != len(order):
@@ -150,9 +157,26 @@ def infer_schema(model: Any, holdout: pd.DataFrame, *, reference: pd.DataFrame |
         features.append(feature)
         sources[name] = source
     features = apply_overrides(features, overrides or {})
-    for name in (overrides or {}).get("features", overrides or {}):
+    declared = (overrides or {}).get("features", overrides or {})
+    for name in declared:
         sources[name] = {key: "schema" for key in sources[name]}
+    if subject is not None:
+        mark_subject(features, subject)
+    salt = salt or pii.new_salt()
+    for feature in features:
+        change = declared.get(feature["name"]) or {}
+        pii.protect(feature, salt, declared_range="min" in change or "max" in change)
     return InferredSchema(features, sources, _check_holdout(features, holdout))
+
+
+def mark_subject(features: list[dict[str, Any]], subject: str) -> None:
+    """Flag the data-subject feature as personal data; ``ValueError`` when no feature has that name."""
+    for feature in features:
+        if feature["name"] == subject:
+            feature["pii"] = True
+            return
+    raise ValueError(f"--subject {subject!r} is not a feature of the model (features: "
+                     f"{', '.join(f['name'] for f in features)})")
 
 
 def _apply_model(feature: dict[str, Any], source: dict[str, str], fitted: FittedSchema) -> None:
@@ -217,7 +241,16 @@ def apply_overrides(features: list[dict[str, Any]], overrides: dict[str, Any]) -
 def _check_holdout(features: list[dict[str, Any]], holdout: pd.DataFrame) -> list[str]:
     notes = []
     for feature in features:
-        if feature["categories"] is None or feature["name"] not in holdout.columns:
+        if feature["name"] not in holdout.columns:
+            continue
+        if pii.HASHED in feature:
+            hashed = pii.categories_of(feature)
+            outside = sum(v not in hashed for v in {_native(v) for v in holdout[feature["name"]].dropna()})
+            if outside:
+                notes.append(f"--data column {feature['name']!r} holds {outside} distinct values outside the "
+                             "schema's categories (personal data: not listed)")
+            continue
+        if feature["categories"] is None:
             continue
         known = {str(v) for v in feature["categories"]}
         unseen = sorted({str(_native(v)) for v in holdout[feature["name"]].dropna()} - known)

@@ -4,7 +4,8 @@
 the input schema, data fingerprints, validation metrics and their gate), the registry history
 (when the version went live), the monitoring report since then (live metrics, drift, bias),
 global feature importance (``service.explain``) and the parent version's manifest (what
-changed). ``markdown`` renders it as text; the HTTP layer draws the same dict as HTML. No Flask.
+changed). ``markdown`` renders it as text; the HTTP layer draws the same dict as HTML. Inputs
+flagged as personal data show no category or bound (``service.models.pii.public_feature``). No Flask.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from service.errors import ArtifactError, ServiceError
 from service.explain import importance
-from service.models import artifacts, registry
+from service.models import artifacts, pii, registry
 from service.monitoring.report import Monitoring
 
 SCHEMA_COLUMNS = ("name", "type", "required", "nullable", "min", "max", "categories", "pii", "sensitive", "description")
@@ -40,7 +41,8 @@ def build_card(monitoring: Monitoring, root: Path, name: str, version: int) -> d
         "about": about,
         "libraries": manifest.get("libraries", {}),
         "intended_use": (manifest.get("card") or "").strip(),
-        "inputs": [{key: feature.get(key) for key in SCHEMA_COLUMNS} for feature in manifest["input"]["features"]],
+        "inputs": [{key: feature.get(key) for key in SCHEMA_COLUMNS}
+                   for feature in pii.public_features(manifest["input"]["features"])],
         "outputs": manifest.get("output", {}),
         "data": {"training": manifest.get("training_data"), "evaluation": manifest.get("evaluation_data"),
                  "reference_rows": (manifest.get("reference_profile") or {}).get("rows")},

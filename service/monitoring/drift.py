@@ -36,7 +36,15 @@ a report tests every feature and the prediction, so each test uses ``alpha / tes
 status comes from PSI alone. Fewer than ``min_samples`` non-missing values give
 ``insufficient``, which never raises a report's status.
 
-Missing values are ignored here (data quality counts them). Pure numpy/scipy; no Flask.
+Missing values are ignored here (data quality counts them).
+
+Personal-data (``pii``) features are profiled without raw values (``service.models.profile``):
+numeric ones as shares over rounded bins with no sample, so PSI alone decides; categorical ones
+keyed by salted hash, so live values are hashed with the profile's salt before they are counted.
+The prediction log never keeps their raw values (``service.monitoring.privacy``: a keyed HMAC
+or nothing), so a window from the log has none to compare and such a feature reports
+``insufficient`` with that reason. Their entries never carry bin edges or category names.
+Pure numpy/scipy; no Flask.
 """
 
 from __future__ import annotations
@@ -48,12 +56,14 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from service.models import pii
 from service.models.profile import _bin_counts
 
 PSI_EPSILON = 1e-4
 OTHER = "other"
 STATUSES = ("ok", "warn", "alert")
 INSUFFICIENT = "insufficient"
+PII_REASON = "personal data: the prediction log keeps no raw values of this feature to compare"
 
 
 @dataclass(frozen=True)
@@ -83,13 +93,21 @@ def drift_report(reference_profile: dict[str, Any], features: list[dict[str, Any
                  predictions: np.ndarray, task: str, thresholds: DriftThresholds = DEFAULT) -> dict[str, Any]:
     """Compare every feature and the prediction distribution of a window with the reference."""
     profiles = reference_profile.get("features", {})
-    tests = len(features) + 1
+    # a personal-data feature with no raw values (a window from the log) runs no test
+    silent = {f["name"] for f in features if f.get("pii") and not _has_values(columns.get(f["name"]))}
+    tests = len(features) - len(silent) + 1
     report_features = {}
     for feature in features:
         name = feature["name"]
         values = columns.get(name, np.array([], dtype=object))
         entry = profiles.get(name, {"kind": "empty"})
-        report_features[name] = feature_drift(entry, values, thresholds, tests=tests)
+        if feature.get("pii"):
+            report_features[name] = personal_drift(entry, values, thresholds, tests=tests)
+        else:
+            report_features[name] = feature_drift(entry, values, thresholds, tests=tests)
+    for name, entry in profiles.items():  # personal data a caller left out (no raw values): said, not silent
+        if isinstance(entry, dict) and entry.get("pii") and name not in report_features:
+            report_features[name] = personal_drift(entry, np.array([], dtype=object), thresholds)
     prediction_entry = reference_profile.get("prediction", {"kind": "empty"})
     if task == "classification" and prediction_entry.get("kind") == "numeric":
         prediction_entry = {"kind": "empty"}  # a profile from another task cannot be compared
@@ -114,6 +132,19 @@ def feature_drift(profile_entry: dict[str, Any], values: np.ndarray, thresholds:
         return _categorical_drift(profile_entry, values, thresholds, tests)
     return {"status": INSUFFICIENT, "kind": kind or "empty", "n": len(category_keys(values)),
             "reason": "the reference has no values to compare with"}
+
+
+def personal_drift(profile_entry: dict[str, Any], values: np.ndarray, thresholds: DriftThresholds = DEFAULT, *,
+                   tests: int = 1) -> dict[str, Any]:
+    """Drift of a personal-data feature: measured on raw values when given, never naming bins or categories."""
+    kind = profile_entry.get("kind") or "empty"
+    if not _has_values(values):
+        return {"status": INSUFFICIENT, "kind": kind, "n": 0, "pii": True, "reason": PII_REASON}
+    found = feature_drift(profile_entry, values, thresholds, tests=tests)
+    for side in ("reference", "current"):
+        if isinstance(found.get(side), dict):
+            found[side] = {"frequencies": found[side].get("frequencies")}
+    return {**found, "pii": True}
 
 
 def worst(statuses: list[str]) -> str:
@@ -185,6 +216,21 @@ def keyed(values: np.ndarray) -> list[str | None]:
     return out
 
 
+def hashed_keys(values: np.ndarray, salt: str) -> list[str]:
+    """Key every non-missing value by its salted hash, as a personal-data profile keys its categories."""
+    cache: dict[tuple[type, Any], str | None] = {}
+    out = []
+    for value in np.asarray(values, dtype=object).ravel():
+        try:
+            token = (value.__class__, value)
+            key = cache[token] if token in cache else cache.setdefault(token, pii.profile_key(salt, value))
+        except TypeError:
+            key = pii.profile_key(salt, value)
+        if key is not None:
+            out.append(key)
+    return out
+
+
 def _numeric_drift(entry: dict[str, Any], values: np.ndarray, thresholds: DriftThresholds, tests: int) -> dict[str, Any]:
     present = numeric_values(values)
     edges = np.asarray(entry["bin_edges"], dtype=float)
@@ -216,7 +262,7 @@ def _categorical_drift(entry: dict[str, Any], values: np.ndarray, thresholds: Dr
     names = [canonical_key(k) for k in entry["categories"]]
     reference = np.array([*entry["categories"].values(), entry.get("other_rate", 0.0)], dtype=float)
     index = {name: i for i, name in enumerate(names)}
-    keys = category_keys(values)
+    keys = hashed_keys(values, entry["salt"]) if entry.get("salt") else category_keys(values)
     n = len(keys)
     counts = np.bincount([index.get(k, len(names)) for k in keys], minlength=len(names) + 1).astype(float)
     current = counts / n if n else np.zeros_like(reference)
@@ -274,6 +320,10 @@ def _status(score: float | None, pvalue: float | None, n: int, thresholds: Drift
     if evidence:
         return "alert" if material else "warn"
     return "ok"
+
+
+def _has_values(values: np.ndarray | None) -> bool:
+    return values is not None and any(key is not None for key in keyed(values))
 
 
 def _is_na(value: Any) -> bool:

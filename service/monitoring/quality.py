@@ -19,7 +19,9 @@ for our demo models), and a missing rate estimated on 100 rows has a standard er
 still reported), so one odd request never raises an alert.
 
 ``request_quality`` checks one request's batch; ``window_quality`` a window of the
-prediction log. Pure numpy; no Flask.
+prediction log. A personal-data (``pii``) feature's profile keeps no range and keys its
+categories by salted hash: its values are hashed with that salt before they are looked up, it
+gets no out-of-range check, and its entry never shows a range. Pure numpy; no Flask.
 """
 
 from __future__ import annotations
@@ -29,8 +31,17 @@ from typing import Any
 
 import numpy as np
 
+from service.models import pii
 from service.models.artifacts import NUMERIC_TYPES
-from service.monitoring.drift import INSUFFICIENT, canonical_key, category_key, keyed, numeric_values, worst
+from service.monitoring.drift import (
+    INSUFFICIENT,
+    canonical_key,
+    category_key,
+    hashed_keys,
+    keyed,
+    numeric_values,
+    worst,
+)
 
 
 @dataclass(frozen=True)
@@ -103,13 +114,14 @@ def feature_quality(entry: dict[str, Any], feature: dict[str, Any], values: np.n
             outside |= present < low
         if high is not None:
             outside |= present > high
-        result.update(out_of_range=int(outside.sum()), out_of_range_rate=_rate(outside.sum(), len(present)),
-                      range=[low, high])
+        result.update(out_of_range=int(outside.sum()), out_of_range_rate=_rate(outside.sum(), len(present)))
+        if not feature.get("pii"):  # a range from a manifest packaged before hashing may be somebody's value
+            result["range"] = [low, high]
         statuses.append(_level(result["out_of_range_rate"], thresholds.out_of_range_warn, thresholds.out_of_range_alert))
         result["out_of_range_status"] = statuses[-1]
     elif entry.get("categories") is not None:
         known = {canonical_key(k) for k in entry["categories"]}
-        keys = [k for k in keyed(values) if k is not None]
+        keys = hashed_keys(values, entry["salt"]) if entry.get("salt") else [k for k in keyed(values) if k is not None]
         unseen = sum(k not in known for k in keys)
         reference_other = float(entry.get("other_rate", 0.0))
         result.update(unseen=unseen, unseen_rate=_rate(unseen, len(keys)), reference_unseen_rate=reference_other)
@@ -132,7 +144,11 @@ def _schema_reference(feature: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "numeric", "min": feature.get("min"), "max": feature.get("max"), "missing_rate": 0.0}
     categories = feature.get("categories")
     entry: dict[str, Any] = {"kind": "categorical", "missing_rate": 0.0}
-    if categories is not None:
+    hashed = feature.get(pii.HASHED)
+    if isinstance(hashed, dict) and hashed.get("digests"):
+        digests = hashed["digests"]
+        entry.update(salt=hashed["salt"], categories={pii.KEY_PREFIX + d: 1.0 / len(digests) for d in digests})
+    elif categories is not None:
         entry["categories"] = {category_key(c): 1.0 / len(categories) for c in categories}
     return entry
 

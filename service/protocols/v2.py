@@ -120,7 +120,8 @@ def _feature_tensor(feature: dict[str, Any]) -> dict[str, Any]:
         datatype = "INT64" if numeric else "BYTES"
     parameters = {"type": kind, "required": bool(feature.get("required", True)),
                   "nullable": bool(feature.get("nullable", False))}
-    parameters.update({bound: feature[bound] for bound in ("min", "max") if feature.get(bound) is not None})
+    if not feature.get("pii"):  # a personal-data feature's bounds may be somebody's values: never shown
+        parameters.update({bound: feature[bound] for bound in ("min", "max") if feature.get(bound) is not None})
     return {"name": feature["name"], "datatype": datatype, "shape": [-1], "parameters": parameters}
 
 

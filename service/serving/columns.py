@@ -64,7 +64,7 @@ def fast_column(spec: FeatureSpec, column: Sequence[Any], absent: np.ndarray | N
     if spec.categories is not None:
         seen = set(column)
         seen.discard(None)
-        if not seen <= spec.categories:
+        if not spec.categories.issuperset(seen):  # hashed (pii) categories hash each distinct value once
             return None
     return build_array(spec, column)
 

@@ -5,20 +5,23 @@ manifest's ordered features and cached per feature list (envelopes are the codec
 ``service.protocols``). The
 rule for a single value (``convert``) and every error message are defined once here so that
 the vectorised path in ``service.serving.validation`` reports exactly what marshmallow would. Messages
-say what was expected and never repeat the submitted value. Nothing here imports Flask.
+say what was expected and never repeat the submitted value. A personal-data (``pii``) feature's
+categories are checked by salted hash (``service.models.pii``) and its messages name neither
+its categories nor its bounds, which may be somebody's values in a manifest packaged before
+hashing. Nothing here imports Flask.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields
 
-from service.models import artifacts
+from service.models import artifacts, pii
 
 KINDS = artifacts.FEATURE_TYPES
 #: The kinds whose values are numbers: ranges, bins and means apply to them.
@@ -47,6 +50,8 @@ RANGE_MAX = "Must be less than or equal to {max}."
 RANGE_ALL = "Must be greater than or equal to {min} and less than or equal to {max}."
 ONE_OF = "Must be one of: {choices}."
 ONE_OF_MANY = "Must be one of the {count} declared categories."
+NOT_DECLARED = "Not one of the declared categories."
+OUT_OF_RANGE = "Outside the declared range."
 ROW_LENGTH = "Must have exactly {count} values, one per feature in schema order."
 NOT_AN_INSTANCE = "Must be an object or an array."
 OBJECT_EXPECTED = "Must be an object, like the other instances."
@@ -68,8 +73,9 @@ class FeatureSpec:
     lo: float | int | None = None  # effective inclusive bounds (ceil/floor for int features)
     hi: float | int | None = None
     range_message: str | None = None
-    categories: frozenset[Any] | None = None
+    categories: Container[Any] | None = None  # a frozenset, or pii.HashedCategories
     choices_message: str | None = None
+    pii: bool = False
 
     @property
     def attr(self) -> str:
@@ -88,7 +94,9 @@ def compile_feature(index: int, feature: dict[str, Any]) -> FeatureSpec:
         cast: Callable[[Any], Any] = float if kind == "float" else int
         lo = None if minimum is None else cast(math.ceil(minimum) if kind == "int" else minimum)
         hi = None if maximum is None else cast(math.floor(maximum) if kind == "int" else maximum)
-        if maximum is None:
+        if feature.get("pii"):
+            range_message = OUT_OF_RANGE
+        elif maximum is None:
             range_message = RANGE_MIN.format(min=minimum)
         elif minimum is None:
             range_message = RANGE_MAX.format(max=maximum)
@@ -96,7 +104,10 @@ def compile_feature(index: int, feature: dict[str, Any]) -> FeatureSpec:
             range_message = RANGE_ALL.format(min=minimum, max=maximum)
     categories = feature.get("categories")
     choices = choices_message = None
-    if kind in ("category", "string") and categories is not None:
+    if kind in ("category", "string") and feature.get("pii"):
+        choices = pii.categories_of(feature)
+        choices_message = None if choices is None else NOT_DECLARED
+    elif kind in ("category", "string") and categories is not None:
         choices = frozenset(categories)
         if len(categories) <= MAX_LISTED_CATEGORIES:
             choices_message = ONE_OF.format(choices=", ".join(map(str, categories)))
@@ -114,6 +125,7 @@ def compile_feature(index: int, feature: dict[str, Any]) -> FeatureSpec:
         range_message=range_message,
         categories=choices,
         choices_message=choices_message,
+        pii=bool(feature.get("pii")),
     )
 
 
