@@ -14,9 +14,10 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
-COPY requirements.txt /tmp/requirements.txt
-# Every dependency is pinned in requirements.txt and ships as a wheel: no compiler in the image.
-RUN /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+COPY requirements.lock /tmp/requirements.lock
+# Every dependency, transitive ones too, is pinned in requirements.lock with the sha256 of its files
+# (make lock), so pip refuses anything else; each ships as a wheel: no compiler in the image.
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock
 WORKDIR /app
 COPY gunicorn.conf.py wsgi.py ./
 COPY service/ service/
