@@ -25,7 +25,7 @@ import argparse
 import dataclasses
 import os
 import shutil
-import subprocess
+import subprocess  # nosec B404  # only for subprocess.TimeoutExpired, raised by the runs in bench/
 import sys
 import tempfile
 from pathlib import Path

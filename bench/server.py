@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404  # starts the bench's own Gunicorn with a fixed argument list, never a shell
 import sys
 import time
 import urllib.error
@@ -99,8 +99,8 @@ class Server:
         command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", self.app]
         env = server_env(self.artifacts, self.port, self.workers, self.scratch, self.extra_env)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, start_new_session=True)
+            self.process = subprocess.Popen(command, cwd=REPO, stdout=log,  # nosec B603  # noqa: S603  the venv's gunicorn, fixed args
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -116,7 +116,7 @@ class Server:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:  # nosec B310  # noqa: S310  self.url is http://HOST
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -144,9 +144,10 @@ def post(url: str, body: bytes, timeout: float = 60.0, headers: dict[str, str] |
     """One POST (JSON unless ``headers`` say otherwise) to the bench server; returns (status, body) for 4xx/5xx too."""
     if not url.startswith(f"http://{HOST}:"):
         raise ValueError(f"the bench only sends traffic to {HOST}, not {url}")
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers or {"Content-Type": "application/json"})
+    headers = headers or {"Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)  # noqa: S310  http to loopback, checked above
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec B310  # noqa: S310  http to loopback, checked above
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
