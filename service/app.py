@@ -24,6 +24,7 @@ def create_app(config: Config | None = None) -> Flask:
     from service.api import explain as explain_api
     from service.api import metrics as metrics_api
     from service.api import mlflow as mlflow_api
+    from service.api import subjects as subjects_api
     from service.api import v2 as v2_api
     from service.api.converters import URL_CONVERTERS
     from service.api.handlers import register_error_handlers
@@ -72,9 +73,11 @@ def create_app(config: Config | None = None) -> Flask:
         observer=Observer(store, prediction_log, record_requests=config.record_requests,
                           check_quality=config.data_quality_checks, capacity=config.record_queue_size),
         monitoring=report,
+        prediction_log=prediction_log,
         executor=ThreadPoolExecutor(BUDGET_THREADS, thread_name_prefix="budget"),
     )
     report.alerts = _start_alerts(config, store, report)
+    _start_retention(app, config, store)
     if config.guard_seconds:
         guard = Guard(store, config.artifacts_dir, config.guard_seconds, monitor=report.version_section)
         guard.start()
@@ -82,7 +85,7 @@ def create_app(config: Config | None = None) -> Flask:
 
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, monitoring.bp, dashboard.bp, metrics_api.bp,
                       mlflow_api.bp, v2_api.bp,
-                      openapi.bp, explain_api.bp, card_api.bp):
+                      openapi.bp, explain_api.bp, card_api.bp, subjects_api.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     logging.getLogger(__name__).info(
@@ -105,3 +108,16 @@ def _start_alerts(config: Config, store, report):
     if config.alert_seconds:
         AlertLoop(manager, report.reports, interval=config.alert_seconds).start()
     return manager
+
+
+def _start_retention(app: Flask, config: Config, store) -> None:
+    """Keep the prediction log within RETENTION_DAYS and PREDICTION_LOG_MAX_ROWS: one worker at a time."""
+    from service.monitoring import metrics
+    from service.monitoring.retention_loop import RetentionLoop
+
+    loop = RetentionLoop(store, older_than_seconds=config.retention_days * 86400, every_seconds=config.retention_seconds,
+                         max_rows=config.prediction_log_max_rows,
+                         on_deleted=lambda reason, rows: metrics.current().log_rows_deleted.labels(reason).inc(rows))
+    if loop.enabled:
+        loop.start()
+        app.extensions["retention"] = loop

@@ -131,6 +131,14 @@ class Config:
     retention_days: float = _env(
         "RETENTION_DAYS", "Age after which `python -m service purge` deletes logged predictions.", default=30.0
     )
+    retention_seconds: float = _env(
+        "RETENTION_SECONDS", "How often one worker purges records older than RETENTION_DAYS by itself (RETENTION_DAYS "
+        "0: no age limit); 0 = never.", default=3600.0,
+    )
+    prediction_log_max_rows: int = _env(
+        "PREDICTION_LOG_MAX_ROWS", "Logged predictions kept at most: past it the oldest batches are deleted down to 90% "
+        "(checked every minute by one worker; predictions never wait); 0 = no cap.", default=5_000_000,
+    )
     poll_seconds: float = _env(
         "REGISTRY_POLL_SECONDS", "How often each worker re-reads the artifact root and registry.json; 0 = never.", default=2.0
     )
@@ -172,10 +180,12 @@ class Config:
             raise ConfigError(f"MONITORING_WINDOW must be at least 10, got {self.monitoring_window}")
         if self.worker_max_requests < 0:
             raise ConfigError(f"WORKER_MAX_REQUESTS must be 0 (never) or more, got {self.worker_max_requests}")
-        for name in ("alert_seconds", "retention_days", "worker_memory_growth_mb"):
+        for name in ("alert_seconds", "retention_days", "worker_memory_growth_mb", "retention_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {value}")
+        if self.prediction_log_max_rows < 0:
+            raise ConfigError(f"PREDICTION_LOG_MAX_ROWS must be 0 (no cap) or more, got {self.prediction_log_max_rows}")
         if self.alert_webhook_url and not self.alert_webhook_url.startswith(("http://", "https://")):
             raise ConfigError("ALERT_WEBHOOK_URL must start with http:// or https://")
         if not self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):

@@ -123,3 +123,25 @@ def fake_gunicorn_server(host: str) -> tuple[Any, list[tuple[str, str]]]:
             return f"{host}:8000"
 
     return type("Server", (), {"LISTENERS": [Listener()], "log": Log()})(), lines
+
+
+def package_with_subject(root: Path, name: str = "people") -> dict[str, Any]:
+    """Package a model whose rows are about people: ``customer_id`` (a pii string the model ignores)
+    is declared the manifest's ``subject``, written by hand as packaging's ``--subject`` writes it."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+
+    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "customer_id": [f"c{i}" for i in range(6)]})
+    y = pd.Series([0, 0, 0, 1, 1, 1])
+    model = make_pipeline(ColumnTransformer([("x", "passthrough", ["x"])]), LogisticRegression()).fit(X, y)
+    manifest = package_model(model, name, root, X, y)
+    folder = artifacts.version_dir(root, name, manifest["version"])
+    for feature in manifest["input"]["features"]:
+        if feature["name"] == "customer_id":
+            feature.update(type="string", pii=True, nullable=False)
+            feature.pop("categories", None)
+    manifest["subject"] = "customer_id"
+    os.chmod(folder / artifacts.MANIFEST, 0o644)
+    artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
+    registry.set_label(root, name, "production", manifest["version"], actor="test")
+    return manifest

@@ -94,9 +94,10 @@ def artifact_root(demo_root: Path, tmp_path: Path) -> Path:
 
 
 def app_config(artifacts: Path, database: Path, **overrides: object) -> Config:
-    """A config for an in-process app: no poll, guard or alert thread; the database in a file of its own."""
+    """A config for an in-process app: no poll, guard, alert or retention thread; the database in a file of its own."""
     values: dict[str, object] = dict(artifacts_dir=artifacts, database_url=f"sqlite:///{database}",
-                                     poll_seconds=0, guard_seconds=0, alert_seconds=0,
+                                     poll_seconds=0, guard_seconds=0, alert_seconds=0, retention_seconds=0,
+                                     prediction_log_max_rows=0,
                                      local_admin_keys_file=database.parent / "local-admin-keys.json")  # not var/
     values.update(overrides)
     return Config(**values)
@@ -126,8 +127,9 @@ def make_app(artifact_root: Path, tmp_path: Path) -> Iterator:
 def close_app(app: Flask) -> None:
     """Stop an in-process app's threads (polling, guard, writer), then close what they use."""
     app.extensions["catalog"].stop_polling()
-    if "guard" in app.extensions:
-        app.extensions["guard"].stop()
+    for name in ("guard", "retention"):
+        if name in app.extensions:
+            app.extensions[name].stop()
     app.extensions["observer"].close()
     app.extensions["executor"].shutdown(wait=True)
     app.extensions["store"].close()

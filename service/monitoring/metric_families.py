@@ -147,6 +147,9 @@ class Metrics:
         self.records_dropped = Counter(PREFIX + "records_dropped",
                                        "Request and prediction records dropped because the worker's recording "
                                        "queue was full (the predictions themselves were answered).", **reg)
+        self.log_rows_deleted = Counter(PREFIX + "prediction_log_rows_deleted",
+                                        "Logged predictions deleted by the retention job, by reason (age: past "
+                                        "RETENTION_DAYS; cap: over PREDICTION_LOG_MAX_ROWS).", ("reason",), **reg)
         self.gauges = {key: Gauge(name, doc, labels, multiprocess_mode="mostrecent", **reg)
                        for key, (name, doc, labels) in MONITORING_GAUGES.items()}
         self._lock = threading.Lock()

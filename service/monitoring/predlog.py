@@ -142,11 +142,13 @@ class PredictionLog:
         keys = [key for key in (self.pii_key, erasure.stored_subject_key(self.store)) if key]
         return list(dict.fromkeys(h for key in keys if (h := hash_value(subject, key))))
 
-    def erase(self, subject: Any, model: str | None = None) -> tuple[list[str], dict[str, int]]:
+    def erase(self, subject: Any, model: str | None = None) -> tuple[str, dict[str, int]]:
         """Delete every logged prediction about ``subject`` (of ``model`` only, when given), its feedback
-        and its rows in the stored batches; return the hashes looked for and the count per table."""
+        and its rows in the stored batches; return the subject's hash under the current key (what an
+        audit record may name) and the count per table. Raises ``sqlite3.Error``."""
         hashes = self.subject_hashes(subject)
-        return hashes, self.store.erase(hashes, model)
+        counts = self.store.erase(hashes, model)
+        return hash_value(subject, self.subject_key()) or "", counts
 
     @property
     def write_failures(self) -> int:

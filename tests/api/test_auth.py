@@ -39,6 +39,7 @@ ROUTES = [
     ("PUT", "/v1/models/diabetes/rollout", {"canary": None}, {"admin"}, 200),
     ("POST", "/v1/models/breast-cancer:promote", {}, {"admin"}, 200),
     ("POST", "/v1/models/diabetes:rollback", {}, {"admin"}, 200),
+    ("POST", "/v1/subjects:erase", {"subject": "customer-1"}, {"admin"}, 200),
     ("POST", "/v1/models/diabetes:explain", {"instances": [ROW]}, {"predict"}, 200),
     ("POST", "/v1/models/diabetes/versions/1:explain", {"instances": [ROW]}, {"predict"}, 200),
     ("POST", "/v1/models/diabetes/labels/production:explain", {"instances": [ROW]}, {"predict"}, 200),

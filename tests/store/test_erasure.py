@@ -36,8 +36,10 @@ def test_erasure_removes_one_person_everywhere_and_keeps_the_others_readable(mak
     third = record(plog, "c", ["dave", "erin"], now=102.0)
     plog.record_feedback("m", [{"id": first[0], "label": 1}, {"id": first[1], "label": 0}, {"id": second[0], "label": 1}])
 
-    hashes, counts = plog.erase("alice")
+    hashes = plog.subject_hashes("alice")
+    subject_hash, counts = plog.erase("alice")
 
+    assert hashes == [subject_hash]
     assert counts == {"predictions": 3, "feedback": 2, "prediction_batches_rewritten": 1,
                       "prediction_batches_deleted": 1}
     assert hashes and all(store.fetch("SELECT COUNT(*) FROM predictions WHERE subject = ?", (h,)) == [(0,)]
@@ -92,8 +94,8 @@ def test_erasure_is_one_audit_record_and_the_chain_still_verifies(make_store):
     plog = PredictionLog(store, pii_key="k")
     record(plog, "a", ["alice", "bob"])
     audit.record(store, "cli:x", "key.create", "key:a")
-    hashes, counts = plog.erase("alice")
-    audit.record(store, "cli:x", "subject.erase", f"subject:{hashes[0]}", {"model": None, "counts": counts})
+    subject_hash, counts = plog.erase("alice")
+    audit.record(store, "cli:x", "subject.erase", f"subject:{subject_hash}", {"model": None, "counts": counts})
     assert audit.verify(store).ok
     assert "alice" not in str(list(audit.records(store)))
 

@@ -1,0 +1,134 @@
+"""The retention job on both backends: one leader among processes, the age purge on schedule,
+the size cap trimmed from the oldest end without holding up writers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.monitoring.predlog import PredictionLog
+from service.monitoring.retention_loop import RetentionLoop
+from service.store import Store, retention
+from tests.builders import race
+
+FEATURES = [{"name": "x", "type": "float"}]
+DAY = 86400.0
+
+
+def fill(plog: PredictionLog, batches: int, rows: int, *, start: float = 1000.0, prefix: str = "r") -> None:
+    for b in range(batches):
+        ids = [f"{prefix}{b}-{i}" for i in range(rows)]
+        assert plog.record("m", 1, f"{prefix}{b}", ids, {"x": np.arange(rows, dtype=float)}, np.zeros(rows), None, 1.0,
+                           FEATURES, now=start + b)
+
+
+def loop(store: Store, clock: float = 10 * DAY, **kwargs) -> RetentionLoop:
+    settings = {"older_than_seconds": DAY, "every_seconds": 3600.0, "max_rows": 0, **kwargs}
+    return RetentionLoop(store, clock=lambda: clock, **settings)
+
+
+def _run_in_child(barrier, results, db_path) -> None:
+    job = loop(Store(db_path))
+    barrier.wait()
+    results.put(job.run_once() is not None)
+    barrier.wait()  # every child has tried while the leader still holds the lock
+
+
+def test_of_several_processes_exactly_one_purges(tmp_path):
+    db = tmp_path / "log.sqlite"
+    fill(PredictionLog(Store(db)), 3, 5)
+    outcomes = race(_run_in_child, (db,), processes=4)
+    assert sorted(outcomes) == [False, False, False, True]
+    assert Store(db).fetch("SELECT COUNT(*) FROM predictions") == [(0,)]
+
+
+def test_one_leader_at_a_time_and_the_schedule_is_shared(make_store):
+    store = make_store()
+    fill(PredictionLog(store), 2, 3)
+    first, second = loop(store), loop(make_store(), clock=10 * DAY + 60)
+    assert first.run_once() == {"age": {"predictions": 6, "feedback": 0, "prediction_batches": 2, "requests": 0,
+                                        "shadow": 0}}
+    assert second.run_once() is None  # the first one leads
+    first.stop()
+    fill(PredictionLog(store), 1, 3, start=10 * DAY - 2 * DAY)
+    assert second.run_once() == {}  # leads now, but the purge ran a minute ago (in another process)
+    later = loop(store, clock=10 * DAY + 3600)
+    second.stop()
+    assert later.run_once()["age"]["predictions"] == 3
+    later.stop()
+
+
+def test_the_cap_deletes_the_oldest_batches_down_to_the_low_water_mark(make_store):
+    store = make_store()
+    plog = PredictionLog(store)
+    fill(plog, 30, 10)
+    counted = []
+    job = loop(store, every_seconds=0, max_rows=200, on_deleted=lambda reason, rows: counted.append((reason, rows)))
+    done = job.run_once()
+    job.stop()
+    left = store.fetch("SELECT COUNT(*) FROM predictions")[0][0]
+    assert left == 180 and done["cap"]["predictions"] == 120 and counted == [("cap", 120)]
+    assert store.fetch("SELECT MIN(ts) FROM prediction_batches") == [(1012.0,)]  # the newest stay
+    assert store.fetch("SELECT COUNT(*) FROM prediction_batches") == [(18,)]
+
+
+def test_under_the_cap_the_check_is_two_index_seeks(make_store, monkeypatch):
+    store = make_store()
+    fill(PredictionLog(store), 3, 10)
+    assert retention.log_rows_bound(store) >= retention.count_log_rows(store) == 30
+
+    def no_count(_store):
+        raise AssertionError("counted the whole table while under the cap")
+
+    monkeypatch.setattr(retention, "count_log_rows", no_count)
+    assert retention.trim_log(store, 1000) == {"predictions": 0, "feedback": 0, "prediction_batches": 0}
+
+
+def test_trimming_never_holds_up_a_concurrent_writer(make_store):
+    store = make_store(timeout=5.0)
+    fill(PredictionLog(store), 100, 200)  # 20,000 rows, trimmed to 900 in transactions of 2,000
+    writer_log = PredictionLog(make_store(timeout=5.0))
+    waits: list[float] = []
+    trimmed = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not trimmed.is_set() or n < 5:
+            started = time.perf_counter()
+            ids = [f"w{n}-{i}" for i in range(50)]
+            assert writer_log.record("m", 1, f"w{n}", ids, {"x": np.ones(50)}, np.zeros(50), None, 1.0, FEATURES,
+                                     now=time.time())
+            waits.append(time.perf_counter() - started)
+            n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    job = loop(store, every_seconds=0, max_rows=1000)
+    try:
+        assert job.run_once()["cap"]["predictions"] > 19_000
+    finally:
+        trimmed.set()
+        writer.join(30)
+        job.stop()
+    assert writer_log.write_failures == 0 and len(waits) >= 5
+    assert max(waits) < 2.0  # a write waits for one short delete at most, never for the whole trim
+
+
+def test_a_failing_round_is_counted_and_never_raises(tmp_path, caplog):
+    (tmp_path / "dir").mkdir()
+    store = Store(tmp_path / "dir" / "log.sqlite")
+    job = loop(store, max_rows=10)
+    store.close()
+    (tmp_path / "dir" / "log.sqlite").unlink()
+    (tmp_path / "dir" / "log.sqlite").mkdir()  # a folder where the database was: every query fails
+    assert job.run_once() is None and job.failures == 1
+    assert "retention round failed" in caplog.text
+    job.stop()
+
+
+@pytest.mark.parametrize("every, cap, enabled", [(3600, 0, True), (0, 10, True), (0, 0, False)])
+def test_the_loop_is_enabled_by_either_setting(tmp_path, every, cap, enabled):
+    assert loop(Store(tmp_path / "x.sqlite"), every_seconds=every, max_rows=cap).enabled is enabled
