@@ -8,7 +8,7 @@ is one line naming the file. Loading only: no checks of the model's quality or s
 
 from __future__ import annotations
 
-import pickle
+import pickle  # nosec B403  # only for pickle.UnpicklingError; packaging loads the packager's own model file
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path

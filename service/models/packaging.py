@@ -231,7 +231,7 @@ def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key:
     folder = artifacts.model_dir(root, manifest["name"])
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; a server running as another user must read it
+    os.chmod(staging, 0o755)  # nosec B103  # noqa: S103  a folder: mkdtemp makes it private; a server running as another user reads it
     try:
         joblib.dump(model, staging / artifacts.MODEL_FILE)
         for filename, data in (extra or {}).items():

@@ -181,7 +181,7 @@ class AlertManager:
 
     def states(self, model: str | None = None, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Return the stored alerts (of ``model``; in states ``only``) as JSON-ready dicts, loudest first."""
-        rows = self.store.query("SELECT * FROM alerts" + (" WHERE model = ?" if model is not None else ""),
+        rows = self.store.query("SELECT * FROM alerts" + (" WHERE model = ?" if model is not None else ""),  # nosec B608  # noqa: S608  constants; model is a parameter
                                 (model,) if model is not None else ())
         wanted = set(only) if only is not None else None
         unpack = self.store.unpack

@@ -28,7 +28,7 @@ from prometheus_client.mmap_dict import _INITIAL_MMAP_SIZE, MmapedDict
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PROJECT = "sklearn-server"
-SHM = Path("/dev/shm")
+SHM = Path("/dev/shm")  # nosec B108  # noqa: S108  default_dir takes a folder there only if ours (uid, no link)
 FALLBACK_DIR = Path("var") / "prometheus"
 ARCHIVE = "archive"
 #: Files prometheus-client writes (``counter_123.db``) and the archives we write (``counter_archive.db``).

@@ -210,7 +210,7 @@ class Notifier:
 
     def _post(self, body: bytes) -> tuple[bool, str]:
         """POST once; return (worth retrying, failure reason or "" on success)."""
-        request = urllib.request.Request(self.webhook_url or "", data=body, method="POST",
+        request = urllib.request.Request(self.webhook_url or "", data=body, method="POST",  # noqa: S310  Config allows only http(s)
                                          headers={"Content-Type": "application/json", "User-Agent": USER_AGENT})
         watchdog = threading.Timer(self.deadline, self._abort)
         watchdog.daemon = True

