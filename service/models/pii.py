@@ -99,15 +99,20 @@ def categories_of(feature: dict[str, Any]) -> HashedCategories | frozenset[Any] 
     return None if categories is None else frozenset(categories)
 
 
-def protect(feature: dict[str, Any], salt: str, *, declared_range: bool = False) -> dict[str, Any]:
-    """Replace a pii feature's raw categories by their hashes; drop a range the data (not a person) gave."""
+def protect(feature: dict[str, Any], salt: str, *, declared: Iterable[str] = ()) -> dict[str, Any]:
+    """Replace a pii feature's raw categories by their hashes; drop each bound the data gave.
+
+    ``declared`` names the keys a person wrote in ``--schema`` (a bound written there is policy,
+    not somebody's value, and stays).
+    """
     if not feature.get("pii"):
         return feature
     if feature.get("categories") is not None:
         feature[HASHED] = hash_categories(salt, list(feature["categories"]))
         feature["categories"] = None
-    if not declared_range:
-        feature["min"] = feature["max"] = None
+    for bound in ("min", "max"):
+        if bound not in declared:
+            feature[bound] = None
     return feature
 
 

@@ -7,7 +7,9 @@ A feature flagged ``pii`` keeps nothing that can single out a person (``protecte
 ``protected_categorical``): counts and the missing rate; numeric bins as shares over edges
 rounded to two significant figures, the outer ones rounded outwards, with every bin holding at
 least ``MIN_GROUP`` rows (a sparse bin joins its neighbour), so an edge bounds a group and is
-not somebody's value; no min, max, mean, deviation, quantiles or raw sample. Category shares are
+not somebody's value. The outer bins are open as for any feature, and their edges are the
+``MIN_GROUP``-th value from each end rounded outwards, so not even an outlier's value shows
+through them. No min, max, mean, deviation, quantiles or raw sample. Category shares are
 keyed by a salted hash (``service.models.pii``), and categories seen fewer than ``MIN_GROUP``
 times count only in ``other_rate``. Pure pandas/numpy; no Flask.
 """
@@ -92,7 +94,10 @@ def protected_numeric(values: np.ndarray) -> dict[str, Any]:
         return {"kind": "numeric", "bin_edges": [], "frequencies": [1.0]}
     quantiles = np.quantile(values, np.linspace(0, 1, NUMERIC_BINS + 1))
     inner = {_round_sig(q, np.round) for q in quantiles[1:-1]}
-    low, high = _round_sig(quantiles[0], np.floor), _round_sig(quantiles[-1], np.ceil)
+    # outer bins are open (drift counts beyond them), so their edges need not reach the extremes:
+    # the MIN_GROUP-th value from each end, rounded outwards, says nothing of one outlier
+    ordered = np.sort(values)
+    low, high = _round_sig(ordered[MIN_GROUP - 1], np.floor), _round_sig(ordered[-MIN_GROUP], np.ceil)
     edges = sorted({low, high, *(e for e in inner if low < e < high)})
     counts = _bin_counts(values, np.asarray(edges))
     # merge a sparse bin into the next one (the last into the one before) by dropping the edge between

@@ -164,8 +164,7 @@ def infer_schema(model: Any, holdout: pd.DataFrame, *, reference: pd.DataFrame |
         mark_subject(features, subject)
     salt = salt or pii.new_salt()
     for feature in features:
-        change = declared.get(feature["name"]) or {}
-        pii.protect(feature, salt, declared_range="min" in change or "max" in change)
+        pii.protect(feature, salt, declared=declared.get(feature["name"]) or ())
     return InferredSchema(features, sources, _check_holdout(features, holdout))
 
 

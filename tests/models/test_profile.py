@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.models.profile import NUMERIC_BINS, profile_column, profile_frame, profile_predictions
+from service.models import pii
+from service.models.profile import MIN_GROUP, NUMERIC_BINS, profile_column, profile_frame, profile_predictions
 
 
 def test_numeric_bins_and_frequencies_sum_to_one():
@@ -95,3 +96,39 @@ def test_regression_predictions_are_binned():
     assert profile["kind"] == "numeric"
     assert sum(profile["frequencies"]) == pytest.approx(1.0)
     assert (profile["min"], profile["max"]) == (0.0, 10.0)
+
+
+def test_a_pii_number_keeps_rounded_bins_of_at_least_five_rows_and_nothing_else():
+    salaries = pd.Series(np.random.default_rng(0).normal(52000, 9000, 1000).round(2))
+    profile = profile_column(salaries, "float", salt="00" * 16)
+    assert set(profile) == {"count", "missing_rate", "pii", "kind", "bin_edges", "frequencies"}
+    edges = profile["bin_edges"]
+    assert not set(edges) & set(salaries.tolist())
+    assert all(float(f"{e:.2g}") == e for e in edges)  # two significant figures
+    assert salaries.min() < edges[0] and edges[-1] < salaries.max()  # the extremes do not show
+    counts = [round(f * len(salaries)) for f in profile["frequencies"]]
+    assert sum(counts) == len(salaries) and min(counts) >= MIN_GROUP
+
+
+def test_a_sparse_pii_bin_joins_its_neighbour_and_a_tiny_column_keeps_one_bin():
+    values = pd.Series([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 1000.0])
+    profile = profile_column(values, "float", salt="00" * 16)
+    counts = [round(f * len(values)) for f in profile["frequencies"]]
+    assert min(counts) >= MIN_GROUP and 1000.0 not in profile["bin_edges"]
+    assert profile_column(pd.Series([3.0, 4.0]), "float", salt="00" * 16)["bin_edges"] == []
+
+
+def test_pii_categories_are_keyed_by_salted_hash_and_rare_ones_count_as_other():
+    values = pd.Series(["ana@example.com"] * 6 + ["bo@example.com"] * 5 + ["eve@example.com"], dtype=object)
+    profile = profile_column(values, "category", salt="00" * 16)
+    assert "example.com" not in json.dumps(profile)
+    assert profile["categories"] == pytest.approx({pii.profile_key("00" * 16, "ana@example.com"): 6 / 12,
+                                                   pii.profile_key("00" * 16, "bo@example.com"): 5 / 12})
+    assert profile["other_rate"] == pytest.approx(1 / 12) and profile["salt"] == "00" * 16
+
+
+def test_profile_frame_hashes_only_pii_features_with_the_salt_given():
+    frame = pd.DataFrame({"x": [1.0, 2.0], "c": ["a", "a"]})
+    profile = profile_frame(frame, [{"name": "x", "type": "float"}, {"name": "c", "type": "category", "pii": True}],
+                            "ab" * 16)
+    assert "sample" in profile["x"] and profile["c"]["salt"] == "ab" * 16

@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 
+from service.models import pii
 from service.models import schema_inference as si
 
 FRAME = pd.DataFrame({"n": [1.0, np.nan, 3.0, 4.0, 5.0, 6.0], "code": ["01", "02", "01", "03", "02", "01"],
@@ -55,3 +56,31 @@ def test_an_array_model_is_named_by_names_or_by_a_schema_listing_every_feature()
         si.feature_order(fitted, ["x"], None)
     with pytest.raises(ValueError, match="--features names b, a but the model was fitted on a, b"):
         si.feature_order(si.FittedSchema(names=["a", "b"], count=2), ["b", "a"], None)
+
+
+def test_pii_categories_leave_as_salted_hashes_and_the_holdout_note_counts_them():
+    model = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression()).fit(FRAME[["code"]], Y)
+    schema = si.infer_schema(model, pd.DataFrame({"code": ["01", "09", "77"]}), overrides={"code": {"pii": True}},
+                             salt="ab" * 16)
+    feature = schema.features[0]
+    assert feature["categories"] is None
+    assert feature["category_sha256"] == pii.hash_categories("ab" * 16, ["01", "02", "03"])
+    assert schema.notes == ["--data column 'code' holds 2 distinct values outside the schema's categories "
+                            "(personal data: not listed)"]
+
+
+def test_a_pii_range_is_kept_only_when_the_schema_declares_it():
+    model = LogisticRegression().fit(FRAME[["n"]].fillna(0), Y)
+    inferred = si.infer_schema(model, FRAME[["n"]], overrides={"n": {"pii": True}}, strict_ranges=True)
+    assert (inferred.features[0]["min"], inferred.features[0]["max"]) == (None, None)
+    declared = si.infer_schema(model, FRAME[["n"]], overrides={"n": {"pii": True, "min": 0}}, strict_ranges=True)
+    assert (declared.features[0]["min"], declared.features[0]["max"]) == (0, None)
+    plain = si.infer_schema(model, FRAME[["n"]], strict_ranges=True)
+    assert (plain.features[0]["min"], plain.features[0]["max"]) == (1.0, 6.0)
+
+
+def test_the_subject_is_a_feature_and_always_pii():
+    model = LogisticRegression().fit(FRAME[["n"]].fillna(0), Y)
+    assert si.infer_schema(model, FRAME[["n"]], subject="n").features[0]["pii"] is True
+    with pytest.raises(ValueError, match=r"^--subject 'customer_id' is not a feature of the model \(features: n\)$"):
+        si.infer_schema(model, FRAME[["n"]], subject="customer_id")

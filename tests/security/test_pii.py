@@ -169,8 +169,8 @@ def make_old(folder, frame: pd.DataFrame) -> None:
     path = folder / artifacts.MANIFEST
     manifest = json.loads(path.read_text())
     email, salary, _ = manifest["input"]["features"]
-    email.pop("category_sha256")
-    email["categories"] = sorted(EMAILS)
+    email.pop("category_sha256", None)
+    email["categories"], email["pii"] = sorted(EMAILS), True
     salary["min"], salary["max"] = float(frame["salary"].min()), float(frame["salary"].max())
     manifest["input"]["notes"] = [f"--data column 'email' holds values outside the schema's categories: {STRANGER}"]
     manifest["reference_profile"]["features"]["salary"]["sample"] = frame["salary"].tolist()
