@@ -114,12 +114,12 @@ class PredictionLog:
         legacy = LEGACY_COLUMNS if self._legacy else {}
         if subjects:
             values = ", ".join(("j.a", "?", "?", "?", "?", "j.key", "j.b", *legacy.values()))
-            select = f"SELECT {values} FROM {self.store.json_pairs()}"  # noqa: S608  # nosec B608: constants and "?" only
+            select = f"SELECT {values} FROM {self.store.json_pairs()}"  # noqa: S608  # nosec B608  # constants and "?" only
             return self.store.insert_sql("predictions", (*PREDICTION_COLUMNS, "subject", *legacy), conflict="ignore",
                                          select=select)
         values = ", ".join(("j.value", "?", "?", "?", "?", "j.key", *legacy.values()))
         return self.store.insert_sql("predictions", (*PREDICTION_COLUMNS, *legacy), conflict="ignore",
-                                     select=f"SELECT {values} FROM {self.store.json_elements()}")
+                                     select=f"SELECT {values} FROM {self.store.json_elements()}")  # nosec B608  # noqa: S608  constants and "?" only
 
     def subject_key(self) -> bytes:
         """The key subjects are hashed with: ``PII_HASH_KEY``, else the store's own (made once).
@@ -239,12 +239,12 @@ class PredictionLog:
             found: dict[str, float] = {}
             for chunk in chunks(wanted, MAX_PARAMS):
                 marks = ", ".join("?" * len(chunk))
-                cursor = db.execute(f"SELECT id, ts FROM predictions WHERE model = ? AND id IN ({marks})", (model, *chunk))
+                cursor = db.execute(f"SELECT id, ts FROM predictions WHERE model = ? AND id IN ({marks})", (model, *chunk))  # nosec B608  # noqa: S608  only "?" marks
                 found.update((row[0], row[1]) for row in cursor)
             labelled: set[str] = set()
             for chunk in chunks(list(found), MAX_PARAMS):
                 marks = ", ".join("?" * len(chunk))
-                labelled.update(r[0] for r in db.execute(f"SELECT id FROM feedback WHERE id IN ({marks})", chunk))
+                labelled.update(r[0] for r in db.execute(f"SELECT id FROM feedback WHERE id IN ({marks})", chunk))  # nosec B608  # noqa: S608  only "?" marks
             rows = []
             for pid, label in entries:
                 if label is None or pid not in found:
@@ -264,7 +264,7 @@ class PredictionLog:
                features: list[dict[str, Any]]) -> Window:
         """Read a version's predictions (all versions for None), newest first, with their labels."""
         legacy = "p.output, p.probabilities" if self._legacy else "NULL, NULL"
-        sql = (f"SELECT p.id, p.ts, p.batch, p.row_index, f.label, {legacy}"
+        sql = (f"SELECT p.id, p.ts, p.batch, p.row_index, f.label, {legacy}"  # nosec B608  # noqa: S608  constant column lists
                " FROM predictions p LEFT JOIN feedback f ON f.id = p.id WHERE p.model = ?")
         params: list[Any] = [model]
         if version is not None:
@@ -312,7 +312,7 @@ class PredictionLog:
         wanted = list(dict.fromkeys(key for key in keys if key is not None))
         stored = {}
         for chunk in chunks(wanted, MAX_PARAMS):
-            sql = ("SELECT batch, rows, features, inputs, outputs, probabilities FROM prediction_batches"
+            sql = ("SELECT batch, rows, features, inputs, outputs, probabilities FROM prediction_batches"  # nosec B608  # noqa: S608  only "?" marks
                    f" WHERE batch IN ({', '.join('?' * len(chunk))})")
             for key, rows, names, inputs, outputs, probas in self.store.fetch(sql, tuple(chunk)):
                 outputs = orjson.loads(outputs)

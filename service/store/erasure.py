@@ -58,7 +58,7 @@ def erase(store: Store, hashes: list[str], model: str | None = None) -> dict[str
     for chunk in chunks(hashes, MAX_PARAMS - 1):
         marks = ", ".join("?" * len(chunk))
         # The model is filtered here, not in SQL: the planner would pick the model's index and scan its rows.
-        sql = f"SELECT DISTINCT batch, model FROM predictions WHERE subject IN ({marks})"  # noqa: S608  # nosec B608: only "?" marks
+        sql = f"SELECT DISTINCT batch, model FROM predictions WHERE subject IN ({marks})"  # noqa: S608  # nosec B608  # only "?" marks
         batches = dict.fromkeys(batch for batch, found in store.fetch(sql, tuple(chunk)) if model in (None, found))
         for batch in batches:
             with store.transaction(lock=LOCK) as db:
@@ -70,7 +70,7 @@ def _erase_in_batch(db: Any, batch: int | None, hashes: set[str], model: str | N
     """Within one transaction: delete the person's rows of one batch and rewrite what remains of it."""
     if batch is None:  # a prediction whose batch is gone (purged): only its own row to delete
         marks = ", ".join("?" * len(hashes))
-        sql = f"SELECT rowid, id, row_index, subject, model FROM predictions WHERE batch IS NULL AND subject IN ({marks})"  # noqa: S608  # nosec B608: only "?" marks
+        sql = f"SELECT rowid, id, row_index, subject, model FROM predictions WHERE batch IS NULL AND subject IN ({marks})"  # noqa: S608  # nosec B608  # only "?" marks
         rows = db.execute(sql, tuple(hashes)).fetchall()
     else:
         rows = db.execute("SELECT rowid, id, row_index, subject, model FROM predictions"
@@ -79,7 +79,7 @@ def _erase_in_batch(db: Any, batch: int | None, hashes: set[str], model: str | N
     if not victims:
         return
     for chunk in chunks([r[1] for r in victims], MAX_PARAMS):
-        sql = f"DELETE FROM feedback WHERE id IN ({', '.join('?' * len(chunk))})"  # noqa: S608  # nosec B608: only "?" marks
+        sql = f"DELETE FROM feedback WHERE id IN ({', '.join('?' * len(chunk))})"  # noqa: S608  # nosec B608  # only "?" marks
         counts["feedback"] += db.execute(sql, chunk).rowcount
     db.executemany("DELETE FROM predictions WHERE rowid = ?", [(r[0],) for r in victims])
     counts["predictions"] += len(victims)
