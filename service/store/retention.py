@@ -121,7 +121,7 @@ def _purge_predictions(store: Store, model: str, version: int, cutoff: float, ba
                           (model, version, cutoff, batch)).fetchall()
         labels = 0
         for chunk in chunks([r[1] for r in rows], MAX_PARAMS):
-            labels += db.execute(f"DELETE FROM feedback WHERE id IN ({', '.join('?' * len(chunk))})", chunk).rowcount  # nosec B608  # noqa: S608  "?" marks
+            labels += db.execute(f"DELETE FROM feedback WHERE id IN ({', '.join('?' * len(chunk))})", chunk).rowcount  # nosec B608  # noqa: S608  only "?" marks
         db.executemany("DELETE FROM predictions WHERE rowid = ?", [(r[0],) for r in rows])
     return len(rows), labels
 
