@@ -117,7 +117,8 @@ def _feature_tensor(feature: dict[str, Any]) -> dict[str, Any]:
     if datatype is None:  # a category: numeric codes travel as INT64, anything else as BYTES
         categories = feature.get("categories") or []
         numeric = categories and all(type(c) is int for c in categories)
-        datatype = "INT64" if numeric else "BYTES"
+        hashed = feature.get("category_sha256")  # personal data: only whether the codes were text is known
+        datatype = "INT64" if numeric or (isinstance(hashed, dict) and hashed.get("text") is False) else "BYTES"
     parameters = {"type": kind, "required": bool(feature.get("required", True)),
                   "nullable": bool(feature.get("nullable", False))}
     if not feature.get("pii"):  # a personal-data feature's bounds may be somebody's values: never shown

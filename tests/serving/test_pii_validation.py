@@ -83,3 +83,11 @@ def test_hashes_depend_on_the_salt_and_the_type():
     assert pii.digest(SALT, 7) != pii.digest("11" * 16, 7)
     assert pii.digest(SALT, None) is None and pii.digest(SALT, float("nan")) is None
     assert pii.digest(SALT, np.int64(7)) == pii.digest(SALT, 7)
+
+
+def test_v2_metadata_keeps_the_datatype_of_hashed_codes_and_no_bound():
+    from service.protocols.v2 import _feature_tensor
+
+    code, salary = _feature_tensor(HASHED[1]), _feature_tensor(OLD[2])
+    assert code["datatype"] == "INT64" and _feature_tensor(HASHED[0])["datatype"] == "BYTES"
+    assert "min" not in salary["parameters"] and "max" not in salary["parameters"]
