@@ -202,8 +202,13 @@ class PredictionLog:
         if not subject:
             return EncodedBatch(values, _dumps(kept_ids))
         raw = columns.get(subject)
-        hashes = ([NO_SUBJECT] * len(kept_ids) if raw is None else
-                  [h or NO_SUBJECT for h in hash_column(take(raw, f"column {subject!r}"), self.subject_key()).tolist()])
+        if raw is None:
+            hashes = [NO_SUBJECT] * len(kept_ids)
+        else:  # with PII_HASH_KEY the subject's column was just hashed with that key (it is pii): reuse it
+            what = f"column {subject!r}"
+            reuse = self.pii_key and subject in safe and subject in pii_names(features)
+            hashed = take(safe[subject], what) if reuse else hash_column(take(raw, what), self.subject_key())
+            hashes = [h or NO_SUBJECT for h in hashed.tolist()]
         return EncodedBatch(values, _dumps([list(pair) for pair in zip(kept_ids, hashes, strict=True)]), subjects=True)
 
     def write_encoded(self, db: Any, batch: EncodedBatch) -> None:

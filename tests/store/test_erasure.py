@@ -130,3 +130,18 @@ def test_a_database_from_before_erasure_gains_the_subject_column_and_its_indexes
     assert store.fetch("SELECT id, subject FROM predictions WHERE id = 'old-0'") == [("old-0", None)]
     assert plog.erase("alice")[1]["predictions"] == 1
     assert sorted(r[0] for r in store.fetch("SELECT id FROM predictions")) == ["a-1", "old-0"]
+
+
+def test_sampled_rows_keep_their_own_subject_and_an_unflagged_subject_is_hashed_too(make_store):
+    store = make_store()
+    plog = PredictionLog(store, pii_key="k", sample_rate=0.5)
+    customers = [f"c{i}" for i in range(40)]
+    ids = record(plog, "a", customers)
+    kept = dict(store.fetch("SELECT id, subject FROM predictions"))
+    assert 0 < len(kept) < 40
+    assert all(kept[pid] == plog.subject_hashes(customers[ids.index(pid)])[0] for pid in kept)
+    plain = [dict(f, pii=False) if f["name"] == "customer_id" else f for f in FEATURES]  # a manifest written by hand
+    batch = PredictionLog(store, pii_key="k").encode("m", 1, "b", ["b-0"], {"customer_id": np.array(["zoe"], dtype=object),
+                                                     "x": np.zeros(1), "city": np.array(["x"], dtype=object)},
+                                                     np.zeros(1), None, 1.0, plain, ts=1.0, subject="customer_id")
+    assert "zoe" not in batch.ids and plog.subject_hashes("zoe")[0] in batch.ids
