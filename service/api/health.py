@@ -9,7 +9,7 @@ from service.errors import NotReady
 
 bp = Blueprint("health", __name__)
 
-PUBLIC_FIELDS = ("status", "registry")  # what an unauthenticated probe sees per model with keys on
+PUBLIC_FIELDS = ("status", "registry", "registry_code")  # what an unauthenticated probe sees per model with keys on
 
 
 @bp.get("/healthz")
@@ -22,9 +22,13 @@ def readyz():
     """200 when this worker can serve every production model, else 503 (``Catalog.readiness``).
 
     An unreadable registry.json shows as ``registry_error`` (and ``registry``: where the state
-    served comes from) on the model. Serving from the last-good copy stays 200, problem
-    reported: the state is the last one committed and every worker agrees on it. A model with
-    versions and no state at all (no readable file, no copy) is 503, ``REGISTRY_UNREADABLE``.
+    served comes from; ``registry_code``: ``registry_unreadable``) on the model. So does one
+    refused because it does not match the audit trail (``registry_unverified``: edited outside
+    the server's tools) or cannot be checked (``registry_unchecked``: the database does not
+    answer). Serving from the last-good copy, or what this worker verified before, stays 200,
+    problem reported: the state is the last one committed and every worker agrees on it. A
+    model with versions and no state at all (no usable file or copy) is 503,
+    ``REGISTRY_UNREADABLE``. Probes without a key see the code, never the message.
     """
     ready, report = current_app.extensions["catalog"].readiness()
     if _keys_on():

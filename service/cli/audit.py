@@ -15,7 +15,6 @@ import click
 
 from service.cli.common import ARTIFACTS, actor, escape, fails_cleanly
 from service.config import Config
-from service.models import registry
 from service.security import audit as trail
 
 
@@ -26,10 +25,9 @@ def _store() -> Any:
 
 
 def record_cli_changes(ctx: click.Context) -> None:
-    """Record this command's registry changes in the audit trail (the store opens on the first one)."""
-    store = functools.cache(_store)
-    token = registry.AUDIT.set(lambda name, entry, state: trail.registry_hook(store())(name, entry, state))
-    ctx.call_on_close(lambda: registry.AUDIT.reset(token))
+    """Record this command's registry changes in the audit trail, and check each registry.json it
+    changes against it (the store opens on the first one)."""
+    ctx.with_resource(trail.registry_changes(functools.cache(_store)))
 
 
 def record(action: str, target: str, details: dict[str, Any] | None = None) -> None:

@@ -1,15 +1,19 @@
-"""Commands that check and repair a model's registry.json from its last-good copy."""
+"""Commands that check registry.json (readable, and the content the audit trail anchors) and
+resolve what they find: ``restore`` from the last-good copy, or ``accept`` a deliberate edit."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from service.cli.common import ARTIFACTS, MODEL, actor, fails_cleanly, model_argument
+from service.cli.common import ARTIFACTS, MODEL, actor, escape, fails_cleanly, model_argument
+from service.config import Config
 from service.errors import RegistryUnreadable
 from service.models import artifacts, registry
 from service.models.registry_file import read_last_good
+from service.security import registry_anchor
 
 
 @click.group("registry")
@@ -22,19 +26,34 @@ def registry_group() -> None:
 @ARTIFACTS
 @fails_cleanly
 def check(name: str | None, artifacts_dir: Path) -> None:
-    """Say whether each model's registry.json reads (all models, or NAME); exit 1 if one does not."""
+    """Say whether each model's registry.json reads and matches the audit trail (all models, or NAME);
+    exit 1 if one does not."""
     names = [artifacts.check_model_name(name)] if name else artifacts.list_models(artifacts_dir)
-    broken = []
+    unreadable, refused, store = [], [], None
     for model in names:
         try:
             registry.read_state(artifacts_dir, model)
         except RegistryUnreadable as exc:
-            broken.append(model)
+            unreadable.append(model)
             click.echo(f"{model}: unreadable: {exc.reason}; {_fix(artifacts_dir, model)}")
-        else:
+            continue
+        try:
+            store = store or _store()
+            matches, said = registry_anchor.compare(store, artifacts_dir, model)
+        except Exception as exc:  # the file reads; whether it is the audited one is unknown
+            refused.append(model)
+            click.echo(f"{model}: cannot be checked against the audit trail: {type(exc).__name__}: {escape(exc)}")
+            continue
+        if matches:
             click.echo(f"{model}: ok")
-    if broken:
-        raise click.ClickException(f"unreadable registry state: {', '.join(broken)}")
+        else:
+            refused.append(model)
+            click.echo(f"{model}: refused: {said}; `python -m service registry restore {model}` undoes the edit "
+                       f"(from the last-good copy), `python -m service registry accept {model} --reason ...` keeps it")
+    problems = [f"{what}: {', '.join(models)}" for what, models in (("unreadable registry state", unreadable),
+                                                                    ("registry state not audited", refused)) if models]
+    if problems:
+        raise click.ClickException("; ".join(problems))
 
 
 @registry_group.command("restore")
@@ -43,12 +62,30 @@ def check(name: str | None, artifacts_dir: Path) -> None:
 @ARTIFACTS
 @fails_cleanly
 def restore(name: str, reason: str, artifacts_dir: Path) -> None:
-    """Replace an unreadable registry.json of NAME with its last-good copy (the broken file is kept aside)."""
+    """Replace an unreadable or refused registry.json of NAME with its last-good copy (the file is kept aside)."""
     entry = registry.restore(artifacts_dir, name, actor=actor(), reason=reason)
     labels = registry.read_state(artifacts_dir, name)["labels"]
     kept = f"; the broken file is kept as {entry['kept']}" if entry["kept"] else ""
     shown = ", ".join(f"{label}={version}" for label, version in labels.items()) or "none"
     click.echo(f"{name}: restored from the last-good copy (labels: {shown}){kept}")
+
+
+@registry_group.command("accept")
+@MODEL
+@click.option("--reason", required=True, help="Why registry.json was edited by hand; recorded in the history.")
+@ARTIFACTS
+@fails_cleanly
+def accept(name: str, reason: str, artifacts_dir: Path) -> None:
+    """Record a registry.json of NAME that was edited on purpose as the audited state (servers then serve it)."""
+    entry = registry.accept(artifacts_dir, name, actor=actor(), reason=reason)
+    shown = ", ".join(f"{label}={version}" for label, version in entry["labels"].items()) or "none"
+    click.echo(f"{name}: accepted as edited and recorded in the audit trail (labels: {shown})")
+
+
+def _store() -> Any:
+    from service.store import Store
+
+    return Store.from_url(Config.from_env().database_url)
 
 
 def _fix(root: Path, name: str) -> str:

@@ -141,10 +141,13 @@ def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: 
         return {"action": ACTION, "version": version, "previous_weight": previous, "broken": broken}
 
     try:
+        # registry_changes anchors the file this writes, and refuses to write over one the trail does not
         with audit.registry_changes(store):
             entry = registry.update(root, name, change, actor=actor, reason="; ".join(broken))
     except _NothingToDo:
         return None
+    except registry.RegistryUnverified:
+        return None  # an edited registry.json: the catalog serves the audited state and says why
     log.error("canary rolled back automatically", extra={"model": name, "version": version, "broken": broken})
     return entry
 

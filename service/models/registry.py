@@ -5,7 +5,11 @@ lock (so two processes changing it at once lose nothing), written to a temp file
 (so readers never see half a file), with every change appended to ``history`` and a checked
 last-good copy written beside it (``registry_file``). Refused changes raise before anything is
 written; so does every change over a registry.json that cannot be read, which only
-``restore`` (from the last-good copy) or a repair by hand replaces. Which version answers a
+``restore`` (from the last-good copy) or a repair by hand replaces. With the audit trail at
+hand (``AUDIT`` and ``VERIFY``, set by the admin API, the CLI and the rollout guard), each change
+is recorded with the digest of the file it writes, before writing it: that record is the
+file's anchor, and a file that does not match its anchor is refused until ``restore`` or
+``accept`` resolves it. Which version answers a
 request is ``rollout``'s job, and deleting old version folders ``registry_gc``'s (``gc`` here
 only records it), not this module's. No Flask.
 """
@@ -22,12 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ArtifactError, RegistryUnreadable
-from service.models import artifacts, compatibility, registry_gc
-from service.models.registry_file import (  # noqa: F401  (read_serving_state, LAST_GOOD_FILE: this module's API too)
+from service.models import artifacts, compatibility, registry_file, registry_gc
+from service.models.registry_file import (  # noqa: F401  (read_serving_state, LAST_GOOD_FILE, ...: this module's API too)
     LAST_GOOD_FILE,
+    UNCHECKED,
+    UNREADABLE,
+    UNVERIFIED,
+    VERIFY,
+    RegistryUnverified,
+    Verifier,
+    digest_of_state,
     empty_state,
     keep_broken,
     locked,
+    read_checked_state,
     read_last_good,
     read_serving_state,
     read_state,
@@ -57,9 +69,12 @@ class _Unset:
 UNSET: Any = _Unset()
 
 #: Who changes the registry on someone's behalf (admin API, CLI, automatic rollback) sets this to
-#: a function that records the change (model, history entry, new state) in the audit trail and
-#: returns the record's hash, which the history entry then carries: ``audit verify`` compares them.
-AuditHook = Callable[[str, dict[str, Any], dict[str, Any]], "str | None"]
+#: a function that records the change (model, history entry, new state and, as ``registry``, the
+#: artifact root and the digest of the file about to be written) in the audit trail and returns
+#: the record's hash, which the history entry then carries: ``audit verify`` compares them. It
+#: raises when the record cannot be written, and then nothing is written: an unanchored file
+#: would be refused by every server.
+AuditHook = Callable[..., "str | None"]
 AUDIT: ContextVar[AuditHook | None] = ContextVar("registry_audit", default=None)
 
 
@@ -78,40 +93,81 @@ def update(root: Path, name: str, change: Callable[[dict[str, Any]], dict[str, A
     least ``action``); it raises to refuse the change, leaving the file untouched.
     """
     with locked(root, name):
-        state = read_state(root, name)
+        state = read_state(root, name, VERIFY.get())
         return _commit(root, name, state, change(state), actor=actor, reason=reason)
 
 
 def _commit(root: Path, name: str, state: dict[str, Any], entry: dict[str, Any], *, actor: str,
             reason: str) -> dict[str, Any]:
     entry = {"at": _now(), "actor": actor, **entry, "reason": reason}
+    state["history"].append(entry)
     audit = AUDIT.get()
     if audit is not None:
-        # recorded before registry.json is written, under its lock: the chain orders changes as they happened
-        digest = audit(name, entry, state)
+        # recorded before registry.json is written, under its lock: the chain orders changes as they
+        # happened, and a reader never sees a new file before its anchor
+        anchor = {"root": root_id(root), "sha256": digest_of_state(state)}
+        digest = audit(name, entry, state, registry=anchor)
         if digest:
             entry["audit"] = digest
-    state["history"].append(entry)
     write_state(root, name, state)
     return entry
 
 
-def restore(root: Path, name: str, *, actor: str, reason: str = "") -> dict[str, Any]:
-    """Replace an unreadable registry.json with its last-good copy, keeping the broken file aside.
+def root_id(root: Path) -> str:
+    """The artifact root as anchors name it: its absolute path (one database may serve several roots)."""
+    return str(Path(root).resolve())
 
-    Refused (``ValueError``) when registry.json reads fine, so a restore never rolls back good
-    changes; raise ``RegistryUnreadable`` when there is no usable copy.
+
+def restore(root: Path, name: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+    """Replace an unreadable or refused registry.json with its last-good copy, keeping the file aside.
+
+    Refused (``ValueError``) when registry.json reads fine (and matches the audit trail, when
+    ``VERIFY`` is set), so a restore never rolls back good changes; raise ``RegistryUnreadable``
+    when there is no usable copy, and ``RegistryUnverified`` when the copy is not the audited
+    state either (or the trail cannot be read).
     """
     artifacts.check_model_name(name)
+    verifier = VERIFY.get()
     with locked(root, name):
         try:
-            read_state(root, name)
+            read_state(root, name, verifier)
+        except RegistryUnverified as exc:
+            if exc.code != UNVERIFIED:
+                raise
         except RegistryUnreadable:
             pass
         else:
-            raise ValueError(f"registry.json of {name!r} is readable; there is nothing to restore")
+            audited = " (and matches the audit trail)" if verifier is not None else ""
+            raise ValueError(f"registry.json of {name!r} is readable; there is nothing to restore{audited}")
         state = read_last_good(root, name)
+        if verifier is not None:
+            registry_file.check_last_good(root, name, verifier)
         entry = {"action": "registry.restore", "kept": keep_broken(root, name)}
+        return _commit(root, name, state, entry, actor=actor, reason=reason)
+
+
+def accept(root: Path, name: str, *, actor: str, reason: str) -> dict[str, Any]:
+    """Record an edited registry.json as it is (an operator's deliberate edit): it becomes the anchor.
+
+    Needs the audit trail (``AUDIT`` and ``VERIFY``) and a reason; refused (``ValueError``) when
+    the file already matches the trail, and (``RegistryUnreadable``) when it cannot be read.
+    """
+    artifacts.check_model_name(name)
+    verifier, audit = VERIFY.get(), AUDIT.get()
+    if verifier is None or audit is None:
+        raise ValueError("accepting registry.json needs the audit trail (DATABASE_URL)")
+    if not reason.strip():
+        raise ValueError("give the reason the file was edited (--reason)")
+    with locked(root, name):
+        state = read_state(root, name)
+        try:
+            read_state(root, name, verifier)
+        except RegistryUnverified as exc:
+            if exc.code != UNVERIFIED:
+                raise
+        else:
+            raise ValueError(f"registry.json of {name!r} matches the audit trail; there is nothing to accept")
+        entry = {"action": "registry.accept", "labels": dict(state["labels"])}
         return _commit(root, name, state, entry, actor=actor, reason=reason)
 
 

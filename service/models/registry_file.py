@@ -4,20 +4,26 @@ Beside ``<root>/<model>/registry.json`` lies ``.registry.last-good.json``: the l
 was written and read back as a registry state. Changes (``write_state``, under ``locked``)
 refresh both; readers that serve (``read_serving_state``) fall back to the copy when
 registry.json is unreadable, so a corrupt file never takes a model away from a worker that
-boots after it broke. Nothing here decides what a change means (that is ``registry``'s job),
-and no message names the server's absolute path. No Flask.
+boots after it broke. With a ``Verifier`` (the audit trail's anchors, ``service.security.
+registry_anchor``), a registry.json whose content is not the one the last audited change wrote
+is refused like an unreadable one, and the copy is used only when it is that content; the copy
+is refreshed only from a file that passed the check. Nothing here decides what a change means
+(that is ``registry``'s job), and no message names the server's absolute path. No Flask.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service.errors import RegistryUnreadable
 from service.models import artifacts
@@ -28,7 +34,81 @@ LOCK_FILE = ".registry.lock"
 LAST_GOOD_FILE = ".registry.last-good.json"
 BROKEN_PREFIX = ".registry.broken-"  # an unreadable registry.json kept aside by a restore, for the post-mortem
 
+# why a registry state was not used, as /readyz reports it
+UNREADABLE, UNVERIFIED, UNCHECKED = "registry_unreadable", "registry_unverified", "registry_unchecked"
+
 log = logging.getLogger(__name__)
+
+
+class RegistryUnverified(RegistryUnreadable):
+    """A registry.json that reads but is not what the last audited change wrote (``UNVERIFIED``), or
+    that cannot be checked now because the audit trail's store does not answer (``UNCHECKED``)."""
+
+    def __init__(self, model: str, reason: str, *, code: str = UNVERIFIED, last_good: bool = False):
+        super().__init__(model, reason, last_good=last_good)
+        self.code = code
+        if code == UNVERIFIED:
+            fix = (f"if the edit was intended, record it with `python -m service registry accept {model} "
+                   f"--reason ...`; otherwise put back the audited state with `python -m service registry "
+                   f"restore {model}`")
+        else:
+            fix = "it is checked again on the next read, and changes wait until the database answers"
+        self.fix = fix
+        self.args = (f"model {model!r}: {reason}; {fix}",)
+
+
+class Verifier(Protocol):
+    """Checks a registry content's digest (``state_digest``) against the audit trail."""
+
+    def verify(self, root: Path, name: str, digest: str | None, *, stamp: Any = None, copy: bool = False,
+               final: bool = False) -> None:
+        """Return when ``digest`` is the content the trail anchors; raise ``RegistryUnverified`` otherwise.
+
+        ``stamp`` identifies the file read (a repeated read of the same file may be answered from
+        memory); ``copy`` says the digest is the last-good copy's; ``final`` asks for a fresh
+        answer, and a mismatch it confirms is recorded.
+        """
+
+
+#: Set by whoever changes the registry with the audit trail at hand (admin API, CLI, automatic
+#: rollback): every change then first checks the file it changes against the trail.
+VERIFY: ContextVar[Verifier | None] = ContextVar("registry_verify", default=None)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The state a worker serves, and why registry.json itself was not used (``error``, ``code``)."""
+
+    state: dict[str, Any]
+    error: str | None = None
+    code: str | None = None
+    from_last_good: bool = False
+
+
+def state_digest(raw: bytes | None) -> str | None:
+    """The sha256 an audit record anchors for a registry.json content; None for no file.
+
+    Taken over canonical JSON (sorted keys, no spaces), so formatting does not count, leaving
+    out the newest history entry's ``audit`` field: it names the very record that holds this
+    digest. Bytes that are not JSON hash as they are (they never match an anchor).
+    """
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return hashlib.sha256(raw).hexdigest()
+    history = data.get("history") if isinstance(data, dict) else None
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
+        newest = {k: v for k, v in history[-1].items() if k != "audit"}
+        data = {**data, "history": [*history[:-1], newest]}
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def digest_of_state(state: dict[str, Any]) -> str:
+    """``state_digest`` of the file ``write_state`` would write for ``state``."""
+    return state_digest(json.dumps(state, allow_nan=False).encode())  # type: ignore[return-value]
 
 
 def empty_state() -> dict[str, Any]:
@@ -40,25 +120,52 @@ def locked(root: Path, name: str) -> contextlib.AbstractContextManager[None]:
     return artifacts.exclusive_lock(artifacts.model_dir(root, name) / LOCK_FILE)
 
 
-def read_state(root: Path, name: str) -> dict[str, Any]:
+def read_state(root: Path, name: str, verifier: Verifier | None = None) -> dict[str, Any]:
     """Read a model's registry state; a missing file is an empty state.
 
     Raise ``RegistryUnreadable`` when the file cannot be read or is not a registry state, and
     when it is missing while a last-good copy exists (it was lost, not never written): a
-    change made over it would silently drop the model's labels and history.
+    change made over it would silently drop the model's labels and history. With a
+    ``verifier``, raise ``RegistryUnverified`` when the content is not the audited one.
     """
+    return _read(root, name, verifier, final=True)[0]
+
+
+def _read(root: Path, name: str, verifier: Verifier | None, *, final: bool) -> tuple[dict[str, Any], Any]:
+    """Read and check registry.json once; return the state and the stamp of the file read."""
     folder = artifacts.model_dir(root, name)
+    raw, stamp = None, None
     try:
-        return _parse(name, REGISTRY_FILE, (folder / REGISTRY_FILE).read_bytes())
+        raw, stamp = _read_file(folder / REGISTRY_FILE)
+        state = _parse(name, REGISTRY_FILE, raw)
     except FileNotFoundError:
         if (folder / LAST_GOOD_FILE).exists():
             raise RegistryUnreadable(name, f"{REGISTRY_FILE} is missing", last_good=True) from None
-        return empty_state()
+        state = empty_state()
     except OSError as exc:
         raise RegistryUnreadable(name, f"{REGISTRY_FILE} cannot be read: {exc.strerror}",
                                  last_good=(folder / LAST_GOOD_FILE).exists()) from None
     except RegistryUnreadable as exc:
         raise RegistryUnreadable(name, exc.reason, last_good=(folder / LAST_GOOD_FILE).exists()) from None
+    if verifier is not None:
+        _check(verifier, root, name, raw, stamp, final=final)
+    return state, stamp
+
+
+def _read_file(path: Path) -> tuple[bytes, tuple[int, int, int]]:
+    # the stamp (inode, ctime, size) changes with every rename or write, and ctime cannot be set back
+    with open(path, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        return fh.read(), (info.st_ino, info.st_ctime_ns, info.st_size)
+
+
+def _check(verifier: Verifier, root: Path, name: str, raw: bytes | None, stamp: Any, *, copy: bool = False,
+           final: bool = False) -> None:
+    try:
+        verifier.verify(root, name, state_digest(raw), stamp=stamp, copy=copy, final=final)
+    except RegistryUnverified as exc:
+        last_good = (artifacts.model_dir(root, name) / LAST_GOOD_FILE).exists()
+        raise RegistryUnverified(name, exc.reason, code=exc.code, last_good=last_good) from None
 
 
 def read_last_good(root: Path, name: str) -> dict[str, Any]:
@@ -71,22 +178,62 @@ def read_last_good(root: Path, name: str) -> dict[str, Any]:
 
 
 def read_serving_state(root: Path, name: str) -> tuple[dict[str, Any], str | None]:
+    """Return the state to serve and, when registry.json could not be used, why (no audit check)."""
+    reading = read_checked_state(root, name, None)
+    return reading.state, reading.error
+
+
+def read_checked_state(root: Path, name: str, verifier: Verifier | None) -> Reading:
     """Return the state to serve and, when registry.json could not be used, why.
 
-    An unreadable registry.json falls back to the last-good copy; with no usable copy either,
-    the ``RegistryUnreadable`` of registry.json is raised. A good registry.json newer than its
-    copy (written before copies existed, edited by hand, or whose copy failed to write)
-    refreshes the copy.
+    An unreadable registry.json, or one the ``verifier`` refuses, falls back to the last-good
+    copy when that copy passes the same check; with no usable copy, the error about
+    registry.json is raised. A mismatch is confirmed under the registry lock before it counts:
+    a change records its audit anchor before it renames the new file into place, so a reader
+    between the two sees the new anchor with the old file. A good registry.json newer than its
+    copy (written before copies existed, or whose copy failed to write) refreshes the copy.
     """
     try:
-        state = read_state(root, name)
-    except RegistryUnreadable as exc:
         try:
-            return read_last_good(root, name), exc.reason
-        except RegistryUnreadable:
-            raise exc from None
+            state, _ = _read(root, name, verifier, final=False)
+        except RegistryUnverified as exc:
+            if exc.code != UNVERIFIED:
+                raise
+            with _lock_if_writable(root, name):
+                state, _ = _read(root, name, verifier, final=True)
+    except RegistryUnreadable as exc:
+        return _from_last_good(root, name, verifier, exc)
     _refresh_last_good(root, name)
-    return state, None
+    return Reading(state)
+
+
+def _from_last_good(root: Path, name: str, verifier: Verifier | None, exc: RegistryUnreadable) -> Reading:
+    try:
+        raw, stamp = _read_file(artifacts.model_dir(root, name) / LAST_GOOD_FILE)
+        state = _parse(name, LAST_GOOD_FILE, raw)
+        if verifier is not None:
+            _check(verifier, root, name, raw, stamp, copy=True)
+    except (OSError, RegistryUnreadable):
+        raise exc from None
+    return Reading(state, exc.reason, getattr(exc, "code", UNREADABLE), from_last_good=True)
+
+
+def check_last_good(root: Path, name: str, verifier: Verifier) -> None:
+    """Raise ``RegistryUnverified`` unless the last-good copy is the content the audit trail anchors."""
+    raw, stamp = _read_file(artifacts.model_dir(root, name) / LAST_GOOD_FILE)
+    try:
+        verifier.verify(root, name, state_digest(raw), stamp=stamp, copy=True, final=True)
+    except RegistryUnverified as exc:
+        if exc.code != UNVERIFIED:
+            raise
+        raise RegistryUnverified(name, "the last-good copy does not match the audit trail either: inspect "
+                                 "both files, then `registry accept` the right one") from None
+
+
+def _lock_if_writable(root: Path, name: str) -> contextlib.AbstractContextManager[None]:
+    folder = artifacts.model_dir(root, name)
+    # a read-only install has no writer here to wait for
+    return locked(root, name) if os.access(folder, os.W_OK) else contextlib.nullcontext()
 
 
 def write_state(root: Path, name: str, state: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service.models import artifacts
-from service.models.registry_file import locked, read_state
+from service.models.registry_file import VERIFY, locked, read_state
 
 GC_PREFIX = ".gc-"
 
@@ -52,7 +52,7 @@ def collect(root: Path, name: str, *, keep: int, record: Record, dry_run: bool =
     if not folder.is_dir():
         raise ValueError(f"there is no model {name!r} under {root}")
     with locked(root, name):
-        state = read_state(root, name)
+        state = read_state(root, name, VERIFY.get())  # a refused registry.json is not gc'd over
         protected = protected_versions(state)
         doomed = [v for v in artifacts.list_versions(root, name)[:-keep] if v not in protected]
         if dry_run or not doomed:
@@ -86,7 +86,7 @@ def _remove_tree(path: Path) -> None:
     # versions are written read-only (0444); make them writable so removal works everywhere.
     # os.walk does not descend into linked folders, and the chmod below refuses links.
     for folder, _, files in os.walk(path):
-        _chmod_no_follow(folder, 0o755)
+        _chmod_no_follow(folder, 0o755)  # nosec B103  # a folder about to be removed: its owner needs write and search
         for filename in files:
             _chmod_no_follow(os.path.join(folder, filename), 0o644)
     shutil.rmtree(path)  # unlinks links inside, never follows them

@@ -33,6 +33,7 @@ LOCK = "audit"
 COLUMNS = ("seq", "ts", "actor", "action", "target", "details", "prev_hash", "hash")
 PAGE = 1000
 BATCH = 200  # records the background writer puts in one transaction
+RECORDS_PAGE = f"SELECT {', '.join(COLUMNS)} FROM audit WHERE seq > ? ORDER BY seq LIMIT {PAGE}"  # noqa: S608  # nosec B608  # constants and "?" only
 
 
 @dataclass(frozen=True)
@@ -64,20 +65,37 @@ def record(store: Any, actor: str, action: str, target: str, details: dict[str, 
 def record_many(store: Any, items: list[tuple[str, str, str, dict[str, Any]]], *,
                 now: float | None = None) -> list[AuditRecord]:
     """Append (actor, action, target, details) records in one transaction, in order; return them."""
+    with store.transaction(lock=LOCK) as db:
+        return _append(store, db, items, now)
+
+
+def record_unless(store: Any, skip: Callable[[Any], bool], item: tuple[str, str, str, dict[str, Any]]
+                  ) -> AuditRecord | None:
+    """Append one record unless ``skip(db)`` says so, deciding under the audit lock; return it or None.
+
+    For a record that many processes may want to write at once and one should (an anchor, a refusal).
+    """
+    with store.transaction(lock=LOCK) as db:
+        if skip(db):
+            return None
+        return _append(store, db, [item], None)[0]
+
+
+def _append(store: Any, db: Any, items: list[tuple[str, str, str, dict[str, Any]]],
+            now: float | None) -> list[AuditRecord]:
     ts = round(time.time() if now is None else now, 6)
     written = []
-    with store.transaction(lock=LOCK) as db:
-        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (int(last[0]), last[1]) if last else (0, GENESIS)
-        rows = []
-        for actor, action, target, details in items:
-            details = json.loads(json.dumps(details, default=str))  # what is hashed is exactly what reads back
-            seq += 1
-            digest = content_hash(prev, seq, ts, actor, action, target, details)
-            rows.append((seq, ts, actor, action, target, json.dumps(details, sort_keys=True), prev, digest))
-            written.append(AuditRecord(seq, ts, actor, action, target, details, prev, digest))
-            prev = digest
-        db.executemany(store.insert_sql("audit", COLUMNS), rows)
+    last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (int(last[0]), last[1]) if last else (0, GENESIS)
+    rows = []
+    for actor, action, target, details in items:
+        details = json.loads(json.dumps(details, default=str))  # what is hashed is exactly what reads back
+        seq += 1
+        digest = content_hash(prev, seq, ts, actor, action, target, details)
+        rows.append((seq, ts, actor, action, target, json.dumps(details, sort_keys=True), prev, digest))
+        written.append(AuditRecord(seq, ts, actor, action, target, details, prev, digest))
+        prev = digest
+    db.executemany(store.insert_sql("audit", COLUMNS), rows)
     return written
 
 
@@ -96,7 +114,7 @@ def records(store: Any) -> Iterator[dict[str, Any]]:
     """Yield every record as stored (``details`` as its JSON text), oldest first, a page at a time."""
     after = -1
     while True:
-        rows = store.fetch(f"SELECT {', '.join(COLUMNS)} FROM audit WHERE seq > ? ORDER BY seq LIMIT {PAGE}", (after,))
+        rows = store.fetch(RECORDS_PAGE, (after,))
         for row in rows:
             yield dict(zip(COLUMNS, row, strict=True))
         if len(rows) < PAGE:
@@ -252,30 +270,43 @@ class Background:
 REGISTRY_TARGET = "model:"
 
 
-def registry_hook(store: Any) -> Callable[[str, dict[str, Any], dict[str, Any]], str | None]:
-    """A ``registry.AUDIT`` hook: record the change and the labels and rollout it leaves, return the hash.
+def registry_hook(store: Any) -> Callable[..., str | None]:
+    """A ``registry.AUDIT`` hook: record the change, the labels and rollout it leaves and the anchor
+    of the file it writes (``registry``: root and digest); return the record's hash.
 
-    Best effort: a store that cannot take the record leaves the change unaudited (logged), so a
-    rollback during a database outage still happens; ``check_registry`` then reports it.
+    ``store`` is a store or a function that opens one (the CLI opens it on the first change).
+    Raises when the store cannot take the record, and the change is then not made: a file
+    written without its anchor would be refused by every server (``registry_anchor``).
     """
 
-    def hook(name: str, entry: dict[str, Any], state: dict[str, Any]) -> str | None:
+    def hook(name: str, entry: dict[str, Any], state: dict[str, Any], *,
+             registry: dict[str, Any] | None = None) -> str | None:
         details = {"entry": entry, "labels": state["labels"], "rollout": state["rollout"]}
-        written = record_quietly(store, entry["actor"], entry["action"], REGISTRY_TARGET + name, details)
-        return written.hash if written else None
+        if registry is not None:
+            details["registry"] = registry
+        return record(_opened(store), entry["actor"], entry["action"], REGISTRY_TARGET + name, details).hash
 
     return hook
 
 
+def _opened(store: Any) -> Any:
+    return store if hasattr(store, "transaction") or not callable(store) else store()
+
+
 @contextmanager
 def registry_changes(store: Any) -> Iterator[None]:
-    """Record every registry change made inside the block (in this thread or task) in the audit trail."""
+    """Record every registry change made inside the block (in this thread or task) in the audit trail,
+    and refuse changes over a registry.json that does not match it. ``store``: a store, or a
+    function that opens one."""
     from service.models import registry
+    from service.security.registry_anchor import RegistryAnchors
 
     token = registry.AUDIT.set(registry_hook(store))
+    check = registry.VERIFY.set(RegistryAnchors(store))
     try:
         yield
     finally:
+        registry.VERIFY.reset(check)
         registry.AUDIT.reset(token)
 
 
@@ -315,8 +346,8 @@ def _registry_problems(state: dict[str, Any], chain: list[AuditRecord]) -> list[
         elif {k: v for k, v in entry.items() if k != "audit"} != found.details["entry"]:
             problems.append(f"history entry {index} ({entry.get('action')}) differs from audit record {found.seq}")
         seen.add(digest)
-    restores = [i for i, r in enumerate(chain) if r.action == "registry.restore"]
-    since = chain[restores[-1]:] if restores else chain  # a restore brings back an older history
+    restores = [i for i, r in enumerate(chain) if r.action in ("registry.restore", "registry.accept")]
+    since = chain[restores[-1]:] if restores else chain  # a restore brings back an older history, an accept an edited one
     for missing in (r for r in since if r.hash not in seen):
         problems.append(f"audit record {missing.seq} ({missing.action}) is missing from the history")
     if chain and (state["labels"] != chain[-1].details["labels"] or state["rollout"] != chain[-1].details["rollout"]):

@@ -2,7 +2,9 @@
 
 A ``Catalog`` scans the artifact root, loads every version it has not seen (verifying
 before unpickling), and re-reads each ``registry.json``, falling back to its last-good copy
-when it is unreadable (so a worker booted after the file broke serves what the others do). It
+when it is unreadable (so a worker booted after the file broke serves what the others do).
+With a ``verifier`` (the audit trail's anchors), a registry.json that does not match the last
+audited change is refused the same way: the copy if it matches, else what this worker served. It
 publishes the result as one immutable snapshot swapped in a single assignment, so a request
 that resolved a version keeps it to the end while the next request sees the new state. A
 version that fails to load is reported (status FAILED with the reason, and a log line) and
@@ -61,6 +63,7 @@ class ModelState:
     rollout: MappingProxyType = field(default_factory=lambda: MappingProxyType(dict(NO_ROLLOUT)))
     wanted: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # labels as registry.json says
     registry_source: str = FROM_FILE  # where labels and rollout came from; see readiness()
+    registry_code: str | None = None  # why registry.json was not used: registry_unreadable|_unverified|_unchecked
 
     def available(self, version: int | None) -> runtime.LoadedModel | None:
         entry = self.versions.get(version) if version is not None else None
@@ -76,6 +79,20 @@ class Route:
     fallback: runtime.LoadedModel | None = None
     shadows: tuple[runtime.LoadedModel, ...] = ()
     budget_ms: float | None = None
+
+
+_REFUSED = {registry.UNVERIFIED: "registry.json refused: it does not match the audit trail",
+            registry.UNCHECKED: "registry.json changed and cannot be checked: the audit trail does not answer"}
+
+
+def _fix(name: str, code: str | None) -> str:
+    """What the operator does about it, for the log line."""
+    if code == registry.UNVERIFIED:
+        return (f"python -m service registry check {name}; `registry restore {name}` undoes the edit, "
+                f"`registry accept {name} --reason ...` keeps it")
+    if code == registry.UNCHECKED:
+        return "bring the database (DATABASE_URL) back; the file is checked on the next read"
+    return f"python -m service registry restore {name}, or repair registry.json by hand"
 
 
 def _ignore(*_args: Any) -> None:
@@ -94,6 +111,7 @@ class Catalog:
     on_load_failed: Callable[[str, int], None] = _ignore
     on_removed: Callable[[str, int], None] = _ignore
     backend: Callable[[str], str] = runtime.BackendChoice()  # model name -> auto | joblib | onnx
+    verifier: registry.Verifier | None = None  # checks registry.json against the audit trail; None: no check
     _models: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _poller: Periodic | None = None
@@ -115,33 +133,36 @@ class Catalog:
             del versions[gone]
             self.on_removed(name, gone)
         try:
-            state, error = registry.read_serving_state(self.root, name)
+            reading = registry.read_checked_state(self.root, name, self.verifier)
         except RegistryUnreadable as exc:
-            return self._without_registry(name, versions, old, exc.reason)
-        source = FROM_FILE if error is None else FROM_LAST_GOOD
+            return self._without_registry(name, versions, old, exc)
+        state, error, code = reading.state, reading.error, reading.code
+        source = FROM_LAST_GOOD if reading.from_last_good else FROM_FILE
         if error is not None and (old is None or old.registry_error != error):
-            log.error("registry.json unreadable; serving its last-good copy",
-                      extra={"model": name, "reason": error})
+            log.error(_REFUSED.get(code, "registry.json unreadable") + "; serving its last-good copy",
+                      extra={"model": name, "reason": error, "fix": _fix(name, code)})
         elif error is None and old is not None and old.registry_error is not None:
             log.info("registry.json readable again", extra={"model": name})
         labels = self._servable_labels(name, state, versions, old)
         rollout = {**NO_ROLLOUT, **state.get("rollout", {})}
         return ModelState(name, MappingProxyType(versions), MappingProxyType(labels), error, MappingProxyType(rollout),
-                          MappingProxyType(dict(state["labels"])), source)
+                          MappingProxyType(dict(state["labels"])), source, code)
 
     @staticmethod
     def _without_registry(name: str, versions: dict[int, VersionState], old: ModelState | None,
-                          error: str) -> ModelState:
-        """Neither registry.json nor its copy reads: keep what this worker served, if anything."""
+                          exc: RegistryUnreadable) -> ModelState:
+        """Neither registry.json nor its copy is usable: keep what this worker served, if anything."""
+        error, code = exc.reason, getattr(exc, "code", registry.UNREADABLE)
         known = old is not None and old.registry_source != NO_STATE
         if old is None or old.registry_error != error:
-            log.error("registry state unreadable and no last-good copy; "
+            log.error(_REFUSED.get(code, "registry state unreadable") + " and no usable last-good copy; "
                       + ("keeping the labels this worker serves" if known else "serving no label"),
-                      extra={"model": name, "reason": error})
+                      extra={"model": name, "reason": error, "fix": _fix(name, code)})
         if not known:
             return ModelState(name, MappingProxyType(versions), MappingProxyType({}), error,
-                              registry_source=NO_STATE)
-        return ModelState(name, MappingProxyType(versions), old.labels, error, old.rollout, old.wanted, FROM_MEMORY)
+                              registry_source=NO_STATE, registry_code=code)
+        return ModelState(name, MappingProxyType(versions), old.labels, error, old.rollout, old.wanted, FROM_MEMORY,
+                          code)
 
     @staticmethod
     def _servable_labels(name: str, state: dict[str, Any], versions: dict[int, VersionState],
@@ -289,7 +310,8 @@ class Catalog:
         for state in self._models.values():
             entry = self._production_report(state)
             if state.registry_error is not None:
-                entry = {**(entry or {}), "registry": state.registry_source, "registry_error": state.registry_error}
+                entry = {**(entry or {}), "registry": state.registry_source, "registry_error": state.registry_error,
+                         "registry_code": state.registry_code or registry.UNREADABLE}
                 if state.registry_source == NO_STATE and state.versions:
                     entry["status"] = REGISTRY_UNREADABLE
             if entry:

@@ -7,6 +7,7 @@ import pytest
 from service.app import create_app
 from service.config import Config
 from service.models import registry
+from service.security import audit
 from service.security.keys import create_key
 
 ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
@@ -98,7 +99,8 @@ def test_with_keys_on_the_probe_says_which_state_not_why(make_app, artifact_root
     corrupt(artifact_root)
     ready = make_app(api_keys_file=keys[0]).test_client().get("/readyz")
     assert ready.status_code == 200
-    assert ready.json["models"]["diabetes"] == {"status": "AVAILABLE", "registry": "last-good"}
+    assert ready.json["models"]["diabetes"] == {"status": "AVAILABLE", "registry": "last-good",
+                                                "registry_code": "registry_unreadable"}
 
 
 def test_no_state_at_all_is_not_ready_and_says_so_instead_of_404(make_app, artifact_root):
@@ -124,7 +126,8 @@ def test_a_repaired_file_is_picked_up_and_changes_work_again(make_app, artifact_
     corrupt(artifact_root)
     app.extensions["catalog"].refresh()
     assert client.get("/readyz").json["models"]["diabetes"]["registry"] == "last-good"
-    registry.restore(artifact_root, "diabetes", actor="ops")
+    with audit.registry_changes(app.extensions["store"]):  # as `python -m service registry restore` does
+        registry.restore(artifact_root, "diabetes", actor="ops")
     app.extensions["catalog"].refresh()
     assert client.get("/readyz").json["models"]["diabetes"] == {"status": "AVAILABLE"}
     history = client.get("/v1/models/diabetes/history", headers={"X-API-Key": keys[1]["read"]})

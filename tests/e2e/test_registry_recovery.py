@@ -69,9 +69,12 @@ def test_a_corrupt_registry_survives_a_recycled_worker_a_restart_and_is_repaired
     assert predict_40(server) == [(200, str(production))] * 40
     assert server.get("/readyz").json()["models"]["diabetes"]["registry"] == "last-good"
 
+    # the operator's CLI uses the server's database: the restore is anchored in the same audit trail
+    database = artifact_root.parent / f"db-{server.port}" / "predictions.db"
     restored = subprocess.run([sys.executable, "-m", "service", "registry", "restore", "diabetes",
                                "--artifacts-dir", str(artifact_root), "--reason", "torn write"],
-                              cwd=REPO, capture_output=True, text=True, timeout=60)
+                              cwd=REPO, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "DATABASE_URL": f"sqlite:///{database}"})
     assert restored.returncode == 0, restored.stderr
     wait_for(lambda: said(server, READABLE) == 2, "both workers to pick up the repaired file")
     for _ in range(10):

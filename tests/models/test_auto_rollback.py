@@ -1,3 +1,4 @@
+import contextlib
 import logging
 import os
 import shutil
@@ -9,6 +10,7 @@ import pytest
 
 from service.models import artifacts, registry
 from service.models import auto_rollback as guard
+from service.security import audit
 from service.store import RequestRecord, Store
 from tests.builders import wait_until
 
@@ -33,14 +35,17 @@ def store(tmp_path):
     return Store(tmp_path / "db.sqlite")
 
 
-def set_canary(root, weight=10.0, version=2, **rules):
+def set_canary(root, weight=10.0, version=2, store=None, **rules):
+    """Start a canary; with ``store``, as the tools do (audited), so a guard that checks the file accepts it."""
+
     def change(state):
         state["rollout"] = {"canary": {"version": version, "weight": weight}, "shadow": [], "fallback": None,
                             "budget_ms": None, "rules": {"window_seconds": 300, "min_requests": 50,
                                                          "max_error_rate": 0.05, "max_p99_ms": None, **rules}}
         return {"action": "test"}
 
-    registry.update(root, MODEL, change, actor="test")
+    with audit.registry_changes(store) if store is not None else contextlib.nullcontext():
+        registry.update(root, MODEL, change, actor="test")
 
 
 def traffic(store, *, version=2, ok=0, failed=0, fallbacks=0, latency=10.0, ts=None):
@@ -174,7 +179,7 @@ def test_a_reenabled_canary_is_judged_on_new_traffic_only(root, store):
     traffic(store, failed=80)
     assert guard.enforce(store, root, MODEL) is not None
     rolled_back_at = datetime.fromisoformat(history(root)[-1]["at"]).timestamp()
-    set_canary(root)  # the operator fixed something and tries again
+    set_canary(root, store=store)  # the operator fixed something and tries again
     assert guard.enforce(store, root, MODEL, now=rolled_back_at + 2) is None
     traffic(store, failed=80, ts=rolled_back_at + 1)
     assert guard.enforce(store, root, MODEL, now=rolled_back_at + 2) is not None
@@ -254,7 +259,9 @@ def test_monitoring_rules_judge_only_figures_since_the_window_and_the_last_rollb
     assert entry["broken"] == ["live accuracy 0.1 < 0.9 over 200 labelled predictions"]
     assert asked == [pytest.approx(now - 600)]
     # turned back on: the figures asked for start at that rollback, not at the old window
-    registry.update(root, MODEL, lambda s: s["rollout"]["canary"].update(weight=50.0) or {"action": "test"}, actor="t")
+    with audit.registry_changes(store):
+        registry.update(root, MODEL, lambda s: s["rollout"]["canary"].update(weight=50.0) or {"action": "test"},
+                        actor="t")
     rolled_back_at = time.time()
     traffic(store, ok=20, ts=rolled_back_at + 1)
     guard.enforce(store, root, MODEL, now=rolled_back_at + 2, monitor=monitor)

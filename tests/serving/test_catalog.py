@@ -190,7 +190,7 @@ def test_a_worker_booted_after_the_registry_broke_serves_the_last_good_state(roo
     ready, report = fresh.readiness()
     assert ready is True
     assert report["m"] == {"production": 1, "status": AVAILABLE, "registry": FROM_LAST_GOOD,
-                           "registry_error": state.registry_error}
+                           "registry_error": state.registry_error, "registry_code": "registry_unreadable"}
     assert str(root) not in state.registry_error
     assert report["other"] == {"production": 1, "status": AVAILABLE}
 
@@ -223,7 +223,7 @@ def test_a_worker_booted_with_no_state_at_all_is_not_ready(root):
     ready, report = fresh.readiness()
     assert ready is False
     assert report["m"] == {"status": REGISTRY_UNREADABLE, "registry": NO_STATE,
-                           "registry_error": fresh.model("m").registry_error}
+                           "registry_error": fresh.model("m").registry_error, "registry_code": "registry_unreadable"}
 
 
 def test_a_repaired_registry_is_picked_up_by_the_next_refresh(root, catalog, caplog):

@@ -1,0 +1,180 @@
+"""Anchors: which registry.json content the audit trail vouches for, per artifact root and model.
+
+Every audited registry change records the digest of the file it is about to write
+(``details.registry``: root and sha256); the newest such record for a root and model is that
+file's anchor. ``RegistryAnchors.verify`` compares a file's digest with it. A file with no
+anchor yet (a fresh install, or a database from before anchors) is anchored as it is, once
+(``registry.anchored``); a mismatch is refused and recorded once (``registry.refused``), not
+once per poll per worker.
+
+When the store does not answer, nothing can be checked: a worker keeps serving the state it
+verified last (a file it has verified is answered from memory, with no query), a worker that
+has verified nothing serves no label until the store answers (fail closed), and changes are
+refused. The store is asked only when the file read differs from the one verified last (its
+inode, ctime and size: a reload), never per prediction. This module checks and records; what a
+refusal means for serving is ``registry_file``'s and the catalog's. No Flask.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from service.models.registry_file import UNCHECKED, UNVERIFIED, RegistryUnverified
+from service.security import audit
+
+log = logging.getLogger(__name__)
+
+ANCHORED, REFUSED = "registry.anchored", "registry.refused"
+PAGE = 100
+# how an anchor's details read as stored (audit writes them with sorted keys and default separators)
+ANCHOR_LIKE = '%"registry": {"root": %'
+MISMATCH = "registry.json does not match the audit trail (it was changed outside the server's tools)"
+CANNOT_CHECK = "registry.json cannot be checked against the audit trail (the database does not answer)"
+_SELECT = f"SELECT {', '.join(audit.COLUMNS)} FROM audit WHERE target = ? AND details LIKE ?"  # noqa: S608  # nosec B608  # constants and "?" only
+ANCHOR_PAGE = f"{_SELECT} ORDER BY seq DESC LIMIT {PAGE}"
+ANCHOR_PAGE_BEFORE = f"{_SELECT} AND seq < ? ORDER BY seq DESC LIMIT {PAGE}"
+REFUSALS = "SELECT details FROM audit WHERE target = ? AND action = ? AND seq > ? ORDER BY seq DESC LIMIT 100"
+
+
+def root_id(root: Path) -> str:
+    """The artifact root as anchors name it (``registry.root_id``)."""
+    return str(Path(root).resolve())
+
+
+def anchor_of(db: Any, root: str, name: str) -> audit.AuditRecord | None:
+    """Return the newest record that anchors ``name`` under ``root`` (in a store, or a transaction's db)."""
+    fetch = db.fetch if hasattr(db, "transaction") else (lambda sql, params: db.execute(sql, params).fetchall())
+    after = None
+    while True:
+        page = ANCHOR_PAGE if after is None else ANCHOR_PAGE_BEFORE
+        params = (audit.REGISTRY_TARGET + name, ANCHOR_LIKE) + ((after,) if after is not None else ())
+        rows = fetch(page, params)
+        for row in rows:
+            record = dict(zip(audit.COLUMNS, row, strict=True))
+            details = json.loads(record["details"])
+            anchor = details.get("registry")
+            if isinstance(anchor, dict) and anchor.get("root") == root and anchor.get("sha256"):
+                return audit.AuditRecord(**{**record, "seq": int(record["seq"]), "details": details})
+        if len(rows) < PAGE:
+            return None
+        after = rows[-1][0]
+
+
+def anchored_digest(record: audit.AuditRecord | None) -> str | None:
+    return record.details["registry"]["sha256"] if record is not None else None
+
+
+class RegistryAnchors:
+    """A ``registry_file.Verifier`` over the audit trail in ``store`` (a store, or a function opening one)."""
+
+    def __init__(self, store: Any, actor: str | None = None):
+        self._store = store
+        self.actor = actor or f"server:{socket.gethostname()}:{os.getpid()}"
+        self._verified: dict[tuple[str, str], tuple[str | None, Any]] = {}  # (root, model) -> (digest, stamp)
+        self._refused: dict[tuple[str, str], tuple[str | None, Any]] = {}
+
+    @property
+    def store(self) -> Any:
+        return self._store() if callable(self._store) and not hasattr(self._store, "transaction") else self._store
+
+    def verify(self, root: Path, name: str, digest: str | None, *, stamp: Any = None, copy: bool = False,
+               final: bool = False) -> None:
+        """Return when ``digest`` is the anchored content; raise ``RegistryUnverified`` otherwise."""
+        key = (root_id(root), name)
+        seen = (digest, stamp)
+        if not final and stamp is not None:
+            if self._verified.get(key) == seen or (copy and self._verified.get(key, (None,))[0] == digest
+                                                   and digest is not None):
+                return
+            if not copy and self._refused.get(key) == seen:
+                raise RegistryUnverified(name, MISMATCH)
+        try:
+            # a change (final) needs no anchor of its own: the record it writes anchors the new file
+            anchor = self._anchor(key, digest, create=not final)
+        except Exception as exc:  # the store is down or locked: nothing can be checked
+            log.error("registry.json cannot be checked: the audit trail does not answer",
+                      extra={"model": name, "reason": f"{type(exc).__name__}: {exc}"})
+            raise RegistryUnverified(name, CANNOT_CHECK, code=UNCHECKED) from None
+        if anchor == digest:
+            if not copy:
+                self._verified[key] = seen
+                self._refused.pop(key, None)
+            return
+        if final and not copy:
+            self._refused[key] = seen
+            self._record_refusal(key, digest, anchor)
+        raise RegistryUnverified(name, MISMATCH, code=UNVERIFIED)
+
+    def _anchor(self, key: tuple[str, str], digest: str | None, *, create: bool) -> str | None:
+        """The anchored digest; a file with no anchor yet is anchored as it is (by one process only)."""
+        root, name = key
+        found = anchored_digest(anchor_of(self.store, root, name))
+        if found is not None or digest is None:
+            return found
+        if not create:
+            return digest
+        written = audit.record_unless(
+            self.store, lambda db: anchor_of(db, root, name) is not None,
+            (self.actor, ANCHORED, audit.REGISTRY_TARGET + name, {"registry": {"root": root, "sha256": digest}}))
+        if written is not None:
+            log.warning("registry.json anchored in the audit trail as it is (no anchor before)",
+                        extra={"model": name, "audit_seq": written.seq})
+            return digest
+        return anchored_digest(anchor_of(self.store, root, name))  # another process anchored it first
+
+    def _record_refusal(self, key: tuple[str, str], digest: str | None, anchor: str | None) -> None:
+        root, name = key
+        details = {"refused": {"root": root, "sha256": digest, "expected": anchor}}
+
+        def already(db: Any) -> bool:
+            last = _last_refusal(db, root, name)
+            return last is not None and last.get("sha256") == digest and last.get("expected") == anchor
+
+        try:
+            written = audit.record_unless(self.store, already, (self.actor, REFUSED, audit.REGISTRY_TARGET + name,
+                                                                details))
+        except Exception as exc:  # the refusal stands; only its record is lost, and said so
+            log.error("audit record could not be written", extra={"action": REFUSED, "model": name,
+                                                                   "reason": f"{type(exc).__name__}: {exc}"})
+            return
+        if written is not None:
+            log.error("registry.json refused: it does not match the audit trail",
+                      extra={"model": name, "audit_seq": written.seq,
+                             "fix": f"python -m service registry check {name}; then `registry restore {name}` "
+                                    f"to undo the edit, or `registry accept {name} --reason ...` to keep it"})
+
+
+def _last_refusal(db: Any, root: str, name: str) -> dict[str, Any] | None:
+    """The newest refusal for ``name`` under ``root`` since its anchor, if any."""
+    anchor = anchor_of(db, root, name)
+    rows = db.execute(REFUSALS, (audit.REGISTRY_TARGET + name, REFUSED, anchor.seq if anchor else 0)).fetchall()
+    for (details,) in rows:
+        refused = json.loads(details).get("refused") or {}
+        if refused.get("root") == root:
+            return refused
+    return None
+
+
+def compare(store: Any, root: Path, name: str) -> tuple[bool, str]:
+    """For ``registry check``: whether ``name``'s registry.json matches its anchor, and what to say.
+
+    No anchor yet is fine (the server anchors the file on its next read). Raises when the
+    store cannot be read.
+    """
+    from service.models import registry_file
+
+    try:
+        raw = (Path(root) / name / registry_file.REGISTRY_FILE).read_bytes()
+    except FileNotFoundError:
+        raw = None
+    record = anchor_of(store, root_id(root), name)
+    if record is None:
+        return True, "not anchored yet (a server anchors it as it is on its next read)"
+    if anchored_digest(record) != registry_file.state_digest(raw):
+        return False, f"{MISMATCH}; audit record {record.seq} ({record.action}) anchors another content"
+    return True, f"matches the audit trail (record {record.seq}, {record.action})"

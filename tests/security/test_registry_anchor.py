@@ -1,0 +1,147 @@
+"""Registry anchors in the audit trail: each change records the digest of the registry.json it
+writes, and a file that does not match is refused (on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.models import registry
+from service.models.registry_file import UNCHECKED, UNVERIFIED, RegistryUnverified, state_digest
+from service.security import audit
+from service.security.registry_anchor import ANCHORED, REFUSED, RegistryAnchors, anchor_of, compare, root_id
+from tests.builders import package
+
+
+@pytest.fixture
+def root(tmp_path):
+    root = tmp_path / "artifacts"
+    package(root, "m", record=True)
+    package(root, "m")
+    return root
+
+
+def file_digest(root):
+    return state_digest((root / "m" / "registry.json").read_bytes())
+
+
+def actions(store):
+    return [r.action for r in audit.find(store, "")]
+
+
+def move_production_by_hand(root, version=2):
+    path = root / "m" / "registry.json"
+    state = json.loads(path.read_text())
+    state["labels"]["production"] = version
+    path.write_text(json.dumps(state))
+
+
+class BrokenStore:
+    """A store whose database does not answer."""
+
+    def transaction(self, **_):
+        raise OSError("connection refused")
+
+    def fetch(self, *_):
+        raise OSError("connection refused")
+
+
+def test_each_audited_change_anchors_the_file_it_writes(root, make_store):
+    store = make_store()
+    with audit.registry_changes(store):
+        entry = registry.set_label(root, "m", "staging", 2, actor="x")
+    record = anchor_of(store, root_id(root), "m")
+    assert record.hash == entry["audit"] and record.action == "label.set"
+    assert record.details["registry"] == {"root": str(root.resolve()), "sha256": file_digest(root)}
+
+
+def test_formatting_does_not_count_but_content_does(root):
+    path = root / "m" / "registry.json"
+    before = file_digest(root)
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=7))
+    assert file_digest(root) == before
+    move_production_by_hand(root)
+    assert file_digest(root) != before
+
+
+def test_a_file_with_no_anchor_is_anchored_once_whoever_reads_it(root, make_store):
+    store = make_store()
+    workers = [RegistryAnchors(make_store(), actor=f"server:{i}") for i in range(2)]
+    for worker in workers * 2:
+        worker.verify(root, "m", file_digest(root), stamp=object())
+    assert actions(store) == [ANCHORED]
+    assert compare(store, root, "m")[0] is True
+
+
+def test_an_edited_file_is_refused_and_the_refusal_recorded_once(root, make_store):
+    store = make_store()
+    with audit.registry_changes(store):
+        registry.set_label(root, "m", "staging", 1, actor="x")
+    move_production_by_hand(root)
+    workers = [RegistryAnchors(make_store(), actor=f"server:{i}") for i in range(2)]
+    for worker in workers * 3:
+        with pytest.raises(RegistryUnverified) as caught:
+            worker.verify(root, "m", file_digest(root), stamp=("same", 1), final=True)
+        assert caught.value.code == UNVERIFIED and str(root) not in str(caught.value)
+    assert actions(store) == ["label.set", REFUSED]
+    (refused,) = audit.find(store, REFUSED)
+    assert refused.details["refused"]["sha256"] == file_digest(root)
+    assert audit.verify(store).ok
+    matches, said = compare(store, root, "m")
+    assert matches is False and "does not match the audit trail" in said
+
+
+def test_a_change_over_an_edited_file_is_refused_and_writes_nothing(root, make_store):
+    store = make_store()
+    with audit.registry_changes(store):
+        registry.set_label(root, "m", "staging", 1, actor="x")
+    move_production_by_hand(root)
+    before = (root / "m" / "registry.json").read_bytes()
+    with audit.registry_changes(store), pytest.raises(RegistryUnverified):
+        registry.set_label(root, "m", "staging", 2, actor="x")
+    assert (root / "m" / "registry.json").read_bytes() == before
+    assert "label.set" not in actions(store)[1:]
+
+
+def test_a_verified_file_read_again_asks_the_store_nothing(root, make_store):
+    anchors = RegistryAnchors(make_store())
+    anchors.verify(root, "m", file_digest(root), stamp=("file", 1))
+    anchors._store = BrokenStore()  # any query now fails
+    anchors.verify(root, "m", file_digest(root), stamp=("file", 1))  # a poll over the same file
+    with pytest.raises(RegistryUnverified) as caught:  # the file was rewritten: the store is asked
+        anchors.verify(root, "m", file_digest(root), stamp=("file", 2))
+    assert caught.value.code == UNCHECKED
+
+
+def test_changes_fail_closed_when_the_store_does_not_answer(root):
+    before = (root / "m" / "registry.json").read_bytes()
+    with audit.registry_changes(BrokenStore()), pytest.raises(RegistryUnverified) as caught:
+        registry.set_label(root, "m", "staging", 2, actor="x")
+    assert caught.value.code == UNCHECKED and "database" in caught.value.reason
+    assert (root / "m" / "registry.json").read_bytes() == before
+
+
+def test_a_change_whose_record_cannot_be_written_is_not_made(root, make_store):
+    store = make_store()
+    with audit.registry_changes(store):
+        registry.set_label(root, "m", "staging", 1, actor="x")
+    before = (root / "m" / "registry.json").read_bytes()
+    hook = audit.registry_hook(BrokenStore())
+    token = registry.AUDIT.set(hook)
+    try:
+        with pytest.raises(OSError):
+            registry.set_label(root, "m", "staging", 2, actor="x")
+    finally:
+        registry.AUDIT.reset(token)
+    assert (root / "m" / "registry.json").read_bytes() == before
+
+
+def test_anchors_are_per_artifact_root(root, tmp_path, make_store):
+    store = make_store()
+    other = tmp_path / "other"
+    package(other, "m", record=True)
+    anchors = RegistryAnchors(store)
+    anchors.verify(root, "m", file_digest(root), stamp=1)
+    anchors.verify(other, "m", state_digest((other / "m" / "registry.json").read_bytes()), stamp=1)
+    assert actions(store) == [ANCHORED, ANCHORED]  # one database, two roots: neither refuses the other
