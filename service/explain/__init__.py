@@ -125,7 +125,9 @@ def _choose(model: Any) -> methods.Method:
         except Unsupported as exc:
             reasons.append(str(exc))
         except Exception as exc:  # the model is user code: an exact method that cannot run is skipped
-            reasons.append(f"{build.__name__}: {type(exc).__name__}: {exc}")
+            # an exception's text may quote an input value, and a personal one must not reach the answer
+            said = "" if any(f.get("pii") for f in model.features) else f": {exc}"
+            reasons.append(f"{build.__name__}: {type(exc).__name__}{said}")
     try:
         return methods.sampled(model)
     except Unsupported as exc:
