@@ -298,7 +298,10 @@ class Catalog:
         over a refused upgrade would turn a bad deploy into an outage.
 
         An unreadable registry.json is reported per model: ``registry_error`` (the reason, never
-        the server's path) and ``registry`` (where the state served comes from). Serving from
+        the server's path), ``registry_code`` (``registry_unreadable``; ``registry_unverified`` for
+        a file that does not match the audit trail, ``registry_unchecked`` for one that changed
+        while the trail's database did not answer) and ``registry`` (where the state served
+        comes from). Serving from
         the last-good copy, or from what this worker read before, stays ready: that state is
         the last one an operator committed, every worker serves the same, and the report tells
         the operator to restore the file. A model with versions but no state at all (no

@@ -4,13 +4,17 @@ writes, and a file that does not match is refused (on SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
-from service.models import registry
+from service.models import auto_rollback, registry
 from service.models.registry_file import UNCHECKED, UNVERIFIED, RegistryUnverified, state_digest
 from service.security import audit
 from service.security.registry_anchor import ANCHORED, REFUSED, RegistryAnchors, anchor_of, compare, root_id
+from service.serving.catalog import FROM_MEMORY, Catalog
+from service.store import RequestRecord
 from tests.builders import package
 
 
@@ -145,3 +149,81 @@ def test_anchors_are_per_artifact_root(root, tmp_path, make_store):
     anchors.verify(root, "m", file_digest(root), stamp=1)
     anchors.verify(other, "m", state_digest((other / "m" / "registry.json").read_bytes()), stamp=1)
     assert actions(store) == [ANCHORED, ANCHORED]  # one database, two roots: neither refuses the other
+
+
+# -- what a worker's catalog serves ---------------------------------------------------------------
+
+
+def test_a_worker_keeps_serving_the_verified_state_and_reports_the_refusal(root, make_store):
+    store = make_store()
+    catalog = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(store))
+    catalog.refresh()
+    assert catalog.resolve("m").version == 1
+    move_production_by_hand(root)
+    (root / "m" / registry.LAST_GOOD_FILE).unlink()  # no copy either: the worker's memory is what is left
+    for _ in range(3):
+        catalog.refresh()
+    assert catalog.resolve("m").version == 1
+    ready, report = catalog.readiness()
+    assert ready is True and report["m"]["registry_code"] == UNVERIFIED and report["m"]["registry"] == FROM_MEMORY
+    assert actions(store) == [ANCHORED, REFUSED]
+    booted = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(make_store()))
+    booted.refresh()  # a worker that never verified anything serves no label rather than the edit
+    assert booted.readiness()[0] is False and "production" not in booted.model("m").labels
+
+
+def test_a_worker_whose_store_stops_answering_keeps_the_state_it_verified(root, make_store):
+    anchors = RegistryAnchors(make_store())
+    catalog = Catalog(root, poll_seconds=0, verifier=anchors)
+    catalog.refresh()
+    anchors._store = BrokenStore()
+    catalog.refresh()  # the same file: answered from memory, nothing to report
+    assert catalog.model("m").registry_error is None
+    move_production_by_hand(root)  # changed while nothing can check it
+    catalog.refresh()
+    state = catalog.model("m")
+    assert catalog.resolve("m").version == 1 and state.registry_code == UNCHECKED
+    fresh = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(BrokenStore()))
+    fresh.refresh()  # fail closed: no label from a state nobody could check
+    assert fresh.readiness()[0] is False
+
+
+def test_changes_by_the_tools_while_workers_poll_raise_no_false_alarm(root, make_store):
+    store = make_store()
+    workers = [Catalog(root, poll_seconds=0, verifier=RegistryAnchors(make_store())) for _ in range(2)]
+    for worker in workers:
+        worker.refresh()
+    done = threading.Event()
+
+    def change():
+        try:
+            with audit.registry_changes(store):
+                for i in range(15):
+                    registry.set_label(root, "m", "staging", 1 + i % 2, actor="ops")
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=change)
+    writer.start()
+    while not done.is_set():
+        for worker in workers:
+            worker.refresh()
+    writer.join(30)
+    for worker in workers:
+        worker.refresh()
+        assert worker.model("m").registry_error is None and worker.resolve("m", label="staging").version == 1
+    assert REFUSED not in actions(store)
+
+
+def test_an_automatic_rollback_is_accepted_by_the_workers(root, make_store):
+    store = make_store()
+    with audit.registry_changes(store):
+        registry.set_rollout(root, "m", canary={"version": 2, "weight": 50}, actor="ops")
+    catalog = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(make_store()))
+    catalog.refresh()
+    records = [RequestRecord(f"r{i}", time.time() - 5, "m", 2, "canary", 500, 10.0, 1, error="internal") for i in range(60)]
+    store.record_requests(records)
+    assert auto_rollback.enforce(store, root, "m") is not None
+    catalog.refresh()
+    assert catalog.model("m").registry_error is None and catalog.model("m").rollout["canary"]["weight"] == 0
+    assert REFUSED not in actions(store)
