@@ -132,3 +132,19 @@ def test_a_failing_round_is_counted_and_never_raises(tmp_path, caplog):
 @pytest.mark.parametrize("every, cap, enabled", [(3600, 0, True), (0, 10, True), (0, 0, False)])
 def test_the_loop_is_enabled_by_either_setting(tmp_path, every, cap, enabled):
     assert loop(Store(tmp_path / "x.sqlite"), every_seconds=every, max_rows=cap).enabled is enabled
+
+
+def _deleted_total(client, reason: str) -> float:
+    line = f'sklearn_server_prediction_log_rows_deleted_total{{reason="{reason}"}} '
+    found = [row for row in client.get("/metrics").get_data(as_text=True).splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_the_app_runs_one_loop_per_worker_and_counts_what_it_deletes(make_app):
+    app = make_app(retention_seconds=3600, prediction_log_max_rows=20)
+    job, client = app.extensions["retention"], app.test_client()
+    assert job._loop.running and job.max_rows == 20 and job.older_than_seconds == 30 * DAY
+    fill(app.extensions["prediction_log"], 5, 10, start=time.time())
+    before = _deleted_total(client, "cap")
+    assert job.run_once()["cap"]["predictions"] == 40  # down to 90% of the cap: whole batches, oldest first
+    assert _deleted_total(client, "cap") == before + 40
