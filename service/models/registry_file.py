@@ -83,6 +83,7 @@ class Reading:
     error: str | None = None
     code: str | None = None
     from_last_good: bool = False
+    verified: bool = True  # False: served unchecked, the audit trail's database did not answer
 
 
 def state_digest(raw: bytes | None) -> str | None:
@@ -183,15 +184,18 @@ def read_serving_state(root: Path, name: str) -> tuple[dict[str, Any], str | Non
     return reading.state, reading.error
 
 
-def read_checked_state(root: Path, name: str, verifier: Verifier | None) -> Reading:
+def read_checked_state(root: Path, name: str, verifier: Verifier | None, *,
+                       unchecked_ok: bool = False) -> Reading:
     """Return the state to serve and, when registry.json could not be used, why.
 
     An unreadable registry.json, or one the ``verifier`` refuses, falls back to the last-good
     copy when that copy passes the same check; with no usable copy, the error about
     registry.json is raised. A mismatch is confirmed under the registry lock before it counts:
     a change records its audit anchor before it renames the new file into place, so a reader
-    between the two sees the new anchor with the old file. A good registry.json newer than its
-    copy (written before copies existed, or whose copy failed to write) refreshes the copy.
+    between the two sees the new anchor with the old file. When the verifier cannot answer
+    (``UNCHECKED``), ``unchecked_ok`` serves the file as it reads, marked unverified (a worker
+    that verified nothing yet); otherwise that is raised too. A good registry.json newer than
+    its copy (written before copies existed, or whose copy failed to write) refreshes the copy.
     """
     try:
         try:
@@ -201,21 +205,37 @@ def read_checked_state(root: Path, name: str, verifier: Verifier | None) -> Read
                 raise
             with _lock_if_writable(root, name):
                 state, _ = _read(root, name, verifier, final=True)
+    except RegistryUnverified as exc:
+        if exc.code == UNCHECKED and unchecked_ok:
+            return _unchecked(root, name, exc)
+        return _from_last_good(root, name, verifier, exc, unchecked_ok)
     except RegistryUnreadable as exc:
-        return _from_last_good(root, name, verifier, exc)
+        return _from_last_good(root, name, verifier, exc, unchecked_ok)
     _refresh_last_good(root, name)
     return Reading(state)
 
 
-def _from_last_good(root: Path, name: str, verifier: Verifier | None, exc: RegistryUnreadable) -> Reading:
+def _unchecked(root: Path, name: str, exc: RegistryUnverified) -> Reading:
+    try:
+        return Reading(read_state(root, name), exc.reason, UNCHECKED, verified=False)
+    except RegistryUnreadable as unreadable:
+        return _from_last_good(root, name, None, unreadable, True, verified=False)
+
+
+def _from_last_good(root: Path, name: str, verifier: Verifier | None, exc: RegistryUnreadable,
+                    unchecked_ok: bool = False, *, verified: bool = True) -> Reading:
     try:
         raw, stamp = _read_file(artifacts.model_dir(root, name) / LAST_GOOD_FILE)
         state = _parse(name, LAST_GOOD_FILE, raw)
         if verifier is not None:
             _check(verifier, root, name, raw, stamp, copy=True)
+    except RegistryUnverified as copy_exc:
+        if copy_exc.code == UNCHECKED and unchecked_ok:
+            return Reading(state, exc.reason, getattr(exc, "code", UNREADABLE), from_last_good=True, verified=False)
+        raise exc from None
     except (OSError, RegistryUnreadable):
         raise exc from None
-    return Reading(state, exc.reason, getattr(exc, "code", UNREADABLE), from_last_good=True)
+    return Reading(state, exc.reason, getattr(exc, "code", UNREADABLE), from_last_good=True, verified=verified)
 
 
 def check_last_good(root: Path, name: str, verifier: Verifier) -> None:

@@ -7,11 +7,15 @@ anchor yet (a fresh install, or a database from before anchors) is anchored as i
 (``registry.anchored``); a mismatch is refused and recorded once (``registry.refused``), not
 once per poll per worker.
 
-When the store does not answer, nothing can be checked: a worker keeps serving the state it
-verified last (a file it has verified is answered from memory, with no query), a worker that
-has verified nothing serves no label until the store answers (fail closed), and changes are
-refused. The store is asked only when the file read differs from the one verified last (its
-inode, ctime and size: a reload), never per prediction. This module checks and records; what a
+When the store does not answer, nothing can be checked. Changes are refused (fail closed). A
+worker keeps serving the state it verified last (a file it has verified is answered from
+memory, with no query). A worker that has verified nothing yet (booted during the outage)
+serves registry.json unchecked, says so (``registry_unchecked`` on /readyz, a log line), and
+checks it as soon as the store answers: serving goes on through a database outage, as it
+does for predictions, at the price of trusting the file for that window.
+
+The store is asked only when the file read differs from the one verified last (its inode,
+ctime and size: a reload), never per prediction. This module checks and records; what a
 refusal means for serving is ``registry_file``'s and the catalog's. No Flask.
 """
 
@@ -77,6 +81,7 @@ class RegistryAnchors:
         self.actor = actor or f"server:{socket.gethostname()}:{os.getpid()}"
         self._verified: dict[tuple[str, str], tuple[str | None, Any]] = {}  # (root, model) -> (digest, stamp)
         self._refused: dict[tuple[str, str], tuple[str | None, Any]] = {}
+        self._unanswered: set[tuple[str, str]] = set()
 
     @property
     def store(self) -> Any:
@@ -97,9 +102,12 @@ class RegistryAnchors:
             # a change (final) needs no anchor of its own: the record it writes anchors the new file
             anchor = self._anchor(key, digest, create=not final)
         except Exception as exc:  # the store is down or locked: nothing can be checked
-            log.error("registry.json cannot be checked: the audit trail does not answer",
-                      extra={"model": name, "reason": f"{type(exc).__name__}: {exc}"})
+            if key not in self._unanswered:  # once per outage, not once per poll
+                self._unanswered.add(key)
+                log.error("registry.json cannot be checked: the audit trail does not answer",
+                          extra={"model": name, "reason": f"{type(exc).__name__}: {exc}"})
             raise RegistryUnverified(name, CANNOT_CHECK, code=UNCHECKED) from None
+        self._unanswered.discard(key)
         if anchor == digest:
             if not copy:
                 self._verified[key] = seen

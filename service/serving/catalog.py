@@ -64,6 +64,7 @@ class ModelState:
     wanted: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # labels as registry.json says
     registry_source: str = FROM_FILE  # where labels and rollout came from; see readiness()
     registry_code: str | None = None  # why registry.json was not used: registry_unreadable|_unverified|_unchecked
+    registry_verified: bool = True  # False: labels from a file the audit trail could not check (store down at boot)
 
     def available(self, version: int | None) -> runtime.LoadedModel | None:
         entry = self.versions.get(version) if version is not None else None
@@ -132,28 +133,33 @@ class Catalog:
         for gone in set(versions) - on_disk:
             del versions[gone]
             self.on_removed(name, gone)
+        # a worker that has verified a state keeps it while nothing can be checked; one that has
+        # not (booted during a database outage) serves the file unchecked rather than no label
+        unchecked_ok = old is None or not old.registry_verified or old.registry_source == NO_STATE
         try:
-            reading = registry.read_checked_state(self.root, name, self.verifier)
+            reading = registry.read_checked_state(self.root, name, self.verifier, unchecked_ok=unchecked_ok)
         except RegistryUnreadable as exc:
             return self._without_registry(name, versions, old, exc)
         state, error, code = reading.state, reading.error, reading.code
         source = FROM_LAST_GOOD if reading.from_last_good else FROM_FILE
         if error is not None and (old is None or old.registry_error != error):
-            log.error(_REFUSED.get(code, "registry.json unreadable") + "; serving its last-good copy",
+            serving = "; serving its last-good copy" if reading.from_last_good else "; serving it unchecked"
+            log.error(_REFUSED.get(code, "registry.json unreadable") + serving,
                       extra={"model": name, "reason": error, "fix": _fix(name, code)})
         elif error is None and old is not None and old.registry_error is not None:
             log.info("registry.json readable again", extra={"model": name})
         labels = self._servable_labels(name, state, versions, old)
         rollout = {**NO_ROLLOUT, **state.get("rollout", {})}
         return ModelState(name, MappingProxyType(versions), MappingProxyType(labels), error, MappingProxyType(rollout),
-                          MappingProxyType(dict(state["labels"])), source, code)
+                          MappingProxyType(dict(state["labels"])), source, code, reading.verified)
 
     @staticmethod
     def _without_registry(name: str, versions: dict[int, VersionState], old: ModelState | None,
                           exc: RegistryUnreadable) -> ModelState:
         """Neither registry.json nor its copy is usable: keep what this worker served, if anything."""
         error, code = exc.reason, getattr(exc, "code", registry.UNREADABLE)
-        known = old is not None and old.registry_source != NO_STATE
+        # only a verified state is worth keeping: an unchecked one that now fails its check is dropped
+        known = old is not None and old.registry_source != NO_STATE and old.registry_verified
         if old is None or old.registry_error != error:
             log.error(_REFUSED.get(code, "registry state unreadable") + " and no usable last-good copy; "
                       + ("keeping the labels this worker serves" if known else "serving no label"),

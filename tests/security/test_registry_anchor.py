@@ -173,7 +173,8 @@ def test_a_worker_keeps_serving_the_verified_state_and_reports_the_refusal(root,
 
 
 def test_a_worker_whose_store_stops_answering_keeps_the_state_it_verified(root, make_store):
-    anchors = RegistryAnchors(make_store())
+    store = make_store()
+    anchors = RegistryAnchors(store)
     catalog = Catalog(root, poll_seconds=0, verifier=anchors)
     catalog.refresh()
     anchors._store = BrokenStore()
@@ -183,9 +184,17 @@ def test_a_worker_whose_store_stops_answering_keeps_the_state_it_verified(root, 
     catalog.refresh()
     state = catalog.model("m")
     assert catalog.resolve("m").version == 1 and state.registry_code == UNCHECKED
-    fresh = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(BrokenStore()))
-    fresh.refresh()  # fail closed: no label from a state nobody could check
-    assert fresh.readiness()[0] is False
+    (root / "m" / registry.LAST_GOOD_FILE).unlink()
+    booted = RegistryAnchors(BrokenStore())
+    fresh = Catalog(root, poll_seconds=0, verifier=booted)
+    fresh.refresh()  # booted during the outage: serves the file as it is, and says it is unchecked
+    assert fresh.resolve("m").version == 2 and fresh.model("m").registry_code == UNCHECKED
+    assert fresh.readiness()[0] is True
+    booted._store = store  # the database is back: the edit is found out, and nothing verified is left
+    fresh.refresh()
+    assert fresh.model("m").registry_code == UNVERIFIED and "production" not in fresh.model("m").labels
+    catalog.refresh()
+    assert catalog.resolve("m").version == 1  # the worker that verified before still serves that
 
 
 def test_changes_by_the_tools_while_workers_poll_raise_no_false_alarm(root, make_store):
