@@ -314,10 +314,12 @@ def check_registry(store: Any, root: Path) -> list[str]:
     """Compare each model's registry.json with the chain; return what disagrees (empty: all agree).
 
     Every history entry that names an audit record must match it; every audited change since the
-    last restore must be in the history; the labels and rollout must be those the last audited
-    change left (a label moved by editing the file shows here).
+    last restore (or accept) must be in the history; the labels and rollout must be those the
+    last audited change left (a label moved by editing the file shows here); and the file must
+    be the content its newest anchor names (any edit, history included, shows here).
     """
     from service.models import artifacts, registry
+    from service.security.registry_anchor import compare
 
     chain: dict[str, list[AuditRecord]] = {}
     for entry in find(store, ""):
@@ -330,7 +332,11 @@ def check_registry(store: Any, root: Path) -> list[str]:
         except (RegistryUnreadable, ValueError) as exc:
             problems.append(f"{name}: registry.json cannot be read: {getattr(exc, 'reason', exc)}")
             continue
-        problems += [f"{name}: {p}" for p in _registry_problems(state, chain.get(name, []))]
+        found = [f"{name}: {p}" for p in _registry_problems(state, chain.get(name, []))]
+        matches, said = compare(store, root, name)
+        if not matches and not found:  # an edit the checks above miss (a history entry, say)
+            found.append(f"{name}: {said}")
+        problems += found
     return problems
 
 

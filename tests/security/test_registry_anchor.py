@@ -236,3 +236,16 @@ def test_an_automatic_rollback_is_accepted_by_the_workers(root, make_store):
     catalog.refresh()
     assert catalog.model("m").registry_error is None and catalog.model("m").rollout["canary"]["weight"] == 0
     assert REFUSED not in actions(store)
+
+
+def test_audit_verify_names_an_edit_to_the_history_alone(root, make_store):
+    store = make_store()
+    with audit.registry_changes(store):
+        registry.set_label(root, "m", "staging", 1, actor="x")
+    assert audit.check_registry(store, root) == []
+    path = root / "m" / "registry.json"
+    state = json.loads(path.read_text())
+    state["history"][0]["reason"] = "rewritten"  # an entry with no audit link: only the anchor sees it
+    path.write_text(json.dumps(state))
+    (problem,) = audit.check_registry(store, root)
+    assert problem.startswith("m: registry.json does not match the audit trail")
