@@ -134,6 +134,12 @@ class PredictionFailed(ServiceError):
     status, code, message = 500, "prediction_failed", "The model failed to compute a prediction."
 
 
+class ModelOutputInvalid(PredictionFailed):
+    """A model that answered NaN or infinity, which JSON cannot carry: a model failure, like one that raises."""
+
+    code, message = "model_output_invalid", "The model returned values that are not finite numbers."
+
+
 class ArtifactError(Exception):
     """An artifact on disk that must not be loaded: bad hash, missing file, bad manifest."""
 

@@ -49,7 +49,7 @@ WRITES = (errors.CrossSiteRequest, errors.UnsupportedMediaType, errors.InvalidJS
           errors.ValidationFailed)
 BY_PARAMETER = {"name": (errors.ModelNotFound,), "version": (errors.VersionNotFound,), "label": (errors.LabelNotFound,)}
 PREDICT = (errors.LabelNotFound, errors.ModelUnavailable, errors.RegistryStateUnavailable, errors.PredictionFailed,
-           errors.StoreUnavailable)
+           errors.ModelOutputInvalid, errors.StoreUnavailable)
 #: What a view raises beyond what its kind of route does (from the views and the core they call).
 RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
     "predict.predict": PREDICT,

@@ -29,7 +29,7 @@ from service.monitoring import metrics
 from service.monitoring.predlog import EncodedBatch, PredictionLog
 from service.monitoring.quality import request_quality
 from service.monitoring.recorder import DEFAULT_CAPACITY, Recorder
-from service.serving.inference import Answer, Target
+from service.serving.inference import Answer, Target, check_output
 from service.serving.runtime import LoadedModel
 from service.store import REQUEST_COLUMNS, RequestRecord, ShadowRecord, Store
 
@@ -239,7 +239,7 @@ def compare_shadow(answer: Answer, shadow: LoadedModel, name: str) -> ShadowReco
     if shadow.features != answer.model.features:
         return ShadowRecord(**base, agreement=None, mean_abs_diff=None, error="schema_differs")
     try:
-        theirs = shadow.predict(answer.batch.columns, probabilities=live.probabilities is not None)
+        theirs = check_output(shadow, shadow.predict(answer.batch.columns, probabilities=live.probabilities is not None))
     except Exception as exc:  # the shadow is user code too; its failure is a finding, not a fault
         return ShadowRecord(**base, agreement=None, mean_abs_diff=None, error=type(exc).__name__)
     if answer.model.manifest["task"] == "regression":

@@ -2,12 +2,14 @@
 
 Codecs (``service.protocols``) turn a body into a protocol-neutral ``PredictRequest`` and
 turn the ``Answer`` back into their own body; nothing here knows a wire format. When the
-chosen version raises or overruns the model's time budget, the fallback version answers
-instead and the answer says so. No Flask.
+chosen version raises, answers NaN or infinity (``check_output``: JSON has no such numbers, and
+a client must never read ``null`` as a prediction) or overruns the model's time budget, the
+fallback version answers instead and the answer says so. No Flask.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import time
@@ -17,10 +19,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import PredictionFailed, ValidationFailed
+import numpy as np
+import pandas as pd
+
+from service.errors import ModelOutputInvalid, PredictionFailed, ValidationFailed
 from service.serving.catalog import Catalog, Route
 from service.serving.runtime import LoadedModel, Prediction
 from service.serving.validation import ValidatedBatch, validate_rows
+
+log = logging.getLogger(__name__)
+
+#: Row positions a ``model_output_invalid`` error names at most: enough to find them, bounded for big batches.
+MAX_ROWS_NAMED = 20
 
 
 @dataclass(frozen=True)
@@ -95,21 +105,82 @@ def predict(catalog: Catalog, request: PredictRequest, limits: Limits, *,
     batch = _validate(route.model, request, limits)
     answered_by, role, fallback_from, reason = route.model, route.role, None, None
     try:
-        result = _run(route, batch, request.probabilities, executor)
+        result = check_output(route.model, _run(route, batch, request.probabilities, executor))
     except (PredictionFailed, BudgetExceeded) as exc:
         if route.fallback is None:
             if isinstance(exc, BudgetExceeded):  # no fallback: the late answer is still the answer
-                result = exc.args[0].result()
+                result = check_output(route.model, exc.args[0].result())
             else:
                 raise
         else:
             answered_by, role, fallback_from = route.fallback, "fallback", route.model.version
             reason = "timeout" if isinstance(exc, BudgetExceeded) else "error"
+            # the fallback hides the failure from the client: the log is where an operator sees it
+            log.warning("a model version failed; its fallback answers",
+                        extra={"model": target.name, "version": route.model.version,
+                               "fallback_version": route.fallback.version,
+                               "code": getattr(exc, "code", "timeout"), "details": getattr(exc, "details", {})})
             if route.fallback.features != route.model.features:
                 batch = _validate(route.fallback, request, limits)
-            result = route.fallback.predict(batch.columns, request.probabilities)
+            result = check_output(route.fallback, route.fallback.predict(batch.columns, request.probabilities))
     return Answer(request, answered_by, role, batch, result, prediction_ids(batch.n_rows),
                   time.perf_counter() - start, fallback_from, reason, route.shadows)
+
+
+def check_output(model: LoadedModel, result: Prediction) -> Prediction:
+    """Return ``result`` when every number in it is finite; raise ``ModelOutputInvalid`` otherwise.
+
+    One vectorised ``np.isfinite`` per float output; integer, boolean and string labels cannot
+    hold NaN and are not looked at. The error counts rows and names their positions, never a value.
+    """
+    found = {}
+    for output, values in (("predictions", result.predictions), ("probabilities", result.probabilities)):
+        bad = _bad_rows(values)
+        if bad is not None:
+            found[output] = bad
+    if not found:
+        return result
+    raise _invalid(model, result, found)
+
+
+def _bad_rows(values: Any) -> np.ndarray | None:
+    """A per-row mask of the rows holding NaN or infinity (None, NaN for object arrays), or None if none do."""
+    if values is None:
+        return None
+    values = np.atleast_1d(np.asarray(values))
+    kind = values.dtype.kind
+    if kind in "fc":
+        ok = np.isfinite(values)
+    elif kind == "O":  # labels as Python objects: only a missing one (None, NaN) has no JSON form
+        ok = ~pd.isna(values)
+    else:
+        return None
+    if ok.all():
+        return None
+    bad = ~ok
+    return bad.reshape(len(bad), -1).any(axis=1) if bad.ndim > 1 else bad
+
+
+def _invalid(model: LoadedModel, result: Prediction, found: dict[str, np.ndarray]) -> ModelOutputInvalid:
+    n_rows = len(np.atleast_1d(result.predictions))
+    outputs, rows = {}, np.zeros(n_rows, dtype=bool)
+    for output, bad in found.items():
+        values = np.asarray(getattr(result, output))
+        counts: dict[str, int] = {"rows": int(bad.sum())}
+        if values.dtype.kind in "fc":
+            counts.update(nan=int(np.isnan(values).sum()), infinity=int(np.isinf(values).sum()))
+        else:
+            counts["missing"] = int(pd.isna(values).sum())
+        outputs[output] = counts
+        if len(bad) == n_rows:
+            rows |= bad
+    said = " and ".join(f"in its {output} for {counts['rows']} of {n_rows} rows" for output, counts in outputs.items())
+    named = np.flatnonzero(rows)[:MAX_ROWS_NAMED].tolist()
+    return ModelOutputInvalid(
+        f"Model {model.name!r} version {model.version} returned NaN or infinity, which JSON cannot carry, {said}; "
+        "no prediction was returned.",
+        details={"model": model.name, "version": model.version, "reason": "non_finite_output", "rows": n_rows,
+                 "outputs": outputs, "row_positions": named})
 
 
 def _validate(model: LoadedModel, request: PredictRequest, limits: Limits) -> ValidatedBatch:

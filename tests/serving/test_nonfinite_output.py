@@ -1,0 +1,190 @@
+"""A model that answers NaN or infinity fails like a model that raises: never a ``null`` prediction."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from service.errors import ModelOutputInvalid, PredictionFailed
+from service.models import registry
+from service.models.packaging import package_model
+from service.monitoring.observe import Observer, compare_shadow
+from service.protocols import v1
+from service.serving import inference
+from service.serving.catalog import Catalog
+from service.serving.inference import MAX_ROWS_NAMED, Limits, Target, check_output
+from service.serving.runtime import Prediction
+from service.store import Store
+from tests.faulty_models import INF_TRIGGER, NAN_TRIGGER, NEG_INF_TRIGGER, NonFiniteClassifier, NonFiniteRegressor, SumRegressor
+
+LIMITS = Limits(max_rows=1000, vectorized_min_rows=64)
+X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.1, 0.2, 0.3]})
+TRIGGERS = {"nan": NAN_TRIGGER, "inf": INF_TRIGGER, "-inf": NEG_INF_TRIGGER}
+
+
+def predict(catalog: Catalog, rows: list[list[float]], name: str = "poisoned", **parameters) -> inference.Answer:
+    payload = {"instances": rows, **({"parameters": parameters} if parameters else {})}
+    return inference.predict(catalog, v1.decode(payload, Target(name), max_rows=LIMITS.max_rows), LIMITS)
+
+
+def _catalog(root) -> Catalog:
+    catalog = Catalog(root)
+    catalog.refresh()
+    return catalog
+
+
+@pytest.fixture
+def poisoned(tmp_path):
+    """Model "poisoned": v1 (production) answers NaN/inf for trigger rows, v2 never does; no rollout yet."""
+    y = pd.Series([1.5, 2.1, 3.2, 4.3])
+    for model in (NonFiniteRegressor(), SumRegressor()):
+        registry.record_packaged(tmp_path, package_model(model.fit(X.to_numpy(), y), "poisoned", tmp_path, X, y),
+                                 actor="test")
+    return tmp_path
+
+
+@pytest.fixture
+def proba(tmp_path):
+    """Model "proba": a classifier whose labels are fine and whose probabilities are NaN for trigger rows."""
+    y = pd.Series([0, 1, 0, 1])
+    manifest = package_model(NonFiniteClassifier().fit(X.to_numpy(), y), "proba", tmp_path, X, y)
+    registry.record_packaged(tmp_path, manifest, actor="test")
+    return _catalog(tmp_path)
+
+
+@pytest.mark.parametrize("kind", TRIGGERS)
+def test_a_non_finite_prediction_is_a_model_failure_naming_rows_not_values(poisoned, kind):
+    rows = [[1.0, 1.0], [TRIGGERS[kind], 0.25], [2.0, 0.5]]
+    with pytest.raises(ModelOutputInvalid) as caught:
+        predict(_catalog(poisoned), rows)
+    error = caught.value
+    assert isinstance(error, PredictionFailed) and error.status == 500 and error.code == "model_output_invalid"
+    details = error.details
+    assert details["model"] == "poisoned" and details["version"] == 1 and details["rows"] == 3
+    assert details["outputs"]["predictions"]["rows"] == 1 and details["row_positions"] == [1]
+    assert details["outputs"]["predictions"]["nan" if kind == "nan" else "infinity"] == 1
+    assert "predictions for 1 of 3 rows" in error.message
+    said = error.message + orjson.dumps(error.details).decode()
+    assert str(TRIGGERS[kind]) not in said and "0.25" not in said and str(int(TRIGGERS[kind])) not in said
+
+
+def test_finite_rows_of_the_same_model_answer_as_usual(poisoned):
+    answer = predict(_catalog(poisoned), [[1.0, 1.0], [2.0, 0.5]])
+    assert answer.version == 1 and answer.role == "production"
+    assert answer.result.predictions.tolist() == [2.0, 2.5]
+
+
+def test_non_finite_probabilities_fail_only_when_probabilities_are_asked_for(proba):
+    rows = [[NAN_TRIGGER, 0.0], [1.0, 0.0], [INF_TRIGGER, 0.0]]
+    assert predict(proba, rows, "proba").result.predictions.tolist() == [1, 1, 1]
+    with pytest.raises(ModelOutputInvalid) as caught:
+        predict(proba, rows, "proba", probabilities=True)
+    details = caught.value.details
+    assert details["outputs"] == {"probabilities": {"rows": 2, "nan": 2, "infinity": 2}}
+    assert details["row_positions"] == [0, 2] and "probabilities for 2 of 3 rows" in caught.value.message
+
+
+def test_the_fallback_version_answers_instead_and_the_answer_says_so(poisoned):
+    registry.set_rollout(poisoned, "poisoned", fallback=2, actor="test")
+    answer = predict(_catalog(poisoned), [[1.0, 1.0], [NAN_TRIGGER, 0.0], [INF_TRIGGER, 0.0]])
+    assert answer.version == 2 and answer.role == "fallback" and answer.fallback_from == 1
+    assert answer.result.predictions.tolist() == [2.0, NAN_TRIGGER, INF_TRIGGER]
+    body = orjson.loads(orjson.dumps(v1.encode(answer), option=orjson.OPT_SERIALIZE_NUMPY))
+    assert body["fallback"] == {"from_version": 1, "reason": "error"} and None not in body["predictions"]
+
+
+def test_a_fallback_that_answers_nan_too_fails_in_its_own_name(tmp_path):
+    y = pd.Series([1.5, 2.1, 3.2, 4.3])
+    for model in (NonFiniteRegressor(), NonFiniteRegressor()):
+        registry.record_packaged(tmp_path, package_model(model.fit(X.to_numpy(), y), "poisoned", tmp_path, X, y),
+                                 actor="test")
+    registry.set_rollout(tmp_path, "poisoned", fallback=2, actor="test")
+    with pytest.raises(ModelOutputInvalid) as caught:
+        predict(_catalog(tmp_path), [[NAN_TRIGGER, 0.0]])
+    assert caught.value.details["version"] == 2
+
+
+class _LateFuture(Future):
+    """A future that misses any deadline it is given, then answers: a version over its time budget."""
+
+    def result(self, timeout=None):
+        if timeout is not None:
+            raise FutureTimeout()
+        return super().result()
+
+
+class _LateExecutor:
+    def submit(self, fn, *args):
+        future = _LateFuture()
+        future.set_result(fn(*args))
+        return future
+
+
+def test_a_late_answer_without_a_fallback_is_checked_too(poisoned):
+    registry.set_rollout(poisoned, "poisoned", budget_ms=50, actor="test")
+    catalog = _catalog(poisoned)
+    request = v1.decode({"instances": [[NAN_TRIGGER, 0.0]]}, Target("poisoned"), max_rows=LIMITS.max_rows)
+    with pytest.raises(ModelOutputInvalid):
+        inference.predict(catalog, request, LIMITS, executor=_LateExecutor())
+    finite = v1.decode({"instances": [[1.0, 0.0]]}, Target("poisoned"), max_rows=LIMITS.max_rows)
+    assert inference.predict(catalog, finite, LIMITS, executor=_LateExecutor()).result.predictions.tolist() == [1.0]
+
+
+def test_the_observer_records_it_as_an_error_of_the_version_that_failed(poisoned):
+    store = Store(poisoned / "db.sqlite")
+    observer = Observer(store)
+    with pytest.raises(ModelOutputInvalid), observer.watch(Target("poisoned"), "req-nan"):
+        predict(_catalog(poisoned), [[NAN_TRIGGER, 0.0]])
+    observer.close()
+    row = dict(next(r for r in store.requests_since("poisoned", 0) if r["request_id"] == "req-nan"))
+    assert (row["status"], row["error"], row["version"], row["role"]) == (500, "model_output_invalid", 1, "error")
+
+
+def test_a_shadow_that_answers_nan_is_a_failed_comparison_not_a_nan_difference(poisoned):
+    registry.set_rollout(poisoned, "poisoned", fallback=2, actor="test")
+    catalog = _catalog(poisoned)
+    answer = predict(catalog, [[NAN_TRIGGER, 0.0]])  # v2 answers; v1 is then compared as a shadow would be
+    record = compare_shadow(answer, catalog.resolve("poisoned", 1), "poisoned")
+    assert record.error == "ModelOutputInvalid" and record.mean_abs_diff is None
+
+
+@pytest.mark.parametrize("values", [
+    np.array([0, 1, 1]), np.array([True, False, True]), np.array(["high", "low", "low"]),
+    np.array(["high", "low", "low"], dtype=object), np.array([0.5, -1e308, 1e308]),
+], ids=["int", "bool", "str", "object", "huge-float"])
+def test_labels_and_finite_numbers_pass_untouched(values):
+    result = Prediction(values, np.array([[0.2, 0.8]] * 3), None)
+    assert check_output(_model(), result) is result
+
+
+def test_a_missing_label_in_an_object_array_is_refused_too():
+    with pytest.raises(ModelOutputInvalid) as caught:
+        check_output(_model(), Prediction(np.array(["a", None, "b"], dtype=object), None, None))
+    assert caught.value.details["outputs"] == {"predictions": {"rows": 1, "missing": 1}}
+
+
+def test_a_large_batch_names_a_bounded_number_of_rows():
+    values = np.full(10_000, np.nan)
+    with pytest.raises(ModelOutputInvalid) as caught:
+        check_output(_model(), Prediction(values, None, None))
+    assert caught.value.details["row_positions"] == list(range(MAX_ROWS_NAMED))
+    assert caught.value.details["outputs"]["predictions"]["rows"] == 10_000
+
+
+def test_multi_output_predictions_count_rows_not_cells():
+    values = np.array([[1.0, np.nan], [np.inf, -np.inf], [0.0, 1.0]])
+    with pytest.raises(ModelOutputInvalid) as caught:
+        check_output(_model(), Prediction(values, None, None))
+    assert caught.value.details["outputs"]["predictions"] == {"rows": 2, "nan": 1, "infinity": 2}
+    assert caught.value.details["row_positions"] == [0, 1]
+
+
+def _model():
+    class Model:
+        name, version = "m", 3
+    return Model()
