@@ -137,6 +137,9 @@ def _choose(model: Any) -> methods.Method:
 
 
 def _value(values: np.ndarray) -> Any:
-    """A scalar for one output, a list per class otherwise; NaN (not available) becomes None."""
-    out = [None if np.isnan(v) else float(v) for v in values]
+    """A scalar for one output, a list per class otherwise; NaN or infinity (not available) becomes None.
+
+    JSON cannot carry either, and an overflowing model on sampled rows can produce both.
+    """
+    out = [float(v) if np.isfinite(v) else None for v in values]
     return out[0] if len(out) == 1 else out

@@ -197,3 +197,10 @@ def test_native_categorical_boosting_falls_back_to_sampling():
     assert (found.method, found.exact) == ("sampled_permutation", False)
     np.testing.assert_allclose(found.base + found.contributions.sum(axis=1), output(model, "probability", X.iloc[:3]),
                                rtol=0, atol=1e-9)
+
+
+def test_contributions_that_are_not_finite_are_given_as_not_available():
+    from service.explain import _value
+
+    assert _value(np.array([1.5])) == 1.5
+    assert _value(np.array([np.nan, np.inf, -np.inf, 2.0])) == [None, None, None, 2.0]
