@@ -17,7 +17,7 @@ from service.cli import cli
 from service.monitoring.predlog import PredictionLog
 from service.security import audit
 from service.security.keys import create_key
-from tests.builders import package_with_subject
+from tests.builders import package_with_subject, wait_until
 from tests.conftest import SCRUBBED_ENV
 
 PEOPLE = ["alice@example.com", "bob@example.com", "alice@example.com", "carol@example.com"]
@@ -37,7 +37,9 @@ def served(make_app, tmp_path):
                for _ in range(2)]
     assert all(a.status_code == 200 for a in answers), answers[0].get_json()
     ids = [pid for a in answers for pid in a.get_json()["ids"]]
-    app.extensions["observer"].flush()  # the background writer's batch, written now
+    app.extensions["observer"].flush()  # what is still queued; the writer thread may hold the rest
+    store = app.extensions["store"]
+    wait_until(lambda: store.fetch("SELECT COUNT(*) FROM predictions")[0][0] == 8, message="8 predictions logged")
     labels = client.post("/v1/models/people/feedback", headers={"X-API-Key": predict},
                          json={"feedback": [{"id": pid, "label": 1} for pid in ids]})
     assert labels.get_json()["accepted"] == 8
