@@ -19,7 +19,7 @@ STORE_TIMEOUT = 1.0  # seconds a write after a response may wait for the databas
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app for ``config`` (read from the environment when not given)."""
     from service import logs
-    from service.api import admin, auth, csrf, dashboard, health, models, monitoring, openapi, predict, proxy, request_ids
+    from service.api import admin, auth, csrf, dashboard, health, limits, models, monitoring, openapi, predict, proxy, request_ids
     from service.api import card as card_api
     from service.api import explain as explain_api
     from service.api import metrics as metrics_api
@@ -51,6 +51,7 @@ def create_app(config: Config | None = None) -> Flask:
     proxy.init_app(app, config)
     csrf.init_app(app, config)
     auth.init_app(app, config)
+    limits.init_app(app, config)
 
     audit_log = audit.Background()  # refused artifacts, denied requests: written off the request path
     catalog = Catalog(config.artifacts_dir, model_keys(config.signing_key, config.trusted_keys), config.poll_seconds,
@@ -65,7 +66,7 @@ def create_app(config: Config | None = None) -> Flask:
     audit_log.attach(store)
     app.extensions["audit"] = audit_log
     prediction_log = PredictionLog(store, sample_rate=config.prediction_log_sample, pii_key=config.pii_hash_key)
-    report = Monitoring(catalog, prediction_log, config.monitoring_window)
+    report = Monitoring(catalog, prediction_log, config.monitoring_window, cache_seconds=config.monitoring_cache_seconds)
     app.extensions.update(
         catalog=catalog,
         limits=Limits(config.max_batch_rows, config.vectorized_min_rows),

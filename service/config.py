@@ -85,6 +85,25 @@ class Config:
         "MAX_REQUEST_BYTES", "Largest accepted request body in bytes (413 above).", default=16 * 1024 * 1024
     )
     max_batch_rows: int = _env("MAX_BATCH_ROWS", "Most rows accepted in one predict request.", default=10_000)
+    rate_limit_requests: float = _env(
+        "RATE_LIMIT_REQUESTS", "Requests per second each API key (or, without keys, each client address) may make "
+        "to predict, explain and monitoring, shared by all workers; 0 = off (429 with Retry-After above).", default=0.0,
+    )
+    rate_limit_requests_burst: int = _env(
+        "RATE_LIMIT_REQUESTS_BURST", "Requests a caller may make at once above RATE_LIMIT_REQUESTS.", default=10
+    )
+    rate_limit_rows: float = _env(
+        "RATE_LIMIT_ROWS", "Rows per second each API key (or client address) may send to be predicted; 0 = off.",
+        default=0.0,
+    )
+    rate_limit_rows_burst: int = _env(
+        "RATE_LIMIT_ROWS_BURST", "Rows a caller may send at once above RATE_LIMIT_ROWS; 0 = MAX_BATCH_ROWS "
+        "(never less, or a full batch could never pass).", default=0,
+    )
+    monitoring_cache_seconds: float = _env(
+        "MONITORING_CACHE_SECONDS", "Seconds a worker reuses a monitoring report for the same model and window "
+        "(parallel callers wait for one computation); 0 = never.", default=10.0,
+    )
     vectorized_min_rows: int = _env(
         "VECTORIZED_MIN_ROWS", "Batches with at least this many rows are validated column-wise with numpy.", default=4
     )
@@ -178,6 +197,14 @@ class Config:
             raise ConfigError(f"PREDICTION_LOG_SAMPLE must be between 0 and 1, got {self.prediction_log_sample}")
         if self.monitoring_window < 10:
             raise ConfigError(f"MONITORING_WINDOW must be at least 10, got {self.monitoring_window}")
+        for name in ("rate_limit_requests", "rate_limit_rows", "monitoring_cache_seconds"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {getattr(self, name)}")
+        if self.rate_limit_requests_burst < 1:
+            raise ConfigError(f"RATE_LIMIT_REQUESTS_BURST must be at least 1, got {self.rate_limit_requests_burst}")
+        if self.rate_limit_rows_burst and self.rate_limit_rows_burst < self.max_batch_rows:
+            raise ConfigError(f"RATE_LIMIT_ROWS_BURST must be 0 or at least MAX_BATCH_ROWS ({self.max_batch_rows}), "
+                              f"got {self.rate_limit_rows_burst}")
         if self.worker_max_requests < 0:
             raise ConfigError(f"WORKER_MAX_REQUESTS must be 0 (never) or more, got {self.worker_max_requests}")
         for name in ("alert_seconds", "retention_days", "worker_memory_growth_mb", "retention_seconds"):

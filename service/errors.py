@@ -106,6 +106,26 @@ class PayloadTooLarge(ServiceError):
     status, code, message = 413, "payload_too_large", "The request body is too large."
 
 
+class TooManyElements(ValidationFailed):
+    """A JSON body with more arrays and objects than the row limit allows, refused before it is parsed."""
+
+    code, message = "too_many_elements", "The body holds more rows (arrays and objects) than MAX_BATCH_ROWS allows."
+
+
+class RateLimited(ServiceError):
+    """A caller over its requests or rows per second; ``retry_after`` is whole seconds, at least 1."""
+
+    status, code, message = 429, "rate_limited", "Too many requests for this API key; retry later."
+
+    def __init__(self, message: str | None = None, details: dict[str, Any] | None = None, *, retry_after: int = 1):
+        super().__init__(message, details)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class UnsupportedMediaType(ServiceError):
     status, code, message = 415, "unsupported_media_type", "Send the body as application/json."
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, render_template
 
+from service.api import limits
 from service.api.auth import require_scope
 from service.api.io import int_arg
 from service.monitoring import page, report
@@ -27,6 +28,7 @@ CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri '
 @bp.get("")
 @require_scope("read")
 def overview():
+    limits.charge_request()
     window = _window()
     monitoring = current_app.extensions.get("monitoring")
     cards = page.overview_view(monitoring.overview(window=window)) if monitoring is not None else []
@@ -36,6 +38,7 @@ def overview():
 @bp.get("/<model_name:name>")
 @require_scope("read")
 def model(name: str):
+    limits.charge_request()
     window = _window()
     monitoring = current_app.extensions.get("monitoring")
     report = monitoring.model_report(name, window=window) if monitoring is not None else {"model": name}

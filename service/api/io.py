@@ -29,11 +29,15 @@ def read_body() -> bytes:
     return body
 
 
-def read_json() -> Any:
-    """Parse the request body as JSON; 415 for another content type, 413 past the limit, 400 for bad JSON."""
+def read_json(max_containers: int | None = None) -> Any:
+    """Parse the request body as JSON; 415 for another content type, 413 past the limit, 400 for bad JSON.
+
+    With ``max_containers``, 422 unparsed for a body holding more arrays and objects (``parse_json``).
+    """
     if request.mimetype not in JSON_MIMETYPES:
         raise UnsupportedMediaType(details={"expected": "application/json"})
-    return parse_json(read_body())
+    max_rows = current_app.extensions["limits"].max_rows if max_containers is not None else None
+    return parse_json(read_body(), max_containers=max_containers, max_rows=max_rows)
 
 
 def drain_body(limit: int | None) -> int:

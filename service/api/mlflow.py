@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
+from service.api import limits
 from service.api.auth import require_scope
 from service.api.csrf import accepts
 from service.api.io import json_response, read_body, read_json
@@ -32,8 +33,10 @@ BODY_TYPES = (JSON, CSV)
 def invocations() -> Response:
     ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
     target = inference.Target(mlflow.default_model(config.default_model, _model_names()))
+    limits.charge_request()
     with ext["observer"].watch(target, g.request_id, "mlflow") as watch:
         wanted = _decode(target, ext["limits"].max_rows, request.headers.get(config.routing_key_header))
+        limits.charge_rows(wanted)
         answer = watch.answered(inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"]))
     return json_response(mlflow.encode(answer), headers={"X-Model-Version": str(answer.version)})
 
@@ -78,7 +81,8 @@ def _decode(target: inference.Target, max_rows: int, routing_header: str | None)
     if request.mimetype == CSV:
         return mlflow.decode_csv(read_body(), target, max_rows=max_rows, text_columns=_text_columns(target.name),
                                  routing_header=routing_header)
-    return mlflow.decode_json(read_json(), target, max_rows=max_rows, routing_header=routing_header)
+    return mlflow.decode_json(read_json(limits.json_budget(target.name)), target, max_rows=max_rows,
+                              routing_header=routing_header)
 
 
 def _model_names() -> list[str]:

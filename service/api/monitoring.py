@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, current_app
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from service.api import limits
 from service.api.auth import require_scope
 from service.api.io import int_arg, json_response, read_json, validation_failed
 from service.errors import ModelUnavailable, StoreUnavailable
@@ -36,6 +37,7 @@ class FeedbackBody(Schema):
 @bp.post("/<model_name:name>/feedback")
 @require_scope("predict")
 def feedback(name: str):
+    limits.charge_request()
     model = _any_version(current_app.extensions["catalog"].model(name))
     items = _load_feedback(read_json(), model.manifest["task"], model.manifest["output"].get("classes"))
     try:
@@ -48,6 +50,7 @@ def feedback(name: str):
 @bp.get("/<model_name:name>/monitoring")
 @require_scope("read")
 def monitoring(name: str):
+    limits.charge_request()
     window, minutes = _window(), int_arg("minutes", low=1, high=MAX_MINUTES)
     if window and minutes:
         raise validation_failed({"minutes": ["Give window (predictions) or minutes, not both."]}, "the query")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, request
 
 from service import explain
+from service.api import limits
 from service.api.auth import require_scope
 from service.api.io import json_response, read_json
 from service.protocols import v1
@@ -24,10 +25,12 @@ def predict(name: str, version: int | None = None, label: str | None = None) -> 
 def answer(target: inference.Target, *, explained: bool = False) -> Response:
     """Predict (and explain when asked, or when ``explained``) with the version that answers."""
     ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
+    limits.charge_request()
     with ext["observer"].watch(target, g.request_id) as watch:
-        payload = read_json()
+        payload = read_json(limits.json_budget(target.name))
         wanted = v1.decode(payload, target, max_rows=ext["limits"].max_rows,
                            routing_header=request.headers.get(config.routing_key_header))
+        limits.charge_rows(wanted)
         done = inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"])
         # explanations use the scikit-learn estimator of the version that answered, whatever its backend
         why = explain.explain(done.model, done.batch.columns) if explained or v1.explain_asked(payload) else None

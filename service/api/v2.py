@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from service.api import limits
 from service.api.auth import require_scope
 from service.api.csrf import accepts
 from service.api.handlers import HTTP_CODES
@@ -29,7 +30,7 @@ from service.errors import (
     VersionNotFound,
 )
 from service.models.registry import PRODUCTION
-from service.protocols import v2
+from service.protocols import check_containers, v2
 from service.serving import inference
 from service.serving.catalog import ModelState
 from service.serving.runtime import LoadedModel
@@ -104,10 +105,15 @@ def model_ready(name: str, version: int | None = None) -> Response:
 def infer(name: str, version: int | None = None, label: str | None = None) -> Response:
     ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
     target = inference.Target(name, version, label)
+    limits.charge_request()
     with ext["observer"].watch(target, g.request_id, "v2") as watch:
-        wanted = v2.decode(_read_body(), target, header_length=request.headers.get(v2.HEADER_LENGTH),
+        body, header_length = _read_body(), request.headers.get(v2.HEADER_LENGTH)
+        check_containers(_json_part(body, header_length), limits.json_budget(name, per_feature=True),
+                         ext["limits"].max_rows)
+        wanted = v2.decode(body, target, header_length=header_length,
                            max_rows=ext["limits"].max_rows, request_id=g.request_id,
                            routing_header=request.headers.get(config.routing_key_header))
+        limits.charge_rows(wanted.request)
         answer = watch.answered(inference.predict(ext["catalog"], wanted.request, ext["limits"],
                                                   executor=ext["executor"]))
     body, headers = v2.encode(answer, wanted)
@@ -133,6 +139,16 @@ def _read_body() -> bytes:
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise UnsupportedMediaType("Compressed request bodies are not supported; send them uncompressed.")
     return read_body()
+
+
+def _json_part(body: bytes, header_length: str | None) -> bytes:
+    """The JSON part of a body (binary tensors after it may hold any byte); the codec checks the header itself."""
+    value = (header_length or "").strip()
+    if header_length is None:
+        return body
+    if value.isascii() and value.isdigit() and int(value) <= len(body):
+        return body[:int(value)]
+    return b""  # an invalid length: the codec refuses it before parsing anything
 
 
 # -- errors, as the spec shapes them -------------------------------------------------------------

@@ -147,6 +147,11 @@ class Metrics:
         self.records_dropped = Counter(PREFIX + "records_dropped",
                                        "Request and prediction records dropped because the worker's recording "
                                        "queue was full (the predictions themselves were answered).", **reg)
+        self.rate_limited = Counter(PREFIX + "rate_limited", "Requests refused with 429, by the limit they exceeded "
+                                    "(requests or rows per second).", ("limit",), **reg)
+        self.rate_limit_unavailable = Counter(PREFIX + "rate_limit_unavailable",
+                                              "Rate-limit checks skipped, the request let through, because the "
+                                              "shared counters could not be created, mapped or locked.", **reg)
         self.log_rows_deleted = Counter(PREFIX + "prediction_log_rows_deleted",
                                         "Logged predictions deleted by the retention job, by reason (age: past "
                                         "RETENTION_DAYS; cap: over PREDICTION_LOG_MAX_ROWS).", ("reason",), **reg)

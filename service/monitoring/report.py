@@ -1,14 +1,20 @@
 """The monitoring report of a model: per version traffic, drift, quality, live performance, bias.
 
 One place composes the pure maths modules over what the store recorded, so the HTTP API, the
-page, the CLI report and the alert rules all read the same figures. No Flask.
+page, the CLI report and the alert rules all read the same figures. A report over a large
+window reads up to ``MAX_WINDOW`` predictions per version, so each worker keeps such a report
+for ``cache_seconds`` per (model, window); parallel callers of any one report wait for one
+computation (``ReportCache``) rather than each read the log again. Reports over the default
+window stay fresh (feedback shows at once) and cheap: they read ``MONITORING_WINDOW`` rows.
+No Flask.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,20 +38,105 @@ TRAFFIC_KEYS = ("requests", "errors", "error_rate", "client_errors", "p50_ms", "
                 "fallbacks_from", "fallbacks_to")
 
 
+class ReportCache:
+    """Values kept ``ttl`` seconds per key, computed once however many threads ask at the same time.
+
+    The first caller of a missing or stale key computes it; the others wait for that result
+    (or its exception) instead of repeating the work. Errors are not kept. At most
+    ``max_entries`` keys are held; the oldest go first.
+    """
+
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 256) -> None:
+        self.ttl, self.max_entries = ttl, max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._values: dict[Hashable, tuple[float, Any]] = {}  # key -> (computed at, value)
+        self._flights: dict[Hashable, _Flight] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], Any], *, keep: bool = True) -> Any:
+        """Return the fresh value for ``key``, computing it (once across threads) when there is none.
+
+        With ``keep`` False the value is shared only with callers that arrive while it is computed.
+        """
+        with self._lock:
+            kept = self._values.get(key)
+            if kept is not None and self._clock() - kept[0] < self.ttl:
+                return kept[1]
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = _Flight()
+            else:
+                flight.waiters += 1
+        if not leader:
+            return flight.result()
+        try:
+            flight.value = compute()
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        else:
+            if not keep or self.ttl <= 0:
+                return flight.value
+            with self._lock:
+                self._values[key] = (self._clock(), flight.value)
+                while len(self._values) > self.max_entries:
+                    del self._values[next(iter(self._values))]
+            return flight.value
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
+
+
+@dataclass
+class _Flight:
+    """One computation in progress that other callers wait on."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    waiters: int = 0  # callers waiting on it, besides the one computing
+    value: Any = None
+    error: BaseException | None = None
+
+    def result(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 @dataclass
 class Monitoring:
-    """Builds reports on demand from the shared store; ``alerts`` supplies active alerts."""
+    """Builds reports on demand from the shared store; ``alerts`` supplies active alerts.
+
+    With ``cache_seconds``, ``model_report`` answers a report over more than ``default_window``
+    predictions, or over minutes, from this worker's cache for that long.
+    """
 
     catalog: Catalog
     log: PredictionLog
     default_window: int
     alerts: Any = None  # an AlertManager, when alerting is on
+    cache_seconds: float = 0.0
+    cache: ReportCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = ReportCache(self.cache_seconds)
 
     def model_report(self, name: str, window: int | None = None, minutes: float | None = None) -> dict[str, Any]:
         """Report every version in play of model ``name`` over its last ``window`` predictions.
 
-        With ``minutes``, the window is every prediction of the last ``minutes`` instead.
+        With ``minutes``, the window is every prediction of the last ``minutes`` instead. Such a
+        report, or one over more than ``default_window`` predictions, may be ``cache_seconds`` old.
         """
+        self.catalog.model(name)  # 404 for an unknown model, never cached
+        last_n = window or self.default_window
+        key = (name, None, minutes) if minutes else (name, last_n, None)
+        large = bool(minutes) or last_n > self.default_window
+        return self.cache.get(key, lambda: self.fresh_report(name, window, minutes), keep=large)
+
+    def fresh_report(self, name: str, window: int | None = None, minutes: float | None = None) -> dict[str, Any]:
+        """Compute ``model_report`` from the store now, bypassing the cache."""
         state = self.catalog.model(name)
         now = time.time()
         last_n = None if minutes else (window or self.default_window)

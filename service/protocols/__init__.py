@@ -1,18 +1,72 @@
-"""Wire codecs: each turns its payload into one protocol-neutral request and an answer back into its body."""
+"""Wire codecs: each turns its payload into one protocol-neutral request and an answer back into its body.
+
+``parse_json`` is the one way a codec reads JSON. Given ``max_containers`` it first refuses a
+body with more arrays and objects than any request within the row limit can hold, before a
+single Python object is built: parsed, a 16 MiB body of empty rows (``[[],[],...]``) is five
+million lists, half a gigabyte of worker memory and seconds of CPU, all to answer 422 in the
+end. Counting brackets runs at C speed; only when that upper bound is over the budget are the
+brackets inside strings told apart (a compiled regex drops the strings), so a legitimate body
+never pays more than two ``bytes.count``. Nesting depth needs no check of ours: orjson refuses
+past 1024 levels by itself, and the container count bounds memory whatever the depth.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
-from service.errors import InvalidJSON
+from service.errors import InvalidJSON, TooManyElements
+
+#: A JSON string, escapes included. Possessive, and an unterminated string runs to the end of the
+#: body, so every attempt that starts at a quote matches: the scan stays linear on any input.
+STRING_RE = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
+#: Arrays and objects a request may hold beyond its rows: the envelope, ``parameters``, ``outputs``.
+ENVELOPE_CONTAINERS = 1024
 
 
-def parse_json(body: bytes) -> Any:
-    """Parse a JSON document; 400 (InvalidJSON) when it is empty or malformed."""
+def container_budget(max_rows: int, width: int, *, per_feature: bool = False) -> int:
+    """The most arrays and objects a request within ``max_rows`` rows of ``width`` features can hold.
+
+    A row is at most one array or object (records, rows), a column one array (columns layout).
+    With ``per_feature`` (Open Inference Protocol) each feature may be its own tensor whose data
+    nests one array per row (shape ``[rows, 1]``): with the tensor's object, its shape, its data
+    and its parameters, every feature may bring ``max_rows + 4``.
+    """
+    if per_feature:
+        return (max_rows + 4) * (width + 1) + ENVELOPE_CONTAINERS
+    return max_rows + width + ENVELOPE_CONTAINERS
+
+
+def count_containers(body: bytes | memoryview, budget: int) -> int:
+    """Count the arrays and objects of a JSON text, exactly when the cheap upper bound exceeds ``budget``."""
+    upper = body.count(b"[") + body.count(b"{")
+    if upper <= budget:
+        return upper
+    outside = STRING_RE.sub(b"", body)
+    return outside.count(b"[") + outside.count(b"{")
+
+
+def check_containers(body: bytes | memoryview, budget: int, max_rows: int) -> None:
+    """Refuse (422, ``TooManyElements``) a body holding more arrays and objects than ``budget``."""
+    count = count_containers(body, budget)
+    if count > budget:
+        message = f"Must hold at most {budget} arrays and objects ({max_rows} rows at most); found {count}."
+        raise TooManyElements(details={"limit": "MAX_BATCH_ROWS", "max_rows": max_rows, "max_containers": budget,
+                                       "containers": count, "error_count": 1,
+                                       "errors": [{"row": None, "field": "body", "messages": [message]}]})
+
+
+def parse_json(body: bytes, *, max_containers: int | None = None, max_rows: int | None = None) -> Any:
+    """Parse a JSON document; 400 (InvalidJSON) when it is empty or malformed.
+
+    With ``max_containers``, a body holding more arrays and objects is refused (422) unparsed.
+    """
     if not body:
         raise InvalidJSON("The request body is empty.")
+    if max_containers is not None:
+        check_containers(body, max_containers, max_rows if max_rows is not None else max_containers)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

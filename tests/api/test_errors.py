@@ -62,6 +62,8 @@ STATUSES = [
     (413, "payload_too_large", {"max_request_bytes": 1024}, dict(method="POST", path=PREDICT,
                                                                   json={"instances": [DIABETES_ROW] * 20})),
     (415, "unsupported_media_type", {}, dict(method="POST", path=PREDICT, data=b"{}", content_type="text/plain")),
+    (429, "rate_limited", {"rate_limit_requests": 0.01, "rate_limit_requests_burst": 1, "twice": True},
+     dict(method="POST", path=PREDICT, json=with_row())),
     (422, "validation_failed", {}, dict(method="POST", path=PREDICT, json=with_row(bmi=CANARY))),
     (503, "not_ready", {"broken": True}, dict(method="GET", path="/readyz")),
     (500, "prediction_failed", {"raising": True}, dict(method="POST", path="/v1/models/fragile:predict",
@@ -82,8 +84,11 @@ def test_every_error_status_has_the_one_shape(make_app, artifact_root, tmp_path,
         _unloadable_production(artifact_root)
     if setup.pop("raising", False):
         _package_a_model_that_raises(artifact_root)
+    twice = setup.pop("twice", False)  # the first request spends what the second would need
     client = make_app(**setup).test_client()
     request_["headers"] = headers.get(request_.get("headers"), {})
+    if twice:
+        client.open(request_["path"], **{k: v for k, v in request_.items() if k != "path"})
     assert_error(client.open(request_.pop("path"), **request_), status, code)
 
 

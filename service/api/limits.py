@@ -1,0 +1,117 @@
+"""What one caller may send: requests and rows per second (shared by every worker) and a JSON body's size in rows.
+
+``init_app`` builds the shared ``QuotaTable`` (``service.security.quota``) in the metrics folder
+when a rate limit is set. Views call ``charge_request()`` once they know who is calling (after
+``require_scope``) and ``charge_rows(request)`` once the body is decoded and before the model
+runs, so a 429 costs no prediction. The caller is the API key id, or, without a key (open mode
+on loopback), the client address that ``service.api.proxy`` established. Refusals are counted
+in Prometheus by limit, never written to the audit trail. ``json_budget`` sizes the pre-parse
+check of ``service.protocols.parse_json`` for a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask, current_app, g, request
+
+from service.config import Config
+from service.errors import ModelNotFound, RateLimited
+from service.monitoring import metrics
+from service.monitoring.multiproc import multiprocess_dir
+from service.protocols import container_budget
+from service.security.quota import FILE_NAME, QuotaTable, Rate, Refusal
+from service.serving.inference import PredictRequest
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "quota"
+
+
+class Quota:
+    """The shared table and the two rates; either rate may be off (None)."""
+
+    def __init__(self, table: QuotaTable, requests: Rate | None, rows: Rate | None) -> None:
+        self.table, self.requests, self.rows = table, requests, rows
+
+    def charge(self, caller: str, limit: str, cost: float) -> Refusal | None:
+        rate = self.requests if limit == "requests" else self.rows
+        return None if rate is None else self.table.charge(caller, limit, rate, cost)
+
+
+def init_app(app: Flask, config: Config) -> None:
+    """Keep a ``Quota`` on ``app.extensions["quota"]`` when a rate limit is set (None otherwise)."""
+    requests = Rate(config.rate_limit_requests, config.rate_limit_requests_burst) if config.rate_limit_requests else None
+    rows = None
+    if config.rate_limit_rows:
+        rows = Rate(config.rate_limit_rows, config.rate_limit_rows_burst or config.max_batch_rows)
+    quota = None
+    if requests or rows:
+        folder = multiprocess_dir()
+        path = Path(folder) / FILE_NAME if folder is not None else None  # one process: private memory
+        quota = Quota(QuotaTable(path, on_failure=_count_failure), requests, rows)
+    app.extensions[EXTENSION] = quota
+
+
+def charge_request() -> None:
+    """Count one request for the caller; 429 (``RateLimited``) past its requests per second."""
+    _charge("requests", 1)
+
+
+def charge_rows(wanted: PredictRequest) -> None:
+    """Count a decoded request's rows for the caller; 429 past its rows per second."""
+    _charge("rows", rows_of(wanted))
+
+
+def rows_of(wanted: PredictRequest) -> int:
+    """Rows in a decoded request, whatever its layout."""
+    data = wanted.data
+    if wanted.layout == "matrix":
+        return int(data.shape[0]) if getattr(data, "ndim", 0) else 1
+    if wanted.layout == "columns":
+        return max((len(v) for v in data.values() if isinstance(v, list)), default=1)
+    return len(data)
+
+
+def json_budget(name: str, *, per_feature: bool = False) -> int:
+    """The most arrays and objects a predict body for model ``name`` may hold (see ``container_budget``)."""
+    max_rows = current_app.extensions["limits"].max_rows
+    try:
+        state = current_app.extensions["catalog"].model(name)
+    except ModelNotFound:
+        return container_budget(max_rows, 0, per_feature=per_feature)  # it will be a 404: no room to grow
+    width = max((len(model.features) for v in state.versions if (model := state.available(v)) is not None),
+                default=0)
+    return container_budget(max_rows, width, per_feature=per_feature)
+
+
+def _charge(limit: str, cost: int) -> None:
+    quota: Quota | None = current_app.extensions.get(EXTENSION)
+    if quota is None:
+        return
+    caller = f"key:{g.key_id}" if getattr(g, "key_id", None) else f"addr:{request.remote_addr}"
+    refusal = quota.charge(caller, limit, cost)
+    if refusal is None:
+        return
+    _count_refusal(limit)
+    rate = refusal.rate
+    raise RateLimited(f"Over the {limit} limit of {rate.per_second:g} per second (burst {rate.burst:g}); "
+                      f"retry in {refusal.retry_after} s.",
+                      details={"limit": limit, "per_second": rate.per_second, "burst": rate.burst, "cost": cost,
+                               "retry_after": refusal.retry_after},
+                      retry_after=refusal.retry_after)
+
+
+def _count_refusal(limit: str) -> None:
+    try:
+        metrics.current().rate_limited.labels(limit).inc()
+    except Exception:
+        metrics.warn_once("rate_limited")
+
+
+def _count_failure(_step: str) -> None:
+    try:
+        metrics.current().rate_limit_unavailable.inc()
+    except Exception:
+        metrics.warn_once("rate_limit_unavailable")
