@@ -66,7 +66,8 @@ def create_app(config: Config | None = None) -> Flask:
     audit_log.attach(store)
     app.extensions["audit"] = audit_log
     prediction_log = PredictionLog(store, sample_rate=config.prediction_log_sample, pii_key=config.pii_hash_key)
-    report = Monitoring(catalog, prediction_log, config.monitoring_window, cache_seconds=config.monitoring_cache_seconds)
+    report = Monitoring(catalog, prediction_log, config.monitoring_window, cache_seconds=config.monitoring_cache_seconds,
+                        large_reports=config.monitoring_large_reports or max(1, config.workers - 1))
     app.extensions.update(
         catalog=catalog,
         limits=Limits(config.max_batch_rows, config.vectorized_min_rows),

@@ -101,8 +101,13 @@ class Config:
         "(never less, or a full batch could never pass).", default=0,
     )
     monitoring_cache_seconds: float = _env(
-        "MONITORING_CACHE_SECONDS", "Seconds a worker reuses a monitoring report for the same model and window "
-        "(parallel callers wait for one computation); 0 = never.", default=10.0,
+        "MONITORING_CACHE_SECONDS", "Seconds a worker reuses a monitoring report over more than MONITORING_WINDOW "
+        "predictions (or by minutes) for the same model and window; parallel callers wait for one computation; "
+        "0 = never.", default=10.0,
+    )
+    monitoring_large_reports: int = _env(
+        "MONITORING_LARGE_REPORTS", "Such large monitoring reports computed at once across all workers; past it "
+        "503 with Retry-After, so the other workers stay free; 0 = WEB_CONCURRENCY - 1 (at least 1).", default=0,
     )
     vectorized_min_rows: int = _env(
         "VECTORIZED_MIN_ROWS", "Batches with at least this many rows are validated column-wise with numpy.", default=4
@@ -200,6 +205,8 @@ class Config:
         for name in ("rate_limit_requests", "rate_limit_rows", "monitoring_cache_seconds"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {getattr(self, name)}")
+        if self.monitoring_large_reports < 0:
+            raise ConfigError(f"MONITORING_LARGE_REPORTS must be 0 or more, got {self.monitoring_large_reports}")
         if self.rate_limit_requests_burst < 1:
             raise ConfigError(f"RATE_LIMIT_REQUESTS_BURST must be at least 1, got {self.rate_limit_requests_burst}")
         if self.rate_limit_rows_burst and self.rate_limit_rows_burst < self.max_batch_rows:

@@ -146,6 +146,20 @@ class RegistryStateUnavailable(ServiceError):
     status, code, message = 503, "registry_unreadable", "The model's registry.json cannot be read."
 
 
+class MonitoringBusy(ServiceError):
+    """Every slot for large monitoring reports is taken (``MONITORING_LARGE_REPORTS``): retry shortly."""
+
+    status, code, message = 503, "monitoring_busy", "Other large monitoring reports are being computed; retry shortly."
+
+    def __init__(self, message: str | None = None, details: dict[str, Any] | None = None, *, retry_after: int = 1):
+        super().__init__(message, details)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class StoreUnavailable(ServiceError):
     status, code, message = 503, "store_unavailable", "The database could not record this; try again."
 

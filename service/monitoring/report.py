@@ -4,13 +4,16 @@ One place composes the pure maths modules over what the store recorded, so the H
 page, the CLI report and the alert rules all read the same figures. A report over a large
 window reads up to ``MAX_WINDOW`` predictions per version, so each worker keeps such a report
 for ``cache_seconds`` per (model, window); parallel callers of any one report wait for one
-computation (``ReportCache``) rather than each read the log again. Reports over the default
-window stay fresh (feedback shows at once) and cheap: they read ``MONITORING_WINDOW`` rows.
-No Flask.
+computation (``ReportCache``) rather than each read the log again; and with
+``large_reports``, at most that many large reports are computed at once across the workers
+(``WorkSlots``): the next caller gets 503 with Retry-After at once instead of tying up one more
+worker. Reports over the default window stay fresh (feedback shows at once) and cheap: they
+read ``MONITORING_WINDOW`` rows. No Flask.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -20,18 +23,26 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import MonitoringBusy
 from service.models import comparison
 from service.monitoring import metrics
 from service.monitoring.bias import bias_report
 from service.monitoring.drift import drift_report
+from service.monitoring.multiproc import multiprocess_dir
 from service.monitoring.performance import live_performance, outcomes, timeline
 from service.monitoring.predlog import PredictionLog
 from service.monitoring.quality import window_quality
+from service.security.quota import WorkSlots
 from service.serving.catalog import Catalog, ModelState
 from service.serving.runtime import LoadedModel
 
 #: Most logged predictions one monitoring report reads (the API's and the page's ``window``).
+#: Kept at 100,000 (the documented range): a cold report of that size took 1.6 s of one worker on
+#: a 3 M-row log (python -m bench.big_log); the cache, ``large_reports`` and the per-key request
+#: rate bound what callers can make the server do, where a lower cap would only shorten each call.
 MAX_WINDOW = 100_000
+#: Name of the file whose byte-range locks are the large-report slots, in the metrics folder.
+SLOTS_FILE = "monitoring-reports-v1.lock"
 TRAFFIC_SECONDS = 3600  # traffic figures cover the last hour
 TIMELINE_BUCKET_SECONDS = 60
 TRAFFIC_KEYS = ("requests", "errors", "error_rate", "client_errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms",
@@ -43,10 +54,11 @@ class ReportCache:
 
     The first caller of a missing or stale key computes it; the others wait for that result
     (or its exception) instead of repeating the work. Errors are not kept. At most
-    ``max_entries`` keys are held; the oldest go first.
+    ``max_entries`` keys are held, the oldest going first, so callers who vary the window
+    cannot make a worker hold more than a few dozen reports.
     """
 
-    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 256) -> None:
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 32) -> None:
         self.ttl, self.max_entries = ttl, max_entries
         self._clock = clock
         self._lock = threading.Lock()
@@ -118,10 +130,16 @@ class Monitoring:
     default_window: int
     alerts: Any = None  # an AlertManager, when alerting is on
     cache_seconds: float = 0.0
+    large_reports: int = 0  # large reports computed at once across workers; 0 = no limit
     cache: ReportCache = field(init=False)
+    slots: WorkSlots | None = field(init=False, default=None)
+    _last_seconds: float = field(init=False, default=1.0)  # the last large report's time: the Retry-After
 
     def __post_init__(self) -> None:
         self.cache = ReportCache(self.cache_seconds)
+        if self.large_reports:
+            folder = multiprocess_dir()  # shared by the workers of one server; None: this process only
+            self.slots = WorkSlots(folder / SLOTS_FILE if folder is not None else None, self.large_reports)
 
     def model_report(self, name: str, window: int | None = None, minutes: float | None = None) -> dict[str, Any]:
         """Report every version in play of model ``name`` over its last ``window`` predictions.
@@ -133,7 +151,24 @@ class Monitoring:
         last_n = window or self.default_window
         key = (name, None, minutes) if minutes else (name, last_n, None)
         large = bool(minutes) or last_n > self.default_window
-        return self.cache.get(key, lambda: self.fresh_report(name, window, minutes), keep=large)
+        compute = (lambda: self._in_a_slot(name, window, minutes)) if large else \
+            (lambda: self.fresh_report(name, window, minutes))
+        return self.cache.get(key, compute, keep=large)
+
+    def _in_a_slot(self, name: str, window: int | None, minutes: float | None) -> dict[str, Any]:
+        """Compute a large report if a slot is free; 503 (``MonitoringBusy``) at once otherwise."""
+        if self.slots is None:
+            return self.fresh_report(name, window, minutes)
+        slot = self.slots.try_acquire()
+        if slot is None:
+            raise MonitoringBusy(details={"model": name, "large_reports": self.large_reports},
+                                 retry_after=math.ceil(self._last_seconds))
+        started = time.monotonic()
+        try:
+            return self.fresh_report(name, window, minutes)
+        finally:
+            self._last_seconds = time.monotonic() - started
+            self.slots.release(slot)
 
     def fresh_report(self, name: str, window: int | None = None, minutes: float | None = None) -> dict[str, Any]:
         """Compute ``model_report`` from the store now, bypassing the cache."""

@@ -197,3 +197,56 @@ def _caller_hash(caller: str) -> int:
     """A non-zero 64-bit hash of the caller (zero marks a free slot)."""
     value = int.from_bytes(hashlib.blake2b(caller.encode("utf-8", "replace"), digest_size=8).digest(), "little")
     return value or 1
+
+
+class WorkSlots:
+    """At most ``count`` heavy computations at once across every process that shares ``path``.
+
+    Each slot is one byte-range lock taken without waiting: a worker that finds every slot held
+    answers at once instead of queueing, so the others stay free for probes and predictions. A
+    lock dies with its process. ``path`` None shares slots between this process's threads only;
+    a file that cannot be opened lets every computation run (fail open, to ``on_failure``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, count: int,
+                 on_failure: Callable[[str], None] = _ignore) -> None:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        self.count = count
+        self._locks = [threading.Lock() for _ in range(count)]  # fcntl locks do not exclude threads
+        self._fd: int | None = None
+        self._open_failed = False
+        self._on_failure = on_failure
+        if path is not None:
+            try:
+                self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
+            except OSError as exc:
+                log.warning("heavy computations are not limited across workers",
+                            extra={"path": str(path), "problem": exc.strerror})
+                self._open_failed = True
+
+    def try_acquire(self) -> int | None:
+        """Take a free slot and return its number (``release`` it), or None when all are busy."""
+        if self._open_failed:
+            self._on_failure("unavailable")
+            return -1  # fail open: a slot that is no slot
+        for index, lock in enumerate(self._locks):
+            if not lock.acquire(blocking=False):
+                continue
+            if self._fd is None:
+                return index
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, index)
+            except OSError:  # held by another worker (EAGAIN/EACCES)
+                lock.release()
+                continue
+            return index
+        return None
+
+    def release(self, index: int) -> None:
+        """Give back a slot ``try_acquire`` returned."""
+        if index < 0:
+            return
+        if self._fd is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, index)
+        self._locks[index].release()

@@ -128,3 +128,17 @@ def test_large_windows_are_cached_and_the_default_stays_fresh(make_app):
     clock.now += 60
     assert logged(client, "window=1000") == 5
     assert logged(client, "minutes=5") == 5
+
+
+def test_a_large_report_past_the_slots_is_a_503_at_once_and_small_ones_still_answer(make_app):
+    app = make_app(monitoring_large_reports=1, monitoring_window=10)
+    client = app.test_client()
+    slots = app.extensions["monitoring"].slots
+    held = slots.try_acquire()  # another worker computing a large report
+    busy = client.get("/v1/models/diabetes/monitoring?window=1000")
+    assert busy.status_code == 503 and int(busy.headers["Retry-After"]) >= 1
+    assert busy.get_json()["error"]["code"] == "monitoring_busy"
+    assert client.get("/v1/models/diabetes/monitoring").status_code == 200  # the default window needs no slot
+    slots.release(held)
+    assert client.get("/v1/models/diabetes/monitoring?window=1000").status_code == 200
+    assert slots.try_acquire() == held  # given back after the report

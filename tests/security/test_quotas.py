@@ -152,6 +152,46 @@ def test_a_worker_killed_holding_the_lock_leaves_no_lock_behind(tmp_path):
         holder.stdout.close()
 
 
+HOLD_SLOT = """
+import sys, time
+from service.security.quota import WorkSlots
+slots = WorkSlots(sys.argv[1], 1)
+assert slots.try_acquire() == 0
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_work_slots_are_shared_by_processes_and_die_with_them(tmp_path):
+    path = tmp_path / "slots.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SLOT, str(path)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd())
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        slots = quota.WorkSlots(path, 1)
+        assert slots.try_acquire() is None
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        assert wait_until(lambda: slots.try_acquire() == 0, message="the dead holder's slot")
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+
+
+def test_work_slots_count_threads_too_and_fail_open(tmp_path):
+    slots = quota.WorkSlots(tmp_path / "slots.lock", 2)
+    assert [slots.try_acquire(), slots.try_acquire(), slots.try_acquire()] == [0, 1, None]
+    slots.release(0)
+    assert slots.try_acquire() == 0
+    private = quota.WorkSlots(None, 1)
+    assert private.try_acquire() == 0 and private.try_acquire() is None
+    failures = []
+    broken = quota.WorkSlots(tmp_path / "missing" / "slots.lock", 1, on_failure=failures.append)
+    assert broken.try_acquire() == -1 and broken.try_acquire() == -1 and failures == ["unavailable"] * 2
+    broken.release(-1)
+
+
 # -- over HTTP, in-process ------------------------------------------------------------------------
 
 
