@@ -29,15 +29,18 @@ def read_body() -> bytes:
     return body
 
 
-def read_json(max_containers: int | None = None) -> Any:
+def read_json(max_containers: int | None = None, *, max_rows: int | None = None,
+              limit: str = "MAX_BATCH_ROWS") -> Any:
     """Parse the request body as JSON; 415 for another content type, 413 past the limit, 400 for bad JSON.
 
-    With ``max_containers``, 422 unparsed for a body holding more arrays and objects (``parse_json``).
+    With ``max_containers``, 422 unparsed for a body holding more arrays and objects (``parse_json``);
+    ``limit`` names the row limit (``max_rows``, by default MAX_BATCH_ROWS's) it comes from.
     """
     if request.mimetype not in JSON_MIMETYPES:
         raise UnsupportedMediaType(details={"expected": "application/json"})
-    max_rows = current_app.extensions["limits"].max_rows if max_containers is not None else None
-    return parse_json(read_body(), max_containers=max_containers, max_rows=max_rows)
+    if max_containers is not None and max_rows is None:
+        max_rows = current_app.extensions["limits"].max_rows
+    return parse_json(read_body(), max_containers=max_containers, max_rows=max_rows, limit=limit)
 
 
 def drain_body(limit: int | None) -> int:

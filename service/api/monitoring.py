@@ -14,6 +14,7 @@ from service.api.auth import require_scope
 from service.api.io import int_arg, json_response, read_json, validation_failed
 from service.errors import ModelUnavailable, StoreUnavailable
 from service.monitoring import report
+from service.protocols import container_budget
 from service.serving.catalog import ModelState
 
 bp = Blueprint("monitoring", __name__, url_prefix="/v1/models")
@@ -39,7 +40,9 @@ class FeedbackBody(Schema):
 def feedback(name: str):
     limits.charge_request()
     model = _any_version(current_app.extensions["catalog"].model(name))
-    items = _load_feedback(read_json(), model.manifest["task"], model.manifest["output"].get("classes"))
+    # one object per item: a body of more objects is refused before it is parsed
+    body = read_json(container_budget(MAX_FEEDBACK, 0), max_rows=MAX_FEEDBACK, limit="MAX_FEEDBACK")
+    items = _load_feedback(body, model.manifest["task"], model.manifest["output"].get("classes"))
     try:
         result = current_app.extensions["monitoring"].log.record_feedback(name, items)
     except sqlite3.Error:

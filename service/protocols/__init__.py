@@ -48,17 +48,22 @@ def count_containers(body: bytes | memoryview, budget: int) -> int:
     return outside.count(b"[") + outside.count(b"{")
 
 
-def check_containers(body: bytes | memoryview, budget: int, max_rows: int) -> None:
-    """Refuse (422, ``TooManyElements``) a body holding more arrays and objects than ``budget``."""
+def check_containers(body: bytes | memoryview, budget: int, max_rows: int, limit: str = "MAX_BATCH_ROWS") -> None:
+    """Refuse (422, ``TooManyElements``) a body holding more arrays and objects than ``budget``.
+
+    ``limit`` names the row limit (``max_rows``) the budget comes from, for the caller to read.
+    """
     count = count_containers(body, budget)
     if count > budget:
         message = f"Must hold at most {budget} arrays and objects ({max_rows} rows at most); found {count}."
-        raise TooManyElements(details={"limit": "MAX_BATCH_ROWS", "max_rows": max_rows, "max_containers": budget,
+        raise TooManyElements(f"The body holds more rows (arrays and objects) than {limit} allows.",
+                              details={"limit": limit, "max_rows": max_rows, "max_containers": budget,
                                        "containers": count, "error_count": 1,
                                        "errors": [{"row": None, "field": "body", "messages": [message]}]})
 
 
-def parse_json(body: bytes, *, max_containers: int | None = None, max_rows: int | None = None) -> Any:
+def parse_json(body: bytes, *, max_containers: int | None = None, max_rows: int | None = None,
+               limit: str = "MAX_BATCH_ROWS") -> Any:
     """Parse a JSON document; 400 (InvalidJSON) when it is empty or malformed.
 
     With ``max_containers``, a body holding more arrays and objects is refused (422) unparsed.
@@ -66,7 +71,7 @@ def parse_json(body: bytes, *, max_containers: int | None = None, max_rows: int 
     if not body:
         raise InvalidJSON("The request body is empty.")
     if max_containers is not None:
-        check_containers(body, max_containers, max_rows if max_rows is not None else max_containers)
+        check_containers(body, max_containers, max_rows if max_rows is not None else max_containers, limit)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -99,6 +99,19 @@ def test_every_json_protocol_checks_before_parsing(make_app, path, body):
     assert "too_many_elements" in text or "MAX_BATCH_ROWS" in text or "arrays and objects" in text
 
 
+def test_feedback_bodies_are_checked_against_the_feedback_limit(client):
+    from service.api.monitoring import MAX_FEEDBACK
+
+    budget = container_budget(MAX_FEEDBACK, 0)
+    too_many = b'{"feedback": [' + b",".join([b"{}"] * budget) + b"]}"
+    refused = client.post("/v1/models/diabetes/feedback", data=too_many, content_type="application/json")
+    assert refused.status_code == 422
+    assert refused.get_json()["error"]["details"]["limit"] == "MAX_FEEDBACK"
+    within = {"feedback": [{"id": f"nope-{i}", "label": 1.0} for i in range(MAX_FEEDBACK)]}
+    answer = client.post("/v1/models/diabetes/feedback", json=within)
+    assert answer.status_code == 200 and len(answer.get_json()["unknown"]) == MAX_FEEDBACK
+
+
 def test_binary_tensor_bytes_after_the_json_header_are_not_counted(make_app):
     rows = 200
     client = make_app(max_batch_rows=rows).test_client()
