@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g
 
+from service.api import limits
 from service.api.auth import require_scope
 from service.api.io import json_response
 from service.api.predict import answer
@@ -31,6 +32,7 @@ def explain(name: str, version: int | None = None, label: str | None = None) -> 
 @bp.get("/<model_name:name>/predictions/<string(maxlength=128):prediction_id>/explanation")
 @require_scope("read")
 def logged(name: str, prediction_id: str) -> Response:
+    limits.charge_request()
     ext = current_app.extensions
     ext["catalog"].model(name)  # 404 for an unknown model before the database is asked
     found = past.find(ext["store"], name, prediction_id)

@@ -273,6 +273,18 @@ def test_every_predict_protocol_is_limited(make_app, path, body):
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
 
 
+def test_looking_up_a_logged_explanation_is_limited_too(make_app):
+    app = make_app(rate_limit_requests=0.01, rate_limit_requests_burst=2)
+    client = app.test_client()
+    answer = client.post(PREDICT, json={"instances": [DIABETES_ROW]})
+    assert answer.status_code == 200
+    url = f"/v1/models/diabetes/predictions/{answer.get_json()['ids'][0]}/explanation"
+    store = app.extensions["store"]
+    wait_until(lambda: store.fetch("SELECT count(*) FROM predictions", ())[0][0], message="the prediction logged")
+    assert client.get(url).status_code == 200
+    assert client.get(url).status_code == 429
+
+
 def test_no_limit_set_means_no_table(make_app):
     assert make_app().extensions["quota"] is None
 
