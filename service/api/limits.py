@@ -4,7 +4,8 @@
 when a rate limit is set. Views call ``charge_request()`` once they know who is calling (after
 ``require_scope``) and ``charge_rows(request)`` once the body is decoded and before the model
 runs, so a 429 costs no prediction. The caller is the API key id, or, without a key (open mode
-on loopback), the client address that ``service.api.proxy`` established. Refusals are counted
+on loopback), the client address that ``service.api.proxy`` established; a key's own
+``rate_limit`` in the keys file replaces the server's rates for that key. Refusals are counted
 in Prometheus by limit, never written to the audit trail. ``json_budget`` sizes the pre-parse
 check of ``service.protocols.parse_json`` for a model.
 """
@@ -30,27 +31,28 @@ EXTENSION = "quota"
 
 
 class Quota:
-    """The shared table and the two rates; either rate may be off (None)."""
+    """The shared table, the server's rate per limit (0 = off) and the burst of each."""
 
-    def __init__(self, table: QuotaTable, requests: Rate | None, rows: Rate | None) -> None:
-        self.table, self.requests, self.rows = table, requests, rows
+    def __init__(self, table: QuotaTable, per_second: dict[str, float], burst: dict[str, float]) -> None:
+        self.table, self.per_second, self.burst = table, per_second, burst
 
-    def charge(self, caller: str, limit: str, cost: float) -> Refusal | None:
-        rate = self.requests if limit == "requests" else self.rows
-        return None if rate is None else self.table.charge(caller, limit, rate, cost)
+    def charge(self, caller: str, limit: str, cost: float, per_second: float | None = None) -> Refusal | None:
+        """Charge ``caller`` at the server's rate, or at ``per_second`` (its key's own) when given."""
+        rate = self.per_second[limit] if per_second is None else per_second
+        return self.table.charge(caller, limit, Rate(rate, self.burst[limit]), cost) if rate else None
 
 
 def init_app(app: Flask, config: Config) -> None:
-    """Keep a ``Quota`` on ``app.extensions["quota"]`` when a rate limit is set (None otherwise)."""
-    requests = Rate(config.rate_limit_requests, config.rate_limit_requests_burst) if config.rate_limit_requests else None
-    rows = None
-    if config.rate_limit_rows:
-        rows = Rate(config.rate_limit_rows, config.rate_limit_rows_burst or config.max_batch_rows)
+    """Keep a ``Quota`` on ``app.extensions["quota"]`` when a rate limit or a keys file (whose keys
+    may carry their own) is set; None otherwise."""
     quota = None
-    if requests or rows:
+    if config.rate_limit_requests or config.rate_limit_rows or config.api_keys_file is not None:
         folder = multiprocess_dir()
         path = Path(folder) / FILE_NAME if folder is not None else None  # one process: private memory
-        quota = Quota(QuotaTable(path, on_failure=_count_failure), requests, rows)
+        quota = Quota(QuotaTable(path, on_failure=_count_failure),
+                      {"requests": config.rate_limit_requests, "rows": config.rate_limit_rows},
+                      {"requests": config.rate_limit_requests_burst,
+                       "rows": config.rate_limit_rows_burst or config.max_batch_rows})
     app.extensions[EXTENSION] = quota
 
 
@@ -90,8 +92,9 @@ def _charge(limit: str, cost: int) -> None:
     quota: Quota | None = current_app.extensions.get(EXTENSION)
     if quota is None:
         return
-    caller = f"key:{g.key_id}" if getattr(g, "key_id", None) else f"addr:{request.remote_addr}"
-    refusal = quota.charge(caller, limit, cost)
+    key_id = getattr(g, "key_id", None)
+    caller = f"key:{key_id}" if key_id else f"addr:{request.remote_addr}"
+    refusal = quota.charge(caller, limit, cost, _own_rate(key_id, limit) if key_id else None)
     if refusal is None:
         return
     _count_refusal(limit)
@@ -101,6 +104,14 @@ def _charge(limit: str, cost: int) -> None:
                       details={"limit": limit, "per_second": rate.per_second, "burst": rate.burst, "cost": cost,
                                "retry_after": refusal.retry_after},
                       retry_after=refusal.retry_after)
+
+
+def _own_rate(key_id: str, limit: str) -> float | None:
+    """The key's own rate for ``limit`` from the keys file, or None to use the server's."""
+    for key in current_app.extensions["security"].store.keys:
+        if key.id == key_id:
+            return dict(key.rate_limit).get(limit)
+    return None
 
 
 def _count_refusal(limit: str) -> None:

@@ -40,6 +40,8 @@ LOCAL_ADMIN_ID = "local-admin"
 KEY_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 KEY_PREFIX = "sk_"
+#: Limits a key may set for itself in the keys file (``"rate_limit": {"requests": 5}``), per second.
+RATE_LIMITS = ("requests", "rows")
 #: Seconds between two looks at the keys file; a revoked key stops working within this time.
 RELOAD_INTERVAL = 1.0
 FILE_MODE = 0o600
@@ -55,9 +57,14 @@ class ApiKey:
     sha256: str = field(repr=False)
     scopes: frozenset[str]
     created_at: str = ""
+    #: Per-second rates this key has instead of the server's (``RATE_LIMIT_*``); 0 = unlimited.
+    rate_limit: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "sha256": self.sha256, "scopes": sorted(self.scopes), "created_at": self.created_at}
+        entry = {"id": self.id, "sha256": self.sha256, "scopes": sorted(self.scopes), "created_at": self.created_at}
+        if self.rate_limit:
+            entry["rate_limit"] = dict(self.rate_limit)
+        return entry
 
 
 def hash_key(plaintext: str) -> str:
@@ -92,8 +99,17 @@ def parse_keys(raw: bytes) -> tuple[ApiKey, ...]:
         if not isinstance(created_at, str):
             raise ValueError(f"{where}.created_at must be a string")
         seen.add(key_id)
-        keys.append(ApiKey(key_id, digest.lower(), frozenset(scopes), created_at))
+        keys.append(ApiKey(key_id, digest.lower(), frozenset(scopes), created_at,
+                           _rate_limit(entry.get("rate_limit", {}), where)))
     return tuple(keys)
+
+
+def _rate_limit(value: Any, where: str) -> tuple[tuple[str, float], ...]:
+    """Check a key's ``rate_limit`` object: per-second numbers of 0 or more for ``RATE_LIMITS``."""
+    if not isinstance(value, dict) or set(value) - set(RATE_LIMITS) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < float("inf") for v in value.values()):
+        raise ValueError(f"{where}.rate_limit must be an object of {', '.join(RATE_LIMITS)} per second (0 or more)")
+    return tuple(sorted((name, float(rate)) for name, rate in value.items()))
 
 
 def _read_keys(path: Path) -> tuple[ApiKey, ...]:

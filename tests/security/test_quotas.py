@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import requests
 
 from service.monitoring import metrics
 from service.security import quota
-from service.security.keys import create_key
+from service.security.keys import create_key, list_keys, revoke_key
 from service.security.quota import QuotaTable, Rate
 from tests.builders import wait_until
 
@@ -285,8 +286,48 @@ def test_looking_up_a_logged_explanation_is_limited_too(make_app):
     assert client.get(url).status_code == 429
 
 
-def test_no_limit_set_means_no_table(make_app):
+def with_rates(path, **rates) -> None:
+    """Give keys of the file their own ``rate_limit`` (as an operator edits it)."""
+    doc = json.loads(path.read_text())
+    for entry in doc["keys"]:
+        if entry["id"] in rates:
+            entry["rate_limit"] = rates[entry["id"]]
+    path.write_text(json.dumps(doc))
+
+
+def test_a_key_may_carry_its_own_rates_in_the_keys_file(make_app, keys):
+    path, alice, bob = keys
+    with_rates(path, alice={"requests": 0.01})
+    client = make_app(api_keys_file=path, rate_limit_requests_burst=1).test_client()  # no server-wide rate
+    body = {"instances": [DIABETES_ROW]}
+    assert [client.post(PREDICT, json=body, headers=alice).status_code for _ in range(2)] == [200, 429]
+    assert {client.post(PREDICT, json=body, headers=bob).status_code for _ in range(5)} == {200}
+
+
+def test_a_key_with_rate_zero_is_not_limited(make_app, keys):
+    path, alice, bob = keys
+    with_rates(path, bob={"requests": 0})
+    client = make_app(api_keys_file=path, rate_limit_requests=0.01, rate_limit_requests_burst=1).test_client()
+    body = {"instances": [DIABETES_ROW]}
+    assert [client.post(PREDICT, json=body, headers=alice).status_code for _ in range(2)] == [200, 429]
+    assert {client.post(PREDICT, json=body, headers=bob).status_code for _ in range(5)} == {200}
+
+
+def test_key_rates_are_checked_and_survive_other_key_changes(keys):
+    path, _, _ = keys
+    with_rates(path, alice={"requests": 2, "rows": 500})
+    revoke_key(path, "bob")
+    (alice,) = list_keys(path)
+    assert dict(alice.rate_limit) == {"requests": 2.0, "rows": 500.0}
+    for bad in ({"requests": -1}, {"tokens": 1}, {"requests": True}, [1]):
+        with_rates(path, alice=bad)
+        with pytest.raises(ValueError, match="rate_limit"):
+            list_keys(path)
+
+
+def test_no_limit_set_means_no_table(make_app, keys):
     assert make_app().extensions["quota"] is None
+    assert make_app(api_keys_file=keys[0]).extensions["quota"] is not None  # its keys may set rates
 
 
 # -- real Gunicorn: two workers, one limit ---------------------------------------------------------
