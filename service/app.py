@@ -34,6 +34,7 @@ def create_app(config: Config | None = None) -> Flask:
     from service.monitoring.predlog import PredictionLog
     from service.monitoring.report import Monitoring
     from service.security import audit
+    from service.security.registry_anchor import RegistryAnchors
     from service.security.signing import model_keys
     from service.serving.catalog import Catalog
     from service.serving.inference import Limits
@@ -54,15 +55,16 @@ def create_app(config: Config | None = None) -> Flask:
     limits.init_app(app, config)
 
     audit_log = audit.Background()  # refused artifacts, denied requests: written off the request path
+    store = Store.from_url(config.database_url, timeout=STORE_TIMEOUT)  # opens on first use
     catalog = Catalog(config.artifacts_dir, model_keys(config.signing_key, config.trusted_keys), config.poll_seconds,
                       on_loaded=metrics.observe_model_loaded,
                       on_load_failed=audit_log.refused(metrics.observe_load_failure),
                       on_removed=metrics.observe_model_removed,
-                      backend=BackendChoice.parse(config.model_backend, config.model_backends))
+                      backend=BackendChoice.parse(config.model_backend, config.model_backends),
+                      verifier=RegistryAnchors(store))  # registry.json must match the audit trail
     catalog.refresh()
     if config.poll_seconds:
         catalog.start_polling()
-    store = Store.from_url(config.database_url, timeout=STORE_TIMEOUT)
     audit_log.attach(store)
     app.extensions["audit"] = audit_log
     prediction_log = PredictionLog(store, sample_rate=config.prediction_log_sample, pii_key=config.pii_hash_key)

@@ -175,15 +175,16 @@ def tamper(app, *statements: str) -> None:
 
 
 @pytest.mark.parametrize("attack, statements, broken", [
-    ("one byte edited", ["UPDATE audit SET actor = 'key:only-admiN' WHERE seq = 2"], 2),
-    ("a record deleted", ["DELETE FROM audit WHERE seq = 2"], 3),
-    ("two records swapped", ["UPDATE audit SET seq = -1 WHERE seq = 2", "UPDATE audit SET seq = 2 WHERE seq = 3",
-                             "UPDATE audit SET seq = 3 WHERE seq = -1"], 2),
+    # records 1 and 2 anchor the two models' registry.json at boot; 3 to 5 are the label changes
+    ("one byte edited", ["UPDATE audit SET actor = 'key:only-admiN' WHERE seq = 4"], 4),
+    ("a record deleted", ["DELETE FROM audit WHERE seq = 4"], 5),
+    ("two records swapped", ["UPDATE audit SET seq = -1 WHERE seq = 4", "UPDATE audit SET seq = 4 WHERE seq = 5",
+                             "UPDATE audit SET seq = 5 WHERE seq = -1"], 4),
 ])
 def test_a_rewritten_audit_table_is_detected(audited, attack, statements, broken):
     runner = cli_runner(audited)
     intact = runner.invoke(cli, ["audit", "verify"])
-    assert intact.exit_code == 0 and "audit chain intact: 4 record(s)" in intact.output
+    assert intact.exit_code == 0 and "audit chain intact: 6 record(s)" in intact.output
     tamper(audited, *statements)
     result = runner.invoke(cli, ["audit", "verify"])
     assert result.exit_code == 1, attack
@@ -193,11 +194,12 @@ def test_a_rewritten_audit_table_is_detected(audited, attack, statements, broken
 def test_export_hands_the_auditor_json_lines(audited, tmp_path):
     out = tmp_path / "audit.jsonl"
     result = cli_runner(audited).invoke(cli, ["audit", "export", "--out", str(out)])
-    assert result.exit_code == 0 and "exported 4 audit record(s)" in result.output
+    assert result.exit_code == 0 and "exported 6 audit record(s)" in result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["actor"], r["action"]) for r in lines] == [("key:only-admin", "label.set")] * 3 + [
+    assert [r["action"] for r in lines[:2]] == ["registry.anchored"] * 2  # the boot's anchors
+    assert [(r["actor"], r["action"]) for r in lines[2:]] == [("key:only-admin", "label.set")] * 3 + [
         ("anonymous", "auth.denied")]
-    assert lines[3]["details"]["status"] == 401 and lines[3]["target"] == "/v1/models"
+    assert lines[5]["details"]["status"] == 401 and lines[5]["target"] == "/v1/models"
 
 
 def test_a_wrong_scope_is_recorded_with_the_key_id(make_app, keys_file):
