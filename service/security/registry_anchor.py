@@ -80,6 +80,7 @@ class RegistryAnchors:
         self._store = store
         self.actor = actor or f"server:{socket.gethostname()}:{os.getpid()}"
         self._verified: dict[tuple[str, str], tuple[str | None, Any]] = {}  # (root, model) -> (digest, stamp)
+        self._verified_copy: dict[tuple[str, str], tuple[str | None, Any]] = {}  # the same for the last-good copy
         self._refused: dict[tuple[str, str], tuple[str | None, Any]] = {}
         self._unanswered: set[tuple[str, str]] = set()
 
@@ -92,9 +93,9 @@ class RegistryAnchors:
         """Return when ``digest`` is the anchored content; raise ``RegistryUnverified`` otherwise."""
         key = (root_id(root), name)
         seen = (digest, stamp)
+        verified = self._verified_copy if copy else self._verified
         if not final and stamp is not None:
-            if self._verified.get(key) == seen or (copy and self._verified.get(key, (None,))[0] == digest
-                                                   and digest is not None):
+            if verified.get(key) == seen:  # the very file verified before: no query
                 return
             if not copy and self._refused.get(key) == seen:
                 raise RegistryUnverified(name, MISMATCH)
@@ -109,8 +110,8 @@ class RegistryAnchors:
             raise RegistryUnverified(name, CANNOT_CHECK, code=UNCHECKED) from None
         self._unanswered.discard(key)
         if anchor == digest:
+            verified[key] = seen
             if not copy:
-                self._verified[key] = seen
                 self._refused.pop(key, None)
             return
         if final and not copy:

@@ -249,3 +249,19 @@ def test_audit_verify_names_an_edit_to_the_history_alone(root, make_store):
     path.write_text(json.dumps(state))
     (problem,) = audit.check_registry(store, root)
     assert problem.startswith("m: registry.json does not match the audit trail")
+
+
+def test_an_older_audited_copy_put_back_is_not_served(root, make_store):
+    store = make_store()
+    catalog = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(make_store()))
+    catalog.refresh()
+    old_copy = (root / "m" / registry.LAST_GOOD_FILE).read_bytes()
+    with audit.registry_changes(store):  # a change the worker has not polled yet
+        registry.set_label(root, "m", "production", 2, actor="ops")
+    (root / "m" / "registry.json").write_text("{")
+    (root / "m" / registry.LAST_GOOD_FILE).write_bytes(old_copy)  # a rollback to a state once audited
+    catalog.refresh()
+    assert catalog.model("m").registry_source == FROM_MEMORY  # not the copy: it is no longer the anchored state
+    booted = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(make_store()))
+    booted.refresh()
+    assert "production" not in booted.model("m").labels
