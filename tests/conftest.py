@@ -36,15 +36,9 @@ from tests.postgres import make_store, postgres_server, postgres_url  # noqa: F4
 
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-SCRUBBED_ENV = ("API_KEYS_FILE", "MODEL_SIGNING_KEY", "HOST", "PORT", "WEB_CONCURRENCY", "ALLOW_UNAUTHENTICATED",
-                "MAX_REQUEST_BYTES", "MAX_BATCH_ROWS", "ARTIFACTS_DIR", "THREADS", "DATABASE_URL", "GUARD_SECONDS",
-                "REGISTRY_POLL_SECONDS", "ROUTING_KEY_HEADER", "PROMETHEUS_MULTIPROC_DIR", "ALERT_RULES_FILE",
-                "ALERT_WEBHOOK_URL", "ALERT_SECONDS", "PII_HASH_KEY", "PREDICTION_LOG_SAMPLE", "MONITORING_WINDOW",
-                "DEFAULT_MODEL", "MODEL_TRUSTED_KEYS", "MODEL_SIGNING_PRIVATE_KEY_FILE", "ALLOW_UNSIGNED_MODELS",
-                "METRICS_REQUIRE_KEY", "METRICS_FEATURE_LABELS", "MODEL_BACKEND", "MODEL_BACKENDS", "RECORD_REQUESTS",
-                "DATA_QUALITY_CHECKS", "RECORD_QUEUE_SIZE", "WORKER_MAX_REQUESTS", "WORKER_MEMORY_GROWTH_MB",
-                "ALLOWED_HOSTS", "FORWARDED_ALLOW_IPS", "LOCAL_ADMIN_KEYS_FILE", "REQUIRE_MODEL_CARD",
-                "VECTORIZED_MIN_ROWS", "GUNICORN_CMD_ARGS")
+#: Every setting the server reads (from Config itself, so a new one is never forgotten), plus
+#: Gunicorn's own: a developer's environment must not leak into the servers and apps tests start.
+SCRUBBED_ENV = (*(name for name, _, _ in Config.describe()), "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects: the marker must be on the item by then

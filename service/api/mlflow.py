@@ -18,6 +18,7 @@ from service.api.auth import require_scope
 from service.api.csrf import accepts
 from service.api.io import json_response, read_body, read_json
 from service.errors import NotReady, ServiceError, UnsupportedMediaType
+from service.models import pii
 from service.protocols import mlflow
 from service.serving import inference
 
@@ -95,8 +96,15 @@ def _text_columns(name: str) -> list[str]:
         features: list[dict[str, Any]] = current_app.extensions["catalog"].resolve(name).features
     except ServiceError:
         return []  # the prediction itself says what is wrong
-    return [f["name"] for f in features if f["type"] == "string"
-            or (f["type"] == "category" and all(isinstance(c, str) for c in f.get("categories") or [0]))]
+    return [f["name"] for f in features if f["type"] == "string" or (f["type"] == "category" and _text_categories(f))]
+
+
+def _text_categories(feature: dict[str, Any]) -> bool:
+    # personal-data categories are stored only as hashes, with a flag saying whether they were text
+    hashed = feature.get(pii.HASHED)
+    if hashed is not None and feature.get("categories") is None:
+        return bool(hashed.get("text"))
+    return all(isinstance(c, str) for c in feature.get("categories") or [0])
 
 
 def _default_servable() -> bool:

@@ -196,3 +196,27 @@ def test_a_body_over_the_limit_is_a_413_in_mlflows_shape(make_app, cancer):
         response = client.post("/invocations", data=data, content_type=content_type)
         assert response.status_code == 413
         assert response.get_json()["error_code"] == "BAD_REQUEST" and response.get_json()["code"] == "payload_too_large"
+
+
+def test_csv_codes_of_a_personal_data_category_stay_text(make_app, tmp_path):
+    """A pii category is stored only as hashes: its CSV cells must still be read as text ("007", not 7)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from service.models.packaging import package_model
+
+    codes = ["007", "010", "123"] * 4
+    X = pd.DataFrame({"branch": codes})
+    y = pd.Series([0, 1, 1] * 4)
+    model = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression()).fit(X, y)
+    root = tmp_path / "artifacts"
+    manifest = package_model(model, "branches", root, X, y, overrides={"branch": {"pii": True}})
+    (feature,) = manifest["input"]["features"]
+    assert feature["categories"] is None and feature["category_sha256"]["text"] is True
+    registry.set_label(root, "branches", "production", manifest["version"], actor="test")
+    client = make_app(artifacts_dir=root, default_model="branches").test_client()
+    answer = client.post("/invocations", data="branch\n007\n123\n", content_type="text/csv")
+    assert answer.status_code == 200, answer.get_json()
+    v1 = client.post("/v1/models/branches:predict", json={"instances": [{"branch": "007"}, {"branch": "123"}]})
+    assert answer.get_json()["predictions"] == v1.get_json()["predictions"]
