@@ -174,6 +174,16 @@ class ModelOutputInvalid(PredictionFailed):
     code, message = "model_output_invalid", "The model returned values that are not finite numbers."
 
 
+class InputOutOfDomain(ValidationFailed):
+    """Finite inputs so far outside a version's training data that a healthy model overflows on them.
+
+    The client's doing, not the model's: a 4xx, so no fallback answers and the version's error
+    rate (the rollout guard's) does not count it.
+    """
+
+    code, message = "input_out_of_domain", "The model gives no finite answer for inputs this far outside its training data."
+
+
 class ArtifactError(Exception):
     """An artifact on disk that must not be loaded: bad hash, missing file, bad manifest."""
 

@@ -23,6 +23,7 @@ from werkzeug.routing import Rule
 
 from service import errors
 from service.api import admin, monitoring, subjects
+from service.explain import past
 from service.models import pii
 from service.protocols import mlflow, v1, v2
 from service.serving.schemas import StrictBoolean
@@ -48,8 +49,14 @@ SCOPED = (errors.Unauthorized, errors.Forbidden)
 WRITES = (errors.CrossSiteRequest, errors.UnsupportedMediaType, errors.InvalidJSON, errors.PayloadTooLarge,
           errors.ValidationFailed)
 BY_PARAMETER = {"name": (errors.ModelNotFound,), "version": (errors.VersionNotFound,), "label": (errors.LabelNotFound,)}
+#: Every call counts against the caller's request rate (``service.api.limits``); predict-like bodies are
+#: also counted for rows and refused unparsed when they hold too many arrays and objects.
+LIMITED = (errors.RateLimited,)
 PREDICT = (errors.LabelNotFound, errors.ModelUnavailable, errors.RegistryStateUnavailable, errors.PredictionFailed,
-           errors.ModelOutputInvalid, errors.StoreUnavailable)
+           errors.ModelOutputInvalid, errors.InputOutOfDomain, errors.StoreUnavailable, *LIMITED,
+           errors.TooManyElements)
+#: Large monitoring reports wait for a slot (``MONITORING_LARGE_REPORTS``) or are refused at once.
+REPORTS = (errors.ValidationFailed, errors.StoreUnavailable, errors.MonitoringBusy, *LIMITED)
 #: What a view raises beyond what its kind of route does (from the views and the core they call).
 RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
     "predict.predict": PREDICT,
@@ -68,11 +75,14 @@ RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
     "admin.show_rollout": (errors.RegistryStateUnavailable,),
     "admin.history": (errors.RegistryStateUnavailable,),
     "admin.compare": (errors.RegistryStateUnavailable, errors.ValidationFailed, errors.StoreUnavailable),
-    "monitoring.feedback": (errors.ModelUnavailable, errors.StoreUnavailable),
+    "explain.explain": PREDICT,
+    "explain.logged": (past.PredictionNotFound, past.InputsNotStored, errors.VersionNotFound,
+                       errors.ModelUnavailable, *LIMITED),
+    "monitoring.feedback": (errors.ModelUnavailable, errors.StoreUnavailable, *LIMITED, errors.TooManyElements),
     "subjects.erase": (errors.StoreUnavailable,),
-    "monitoring.monitoring": (errors.ValidationFailed, errors.StoreUnavailable),
-    "dashboard.overview": (errors.ValidationFailed, errors.StoreUnavailable),
-    "dashboard.model": (errors.ValidationFailed, errors.StoreUnavailable),
+    "monitoring.monitoring": REPORTS,
+    "dashboard.overview": REPORTS,
+    "dashboard.model": REPORTS,
 }
 #: The body each view loads, by the schema that validates it.
 BODIES: dict[str, str] = {"predict.predict": "PredictRequest", "mlflow.invocations": "InvocationRequest",

@@ -4,14 +4,19 @@ Codecs (``service.protocols``) turn a body into a protocol-neutral ``PredictRequ
 turn the ``Answer`` back into their own body; nothing here knows a wire format. When the
 chosen version raises, answers NaN or infinity (``check_output``: JSON has no such numbers, and
 a client must never read ``null`` as a prediction) or overruns the model's time budget, the
-fallback version answers instead and the answer says so. No Flask.
+fallback version answers instead and the answer says so. NaN or infinity for rows whose inputs
+lie far outside what the version was trained on is the client's doing, not the model's: a 422
+``input_out_of_domain`` with no fallback, which the rollout guard does not count against the
+version. No Flask.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -22,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from service.errors import ModelOutputInvalid, PredictionFailed, ValidationFailed
+from service.errors import InputOutOfDomain, ModelOutputInvalid, PredictionFailed, ValidationFailed
 from service.serving.catalog import Catalog, Route
 from service.serving.runtime import LoadedModel, Prediction
 from service.serving.validation import ValidatedBatch, validate_rows
@@ -31,6 +36,12 @@ log = logging.getLogger(__name__)
 
 #: Row positions a ``model_output_invalid`` error names at most: enough to find them, bounded for big batches.
 MAX_ROWS_NAMED = 20
+#: An input is far outside a version's training data when its magnitude exceeds this many times the
+#: largest magnitude (at least 1) the reference profile records for its feature: a healthy model's
+#: arithmetic overflows only for such inputs, so NaN or infinity there is the input's doing.
+FAR_FACTOR = 1e3
+FAR_MESSAGE = f"More than {FAR_FACTOR:g} times the magnitude of the training data: the model gives no finite answer."
+DOMAIN_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -105,11 +116,11 @@ def predict(catalog: Catalog, request: PredictRequest, limits: Limits, *,
     batch = _validate(route.model, request, limits)
     answered_by, role, fallback_from, reason = route.model, route.role, None, None
     try:
-        result = check_output(route.model, _run(route, batch, request.probabilities, executor))
+        result = check_output(route.model, _run(route, batch, request.probabilities, executor), batch.columns)
     except (PredictionFailed, BudgetExceeded) as exc:
         if route.fallback is None:
             if isinstance(exc, BudgetExceeded):  # no fallback: the late answer is still the answer
-                result = check_output(route.model, exc.args[0].result())
+                result = check_output(route.model, exc.args[0].result(), batch.columns)
             else:
                 raise
         else:
@@ -122,16 +133,20 @@ def predict(catalog: Catalog, request: PredictRequest, limits: Limits, *,
                                "code": getattr(exc, "code", "timeout"), "details": getattr(exc, "details", {})})
             if route.fallback.features != route.model.features:
                 batch = _validate(route.fallback, request, limits)
-            result = check_output(route.fallback, route.fallback.predict(batch.columns, request.probabilities))
+            result = check_output(route.fallback, route.fallback.predict(batch.columns, request.probabilities),
+                                  batch.columns)
     return Answer(request, answered_by, role, batch, result, prediction_ids(batch.n_rows),
                   time.perf_counter() - start, fallback_from, reason, route.shadows)
 
 
-def check_output(model: LoadedModel, result: Prediction) -> Prediction:
-    """Return ``result`` when every number in it is finite; raise ``ModelOutputInvalid`` otherwise.
+def check_output(model: LoadedModel, result: Prediction, columns: dict[str, np.ndarray] | None = None) -> Prediction:
+    """Return ``result`` when every number in it is finite; raise otherwise.
 
     One vectorised ``np.isfinite`` per float output; integer, boolean and string labels cannot
-    hold NaN and are not looked at. The error counts rows and names their positions, never a value.
+    hold NaN and are not looked at. Given the validated input ``columns``, rows that each hold a
+    numeric input far outside the training data (``FAR_FACTOR``) raise ``InputOutOfDomain`` (422);
+    any other non-finite answer raises ``ModelOutputInvalid`` (500). Errors name rows and fields,
+    never a value.
     """
     found = {}
     for output, values in (("predictions", result.predictions), ("probabilities", result.probabilities)):
@@ -140,6 +155,10 @@ def check_output(model: LoadedModel, result: Prediction) -> Prediction:
             found[output] = bad
     if not found:
         return result
+    if columns is not None:
+        refused = _out_of_domain(model, columns, found, len(np.atleast_1d(result.predictions)))
+        if refused is not None:
+            raise refused
     raise _invalid(model, result, found)
 
 
@@ -181,6 +200,74 @@ def _invalid(model: LoadedModel, result: Prediction, found: dict[str, np.ndarray
         "no prediction was returned.",
         details={"model": model.name, "version": model.version, "reason": "non_finite_output", "rows": n_rows,
                  "outputs": outputs, "row_positions": named})
+
+
+_domains: dict[int, tuple[dict[str, Any], dict[str, float]]] = {}
+_domains_lock = threading.Lock()
+
+
+def input_bounds(manifest: dict[str, Any]) -> dict[str, float]:
+    """Per numeric feature, the magnitude beyond which an input is far outside the training data.
+
+    Read from the reference profile (min and max; a personal-data feature's rounded bin edges),
+    else the feature's declared bounds; a feature with neither has no bound, so it is never far.
+    Built once per manifest object (loaded manifests are not changed), like ``model_schema``.
+    """
+    hit = _domains.get(id(manifest))
+    if hit is not None and hit[0] is manifest:
+        return hit[1]
+    profile = (manifest.get("reference_profile") or {}).get("features") or {}
+    bounds = {}
+    for feature in manifest["input"]["features"]:
+        if feature.get("type") not in ("float", "int"):
+            continue  # categories and booleans are looked up, not multiplied: they do not overflow
+        seen = profile.get(feature["name"]) or {}
+        ends = [seen.get("min"), seen.get("max"), *(seen.get("bin_edges") or ())]
+        magnitudes = [abs(float(e)) for e in ends if isinstance(e, (int, float)) and math.isfinite(e)]
+        if not magnitudes:
+            magnitudes = [abs(float(feature[b])) for b in ("min", "max")
+                          if isinstance(feature.get(b), (int, float)) and math.isfinite(feature[b])]
+        if magnitudes:
+            bounds[feature["name"]] = FAR_FACTOR * max(1.0, *magnitudes)
+    with _domains_lock:
+        if len(_domains) >= DOMAIN_CACHE_SIZE:
+            _domains.pop(next(iter(_domains)), None)
+        _domains[id(manifest)] = (manifest, bounds)
+    return bounds
+
+
+def _out_of_domain(model: LoadedModel, columns: dict[str, np.ndarray], found: dict[str, np.ndarray],
+                   n_rows: int) -> InputOutOfDomain | None:
+    """The 422 when every non-finite row has an input far outside the training data, else None."""
+    rows = np.zeros(n_rows, dtype=bool)
+    for bad in found.values():
+        if len(bad) != n_rows:
+            return None  # an output that does not line up with the rows: the model's fault
+        rows |= bad
+    positions = np.flatnonzero(rows)
+    bounds = input_bounds(model.manifest)
+    names = [name for name in bounds if name in columns]
+    far = np.zeros((len(positions), len(names)), dtype=bool)
+    for j, name in enumerate(names):
+        try:
+            values = np.asarray(columns[name], dtype=float)[positions]
+        except (TypeError, ValueError, IndexError):
+            continue
+        far[:, j] = np.abs(values) > bounds[name]  # NaN (a missing value) is never far
+    if not len(positions) or not far.any(axis=1).all():
+        return None
+    named = [(int(row), [names[j] for j in np.flatnonzero(far[i])]) for i, row in enumerate(positions[:MAX_ROWS_NAMED])]
+    fields = sorted({names[j] for j in np.flatnonzero(far.any(axis=0))})
+    return InputOutOfDomain(
+        f"Model {model.name!r} version {model.version} gives no finite answer for {len(positions)} of {n_rows} rows: "
+        f"each holds a value far outside what the model was trained on (in {', '.join(fields)}); "
+        "send values within the range of the training data.",
+        details={"model": model.name, "version": model.version, "reason": "input_out_of_domain", "rows": n_rows,
+                 "row_positions": [row for row, _ in named], "fields": fields,
+                 "errors": [{"row": row, "field": name, "messages": [FAR_MESSAGE]} for row, found_names in named
+                            for name in found_names],
+                 "error_count": int(far.sum())})
+
 
 
 def _validate(model: LoadedModel, request: PredictRequest, limits: Limits) -> ValidatedBatch:

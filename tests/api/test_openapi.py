@@ -46,7 +46,7 @@ def test_every_route_of_the_app_is_documented(app, spec):
 
 def test_scopes_and_error_statuses_come_from_the_code(spec):
     predict = operation(spec, "/v1/models/{name}:predict", "post")
-    assert set(predict["responses"]) == {"200", "400", "401", "403", "404", "413", "415", "422", "500", "503"}
+    assert set(predict["responses"]) == {"200", "400", "401", "403", "404", "413", "415", "422", "429", "500", "503"}
     assert "predict scope" in predict["description"] and predict["security"]
     assert "model_not_found" in predict["responses"]["404"]["description"]
     healthz = operation(spec, "/healthz", "get")
@@ -59,6 +59,31 @@ def test_scopes_and_error_statuses_come_from_the_code(spec):
     assert set(invocations["requestBody"]["content"]) == {"application/json", "text/csv"}
     assert invocations["responses"]["422"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/MlflowError"}
+
+
+#: Errors raised deep in the limits, codecs and monitoring: (path, method) -> {status: codes the document must list}.
+DEEP_ERRORS = {
+    ("/v1/models/{name}:predict", "post"): {"422": ["too_many_elements", "input_out_of_domain"], "429": ["rate_limited"],
+                                           "500": ["model_output_invalid"]},
+    ("/v1/models/{name}:explain", "post"): {"422": ["too_many_elements", "input_out_of_domain"],
+                                           "429": ["rate_limited"], "503": ["model_unavailable"]},
+    ("/v2/models/{name}/infer", "post"): {"400": ["too_many_elements", "input_out_of_domain"], "429": ["rate_limited"]},
+    ("/invocations", "post"): {"422": ["too_many_elements", "input_out_of_domain"], "429": ["rate_limited"]},
+    ("/v1/models/{name}/feedback", "post"): {"422": ["too_many_elements"], "429": ["rate_limited"]},
+    ("/v1/models/{name}/monitoring", "get"): {"429": ["rate_limited"], "503": ["monitoring_busy"]},
+    ("/monitoring", "get"): {"429": ["rate_limited"], "503": ["monitoring_busy"]},
+    ("/monitoring/{name}", "get"): {"429": ["rate_limited"], "503": ["monitoring_busy"]},
+    ("/v1/models/{name}/predictions/{prediction_id}/explanation", "get"): {
+        "404": ["prediction_not_found"], "409": ["inputs_not_stored"], "429": ["rate_limited"]},
+}
+
+
+@pytest.mark.parametrize("path, method", DEEP_ERRORS)
+def test_errors_raised_below_the_views_are_documented(spec, path, method):
+    responses = operation(spec, path, method)["responses"]
+    for status, codes in DEEP_ERRORS[path, method].items():
+        assert status in responses, status
+        assert set(codes) <= set(responses[status]["description"].split(", ")), (status, responses[status])
 
 
 def test_the_request_bodies_are_the_validating_schemas(spec):

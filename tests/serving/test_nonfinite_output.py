@@ -9,9 +9,12 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from sklearn.linear_model import LinearRegression
 
-from service.errors import ModelOutputInvalid, PredictionFailed
+from service.errors import InputOutOfDomain, ModelOutputInvalid, PredictionFailed, ValidationFailed
 from service.models import registry
+from service.models.auto_rollback import evaluate
+from service.models.comparison import version_figures
 from service.models.packaging import package_model
 from service.monitoring.observe import Observer, compare_shadow
 from service.protocols import v1
@@ -188,3 +191,96 @@ def _model():
     class Model:
         name, version = "m", 3
     return Model()
+
+
+# -- inputs far outside the training data: the client's doing, not the model's ----------------------
+
+HUGE = 1e308  # what a fuzzer sends: finite, but a sum of two overflows
+
+
+@pytest.fixture
+def linear(tmp_path):
+    """Model "linear": v1 (production) a healthy LinearRegression (a + b), v2 its fallback; trained on a in [1, 4]."""
+    y = X["a"] + X["b"]
+    for model in (LinearRegression(), SumRegressor()):
+        registry.record_packaged(tmp_path, package_model(model.fit(X, y), "linear", tmp_path, X, y), actor="test")
+    registry.set_rollout(tmp_path, "linear", fallback=2, actor="test")
+    return tmp_path
+
+
+def test_a_healthy_model_given_huge_inputs_refuses_them_naming_fields_not_values(linear):
+    rows = [[1.0, 1.0], [HUGE, HUGE], [2.0, 0.5], [-HUGE, -HUGE]]
+    with pytest.raises(InputOutOfDomain) as caught:
+        predict(_catalog(linear), rows, "linear")  # the fallback is configured, and does not answer
+    error = caught.value
+    assert error.status == 422 and error.code == "input_out_of_domain" and isinstance(error, ValidationFailed)
+    assert not isinstance(error, PredictionFailed)
+    details = error.details
+    assert (details["model"], details["version"], details["rows"]) == ("linear", 1, 4)
+    assert details["row_positions"] == [1, 3] and details["fields"] == ["a", "b"]
+    assert [(e["row"], e["field"]) for e in details["errors"]] == [(1, "a"), (1, "b"), (3, "a"), (3, "b")]
+    assert details["error_count"] == 4 and "no finite answer for 2 of 4 rows" in error.message
+    said = error.message + orjson.dumps(details).decode()
+    assert "1e+308" not in said and "e308" not in said and "308" not in said
+
+
+def test_only_the_fields_that_are_far_are_named(tmp_path):
+    y = 2 * X["a"] + X["b"]  # 2 x 1e308 overflows, 1e308 + 1 does not
+    registry.record_packaged(tmp_path, package_model(LinearRegression().fit(X, y), "double", tmp_path, X, y), actor="test")
+    with pytest.raises(InputOutOfDomain) as caught:
+        predict(_catalog(tmp_path), [[1.0, 1.0], [HUGE, 1.0], [HUGE, 100.0]], "double")
+    details = caught.value.details
+    assert details["fields"] == ["a"] and details["row_positions"] == [1, 2]
+    assert [(e["row"], e["field"]) for e in details["errors"]] == [(1, "a"), (2, "a")]
+
+
+def test_huge_inputs_and_healthy_ones_together_answer_only_when_all_are_finite(linear):
+    answer = predict(_catalog(linear), [[1e6, 1e6], [2.0, 0.5]], "linear")  # far, but the model copes
+    assert answer.version == 1 and answer.role == "production"
+    assert answer.result.predictions == pytest.approx([2e6, 2.5])
+
+
+@pytest.mark.parametrize("b, refused", [(999.0, ModelOutputInvalid), (1001.0, InputOutOfDomain)],
+                         ids=["within-1000x", "beyond-1000x"])
+def test_far_means_beyond_a_thousand_times_the_training_magnitude(poisoned, b, refused):
+    # b was trained on [0.1, 0.5], so its bound is 1000 x max(0.5, 1); a's trigger 888 is within a's (4000)
+    with pytest.raises(refused):
+        predict(_catalog(poisoned), [[INF_TRIGGER, b]])
+
+
+def test_a_broken_model_on_ordinary_rows_is_still_its_own_failure_even_beside_far_rows(poisoned):
+    registry.set_rollout(poisoned, "poisoned", fallback=2, actor="test")
+    answer = predict(_catalog(poisoned), [[NAN_TRIGGER, 0.0], [INF_TRIGGER, 1e6]])
+    assert answer.role == "fallback" and answer.fallback_from == 1  # row 0 is ordinary: the model is at fault
+    with pytest.raises(InputOutOfDomain):  # every non-finite row is far: no fallback
+        predict(_catalog(poisoned), [[1.0, 0.0], [INF_TRIGGER, 1e6]])
+
+
+def test_the_observer_records_a_client_error_the_rollout_guard_does_not_count(linear):
+    store = Store(linear / "db.sqlite")
+    observer = Observer(store)
+    with pytest.raises(InputOutOfDomain), observer.watch(Target("linear"), "req-huge"):
+        predict(_catalog(linear), [[HUGE, HUGE]], "linear")
+    observer.close()
+    rows = [dict(r) for r in store.requests_since("linear", 0)]
+    row = next(r for r in rows if r["request_id"] == "req-huge")
+    assert (row["status"], row["error"], row["version"]) == (422, "input_out_of_domain", 1)
+    figures = version_figures(rows)[1]
+    assert (figures["errors"], figures["client_errors"], figures["fallbacks_from"]) == (0, 1, 0)
+    assert evaluate({"min_requests": 1, "max_error_rate": 0.0}, figures) == []
+
+
+def test_bounds_come_from_the_reference_profile_pii_edges_or_declared_bounds():
+    manifest = {"input": {"features": [
+        {"name": "x", "type": "float"}, {"name": "salary", "type": "float", "pii": True},
+        {"name": "age", "type": "int", "min": 0, "max": 130}, {"name": "city", "type": "category"},
+        {"name": "unknown", "type": "float"}, {"name": "tiny", "type": "float"},
+    ]}, "reference_profile": {"features": {
+        "x": {"kind": "numeric", "min": -20.0, "max": 5.0, "bin_edges": [-20.0, 0.0, 5.0]},
+        "salary": {"kind": "numeric", "pii": True, "bin_edges": [20000.0, 31000.0, 90000.0]},
+        "tiny": {"kind": "numeric", "min": 0.001, "max": 0.002},
+        "city": {"kind": "categorical", "categories": {"a": 1.0}},
+    }}}
+    bounds = inference.input_bounds(manifest)
+    assert bounds == {"x": 20_000.0, "salary": 90_000_000.0, "age": 130_000.0, "tiny": 1000.0}
+    assert inference.input_bounds(manifest) is bounds  # built once per manifest
