@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sklearn.linear_model import LinearRegression
 
 from service.models import registry
+from service.models.comparison import version_figures
 from service.models.packaging import package_model
 from tests.faulty_models import INF_TRIGGER, NAN_TRIGGER, NEG_INF_TRIGGER, NonFiniteClassifier, NonFiniteRegressor, SumRegressor
 
@@ -21,7 +23,8 @@ POISON = [[1.0, 1.0], [NAN_TRIGGER, 0.0], [INF_TRIGGER, 0.0], [NEG_INF_TRIGGER, 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """"poisoned": v1 (production) answers NaN, inf and -inf for trigger rows, v2 never does;
-    "proba": a classifier with NaN probabilities for trigger rows. Packaged once."""
+    "proba": a classifier with NaN probabilities for trigger rows; "linear": a healthy
+    LinearRegression whose fallback is v2. Packaged once."""
     root = tmp_path_factory.mktemp("poisoned") / "artifacts"
     y = pd.Series([1.5, 2.1, 3.2, 4.3])
     for model in (NonFiniteRegressor(), SumRegressor()):
@@ -29,6 +32,10 @@ def template(tmp_path_factory) -> Path:
     labels = pd.Series([0, 1, 0, 1])
     classifier = NonFiniteClassifier().fit(X.to_numpy(), labels)
     registry.record_packaged(root, package_model(classifier, "proba", root, X, labels), actor="test")
+    for model in (LinearRegression(), SumRegressor()):  # "linear": healthy, trained on a + b, with a fallback
+        registry.record_packaged(root, package_model(model.fit(X, X["a"] + X["b"]), "linear", root, X, X["a"] + X["b"]),
+                                 actor="test")
+    registry.set_rollout(root, "linear", fallback=2, actor="test")
     return root
 
 
@@ -105,12 +112,12 @@ def test_the_failure_is_counted_and_recorded_like_a_model_that_raises(app, clien
     assert (row["status"], row["error"], row["version"]) == (500, "model_output_invalid", 1)
 
 
-def _errors(client, version: str) -> float:
+def _errors(client, version: str, model: str = "poisoned", outcome: str = "error") -> float:
     text = client.get("/metrics").get_data(as_text=True)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "sklearn_server_prediction_requests_total" and sample.labels == {
-                    "model": "poisoned", "version": version, "outcome": "error"}:
+                    "model": model, "version": version, "outcome": outcome}:
                 return sample.value
     return 0.0
 
@@ -165,3 +172,66 @@ def test_the_openapi_document_names_the_code(client):
     predict = next(ops for path, ops in paths.items() if path.endswith(":predict") and "versions" not in path
                    and "labels" not in path)
     assert "model_output_invalid" in predict["post"]["responses"]["500"]["description"]
+
+
+# -- a healthy model given inputs far outside its training data: a 4xx naming fields, no fallback ------
+
+HUGE = [[1.0, 1.0], [1e308, 1e308]]
+HUGE_REQUESTS = {
+    "v1": ("/v1/models/linear:predict", {"instances": HUGE}),
+    "v1-records": ("/v1/models/linear/versions/1:predict", {"instances": [{"a": r[0], "b": r[1]} for r in HUGE]}),
+    "v1-explain": ("/v1/models/linear:explain", {"instances": HUGE}),
+    "mlflow": ("/invocations", {"dataframe_split": {"columns": ["a", "b"], "data": HUGE}}),
+}
+
+
+@pytest.mark.parametrize("path, body", HUGE_REQUESTS.values(), ids=HUGE_REQUESTS)
+def test_huge_inputs_are_a_422_naming_the_fields_and_no_fallback_answers(make_app, root, path, body):
+    client = make_app(artifacts_dir=root, default_model="linear").test_client()
+    answer = client.post(path, json=body)
+    payload, text = answer.get_json(), answer.get_data(as_text=True)
+    assert answer.status_code == 422 and "X-Model-Version" not in answer.headers
+    assert "308" not in text  # the values are never echoed
+    error = payload if path == "/invocations" else payload["error"]
+    if path == "/invocations":
+        assert payload["error_code"] == "BAD_REQUEST"
+    assert error["code"] == "input_out_of_domain" and error["details"]["version"] == 1
+    assert error["details"]["row_positions"] == [1] and error["details"]["fields"] == ["a", "b"]
+    assert "no finite answer for 1 of 2 rows" in error["message"] and "a, b" in error["message"]
+
+
+def test_v2_answers_its_400_naming_the_fields(make_app, root):
+    client = make_app(artifacts_dir=root, default_model="linear").test_client()
+    for body in (v2_body(HUGE), v2_body(HUGE, binary=True)):
+        answer = client.post("/v2/models/linear/infer", json=body)
+        assert answer.status_code == 400 and "308" not in answer.get_data(as_text=True)
+        assert "no finite answer for 1 of 2 rows" in answer.get_json()["error"] and "(in a, b)" in answer.get_json()["error"]
+
+
+def test_huge_inputs_count_as_client_errors_never_against_the_version(make_app, root):
+    app = make_app(artifacts_dir=root, default_model="linear")
+    client = app.test_client()
+    errors_before, invalid_before = _errors(client, "1", "linear"), _errors(client, "1", "linear", "invalid")
+    for i in range(3):
+        client.post("/v1/models/linear:predict", json={"instances": HUGE}, headers={"X-Request-ID": f"huge-{i}"})
+    app.extensions["observer"].flush()
+    assert _errors(client, "1", "linear") == errors_before and _errors(client, "1", "linear", "invalid") == invalid_before + 3
+    rows = [dict(r) for r in app.extensions["store"].requests_since("linear", 0)]
+    assert {(r["status"], r["error"], r["version"]) for r in rows if r["request_id"].startswith("huge-")} == {
+        (422, "input_out_of_domain", 1)}
+    figures = version_figures(rows)
+    assert figures[1]["errors"] == 0 and figures[1]["client_errors"] == 3 and figures[1]["fallbacks_from"] == 0
+    assert 2 not in figures or figures[2]["requests"] == 0
+
+
+def test_ordinary_rows_of_the_healthy_model_answer(make_app, root):
+    client = make_app(artifacts_dir=root, default_model="linear").test_client()
+    answer = client.post("/v1/models/linear:predict", json={"instances": [[1.0, 1.0], [1e6, 1e6]]})
+    assert answer.status_code == 200 and answer.headers["X-Model-Version"] == "1"
+    assert answer.get_json()["predictions"] == pytest.approx([2.0, 2e6])
+
+
+def test_the_openapi_document_names_the_4xx(client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert "input_out_of_domain" in paths["/v1/models/{name}:predict"]["post"]["responses"]["422"]["description"]
+    assert "input_out_of_domain" in paths["/v2/models/{name}/infer"]["post"]["responses"]["400"]["description"]
