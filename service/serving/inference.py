@@ -42,6 +42,7 @@ MAX_ROWS_NAMED = 20
 FAR_FACTOR = 1e3
 FAR_MESSAGE = f"More than {FAR_FACTOR:g} times the magnitude of the training data: the model gives no finite answer."
 DOMAIN_CACHE_SIZE = 256
+FIELDS_SAID = 5  # field names in the message; details list them all
 
 
 @dataclass(frozen=True)
@@ -258,9 +259,10 @@ def _out_of_domain(model: LoadedModel, columns: dict[str, np.ndarray], found: di
         return None
     named = [(int(row), [names[j] for j in np.flatnonzero(far[i])]) for i, row in enumerate(positions[:MAX_ROWS_NAMED])]
     fields = sorted({names[j] for j in np.flatnonzero(far.any(axis=0))})
+    listed = ", ".join(fields[:FIELDS_SAID]) + (f" and {len(fields) - FIELDS_SAID} more" if len(fields) > FIELDS_SAID else "")
     return InputOutOfDomain(
         f"Model {model.name!r} version {model.version} gives no finite answer for {len(positions)} of {n_rows} rows: "
-        f"each holds a value far outside what the model was trained on (in {', '.join(fields)}); "
+        f"each holds a value far outside what the model was trained on (in {listed}); "
         "send values within the range of the training data.",
         details={"model": model.name, "version": model.version, "reason": "input_out_of_domain", "rows": n_rows,
                  "row_positions": [row for row, _ in named], "fields": fields,

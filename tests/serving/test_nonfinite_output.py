@@ -284,3 +284,14 @@ def test_bounds_come_from_the_reference_profile_pii_edges_or_declared_bounds():
     bounds = inference.input_bounds(manifest)
     assert bounds == {"x": 20_000.0, "salary": 90_000_000.0, "age": 130_000.0, "tiny": 1000.0}
     assert inference.input_bounds(manifest) is bounds  # built once per manifest
+
+
+def test_the_message_names_a_few_fields_and_the_details_all(tmp_path):
+    wide = pd.DataFrame({f"f{i}": X["a"] for i in range(8)})
+    y = wide.sum(axis=1)
+    registry.record_packaged(tmp_path, package_model(LinearRegression().fit(wide, y), "wide", tmp_path, wide, y),
+                             actor="test")
+    with pytest.raises(InputOutOfDomain) as caught:
+        predict(_catalog(tmp_path), [[HUGE] * 8], "wide")
+    assert caught.value.details["fields"] == [f"f{i}" for i in range(8)] and caught.value.details["error_count"] == 8
+    assert "(in f0, f1, f2, f3, f4 and 3 more)" in caught.value.message
