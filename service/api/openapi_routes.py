@@ -250,8 +250,8 @@ class PredictResponse(Schema):
     ids = fields.List(fields.String(), required=True, metadata={"description": "Prediction ids, for feedback."})
     classes = fields.List(fields.Raw())
     probabilities = fields.List(fields.List(fields.Float(allow_none=True)),
-                                metadata={"description": "Columns in `classes` order; null where the model's "
-                                                         "arithmetic overflowed (inputs far outside the training data)."})
+                                metadata={"description": "Columns in `classes` order; never NaN or "
+                                                         "infinity (input_out_of_domain or model_output_invalid instead)."})
     fallback = fields.Nested(Fallback)
 
 
