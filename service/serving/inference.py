@@ -271,7 +271,6 @@ def _out_of_domain(model: LoadedModel, columns: dict[str, np.ndarray], found: di
                  "error_count": int(far.sum())})
 
 
-
 def _validate(model: LoadedModel, request: PredictRequest, limits: Limits) -> ValidatedBatch:
     batch = validate_rows(request.layout, request.data, model.features,
                           vectorized_min_rows=limits.vectorized_min_rows)
