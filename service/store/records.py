@@ -89,6 +89,9 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL,           -- the previous record's hash (64 zeros for the first)
     hash TEXT NOT NULL                 -- sha256 of prev_hash and this record's canonical content
 );
+-- a worker reloading registry.json looks up the newest anchor of one model: without this index
+-- that walks every audit record (27-53 ms behind 100,000 unrelated ones, on each reload)
+CREATE INDEX IF NOT EXISTS audit_target_seq ON audit (target, seq);
 """
 
 #: Indexes for erasure, made after ``subject`` is known to exist (an older database gains it first).
