@@ -80,7 +80,9 @@ def deployment(demo_root: Path, tmp_path_factory: pytest.TempPathFactory,
         stack.callback(webhook.close)
         shared = dict(DATABASE_URL=database_url, API_KEYS_FILE=str(keys_file), FORWARDED_ALLOW_IPS="127.0.0.1",
                       REGISTRY_POLL_SECONDS=str(POLL_SECONDS), ALERT_SECONDS=str(ALERT_SECONDS),
-                      ALERT_WEBHOOK_URL=webhook.url, GUARD_SECONDS="0", WEB_CONCURRENCY="2")
+                      ALERT_WEBHOOK_URL=webhook.url, GUARD_SECONDS="0", WEB_CONCURRENCY="2",
+                      # the tests read the figures right after each change: a cached report would lag
+                      MONITORING_CACHE_SECONDS="0")
         instances = []
         for name in ("a", "b"):
             local = root / f"instance-{name}"  # what each machine keeps to itself
