@@ -112,10 +112,8 @@ class TooManyElements(ValidationFailed):
     code, message = "too_many_elements", "The body holds more rows (arrays and objects) than MAX_BATCH_ROWS allows."
 
 
-class RateLimited(ServiceError):
-    """A caller over its requests or rows per second; ``retry_after`` is whole seconds, at least 1."""
-
-    status, code, message = 429, "rate_limited", "Too many requests for this API key; retry later."
+class RetryLater(ServiceError):
+    """A refusal that passes with time: answered with ``Retry-After`` (whole seconds, at least 1)."""
 
     def __init__(self, message: str | None = None, details: dict[str, Any] | None = None, *, retry_after: int = 1):
         super().__init__(message, details)
@@ -124,6 +122,12 @@ class RateLimited(ServiceError):
     @property
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(RetryLater):
+    """A caller over its requests or rows per second."""
+
+    status, code, message = 429, "rate_limited", "Too many requests for this API key; retry later."
 
 
 class UnsupportedMediaType(ServiceError):
@@ -146,18 +150,10 @@ class RegistryStateUnavailable(ServiceError):
     status, code, message = 503, "registry_unreadable", "The model's registry.json cannot be read."
 
 
-class MonitoringBusy(ServiceError):
+class MonitoringBusy(RetryLater):
     """Every slot for large monitoring reports is taken (``MONITORING_LARGE_REPORTS``): retry shortly."""
 
     status, code, message = 503, "monitoring_busy", "Other large monitoring reports are being computed; retry shortly."
-
-    def __init__(self, message: str | None = None, details: dict[str, Any] | None = None, *, retry_after: int = 1):
-        super().__init__(message, details)
-        self.retry_after = max(1, int(retry_after))
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class StoreUnavailable(ServiceError):

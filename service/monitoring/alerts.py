@@ -9,7 +9,6 @@ Nothing here runs on a request, and nothing imports Flask.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from service.monitoring.alert_rules import (  # noqa: F401  (part of this module
 from service.monitoring.notify import Notification, Notifier
 from service.periodic import Periodic
 from service.store import Store
+from service.store.election import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -241,12 +241,12 @@ class AlertLoop:
         self.manager = manager
         self.build_reports = build_reports
         self.interval = interval
-        self.lock_path = Path(lock_path) if lock_path else manager.store.lock_path(LOCK)  # None: a database lock
+        self._leader = Leadership(manager.store, LOCK, lock_path)
+        self.lock_path = self._leader.lock_path  # None: a database lock
         self.clock = clock
         self.retire_missing = retire_missing
         #: Rounds evaluated by this process, and failures (a builder or a version that raised).
         self.runs = self.failures = 0
-        self._lock_file: Any = None
         self._loop = Periodic("alert-loop", interval, self.run_once)
 
     def start(self) -> None:
@@ -256,31 +256,12 @@ class AlertLoop:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and give up the evaluator's lock."""
         self._loop.stop(timeout)
-        if self._lock_file is not None:
-            self._lock_file.close()  # closing the descriptor releases the flock
-            self._lock_file = None
-
-    def _lead(self) -> bool:
-        if self._lock_file is not None:
-            if not self._lock_file.closed:
-                return True
-            self._lock_file = None  # the database session, and its lock, ended: elect again
-        if self.lock_path is None:
-            self._lock_file = self.manager.store.hold_lock(LOCK)
-            return self._lock_file is not None
-        f = open(self.lock_path, "a+")  # held open for as long as we lead
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            return False
-        self._lock_file = f
-        return True
+        self._leader.release()
 
     def run_once(self) -> bool:
         """Evaluate every report now if this process is the evaluator; return whether it was. Never raises."""
         try:
-            if not self._lead():
+            if not self._leader.lead():
                 return False
             now = self.clock()
             seen: set[tuple[str, int]] = set()

@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from service.models.artifacts import NUMERIC_TYPES
 from service.monitoring.privacy import hash_column, hash_value, pii_names, redact
+from service.monitoring.window_columns import (
+    Stored,
+    as_array,
+    feature_column,
+    gather,
+    probability_matrix,
+    sparse,
+)
 from service.store import MAX_PARAMS, Store, chunks, erasure
 
 log = logging.getLogger(__name__)
@@ -296,16 +302,16 @@ class PredictionLog:
             total += found.rows
         index = np.array([offsets[b] + p if b in offsets and p is not None and 0 <= p < stored[b].rows else total
                           for b, p in zip(batches, positions, strict=True)], dtype=np.int64)
-        outputs = _gather([found.outputs for found in stored.values()], index)
-        probas = _gather([found.probabilities for found in stored.values()], index)
+        outputs = gather([found.outputs for found in stored.values()], index)
+        probas = gather([found.probabilities for found in stored.values()], index)
         for i in (i for i, text in enumerate(old_outputs) if text is not None and batches[i] is None):
             outputs[i] = orjson.loads(old_outputs[i])  # a previous-layout row: its JSON is its own
             probas[i] = None if old_probas[i] is None else orjson.loads(old_probas[i])
         return Window(
-            columns={f["name"]: _feature(f, stored.values(), index, f["name"] in hidden) for f in features},
-            predictions=_array(outputs),
-            probabilities=_probabilities(probas),
-            labels=_sparse(labels, n),
+            columns={f["name"]: feature_column(f, stored.values(), index, f["name"] in hidden) for f in features},
+            predictions=as_array(outputs),
+            probabilities=probability_matrix(probas),
+            labels=sparse(labels, n),
             ts=np.array(ts, dtype=np.float64),
             ids=ids,
             n=n,
@@ -332,16 +338,6 @@ class PredictionLog:
         return self.store.purge(older_than_seconds, now)
 
 
-@dataclass(frozen=True)
-class Stored:
-    """One stored batch, read back: row-aligned lists."""
-
-    rows: int
-    inputs: dict[str, list[Any]]  # feature -> values
-    outputs: list[Any]
-    probabilities: list[Any]  # a list per row, or None
-
-
 def _dumps(value: Any) -> str:
     # NaN and inf become null (orjson's rule): missing stays missing. TEXT, not BLOB: SQLite's
     # JSON functions read a BLOB as JSONB.
@@ -354,71 +350,3 @@ def _column(values: np.ndarray) -> np.ndarray | list[Any]:
     if values.dtype.kind in NUMPY_KINDS and values.ndim in (1, 2):
         return np.ascontiguousarray(values, dtype=np.float64 if values.dtype.kind == "f" else None)
     return values.tolist()
-
-
-def _loads_many(texts: list[str]) -> list[Any]:
-    # One parse of a joined array is about twice as fast as one orjson.loads per row.
-    return orjson.loads("[" + ",".join(texts) + "]") if texts else []
-
-
-def _gather(parts: list[list[Any]], index: np.ndarray) -> list[Any]:
-    """Pick ``index`` from the concatenation of ``parts`` and one trailing None."""
-    flat = [value for part in parts for value in part]
-    flat.append(None)
-    return [flat[i] for i in index.tolist()]
-
-
-def _feature(feature: dict[str, Any], stored: Iterable[Stored], index: np.ndarray, hidden: bool) -> np.ndarray:
-    """One feature's window column: float64 with NaN, or objects with None, for missing values."""
-    numeric = feature.get("type") in NUMERIC_TYPES
-    if hidden:
-        return np.full(len(index), np.nan) if numeric else np.full(len(index), None, dtype=object)
-    parts = []
-    for found in stored:
-        values = found.inputs.get(feature["name"])
-        if values is None or len(values) != found.rows:  # not stored (pii without a key, another schema)
-            parts.append(np.full(found.rows, np.nan) if numeric else np.full(found.rows, None, dtype=object))
-        else:
-            parts.append(_numeric(values) if numeric else _objects(values))
-    parts.append(np.full(1, np.nan) if numeric else np.full(1, None, dtype=object))
-    return np.concatenate(parts)[index]
-
-
-def _numeric(values: list[Any]) -> np.ndarray:
-    try:
-        return np.array(values, dtype=np.float64)  # None -> NaN
-    except (TypeError, ValueError):  # a value of another type (the schema changed): treat it as missing
-        return np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in values],
-                        dtype=np.float64)
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
-def _array(values: list[Any]) -> np.ndarray:
-    if any(isinstance(v, (str, list, dict)) or v is None for v in values):
-        return _objects(values)  # string classes stay Python strings, as the runtime gives them
-    return np.array(values)
-
-
-def _probabilities(rows: list[list[Any] | None]) -> np.ndarray | None:
-    present = [i for i, row in enumerate(rows) if row is not None]
-    if not present:
-        return None
-    width = len(rows[present[0]])
-    if any(len(rows[i]) != width for i in present):
-        return None  # not one class list: no matrix to give
-    out = np.full((len(rows), width), np.nan)
-    out[present] = np.array([rows[i] for i in present], dtype=np.float64)
-    return out
-
-
-def _sparse(texts: list[str | None], n: int) -> np.ndarray:
-    out = np.full(n, None, dtype=object)
-    present = [i for i, text in enumerate(texts) if text is not None]
-    for i, value in zip(present, _loads_many([texts[i] for i in present]), strict=True):
-        out[i] = value
-    return out

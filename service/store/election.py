@@ -3,7 +3,7 @@
 A lock taken without waiting: a ``flock`` on a file next to a SQLite database, a session
 advisory lock on PostgreSQL (so one leader for all replicas). The first to take it keeps it
 until it stops or dies, when the lock is released and the next one to try takes over. The
-same mechanism as the alert loop's evaluator. No Flask.
+same lock elects the alert evaluator and the retention job. No Flask.
 """
 
 from __future__ import annotations
