@@ -5,9 +5,10 @@ turn the ``Answer`` back into their own body; nothing here knows a wire format. 
 chosen version raises, answers NaN or infinity (``check_output``: JSON has no such numbers, and
 a client must never read ``null`` as a prediction) or overruns the model's time budget, the
 fallback version answers instead and the answer says so. NaN or infinity for rows whose inputs
-lie far outside what the version was trained on is the client's doing, not the model's: a 422
-``input_out_of_domain`` with no fallback, which the rollout guard does not count against the
-version. No Flask.
+lie far outside what the version was trained on, or a model that raises on a batch holding such
+rows, is the client's doing, not the model's: a 422 ``input_out_of_domain`` with no fallback,
+which the rollout guard does not count against the version (else any predict key could push a
+canary over its error rate with absurd numbers). No Flask.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ MAX_ROWS_NAMED = 20
 #: largest magnitude (at least 1) the reference profile records for its feature: a healthy model's
 #: arithmetic overflows only for such inputs, so NaN or infinity there is the input's doing.
 FAR_FACTOR = 1e3
-FAR_MESSAGE = f"More than {FAR_FACTOR:g} times the magnitude of the training data: the model gives no finite answer."
+FAR_MESSAGE = f"More than {FAR_FACTOR:g} times the magnitude of the training data."
 DOMAIN_CACHE_SIZE = 256
 FIELDS_SAID = 5  # field names in the message; details list them all
 
@@ -119,6 +120,8 @@ def predict(catalog: Catalog, request: PredictRequest, limits: Limits, *,
     try:
         result = check_output(route.model, _run(route, batch, request.probabilities, executor), batch.columns)
     except (PredictionFailed, BudgetExceeded) as exc:
+        if type(exc) is PredictionFailed and (refused := _raised_out_of_domain(route.model, batch)) is not None:
+            raise refused from None
         if route.fallback is None:
             if isinstance(exc, BudgetExceeded):  # no fallback: the late answer is still the answer
                 result = check_output(route.model, exc.args[0].result(), batch.columns)
@@ -246,6 +249,30 @@ def _out_of_domain(model: LoadedModel, columns: dict[str, np.ndarray], found: di
             return None  # an output that does not line up with the rows: the model's fault
         rows |= bad
     positions = np.flatnonzero(rows)
+    far, names = _far_inputs(model, columns, positions)
+    if not len(positions) or not far.any(axis=1).all():
+        return None
+    return _domain_error(model, positions, far, names, n_rows,
+                         f"gives no finite answer for {len(positions)} of {n_rows} rows: each holds")
+
+
+def _raised_out_of_domain(model: LoadedModel, batch: ValidatedBatch) -> InputOutOfDomain | None:
+    """The 422 when a model that raised was given rows far outside its training data, else None.
+
+    Which row made it raise is unknown, so any far row is enough: without it the batch would show
+    whether the model itself is broken (a 500, then, counted against the version).
+    """
+    positions = np.arange(batch.n_rows)
+    far, names = _far_inputs(model, batch.columns, positions)
+    hit = far.any(axis=1)
+    if not hit.any():
+        return None
+    return _domain_error(model, positions[hit], far[hit], names, batch.n_rows,
+                         f"failed on a batch where {int(hit.sum())} of {batch.n_rows} rows each hold")
+
+
+def _far_inputs(model: LoadedModel, columns: dict[str, np.ndarray], positions: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """For the rows at ``positions``: which bounded numeric inputs are far (a rows x names mask), and the names."""
     bounds = input_bounds(model.manifest)
     names = [name for name in bounds if name in columns]
     far = np.zeros((len(positions), len(names)), dtype=bool)
@@ -255,15 +282,17 @@ def _out_of_domain(model: LoadedModel, columns: dict[str, np.ndarray], found: di
         except (TypeError, ValueError, IndexError):
             continue
         far[:, j] = np.abs(values) > bounds[name]  # NaN (a missing value) is never far
-    if not len(positions) or not far.any(axis=1).all():
-        return None
+    return far, names
+
+
+def _domain_error(model: LoadedModel, positions: np.ndarray, far: np.ndarray, names: list[str], n_rows: int,
+                  what: str) -> InputOutOfDomain:
     named = [(int(row), [names[j] for j in np.flatnonzero(far[i])]) for i, row in enumerate(positions[:MAX_ROWS_NAMED])]
     fields = sorted({names[j] for j in np.flatnonzero(far.any(axis=0))})
     listed = ", ".join(fields[:FIELDS_SAID]) + (f" and {len(fields) - FIELDS_SAID} more" if len(fields) > FIELDS_SAID else "")
     return InputOutOfDomain(
-        f"Model {model.name!r} version {model.version} gives no finite answer for {len(positions)} of {n_rows} rows: "
-        f"each holds a value far outside what the model was trained on (in {listed}); "
-        "send values within the range of the training data.",
+        f"Model {model.name!r} version {model.version} {what} a value far outside what the model was trained on "
+        f"(in {listed}); send values within the range of the training data.",
         details={"model": model.name, "version": model.version, "reason": "input_out_of_domain", "rows": n_rows,
                  "row_positions": [row for row, _ in named], "fields": fields,
                  "errors": [{"row": row, "field": name, "messages": [FAR_MESSAGE]} for row, found_names in named

@@ -23,7 +23,16 @@ from service.serving.catalog import Catalog
 from service.serving.inference import MAX_ROWS_NAMED, Limits, Target, check_output
 from service.serving.runtime import Prediction
 from service.store import Store
-from tests.faulty_models import INF_TRIGGER, NAN_TRIGGER, NEG_INF_TRIGGER, NonFiniteClassifier, NonFiniteRegressor, SumRegressor
+from tests.faulty_models import (
+    INF_TRIGGER,
+    NAN_TRIGGER,
+    NEG_INF_TRIGGER,
+    TRIGGER,
+    NonFiniteClassifier,
+    NonFiniteRegressor,
+    RaisingRegressor,
+    SumRegressor,
+)
 
 LIMITS = Limits(max_rows=1000, vectorized_min_rows=64)
 X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.1, 0.2, 0.3]})
@@ -295,3 +304,27 @@ def test_the_message_names_a_few_fields_and_the_details_all(tmp_path):
         predict(_catalog(tmp_path), [[HUGE] * 8], "wide")
     assert caught.value.details["fields"] == [f"f{i}" for i in range(8)] and caught.value.details["error_count"] == 8
     assert "(in f0, f1, f2, f3, f4 and 3 more)" in caught.value.message
+
+
+@pytest.fixture
+def raising(tmp_path):
+    """Model "raising": v1 (production) raises on a row holding 999 (trained on a in [1, 4], b under 1), v2 its fallback."""
+    y = pd.Series([1.5, 2.1, 3.2, 4.3])
+    for model in (RaisingRegressor(), SumRegressor()):
+        registry.record_packaged(tmp_path, package_model(model.fit(X.to_numpy(), y), "raising", tmp_path, X, y),
+                                 actor="test")
+    registry.set_rollout(tmp_path, "raising", fallback=2, actor="test")
+    return _catalog(tmp_path)
+
+
+def test_a_model_that_raises_on_ordinary_rows_is_its_own_failure(raising):
+    answer = predict(raising, [[TRIGGER, 0.2]], "raising")  # 999 is within 1000x the training magnitude of a
+    assert answer.role == "fallback" and answer.fallback_from == 1
+
+
+def test_a_model_that_raises_on_a_batch_with_far_rows_refuses_them_without_a_fallback(raising):
+    with pytest.raises(InputOutOfDomain) as refused:
+        predict(raising, [[1.0, 0.2], [TRIGGER, 1e6]], "raising")
+    details = refused.value.details
+    assert (details["row_positions"], details["fields"], details["rows"]) == ([1], ["b"], 2)
+    assert "failed on a batch where 1 of 2 rows" in refused.value.message and "1000000" not in str(details)
