@@ -125,7 +125,9 @@ def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: 
     # Requests before this version's last automatic rollback were already judged: re-enabling
     # the canary must not roll it straight back on the old failures.
     since = max(now - float(rules["window_seconds"]), _last_rollback(state, version))
-    figures = comparison.version_figures(store.requests_since(name, since)).get(version)
+    # Bounded read: the error rate and request count are exact, p99 is over the newest requests
+    # (``comparison.MAX_TRAFFIC_ROWS``), which is what a latency rule should judge anyway.
+    figures = comparison.traffic_figures(store, name, since, versions=[version]).get(version)
     if figures and monitor is not None and any(rules.get(rule) is not None for rule in MONITORING_RULES):
         figures = {**figures, "monitoring": monitor(name, version, since)}
     broken = evaluate(rules, figures)

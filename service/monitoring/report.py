@@ -35,6 +35,7 @@ from service.monitoring.quality import window_quality
 from service.security.quota import WorkSlots
 from service.serving.catalog import Catalog, ModelState
 from service.serving.runtime import LoadedModel
+from service.store import traffic
 
 #: Most logged predictions one monitoring report reads (the API's and the page's ``window``).
 #: Kept at 100,000 (the documented range): a cold report of that size took 1.6 s of one worker on
@@ -46,7 +47,7 @@ SLOTS_FILE = "monitoring-reports-v1.lock"
 TRAFFIC_SECONDS = 3600  # traffic figures cover the last hour
 TIMELINE_BUCKET_SECONDS = 60
 TRAFFIC_KEYS = ("requests", "errors", "error_rate", "client_errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms",
-                "fallbacks_from", "fallbacks_to")
+                "fallbacks_from", "fallbacks_to", "latency_sample")
 
 
 class ReportCache:
@@ -176,13 +177,16 @@ class Monitoring:
         now = time.time()
         last_n = None if minutes else (window or self.default_window)
         since = now - minutes * 60 if minutes else None
-        requests = self.log.store.requests_since(name, now - TRAFFIC_SECONDS)
-        figures = comparison.version_figures(requests)
+        # Counted in the database, latencies from the newest requests: bounded however busy the hour.
+        requests = self.log.store.traffic(name, now - TRAFFIC_SECONDS, comparison.MAX_TRAFFIC_ROWS,
+                                          bucket_seconds=TIMELINE_BUCKET_SECONDS)
+        figures = comparison.window_figures(requests)
         versions = {}
         for version in versions_in_play(state, figures):
             model = state.available(version)
             if model is not None:
-                versions[str(version)] = self.version_report(model, last_n, figures.get(version), requests, since)
+                versions[str(version)] = self.version_report(model, last_n, figures.get(version),
+                                                             traffic_timeline(requests, version), since)
         return {
             "model": name,
             "window": {"last_n": last_n, "since": _iso(since) if since else None, "traffic_seconds": TRAFFIC_SECONDS,
@@ -203,8 +207,9 @@ class Monitoring:
         return [self.model_report(state.name, window) for state in self.catalog.models()]
 
     def version_report(self, model: LoadedModel, last_n: int | None, figures: dict[str, Any] | None,
-                       requests: list[Any], since: float | None = None) -> dict[str, Any]:
-        """Compute one version's sections from its last ``last_n`` logged predictions (or those since ``since``)."""
+                       requests_timeline: list[dict[str, Any]], since: float | None = None) -> dict[str, Any]:
+        """Compute one version's sections from its last ``last_n`` logged predictions (or those since
+        ``since``); ``figures`` and ``requests_timeline`` (``traffic_timeline``) make its traffic section."""
         manifest = model.manifest
         task, classes = manifest["task"], manifest["output"].get("classes")
         data = self.log.window(model.name, model.version, last_n=last_n, since=since, features=model.features)
@@ -217,7 +222,7 @@ class Monitoring:
         performance["timeline_metric"] = "mae" if task == "regression" else "accuracy"
         return {
             "n": data.n,
-            "traffic": traffic_section(figures, [r for r in requests if r["version"] == model.version]),
+            "traffic": traffic_section(figures, requests_timeline),
             "drift": drift_report(profile, features, data.columns, data.predictions, task),
             "quality": window_quality(profile, features, data.columns),
             "performance": performance,
@@ -275,29 +280,38 @@ def versions_in_play(state: ModelState, figures: dict[int, Any]) -> list[int]:
     return sorted(v for v in wanted if v in state.versions)
 
 
-def traffic_section(figures: dict[str, Any] | None, rows: list[Any]) -> dict[str, Any]:
-    """Request figures of one version, plus a per-minute timeline for the page."""
+def traffic_section(figures: dict[str, Any] | None, requests_timeline: list[dict[str, Any]]) -> dict[str, Any]:
+    """Request figures of one version, plus its per-minute timeline for the page."""
     figures = figures or {}
     section = {key: figures.get(key) for key in TRAFFIC_KEYS}
     section["requests"] = section["requests"] or 0
     served = (figures.get("requests") or 0)
     section["fallback_rate"] = (figures.get("fallbacks_from") or 0) / served if served else None
-    section["timeline"] = _timeline(rows)
+    section["timeline"] = requests_timeline
     return section
 
 
-def _timeline(rows: list[Any]) -> list[dict[str, Any]]:
-    buckets: dict[int, list[Any]] = {}
-    for row in rows:
-        if row["status"] < 400 or row["status"] >= 500:
-            buckets.setdefault(int(row["ts"] // TIMELINE_BUCKET_SECONDS), []).append(row)
+def traffic_timeline(window: traffic.Window, version: int) -> list[dict[str, Any]]:
+    """Per-minute requests and server errors answered by ``version`` (exact), and their median latency.
+
+    The median comes from the version's newest requests (``comparison.MAX_TRAFFIC_ROWS``): a minute
+    older than those has ``p50_ms`` None rather than a median of the few of its requests read.
+    """
+    sample = window.samples.get(version, [])
+    latencies: dict[int, list[float]] = {}
+    for row in sample:
+        if row["version"] == version:
+            latencies.setdefault(int(row["ts"] // TIMELINE_BUCKET_SECONDS), []).append(float(row["latency_ms"]))
+    # Every row newer than the oldest one read was read: minutes after its minute are whole.
+    whole_after = int(sample[-1]["ts"] // TIMELINE_BUCKET_SECONDS) if sample and window.truncated(version) else None
     points = []
-    for key in sorted(buckets):
-        group = buckets[key]
-        latencies = np.array([r["latency_ms"] for r in group], dtype=float)
-        points.append({"start": key * TIMELINE_BUCKET_SECONDS, "end": (key + 1) * TIMELINE_BUCKET_SECONDS,
-                       "requests": len(group), "errors": sum(r["status"] >= 500 for r in group),
-                       "p50_ms": float(np.percentile(latencies, 50))})
+    for minute in window.minutes:
+        if minute.version != version:
+            continue
+        values = latencies.get(minute.bucket) if whole_after is None or minute.bucket > whole_after else None
+        points.append({"start": minute.bucket * TIMELINE_BUCKET_SECONDS, "end": (minute.bucket + 1) * TIMELINE_BUCKET_SECONDS,
+                       "requests": minute.requests, "errors": minute.errors,
+                       "p50_ms": float(np.percentile(values, 50)) if values else None})
     return points
 
 

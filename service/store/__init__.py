@@ -29,6 +29,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
+from service.store import traffic
 from service.store.postgres import PostgresDialect
 from service.store.records import (  # noqa: F401  (the record types are part of the store's surface)
     REQUEST_COLUMNS,
@@ -337,7 +338,14 @@ class Store:
             return self.dialect.fetch(db, sql, params)
 
     def requests_since(self, model: str, since: float) -> list[sqlite3.Row]:
+        """Every request row since ``since``, oldest first: unbounded, so figures use ``traffic``."""
         return self.query("SELECT * FROM requests WHERE model = ? AND ts >= ? ORDER BY ts", (model, since))
+
+    def traffic(self, model: str, since: float, limit: int, *, versions: list[int] | None = None,
+                bucket_seconds: float | None = None) -> traffic.Window:
+        """Counts of the requests since ``since`` and the newest ``limit`` rows per version
+        (``service.store.traffic``): bounded memory however busy the window."""
+        return traffic.read(self, model, since, limit, versions=versions, bucket_seconds=bucket_seconds)
 
     def shadow_since(self, model: str, since: float) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM shadow WHERE model = ? AND ts >= ? ORDER BY ts", (model, since))

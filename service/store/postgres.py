@@ -155,6 +155,10 @@ class PostgresDialect:
         return ("(SELECT value ->> 0 AS a, value ->> 1 AS b, ordinality - 1 AS key"
                 " FROM json_array_elements(CAST(? AS json)) WITH ORDINALITY) AS j")
 
+    def bucket(self, column: str, seconds: float) -> str:
+        # CAST alone rounds a double to the nearest integer; the bucket is the floor.
+        return f"CAST(FLOOR({column} / {float(seconds)!r}) AS BIGINT)"
+
     def uncompressed(self, db: PgConnection, table: str, columns: tuple[str, ...]) -> None:
         # TOAST compresses long values with pglz by default: ~25 ms per MB written, more than the
         # space is worth for these columns. EXTERNAL keeps them out of line, uncompressed. Set once.

@@ -109,6 +109,10 @@ class SQLiteDialect:
     def json_pairs(self) -> str:
         return "(SELECT value ->> 0 AS a, value ->> 1 AS b, key FROM json_each(?)) AS j"
 
+    def bucket(self, column: str, seconds: float) -> str:
+        """SQL for floor(``column`` / ``seconds``) of a non-negative column, as an integer."""
+        return f"CAST({column} / {float(seconds)!r} AS INTEGER)"  # truncation: the floor, for ts >= 0
+
     def uncompressed(self, db: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> None:
         pass  # SQLite never compresses
 

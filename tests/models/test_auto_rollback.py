@@ -284,3 +284,21 @@ def test_an_automatic_rollback_is_in_the_audit_trail(root, store):
     assert (record.actor, record.target, record.hash) == ("guard", f"model:{MODEL}", entry["audit"])
     assert record.details["rollout"]["canary"] == {"version": 2, "weight": 0.0}
     assert audit.verify(store).ok
+
+
+def test_the_error_rate_is_exact_when_latencies_are_sampled(root, store, monkeypatch):
+    monkeypatch.setattr("service.models.comparison.MAX_TRAFFIC_ROWS", 10)
+    set_canary(root)
+    traffic(store, failed=20, ts=time.time() - 60)  # older than every request the sample reads
+    traffic(store, ok=80)
+    assert guard.enforce(store, root, MODEL)["broken"] == ["error rate 0.2 > 0.05 over 100 requests"]
+
+
+def test_p99_is_judged_on_the_newest_requests(root, store, monkeypatch):
+    monkeypatch.setattr("service.models.comparison.MAX_TRAFFIC_ROWS", 10)
+    set_canary(root, max_error_rate=None, max_p99_ms=100.0)
+    traffic(store, ok=60, latency=500.0, ts=time.time() - 60)  # slow, but before the newest ten
+    traffic(store, ok=10, latency=20.0)
+    assert guard.enforce(store, root, MODEL) is None
+    traffic(store, ok=10, latency=400.0)
+    assert guard.enforce(store, root, MODEL)["broken"] == ["p99 latency 400.0 ms > 100 ms over 80 requests"]
