@@ -1,9 +1,12 @@
-"""Anchors: which registry.json content the audit trail vouches for, per artifact root and model.
+"""Anchors: which registry.json content the audit trail vouches for, per model.
 
 Every audited registry change records the digest of the file it is about to write
-(``details.registry``: root and sha256); the newest such record for a root and model is that
-file's anchor. ``RegistryAnchors.verify`` compares a file's digest with it. A file with no
-anchor yet (a fresh install, or a database from before anchors) is anchored as it is, once
+(``details.registry``: root and sha256); the newest such record for a model is that file's
+anchor. The root is recorded for the reader but not matched: one database serves one
+deployment, and its replicas and the operator's command line may mount the artifacts at
+different paths (a container's ``/app/artifacts``, the host's ``/srv/...``).
+``RegistryAnchors.verify`` compares a file's digest with the anchor. A file with no anchor yet
+(a fresh install, or a database from before anchors) is anchored as it is, once
 (``registry.anchored``); a mismatch is refused and recorded once (``registry.refused``), not
 once per poll per worker.
 
@@ -51,7 +54,7 @@ def root_id(root: Path) -> str:
 
 
 def anchor_of(db: Any, root: str, name: str) -> audit.AuditRecord | None:
-    """Return the newest record that anchors ``name`` under ``root`` (in a store, or a transaction's db)."""
+    """Return the newest record that anchors ``name`` (in a store, or a transaction's db); ``root`` is not matched."""
     fetch = db.fetch if hasattr(db, "transaction") else (lambda sql, params: db.execute(sql, params).fetchall())
     after = None
     while True:
@@ -62,7 +65,7 @@ def anchor_of(db: Any, root: str, name: str) -> audit.AuditRecord | None:
             record = dict(zip(audit.COLUMNS, row, strict=True))
             details = json.loads(record["details"])
             anchor = details.get("registry")
-            if isinstance(anchor, dict) and anchor.get("root") == root and anchor.get("sha256"):
+            if isinstance(anchor, dict) and anchor.get("sha256"):
                 return audit.AuditRecord(**{**record, "seq": int(record["seq"]), "details": details})
         if len(rows) < PAGE:
             return None
@@ -159,12 +162,12 @@ class RegistryAnchors:
 
 
 def _last_refusal(db: Any, root: str, name: str) -> dict[str, Any] | None:
-    """The newest refusal for ``name`` under ``root`` since its anchor, if any."""
+    """The newest refusal for ``name`` since its anchor, if any."""
     anchor = anchor_of(db, root, name)
     rows = db.execute(REFUSALS, (audit.REGISTRY_TARGET + name, REFUSED, anchor.seq if anchor else 0)).fetchall()
     for (details,) in rows:
-        refused = json.loads(details).get("refused") or {}
-        if refused.get("root") == root:
+        refused = json.loads(details).get("refused")
+        if refused:
             return refused
     return None
 

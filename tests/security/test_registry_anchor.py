@@ -4,6 +4,7 @@ writes, and a file that does not match is refused (on SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -141,14 +142,17 @@ def test_a_change_whose_record_cannot_be_written_is_not_made(root, make_store):
     assert (root / "m" / "registry.json").read_bytes() == before
 
 
-def test_anchors_are_per_artifact_root(root, tmp_path, make_store):
+def test_anchors_are_per_model_whatever_path_the_artifacts_are_mounted_at(root, tmp_path, make_store):
     store = make_store()
-    other = tmp_path / "other"
-    package(other, "m", record=True)
+    mounted = tmp_path / "mounted-elsewhere"  # the host's CLI and a container see one folder at two paths
+    shutil.copytree(root, mounted)
     anchors = RegistryAnchors(store)
     anchors.verify(root, "m", file_digest(root), stamp=1)
-    anchors.verify(other, "m", state_digest((other / "m" / "registry.json").read_bytes()), stamp=1)
-    assert actions(store) == [ANCHORED, ANCHORED]  # one database, two roots: neither refuses the other
+    anchors.verify(mounted, "m", file_digest(mounted), stamp=1)
+    assert actions(store) == [ANCHORED]  # the same content at another path: verified, not anchored again
+    move_production_by_hand(mounted)
+    with pytest.raises(RegistryUnverified):
+        anchors.verify(mounted, "m", file_digest(mounted), stamp=2)
 
 
 # -- what a worker's catalog serves ---------------------------------------------------------------
