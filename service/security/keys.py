@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service import files
 from service.errors import ConfigError, Forbidden, Unauthorized
-from service.models import artifacts
 
 if TYPE_CHECKING:
     from service.config import Config
@@ -350,9 +350,9 @@ def _read_existing(path: Path) -> tuple[ApiKey, ...]:
 
 def _locked(path: Path):
     """Serialise read-modify-write so two commands at once cannot lose a revocation."""
-    return artifacts.exclusive_lock(path.with_name(path.name + ".lock"), FILE_MODE)
+    return files.exclusive_lock(path.with_name(path.name + ".lock"), FILE_MODE)
 
 
 def _write_keys(path: Path, keys: list[ApiKey]) -> None:
     """Replace the file atomically (readable by its owner only), so a server never reads half of it."""
-    artifacts.write_json_atomic(path, {"keys": [k.to_dict() for k in keys]}, mode=FILE_MODE)
+    files.write_json_atomic(path, {"keys": [k.to_dict() for k in keys]}, mode=FILE_MODE)
