@@ -1,8 +1,7 @@
 """Cross-validation for any estimator: refit clones K times on training data, keep mean and std.
 
-The fold metrics are the hold-out metrics (``packaging.evaluate``), so a gate can name either
-(``accuracy`` or ``cv.accuracy``). Also says how the classification metrics average and which
-class is positive. Fits clones only: the model being packaged is never refitted.
+The fold metrics are the hold-out metrics (``evaluation.evaluate``), so a gate can name either
+(``accuracy`` or ``cv.accuracy``). Fits clones only: the model being packaged is never refitted.
 """
 
 from __future__ import annotations
@@ -14,23 +13,13 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
 
+from service.models.evaluation import evaluate
+
 SEED = 0
-
-
-def averaging(classes: list[Any] | None) -> dict[str, Any]:
-    """How precision, recall and F1 are computed for these classes."""
-    if classes is None:
-        return {}
-    if len(classes) == 2:
-        return {"average": "binary", "pos_label": classes[1],
-                "note": f"precision/recall/f1 treat {classes[1]!r} (the second of model.classes_) as positive"}
-    return {"average": "macro", "pos_label": None, "note": "precision/recall/f1 are unweighted means over classes"}
 
 
 def cross_validate(model: Any, X: pd.DataFrame, y: pd.Series, folds: int, task: str) -> dict[str, Any]:
     """Fit ``folds`` clones of ``model`` on ``X, y`` and return each metric's mean and std."""
-    from service.models.packaging import evaluate
-
     if folds < 2:
         raise ValueError(f"--cv must be at least 2, got {folds}")
     if folds > len(X):

@@ -23,12 +23,12 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn import metrics as skm
 from sklearn.base import is_classifier, is_regressor
 
 from service.errors import QualityGateFailed
 from service.models import artifacts, compatibility, onnx_export, pii, registry, schema_inference
-from service.models.cross_validation import averaging, gate_values
+from service.models.cross_validation import gate_values
+from service.models.evaluation import averaging, evaluate, model_input
 from service.models.profile import profile_frame, profile_predictions
 
 FEATURE_TYPES = artifacts.FEATURE_TYPES
@@ -75,38 +75,6 @@ def infer_features(model: Any, data: pd.DataFrame, overrides: dict[str, dict[str
 
 
 apply_overrides = schema_inference.apply_overrides
-
-
-def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
-    """Measure the model on hold-out data with the metrics its task calls for."""
-    X = model_input(model, X)
-    predicted = model.predict(X)
-    if task == "regression":
-        return {"rmse": float(np.sqrt(skm.mean_squared_error(y, predicted))),
-                "mae": float(skm.mean_absolute_error(y, predicted)), "r2": float(skm.r2_score(y, predicted))}
-    classes = list(model.classes_)
-    binary = len(classes) == 2
-    average = "binary" if binary else "macro"
-    extra = {"pos_label": classes[1]} if binary else {}
-    result = {
-        "accuracy": float(skm.accuracy_score(y, predicted)),
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y, predicted)),
-        "precision": float(skm.precision_score(y, predicted, average=average, zero_division=0, **extra)),
-        "recall": float(skm.recall_score(y, predicted, average=average, zero_division=0, **extra)),
-        "f1": float(skm.f1_score(y, predicted, average=average, zero_division=0, **extra)),
-    }
-    if hasattr(model, "predict_proba") and len(set(y)) == len(classes):
-        proba = model.predict_proba(X)
-        result["roc_auc"] = float(skm.roc_auc_score(y, proba[:, 1]) if binary else
-                                  skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
-        result["log_loss"] = float(skm.log_loss(y, proba, labels=classes))
-    return result
-
-
-def model_input(model: Any, X: pd.DataFrame) -> pd.DataFrame | np.ndarray:
-    """Give the model its data the way it was fitted: named columns, or a bare array."""
-    # a model fitted on an array warns (an error under our test settings) when given names
-    return X if hasattr(model, "feature_names_in_") else X.to_numpy()
 
 
 def check_quality_gate(measured: dict[str, float], thresholds: list[Threshold]) -> None:

@@ -1,7 +1,7 @@
 """Live performance: how a model does on the predictions that received ground truth.
 
 Scores the labelled rows of a window with the same scikit-learn calls and averaging as
-``service.models.packaging.evaluate`` (binary: ``pos_label = classes[1]``; multiclass: macro) and
+``service.models.evaluation.evaluate`` (binary: ``pos_label = classes[1]``; multiclass: macro) and
 compares them with the hold-out metrics stored in ``manifest["metrics"]["holdout"]``.
 Pure numpy/scikit-learn: no Flask, no I/O, and bad feedback is counted, never raised.
 """

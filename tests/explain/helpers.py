@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from service.models.packaging import infer_features, model_input, task_of
+from service.models.evaluation import model_input
+from service.models.packaging import infer_features, task_of
 from service.models.profile import profile_frame
 from service.serving.runtime import LoadedModel
 

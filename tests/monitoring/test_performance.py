@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from service.models.packaging import evaluate
+from service.models.evaluation import evaluate
 from service.monitoring.performance import (
     MISSING,
     UNKNOWN,
