@@ -78,7 +78,7 @@ def version_figures(rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, An
 def traffic_figures(store: Any, name: str, since: float, limit: int | None = None,
                     versions: list[int] | None = None) -> dict[int, dict[str, Any]]:
     """Return ``version_figures`` of the requests of ``name`` since ``since``, read bounded
-    (``window_figures``); latencies only for ``versions``, when given."""
+    (``window_figures``); of ``versions`` only, when given."""
     limit = MAX_TRAFFIC_ROWS if limit is None else limit
     return window_figures(store.traffic(name, since, limit, versions=versions))
 
@@ -114,7 +114,8 @@ def window_figures(window: traffic.Window) -> dict[int, dict[str, Any]]:
                 sampled.add_summary(row["summary"])
         if window.truncated(version):
             sampled.sample = len(rows)
-    return {version: a.figures() for version, a in sorted(acc.items())}
+    wanted = window.versions
+    return {version: a.figures() for version, a in sorted(acc.items()) if wanted is None or version in wanted}
 
 
 def shadow_figures(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -168,6 +169,9 @@ def format_table(comparison: Mapping[str, Any]) -> str:
         for row in table:
             first = row[0].ljust(widths[0])
             lines.append("  ".join([first, *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))]).rstrip())
+    for version, f in versions.items():
+        if f.get("latency_sample"):
+            lines.append(f"v{version}: latencies and predictions from its newest {f['latency_sample']} requests")
     for pair, s in (comparison.get("shadow") or {}).items():
         lines.append(f"shadow {pair}: {s['comparisons']} comparisons, {s['rows']} rows, "
                      f"agreement {_fmt_share(s['agreement'])}, mean |diff| {_fmt_number(s['mean_abs_diff'])}, "

@@ -125,16 +125,28 @@ def test_the_figures_say_when_latencies_come_from_the_newest_requests(make_store
     assert [p["p50_ms"] for p in points] == [None] * 71 + [p["p50_ms"] for p in expected[71:]]
 
 
-def test_only_the_versions_asked_for_are_sampled(make_store):
+@pytest.mark.parametrize("versions", [[2], [1], [3, 2], [9]])
+def test_only_the_versions_asked_for_are_read(make_store, versions):
     store = make_store()
     store.record_requests(classifier_traffic())
-    figures = comparison.traffic_figures(store, MODEL, SINCE, versions=[2])
+    figures = comparison.traffic_figures(store, MODEL, SINCE, versions=versions)
     expected = comparison.version_figures(store.requests_since(MODEL, SINCE))
-    assert figures[2] == expected[2]
-    assert figures[1]["requests"] == expected[1]["requests"] and figures[1]["p99_ms"] is None
+    assert figures == {v: expected[v] for v in sorted(versions) if v in expected}
 
 
 def test_an_empty_window_has_no_figures(make_store):
     store = make_store()
     assert comparison.traffic_figures(store, MODEL, SINCE) == {}
     assert report.traffic_timeline(store.traffic(MODEL, SINCE, 10, bucket_seconds=60), 1) == []
+
+
+def test_the_comparison_table_says_which_latencies_are_sampled(make_store, tmp_path):
+    from service.models import registry
+
+    store, root = make_store(), tmp_path / "artifacts"
+    registry.update(root, MODEL, lambda state: {"action": "test"}, actor="test")
+    store.record_requests([record(i, 1 + i % 2, i) for i in range(30)])
+    text = comparison.format_table(comparison.compare(store, root, MODEL, 3600, now=NOW, limit=10))
+    assert "v1: latencies and predictions from its newest 10 requests" in text
+    assert "v2: latencies and predictions from its newest 10 requests" in text
+    assert "newest" not in comparison.format_table(comparison.compare(store, root, MODEL, 3600, now=NOW, limit=15))
