@@ -29,12 +29,12 @@ def create_app(config: Config | None = None) -> Flask:
     from service.api.converters import URL_CONVERTERS
     from service.api.handlers import register_error_handlers
     from service.models.auto_rollback import Guard
+    from service.models.registry_anchor import RegistryAnchors
     from service.monitoring import metrics
     from service.monitoring.observe import Observer
     from service.monitoring.predlog import PredictionLog
     from service.monitoring.report import Monitoring
     from service.security import audit
-    from service.security.registry_anchor import RegistryAnchors
     from service.security.signing import model_keys
     from service.serving.catalog import Catalog
     from service.serving.inference import Limits

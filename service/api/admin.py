@@ -22,9 +22,8 @@ from service.errors import (
     RegistryUnreadable,
     ValidationFailed,
 )
-from service.models import comparison, registry
+from service.models import comparison, registry, registry_anchor
 from service.models.rollout import MAX_WINDOW_SECONDS, check_budget, check_canary, check_fallback, check_rules, check_shadow
-from service.security import audit
 from service.serving.schemas import StrictBoolean
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/models")
@@ -136,7 +135,7 @@ def _apply(name: str, change, *args: Any, reason: str, signed: bool = False, **k
         kwargs["signing_key"] = catalog.signing_key  # the keys this server verifies with, never a private one
     actor = f"key:{g.key_id}" if g.get("key_id") else "open-loopback"
     try:
-        with audit.registry_changes(current_app.extensions["store"]):
+        with registry_anchor.registry_changes(current_app.extensions["store"]):
             entry = change(catalog.root, name, *args, actor=actor, reason=reason, **kwargs)
     except RegistryUnreadable as exc:
         raise _unreadable(exc, RegistryChangeBlocked) from None

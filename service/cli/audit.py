@@ -15,6 +15,7 @@ import click
 
 from service.cli.common import ARTIFACTS, actor, escape, fails_cleanly
 from service.config import Config
+from service.models import registry_anchor
 from service.security import audit as trail
 
 
@@ -27,7 +28,7 @@ def _store() -> Any:
 def record_cli_changes(ctx: click.Context) -> None:
     """Record this command's registry changes in the audit trail, and check each registry.json it
     changes against it (the store opens on the first one)."""
-    ctx.with_resource(trail.registry_changes(functools.cache(_store)))
+    ctx.with_resource(registry_anchor.registry_changes(functools.cache(_store)))
 
 
 def record(action: str, target: str, details: dict[str, Any] | None = None) -> None:
@@ -54,7 +55,7 @@ def verify(artifacts_dir: Path) -> None:
         raise click.ClickException(f"audit chain broken at record {check.broken_seq}: {check.reason} "
                                    f"({check.count} record(s) before it are intact)")
     click.echo(f"audit chain intact: {check.count} record(s), head {check.head}")
-    problems = trail.check_registry(store, artifacts_dir)
+    problems = registry_anchor.check_registry(store, artifacts_dir)
     for problem in problems:
         click.echo(f"registry: {escape(problem)}")
     if problems:

@@ -11,9 +11,8 @@ import click
 from service.cli.common import ARTIFACTS, MODEL, actor, escape, fails_cleanly, model_argument
 from service.config import Config
 from service.errors import RegistryUnreadable
-from service.models import artifacts, registry
+from service.models import artifacts, registry, registry_anchor
 from service.models.registry_file import read_last_good
-from service.security import registry_anchor
 
 
 @click.group("registry")

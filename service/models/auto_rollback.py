@@ -16,10 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from service.models import artifacts, comparison, registry
+from service.models import artifacts, comparison, registry, registry_anchor
 from service.models.rollout import DEFAULT_RULES
 from service.periodic import Periodic
-from service.security import audit
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ def enforce(store: Any, root: Path, name: str, now: float | None = None, actor: 
 
     try:
         # registry_changes anchors the file this writes, and refuses to write over one the trail does not
-        with audit.registry_changes(store):
+        with registry_anchor.registry_changes(store):
             entry = registry.update(root, name, change, actor=actor, reason="; ".join(broken))
     except _NothingToDo:
         return None

@@ -19,12 +19,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
-
-from service.errors import RegistryUnreadable
 
 log = logging.getLogger(__name__)
 
@@ -268,95 +264,3 @@ class Background:
 # -- registry changes -----------------------------------------------------------------------------
 
 REGISTRY_TARGET = "model:"
-
-
-def registry_hook(store: Any) -> Callable[..., str | None]:
-    """A ``registry.AUDIT`` hook: record the change, the labels and rollout it leaves and the anchor
-    of the file it writes (``registry``: root and digest); return the record's hash.
-
-    ``store`` is a store or a function that opens one (the CLI opens it on the first change).
-    Raises when the store cannot take the record, and the change is then not made: a file
-    written without its anchor would be refused by every server (``registry_anchor``).
-    """
-
-    def hook(name: str, entry: dict[str, Any], state: dict[str, Any], *,
-             registry: dict[str, Any] | None = None) -> str | None:
-        details = {"entry": entry, "labels": state["labels"], "rollout": state["rollout"]}
-        if registry is not None:
-            details["registry"] = registry
-        return record(_opened(store), entry["actor"], entry["action"], REGISTRY_TARGET + name, details).hash
-
-    return hook
-
-
-def _opened(store: Any) -> Any:
-    return store if hasattr(store, "transaction") or not callable(store) else store()
-
-
-@contextmanager
-def registry_changes(store: Any) -> Iterator[None]:
-    """Record every registry change made inside the block (in this thread or task) in the audit trail,
-    and refuse changes over a registry.json that does not match it. ``store``: a store, or a
-    function that opens one."""
-    from service.models import registry
-    from service.security.registry_anchor import RegistryAnchors
-
-    token = registry.AUDIT.set(registry_hook(store))
-    check = registry.VERIFY.set(RegistryAnchors(store))
-    try:
-        yield
-    finally:
-        registry.VERIFY.reset(check)
-        registry.AUDIT.reset(token)
-
-
-def check_registry(store: Any, root: Path) -> list[str]:
-    """Compare each model's registry.json with the chain; return what disagrees (empty: all agree).
-
-    Every history entry that names an audit record must match it; every audited change since the
-    last restore (or accept) must be in the history; the labels and rollout must be those the
-    last audited change left (a label moved by editing the file shows here); and the file must
-    be the content its newest anchor names (any edit, history included, shows here).
-    """
-    from service.models import artifacts, registry
-    from service.security.registry_anchor import compare
-
-    chain: dict[str, list[AuditRecord]] = {}
-    for entry in find(store, ""):
-        if entry.target.startswith(REGISTRY_TARGET) and {"entry", "labels", "rollout"} <= set(entry.details):
-            chain.setdefault(entry.target[len(REGISTRY_TARGET):], []).append(entry)
-    problems = []
-    for name in sorted(set(artifacts.list_models(root)) | set(chain)):
-        try:
-            state = registry.read_state(root, name)
-        except (RegistryUnreadable, ValueError) as exc:
-            problems.append(f"{name}: registry.json cannot be read: {getattr(exc, 'reason', exc)}")
-            continue
-        found = [f"{name}: {p}" for p in _registry_problems(state, chain.get(name, []))]
-        matches, said = compare(store, root, name)
-        if not matches and not found:  # an edit the checks above miss (a history entry, say)
-            found.append(f"{name}: {said}")
-        problems += found
-    return problems
-
-
-def _registry_problems(state: dict[str, Any], chain: list[AuditRecord]) -> list[str]:
-    problems, by_hash, seen = [], {r.hash: r for r in chain}, set()
-    for index, entry in enumerate(state["history"]):
-        digest = entry.get("audit")
-        if digest is None:
-            continue
-        found = by_hash.get(digest)
-        if found is None:
-            problems.append(f"history entry {index} ({entry.get('action')}) names an audit record not in the chain")
-        elif {k: v for k, v in entry.items() if k != "audit"} != found.details["entry"]:
-            problems.append(f"history entry {index} ({entry.get('action')}) differs from audit record {found.seq}")
-        seen.add(digest)
-    restores = [i for i, r in enumerate(chain) if r.action in ("registry.restore", "registry.accept")]
-    since = chain[restores[-1]:] if restores else chain  # a restore brings back an older history, an accept an edited one
-    for missing in (r for r in since if r.hash not in seen):
-        problems.append(f"audit record {missing.seq} ({missing.action}) is missing from the history")
-    if chain and (state["labels"] != chain[-1].details["labels"] or state["rollout"] != chain[-1].details["rollout"]):
-        problems.append(f"labels or rollout differ from those audit record {chain[-1].seq} left "
-                        "(changed without an audited change)")
-    return problems

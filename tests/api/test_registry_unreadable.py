@@ -6,8 +6,7 @@ import pytest
 
 from service.app import create_app
 from service.config import Config
-from service.models import registry
-from service.security import audit
+from service.models import registry, registry_anchor
 from service.security.keys import create_key
 
 ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
@@ -126,7 +125,7 @@ def test_a_repaired_file_is_picked_up_and_changes_work_again(make_app, artifact_
     corrupt(artifact_root)
     app.extensions["catalog"].refresh()
     assert client.get("/readyz").json["models"]["diabetes"]["registry"] == "last-good"
-    with audit.registry_changes(app.extensions["store"]):  # as `python -m service registry restore` does
+    with registry_anchor.registry_changes(app.extensions["store"]):  # as `python -m service registry restore` does
         registry.restore(artifact_root, "diabetes", actor="ops")
     app.extensions["catalog"].refresh()
     assert client.get("/readyz").json["models"]["diabetes"] == {"status": "AVAILABLE"}

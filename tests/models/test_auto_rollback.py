@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from service.models import artifacts, registry
+from service.models import artifacts, registry, registry_anchor
 from service.models import auto_rollback as guard
 from service.security import audit
 from service.store import RequestRecord, Store
@@ -44,7 +44,7 @@ def set_canary(root, weight=10.0, version=2, store=None, **rules):
                                                          "max_error_rate": 0.05, "max_p99_ms": None, **rules}}
         return {"action": "test"}
 
-    with audit.registry_changes(store) if store is not None else contextlib.nullcontext():
+    with registry_anchor.registry_changes(store) if store is not None else contextlib.nullcontext():
         registry.update(root, MODEL, change, actor="test")
 
 
@@ -259,7 +259,7 @@ def test_monitoring_rules_judge_only_figures_since_the_window_and_the_last_rollb
     assert entry["broken"] == ["live accuracy 0.1 < 0.9 over 200 labelled predictions"]
     assert asked == [pytest.approx(now - 600)]
     # turned back on: the figures asked for start at that rollback, not at the old window
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         registry.update(root, MODEL, lambda s: s["rollout"]["canary"].update(weight=50.0) or {"action": "test"},
                         actor="t")
     rolled_back_at = time.time()
@@ -275,7 +275,6 @@ def test_no_monitoring_figures_are_computed_without_a_monitoring_rule(root, stor
 
 
 def test_an_automatic_rollback_is_in_the_audit_trail(root, store):
-    from service.security import audit
 
     set_canary(root)
     traffic(store, ok=88, failed=8, fallbacks=4)

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from service.models import registry
+from service.models import registry, registry_anchor
+from service.models.registry_anchor import REFUSED, RegistryAnchors
 from service.models.registry_file import UNVERIFIED, RegistryUnverified
 from service.security import audit
-from service.security.registry_anchor import REFUSED, RegistryAnchors
 from service.store import Store
 from tests.builders import copy_version, package
 
@@ -28,7 +28,7 @@ def root(tmp_path, store):
     root = tmp_path / "artifacts"
     package(root, "m", record=True)
     copy_version(root, "m", 1, 2)
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         registry.set_label(root, "m", "staging", 2, actor="ops")
     return root
 
@@ -70,29 +70,29 @@ def test_a_deleted_file_is_refused_when_it_was_anchored(root, store):
 
 def test_restore_puts_back_the_audited_state_and_anchors_it(root, store):
     edit(root, production=2)
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         entry = registry.restore(root, "m", actor="ops", reason="not ours")
     assert entry["kept"].startswith(".registry.broken-")
     reading = registry.read_checked_state(root, "m", RegistryAnchors(store))
     assert reading.error is None and reading.state["labels"] == {"production": 1, "staging": 2}
-    assert audit.check_registry(store, root) == []
-    with audit.registry_changes(store), pytest.raises(ValueError, match="nothing to restore"):
+    assert registry_anchor.check_registry(store, root) == []
+    with registry_anchor.registry_changes(store), pytest.raises(ValueError, match="nothing to restore"):
         registry.restore(root, "m", actor="ops")
 
 
 def test_accept_records_a_deliberate_edit(root, store):
     edit(root, production=2)
-    with audit.registry_changes(store), pytest.raises(ValueError, match="reason"):
+    with registry_anchor.registry_changes(store), pytest.raises(ValueError, match="reason"):
         registry.accept(root, "m", actor="ops", reason=" ")
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         entry = registry.accept(root, "m", actor="ops", reason="hotfix by hand")
     assert entry["action"] == "registry.accept" and entry["labels"]["production"] == 2
     reading = registry.read_checked_state(root, "m", RegistryAnchors(store))
     assert reading.error is None and reading.state["labels"]["production"] == 2
-    assert audit.check_registry(store, root) == [] and audit.verify(store).ok
-    with audit.registry_changes(store), pytest.raises(ValueError, match="nothing to accept"):
+    assert registry_anchor.check_registry(store, root) == [] and audit.verify(store).ok
+    with registry_anchor.registry_changes(store), pytest.raises(ValueError, match="nothing to accept"):
         registry.accept(root, "m", actor="ops", reason="again")
-    with audit.registry_changes(store):  # and changes work again
+    with registry_anchor.registry_changes(store):  # and changes work again
         registry.set_label(root, "m", "staging", 1, actor="ops")
 
 
@@ -129,7 +129,7 @@ def test_a_reader_between_a_changes_anchor_and_its_rename_sees_no_tampering(root
         reader_done.set()
 
     def slow_hook(name, entry, state, **kwargs):
-        digest = audit.registry_hook(store)(name, entry, state, **kwargs)
+        digest = registry_anchor.registry_hook(store)(name, entry, state, **kwargs)
         thread = threading.Thread(target=read)  # the anchor is in, the file not yet renamed
         thread.start()
         assert reader.mismatch_seen.wait(10), "the reader never saw the new anchor with the old file"

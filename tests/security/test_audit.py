@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from service.models import registry
+from service.models import registry, registry_anchor
 from service.security import audit
 from service.store import Store
 from tests.builders import package
@@ -124,36 +124,36 @@ def test_registry_changes_carry_the_audit_hash_and_an_edit_shows(store, tmp_path
     root = tmp_path / "artifacts"
     package(root, "m")
     package(root, "m")
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         entry = registry.set_label(root, "m", "production", 2, actor="key:ops", reason="ship")
     assert entry["audit"] == audit.find(store, "label.set")[-1].hash
-    assert audit.check_registry(store, root) == []
+    assert registry_anchor.check_registry(store, root) == []
     # an edit by hand: the label moved back, no audited change
     state = json.loads((root / "m" / "registry.json").read_text())
     state["labels"]["production"] = 1
     (root / "m" / "registry.json").write_text(json.dumps(state))
-    problems = audit.check_registry(store, root)
+    problems = registry_anchor.check_registry(store, root)
     assert len(problems) == 1 and "labels or rollout differ" in problems[0]
 
 
 def test_a_rewritten_history_entry_shows(store, tmp_path):
     root = tmp_path / "artifacts"
     package(root, "m")
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         registry.set_label(root, "m", "staging", 1, actor="key:ops", reason="try")
     state = json.loads((root / "m" / "registry.json").read_text())
     state["history"][-1]["actor"] = "key:someone-else"
     (root / "m" / "registry.json").write_text(json.dumps(state))
-    assert "differs from audit record" in audit.check_registry(store, root)[0]
+    assert "differs from audit record" in registry_anchor.check_registry(store, root)[0]
     state["history"].pop()
     (root / "m" / "registry.json").write_text(json.dumps(state))
-    assert any("missing from the history" in p for p in audit.check_registry(store, root))
+    assert any("missing from the history" in p for p in registry_anchor.check_registry(store, root))
 
 
 def test_changes_outside_the_block_are_not_audited(store, tmp_path):
     root = tmp_path / "artifacts"
     package(root, "m")
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         pass
     assert "audit" not in registry.set_label(root, "m", "staging", 1, actor="x")
     assert audit.verify(store).count == 0

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from service.models import auto_rollback, registry
+from service.models import auto_rollback, registry, registry_anchor
+from service.models.registry_anchor import ANCHORED, REFUSED, RegistryAnchors, anchor_of, compare, root_id
 from service.models.registry_file import UNCHECKED, UNVERIFIED, RegistryUnverified, state_digest
 from service.security import audit
-from service.security.registry_anchor import ANCHORED, REFUSED, RegistryAnchors, anchor_of, compare, root_id
 from service.serving.catalog import FROM_MEMORY, Catalog
 from service.store import RequestRecord
 from tests.builders import package
@@ -54,7 +54,7 @@ class BrokenStore:
 
 def test_each_audited_change_anchors_the_file_it_writes(root, make_store):
     store = make_store()
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         entry = registry.set_label(root, "m", "staging", 2, actor="x")
     record = anchor_of(store, root_id(root), "m")
     assert record.hash == entry["audit"] and record.action == "label.set"
@@ -81,7 +81,7 @@ def test_a_file_with_no_anchor_is_anchored_once_whoever_reads_it(root, make_stor
 
 def test_an_edited_file_is_refused_and_the_refusal_recorded_once(root, make_store):
     store = make_store()
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         registry.set_label(root, "m", "staging", 1, actor="x")
     move_production_by_hand(root)
     workers = [RegistryAnchors(make_store(), actor=f"server:{i}") for i in range(2)]
@@ -99,11 +99,11 @@ def test_an_edited_file_is_refused_and_the_refusal_recorded_once(root, make_stor
 
 def test_a_change_over_an_edited_file_is_refused_and_writes_nothing(root, make_store):
     store = make_store()
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         registry.set_label(root, "m", "staging", 1, actor="x")
     move_production_by_hand(root)
     before = (root / "m" / "registry.json").read_bytes()
-    with audit.registry_changes(store), pytest.raises(RegistryUnverified):
+    with registry_anchor.registry_changes(store), pytest.raises(RegistryUnverified):
         registry.set_label(root, "m", "staging", 2, actor="x")
     assert (root / "m" / "registry.json").read_bytes() == before
     assert "label.set" not in actions(store)[1:]
@@ -121,7 +121,7 @@ def test_a_verified_file_read_again_asks_the_store_nothing(root, make_store):
 
 def test_changes_fail_closed_when_the_store_does_not_answer(root):
     before = (root / "m" / "registry.json").read_bytes()
-    with audit.registry_changes(BrokenStore()), pytest.raises(RegistryUnverified) as caught:
+    with registry_anchor.registry_changes(BrokenStore()), pytest.raises(RegistryUnverified) as caught:
         registry.set_label(root, "m", "staging", 2, actor="x")
     assert caught.value.code == UNCHECKED and "database" in caught.value.reason
     assert (root / "m" / "registry.json").read_bytes() == before
@@ -129,10 +129,10 @@ def test_changes_fail_closed_when_the_store_does_not_answer(root):
 
 def test_a_change_whose_record_cannot_be_written_is_not_made(root, make_store):
     store = make_store()
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         registry.set_label(root, "m", "staging", 1, actor="x")
     before = (root / "m" / "registry.json").read_bytes()
-    hook = audit.registry_hook(BrokenStore())
+    hook = registry_anchor.registry_hook(BrokenStore())
     token = registry.AUDIT.set(hook)
     try:
         with pytest.raises(OSError):
@@ -210,7 +210,7 @@ def test_changes_by_the_tools_while_workers_poll_raise_no_false_alarm(root, make
 
     def change():
         try:
-            with audit.registry_changes(store):
+            with registry_anchor.registry_changes(store):
                 for i in range(15):
                     registry.set_label(root, "m", "staging", 1 + i % 2, actor="ops")
         finally:
@@ -230,7 +230,7 @@ def test_changes_by_the_tools_while_workers_poll_raise_no_false_alarm(root, make
 
 def test_an_automatic_rollback_is_accepted_by_the_workers(root, make_store):
     store = make_store()
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         registry.set_rollout(root, "m", canary={"version": 2, "weight": 50}, actor="ops")
     catalog = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(make_store()))
     catalog.refresh()
@@ -244,14 +244,14 @@ def test_an_automatic_rollback_is_accepted_by_the_workers(root, make_store):
 
 def test_audit_verify_names_an_edit_to_the_history_alone(root, make_store):
     store = make_store()
-    with audit.registry_changes(store):
+    with registry_anchor.registry_changes(store):
         registry.set_label(root, "m", "staging", 1, actor="x")
-    assert audit.check_registry(store, root) == []
+    assert registry_anchor.check_registry(store, root) == []
     path = root / "m" / "registry.json"
     state = json.loads(path.read_text())
     state["history"][0]["reason"] = "rewritten"  # an entry with no audit link: only the anchor sees it
     path.write_text(json.dumps(state))
-    (problem,) = audit.check_registry(store, root)
+    (problem,) = registry_anchor.check_registry(store, root)
     assert problem.startswith("m: registry.json does not match the audit trail")
 
 
@@ -260,7 +260,7 @@ def test_an_older_audited_copy_put_back_is_not_served(root, make_store):
     catalog = Catalog(root, poll_seconds=0, verifier=RegistryAnchors(make_store()))
     catalog.refresh()
     old_copy = (root / "m" / registry.LAST_GOOD_FILE).read_bytes()
-    with audit.registry_changes(store):  # a change the worker has not polled yet
+    with registry_anchor.registry_changes(store):  # a change the worker has not polled yet
         registry.set_label(root, "m", "production", 2, actor="ops")
     (root / "m" / "registry.json").write_text("{")
     (root / "m" / registry.LAST_GOOD_FILE).write_bytes(old_copy)  # a rollback to a state once audited

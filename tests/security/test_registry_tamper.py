@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from service.models import registry
+from service.models.registry_anchor import REFUSED
 from service.security import audit
 from service.security.keys import create_key
-from service.security.registry_anchor import REFUSED
 from service.store import Store
 from tests.builders import copy_version
 from tests.conftest import REPO
