@@ -11,6 +11,7 @@ reads. No Flask.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,18 +81,17 @@ def read(store: Any, model: str, since: float, limit: int, *, versions: list[int
         marks = ", ".join("?" * len(versions))
         only = f" AND (version IN ({marks}) OR fallback_from IN ({marks}))"
         params += (*versions, *versions)
-    groups = [Group(_int(v), str(role), _int(failed), int(cls), int(n), int(rows or 0))
-              for v, role, failed, cls, n, rows in store.fetch(
-                  f"SELECT version, role, fallback_from, {STATUS_CLASS} AS cls, COUNT(*), SUM(rows)"  # nosec B608  # noqa: S608  constant SQL and placeholders
-                  f" FROM requests WHERE model = ? AND ts >= ?{only} GROUP BY version, role, fallback_from, cls", params)]
-    window = Window(groups, [], limit, versions)
+    # With a timeline, one grouping gives both (the scan and sort are the cost, not the groups).
+    bucket = "0" if bucket_seconds is None else store.dialect.bucket("ts", bucket_seconds)
+    counted = [(Group(_int(v), str(role), _int(failed), int(cls), int(n), int(rows or 0)), int(b))
+               for b, v, role, failed, cls, n, rows in store.fetch(
+                   f"SELECT {bucket} AS b, version, role, fallback_from, {STATUS_CLASS} AS cls, COUNT(*), SUM(rows)"  # nosec B608  # noqa: S608  constant SQL and placeholders
+                   f" FROM requests WHERE model = ? AND ts >= ?{only} GROUP BY b, version, role, fallback_from, cls",
+                   params)]
+    window = Window(_merge(group for group, _ in counted), [], limit, versions)
     if bucket_seconds is not None:
-        bucket = store.dialect.bucket("ts", bucket_seconds)
-        window.minutes = [Minute(_int(v), int(b), int(n), int(errors or 0)) for v, b, n, errors in store.fetch(
-            f"SELECT version, {bucket} AS b, COUNT(*), SUM(CASE WHEN status >= 500 THEN 1 ELSE 0 END)"  # nosec B608  # noqa: S608  constant SQL
-            " FROM requests WHERE model = ? AND ts >= ? AND (status < 400 OR status >= 500)"
-            " GROUP BY version, b ORDER BY b", (model, since))]
-    wanted = {g.version for g in groups} | {g.fallback_from for g in groups if g.role == "fallback"}
+        window.minutes = _minutes(counted)
+    wanted = {g.version for g in window.groups} | {g.fallback_from for g in window.groups if g.role == "fallback"}
     for version in sorted(v for v in wanted if v is not None and (versions is None or v in versions)):
         window.samples[version] = newest(store, model, since, version, limit)
     return window
@@ -105,6 +105,28 @@ def newest(store: Any, model: str, since: float, version: int, limit: int) -> li
         " AND (version = ? OR (role = 'fallback' AND fallback_from = ?)) AND (status < 400 OR status >= 500)"
         " ORDER BY ts DESC LIMIT ?", (model, since, version, version, int(limit)))
     return [dict(zip(SAMPLE_COLUMNS, row, strict=True)) for row in rows]
+
+
+def _merge(groups: Iterable[Group]) -> list[Group]:
+    """Add up the groups of every bucket into one group per (version, role, failed version, class)."""
+    totals: dict[tuple[Any, ...], list[int]] = {}
+    for g in groups:
+        total = totals.setdefault((g.version, g.role, g.fallback_from, g.status_class), [0, 0])
+        total[0] += g.requests
+        total[1] += g.rows
+    return [Group(*key, requests, rows) for key, (requests, rows) in totals.items()]
+
+
+def _minutes(counted: list[tuple[Group, int]]) -> list[Minute]:
+    """Requests and server errors per (answering version, bucket), client errors left out, oldest first."""
+    totals: dict[tuple[int, int | None], list[int]] = {}
+    for g, bucket in counted:
+        if g.status_class != CLIENT_ERROR:
+            total = totals.setdefault((bucket, g.version), [0, 0])
+            total[0] += g.requests
+            total[1] += g.requests if g.status_class == SERVER_ERROR else 0
+    return [Minute(version, bucket, n, errors) for (bucket, version), (n, errors) in
+            sorted(totals.items(), key=lambda item: item[0][0])]
 
 
 def _int(value: Any) -> int | None:
