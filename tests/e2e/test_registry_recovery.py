@@ -6,13 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import pytest
 import requests
 
 from service.models import registry
+from tests.builders import wait_until
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -21,13 +20,6 @@ ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
 UNREADABLE = "registry.json unreadable; serving its last-good copy"
 READABLE = "registry.json readable again"
 
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def said(server, message: str) -> int:
@@ -51,11 +43,11 @@ def test_a_corrupt_registry_survives_a_recycled_worker_a_restart_and_is_repaired
     production = registry.read_state(artifact_root, "diabetes")["labels"]["production"]
 
     (folder / "registry.json").write_text('{"labels": {"production": ')  # a torn write by some other tool
-    wait_for(lambda: said(server, UNREADABLE) == 2, "both workers to notice the broken file")
+    wait_until(lambda: said(server, UNREADABLE) == 2, 30, message="both workers to notice the broken file")
     victim = server.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2, "a replacement worker")
-    wait_for(lambda: said(server, UNREADABLE) == 3, "the replacement to boot over the broken file")
+    wait_until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2, 30, message="a replacement worker")
+    wait_until(lambda: said(server, UNREADABLE) == 3, 30, message="the replacement to boot over the broken file")
 
     assert predict_40(server) == [(200, str(production))] * 40
     ready = server.get("/readyz")
@@ -76,7 +68,7 @@ def test_a_corrupt_registry_survives_a_recycled_worker_a_restart_and_is_repaired
                               cwd=REPO, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "DATABASE_URL": f"sqlite:///{database}"})
     assert restored.returncode == 0, restored.stderr
-    wait_for(lambda: said(server, READABLE) == 2, "both workers to pick up the repaired file")
+    wait_until(lambda: said(server, READABLE) == 2, 30, message="both workers to pick up the repaired file")
     for _ in range(10):
         ready = server.get("/readyz")
         assert ready.status_code == 200 and "registry_error" not in ready.json()["models"]["diabetes"]

@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from service.models.registry_anchor import REFUSED
 from service.security import audit
 from service.security.keys import create_key
 from service.store import Store
-from tests.builders import copy_version
+from tests.builders import copy_version, wait_until
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -31,13 +29,6 @@ ROW = [1.0] * 30  # the demo classifier's 30 features
 REFUSED_LOG = "registry.json refused: it does not match the audit trail; serving its last-good copy"
 READABLE_LOG = "registry.json readable again"
 
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def database(root: Path, server) -> Path:
@@ -86,7 +77,7 @@ def test_an_edited_production_label_is_refused_until_the_operator_resolves_it(ar
     state = json.loads(path.read_text())
     state["labels"]["production"] = 2
     path.write_text(json.dumps(state, indent=2))
-    wait_for(lambda: said(server, REFUSED_LOG) == 2, "both workers to refuse the edited file")
+    wait_until(lambda: said(server, REFUSED_LOG) == 2, 30, message="both workers to refuse the edited file")
 
     assert served_versions(server) == {(200, "1")}  # the verified state, not the edit
     ready = server.get("/readyz")  # a probe: the code, not the message
@@ -103,12 +94,12 @@ def test_an_edited_production_label_is_refused_until_the_operator_resolves_it(ar
     # the operator undoes it; labels change through the API and the CLI, with no false alarm
     restored = cli(artifact_root, server, "registry", "restore", MODEL, "--reason", "not ours")
     assert restored.returncode == 0, restored.stderr
-    wait_for(lambda: said(server, READABLE_LOG) == 2, "both workers to take the restored file")
+    wait_until(lambda: said(server, READABLE_LOG) == 2, 30, message="both workers to take the restored file")
     changed = server.session.put(f"{server.base}/v1/models/{MODEL}/labels/staging", json={"version": 2}, timeout=30)
     assert changed.status_code == 200, changed.text
     labelled = cli(artifact_root, server, "label", "set", MODEL, "production", "2", "--reason", "release")
     assert labelled.returncode == 0, labelled.stderr
-    wait_for(lambda: served_versions(server, 10) == {(200, "2")}, "both workers to serve the new production")
+    wait_until(lambda: served_versions(server, 10) == {(200, "2")}, 30, message="both workers to serve the new production")
     assert "registry_error" not in server.get("/readyz").json()["models"][MODEL]
     assert len(audit_records(artifact_root, server, REFUSED)) == 1 and said(server, REFUSED_LOG) == 2
     assert cli(artifact_root, server, "audit", "verify").returncode == 0
