@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, g, request
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from flask import Blueprint, current_app, request
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from service.api.auth import require_scope
-from service.api.io import int_arg, json_response, read_json, validation_failed
+from service.api.auth import actor, require_scope
+from service.api.io import int_arg, json_response, load_body, read_json
 from service.errors import (
     ArtifactError,
     ChangeRefused,
@@ -67,7 +67,7 @@ ROLLOUT_CHECKS = {"canary": check_canary, "shadow": check_shadow, "fallback": ch
 @bp.put("/<model_name:name>/labels/<label_name:label>")
 @require_scope("admin")
 def set_label(name: str, label: str):
-    body = _load(LabelBody(), read_json())
+    body = load_body(LabelBody(), read_json())
     return _apply(name, registry.set_label, label, body["version"], reason=body["reason"], signed=True,
                   force=body["force"])
 
@@ -90,7 +90,7 @@ def show_rollout(name: str):
 @bp.put("/<model_name:name>/rollout")
 @require_scope("admin")
 def set_rollout(name: str):
-    body = _load(RolloutBody(), read_json())
+    body = load_body(RolloutBody(), read_json())
     reason = body.pop("reason")
     if not body:
         raise ValidationFailed("Give at least one of canary, shadow, fallback, budget_ms or rules.")
@@ -133,10 +133,9 @@ def _apply(name: str, change, *args: Any, reason: str, signed: bool = False, **k
     catalog.model(name)  # 404 before anything touches the disk
     if signed:
         kwargs["signing_key"] = catalog.signing_key  # the keys this server verifies with, never a private one
-    actor = f"key:{g.key_id}" if g.get("key_id") else "open-loopback"
     try:
         with registry_anchor.registry_changes(current_app.extensions["store"]):
-            entry = change(catalog.root, name, *args, actor=actor, reason=reason, **kwargs)
+            entry = change(catalog.root, name, *args, actor=actor(), reason=reason, **kwargs)
     except RegistryUnreadable as exc:
         raise _unreadable(exc, RegistryChangeBlocked) from None
     except (ValueError, ArtifactError) as exc:
@@ -170,19 +169,10 @@ def _unreadable(exc: RegistryUnreadable, error: type[RegistryStateUnavailable | 
     return error(what + fix, details=details)
 
 
-def _load(schema: Schema, payload: Any) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise validation_failed({"body": ["Must be a JSON object."]}, "the body")
-    try:
-        return schema.load(payload, unknown=RAISE)
-    except ValidationError as exc:
-        raise validation_failed(exc.normalized_messages(), "the body") from None
-
-
 def _reason() -> str:
     if not request.content_length:
         return ""
-    return _load(ReasonBody(), read_json())["reason"]
+    return load_body(ReasonBody(), read_json())["reason"]
 
 
 def _window_seconds() -> int:

@@ -17,7 +17,7 @@ from flask import Flask, current_app, g, request
 from service.api.proxy import is_local_request
 from service.config import Config
 from service.errors import ServiceError, Unauthorized
-from service.security.keys import SCOPES, Policy, credentials_from_headers, load_policy
+from service.security.keys import SCOPES, ApiKey, Policy, credentials_from_headers, load_policy
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -30,9 +30,10 @@ def init_app(app: Flask, config: Config) -> None:
 
 
 def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a view so it runs only for a key with ``scope`` (or one of ``others``); sets ``g.key_id``.
+    """Decorate a view so it runs only for a key with ``scope`` (or one of ``others``); sets ``g.api_key``
+    (the ``ApiKey``, whose own rate limits ``service.api.limits`` reads) and ``g.key_id``.
 
-    In open mode a local request to an open scope runs without a key (``g.key_id`` is None).
+    In open mode a local request to an open scope runs without a key (both are None).
     """
     for name in (scope, *others):
         if name not in SCOPES:
@@ -45,7 +46,8 @@ def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callab
                 # Fail closed: a forgotten init_app must not turn into an open server.
                 raise RuntimeError("service.api.auth.init_app(app, config) was not called")
             try:
-                g.key_id = _authorize(current_app.extensions["security"], (scope, *others))
+                g.api_key = _authorize(current_app.extensions["security"], (scope, *others))
+                g.key_id = g.api_key.id if g.api_key is not None else None
             except ServiceError as exc:
                 _audit_denied(exc, (scope, *others))
                 raise
@@ -56,13 +58,18 @@ def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callab
     return decorator
 
 
-def _authorize(policy: Policy, scopes: tuple[str, ...]) -> str | None:
+def actor() -> str:
+    """Who the audit trail names for this request's change: its key, or the open loopback caller."""
+    return f"key:{g.key_id}" if g.get("key_id") else "open-loopback"
+
+
+def _authorize(policy: Policy, scopes: tuple[str, ...]) -> ApiKey | None:
     if policy.is_open(scopes, is_local_request()):
         return None
     token = credentials_from_headers(request.headers)
     if not token and policy.open_scopes:
         raise _why_a_key_is_needed(policy, scopes)
-    return policy.store.authorize(token, *scopes).id
+    return policy.store.authorize(token, *scopes)
 
 
 def _audit_denied(exc: ServiceError, scopes: tuple[str, ...]) -> None:

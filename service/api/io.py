@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from flask import Response, current_app, request
+from marshmallow import RAISE, Schema, ValidationError
 
 from service.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from service.protocols import parse_json
@@ -79,6 +80,16 @@ def int_arg(name: str, *, low: int, high: int, default: int | None = None) -> in
         raise ValidationFailed(f"{name}: {message}", details={"errors": [{"row": None, "field": name,
                                                                           "messages": [message]}], "error_count": 1})
     return int(raw)
+
+
+def load_body(schema: Schema, payload: Any) -> dict[str, Any]:
+    """Load a JSON object body with ``schema`` (unknown fields refused); 422 naming each bad field."""
+    if not isinstance(payload, dict):
+        raise validation_failed({"body": ["Must be a JSON object."]}, "the body")
+    try:
+        return schema.load(payload, unknown=RAISE)
+    except ValidationError as exc:
+        raise validation_failed(exc.normalized_messages(), "the body") from None
 
 
 def validation_failed(messages: Any, what: str = "the request") -> ValidationFailed:

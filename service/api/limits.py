@@ -92,9 +92,9 @@ def _charge(limit: str, cost: int) -> None:
     quota: Quota | None = current_app.extensions.get(EXTENSION)
     if quota is None:
         return
-    key_id = getattr(g, "key_id", None)
-    caller = f"key:{key_id}" if key_id else f"addr:{request.remote_addr}"
-    refusal = quota.charge(caller, limit, cost, _own_rate(key_id, limit) if key_id else None)
+    key = g.get("api_key")  # the ApiKey require_scope found: its own rates come with it
+    caller = f"key:{key.id}" if key is not None else f"addr:{request.remote_addr}"
+    refusal = quota.charge(caller, limit, cost, dict(key.rate_limit).get(limit) if key is not None else None)
     if refusal is None:
         return
     _count_refusal(limit)
@@ -104,14 +104,6 @@ def _charge(limit: str, cost: int) -> None:
                       details={"limit": limit, "per_second": rate.per_second, "burst": rate.burst, "cost": cost,
                                "retry_after": refusal.retry_after},
                       retry_after=refusal.retry_after)
-
-
-def _own_rate(key_id: str, limit: str) -> float | None:
-    """The key's own rate for ``limit`` from the keys file, or None to use the server's."""
-    for key in current_app.extensions["security"].store.keys:
-        if key.id == key_id:
-            return dict(key.rate_limit).get(limit)
-    return None
 
 
 def _count_refusal(limit: str) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, g
-from marshmallow import RAISE, Schema, ValidationError, fields
+from flask import Blueprint, current_app
+from marshmallow import Schema, ValidationError, fields
 
-from service.api.auth import require_scope
-from service.api.io import json_response, read_json, validation_failed
+from service.api.auth import actor, require_scope
+from service.api.io import json_response, load_body, read_json
 from service.models.artifacts import MODEL_NAME_RE
 from service.security import audit
 
@@ -54,18 +54,9 @@ class ErasureResult(Schema):
 @require_scope("admin")
 def erase():
     """Delete one person's logged predictions, feedback and batch rows (counts per table)."""
-    body = _load(read_json())
+    body = load_body(EraseBody(), read_json())
     store = current_app.extensions["store"]
     subject_hash, counts = current_app.extensions["prediction_log"].erase(body["subject"], body["model"])
-    actor = f"key:{g.key_id}" if g.get("key_id") else "open-loopback"
-    audit.record(store, actor, "subject.erase", TARGET + subject_hash, {"model": body["model"], "deleted": counts})
+    audit.record(store, actor(), "subject.erase", TARGET + subject_hash, {"model": body["model"], "deleted": counts})
     return json_response({"subject_hash": subject_hash, "model": body["model"], "deleted": counts})
 
-
-def _load(payload: Any) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise validation_failed({"body": ["Must be a JSON object."]}, "the body")
-    try:
-        return EraseBody().load(payload, unknown=RAISE)
-    except ValidationError as exc:
-        raise validation_failed(exc.normalized_messages(), "the body") from None
