@@ -50,13 +50,20 @@ def _catalog(root) -> Catalog:
     return catalog
 
 
+def versions(root, name: str, *models, fallback: int | None = None, arrays: bool = True) -> None:
+    """Package ``models`` as versions 1, 2, ... of ``name`` (fitted on X), the first in production."""
+    y = pd.Series([1.5, 2.1, 3.2, 4.3]) if arrays else X["a"] + X["b"]
+    for model in models:
+        data = X.to_numpy() if arrays else X
+        registry.record_packaged(root, package_model(model.fit(data, y), name, root, X, y), actor="test")
+    if fallback is not None:
+        registry.set_rollout(root, name, fallback=fallback, actor="test")
+
+
 @pytest.fixture
 def poisoned(tmp_path):
     """Model "poisoned": v1 (production) answers NaN/inf for trigger rows, v2 never does; no rollout yet."""
-    y = pd.Series([1.5, 2.1, 3.2, 4.3])
-    for model in (NonFiniteRegressor(), SumRegressor()):
-        registry.record_packaged(tmp_path, package_model(model.fit(X.to_numpy(), y), "poisoned", tmp_path, X, y),
-                                 actor="test")
+    versions(tmp_path, "poisoned", NonFiniteRegressor(), SumRegressor())
     return tmp_path
 
 
@@ -111,11 +118,7 @@ def test_the_fallback_version_answers_instead_and_the_answer_says_so(poisoned):
 
 
 def test_a_fallback_that_answers_nan_too_fails_in_its_own_name(tmp_path):
-    y = pd.Series([1.5, 2.1, 3.2, 4.3])
-    for model in (NonFiniteRegressor(), NonFiniteRegressor()):
-        registry.record_packaged(tmp_path, package_model(model.fit(X.to_numpy(), y), "poisoned", tmp_path, X, y),
-                                 actor="test")
-    registry.set_rollout(tmp_path, "poisoned", fallback=2, actor="test")
+    versions(tmp_path, "poisoned", NonFiniteRegressor(), NonFiniteRegressor(), fallback=2)
     with pytest.raises(ModelOutputInvalid) as caught:
         predict(_catalog(tmp_path), [[NAN_TRIGGER, 0.0]])
     assert caught.value.details["version"] == 2
@@ -210,10 +213,7 @@ HUGE = 1e308  # what a fuzzer sends: finite, but a sum of two overflows
 @pytest.fixture
 def linear(tmp_path):
     """Model "linear": v1 (production) a healthy LinearRegression (a + b), v2 its fallback; trained on a in [1, 4]."""
-    y = X["a"] + X["b"]
-    for model in (LinearRegression(), SumRegressor()):
-        registry.record_packaged(tmp_path, package_model(model.fit(X, y), "linear", tmp_path, X, y), actor="test")
-    registry.set_rollout(tmp_path, "linear", fallback=2, actor="test")
+    versions(tmp_path, "linear", LinearRegression(), SumRegressor(), fallback=2, arrays=False)
     return tmp_path
 
 
@@ -309,11 +309,7 @@ def test_the_message_names_a_few_fields_and_the_details_all(tmp_path):
 @pytest.fixture
 def raising(tmp_path):
     """Model "raising": v1 (production) raises on a row holding 999 (trained on a in [1, 4], b under 1), v2 its fallback."""
-    y = pd.Series([1.5, 2.1, 3.2, 4.3])
-    for model in (RaisingRegressor(), SumRegressor()):
-        registry.record_packaged(tmp_path, package_model(model.fit(X.to_numpy(), y), "raising", tmp_path, X, y),
-                                 actor="test")
-    registry.set_rollout(tmp_path, "raising", fallback=2, actor="test")
+    versions(tmp_path, "raising", RaisingRegressor(), SumRegressor(), fallback=2)
     return _catalog(tmp_path)
 
 
