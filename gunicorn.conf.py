@@ -174,9 +174,11 @@ def post_worker_init(worker):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    catalog = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("catalog")
-    if catalog is not None:
-        catalog.warm_up()
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    if extensions.get("catalog") is not None:
+        extensions["catalog"].warm_up()
+    if extensions.get("observer") is not None:
+        extensions["observer"].start()  # ships what workers gone before it left in the spool
     worker.ready_rss = _resident_bytes()
     worker.served = 0
 
@@ -293,14 +295,17 @@ def child_exit(server, worker):
 
 
 def worker_exit(server, worker):
-    """A graceful stop (SIGTERM, HUP, max_requests): write what the worker's recorder still holds.
+    """A graceful stop (SIGTERM, HUP, max_requests, memory recycle): spool what the worker's recorder
+    still holds and ship what the store takes.
 
-    Every answered request is then in the requests table and the prediction log; the wait is
-    bounded so a dead database cannot hold the exit past the graceful timeout.
+    The wait is bounded so a dead database cannot hold the exit past the graceful timeout; what
+    the store did not take stays in the spool on disk, and the next worker ships it.
     """
     observer = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("observer")
     if observer is not None and not observer.close(timeout=graceful_timeout / 2):
-        worker.log.error("records still queued at exit were lost", extra={"pending": observer.pending})
+        recording = observer.recording()
+        worker.log.warning("records left in the spool at exit; the next worker ships them",
+                           extra={"spooled_bytes": recording.get("spooled_bytes"), "dropped": recording.get("dropped")})
 
 
 def worker_abort(worker):

@@ -75,7 +75,8 @@ def create_app(config: Config | None = None) -> Flask:
         limits=Limits(config.max_batch_rows, config.vectorized_min_rows),
         store=store,
         observer=Observer(store, prediction_log, record_requests=config.record_requests,
-                          check_quality=config.data_quality_checks, capacity=config.record_queue_size),
+                          check_quality=config.data_quality_checks, capacity=config.record_queue_size,
+                          capacity_rows=config.record_queue_rows, outbox=_outbox(config, store, prediction_log)),
         monitoring=report,
         prediction_log=prediction_log,
         executor=ThreadPoolExecutor(BUDGET_THREADS, thread_name_prefix="budget"),
@@ -96,6 +97,18 @@ def create_app(config: Config | None = None) -> Flask:
         "app ready", extra={"artifacts_dir": str(config.artifacts_dir), "models": [m.name for m in catalog.models()]}
     )
     return app
+
+
+def _outbox(config: Config, store, prediction_log):
+    """Records go through an on-disk spool per worker; every failed write and lost record is counted."""
+    from service.monitoring import metrics
+    from service.monitoring.outbox import Outbox
+    from service.monitoring.spool import Spool
+
+    store.on_write_failure = metrics.observe_store_write_failure
+    spool = Spool(config.spool_folder(), max_bytes=int(config.spool_max_mb * 2**20),
+                  fsync_seconds=config.spool_fsync_seconds)
+    return Outbox(store, prediction_log, spool, on_drop=metrics.observe_record_dropped)
 
 
 def _start_alerts(config: Config, store, report):

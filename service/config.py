@@ -7,6 +7,7 @@ directly.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import os
@@ -138,6 +139,22 @@ class Config:
         "RECORD_QUEUE_SIZE", "Records a worker may hold for its background writer; past it they are dropped and "
         "counted, never waited on.", default=10_000,
     )
+    record_queue_rows: int = _env(
+        "RECORD_QUEUE_ROWS", "Rows of the records a worker may hold in memory for its background writer (bounds "
+        "its memory under a burst of large batches); past it records are dropped and counted.", default=200_000,
+    )
+    spool_dir: Path | None = _env(
+        "SPOOL_DIR", "Folder of the workers' on-disk spools, where answered records wait until the store takes them; "
+        "unset = spool/ beside a SQLite DATABASE_URL's file, else var/spool.", default=None,
+    )
+    spool_max_mb: float = _env(
+        "SPOOL_MAX_MB", "MiB of records each worker may spool while the store fails; past it they are dropped and "
+        "counted (records_dropped_total{reason=\"spool_full\"}).", default=1024.0,
+    )
+    spool_fsync_seconds: float = _env(
+        "SPOOL_FSYNC_SECONDS", "Longest time between two fsyncs of a worker's spool: what a machine crash can lose "
+        "(a killed process loses nothing it spooled); 0 = fsync every batch.", default=1.0,
+    )
     pii_hash_key: str | None = _env(
         "PII_HASH_KEY", "Secret for HMAC-hashing inputs flagged pii in the log; unset = such inputs are dropped.",
         default=None,
@@ -190,7 +207,7 @@ class Config:
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be between 1 and 65535, got {self.port}")
         for name in ("workers", "threads", "timeout", "max_request_bytes", "max_batch_rows", "vectorized_min_rows",
-                     "record_queue_size"):
+                     "record_queue_size", "record_queue_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_var(name)} must be at least 1, got {getattr(self, name)}")
         # NaN would make the poll thread spin and inf would crash it: both are refused
@@ -214,7 +231,10 @@ class Config:
                               f"got {self.rate_limit_rows_burst}")
         if self.worker_max_requests < 0:
             raise ConfigError(f"WORKER_MAX_REQUESTS must be 0 (never) or more, got {self.worker_max_requests}")
-        for name in ("alert_seconds", "retention_days", "worker_memory_growth_mb", "retention_seconds"):
+        if not (math.isfinite(self.spool_max_mb) and self.spool_max_mb > 0):
+            raise ConfigError(f"SPOOL_MAX_MB must be a finite number above 0, got {self.spool_max_mb}")
+        for name in ("alert_seconds", "retention_days", "worker_memory_growth_mb", "retention_seconds",
+                     "spool_fsync_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {value}")
@@ -235,6 +255,18 @@ class Config:
         object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in self.allowed_hosts))
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+
+    def spool_folder(self) -> Path:
+        """Where this server's workers spool: one subfolder per database, so two servers that share a
+        spool root but not a store never ship each other's records to the wrong one."""
+        if self.spool_dir is not None:
+            root = self.spool_dir
+        elif self.database_url.startswith("sqlite:///"):
+            root = Path(self.database_url[len("sqlite:///"):]).parent / "spool"
+        else:
+            root = Path("var/spool")
+        digest = hashlib.sha256(self.database_url.encode()).hexdigest()[:16]
+        return root / digest
 
     @property
     def is_loopback(self) -> bool:

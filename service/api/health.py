@@ -29,14 +29,20 @@ def readyz():
     problem reported: the state is the last one committed and every worker agrees on it. A
     model with versions and no state at all (no usable file or copy) is 503,
     ``REGISTRY_UNREADABLE``. Probes without a key see the code, never the message.
+
+    ``recording`` is this worker's record path: ``ok``; ``spooling`` (the store has not taken
+    answered records for a while: they wait in the on-disk spool); ``degraded`` (records were
+    dropped in the last minute: the spool was full or unwritable). Serving is unaffected: 200.
     """
     ready, report = current_app.extensions["catalog"].readiness()
+    recording = current_app.extensions["observer"].recording()
     if _keys_on():
         # probes carry no key: with keys on, say how many models and which state, not why
         report = {name: {k: entry[k] for k in PUBLIC_FIELDS if k in entry} for name, entry in report.items()}
+        recording = {"status": recording["status"]}
     if not ready:
-        raise NotReady(details={"models": report})
-    return json_response({"status": "ready", "models": report})
+        raise NotReady(details={"models": report, "recording": recording})
+    return json_response({"status": "ready", "models": report, "recording": recording})
 
 
 def _keys_on() -> bool:

@@ -145,8 +145,18 @@ class Metrics:
                                          "Predict requests by model, wire protocol (v1, v2, mlflow) and outcome.",
                                          ("model", "protocol", "outcome"), **reg)
         self.records_dropped = Counter(PREFIX + "records_dropped",
-                                       "Request and prediction records dropped because the worker's recording "
-                                       "queue was full (the predictions themselves were answered).", **reg)
+                                       "Request and prediction records lost (the predictions themselves were "
+                                       "answered), by reason: queue_full (the worker's in-memory queue), spool_full "
+                                       "(SPOOL_MAX_BYTES reached while the store failed), spool_unwritable (the "
+                                       "spool's disk refused), unreadable, encoding_failed.", ("reason",), **reg)
+        self.store_write_failures = Counter(PREFIX + "store_write_failures",
+                                            "Writes to the store that failed, by table and reason (locked, full, "
+                                            "read_only, unreachable, other). Records whose write failed wait in the "
+                                            "spool and are retried.", ("table", "reason"), **reg)
+        self.spool_bytes = Gauge(PREFIX + "spool_bytes", "Bytes of answered records waiting in the workers' spools "
+                                 "for the store.", multiprocess_mode="livesum", **reg)
+        self.spool_oldest = Gauge(PREFIX + "spool_oldest_seconds", "Age of the oldest record waiting in a worker's "
+                                  "spool (0 when the store has everything).", multiprocess_mode="livemax", **reg)
         self.rate_limited = Counter(PREFIX + "rate_limited", "Requests refused with 429, by the limit they exceeded "
                                     "(requests or rows per second).", ("limit",), **reg)
         self.rate_limit_unavailable = Counter(PREFIX + "rate_limit_unavailable",

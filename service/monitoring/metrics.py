@@ -147,9 +147,23 @@ def observe_protocol(model: str, protocol: str, outcome: str) -> None:
 
 
 @_never_raises
-def observe_record_dropped(count: int = 1) -> None:
-    """Count records the recording queue had no room for."""
-    current().records_dropped.inc(count)
+def observe_record_dropped(reason: str, count: int = 1) -> None:
+    """Count records lost on their way to the store, by reason (``outbox.DROP_REASONS``)."""
+    current().records_dropped.labels(reason).inc(count)
+
+
+@_never_raises
+def observe_store_write_failure(table: str, reason: str) -> None:
+    """Count a failed write to the store, by table and reason (``store.failures.REASONS``)."""
+    current().store_write_failures.labels(table, reason).inc()
+
+
+@_never_raises
+def observe_spool(spooled_bytes: int, oldest_seconds: float) -> None:
+    """Set this worker's spool gauges."""
+    metrics = current()
+    metrics.spool_bytes.set(spooled_bytes)
+    metrics.spool_oldest.set(oldest_seconds)
 
 
 @_never_raises

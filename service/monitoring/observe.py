@@ -3,10 +3,11 @@
 ``Observer.watch`` wraps one inference, whatever protocol carried it, in a single timing and
 error-counting context (no view keeps a ``try/except`` of its own). What it records (metrics,
 the request row, the prediction log, data-quality counts, shadows) is only queued on the
-request's path; one background writer per worker (``service.monitoring.recorder``) writes
-it in batches, one transaction per batch, so none of it adds latency or failure to the live
-answer. Everything here swallows its own errors (logged): an observer must never take a
-worker down. No Flask.
+request's path; one background writer per worker (``service.monitoring.recorder``) counts it,
+encodes it into records and hands them to the outbox (``service.monitoring.outbox``), which
+spools them to disk and ships them to the store in batches. None of it adds latency or failure
+to the live answer, and a store that fails costs spool space, not records. Everything here
+swallows its own errors (logged): an observer must never take a worker down. No Flask.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ import orjson
 
 from service.errors import ServiceError
 from service.monitoring import metrics
+from service.monitoring.outbox import Outbox, pack
 from service.monitoring.predlog import EncodedBatch, PredictionLog
 from service.monitoring.quality import request_quality
-from service.monitoring.recorder import DEFAULT_CAPACITY, Recorder
+from service.monitoring.recorder import DEFAULT_CAPACITY, DEFAULT_CAPACITY_ROWS, Recorder
 from service.serving.inference import Answer, Target, check_output
 from service.serving.runtime import LoadedModel
 from service.store import REQUEST_COLUMNS, RequestRecord, ShadowRecord, Store
+
+#: Longest a writer spends shipping before it looks at its in-memory queue again (seconds).
+PUMP_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,10 @@ class Observer:
     check_quality: bool = True
     #: records waiting for the writer at most; past it they are dropped and counted
     capacity: int = DEFAULT_CAPACITY
+    #: rows of the records waiting for the writer at most (their memory); past it they are dropped and counted
+    capacity_rows: int = DEFAULT_CAPACITY_ROWS
+    #: the spool and the shipping to the store; None: one without a spool (records wait in memory)
+    outbox: Outbox | None = None
     #: shadows run on a background thread so a slow shadow never holds up the worker's next
     #: request; past this many waiting, shadow comparisons are dropped (and counted)
     max_pending_shadows: int = 4
@@ -84,8 +93,24 @@ class Observer:
     _recorder: Recorder | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._recorder = Recorder(self.write_batch, capacity=self.capacity, on_drop=metrics.observe_record_dropped,
-                                  name="observer-writer")
+        if self.outbox is None and self.store is not None:
+            self.outbox = Outbox(self.store, self.log, None, on_drop=metrics.observe_record_dropped)
+        self._recorder = Recorder(self.write_batch, capacity=self.capacity, capacity_rows=self.capacity_rows,
+                                  on_drop=self._queue_full, pump=self._pump, name="observer-writer")
+
+    def _queue_full(self, count: int) -> None:
+        if self.outbox is not None:
+            self.outbox.drop("queue_full", count)
+        else:
+            metrics.observe_record_dropped("queue_full", count)
+
+    def _pump(self) -> float | None:
+        return None if self.outbox is None else self.outbox.pump(time.monotonic() + PUMP_SECONDS)
+
+    def start(self) -> None:
+        """Start the writer in this process now, so it ships what workers gone before it left."""
+        if self.outbox is not None:
+            self._recorder.start()
 
     @contextmanager
     def watch(self, target: Target, request_id: str, protocol: str = "v1") -> Iterator[Watch]:
@@ -107,7 +132,7 @@ class Observer:
 
     def answered(self, answer: Answer, request_id: str, *, protocol: str = "v1") -> None:
         """Queue a successful answer for recording; its shadows run once it is written."""
-        self._recorder.put(_Answered(answer, request_id, time.time(), protocol))
+        self._recorder.put(_Answered(answer, request_id, time.time(), protocol), answer.rows)
 
     def failed(self, target: Target, request_id: str, status: int, code: str, seconds: float,
                version: int | None, *, protocol: str = "v1") -> None:
@@ -117,12 +142,25 @@ class Observer:
         self._recorder.put(_Failed(record, code, protocol))
 
     def flush(self) -> None:
-        """Write what is queued now, in the caller's thread."""
+        """Write what is queued now to the store, in the caller's thread (tests, the CLI)."""
         self._recorder.flush()
+        if self.outbox is not None:
+            self.outbox.pump()
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Write everything queued and stop the writer (a worker's graceful exit)."""
-        return self._recorder.close(timeout)
+        """Hand everything queued to the outbox, ship what the store takes within ``timeout`` and
+        stop the writer (a worker's graceful exit). True when every record is in the store; what
+        is left waits in the spool for the next worker (``recording()`` says how much)."""
+        deadline = time.monotonic() + timeout
+        drained = self._recorder.close(timeout / 2)
+        shipped = self.outbox.close(deadline) if self.outbox is not None else True
+        return drained and shipped
+
+    def recording(self) -> dict[str, Any]:
+        """The record path's state, for ``/readyz``: ok, spooling or degraded, and the counts."""
+        if self.outbox is None:
+            return {"status": "off"}
+        return {**self.outbox.status(), "queued": self.pending}
 
     @property
     def pending(self) -> int:
@@ -147,17 +185,14 @@ class Observer:
         if self.check_quality:
             self._count_quality(answers)
         logged = self._encode_log(answers)
-        rows = [tuple(getattr(r, c) for c in REQUEST_COLUMNS) for r in requests] if self.record_requests else []
-        if self.store is not None and (rows or logged):
-            sql = self.store.insert_sql("requests", REQUEST_COLUMNS)
-
-            def work(db: Any) -> None:
-                if rows:
-                    db.executemany(sql, rows)
-                for batch in logged:
-                    self.log.write_encoded(db, batch)
-
-            self.store.write("records", work)
+        if self.outbox is not None:
+            records = []
+            for record, item in zip(requests, items, strict=True):
+                row = tuple(getattr(record, c) for c in REQUEST_COLUMNS) if self.record_requests else None
+                batch = logged.get(id(item))
+                if row is not None or batch is not None:
+                    records.append(pack(row, batch))
+            self.outbox.put(records)
         for item in answers:
             if item.answer.shadows:
                 self._schedule_shadows(item.answer)
@@ -189,18 +224,27 @@ class Observer:
             except Exception:
                 log.exception("data-quality check failed", extra={"model": name, "version": version})
 
-    def _encode_log(self, answers: list[_Answered]) -> list[EncodedBatch]:
+    def _encode_log(self, answers: list[_Answered]) -> dict[int, EncodedBatch]:
+        """Each answer's logged batch, by ``id()`` of its item (none for an unsampled batch)."""
         if self.log is None:
-            return []
-        encoded = []
+            return {}
+        encoded = {}
         for item in answers:
             answer = item.answer
-            batch = self.log.encode(answer.target.name, answer.version, item.request_id, answer.ids,
-                                    answer.batch.columns, answer.result.predictions, answer.result.probabilities,
-                                    answer.seconds * 1000, answer.model.features, ts=item.ts,
-                                    subject=answer.model.manifest.get("subject"))
+            try:
+                batch = self.log.encode(answer.target.name, answer.version, item.request_id, answer.ids,
+                                        answer.batch.columns, answer.result.predictions, answer.result.probabilities,
+                                        answer.seconds * 1000, answer.model.features, ts=item.ts,
+                                        subject=answer.model.manifest.get("subject"))
+            except Exception as exc:  # one bad batch must not cost the others their records
+                log.exception("encoding a logged batch failed", extra={"model": answer.target.name})
+                if self.outbox is not None:
+                    self.outbox.drop("encoding_failed")
+                if self.store is not None:
+                    self.store.write_failed("predictions", exc)
+                continue
             if batch is not None:
-                encoded.append(batch)
+                encoded[id(item)] = batch
         return encoded
 
     def _schedule_shadows(self, answer: Answer) -> None:

@@ -1,12 +1,14 @@
-"""One background writer per worker: what the observer records is queued here, written in batches.
+"""One background writer per worker: what the observer records is queued here, handed off in batches.
 
 The request's thread only appends to a bounded deque (no lock to wait on, no I/O). A daemon
-thread, started in the worker on first use (never in a forking master), wakes when something
-is queued, lets a batch gather for ``interval`` seconds, and hands everything waiting to
-``write`` in one call, which writes it in one transaction. When the queue is full the new item
-is dropped and counted (``on_drop``): recording never blocks or fails a prediction. ``close``
-drains what is left; Gunicorn's ``worker_exit`` hook calls it, so a graceful stop loses nothing.
-No Flask.
+thread, started in the worker on first use or by ``start`` (never in a forking master), wakes
+when something is queued, lets a batch gather for ``interval`` seconds, and hands everything
+waiting to ``write`` in one call (the observer spools it to disk). Between batches it calls
+``pump``, which ships what waits to the store and says when to call it again (a retry, a
+periodic look for work left by dead workers). The queue is bounded in items and in rows
+(``weight``): when full, the new item is dropped and counted (``on_drop``), so recording never
+blocks or fails a prediction and a burst of large batches cannot grow the worker's memory
+without bound. ``close`` drains what is left; Gunicorn's ``worker_exit`` hook calls it. No Flask.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: Items waiting at most, per worker; past it new items are dropped (and counted), never waited on.
 DEFAULT_CAPACITY = 10_000
+#: Rows (the items' weights) waiting at most, per worker: bounds the memory a burst of large batches holds.
+DEFAULT_CAPACITY_ROWS = 200_000
 #: Items written in one transaction at most.
 DEFAULT_BATCH_SIZE = 512
 #: Seconds a batch may gather after the first item arrives: a few ms turns a burst into one write.
@@ -40,14 +44,18 @@ class Recorder:
     """A bounded queue and the one thread that empties it in batches."""
 
     def __init__(self, write: Callable[[list[Any]], None], *, capacity: int = DEFAULT_CAPACITY,
-                 batch_size: int = DEFAULT_BATCH_SIZE, interval: float = DEFAULT_INTERVAL,
-                 on_drop: Callable[[int], None] = _ignore, name: str = "recorder"):
-        if capacity < 1 or batch_size < 1 or interval < 0:
-            raise ValueError("capacity and batch_size must be positive and interval not negative")
+                 capacity_rows: int = DEFAULT_CAPACITY_ROWS, batch_size: int = DEFAULT_BATCH_SIZE,
+                 interval: float = DEFAULT_INTERVAL, on_drop: Callable[[int], None] = _ignore,
+                 pump: Callable[[], float | None] | None = None, name: str = "recorder"):
+        if capacity < 1 or capacity_rows < 1 or batch_size < 1 or interval < 0:
+            raise ValueError("capacity, capacity_rows and batch_size must be positive and interval not negative")
         self.write, self.capacity, self.batch_size, self.interval = write, capacity, batch_size, interval
+        self.capacity_rows, self.pump = capacity_rows, pump
         self.on_drop, self.name = on_drop, name
         self.dropped = 0
-        self._items: deque[Any] = deque()
+        self._rows = 0  # the weights of the items waiting
+        self._rows_lock = threading.Lock()  # += from request threads and -= from the writer must not race
+        self._items: deque[tuple[Any, int]] = deque()
         self._wake = threading.Event()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -55,14 +63,16 @@ class Recorder:
         self._closing = False
         self._last_drop_log = float("-inf")
 
-    def put(self, item: Any) -> bool:
-        """Queue ``item`` for the writer; False (and counted) when the queue is full or closed."""
-        if self._closing or len(self._items) >= self.capacity:
+    def put(self, item: Any, weight: int = 1) -> bool:
+        """Queue ``item`` (``weight`` rows) for the writer; False (and counted) when full or closed."""
+        if self._closing or len(self._items) >= self.capacity or (self._items and self._rows + weight > self.capacity_rows):
             self._drop()
             return False
         if self._pid != os.getpid():
             self._start()
-        self._items.append(item)
+        with self._rows_lock:
+            self._rows += weight
+        self._items.append((item, weight))
         if not self._wake.is_set():
             self._wake.set()
         return True
@@ -86,34 +96,54 @@ class Recorder:
         """Write what is queued now, in the caller's thread (tests, and a final drain)."""
         self._drain()
 
+    def start(self) -> None:
+        """Start the writer now (a worker that just booted: it ships what dead workers left)."""
+        if self._pid != os.getpid():
+            self._start()
+        self._wake.set()
+
     def _start(self) -> None:
         with self._start_lock:
             if self._pid == os.getpid():
                 return
             if self._pid is not None:  # forked: the parent's queue, event and thread are not ours
-                self._items, self._wake = deque(), threading.Event()
+                self._items, self._wake, self._rows = deque(), threading.Event(), 0
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._pid = os.getpid()
             self._thread.start()
             atexit.register(self.close, 5.0)  # any WSGI server's normal exit; Gunicorn's worker_exit comes first
 
     def _run(self) -> None:
+        wait: float | None = None
         while True:
-            self._wake.wait()
-            if not self._closing and self.interval:
-                time.sleep(self.interval)  # let a burst gather into one transaction
+            woken = self._wake.wait(wait)
+            if woken and not self._closing and self.interval:
+                time.sleep(self.interval)  # let a burst gather into one batch
             # Cleared only now: while the batch gathers, ``put`` sees the event set and skips
             # Event.set (a lock and a notify), so a busy worker pays for one wake per batch.
             self._wake.clear()
             self._drain()
             if self._closing:
                 return
+            wait = self._pump()
+
+    def _pump(self) -> float | None:
+        if self.pump is None:
+            return None
+        try:
+            return self.pump()
+        except Exception:  # the writer must never die
+            log.exception("shipping recorded items failed")
+            return 1.0
 
     def _drain(self) -> None:
         while self._items:
             batch = []
             while self._items and len(batch) < self.batch_size:
-                batch.append(self._items.popleft())
+                item, weight = self._items.popleft()
+                with self._rows_lock:
+                    self._rows -= weight
+                batch.append(item)
             try:
                 self.write(batch)
             except Exception:  # a writer must never die: the next batch gets its chance

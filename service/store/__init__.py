@@ -29,7 +29,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
-from service.store import traffic
+from service.store import failures, traffic
 from service.store.postgres import PostgresDialect
 from service.store.records import (  # noqa: F401  (the record types are part of the store's surface)
     REQUEST_COLUMNS,
@@ -65,6 +65,8 @@ class Store:
         self.path = self.dialect.path  # the SQLite file; None on PostgreSQL
         self.timeout = timeout
         self.write_failures = 0  # per process: every failed write since start
+        #: Told (table, reason) of every failed write, reason one of ``failures.REASONS`` (a metric).
+        self.on_write_failure: Callable[[str, str], None] | None = None
         self._burst_failures = 0
         self._last_failure_log: float | None = None
         self._failure_lock = threading.Lock()
@@ -252,11 +254,17 @@ class Store:
         except Exception as exc:  # full disk, locked past the timeout, server down, bad value, ...
             self.write_failed(what, exc)
             return False
-        self._write_succeeded()
+        self.write_succeeded()
         return True
 
     def write_failed(self, what: str, exc: BaseException) -> None:
-        """Count a failed write and log it unless a failure was logged within the current burst."""
+        """Count a failed write (by reason) and log it unless a failure was logged within the current burst."""
+        reason = failures.reason_for(exc)
+        if self.on_write_failure is not None:
+            try:
+                self.on_write_failure(what, reason)
+            except Exception:  # nosec B110  # noqa: S110  counting must not turn one failure into two
+                pass
         with self._failure_lock:
             self.write_failures += 1
             self._burst_failures += 1
@@ -266,9 +274,11 @@ class Store:
                 self._last_failure_log = now
         if not quiet:
             log.error("store write failed; serving continues (further failures in this burst are only counted)",
-                      extra={"table": what, "reason": f"{type(exc).__name__}: {exc}", "write_failures": self.write_failures})
+                      extra={"table": what, "reason": reason, "error": f"{type(exc).__name__}: {exc}",
+                             "write_failures": self.write_failures})
 
-    def _write_succeeded(self) -> None:
+    def write_succeeded(self) -> None:
+        """Note a successful write: the first after failures ends their burst with a log line."""
         if not self._burst_failures:  # the common path: no lock, no log
             return
         with self._failure_lock:

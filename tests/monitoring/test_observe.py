@@ -86,14 +86,14 @@ def test_a_watch_left_without_an_answer_records_nothing(observer, store):
 def test_many_answers_are_written_in_one_transaction(catalog, store, monkeypatch):
     observer = Observer(store, PredictionLog(store))
     transactions = []
-    original = store.write
-    monkeypatch.setattr(store, "write", lambda what, work: transactions.append(what) or original(what, work))
+    original = store.transaction
+    monkeypatch.setattr(store, "transaction", lambda *a, **k: transactions.append(a) or original(*a, **k))
     observer._recorder._pid = -1  # pretend a writer runs elsewhere: nothing is written until the flush below
     monkeypatch.setattr(observer._recorder, "_start", lambda: None)
     for i in range(20):
         answer_one(observer, catalog, f"req-{i}")
     observer.flush()
-    assert transactions == ["records"]
+    assert transactions == [()]
     assert len(requests_of(store, "diabetes")) == 20 and len(store.query("SELECT id FROM predictions")) == 20
 
 

@@ -1,0 +1,284 @@
+"""Records on their way to the store: spooled to disk first, shipped in order, every loss counted.
+
+The observer's writer thread hands ``put`` the records of what the worker answered (a request
+row and, when logged, its encoded prediction batch). They go to the worker's on-disk spool
+(``service.monitoring.spool``) and from there to the store, one transaction per chunk, which
+also notes how far the segment is committed (``spool_marks``): a segment adopted after its
+writer died resumes after what the store already has, so a replay writes nothing twice.
+
+When the store fails (locked, full, read-only, unreachable) the records wait in the spool and
+shipping is retried with back-off; each failure is counted by reason. Only when the spool
+cannot take a record (over ``SPOOL_MAX_BYTES``, or its disk refuses) does a bounded memory
+buffer hold it; past that the record is dropped, counted by reason and named in a warning line
+once per interval. ``status`` says which of these is happening, for ``/readyz``. No Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from service.monitoring import metrics
+from service.monitoring.predlog import EncodedBatch, PredictionLog
+from service.monitoring.spool import Chunk, Spool, SpoolFull
+from service.store import REQUEST_COLUMNS, Store
+from service.store.failures import reason_for
+
+log = logging.getLogger(__name__)
+
+#: The record layout written to the spool; a record of another layout is counted ``unreadable``.
+RECORD_FORMAT = 1
+#: Why a record can be dropped (a Prometheus label).
+DROP_REASONS = ("queue_full", "spool_full", "spool_unwritable", "unreadable", "encoding_failed")
+#: How far each spool segment is committed, written in the same transaction as its records.
+MARKS_DDL = """
+CREATE TABLE IF NOT EXISTS spool_marks (
+    segment TEXT PRIMARY KEY,          -- a spool segment's file name (<pid>-<ns>.seg)
+    position BIGINT NOT NULL,          -- bytes of it committed to this store
+    ts DOUBLE PRECISION NOT NULL       -- unix seconds of that commit
+);
+"""
+#: Records shipped in one transaction at most (bytes of spooled records).
+CHUNK_BYTES = 2 * 2**20
+#: Back-off after a failed shipment: first wait, and the longest.
+RETRY_FIRST, RETRY_MAX = 0.25, 15.0
+#: How often an idle writer looks for segments left by workers gone before it.
+ADOPT_SECONDS = 10.0
+#: Seconds between two warning lines about dropped records (each drop is counted at once).
+DROP_LOG_SECONDS = 10.0
+#: Records older than this still waiting for the store make ``status`` say ``spooling``.
+SPOOLING_AFTER_SECONDS = 5.0
+
+
+def pack(request: tuple[Any, ...] | None, batch: EncodedBatch | None) -> bytes:
+    """One record: a request row (``REQUEST_COLUMNS``) and/or a logged prediction batch."""
+    return orjson.dumps([RECORD_FORMAT, request, batch])  # orjson writes a dataclass as an object
+
+
+def unpack(record: bytes) -> tuple[tuple[Any, ...] | None, EncodedBatch | None]:
+    """Read a record back; raise ``ValueError`` for one that is not of ``RECORD_FORMAT``."""
+    try:
+        version, request, batch = orjson.loads(record)
+        if version != RECORD_FORMAT:
+            raise ValueError(f"record format {version!r}")
+        return (tuple(request) if request is not None else None,
+                EncodedBatch(**batch) if batch is not None else None)
+    except (TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+class Outbox:
+    """The spool, the shipping to the store, and the counts of what failed or was dropped."""
+
+    def __init__(self, store: Store, prediction_log: PredictionLog | None, spool: Spool | None, *,
+                 memory_bytes: int = 64 * 2**20,
+                 on_drop: Callable[[str, int], None] | None = None):
+        self.store, self.log, self.spool = store, prediction_log, spool
+        self.memory_bytes = memory_bytes
+        self.on_drop = on_drop
+        self.dropped: Counter[str] = Counter()  # since start, by reason
+        self.failures: Counter[str] = Counter()  # failed shipments since start, by reason
+        self._memory: deque[bytes] = deque()  # records the spool could not take, waiting for the store
+        self._memory_size = 0
+        self._retry_at = 0.0
+        self._delay = RETRY_FIRST
+        self._adopted_at = float("-inf")
+        self._checked: set[str] = set()  # segments whose mark was read (ours need none)
+        self._spool_failing = False  # the spool's failure was logged; logged again once it recovers
+        self._unlogged: Counter[str] = Counter()
+        self._drop_logged = float("-inf")
+        self._last_drop = float("-inf")
+        self._lock = threading.Lock()  # ``close`` may run in another thread than the writer
+        self._sql = store.insert_sql("requests", REQUEST_COLUMNS)
+        self._mark = store.insert_sql("spool_marks", ("segment", "position", "ts"), conflict="replace",
+                                      key=("segment",))
+        store.ensure_tables(MARKS_DDL)
+
+    # -- taking records ----------------------------------------------------------------------
+
+    def put(self, records: list[bytes]) -> None:
+        """Spool ``records`` (the writer's thread); never raises."""
+        if not records:
+            return
+        with self._lock:
+            if self.spool is not None:
+                try:
+                    self.spool.append(records)
+                    if self._spool_failing:
+                        self._spool_failing = False
+                        log.warning("the spool takes records again", extra={"folder": str(self.spool.folder)})
+                    return
+                except SpoolFull:
+                    reason = "spool_full"
+                except OSError as exc:
+                    reason = "spool_unwritable"
+                    if not self._spool_failing:
+                        self._spool_failing = True
+                        log.error("the spool could not be written; records wait in memory, then are dropped",
+                                  extra={"folder": str(self.spool.folder), "error": f"{type(exc).__name__}: {exc}"})
+            else:
+                reason = "spool_unwritable"
+            for record in records:  # the spool refused: a bounded buffer in memory, then drops
+                if self._memory_size + len(record) > self.memory_bytes:
+                    self.drop(reason)
+                    continue
+                self._memory.append(record)
+                self._memory_size += len(record)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count records lost (``DROP_REASONS``) and say so in a warning line once per interval."""
+        self.dropped[reason] += count
+        self._unlogged[reason] += count
+        self._last_drop = time.monotonic()
+        if self.on_drop is not None:
+            try:
+                self.on_drop(reason, count)
+            except Exception:  # nosec B110  # noqa: S110  counting must not fail the writer
+                pass
+        if self._last_drop - self._drop_logged >= DROP_LOG_SECONDS:
+            self._drop_logged = self._last_drop
+            log.warning("prediction records dropped: answered predictions are missing from the store",
+                        extra={"dropped": dict(self._unlogged), "dropped_since_start": dict(self.dropped)})
+            self._unlogged.clear()
+
+    # -- shipping ----------------------------------------------------------------------------
+
+    def pump(self, deadline: float | None = None) -> float:
+        """Ship what waits until done, the store fails or ``deadline`` (monotonic) passes; return the
+        seconds until the writer should call again."""
+        try:
+            return self._pump(deadline)
+        finally:
+            if self.spool is not None:
+                metrics.observe_spool(self.spool.bytes, self.spool.oldest_age())
+
+    def _pump(self, deadline: float | None) -> float:
+        now = time.monotonic()
+        if now < self._retry_at:
+            return self._retry_at - now
+        with self._lock:
+            if self.spool is not None and now - self._adopted_at >= ADOPT_SECONDS:
+                self._adopted_at = now
+                self.spool.adopt()
+            while deadline is None or time.monotonic() < deadline:
+                try:
+                    if not self._ship_next():
+                        break
+                except sqlite3.Error as exc:
+                    reason = reason_for(exc)
+                    self.failures[reason] += 1
+                    self.store.write_failed("records", exc)
+                    self._retry_at = time.monotonic() + self._delay
+                    self._delay = min(self._delay * 2, RETRY_MAX)
+                    return self._retry_at - time.monotonic()
+            else:
+                return 0.0  # out of time with more to ship
+        self._delay = RETRY_FIRST
+        return ADOPT_SECONDS
+
+    def _ship_next(self) -> bool:
+        """Commit the oldest waiting chunk; False when nothing waits. Raises ``sqlite3.Error``."""
+        chunk = self.spool.pending(CHUNK_BYTES) if self.spool is not None else None
+        if chunk is not None:
+            segment = chunk.segment
+            if segment.name not in self._checked:
+                self._resume(chunk)
+                chunk = self.spool.pending(CHUNK_BYTES)
+                if chunk is None:
+                    return True
+            self._commit(chunk.records, chunk)
+            self.spool.shipped(chunk)
+            return True
+        if self._memory:
+            records = []
+            size = 0
+            while self._memory and size < CHUNK_BYTES:
+                records.append(self._memory.popleft())
+                size += len(records[-1])
+            try:
+                self._commit(records, None)
+            except sqlite3.Error:
+                self._memory.extendleft(reversed(records))
+                raise
+            self._memory_size -= size
+            return True
+        return False
+
+    def _resume(self, chunk: Chunk) -> None:
+        """An adopted segment: skip what a transaction already committed before its writer died."""
+        segment = chunk.segment
+        rows = self.store.fetch("SELECT position FROM spool_marks WHERE segment = ?", (segment.name,))
+        self._checked.add(segment.name)
+        if rows:
+            self.spool.skip_to(segment, int(rows[0][0]))
+
+    def _commit(self, records: list[bytes], chunk: Chunk | None) -> None:
+        rows, batches = [], []
+        for record in records:
+            try:
+                request, batch = unpack(record)
+            except ValueError:
+                log.exception("a spooled record cannot be read; it is dropped")
+                self.drop("unreadable")
+                continue
+            if request is not None:
+                rows.append(request)
+            if batch is not None and self.log is not None:
+                batches.append(batch)
+        with self.store.transaction() as db:
+            if rows:
+                db.executemany(self._sql, rows)
+            for batch in batches:
+                self.log.write_encoded(db, batch)
+            if chunk is not None:
+                db.execute(self._mark, (chunk.segment.name, chunk.end, time.time()))
+        self.store.write_succeeded()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """``ok``; ``spooling`` (the store has not taken records for a while: they wait on disk);
+        ``degraded`` (records were dropped in the last minute)."""
+        spooled = self.spool.bytes if self.spool is not None else 0
+        age = self.spool.oldest_age() if self.spool is not None else 0.0
+        state = "ok"
+        if spooled and age > SPOOLING_AFTER_SECONDS or self._memory:
+            state = "spooling"
+        if time.monotonic() - self._last_drop < 60.0:
+            state = "degraded"
+        return {"status": state, "spooled_bytes": spooled, "waiting_in_memory": len(self._memory),
+                "oldest_seconds": round(age, 1), "dropped": dict(self.dropped),
+                "store_failures": dict(self.failures)}
+
+    def close(self, deadline: float) -> bool:
+        """Ship what can be shipped before ``deadline`` (monotonic), then release the spool;
+        True when nothing is left waiting (what is left on disk is adopted by the next worker)."""
+        self._retry_at = 0.0
+        while time.monotonic() < deadline:
+            wait = self.pump(deadline)
+            if wait == ADOPT_SECONDS:
+                break
+            time.sleep(min(max(wait, 0.01), max(deadline - time.monotonic(), 0.0)))
+        with self._lock:
+            if self._memory and self.spool is not None:
+                try:  # the spool may take now what it refused before: the next worker ships it
+                    self.spool.append(list(self._memory))
+                    self._memory.clear()
+                    self._memory_size = 0
+                except OSError:
+                    pass
+            if self._memory:
+                self.drop("spool_full" if self.spool is not None else "spool_unwritable", len(self._memory))
+                self._memory.clear()
+                self._memory_size = 0
+            left = self.spool.bytes if self.spool is not None else 0
+            if self.spool is not None:
+                self.spool.close()
+        return left == 0
