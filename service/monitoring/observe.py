@@ -35,9 +35,6 @@ from service.serving.inference import Answer, Target, check_output
 from service.serving.runtime import LoadedModel
 from service.store import REQUEST_COLUMNS, RequestRecord, ShadowRecord, Store
 
-#: Longest a writer spends shipping before it looks at its in-memory queue again (seconds).
-PUMP_SECONDS = 0.5
-
 log = logging.getLogger(__name__)
 
 
@@ -96,7 +93,7 @@ class Observer:
         if self.outbox is None and self.store is not None:
             self.outbox = Outbox(self.store, self.log, None, on_drop=metrics.observe_record_dropped)
         self._recorder = Recorder(self.write_batch, capacity=self.capacity, capacity_rows=self.capacity_rows,
-                                  on_drop=self._queue_full, pump=self._pump, name="observer-writer")
+                                  on_drop=self._queue_full, name="observer-writer")
 
     def _queue_full(self, count: int) -> None:
         if self.outbox is not None:
@@ -104,13 +101,10 @@ class Observer:
         else:
             metrics.observe_record_dropped("queue_full", count)
 
-    def _pump(self) -> float | None:
-        return None if self.outbox is None else self.outbox.pump(time.monotonic() + PUMP_SECONDS)
-
     def start(self) -> None:
-        """Start the writer in this process now, so it ships what workers gone before it left."""
-        if self.outbox is not None:
-            self._recorder.start()
+        """Start shipping in this process now, so what workers gone before it left reaches the store."""
+        if self.outbox is not None and self.outbox.background:
+            self.outbox.start()
 
     @contextmanager
     def watch(self, target: Target, request_id: str, protocol: str = "v1") -> Iterator[Watch]:

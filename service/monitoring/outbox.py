@@ -2,9 +2,11 @@
 
 The observer's writer thread hands ``put`` the records of what the worker answered (a request
 row and, when logged, its encoded prediction batch). They go to the worker's on-disk spool
-(``service.monitoring.spool``) and from there to the store, one transaction per chunk, which
-also notes how far the segment is committed (``spool_marks``): a segment adopted after its
-writer died resumes after what the store already has, so a replay writes nothing twice.
+(``service.monitoring.spool``) at once; a shipper thread of its own (started in the worker,
+never in a forking master) sends them to the store, one transaction per chunk, which also
+notes how far the segment is committed (``spool_marks``): a segment adopted after its writer
+died resumes after what the store already has, so a replay writes nothing twice. A store that
+blocks holds only the shipper: answered records keep reaching the disk.
 
 When the store fails (locked, full, read-only, unreachable) the records wait in the spool and
 shipping is retried with back-off; each failure is counted by reason. Only when the spool
@@ -16,6 +18,7 @@ once per interval. ``status`` says which of these is happening, for ``/readyz``.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -78,10 +81,11 @@ class Outbox:
     """The spool, the shipping to the store, and the counts of what failed or was dropped."""
 
     def __init__(self, store: Store, prediction_log: PredictionLog | None, spool: Spool | None, *,
-                 memory_bytes: int = 64 * 2**20,
+                 memory_bytes: int = 64 * 2**20, background: bool = True,
                  on_drop: Callable[[str, int], None] | None = None):
         self.store, self.log, self.spool = store, prediction_log, spool
         self.memory_bytes = memory_bytes
+        self.background = background  # ship from a thread of its own (False: only when ``pump`` is called)
         self.on_drop = on_drop
         self.dropped: Counter[str] = Counter()  # since start, by reason
         self.failures: Counter[str] = Counter()  # failed shipments since start, by reason
@@ -95,7 +99,12 @@ class Outbox:
         self._unlogged: Counter[str] = Counter()
         self._drop_logged = float("-inf")
         self._last_drop = float("-inf")
-        self._lock = threading.Lock()  # ``close`` may run in another thread than the writer
+        self._lock = threading.Lock()  # the spool and the memory buffer: writer, shipper and ``close``
+        self._shipping = threading.Lock()  # one pump at a time: a chunk is committed once
+        self._wake = threading.Event()
+        self._stopping = False
+        self._shipper: threading.Thread | None = None
+        self._shipper_pid: int | None = None
         self._sql = store.insert_sql("requests", REQUEST_COLUMNS)
         self._mark = store.insert_sql("spool_marks", ("segment", "position", "ts"), conflict="replace",
                                       key=("segment",))
@@ -107,6 +116,8 @@ class Outbox:
         """Spool ``records`` (the writer's thread); never raises."""
         if not records:
             return
+        if self.background and self._shipper_pid != os.getpid():
+            self.start()
         with self._lock:
             if self.spool is not None:
                 try:
@@ -114,6 +125,7 @@ class Outbox:
                     if self._spool_failing:
                         self._spool_failing = False
                         log.warning("the spool takes records again", extra={"folder": str(self.spool.folder)})
+                    self._wake.set()
                     return
                 except SpoolFull:
                     reason = "spool_full"
@@ -131,6 +143,7 @@ class Outbox:
                     continue
                 self._memory.append(record)
                 self._memory_size += len(record)
+            self._wake.set()
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count records lost (``DROP_REASONS``) and say so in a warning line once per interval."""
@@ -150,74 +163,111 @@ class Outbox:
 
     # -- shipping ----------------------------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the shipper thread in this process (idempotent; after fork only)."""
+        if self._shipper_pid == os.getpid():
+            return
+        with self._lock:
+            if self._shipper_pid == os.getpid():
+                return
+            self._wake, self._stopping = threading.Event(), False
+            self._shipper = threading.Thread(target=self._run, name="outbox-shipper", daemon=True)
+            self._shipper_pid = os.getpid()
+            self._shipper.start()
+
+    def _run(self) -> None:
+        wait = 0.0
+        while not self._stopping:
+            self._wake.wait(wait)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                wait = self.pump()
+            except Exception:  # the shipper must never die
+                log.exception("shipping records to the store failed")
+                wait = RETRY_MAX
+
     def pump(self, deadline: float | None = None) -> float:
         """Ship what waits until done, the store fails or ``deadline`` (monotonic) passes; return the
-        seconds until the writer should call again."""
+        seconds until the next try is due."""
         try:
-            return self._pump(deadline)
+            with self._shipping:
+                return self._pump(deadline)
         finally:
             if self.spool is not None:
-                metrics.observe_spool(self.spool.bytes, self.spool.oldest_age())
+                with self._lock:
+                    spooled, age = self.spool.bytes, self.spool.oldest_age()
+                metrics.observe_spool(spooled, age)
 
     def _pump(self, deadline: float | None) -> float:
         now = time.monotonic()
         if now < self._retry_at:
             return self._retry_at - now
-        with self._lock:
-            if self.spool is not None and now - self._adopted_at >= ADOPT_SECONDS:
-                self._adopted_at = now
+        if self.spool is not None and now - self._adopted_at >= ADOPT_SECONDS:
+            self._adopted_at = now
+            with self._lock:
                 self.spool.adopt()
-            while deadline is None or time.monotonic() < deadline:
-                try:
-                    if not self._ship_next():
-                        break
-                except sqlite3.Error as exc:
-                    reason = reason_for(exc)
-                    self.failures[reason] += 1
-                    self.store.write_failed("records", exc)
-                    self._retry_at = time.monotonic() + self._delay
-                    self._delay = min(self._delay * 2, RETRY_MAX)
-                    return self._retry_at - time.monotonic()
-            else:
-                return 0.0  # out of time with more to ship
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                if not self._ship_next():
+                    break
+            except sqlite3.Error as exc:
+                reason = reason_for(exc)
+                self.failures[reason] += 1
+                self.store.write_failed("records", exc)
+                self._retry_at = time.monotonic() + self._delay
+                self._delay = min(self._delay * 2, RETRY_MAX)
+                return self._retry_at - time.monotonic()
+        else:
+            return 0.0  # out of time with more to ship
         self._delay = RETRY_FIRST
         return ADOPT_SECONDS
 
     def _ship_next(self) -> bool:
-        """Commit the oldest waiting chunk; False when nothing waits. Raises ``sqlite3.Error``."""
-        chunk = self.spool.pending(CHUNK_BYTES) if self.spool is not None else None
+        """Commit the oldest waiting chunk; False when nothing waits. Raises ``sqlite3.Error``.
+
+        The lock covers the spool's bookkeeping only, never the transaction: ``put`` goes on
+        appending while the store takes its time.
+        """
+        with self._lock:
+            chunk = self.spool.pending(CHUNK_BYTES) if self.spool is not None else None
         if chunk is not None:
-            segment = chunk.segment
-            if segment.name not in self._checked:
-                self._resume(chunk)
-                chunk = self.spool.pending(CHUNK_BYTES)
-                if chunk is None:
-                    return True
+            if chunk.segment.name not in self._checked:
+                if self._resume(chunk):
+                    return True  # read again from where the store's mark says
             self._commit(chunk.records, chunk)
-            self.spool.shipped(chunk)
+            with self._lock:
+                self.spool.shipped(chunk)
             return True
-        if self._memory:
-            records = []
-            size = 0
+        with self._lock:
+            records, size = [], 0
             while self._memory and size < CHUNK_BYTES:
                 records.append(self._memory.popleft())
                 size += len(records[-1])
-            try:
-                self._commit(records, None)
-            except sqlite3.Error:
-                self._memory.extendleft(reversed(records))
-                raise
             self._memory_size -= size
-            return True
-        return False
+        if not records:
+            return False
+        try:
+            self._commit(records, None)
+        except sqlite3.Error:
+            with self._lock:
+                self._memory.extendleft(reversed(records))
+                self._memory_size += size
+            raise
+        return True
 
-    def _resume(self, chunk: Chunk) -> None:
-        """An adopted segment: skip what a transaction already committed before its writer died."""
+    def _resume(self, chunk: Chunk) -> bool:
+        """Skip what a transaction already committed from this segment (its writer died after the
+        commit, before noting it); True when that moved the segment on."""
         segment = chunk.segment
         rows = self.store.fetch("SELECT position FROM spool_marks WHERE segment = ?", (segment.name,))
         self._checked.add(segment.name)
-        if rows:
+        if not rows or int(rows[0][0]) <= segment.shipped:
+            return False
+        with self._lock:
             self.spool.skip_to(segment, int(rows[0][0]))
+        return True
 
     def _commit(self, records: list[bytes], chunk: Chunk | None) -> None:
         rows, batches = [], []
@@ -258,8 +308,12 @@ class Outbox:
                 "store_failures": dict(self.failures)}
 
     def close(self, deadline: float) -> bool:
-        """Ship what can be shipped before ``deadline`` (monotonic), then release the spool;
-        True when nothing is left waiting (what is left on disk is adopted by the next worker)."""
+        """Stop the shipper, ship what the store takes before ``deadline`` (monotonic), then release
+        the spool; True when nothing is left waiting (what is left on disk goes to the next worker)."""
+        self._stopping = True
+        self._wake.set()
+        if self._shipper is not None and self._shipper_pid == os.getpid():
+            self._shipper.join(max(deadline - time.monotonic(), 0.0))
         self._retry_at = 0.0
         while time.monotonic() < deadline:
             wait = self.pump(deadline)

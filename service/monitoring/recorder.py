@@ -3,9 +3,8 @@
 The request's thread only appends to a bounded deque (no lock to wait on, no I/O). A daemon
 thread, started in the worker on first use or by ``start`` (never in a forking master), wakes
 when something is queued, lets a batch gather for ``interval`` seconds, and hands everything
-waiting to ``write`` in one call (the observer spools it to disk). Between batches it calls
-``pump``, which ships what waits to the store and says when to call it again (a retry, a
-periodic look for work left by dead workers). The queue is bounded in items and in rows
+waiting to ``write`` in one call (the observer spools it to disk; another thread ships the
+spool to the store, so a slow store never holds this one). The queue is bounded in items and in rows
 (``weight``): when full, the new item is dropped and counted (``on_drop``), so recording never
 blocks or fails a prediction and a burst of large batches cannot grow the worker's memory
 without bound. ``close`` drains what is left; Gunicorn's ``worker_exit`` hook calls it. No Flask.
@@ -46,11 +45,11 @@ class Recorder:
     def __init__(self, write: Callable[[list[Any]], None], *, capacity: int = DEFAULT_CAPACITY,
                  capacity_rows: int = DEFAULT_CAPACITY_ROWS, batch_size: int = DEFAULT_BATCH_SIZE,
                  interval: float = DEFAULT_INTERVAL, on_drop: Callable[[int], None] = _ignore,
-                 pump: Callable[[], float | None] | None = None, name: str = "recorder"):
+                 name: str = "recorder"):
         if capacity < 1 or capacity_rows < 1 or batch_size < 1 or interval < 0:
             raise ValueError("capacity, capacity_rows and batch_size must be positive and interval not negative")
         self.write, self.capacity, self.batch_size, self.interval = write, capacity, batch_size, interval
-        self.capacity_rows, self.pump = capacity_rows, pump
+        self.capacity_rows = capacity_rows
         self.on_drop, self.name = on_drop, name
         self.dropped = 0
         self._rows = 0  # the weights of the items waiting
@@ -96,12 +95,6 @@ class Recorder:
         """Write what is queued now, in the caller's thread (tests, and a final drain)."""
         self._drain()
 
-    def start(self) -> None:
-        """Start the writer now (a worker that just booted: it ships what dead workers left)."""
-        if self._pid != os.getpid():
-            self._start()
-        self._wake.set()
-
     def _start(self) -> None:
         with self._start_lock:
             if self._pid == os.getpid():
@@ -114,10 +107,9 @@ class Recorder:
             atexit.register(self.close, 5.0)  # any WSGI server's normal exit; Gunicorn's worker_exit comes first
 
     def _run(self) -> None:
-        wait: float | None = None
         while True:
-            woken = self._wake.wait(wait)
-            if woken and not self._closing and self.interval:
+            self._wake.wait()
+            if not self._closing and self.interval:
                 time.sleep(self.interval)  # let a burst gather into one batch
             # Cleared only now: while the batch gathers, ``put`` sees the event set and skips
             # Event.set (a lock and a notify), so a busy worker pays for one wake per batch.
@@ -125,16 +117,6 @@ class Recorder:
             self._drain()
             if self._closing:
                 return
-            wait = self._pump()
-
-    def _pump(self) -> float | None:
-        if self.pump is None:
-            return None
-        try:
-            return self.pump()
-        except Exception:  # the writer must never die
-            log.exception("shipping recorded items failed")
-            return 1.0
 
     def _drain(self) -> None:
         while self._items:

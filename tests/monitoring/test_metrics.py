@@ -515,6 +515,56 @@ def test_alert_rules_fire_on_the_figures_they_watch(tmp_path):
               - eval_time: 40m
                 alertname: SklearnServerModelLoadFailure
                 exp_alerts: []
+              - eval_time: 40m
+                alertname: SklearnServerRecordsDropped
+                exp_alerts: []
+              - eval_time: 40m
+                alertname: SklearnServerStoreWriteFailures
+                exp_alerts: []
+    """))
+    done = subprocess.run([promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_recording_alerts_fire_when_records_are_dropped_or_writes_fail(tmp_path):
+    """A dropped record alerts at once (by reason); failing writes alert after two minutes; a spool
+    backlog of ten minutes warns; none of them fires while the counters stand still."""
+    (tmp_path / "alerts.yml").write_text(without_annotations(ALERTS.read_text()))
+    (tmp_path / "test.yml").write_text(textwrap.dedent("""
+        rule_files: [alerts.yml]
+        evaluation_interval: 1m
+        tests:
+          - interval: 1m
+            input_series:
+              - series: 'sklearn_server_records_dropped_total{job="j", instance="a", reason="spool_full"}'
+                values: '0x10 0 5 5 5'
+              - series: 'sklearn_server_store_write_failures_total{job="j", instance="a", table="records", reason="locked"}'
+                values: '0x10 0+3x10'
+              - series: 'sklearn_server_spool_oldest_seconds{job="j", instance="a"}'
+                values: '0x10 0+60x30'
+            alert_rule_test:
+              - eval_time: 9m
+                alertname: SklearnServerRecordsDropped
+                exp_alerts: []
+              - eval_time: 12m
+                alertname: SklearnServerRecordsDropped
+                exp_alerts:
+                  - exp_labels: {severity: critical, job: j, instance: a, reason: spool_full}
+              - eval_time: 9m
+                alertname: SklearnServerStoreWriteFailures
+                exp_alerts: []
+              - eval_time: 15m
+                alertname: SklearnServerStoreWriteFailures
+                exp_alerts:
+                  - exp_labels: {severity: warning, job: j, instance: a, reason: locked}
+              - eval_time: 20m
+                alertname: SklearnServerSpoolBacklog
+                exp_alerts: []
+              - eval_time: 30m
+                alertname: SklearnServerSpoolBacklog
+                exp_alerts:
+                  - exp_labels: {severity: warning, job: j, instance: a}
     """))
     done = subprocess.run([promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60)

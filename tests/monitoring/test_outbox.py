@@ -30,7 +30,8 @@ def store(tmp_path):
 
 
 def outbox_for(store, folder, **kwargs):
-    return Outbox(store, PredictionLog(store), Spool(folder, max_bytes=kwargs.pop("max_bytes", 2**20)), **kwargs)
+    spool = Spool(folder, max_bytes=kwargs.pop("max_bytes", 2**20))
+    return Outbox(store, PredictionLog(store), spool, background=False, **kwargs)  # shipped when the test pumps
 
 
 class Locked:
