@@ -64,19 +64,18 @@ def _copy(database: Path, copies: int) -> None:
     db = sqlite3.connect(database)
     try:
         batch_columns = [r[1] for r in db.execute("PRAGMA table_info(prediction_batches)") if r[1] != "batch"]
-        row_columns = [r[1] for r in db.execute("PRAGMA table_info(predictions)")]
         seed = db.execute("SELECT batch FROM prediction_batches").fetchone()[0]
         with db:
             for k in range(1, copies + 1):
-                shown = ", ".join(f"ts + {k * SPACING}" if c == "ts" else c for c in batch_columns)
-                cursor = db.execute(f"INSERT INTO prediction_batches ({', '.join(batch_columns)}) "  # nosec B608  # noqa: S608  names from PRAGMA
-                                    f"SELECT {shown} FROM prediction_batches WHERE batch = ?", (seed,))
-                copied = {"id": f"id || '-{k}'", "ts": f"ts + {k * SPACING}", "batch": str(cursor.lastrowid)}
-                shown = ", ".join(copied.get(c, c) for c in row_columns)
-                db.execute(f"INSERT INTO predictions ({', '.join(row_columns)}) "  # nosec B608  # noqa: S608  names from PRAGMA
-                           f"SELECT {shown} FROM predictions WHERE batch = ?", (seed,))
-            db.execute("INSERT INTO feedback (id, ts, label, model) "
-                       "SELECT id, ts + 1, '1', model FROM predictions WHERE rowid % 10 = 0")
+                copied = {"ts": f"ts + {k * SPACING}", "base": f"base || '.{k}'"}
+                shown = ", ".join(copied.get(c, c) for c in batch_columns)
+                db.execute(f"INSERT INTO prediction_batches ({', '.join(batch_columns)}) "  # nosec B608  # noqa: S608  names from PRAGMA
+                           f"SELECT {shown} FROM prediction_batches WHERE batch = ?", (seed,))
+            # a label for every tenth row of every batch (the seed's rows are 0..rows-1: unsampled)
+            db.execute("INSERT INTO feedback (id, ts, label, model) SELECT b.base || '-' || (n.value * 10), b.ts + 1, '1', "
+                       "b.model FROM prediction_batches b "
+                       "JOIN (WITH RECURSIVE c(value) AS (SELECT 0 UNION ALL SELECT value + 1 FROM c WHERE value < 99999) "
+                       "SELECT value FROM c) AS n ON n.value * 10 < b.rows")
         db.execute("ANALYZE")
     finally:
         db.close()

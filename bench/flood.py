@@ -59,7 +59,7 @@ def flood(server: Server, body: bytes, clients: int, seconds: float) -> Counter:
 def logged(database: Path) -> int:
     db = sqlite3.connect(database)
     try:
-        return db.execute("SELECT count(*) FROM predictions").fetchone()[0]
+        return db.execute("SELECT coalesce(sum(rows), 0) FROM prediction_batches").fetchone()[0]
     finally:
         db.close()
 

@@ -80,6 +80,7 @@ class Server:
     workers: int
     extra_env: dict[str, str] = field(default_factory=dict)
     app: str = PROJECT_APP  # the WSGI app Gunicorn serves with gunicorn.conf.py (bench.naive_app:application, ...)
+    tree: Path = REPO  # the checkout whose wsgi.py and gunicorn.conf.py are served (another one: a before/after run)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -101,8 +102,10 @@ class Server:
         (self.scratch / "prom").mkdir(parents=True, exist_ok=True)
         command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", self.app]
         env = server_env(self.artifacts, self.port, self.workers, self.scratch, self.extra_env)
+        if self.tree != REPO:
+            env["PYTHONPATH"] = str(self.tree)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, stdout=log,  # nosec B603  # noqa: S603  the venv's gunicorn, fixed args
+            self.process = subprocess.Popen(command, cwd=self.tree, stdout=log,  # nosec B603  # noqa: S603  the venv's gunicorn, fixed args
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self._wait_ready()
 

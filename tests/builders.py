@@ -145,3 +145,19 @@ def package_with_subject(root: Path, name: str = "people") -> dict[str, Any]:
     artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
     registry.set_label(root, name, "production", manifest["version"], actor="test")
     return manifest
+
+
+def logged_ids(db: Any, model: str | None = None) -> list[str]:
+    """Every prediction id the log holds, expanded from its batch records (``db``: a Store or a sqlite3
+    connection), oldest record first."""
+    import orjson
+
+    from service.store.records import ids_of
+
+    sql = "SELECT base, rows, positions FROM prediction_batches"
+    params: tuple = ()
+    if model is not None:
+        sql, params = sql + " WHERE model = ?", (model,)
+    found = db.fetch(sql + " ORDER BY ts, batch", params) if hasattr(db, "fetch") else db.execute(sql, params).fetchall()
+    return [pid for base, rows, positions in found
+            for pid in ids_of(base, rows, None if positions is None else orjson.loads(positions))]

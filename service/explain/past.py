@@ -21,6 +21,7 @@ from service.errors import Conflict, NotFound
 from service.explain import explain, method_for
 from service.explain.background import reference_rows
 from service.serving.validation import validate_rows
+from service.store.records import split_id
 
 NEVER_STORED = "pii: never stored (no PII_HASH_KEY when it was logged)"
 HASHED = "pii: stored only as a keyed hash, which cannot be read back"
@@ -54,14 +55,19 @@ def find(store: Any, model: str, prediction_id: str) -> Logged:
     """Read one logged prediction of ``model`` and its stored inputs; 404 when there is none."""
     if not prediction_id or len(prediction_id) > MAX_ID_CHARS:
         raise PredictionNotFound(details={"model": model, "id": prediction_id[:MAX_ID_CHARS]})
-    found = store.fetch("SELECT version, ts, batch, row_index FROM predictions WHERE id = ? AND model = ?",
-                        (prediction_id, model))
-    batch = store.fetch("SELECT rows, features, inputs, outputs FROM prediction_batches WHERE batch = ?",
-                        (found[0][2],)) if found and found[0][2] is not None else []
-    if not batch:  # unknown, purged, or a row of the previous layout (no inputs kept)
+    parsed = split_id(prediction_id)
+    found = store.fetch("SELECT version, ts, rows, positions, features, inputs, outputs FROM prediction_batches"
+                        " WHERE model = ? AND base = ?", (model, parsed[0])) if parsed else []
+    row = None
+    if found:
+        version, ts, rows, positions, names, inputs, outputs = found[0]
+        if positions is None:
+            row = parsed[1] if parsed[1] < rows else None
+        else:
+            stored = orjson.loads(positions)
+            row = stored.index(parsed[1]) if parsed[1] in stored else None
+    if row is None:  # unknown, not sampled, erased or purged
         raise PredictionNotFound(details={"model": model, "id": prediction_id})
-    version, ts, _, row = found[0]
-    rows, names, inputs, outputs = batch[0]
     columns = dict(zip(orjson.loads(names), orjson.loads(inputs), strict=True))
     outputs = orjson.loads(outputs)
     return Logged(prediction_id, model, int(version), float(ts),

@@ -35,7 +35,6 @@ from service.store.records import (  # noqa: F401  (the record types are part of
     REQUEST_COLUMNS,
     SCHEMA,
     SHADOW_COLUMNS,
-    SUBJECT_INDEXES,
     RequestRecord,
     ShadowRecord,
 )
@@ -76,9 +75,6 @@ class Store:
         #: waits for that use to end, since closing a SQLite connection mid-statement crashes the process.
         self._in_use: dict[int, threading.RLock] = {}
         self._finalizer = weakref.finalize(self, close_all, self._opened)
-        #: Whether the database has the previous ``predictions`` layout (see ``_adopt_previous_layout``);
-        #: False until the schema could be set up.
-        self.legacy_predictions = False
         # Schema steps not done yet, in order: run before any read or write until each succeeds.
         self._pending: list[Callable[[], None]] = [self._set_up]
         self._schema_lock = threading.Lock()
@@ -89,9 +85,9 @@ class Store:
         self.create_tables(SCHEMA)
         with self.dialect.errors(), self._connection() as db:
             self.dialect.uncompressed(db, "prediction_batches", ("inputs", "outputs", "probabilities"))
-        self.legacy_predictions = self._adopt_previous_layout()
-        self._add_subject()
-        self.create_tables(SUBJECT_INDEXES)
+        from service.store import migration
+
+        migration.upgrade(self)  # a database of an earlier prediction log layout: batch records now
 
     def ensure_tables(self, ddl: str) -> None:
         """Have ``ddl``'s tables (as ``create_tables``): created now if the database answers, else
@@ -196,38 +192,13 @@ class Store:
         with self.dialect.errors(), self._connection() as db:
             self.dialect.script(db, ddl.format(**self.dialect.DDL))
 
-    def _adopt_previous_layout(self) -> bool:
-        """Let a database of the previous prediction log layout take new rows; True if it is one.
-
-        Before ``prediction_batches``, ``predictions`` kept each row's inputs, output and
-        probabilities as JSON (``inputs`` and ``output`` NOT NULL) and had no batch reference.
-        This is no migration: the two reference columns are added, NULL in the old rows, whose
-        inputs then read as missing while their outputs, feedback and retention work as before;
-        new rows fill the old NOT NULL columns with constants (``PredictionLog`` asks
-        ``legacy_predictions``).
-        """
-        names = self._column_names("predictions")
-        if "batch" in names:
-            return "inputs" in names
-        with self._transaction(lock="schema") as db:  # workers starting together: one adds the columns
-            names = _names(db.execute("SELECT * FROM predictions LIMIT 0").description)
-            if "batch" not in names:
-                db.execute("ALTER TABLE predictions ADD COLUMN batch BIGINT")
-                db.execute("ALTER TABLE predictions ADD COLUMN row_index INTEGER")
-        return "inputs" in names
-
-    def _add_subject(self) -> None:
-        """Give a database made before erasure its ``predictions.subject`` column (NULL in old rows:
-        they were logged without a subject, so no erasure can find them, as before)."""
-        if "subject" in self._column_names("predictions"):
-            return
-        with self._transaction(lock="schema") as db:  # workers starting together: one adds it
-            if "subject" not in _names(db.execute("SELECT * FROM predictions LIMIT 0").description):
-                db.execute("ALTER TABLE predictions ADD COLUMN subject TEXT")
-
-    def _column_names(self, table: str) -> list[str]:
-        with self.dialect.errors(), self._connection() as db:
-            return _names(db.execute(f"SELECT * FROM {table} LIMIT 0").description)  # nosec B608  # noqa: S608  our own table names
+    def column_names(self, table: str, db: Any = None) -> list[str]:
+        """Return ``table``'s columns, read on ``db`` (a transaction's) or on a connection of its own."""
+        sql = f"SELECT * FROM {table} LIMIT 0"  # nosec B608  # noqa: S608  our own table names
+        if db is not None:
+            return _names(db.execute(sql).description)
+        with self.dialect.errors(), self._connection() as own:
+            return _names(own.execute(sql).description)
 
     @contextmanager
     def transaction(self, lock: str | None = None, timeout: float | None = None) -> Iterator[Any]:

@@ -11,14 +11,16 @@ REASONS = ("locked", "full", "read_only", "unreachable", "other")
 
 _MARKERS = (
     ("locked", ("database is locked", "database table is locked", "lock timeout", "could not obtain lock",
-                "deadlock detected", "canceling statement due to lock timeout")),
+                "deadlock detected", "canceling statement due to lock timeout",
+                "statement timeout")),  # PostgreSQL's statement_timeout bounds our waits for a lock
     ("full", ("database or disk is full", "no space left", "could not extend file", "disk quota exceeded",
               "disk full")),
     ("read_only", ("readonly database", "read-only", "read only", "permission denied", "access permission")),
     ("unreachable", ("unable to open database", "connection refused", "could not connect", "server closed",
                      "connection is closed", "terminating connection", "the database system is",
                      "no such host", "timeout expired", "connection timed out", "disk i/o error",
-                     "connection failed", "consuming input failed", "the connection is lost")),
+                     "connection failed", "consuming input failed", "the connection is lost",
+                     "no answer from the database server")),
 )
 
 

@@ -38,13 +38,18 @@ CREATE TABLE IF NOT EXISTS shadow (
 );
 CREATE INDEX IF NOT EXISTS shadow_model_ts ON shadow (model, ts);
 CREATE TABLE IF NOT EXISTS prediction_batches (
-    batch {serial},                    -- what predictions.batch refers to
+    batch {serial},                    -- the record's key
     ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the batch was recorded (its predictions' ts)
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
     request_id TEXT,
     latency_ms DOUBLE PRECISION,       -- time inside the prediction path for the whole request
-    rows INTEGER NOT NULL,             -- rows stored: the request's sampled predictions, in order
+    rows INTEGER NOT NULL,             -- rows stored: the request's sampled, not erased predictions, in order
+    base TEXT,                         -- the request's id base: row k is prediction <base>-<position k>
+    positions TEXT,                    -- JSON list: each stored row's position in the request (ascending);
+                                       -- NULL when every row is stored (row k is position k)
+    subjects TEXT,                     -- JSON list: each stored row's keyed subject hash ('' when missing);
+                                       -- NULL for a model without a subject
     features TEXT NOT NULL,            -- JSON list: the stored features, in the order of ``inputs``
     inputs TEXT NOT NULL,              -- JSON list of columns, one list of ``rows`` values per feature;
                                        -- pii features hashed or absent (never raw)
@@ -52,18 +57,6 @@ CREATE TABLE IF NOT EXISTS prediction_batches (
     probabilities TEXT                 -- JSON list of ``rows`` lists in the model's class order, or NULL
 );
 CREATE INDEX IF NOT EXISTS prediction_batches_ts ON prediction_batches (ts);
-CREATE TABLE IF NOT EXISTS predictions (
-    {rowid}
-    id TEXT PRIMARY KEY,               -- the prediction id the client got (<request base>-<row index>)
-    ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the prediction was recorded
-    model TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    batch BIGINT,                      -- the prediction_batches row with its inputs and output
-    row_index INTEGER,                 -- its row in that batch's columns
-    subject TEXT                       -- keyed hash of the person it is about (the manifest's "subject"
-                                       -- feature), '' when that value was missing, NULL without a subject
-);
-CREATE INDEX IF NOT EXISTS predictions_model_version_ts ON predictions (model, version, ts);
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY,               -- the prediction id; the first label recorded wins
     ts DOUBLE PRECISION NOT NULL,      -- unix seconds when the label arrived
@@ -94,12 +87,33 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_target_seq ON audit (target, seq);
 """
 
-#: Indexes for erasure, made after ``subject`` is known to exist (an older database gains it first).
-#: Partial: rows of models without a subject (NULL) cost nothing on insert.
-SUBJECT_INDEXES = """
-CREATE INDEX IF NOT EXISTS predictions_subject ON predictions (subject) WHERE subject IS NOT NULL;
-CREATE INDEX IF NOT EXISTS predictions_subject_batch ON predictions (batch) WHERE subject IS NOT NULL;
+#: Indexes on the columns a database made before batch records gains (``service.store.migration``).
+#: ``(model, base)`` is unique: a batch written twice (a replay) stays one record. ``rows`` is in the
+#: window index so the rows of the newest batches, and of the whole log, are summed from the index.
+BATCH_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS prediction_batches_model_base ON prediction_batches (model, base);
+CREATE INDEX IF NOT EXISTS prediction_batches_model_version_ts ON prediction_batches (model, version, ts, rows);
 """
+#: Columns of ``prediction_batches`` a database made before batch records lacks.
+BATCH_COLUMNS_ADDED = ("base", "positions", "subjects")
+
+
+def split_id(prediction_id: str) -> tuple[str, int] | None:
+    """Return a prediction id's (base, position), or None when it is not ``<base>-<position>``."""
+    base, _, position = prediction_id.rpartition("-")
+    if not base or not position.isdigit() or not position.isascii() or len(position) > 9:
+        return None
+    return base, int(position)
+
+
+def stored_positions(rows: int, positions: list[int] | None) -> list[int]:
+    """Each stored row's position in its request: ``positions``, or 0..rows-1 when it is None."""
+    return list(range(rows)) if positions is None else positions
+
+
+def ids_of(base: str, rows: int, positions: list[int] | None) -> list[str]:
+    """The prediction ids of a batch record's stored rows, in row order."""
+    return [f"{base}-{i}" for i in stored_positions(rows, positions)]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.builders import logged_ids
 from tests.conftest import start_server
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +56,7 @@ def test_sigterm_under_load_keeps_every_answered_request_in_the_log(artifact_roo
     database = artifact_root.parent / f"db-{server.port}" / "predictions.db"
     with sqlite3.connect(database) as db:
         request_ids = {row[0] for row in db.execute("SELECT request_id FROM requests WHERE status = 200")}
-        prediction_ids = {row[0] for row in db.execute("SELECT id FROM predictions")}
+        prediction_ids = set(logged_ids(db))
     missing_requests = [rid for rid, _ in answered if rid not in request_ids]
     missing_predictions = [pid for _, ids in answered for pid in ids if pid not in prediction_ids]
     assert missing_requests == [] and missing_predictions == []

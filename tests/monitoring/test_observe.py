@@ -12,7 +12,7 @@ from service.serving import inference
 from service.serving.catalog import Catalog
 from service.serving.inference import Limits, Target
 from service.store import Store
-from tests.builders import wait_until
+from tests.builders import logged_ids, wait_until
 
 LIMITS = Limits(max_rows=100, vectorized_min_rows=4)
 ROW = [50, 1, 25.0, 90.0, 150, 100.0, 50.0, 3.0, 4.5, 90]
@@ -53,7 +53,7 @@ def test_an_answer_is_queued_then_written_with_its_predictions(observer, catalog
     observer.close()
     row = requests_of(store, "diabetes")["req-ok"]
     assert (row["status"], row["version"], row["rows"]) == (200, answer.version, 2)
-    logged = {r[0] for r in store.query("SELECT id FROM predictions")}
+    logged = set(logged_ids(store))
     assert logged == set(answer.ids)
 
 
@@ -94,7 +94,7 @@ def test_many_answers_are_written_in_one_transaction(catalog, store, monkeypatch
         answer_one(observer, catalog, f"req-{i}")
     observer.flush()
     assert transactions == [()]
-    assert len(requests_of(store, "diabetes")) == 20 and len(store.query("SELECT id FROM predictions")) == 20
+    assert len(requests_of(store, "diabetes")) == 20 and len(logged_ids(store)) == 20
 
 
 def test_the_request_row_and_quality_checks_can_be_switched_off(catalog, store):

@@ -4,6 +4,7 @@ of the ``store`` fixture run on PostgreSQL too (its own failures: test_store_pos
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -18,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.monitoring.predlog import PredictionLog, is_sampled
+from service.monitoring.predlog import EncodedBatch, PredictionLog, is_sampled
 from service.monitoring.privacy import hash_value
 from service.store import RequestRecord, ShadowRecord, Store
+from tests.builders import logged_ids
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,9 +53,11 @@ def ids(n: int, base: str = "18c0ffee0000abcdef012345") -> list[str]:
 
 
 def stored_inputs(store: Store, prediction_id: str) -> dict:
-    """The inputs stored for one prediction: its row of its batch's columns."""
-    ((names, inputs, row),) = store.fetch("SELECT b.features, b.inputs, p.row_index FROM predictions p"
-                                          " JOIN prediction_batches b ON b.batch = p.batch WHERE p.id = ?", (prediction_id,))
+    """The inputs stored for one prediction: its row of its batch record's columns."""
+    base, _, position = prediction_id.rpartition("-")
+    ((names, inputs, positions),) = store.fetch("SELECT features, inputs, positions FROM prediction_batches"
+                                                " WHERE base = ?", (base,))
+    row = int(position) if positions is None else json.loads(positions).index(int(position))
     return {name: column[row] for name, column in zip(json.loads(names), json.loads(inputs), strict=True)}
 
 
@@ -96,11 +100,10 @@ def test_record_and_read_back_a_demo_model(demo_root, store, name):
     else:
         assert window.probabilities is None
     assert window.labels.tolist() == [None] * 50 and np.all(window.ts == 1000.0)
-    row = store.query("SELECT * FROM predictions WHERE id = ?", (ids(50)[0],))[0]
-    assert (row["model"], row["version"], row["ts"], row["row_index"]) == (name, 1, 1000.0, 0)
-    (batch,) = store.query("SELECT * FROM prediction_batches")  # the inputs once, columnar, in feature order
-    assert (batch["batch"], batch["request_id"], batch["model"], batch["version"], batch["latency_ms"], batch["rows"]) \
-        == (row["batch"], "req-1", name, 1, 3.5, 50)
+    (batch,) = store.query("SELECT * FROM prediction_batches")  # one record: the inputs once, columnar, in feature order
+    assert (batch["request_id"], batch["model"], batch["version"], batch["ts"], batch["latency_ms"], batch["rows"]) \
+        == ("req-1", name, 1, 1000.0, 3.5, 50)
+    assert (batch["base"], batch["positions"], batch["subjects"]) == (ids(1)[0][:-2], None, None)
     assert json.loads(batch["features"]) == [f["name"] for f in features]
     assert stored_inputs(store, ids(50)[7]) == {f["name"]: columns[f["name"]].tolist()[7] for f in features}
 
@@ -134,17 +137,32 @@ def test_columns_of_any_layout_round_trip(store):
     assert window.probabilities.tolist() == np.eye(4)[::-1, :2].tolist()
 
 
-def test_a_retried_batch_keeps_its_first_rows_and_leaves_no_orphan(store):
+def test_a_replayed_batch_stays_one_record_and_keeps_its_first_rows(store):
+    """A spool may replay a batch after a crash between commit and truncation: the replay inserts nothing."""
     features = [{"name": "x", "type": "float"}]
     plog = PredictionLog(store)
     assert plog.record("m", 1, "r", ids(3), {"x": np.arange(3.0)}, np.zeros(3), None, 1, features, now=10.0)
     assert plog.record("m", 1, "r", ids(3), {"x": np.arange(3.0) + 100}, np.ones(3), None, 1, features, now=20.0)
-    assert store.fetch("SELECT count(*) FROM prediction_batches") == [(1,)]  # the retry's batch is gone
-    # A batch that overlaps an earlier one: new ids point at it, old ids keep their first inputs.
-    assert plog.record("m", 1, "r", ids(4), {"x": np.arange(4.0) + 200}, np.full(4, 2), None, 1, features, now=30.0)
+    batch = plog.encode("m", 1, "r", ids(2, "other"), {"x": np.ones(2)}, np.ones(2), None, 1, features, ts=30.0)
+    spooled = EncodedBatch(**json.loads(json.dumps(dataclasses.asdict(batch))))  # through a JSON spool and back
+    assert spooled == batch
+    for replay in (batch, spooled):
+        assert store.write("predictions", lambda db, replay=replay: plog.write_encoded(db, replay))
+    assert store.fetch("SELECT base, ts FROM prediction_batches ORDER BY ts") == [(ids(1)[0][:-2], 10.0), ("other", 30.0)]
     window = plog.window("m", 1, features=features)
-    assert window.ids == [ids(4)[3], *ids(3)[::-1]]
-    assert window.columns["x"].tolist() == [203.0, 2.0, 1.0, 0.0] and window.predictions.tolist() == [2, 0, 0, 0]
+    assert window.ids == [*ids(2, "other")[::-1], *ids(3)[::-1]]
+    assert window.columns["x"].tolist() == [1.0, 1.0, 2.0, 1.0, 0.0] and window.predictions.tolist() == [1, 1, 0, 0, 0]
+    # Another model may issue the same base: its own record.
+    assert plog.record("n", 1, "r", ids(3), {"x": np.arange(3.0)}, np.zeros(3), None, 1, features, now=40.0)
+    assert plog.window("n", 1, features=features).n == 3
+
+
+def test_ids_that_are_not_base_and_position_are_refused_and_counted(store):
+    plog = PredictionLog(store)
+    features = [{"name": "x", "type": "float"}]
+    assert plog.record("m", 1, "r", ["a-1", "a-2"], {"x": np.ones(2)}, np.ones(2), None, 1, features) is False
+    assert plog.record("m", 1, "r", ["nodash"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is False
+    assert plog.write_failures == 2 and logged_ids(store) == []
 
 
 PREVIOUS_LAYOUT = """
@@ -160,7 +178,7 @@ INSERT INTO predictions (id, request_id, ts, model, version, inputs, output, pro
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_database_of_the_previous_layout_keeps_working(tmp_path, request, backend):
-    """No migration: old rows keep their outputs, feedback and retention; their inputs read as missing."""
+    """Its rows become batch records at start: each keeps its id, inputs, output, probabilities and feedback."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'log.sqlite'}"
         with sqlite3.connect(tmp_path / "log.sqlite") as db:
@@ -172,7 +190,9 @@ def test_a_database_of_the_previous_layout_keeps_working(tmp_path, request, back
         with psycopg.connect(url, autocommit=True) as db:
             db.execute(PREVIOUS_LAYOUT.replace("(\n    id", "(\n    rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE, id"))
     store, again = Store.from_url(url), Store.from_url(url)  # opened twice: the second finds the columns added
-    assert store.legacy_predictions and again.legacy_predictions
+    assert "predictions" not in {r[0] for r in store.fetch(
+        "SELECT name FROM sqlite_master WHERE type = 'table'" if backend == "sqlite"
+        else "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
     request.addfinalizer(store.close)
     request.addfinalizer(again.close)
     features = [{"name": "x", "type": "float"}]
@@ -182,7 +202,7 @@ def test_a_database_of_the_previous_layout_keeps_working(tmp_path, request, back
     assert plog.record_feedback("m", [{"id": "old-0", "label": 1}, {"id": "new-0", "label": 0}])["accepted"] == 2
     window = plog.window("m", 1, features=features)
     assert window.ids == ["new-0", "old-0"] and window.labels.tolist() == [0, 1]
-    assert window.columns["x"][0] == 1.0 and np.isnan(window.columns["x"][1])
+    assert window.columns["x"].tolist() == [1.0, 5.0]
     assert window.predictions.tolist() == [0, 1] and window.probabilities.tolist() == [[0.5, 0.5], [0.25, 0.75]]
     assert plog.purge(0, now=1000.0)["predictions"] == 2
 
@@ -239,19 +259,25 @@ def test_sampling_is_deterministic_and_close_to_the_rate(store, make_store):
     plog = PredictionLog(store, sample_rate=0.2)
     sent = ids(10_000)
     assert plog.record("m", 1, "r", sent, {"x": np.arange(10_000.0)}, np.zeros(10_000), None, 1, features)
-    logged = {r[0] for r in store.fetch("SELECT id FROM predictions")}
+    logged = set(logged_ids(store))
     assert logged == {pid for pid in sent if is_sampled(pid, 0.2)}
     assert 0.18 < len(logged) / 10_000 < 0.22
     # The same id gets the same answer in another process's log, and a row keeps its own inputs.
     other = make_store("other")
-    PredictionLog(other, sample_rate=0.2).record("m", 1, "r", sent[::-1], {"x": np.arange(10_000.0)[::-1]},
-                                                 np.zeros(10_000), None, 1, features)
-    assert {r[0] for r in other.fetch("SELECT id FROM predictions")} == logged
+    PredictionLog(other, sample_rate=0.2).record("m", 1, "r", sent, {"x": np.arange(10_000.0)}, np.zeros(10_000),
+                                                 None, 1, features)
+    assert set(logged_ids(other)) == logged
     assert [stored_inputs(other, pid) for pid in sent[:50] if pid in logged] \
         == [{"x": float(i)} for i, pid in enumerate(sent[:50]) if pid in logged]
+    window = plog.window("m", 1, features=features)
+    assert window.ids == [pid for pid in sent[::-1] if pid in logged]
+    assert window.columns["x"].tolist() == [float(pid.rpartition("-")[2]) for pid in window.ids]
+    unsampled = next(pid for pid in sent if pid not in logged)
+    assert plog.record_feedback("m", [{"id": unsampled, "label": 1}, {"id": window.ids[0], "label": 1}])["unknown"] \
+        == [unsampled]
     assert PredictionLog(store, sample_rate=0.0).record("m", 1, "r", ids(5, "zz"), {"x": np.ones(5)}, np.ones(5), None, 1,
                                                         features)
-    assert store.fetch("SELECT count(*) FROM predictions WHERE id LIKE 'zz-%'") == [(0,)]
+    assert not [pid for pid in logged_ids(store) if pid.startswith("zz-")]
 
 
 # -- feedback ----------------------------------------------------------------------------------
@@ -324,7 +350,7 @@ def test_purge_removes_old_predictions_with_their_feedback(store):
     store.record_shadow([ShadowRecord(float(ts), "m", 1, 2, 3, 1.0, 0.0) for ts in range(10)])
     counts = plog.purge(older_than_seconds=5, now=10.0)  # cut-off 5: ts 0..4 go
     assert counts == {"predictions": 15, "feedback": 5, "prediction_batches": 5, "requests": 5, "shadow": 5}
-    assert store.fetch("SELECT min(ts), count(*) FROM predictions") == [(5.0, 15)]
+    assert store.fetch("SELECT min(ts), sum(rows) FROM prediction_batches") == [(5.0, 15)]
     assert store.fetch("SELECT count(*) FROM feedback") == [(5,)]
     assert store.fetch("SELECT min(ts), count(*) FROM prediction_batches") == [(5.0, 5)]
     assert store.purge(5, now=10.0, batch=2) == {"predictions": 0, "feedback": 0, "prediction_batches": 0,
@@ -355,7 +381,8 @@ def test_concurrent_writers_in_two_processes_lose_no_row(tmp_path):
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    assert Store(path).fetch("SELECT count(*), count(DISTINCT id) FROM predictions") == [(4000, 4000)]
+    found = logged_ids(Store(path))
+    assert (len(found), len(set(found))) == (4000, 4000)
 
 
 def run_script(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -383,7 +410,7 @@ def test_full_disk_returns_false_and_is_counted(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == {"results": [False, False], "failures": 2}
     assert done.stderr.count("store write failed") == 1  # logged once for the burst
-    assert Store(tmp_path / "log.sqlite").fetch("SELECT count(*) FROM predictions") == [(0,)]
+    assert logged_ids(Store(tmp_path / "log.sqlite")) == []
 
 
 def test_locked_database_returns_false_and_is_counted(tmp_path, caplog):
@@ -395,12 +422,12 @@ def test_locked_database_returns_false_and_is_counted(tmp_path, caplog):
     try:
         with caplog.at_level(logging.ERROR, logger="service.store"):
             assert plog.record("m", 1, "r", ["a-0"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is False
-            assert plog.record("m", 1, "r", ["a-1"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is False
+            assert plog.record("m", 1, "r", ["b-0"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is False
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert plog.write_failures == 2 and len(caplog.records) == 1
-    assert plog.record("m", 1, "r", ["a-2"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is True
+    assert plog.record("m", 1, "r", ["c-0"], {"x": np.ones(1)}, np.ones(1), None, 1, features) is True
 
 
 def test_bad_input_is_counted_not_raised(store):
@@ -424,4 +451,4 @@ def test_a_committed_row_survives_a_crash_right_after_the_commit(tmp_path):
         os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: the row lives only in the WAL
     """, tmp_path)
     assert done.returncode == -signal.SIGKILL and done.stdout == "committed", done.stderr
-    assert Store(tmp_path / "log.sqlite").fetch("SELECT id FROM predictions") == [("crash-0",)]
+    assert logged_ids(Store(tmp_path / "log.sqlite")) == ["crash-0"]

@@ -42,7 +42,7 @@ def test_of_several_processes_exactly_one_purges(tmp_path):
     fill(PredictionLog(Store(db)), 3, 5)
     outcomes = race(_run_in_child, (db,), processes=4)
     assert sorted(outcomes) == [False, False, False, True]
-    assert Store(db).fetch("SELECT COUNT(*) FROM predictions") == [(0,)]
+    assert Store(db).fetch("SELECT COUNT(*) FROM prediction_batches") == [(0,)]
 
 
 def test_one_leader_at_a_time_and_the_schedule_is_shared(make_store):
@@ -69,22 +69,22 @@ def test_the_cap_deletes_the_oldest_batches_down_to_the_low_water_mark(make_stor
     job = loop(store, every_seconds=0, max_rows=200, on_deleted=lambda reason, rows: counted.append((reason, rows)))
     done = job.run_once()
     job.stop()
-    left = store.fetch("SELECT COUNT(*) FROM predictions")[0][0]
+    left = store.fetch("SELECT SUM(rows) FROM prediction_batches")[0][0]
     assert left == 180 and done["cap"]["predictions"] == 120 and counted == [("cap", 120)]
     assert store.fetch("SELECT MIN(ts) FROM prediction_batches") == [(1012.0,)]  # the newest stay
     assert store.fetch("SELECT COUNT(*) FROM prediction_batches") == [(18,)]
 
 
-def test_under_the_cap_the_check_is_two_index_seeks(make_store, monkeypatch):
+def test_under_the_cap_nothing_is_deleted_and_the_count_sums_the_records(make_store, monkeypatch):
     store = make_store()
     fill(PredictionLog(store), 3, 10)
-    assert retention.log_rows_bound(store) >= retention.count_log_rows(store) == 30
+    assert retention.count_log_rows(store) == 30
 
-    def no_count(_store):
-        raise AssertionError("counted the whole table while under the cap")
+    def no_purge(*_args):
+        raise AssertionError("purged while under the cap")
 
-    monkeypatch.setattr(retention, "count_log_rows", no_count)
-    assert retention.trim_log(store, 1000) == {"predictions": 0, "feedback": 0, "prediction_batches": 0}
+    monkeypatch.setattr(retention, "purge_log", no_purge)
+    assert retention.trim_log(store, 30) == {"predictions": 0, "feedback": 0, "prediction_batches": 0}
 
 
 def test_trimming_never_holds_up_a_concurrent_writer(make_store):

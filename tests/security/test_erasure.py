@@ -17,7 +17,8 @@ from service.cli import cli
 from service.monitoring.predlog import PredictionLog
 from service.security import audit
 from service.security.keys import create_key
-from tests.builders import package_with_subject, wait_until
+from service.store.records import ids_of
+from tests.builders import logged_ids, package_with_subject, wait_until
 from tests.conftest import SCRUBBED_ENV
 
 PEOPLE = ["alice@example.com", "bob@example.com", "alice@example.com", "carol@example.com"]
@@ -39,7 +40,7 @@ def served(make_app, tmp_path):
     ids = [pid for a in answers for pid in a.get_json()["ids"]]
     app.extensions["observer"].flush()  # what is still queued; the writer thread may hold the rest
     store = app.extensions["store"]
-    wait_until(lambda: store.fetch("SELECT COUNT(*) FROM predictions")[0][0] == 8, message="8 predictions logged")
+    wait_until(lambda: len(logged_ids(store)) == 8, message="8 predictions logged")
     labels = client.post("/v1/models/people/feedback", headers={"X-API-Key": predict},
                          json={"feedback": [{"id": pid, "label": 1} for pid in ids]})
     assert labels.get_json()["accepted"] == 8
@@ -48,10 +49,12 @@ def served(make_app, tmp_path):
 
 def rows_about(store, plog: PredictionLog, who: str) -> dict[str, int]:
     hashes = plog.subject_hashes(who)
-    marks = ", ".join("?" * len(hashes))
-    found = {"predictions": store.fetch(f"SELECT COUNT(*) FROM predictions WHERE subject IN ({marks})", tuple(hashes))[0][0],
-             "feedback": store.fetch(f"SELECT COUNT(*) FROM feedback f JOIN predictions p ON p.id = f.id"
-                                     f" WHERE p.subject IN ({marks})", tuple(hashes))[0][0]}
+    about = []  # the ids of this person's rows, from each record's per-row subject hashes
+    for base, rows, positions, subjects in store.fetch("SELECT base, rows, positions, subjects FROM prediction_batches"):
+        row_ids = ids_of(base, rows, None if positions is None else json.loads(positions))
+        about += [pid for pid, h in zip(row_ids, json.loads(subjects or "[]"), strict=False) if h in hashes]
+    labelled = {r[0] for r in store.fetch("SELECT id FROM feedback")}
+    found = {"predictions": len(about), "feedback": len(labelled & set(about))}
     found["batch_inputs"] = sum(any(h in inputs for h in hashes) or who in inputs
                                 for (inputs,) in store.fetch("SELECT inputs FROM prediction_batches"))
     return found

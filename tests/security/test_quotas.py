@@ -281,7 +281,7 @@ def test_looking_up_a_logged_explanation_is_limited_too(make_app):
     assert answer.status_code == 200
     url = f"/v1/models/diabetes/predictions/{answer.get_json()['ids'][0]}/explanation"
     store = app.extensions["store"]
-    wait_until(lambda: store.fetch("SELECT count(*) FROM predictions", ())[0][0], message="the prediction logged")
+    wait_until(lambda: store.fetch("SELECT count(*) FROM prediction_batches", ())[0][0], message="the prediction logged")
     assert client.get(url).status_code == 200
     assert client.get(url).status_code == 429
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import numpy as np
 import psycopg
 import pytest
 
+from service.explain import past
 from service.monitoring.predlog import PredictionLog
 from service.security import audit
 from service.store import Store
+from tests.builders import logged_ids
 
 FEATURES = [{"name": "customer_id", "type": "string", "pii": True}, {"name": "x", "type": "float"},
             {"name": "city", "type": "category"}]
@@ -42,8 +45,9 @@ def test_erasure_removes_one_person_everywhere_and_keeps_the_others_readable(mak
     assert hashes == [subject_hash]
     assert counts == {"predictions": 3, "feedback": 2, "prediction_batches_rewritten": 1,
                       "prediction_batches_deleted": 1}
-    assert hashes and all(store.fetch("SELECT COUNT(*) FROM predictions WHERE subject = ?", (h,)) == [(0,)]
-                          for h in hashes)
+    assert hashes and not any(h in subjects for h in hashes for (subjects,) in store.fetch(
+        "SELECT subjects FROM prediction_batches"))
+    assert logged_ids(store) == [first[1], first[3], *third]
     assert store.fetch("SELECT id FROM feedback") == [(first[1],)]
     for (inputs,) in store.fetch("SELECT inputs FROM prediction_batches"):
         assert "alice" not in inputs and not any(h in inputs for h in hashes)
@@ -65,7 +69,7 @@ def test_an_unknown_subject_and_another_models_rows_are_left_alone(make_store):
     assert plog.erase("zoe")[1] == dict.fromkeys(("predictions", "feedback", "prediction_batches_rewritten",
                                                    "prediction_batches_deleted"), 0)
     assert plog.erase("alice", model="other")[1]["predictions"] == 1
-    assert store.fetch("SELECT model, COUNT(*) FROM predictions GROUP BY model") == [("m", 2)]
+    assert store.fetch("SELECT model, SUM(rows) FROM prediction_batches GROUP BY model") == [("m", 2)]
     assert plog.erase("alice")[1]["predictions"] == 1
 
 
@@ -73,7 +77,7 @@ def test_without_a_subject_nothing_is_hashed_and_nothing_can_be_erased(make_stor
     store = make_store()
     plog = PredictionLog(store, pii_key="k")
     record(plog, "a", ["alice"], subject=None)
-    assert store.fetch("SELECT subject FROM predictions") == [(None,)]
+    assert store.fetch("SELECT subjects FROM prediction_batches") == [(None,)]
     assert store.fetch("SELECT COUNT(*) FROM store_secrets") == [(0,)]
     assert plog.erase("alice")[1]["predictions"] == 0
 
@@ -83,7 +87,8 @@ def test_the_subject_hash_is_keyed_and_a_missing_value_is_findable_by_nobody(mak
     plog = PredictionLog(store)
     record(plog, "a", ["alice", None])
     (secret,) = store.fetch("SELECT value FROM store_secrets")[0]
-    subjects = [row[0] for row in store.fetch("SELECT subject FROM predictions ORDER BY row_index")]
+    ((stored,),) = store.fetch("SELECT subjects FROM prediction_batches")
+    subjects = json.loads(stored)
     assert subjects[1] == "" and len(subjects[0]) == 64 and "alice" not in subjects[0]
     assert plog.subject_hashes("alice") == [subjects[0]] and len(secret) == 64
     assert PredictionLog(store, pii_key="k").subject_hashes("alice")[1] == subjects[0]  # the old key still found
@@ -110,26 +115,23 @@ INSERT INTO predictions (id, ts, model, version, batch, row_index) VALUES ('old-
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_a_database_from_before_erasure_gains_the_subject_column_and_its_indexes(tmp_path, request, backend):
+def test_a_database_from_before_erasure_is_moved_to_batch_records(tmp_path, request, backend):
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'log.sqlite'}"
         with sqlite3.connect(tmp_path / "log.sqlite") as db:
             db.executescript(PREVIOUS_DDL.format(rowid=""))
-        indexes = "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'predictions_subject%'"
     else:
         url = request.getfixturevalue("postgres_server").create_database()
         with psycopg.connect(url, autocommit=True) as db:
             db.execute(PREVIOUS_DDL.format(rowid="rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,"))
-        indexes = "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'predictions_subject%'"
     store, again = Store.from_url(url), Store.from_url(url)
     request.addfinalizer(store.close)
     request.addfinalizer(again.close)
-    assert sorted(r[0] for r in store.fetch(indexes)) == ["predictions_subject", "predictions_subject_batch"]
     plog = PredictionLog(again, pii_key="k")
     record(plog, "a", ["alice", "bob"])
-    assert store.fetch("SELECT id, subject FROM predictions WHERE id = 'old-0'") == [("old-0", None)]
+    assert store.fetch("SELECT base, subjects FROM prediction_batches WHERE base = 'old'") == [("old", None)]
     assert plog.erase("alice")[1]["predictions"] == 1
-    assert sorted(r[0] for r in store.fetch("SELECT id FROM predictions")) == ["a-1", "old-0"]
+    assert sorted(logged_ids(store)) == ["a-1", "old-0"]
 
 
 def test_sampled_rows_keep_their_own_subject_and_an_unflagged_subject_is_hashed_too(make_store):
@@ -137,14 +139,15 @@ def test_sampled_rows_keep_their_own_subject_and_an_unflagged_subject_is_hashed_
     plog = PredictionLog(store, pii_key="k", sample_rate=0.5)
     customers = [f"c{i}" for i in range(40)]
     ids = record(plog, "a", customers)
-    kept = dict(store.fetch("SELECT id, subject FROM predictions"))
+    ((stored,),) = store.fetch("SELECT subjects FROM prediction_batches")
+    kept = dict(zip(logged_ids(store), json.loads(stored), strict=True))
     assert 0 < len(kept) < 40
     assert all(kept[pid] == plog.subject_hashes(customers[ids.index(pid)])[0] for pid in kept)
     plain = [dict(f, pii=False) if f["name"] == "customer_id" else f for f in FEATURES]  # a manifest written by hand
     batch = PredictionLog(store, pii_key="k").encode("m", 1, "b", ["b-0"], {"customer_id": np.array(["zoe"], dtype=object),
                                                      "x": np.zeros(1), "city": np.array(["x"], dtype=object)},
                                                      np.zeros(1), None, 1.0, plain, ts=1.0, subject="customer_id")
-    assert "zoe" not in batch.ids and plog.subject_hashes("zoe")[0] in batch.ids
+    assert "zoe" not in batch.subjects and json.loads(batch.subjects) == [plog.subject_hashes("zoe")[0]]
 
 
 @pytest.mark.parametrize("alices", [3, 70])  # renumbered by one statement, or row by row past MAX_SHIFT_TERMS
@@ -157,4 +160,8 @@ def test_many_rows_of_one_person_in_one_batch_leave_the_others_aligned(make_stor
     window = plog.window("m", 1, features=FEATURES)
     assert sorted(window.ids) == sorted(pid for pid, who in zip(ids, customers, strict=True) if who != "alice")
     assert all(city == f"a:{customers[ids.index(pid)]}" for pid, city in zip(window.ids, window.columns["city"], strict=True))
-    assert store.fetch("SELECT MAX(row_index), COUNT(*) FROM predictions") == [(alices + 9, alices + 10)]
+    assert store.fetch("SELECT rows FROM prediction_batches") == [(alices + 10,)]
+    assert plog.record_feedback("m", [{"id": ids[0], "label": 1}, {"id": ids[1], "label": 1}])["unknown"] == [ids[0]]
+    assert past.find(store, "m", ids[1]).inputs["city"] == f"a:{customers[1]}"
+    with pytest.raises(past.PredictionNotFound):
+        past.find(store, "m", ids[0])

@@ -24,7 +24,7 @@ from service.monitoring.alerts import AlertManager, Evaluation, parse_rule
 from service.monitoring.predlog import PredictionLog
 from service.store import RequestRecord, Store
 from tests import postgres
-from tests.builders import race
+from tests.builders import logged_ids, race
 
 pytestmark = pytest.mark.postgres  # several tests start a server of their own (running_postgres)
 
@@ -48,7 +48,8 @@ def test_concurrent_writers_in_two_processes_lose_no_row(postgres_url):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     store = Store.from_url(postgres_url)
-    assert store.fetch("SELECT count(*), count(DISTINCT id) FROM predictions") == [(4000, 4000)]
+    found = logged_ids(store)
+    assert (len(found), len(set(found))) == (4000, 4000)
     store.close()
 
 
@@ -113,7 +114,7 @@ def test_a_stopped_server_fails_writes_quickly_and_they_recover(caplog):
         store = plog.store
 
         def record(pid: str) -> bool:
-            return plog.record("m", 1, "r", [pid], {"x": np.ones(1)}, np.ones(1), None, 1, FEATURES)
+            return plog.record("m", 1, "r", [f"{pid}-0"], {"x": np.ones(1)}, np.ones(1), None, 1, FEATURES)
 
         assert record("before") is True
         server.stop()
@@ -124,14 +125,14 @@ def test_a_stopped_server_fails_writes_quickly_and_they_recover(caplog):
             assert store.record_requests([]) is True  # nothing to write: no round trip
             assert time.monotonic() - started < 3.0  # bounded by connect_timeout, never a hang
             with pytest.raises(sqlite3.OperationalError):  # feedback must hear it: the API answers 503
-                plog.record_feedback("m", [{"id": "before", "label": 1}])
+                plog.record_feedback("m", [{"id": "before-0", "label": 1}])
             server.start()
             assert record("after") is True
         assert store.write_failures == 2
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(errors) == 1 and "OperationalError" in errors[0].reason
+        assert len(errors) == 1 and errors[0].reason == "unreachable" and "OperationalError" in errors[0].error
         assert [r.failed_in_burst for r in caplog.records if r.levelno == logging.WARNING] == [2]
-        assert {r[0] for r in store.fetch("SELECT id FROM predictions")} == {"before", "after"}
+        assert set(logged_ids(store)) == {"before-0", "after-0"}
         store.close()
 
 
@@ -144,13 +145,13 @@ def test_a_server_down_at_construction_gets_the_schema_once_back(caplog):
             store = Store.from_url(url, timeout=1.0)
             manager = AlertManager(store, [_rule()])
             plog = PredictionLog(store)
-            assert plog.record("m", 1, "r", ["down"], {"x": np.ones(1)}, np.ones(1), None, 1, FEATURES) is False
+            assert plog.record("m", 1, "r", ["down-0"], {"x": np.ones(1)}, np.ones(1), None, 1, FEATURES) is False
             with pytest.raises(sqlite3.OperationalError):  # reads raise, as ever
                 manager.states()
             server.start()
-            assert plog.record("m", 1, "r", ["up"], {"x": np.ones(1)}, np.ones(1), None, 1, FEATURES) is True
+            assert plog.record("m", 1, "r", ["up-0"], {"x": np.ones(1)}, np.ones(1), None, 1, FEATURES) is True
         names = {r[0] for r in store.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"requests", "shadow", "predictions", "prediction_batches", "feedback", "alerts"} <= names
+        assert {"requests", "shadow", "prediction_batches", "feedback", "alerts"} <= names
         assert manager.apply("m", 1, [Evaluation("errors", "alert", 0.5, 0.2)], 100.0)[0].state == "firing"
         assert [s["state"] for s in manager.states()] == ["firing"]
         assert store.write_failures == 1
@@ -199,6 +200,6 @@ def test_a_frozen_server_fails_writes_within_a_bound_and_they_recover(caplog):
         assert store.record_requests([_request(4)]) is True
         assert [r[0] for r in store.fetch("SELECT ts FROM requests ORDER BY ts")] == [1.0, 4.0]
         assert store.write_failures == 2
-        assert "no answer from the database server" in next(
-            r.reason for r in caplog.records if r.getMessage().startswith("store write failed"))
+        failed = next(r for r in caplog.records if r.getMessage().startswith("store write failed"))
+        assert failed.reason == "unreachable" and "no answer from the database server" in failed.error
         store.close()

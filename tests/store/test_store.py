@@ -35,7 +35,7 @@ def test_requests_and_shadow_round_trip(make_store):
         assert store.fetch("PRAGMA journal_mode") == [("wal",)]
     else:
         names = {r[0] for r in store.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert {"requests", "shadow", "predictions", "prediction_batches", "feedback"} <= names
+    assert {"requests", "shadow", "prediction_batches", "feedback"} <= names and "predictions" not in names
 
 
 def test_reopening_keeps_tables_and_rows_and_foreign_tables(make_store):
@@ -72,7 +72,7 @@ def test_locked_database_is_counted_and_logged_once_per_burst(tmp_path, caplog):
     holder.close()
     assert store.write_failures == 2
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "locked" in errors[0].reason
+    assert len(errors) == 1 and errors[0].reason == "locked" and "locked" in errors[0].error
     assert [r.failed_in_burst for r in caplog.records if r.levelno == logging.WARNING] == [2]
 
 
@@ -108,7 +108,8 @@ def test_locked_postgres_table_is_counted_within_the_timeout(postgres_server, ca
         started = time.monotonic()
         assert store.record_requests([request(1)]) is False
         assert time.monotonic() - started < 2
-    assert store.write_failures == 1 and "statement timeout" in caplog.records[0].reason
+    assert store.write_failures == 1 and caplog.records[0].reason == "locked"
+    assert "statement timeout" in caplog.records[0].error
     assert store.record_requests([request(2)]) is True
     store.close()
     holder.close()
