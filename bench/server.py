@@ -82,6 +82,7 @@ class Server:
     app: str = PROJECT_APP  # the WSGI app Gunicorn serves with gunicorn.conf.py (bench.naive_app:application, ...)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    repo: Path = REPO  # the checkout served (another commit's, to compare)
 
     @property
     def log_path(self) -> Path:
@@ -102,7 +103,7 @@ class Server:
         command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", self.app]
         env = server_env(self.artifacts, self.port, self.workers, self.scratch, self.extra_env)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, stdout=log,  # nosec B603  # noqa: S603  the venv's gunicorn, fixed args
+            self.process = subprocess.Popen(command, cwd=self.repo, stdout=log,  # nosec B603  # noqa: S603  the venv's gunicorn, fixed args
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         self._wait_ready()
 
