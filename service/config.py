@@ -103,7 +103,7 @@ class Config:
     explain_max_seconds: float = _env(
         "EXPLAIN_MAX_SECONDS", "CPU seconds one explanation request may cost: each model version's row limit is this "
         "over its per-row cost, measured when the version loads (at least 1 row; 422 above); 0 = no such limit.",
-        default=0.25,
+        default=0.1,
     )
     explain_max_rows: int = _env(
         "EXPLAIN_MAX_ROWS", "Most rows one explanation request may hold whatever the model's cost; 0 = MAX_BATCH_ROWS.",

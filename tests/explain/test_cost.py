@@ -48,9 +48,10 @@ def clock(monkeypatch):
 def test_an_expensive_method_is_timed_on_a_few_rows_and_a_cheap_predict_on_many(clock):
     explained, predicted = [], []
     found = measure("tree_shap", clock.costing(0.001, 0.005, explained), clock.costing(0.0005, 1e-6, predicted), rows)
-    assert explained == [1, 2, 4]  # doubling stops at the first step of at least MIN_STEP_SECONDS
-    assert found.explain_seconds_per_row == pytest.approx((0.001 + 0.02) / 4)
-    assert predicted[-1] == cost_module.PREDICT_ROWS_CAP and len(predicted) == 13
+    # one untimed row first, then doubling until a step takes at least MIN_STEP_SECONDS (0.081 s on 16 rows)
+    assert explained == [1, 1, 2, 4, 8, 16]
+    assert found.explain_seconds_per_row == pytest.approx((0.001 + 0.08) / 16) and found.explain_rows == 16
+    assert predicted[-1] == cost_module.PREDICT_ROWS_CAP and len(predicted) == 14
     assert found.predict_seconds_per_row == pytest.approx((0.0005 + 0.004096) / 4096)
     assert found.factor == pytest.approx(found.explain_seconds_per_row / found.predict_seconds_per_row)
 
@@ -58,7 +59,7 @@ def test_an_expensive_method_is_timed_on_a_few_rows_and_a_cheap_predict_on_many(
 def test_the_measurement_stays_bounded_for_a_method_slow_on_one_row(clock):
     explained = []
     found = measure("sampled_permutation", clock.costing(0, 2.0, explained), clock.costing(0, 1e-6, []), rows)
-    assert explained == [1] and found.explain_seconds_per_row == pytest.approx(2.0)
+    assert explained == [1, 1] and found.explain_seconds_per_row == pytest.approx(2.0)
 
 
 def test_without_reference_rows_nothing_is_measured(clock):
