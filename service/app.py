@@ -18,10 +18,11 @@ STORE_TIMEOUT = 1.0  # seconds a write after a response may wait for the databas
 
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app for ``config`` (read from the environment when not given)."""
-    from service import logs
+    from service import explain, logs
     from service.api import admin, auth, csrf, dashboard, health, limits, models, monitoring, openapi, predict, proxy, request_ids
     from service.api import card as card_api
     from service.api import explain as explain_api
+    from service.api import explaining as explaining_api
     from service.api import metrics as metrics_api
     from service.api import mlflow as mlflow_api
     from service.api import subjects as subjects_api
@@ -31,6 +32,7 @@ def create_app(config: Config | None = None) -> Flask:
     from service.models.auto_rollback import Guard
     from service.models.registry_anchor import RegistryAnchors
     from service.monitoring import metrics
+    from service.monitoring.multiproc import multiprocess_dir
     from service.monitoring.observe import Observer
     from service.monitoring.predlog import PredictionLog
     from service.monitoring.report import Monitoring
@@ -53,6 +55,7 @@ def create_app(config: Config | None = None) -> Flask:
     csrf.init_app(app, config)
     auth.init_app(app, config)
     limits.init_app(app, config)
+    explaining_api.init_app(app, config)
 
     audit_log = audit.Background()  # refused artifacts, denied requests: written off the request path
     store = Store.from_url(config.database_url, timeout=STORE_TIMEOUT)  # opens on first use
@@ -61,7 +64,8 @@ def create_app(config: Config | None = None) -> Flask:
                       on_load_failed=audit_log.refused(metrics.observe_load_failure),
                       on_removed=metrics.observe_model_removed,
                       backend=BackendChoice.parse(config.model_backend, config.model_backends),
-                      verifier=RegistryAnchors(store))  # registry.json must match the audit trail
+                      verifier=RegistryAnchors(store),  # registry.json must match the audit trail
+                      prepare=explain.preparer(multiprocess_dir()))  # explanation cost, shared by the workers
     catalog.refresh()
     if config.poll_seconds:
         catalog.start_polling()

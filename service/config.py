@@ -101,6 +101,15 @@ class Config:
         "RATE_LIMIT_ROWS_BURST", "Rows a caller may send at once above RATE_LIMIT_ROWS; 0 = MAX_BATCH_ROWS "
         "(never less, or a full batch could never pass).", default=0,
     )
+    explain_max_seconds: float = _env(
+        "EXPLAIN_MAX_SECONDS", "CPU seconds one explanation request may cost: each model version's row limit is this "
+        "over its per-row cost, measured when the version loads (at least 1 row; 422 above); 0 = no such limit.",
+        default=0.1,
+    )
+    explain_max_rows: int = _env(
+        "EXPLAIN_MAX_ROWS", "Most rows one explanation request may hold whatever the model's cost; 0 = MAX_BATCH_ROWS.",
+        default=0,
+    )
     monitoring_cache_seconds: float = _env(
         "MONITORING_CACHE_SECONDS", "Seconds a worker reuses a monitoring report over more than MONITORING_WINDOW "
         "predictions (or by minutes) for the same model and window; parallel callers wait for one computation; "
@@ -219,9 +228,12 @@ class Config:
             raise ConfigError(f"PREDICTION_LOG_SAMPLE must be between 0 and 1, got {self.prediction_log_sample}")
         if self.monitoring_window < 10:
             raise ConfigError(f"MONITORING_WINDOW must be at least 10, got {self.monitoring_window}")
-        for name in ("rate_limit_requests", "rate_limit_rows", "monitoring_cache_seconds"):
+        for name in ("rate_limit_requests", "rate_limit_rows", "monitoring_cache_seconds",
+                     "explain_max_seconds"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {getattr(self, name)}")
+        if self.explain_max_rows < 0:
+            raise ConfigError(f"EXPLAIN_MAX_ROWS must be 0 (MAX_BATCH_ROWS) or more, got {self.explain_max_rows}")
         if self.monitoring_large_reports < 0:
             raise ConfigError(f"MONITORING_LARGE_REPORTS must be 0 or more, got {self.monitoring_large_reports}")
         if self.rate_limit_requests_burst < 1:

@@ -156,6 +156,12 @@ class MonitoringBusy(RetryLater):
     status, code, message = 503, "monitoring_busy", "Other large monitoring reports are being computed; retry shortly."
 
 
+class ExplainBusy(RetryLater):
+    """This worker is computing another explanation: refused at once, never queued, so it stays free for the rest."""
+
+    status, code, message = 503, "explain_busy", "This worker is computing another explanation; retry shortly."
+
+
 class StoreUnavailable(ServiceError):
     status, code, message = 503, "store_unavailable", "The database could not record this; try again."
 

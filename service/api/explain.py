@@ -3,7 +3,8 @@
 ``POST /v1/models/<m>:explain`` (and ``/versions/<v>:explain``, ``/labels/<l>:explain``) is
 predict with ``"parameters": {"explain": true}`` forced on: same layouts, routing, logging and
 scope. ``GET /v1/models/<m>/predictions/<id>/explanation`` explains a logged decision again with
-the version that made it (``service.explain.past``); each such look is recorded in the audit
+the version that made it (``service.explain.past``): one row, in the worker's one explanation
+slot and charged at its cost like ``:explain`` (``service.api.explaining``); each such look is recorded in the audit
 trail (who asked, for which prediction), as answering a data subject is an act to account for.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g
 
-from service.api import limits
+from service import explain as explain_core
+from service.api import explaining, limits
 from service.api.auth import require_scope
 from service.api.io import json_response
 from service.api.predict import answer
@@ -37,7 +39,10 @@ def logged(name: str, prediction_id: str) -> Response:
     ext["catalog"].model(name)  # 404 for an unknown model before the database is asked
     found = past.find(ext["store"], name, prediction_id)
     model = ext["catalog"].resolve(name, found.version)
-    body = past.explain_logged(model, found)
+    with explaining.running():
+        cost = explain_core.cost_of(model)
+        limits.charge_explained(1, cost.factor if cost is not None else 1.0)
+        body = past.explain_logged(model, found)
     if "audit" in ext:  # queued: never slows or fails the answer
         actor = f"key:{g.key_id}" if getattr(g, "key_id", None) else "local"
         ext["audit"].put(actor, "prediction.explained", f"model:{name}",

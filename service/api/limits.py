@@ -3,16 +3,19 @@
 ``init_app`` builds the shared ``QuotaTable`` (``service.security.quota``) in the metrics folder
 when a rate limit is set. Views call ``charge_request()`` once they know who is calling (after
 ``require_scope``) and ``charge_rows(request)`` once the body is decoded and before the model
-runs, so a 429 costs no prediction. The caller is the API key id, or, without a key (open mode
-on loopback), the client address that ``service.api.proxy`` established; a key's own
-``rate_limit`` in the keys file replaces the server's rates for that key. Refusals are counted
-in Prometheus by limit, never written to the audit trail. ``json_budget`` sizes the pre-parse
-check of ``service.protocols.parse_json`` for a model.
+runs, so a 429 costs no prediction; an explanation is charged instead by ``charge_explained``,
+its rows weighted by what one costs next to a predicted row (``service.explain.cost``). The
+caller is the API key id, or, without a key (open mode on loopback), the client address that
+``service.api.proxy`` established; a key's own ``rate_limit`` in the keys file replaces the
+server's rates for that key. Refusals are counted in Prometheus by limit, never written to the
+audit trail. ``json_budget`` sizes the pre-parse check of ``service.protocols.parse_json`` for a
+model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from flask import Flask, current_app, g, request
@@ -64,6 +67,18 @@ def charge_request() -> None:
 def charge_rows(wanted: PredictRequest) -> None:
     """Count a decoded request's rows for the caller; 429 past its rows per second."""
     _charge("rows", rows_of(wanted))
+
+
+def charge_explained(rows: int, factor: float) -> None:
+    """Count an explanation's rows at what they cost: each as ``factor`` predicted rows; 429 past the rate.
+
+    The charge is at most the rows burst, so an explanation within its row limit can always pass
+    against a full bucket (and empties it) instead of being refused for ever.
+    """
+    quota: Quota | None = current_app.extensions.get(EXTENSION)
+    if quota is None:
+        return
+    _charge("rows", min(math.ceil(rows * factor), int(quota.burst["rows"])))
 
 
 def rows_of(wanted: PredictRequest) -> int:

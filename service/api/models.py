@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+from service.api import explaining
 from service.api.auth import require_scope
 from service.api.io import json_response
 from service.errors import VersionNotFound
@@ -51,6 +52,8 @@ def show_version(name: str, version: int):
     if entry.model is not None:
         body.update({k: entry.model.manifest.get(k) for k in DETAIL_KEYS})
         body["input"] = pii.public_input(body["input"])
+        # what a client needs to size its :explain requests (the limit is the same in every worker)
+        body["explanations"] = explaining.describe(entry.model)
     return json_response(body)
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import explain
-from service.api import limits
+from service.api import explaining, limits
 from service.api.auth import require_scope
 from service.api.io import json_response, read_json
 from service.protocols import v1
@@ -30,9 +29,14 @@ def answer(target: inference.Target, *, explained: bool = False) -> Response:
         payload = read_json(limits.json_budget(target.name))
         wanted = v1.decode(payload, target, max_rows=ext["limits"].max_rows,
                            routing_header=request.headers.get(config.routing_key_header))
-        limits.charge_rows(wanted)
-        done = inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"])
-        # explanations use the scikit-learn estimator of the version that answered, whatever its backend
-        why = explain.explain(done.model, done.batch.columns) if explained or v1.explain_asked(payload) else None
+        if explained or v1.explain_asked(payload):
+            with explaining.running():
+                done = inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"],
+                                         admit=explaining.admission(wanted))
+                # explanations use the scikit-learn estimator of the version that answered, whatever its backend
+                why = explaining.explained(done)
+        else:
+            limits.charge_rows(wanted)
+            done, why = inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"]), None
         watch.answered(done)
     return json_response(v1.encode(done, why), headers={"X-Model-Version": str(done.version)})

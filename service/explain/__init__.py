@@ -4,22 +4,33 @@
 linear models and tree ensembles, a sampled estimate for anything else), checks on reference
 rows that base + contributions reproduce the model's output before trusting an exact method,
 and returns an ``Explanation`` whose ``items()`` are the wire's ``{"base", "contributions"}``.
-Contributions are summed back to the manifest's input features. No Flask.
+Contributions are summed back to the manifest's input features.
+
+``prepare`` (called as a version loads) chooses the method and measures what an explained row
+costs (``cost``); ``admit`` refuses, before any work, a request with more rows than that cost
+allows within the budget. No Flask.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.errors import ValidationFailed
-from service.explain import methods
+from service.explain import cost_file, methods
 from service.explain.background import reference_rows
 from service.explain.columns import Unsupported
+from service.explain.cost import Cost, RowLimit, measure, row_limit
+
+log = logging.getLogger(__name__)
 
 #: Largest gap between base + contributions and the model's output an exact method may show.
 TOLERANCE = 1e-6
@@ -28,6 +39,7 @@ CHECK_ROWS = 8
 IMPORTANCE_ROWS = 200
 
 _methods: weakref.WeakKeyDictionary[Any, methods.Method] = weakref.WeakKeyDictionary()
+_costs: weakref.WeakKeyDictionary[Any, Cost] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -35,6 +47,21 @@ class ExplanationUnavailable(ValidationFailed):
     """The request is valid but this model cannot explain it as asked (the message says why)."""
 
     code = "explanation_unavailable"
+
+
+class TooManyRowsToExplain(ValidationFailed):
+    """More rows than this version may explain in one request (``RowLimit``: its cost and the budget)."""
+
+    code = "too_many_rows_to_explain"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one explanation request may cost: the settings ``row_limit`` reads."""
+
+    max_seconds: float  # EXPLAIN_MAX_SECONDS
+    max_rows: int  # EXPLAIN_MAX_ROWS; 0 = batch_rows
+    batch_rows: int  # MAX_BATCH_ROWS
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,78 @@ def method_for(model: Any) -> methods.Method:
             if found is None:
                 found = _methods[model.estimator] = _choose(model)
     return found
+
+
+def prepare(model: Any, folder: Path | None = None) -> Cost | None:
+    """Choose how ``model`` is explained and measure its cost per row, once per version (off any request).
+
+    With ``folder`` (the server's metrics folder) the workers share one measurement per version.
+    Raises ``ExplanationUnavailable`` for a model that cannot be explained.
+    """
+    method = method_for(model)
+    path = None if folder is None else cost_file.path_for(folder, model.name, model.version, _digest(model))
+    found = cost_file.shared(path, lambda: measure(
+        method.name, method.run, model.predict, lambda n: reference_rows(model.manifest, n, model.estimator)))
+    if found is not None:
+        _costs[model.estimator] = found
+    return found
+
+
+def preparer(folder: Path | None) -> Callable[[Any], None]:
+    """The catalog's ``prepare`` step: ``prepare`` each version as it loads, and log what it found."""
+    def run(model: Any) -> None:
+        start = time.perf_counter()
+        where = {"model": model.name, "version": model.version}
+        try:
+            found = prepare(model, folder)
+        except ExplanationUnavailable as exc:
+            log.info("model version cannot be explained", extra=where | {"reason": exc.message})
+            return
+        if found is None:
+            log.warning("explanation cost not measured: no reference rows; one row per request", extra=where)
+            return
+        log.info("explanation cost measured", extra=where | {
+            "method": found.method, "explain_seconds_per_row": round(found.explain_seconds_per_row, 6),
+            "cost_factor": round(found.factor, 1), "seconds": round(time.perf_counter() - start, 3)})
+    return run
+
+
+def cost_of(model: Any) -> Cost | None:
+    """The cost ``prepare`` measured for this version, or None."""
+    return _costs.get(model.estimator)
+
+
+def limit_for(model: Any, budget: Budget) -> RowLimit:
+    """Most rows one request may have explained by ``model`` within ``budget``, and why."""
+    method = _methods.get(model.estimator)
+    return row_limit(cost_of(model), max_seconds=budget.max_seconds, max_rows=budget.max_rows,
+                     batch_rows=budget.batch_rows, method_rows=method.max_rows if method is not None else None)
+
+
+def admit(model: Any, rows: int, budget: Budget) -> RowLimit:
+    """Return the version's row limit, or raise 422 (``TooManyRowsToExplain``) when ``rows`` exceed it.
+
+    A version that was not prepared first learns here whether it can be explained at all (422
+    ``explanation_unavailable``, the more useful answer); it is then held to one row a request.
+    """
+    if cost_of(model) is None:
+        method_for(model)
+    limit = limit_for(model, budget)
+    if rows > limit.rows:
+        raise TooManyRowsToExplain(
+            f"{model.name} version {model.version} explains at most {limit.rows} rows per request "
+            f"({limit.describe()}); this one has {rows}: send fewer rows per request.",
+            details={"model": model.name, "version": model.version, "rows": rows, **limit.to_dict()})
+    return limit
+
+
+def describe(model: Any, budget: Budget) -> dict[str, Any]:
+    """The version's explanation method and row limit, as its metadata shows them."""
+    method = _methods.get(model.estimator)
+    about: dict[str, Any] = {"method": method.name if method is not None else None}
+    if method is not None:
+        about.update(output=method.output, exact=method.exact)
+    return about | limit_for(model, budget).to_dict()
 
 
 def explain(model: Any, columns: dict[str, np.ndarray]) -> Explanation:
@@ -134,6 +233,13 @@ def _choose(model: Any) -> methods.Method:
         reasons.append(str(exc))
     raise ExplanationUnavailable(f"{model.name} version {model.version} cannot be explained.",
                                  details={"reasons": reasons})
+
+
+def _digest(model: Any) -> str:
+    """The model file's sha256: a version number reused after a removal names another model."""
+    files = model.manifest.get("files") or {}
+    entry = files.get(model.manifest.get("model_file")) or {}
+    return str(entry.get("sha256") or "unknown")
 
 
 def _value(values: np.ndarray) -> Any:

@@ -113,6 +113,8 @@ class Catalog:
     on_removed: Callable[[str, int], None] = _ignore
     backend: Callable[[str], str] = runtime.BackendChoice()  # model name -> auto | joblib | onnx
     verifier: registry.Verifier | None = None  # checks registry.json against the audit trail; None: no check
+    # work a version needs before it serves (measuring what an explanation costs): run as it loads, off any request
+    prepare: Callable[[runtime.LoadedModel], None] = _ignore
     _models: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _poller: Periodic | None = None
@@ -205,6 +207,10 @@ class Catalog:
             log.error("model version refused", extra={"model": name, "version": version, "reason": str(exc)})
             self.on_load_failed(name, version)
             return VersionState(version, FAILED, str(exc))
+        try:
+            self.prepare(model)
+        except Exception:  # preparing is an optimisation: the version serves without it
+            log.exception("preparing a model version failed", extra={"model": name, "version": version})
         self.on_loaded(name, version, model.manifest)
         log.info("model version loaded", extra={"model": name, "version": version,
                                                  "load_seconds": round(model.load_seconds, 4),

@@ -110,11 +110,18 @@ class BudgetExceeded(Exception):
 
 
 def predict(catalog: Catalog, request: PredictRequest, limits: Limits, *,
-            executor: Executor | None = None, rand: Callable[[], float] = random.random) -> Answer:
-    """Answer one predict request for a model, a pinned version or a label."""
+            executor: Executor | None = None, rand: Callable[[], float] = random.random,
+            admit: Callable[[LoadedModel], None] | None = None) -> Answer:
+    """Answer one predict request for a model, a pinned version or a label.
+
+    ``admit`` sees the chosen version before any work on the rows and may refuse by raising:
+    what an explanation may cost depends on the version that will explain it.
+    """
     start = time.perf_counter()
     target = request.target
     route = catalog.route(target.name, target.version, target.label, target.routing_key, rand)
+    if admit is not None:
+        admit(route.model)
     batch = _validate(route.model, request, limits)
     answered_by, role, fallback_from, reason = route.model, route.role, None, None
     try:
