@@ -9,7 +9,7 @@ import time
 import pytest
 
 from service.monitoring.outbox import ADOPT_SECONDS, Outbox, pack, unpack
-from service.monitoring.predlog import PredictionLog
+from service.monitoring.predlog import EncodedBatch, PredictionLog
 from service.monitoring.spool import Spool
 from service.store import REQUEST_COLUMNS, Store
 
@@ -49,10 +49,16 @@ class Locked:
         self.db.close()
 
 
-def test_a_record_round_trips():
+def test_a_record_round_trips_with_binary_fields_as_they_are():
     assert unpack(pack(request_row(1), None)) == (request_row(1), None)
-    with pytest.raises(ValueError):
-        unpack(b'[99, null, null]')
+    batch = EncodedBatch(ts=1.0, model="m", version=1, request_id="r", latency_ms=1.0, rows=2, base="b",
+                         positions=None, subjects=None, features='["x"]', inputs=b"\x00\x01raw", outputs=b"",
+                         probabilities=None)
+    assert unpack(pack(None, batch)) == (None, batch)
+    assert unpack(pack(request_row(2), batch)) == (request_row(2), batch)
+    for broken in (b"", b"\x05\x00\x00\x00[99]", pack(None, batch)[:-1], pack(None, batch) + b"x"):
+        with pytest.raises(ValueError):
+            unpack(broken)
 
 
 def test_a_locked_store_costs_no_records(store, tmp_path):
