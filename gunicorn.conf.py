@@ -287,18 +287,29 @@ def _check_unsigned_models(server):
 
 
 def _warn_unbuffered_public_sync(server):
-    """Sync workers read a request in the worker: two slow clients can hold both, so on a public
-    address they belong behind a buffering proxy (Nginx, Apache), declared in FORWARDED_ALLOW_IPS."""
+    """Sync and plain gthread workers read a request in the process or thread that serves it: a
+    few slow clients hold them all. With no proxy declared the worker class above buffers
+    requests; a worker class forced another way (``--worker-class``, GUNICORN_CMD_ARGS) on a
+    public address without a buffering proxy (Nginx, Apache, declared in FORWARDED_ALLOW_IPS)
+    is warned about."""
     import ipaddress
 
-    if worker_class != "sync" or _config.forwarded_allow_ips:
+    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.sync import SyncWorker
+
+    from service.buffering import BufferingWorker
+
+    chosen = server.cfg.worker_class
+    if _config.forwarded_allow_ips or issubclass(chosen, BufferingWorker) \
+            or not issubclass(chosen, (SyncWorker, ThreadWorker)):
         return
     public = [str(listener) for listener in server.LISTENERS if isinstance(listener.sock.getsockname(), tuple)
               and not ipaddress.ip_address(listener.sock.getsockname()[0].split("%")[0]).is_loopback]
     if public:
-        server.log.warning("sync workers on a public address with no proxy declared: slow clients can stall every "
-                           "worker; put Nginx or Apache in front (deploy/) and set FORWARDED_ALLOW_IPS to it, or "
-                           "use THREADS>1 (gthread workers)", extra={"address": ", ".join(public)})
+        server.log.warning(f"{server.cfg.worker_class_str} workers on a public address with no proxy declared: slow "
+                           "clients can stall every worker; put Nginx or Apache in front (deploy/) and set "
+                           "FORWARDED_ALLOW_IPS to it, or leave the worker class to gunicorn.conf.py (it buffers "
+                           "requests when no proxy is declared)", extra={"address": ", ".join(public)})
 
 
 def child_exit(server, worker):
