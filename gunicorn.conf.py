@@ -42,10 +42,26 @@ except (ConfigError, ValueError) as _exc:
 bind = [f"[{_config.host}]:{_config.port}" if ":" in _config.host else f"{_config.host}:{_config.port}"]
 # WEB_CONCURRENCY (default 2): processes; each holds its own copy of every model.
 workers = _config.workers
-# THREADS (default 1): >1 switches to the gthread worker, which helps when requests wait
-# on I/O; prediction is CPU-bound and holds the GIL, so processes are what scale it.
+# THREADS (default 1): threads per worker that run requests. More help when requests wait on
+# I/O; prediction is CPU-bound and holds the GIL, so processes are what scale it.
 threads = _config.threads
-worker_class = "gthread" if threads > 1 else "sync"
+# The worker class follows from where the clients are. Behind a buffering proxy declared in
+# FORWARDED_ALLOW_IPS (Nginx, Apache, an ingress), every request arrives whole and at once, and
+# the sync worker (gthread when THREADS > 1) is the cheapest per prediction. With no proxy
+# declared, clients reach the workers themselves and a sync worker (or a gthread thread) reading
+# a request that trickles in is held for as long as the client likes: two such clients stalled
+# both default workers, eight a THREADS=4 server. service.buffering.BufferingWorker reads each
+# request whole in its main loop, without blocking, before a thread runs it (a proxy's
+# buffering, inside the worker): 64 trickling clients leave /healthz at a few milliseconds.
+# REQUEST_READ_TIMEOUT (default 30 s) is how long one request may take to arrive; the body is
+# bounded by MAX_REQUEST_BYTES and the headers by the limits below, as Gunicorn's parser does.
+if _config.forwarded_allow_ips:
+    worker_class = "gthread" if threads > 1 else "sync"
+else:
+    from service.buffering import BufferingWorker
+
+    worker_class = BufferingWorker.limited(max_body=_config.max_request_bytes,
+                                           read_timeout=_config.request_read_timeout)
 
 # -- time ------------------------------------------------------------------------------------
 # WORKER_TIMEOUT (default 60 s): a worker silent for longer is killed and replaced. Models
@@ -273,18 +289,29 @@ def _check_unsigned_models(server):
 
 
 def _warn_unbuffered_public_sync(server):
-    """Sync workers read a request in the worker: two slow clients can hold both, so on a public
-    address they belong behind a buffering proxy (Nginx, Apache), declared in FORWARDED_ALLOW_IPS."""
+    """Sync and plain gthread workers read a request in the process or thread that serves it: a
+    few slow clients hold them all. With no proxy declared the worker class above buffers
+    requests; a worker class forced another way (``--worker-class``, GUNICORN_CMD_ARGS) on a
+    public address without a buffering proxy (Nginx, Apache, declared in FORWARDED_ALLOW_IPS)
+    is warned about."""
     import ipaddress
 
-    if worker_class != "sync" or _config.forwarded_allow_ips:
+    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.sync import SyncWorker
+
+    from service.buffering import BufferingWorker
+
+    chosen = server.cfg.worker_class
+    if _config.forwarded_allow_ips or issubclass(chosen, BufferingWorker) \
+            or not issubclass(chosen, (SyncWorker, ThreadWorker)):
         return
     public = [str(listener) for listener in server.LISTENERS if isinstance(listener.sock.getsockname(), tuple)
               and not ipaddress.ip_address(listener.sock.getsockname()[0].split("%")[0]).is_loopback]
     if public:
-        server.log.warning("sync workers on a public address with no proxy declared: slow clients can stall every "
-                           "worker; put Nginx or Apache in front (deploy/) and set FORWARDED_ALLOW_IPS to it, or "
-                           "use THREADS>1 (gthread workers)", extra={"address": ", ".join(public)})
+        server.log.warning(f"{server.cfg.worker_class_str} workers on a public address with no proxy declared: slow "
+                           "clients can stall every worker; put Nginx or Apache in front (deploy/) and set "
+                           "FORWARDED_ALLOW_IPS to it, or leave the worker class to gunicorn.conf.py (it buffers "
+                           "requests when no proxy is declared)", extra={"address": ", ".join(public)})
 
 
 def child_exit(server, worker):

@@ -63,8 +63,16 @@ def machine_facts(workers: int, wrk: str, load_before: float) -> dict[str, Any]:
         "versions": {name: metadata.version(name) for name in PACKAGES},
         "wrk": wrk,
         "workers": workers,
-        "worker_class": "gthread" if int(os.environ.get("THREADS", "1") or 1) > 1 else "sync",
+        "worker_class": worker_class(),
     }
+
+
+def worker_class() -> str:
+    """The worker class gunicorn.conf.py picks for this environment: buffering unless a proxy is declared."""
+    threads = int(os.environ.get("THREADS", "1") or 1)
+    if not os.environ.get("FORWARDED_ALLOW_IPS", "").strip():
+        return f"buffering ({threads} thread{'s' if threads > 1 else ''})"
+    return "gthread" if threads > 1 else "sync"
 
 
 def load_average() -> float:

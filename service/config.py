@@ -33,8 +33,15 @@ class Config:
     host: str = _env("HOST", "Address to bind; anything but loopback needs API keys.", default="127.0.0.1")
     port: int = _env("PORT", "TCP port to bind.", default=8000)
     workers: int = _env("WEB_CONCURRENCY", "Gunicorn worker processes.", default=2)
-    threads: int = _env("THREADS", "Threads per Gunicorn worker (gthread when > 1).", default=1)
+    threads: int = _env(
+        "THREADS", "Threads per Gunicorn worker that run requests (behind a declared proxy: gthread when > 1, "
+        "else sync).", default=1,
+    )
     timeout: int = _env("WORKER_TIMEOUT", "Seconds before a silent worker is killed and replaced.", default=60)
+    request_read_timeout: float = _env(
+        "REQUEST_READ_TIMEOUT", "With no FORWARDED_ALLOW_IPS: seconds a client has to send a whole request "
+        "(headers and body; it is buffered before a thread serves it) before it is disconnected.", default=30.0,
+    )
     worker_max_requests: int = _env(
         "WORKER_MAX_REQUESTS", "Replace a worker after about this many requests (jittered by a fifth); 0 = never.",
         default=100_000,
@@ -226,6 +233,8 @@ class Config:
             raise ConfigError(f"GUARD_SECONDS must be between 0 and 86400, got {self.guard_seconds}")
         if not (math.isfinite(self.prediction_log_sample) and 0 <= self.prediction_log_sample <= 1):
             raise ConfigError(f"PREDICTION_LOG_SAMPLE must be between 0 and 1, got {self.prediction_log_sample}")
+        if not (math.isfinite(self.request_read_timeout) and self.request_read_timeout > 0):
+            raise ConfigError(f"REQUEST_READ_TIMEOUT must be a finite number above 0, got {self.request_read_timeout}")
         if self.monitoring_window < 10:
             raise ConfigError(f"MONITORING_WINDOW must be at least 10, got {self.monitoring_window}")
         for name in ("rate_limit_requests", "rate_limit_rows", "monitoring_cache_seconds",

@@ -101,10 +101,14 @@ def load_gunicorn_conf(monkeypatch, **env: str):
     return conf
 
 
-def fake_gunicorn_server(host: str) -> tuple[Any, list[tuple[str, str]]]:
-    """A stand-in for Gunicorn's arbiter with one listener on ``host`` (tests may bind loopback only)
-    and a log that keeps (level, message) pairs."""
+def fake_gunicorn_server(host: str, worker_class: Any = "sync") -> tuple[Any, list[tuple[str, str]]]:
+    """A stand-in for Gunicorn's arbiter with one listener on ``host`` (tests may bind loopback only),
+    a log that keeps (level, message) pairs and ``worker_class`` (a class, or a name Gunicorn knows)."""
+    from gunicorn.config import Config as GunicornConfig
+
     lines: list[tuple[str, str]] = []
+    cfg = GunicornConfig()
+    cfg.set("worker_class", worker_class)
 
     class Log:
         def warning(self, message, **_):
@@ -122,7 +126,7 @@ def fake_gunicorn_server(host: str) -> tuple[Any, list[tuple[str, str]]]:
         def __str__(self):
             return f"{host}:8000"
 
-    return type("Server", (), {"LISTENERS": [Listener()], "log": Log()})(), lines
+    return type("Server", (), {"LISTENERS": [Listener()], "log": Log(), "cfg": cfg})(), lines
 
 
 def package_with_subject(root: Path, name: str = "people") -> dict[str, Any]:
