@@ -126,14 +126,29 @@ class Observer:
 
     def answered(self, answer: Answer, request_id: str, *, protocol: str = "v1") -> None:
         """Queue a successful answer for recording; its shadows run once it is written."""
-        self._recorder.put(_Answered(answer, request_id, time.time(), protocol), answer.rows)
+        self._hand_off(_Answered(answer, request_id, time.time(), protocol), answer.rows)
 
     def failed(self, target: Target, request_id: str, status: int, code: str, seconds: float,
                version: int | None, *, protocol: str = "v1") -> None:
         """Queue a request that ended in an error (4xx are kept apart from 5xx by status)."""
         record = RequestRecord(request_id, time.time(), target.name, version, "error", status, seconds * 1000, 0,
                                None, code, None)
-        self._recorder.put(_Failed(record, code, protocol))
+        self._hand_off(_Failed(record, code, protocol), 1)
+
+    def _hand_off(self, item: _Answered | _Failed, rows: int) -> None:
+        """Queue ``item`` for the writer; when its queue is full, spool it in this thread.
+
+        A full queue means the writer falls behind (a burst of large batches): the request that
+        finds it full does its own recording, which the writer would have done with the same CPU,
+        so an overloaded worker slows down instead of losing what it answered.
+        """
+        if self._recorder.offer(item, rows):
+            return
+        try:
+            self.write_batch([item])
+        except Exception:
+            log.exception("recording in the request's thread failed")
+            self._queue_full(1)
 
     def flush(self) -> None:
         """Write what is queued now to the store, in the caller's thread (tests, the CLI)."""

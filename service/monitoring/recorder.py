@@ -64,8 +64,14 @@ class Recorder:
 
     def put(self, item: Any, weight: int = 1) -> bool:
         """Queue ``item`` (``weight`` rows) for the writer; False (and counted) when full or closed."""
+        if self.offer(item, weight):
+            return True
+        self._drop()
+        return False
+
+    def offer(self, item: Any, weight: int = 1) -> bool:
+        """Queue ``item`` like ``put``, but leave a refusal to the caller: nothing is counted."""
         if self._closing or len(self._items) >= self.capacity or (self._items and self._rows + weight > self.capacity_rows):
-            self._drop()
             return False
         if self._pid != os.getpid():
             self._start()

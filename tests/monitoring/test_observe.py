@@ -104,15 +104,27 @@ def test_the_request_row_and_quality_checks_can_be_switched_off(catalog, store):
     assert requests_of(store, "diabetes") == {}
 
 
-def test_a_full_queue_drops_and_counts_instead_of_waiting(catalog, store, monkeypatch):
+def test_a_full_queue_makes_the_request_record_itself_instead_of_losing(catalog, store, monkeypatch):
     observer = Observer(store, PredictionLog(store), capacity=3)
     monkeypatch.setattr(observer._recorder, "_start", lambda: None)
     observer._recorder._pid = -1
     for i in range(5):
         answer_one(observer, catalog, f"req-{i}")
-    assert observer.pending == 3 and observer._recorder.dropped == 2
+    assert observer.pending == 3 and observer._recorder.dropped == 0
     observer.flush()
-    assert len(requests_of(store, "diabetes")) == 3
+    assert len(requests_of(store, "diabetes")) == 5
+    assert observer.outbox.dropped == {}
+
+
+def test_a_queue_full_of_rows_takes_no_more_however_few_items(catalog, store, monkeypatch):
+    observer = Observer(store, PredictionLog(store), capacity_rows=3)
+    monkeypatch.setattr(observer._recorder, "_start", lambda: None)
+    observer._recorder._pid = -1
+    answer_one(observer, catalog, "req-big", rows=[ROW] * 5)  # alone it is taken, whatever its size
+    answer_one(observer, catalog, "req-next")
+    assert observer.pending == 1
+    observer.flush()
+    assert set(requests_of(store, "diabetes")) == {"req-big", "req-next"}
 
 
 def test_a_broken_database_never_reaches_the_caller(catalog, tmp_path):
