@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import compare, explaining, inprocess, load, machine, models, profiled, protocols, report
+from bench import compare, explaining, inprocess, load, log_cost, machine, models, profiled, protocols, report
 from bench.server import ServerError
 from bench.workload import CLASSIFIER, Scenario, build_scenarios
 from service.errors import ServiceError
@@ -140,9 +140,13 @@ def run(work: Path, workers: int, settings: load.LoadSettings, quick: bool = Fal
     latency = dataclasses.replace(settings, connections=LATENCY_CONNECTIONS,
                                   seconds=settings.seconds if quick else max(settings.seconds, RECYCLING_SECONDS))
     recycled = compare.recycling(root, work / "servers", workers, fastest, latency)
+    logged = None
+    if model is None:
+        progress("the prediction log's cost: log on against log off, at 1 and 10,000 rows")
+        logged = log_cost.run(log_cost.REPO, log_cost.SIZES, 0.25 if quick else 1.0)
     facts = machine.machine_facts(workers, load.wrk_version(), load_before)
     results = report.build_results(facts, settings, scenarios, local, side_by_side, recycled)
-    return report.add_phases(results, wire, explained)
+    return report.add_phases(results, wire, explained) | {"log_cost": logged}
 
 
 def main(argv: list[str] | None = None) -> int:

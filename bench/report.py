@@ -92,6 +92,19 @@ def add_phases(results: dict[str, Any], wire: dict[str, Any] | None,
     return results
 
 
+def log_cost_lines(results: dict[str, Any]) -> list[str]:
+    """The prediction log's share of server CPU per request (``bench.log_cost``); target <= 10%."""
+    rows = results.get("log_cost")
+    if not rows:
+        return []
+    lines = ["prediction log cost (server CPU per request, one worker, log on vs PREDICTION_LOG_SAMPLE=0; target <= 10%)",
+             f"{'rows':>8} {'log on us':>11} {'log off us':>11} {'overhead':>9}"]
+    for row in rows:
+        lines.append(f"{row['rows']:>8,} {row['cpu_us_per_request_log_on']:>11,} {row['cpu_us_per_request_log_off']:>11,}"
+                     f" {row['overhead_percent']:>8.1f}%")
+    return lines
+
+
 def failures_of(runs: dict[str, Any]) -> list[str]:
     return [f"{key}: {run['non2xx']} non-2xx of {run['requests']} responses" for key, run in runs.items() if run["failed"]]
 
@@ -258,7 +271,7 @@ def format_table(results: dict[str, Any]) -> str:
     """The whole report as plain text: facts, the comparison, ratios, in process, memory, recycling, targets."""
     lines = header_lines(results) + comparison_lines(results) + [""] + ratio_lines(results) + [""]
     lines += in_process_lines(results) + [""]
-    for extra in (protocol_lines(results), explain_lines(results)):
+    for extra in (protocol_lines(results), explain_lines(results), log_cost_lines(results)):
         lines += extra + ([""] if extra else [])
     lines += memory_lines(results) + [""] + recycling_lines(results) + [""]
     lines += target_lines(results) + [""]

@@ -21,3 +21,16 @@ def test_help_runs_nothing():
                           text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("usage: python -m bench.log_cost") and done.stderr == ""
     assert "--tree" in done.stdout and "--rows" in done.stdout
+
+
+def test_the_bench_report_prints_the_log_cost_at_each_size():
+    from bench import report
+
+    rows = [{"rows": 1, "cpu_us_per_request_log_on": 1100, "cpu_us_per_request_log_off": 1000, "overhead_percent": 10.0},
+            {"rows": 10_000, "cpu_us_per_request_log_on": 52000, "cpu_us_per_request_log_off": 50000,
+             "overhead_percent": 4.0}]
+    lines = report.log_cost_lines({"log_cost": rows})
+    assert "target <= 10%" in lines[0]
+    assert lines[2].split() == ["1", "1,100", "1,000", "10.0%"]
+    assert lines[3].split() == ["10,000", "52,000", "50,000", "4.0%"]
+    assert report.log_cost_lines({"log_cost": None}) == []
