@@ -1,5 +1,6 @@
 """Commands that check registry.json (readable, and the content the audit trail anchors) and
-resolve what they find: ``restore`` from the last-good copy, or ``accept`` a deliberate edit."""
+resolve what they find: ``restore`` from the last-good copy, ``accept`` a deliberate edit, or
+``adopt`` artifacts packaged with another store."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ from typing import Any
 
 import click
 
-from service.cli.common import ARTIFACTS, MODEL, actor, escape, fails_cleanly, model_argument
+from service.cli.common import (
+    ARTIFACTS,
+    MODEL,
+    SIGNING_KEY,
+    actor,
+    escape,
+    existing_model,
+    fails_cleanly,
+    model_argument,
+)
 from service.config import Config
 from service.errors import RegistryUnreadable
-from service.models import artifacts, registry, registry_anchor
+from service.models import artifacts, registry, registry_adopt, registry_anchor
 from service.models.registry_file import read_last_good
 
 
@@ -38,17 +48,16 @@ def check(name: str | None, artifacts_dir: Path) -> None:
             continue
         try:
             store = store or _store()
-            matches, said = registry_anchor.compare(store, artifacts_dir, model)
+            found = registry_anchor.verdict(store, artifacts_dir, model)
         except Exception as exc:  # the file reads; whether it is the audited one is unknown
             refused.append(model)
             click.echo(f"{model}: cannot be checked against the audit trail: {type(exc).__name__}: {escape(exc)}")
             continue
-        if matches:
+        if found.ok:
             click.echo(f"{model}: ok")
         else:
             refused.append(model)
-            click.echo(f"{model}: refused: {said}; `python -m service registry restore {model}` undoes the edit "
-                       f"(from the last-good copy), `python -m service registry accept {model} --reason ...` keeps it")
+            click.echo(f"{model}: refused: {found.said}; {found.fix}")
     problems = [f"{what}: {', '.join(models)}" for what, models in (("unreadable registry state", unreadable),
                                                                     ("registry state not audited", refused)) if models]
     if problems:
@@ -79,6 +88,35 @@ def accept(name: str, reason: str, artifacts_dir: Path) -> None:
     entry = registry.accept(artifacts_dir, name, actor=actor(), reason=reason)
     shown = ", ".join(f"{label}={version}" for label, version in entry["labels"].items()) or "none"
     click.echo(f"{name}: accepted as edited and recorded in the audit trail (labels: {shown})")
+
+
+@registry_group.command("adopt")
+@click.argument("name", required=False)
+@click.option("--all", "every", is_flag=True, help="Adopt every model made with another audit trail.")
+@click.option("--reason", default="", help="Why (where the artifacts come from); recorded in the history.")
+@ARTIFACTS
+@SIGNING_KEY
+@fails_cleanly
+def adopt(name: str | None, every: bool, reason: str, artifacts_dir: Path, signing_key: Any) -> None:
+    """Adopt NAME's (or --all) artifacts packaged with another store: verify them (signatures with
+    MODEL_TRUSTED_KEYS, else sha256) and record their arrival in this store's audit trail."""
+    if bool(name) == every:
+        raise click.UsageError("give a model NAME or --all")
+    names = artifacts.list_models(artifacts_dir) if every else [existing_model(artifacts_dir, name or "")]
+    adopted = 0
+    for model in names:
+        try:
+            entry = registry_adopt.adopt(artifacts_dir, model, actor=actor(), reason=reason, keys=signing_key)
+        except ValueError as exc:
+            if not every:
+                raise
+            click.echo(f"{model}: skipped: {escape(exc)}")
+            continue
+        adopted += 1
+        click.echo(f"{model}: adopted {len(entry['adopted'])} history entries up to {entry['head'][:12]}, "
+                   f"{len(entry['versions'])} version(s) checked by {entry['checked']}")
+    if every:
+        click.echo(f"adopted {adopted} model(s)")
 
 
 def _store() -> Any:

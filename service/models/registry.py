@@ -94,10 +94,10 @@ def update(root: Path, name: str, change: Callable[[dict[str, Any]], dict[str, A
     """
     with locked(root, name):
         state = read_state(root, name, VERIFY.get())
-        return _commit(root, name, state, change(state), actor=actor, reason=reason)
+        return commit(root, name, state, change(state), actor=actor, reason=reason)
 
 
-def _commit(root: Path, name: str, state: dict[str, Any], entry: dict[str, Any], *, actor: str,
+def commit(root: Path, name: str, state: dict[str, Any], entry: dict[str, Any], *, actor: str,
             reason: str) -> dict[str, Any]:
     entry = {"at": _now(), "actor": actor, **entry, "reason": reason}
     state["history"].append(entry)
@@ -143,7 +143,7 @@ def restore(root: Path, name: str, *, actor: str, reason: str = "") -> dict[str,
         if verifier is not None:
             registry_file.check_last_good(root, name, verifier)
         entry = {"action": "registry.restore", "kept": keep_broken(root, name)}
-        return _commit(root, name, state, entry, actor=actor, reason=reason)
+        return commit(root, name, state, entry, actor=actor, reason=reason)
 
 
 def accept(root: Path, name: str, *, actor: str, reason: str) -> dict[str, Any]:
@@ -163,12 +163,12 @@ def accept(root: Path, name: str, *, actor: str, reason: str) -> dict[str, Any]:
         try:
             read_state(root, name, verifier)
         except RegistryUnverified as exc:
-            if exc.code != UNVERIFIED:
+            if exc.code != UNVERIFIED or type(exc) is not RegistryUnverified:  # made elsewhere: adopt, not accept
                 raise
         else:
             raise ValueError(f"registry.json of {name!r} matches the audit trail; there is nothing to accept")
         entry = {"action": "registry.accept", "labels": dict(state["labels"])}
-        return _commit(root, name, state, entry, actor=actor, reason=reason)
+        return commit(root, name, state, entry, actor=actor, reason=reason)
 
 
 def set_label(root: Path, name: str, label: str, version: int, *, actor: str, reason: str = "",
@@ -312,7 +312,7 @@ def gc(root: Path, name: str, *, keep: int, actor: str, reason: str = "", dry_ru
     """
 
     def record(state: dict[str, Any], entry: dict[str, Any]) -> None:
-        _commit(root, name, state, entry, actor=actor, reason=reason)
+        commit(root, name, state, entry, actor=actor, reason=reason)
 
     return registry_gc.collect(root, name, keep=keep, record=record, dry_run=dry_run)
 

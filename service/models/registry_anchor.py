@@ -30,11 +30,12 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.errors import RegistryUnreadable
-from service.models import artifacts, registry, registry_file
+from service.models import artifacts, registry, registry_adopt, registry_file
 from service.models.registry_file import UNCHECKED, UNVERIFIED, RegistryUnverified
 from service.security import audit
 
@@ -88,7 +89,7 @@ class RegistryAnchors:
         self.actor = actor or f"server:{socket.gethostname()}:{os.getpid()}"
         self._verified: dict[tuple[str, str], tuple[str | None, Any]] = {}  # (root, model) -> (digest, stamp)
         self._verified_copy: dict[tuple[str, str], tuple[str | None, Any]] = {}  # the same for the last-good copy
-        self._refused: dict[tuple[str, str], tuple[str | None, Any]] = {}
+        self._refused: dict[tuple[str, str], tuple[tuple[str | None, Any], tuple[str, ...]]] = {}
         self._unanswered: set[tuple[str, str]] = set()
 
     @property
@@ -96,19 +97,23 @@ class RegistryAnchors:
         return self._store() if callable(self._store) and not hasattr(self._store, "transaction") else self._store
 
     def verify(self, root: Path, name: str, digest: str | None, *, stamp: Any = None, copy: bool = False,
-               final: bool = False) -> None:
-        """Return when ``digest`` is the anchored content; raise ``RegistryUnverified`` otherwise."""
+               final: bool = False, audits: tuple[str, ...] = ()) -> None:
+        """Return when ``digest`` is the anchored content and every record ``audits`` names is this
+        trail's or adopted; raise ``RegistryUnverified`` (``RegistryNotAdopted``) otherwise."""
         key = (root_id(root), name)
         seen = (digest, stamp)
         verified = self._verified_copy if copy else self._verified
         if not final and stamp is not None:
             if verified.get(key) == seen:  # the very file verified before: no query
                 return
-            if not copy and self._refused.get(key) == seen:
-                raise RegistryUnverified(name, MISMATCH)
+            refused = self._refused.get(key)
+            if not copy and refused is not None and refused[0] == seen:
+                raise _refusal(name, refused[1])
         try:
-            # a change (final) needs no anchor of its own: the record it writes anchors the new file
-            anchor = self._anchor(key, digest, create=not final)
+            unknown = registry_adopt.foreign(self.store, name, audits)
+            # a change (final) needs no anchor of its own: the record it writes anchors the new file;
+            # a file made with another trail is never anchored as it is: it must be adopted
+            anchor = self._anchor(key, digest, create=not final and not unknown)
         except Exception as exc:  # the store is down or locked: nothing can be checked
             if key not in self._unanswered:  # once per outage, not once per poll
                 self._unanswered.add(key)
@@ -116,15 +121,16 @@ class RegistryAnchors:
                           extra={"model": name, "reason": f"{type(exc).__name__}: {exc}"})
             raise RegistryUnverified(name, CANNOT_CHECK, code=UNCHECKED) from None
         self._unanswered.discard(key)
-        if anchor == digest:
+        if anchor == digest and not unknown:
             verified[key] = seen
             if not copy:
                 self._refused.pop(key, None)
             return
+        refusal = _refusal(name, unknown)
         if final and not copy:
-            self._refused[key] = seen
-            self._record_refusal(key, digest, anchor)
-        raise RegistryUnverified(name, MISMATCH, code=UNVERIFIED)
+            self._refused[key] = (seen, tuple(unknown))
+            self._record_refusal(key, digest, anchor, refusal)
+        raise refusal
 
     def _anchor(self, key: tuple[str, str], digest: str | None, *, create: bool) -> str | None:
         """The anchored digest; a file with no anchor yet is anchored as it is (by one process only)."""
@@ -143,9 +149,10 @@ class RegistryAnchors:
             return digest
         return anchored_digest(anchor_of(self.store, root, name))  # another process anchored it first
 
-    def _record_refusal(self, key: tuple[str, str], digest: str | None, anchor: str | None) -> None:
+    def _record_refusal(self, key: tuple[str, str], digest: str | None, anchor: str | None,
+                        refusal: RegistryUnverified) -> None:
         root, name = key
-        details = {"refused": {"root": root, "sha256": digest, "expected": anchor}}
+        details = {"refused": {"root": root, "sha256": digest, "expected": anchor, "reason": refusal.reason}}
 
         def already(db: Any) -> bool:
             last = _last_refusal(db, root, name)
@@ -160,9 +167,14 @@ class RegistryAnchors:
             return
         if written is not None:
             log.error("registry.json refused: it does not match the audit trail",
-                      extra={"model": name, "audit_seq": written.seq,
-                             "fix": f"python -m service registry check {name}; then `registry restore {name}` "
-                                    f"to undo the edit, or `registry accept {name} --reason ...` to keep it"})
+                      extra={"model": name, "audit_seq": written.seq, "reason": refusal.reason, "fix": refusal.fix})
+
+
+def _refusal(name: str, unknown: Any) -> RegistryUnverified:
+    """The refusal of a file whose history names records ``unknown`` here (if any), or whose digest differs."""
+    if unknown:
+        return registry_adopt.RegistryNotAdopted(name, unknown)
+    return RegistryUnverified(name, MISMATCH, code=UNVERIFIED)
 
 
 def _last_refusal(db: Any, root: str, name: str) -> dict[str, Any] | None:
@@ -176,23 +188,42 @@ def _last_refusal(db: Any, root: str, name: str) -> dict[str, Any] | None:
     return None
 
 
-def compare(store: Any, root: Path, name: str) -> tuple[bool, str]:
-    """For ``registry check``: whether ``name``'s registry.json matches its anchor, and what to say.
+@dataclass(frozen=True)
+class Verdict:
+    """What every check says about one registry.json: whether it is the audited one, why, and the fix."""
 
-    No anchor yet is fine (the server anchors the file on its next read). Raises when the
-    store cannot be read.
+    ok: bool
+    said: str
+    fix: str = ""
+
+
+def verdict(store: Any, root: Path, name: str) -> Verdict:
+    """For ``registry check`` and ``audit verify``: the workers' verdict on ``name``'s registry.json.
+
+    No anchor yet is fine unless the history names another store's records (the server anchors
+    the file on its next read). Raises when the store cannot be read.
     """
-
     try:
         raw = (Path(root) / name / registry_file.REGISTRY_FILE).read_bytes()
     except FileNotFoundError:
         raw = None
+    unknown = registry_adopt.foreign(store, name, registry_file.audits_of(raw))
+    if unknown:
+        return Verdict(False, registry_adopt.not_adopted(len(unknown)), registry_adopt.adopt_fix(name))
     record = anchor_of(store, root_id(root), name)
     if record is None:
-        return True, "not anchored yet (a server anchors it as it is on its next read)"
+        return Verdict(True, "not anchored yet (a server anchors it as it is on its next read)")
     if anchored_digest(record) != registry_file.state_digest(raw):
-        return False, f"{MISMATCH}; audit record {record.seq} ({record.action}) anchors another content"
-    return True, f"matches the audit trail (record {record.seq}, {record.action})"
+        return Verdict(False, f"{MISMATCH}; audit record {record.seq} ({record.action}) anchors another content",
+                       f"`python -m service registry restore {name}` undoes the edit (from the last-good copy), "
+                       f"`python -m service registry accept {name} --reason ...` keeps it")
+    return Verdict(True, f"matches the audit trail (record {record.seq}, {record.action})")
+
+
+def compare(store: Any, root: Path, name: str) -> tuple[bool, str]:
+    """``verdict`` as (ok, what to say)."""
+    found = verdict(store, root, name)
+    return found.ok, found.said
 
 
 # -- registry changes in the audit trail -------------------------------------------------------
@@ -237,8 +268,9 @@ def registry_changes(store: Any) -> Iterator[None]:
 def check_registry(store: Any, root: Path) -> list[str]:
     """Compare each model's registry.json with the chain; return what disagrees (empty: all agree).
 
-    Every history entry that names an audit record must match it; every audited change since the
-    last restore (or accept) must be in the history; the labels and rollout must be those the
+    A history naming another store's records that were not adopted is one problem (``verdict``).
+    Every history entry that names an audit record must match it (or the entry adopted); every
+    audited change since the last restore, accept or adoption must be in the history; the labels and rollout must be those the
     last audited change left (a label moved by editing the file shows here); and the file must
     be the content its newest anchor names (any edit, history included, shows here).
     """
@@ -253,28 +285,36 @@ def check_registry(store: Any, root: Path) -> list[str]:
         except (RegistryUnreadable, ValueError) as exc:
             problems.append(f"{name}: registry.json cannot be read: {getattr(exc, 'reason', exc)}")
             continue
-        found = [f"{name}: {p}" for p in _registry_problems(state, chain.get(name, []))]
-        matches, said = compare(store, root, name)
-        if not matches and not found:  # an edit the checks above miss (a history entry, say)
-            found.append(f"{name}: {said}")
+        said = verdict(store, root, name)
+        if not said.ok and said.said.startswith("not adopted"):  # one line, not one per foreign entry
+            problems.append(f"{name}: refused: {said.said}; {said.fix}")
+            continue
+        adopted = registry_adopt.adopted(store, name)
+        found = [f"{name}: {p}" for p in _registry_problems(state, chain.get(name, []), adopted)]
+        if not said.ok and not found:  # an edit the checks above miss (a history entry, say)
+            found.append(f"{name}: {said.said}")
         problems += found
     return problems
 
 
-def _registry_problems(state: dict[str, Any], chain: list[audit.AuditRecord]) -> list[str]:
+def _registry_problems(state: dict[str, Any], chain: list[audit.AuditRecord], adopted: dict[str, str]) -> list[str]:
     problems, by_hash, seen = [], {r.hash: r for r in chain}, set()
     for index, entry in enumerate(state["history"]):
         digest = entry.get("audit")
         if digest is None:
             continue
         found = by_hash.get(digest)
-        if found is None:
+        if found is None and digest in adopted:  # another store's record, vouched for by an adoption
+            if registry_adopt.entry_digest(entry) != adopted[digest]:
+                problems.append(f"history entry {index} ({entry.get('action')}) differs from the entry adopted")
+        elif found is None:
             problems.append(f"history entry {index} ({entry.get('action')}) names an audit record not in the chain")
         elif {k: v for k, v in entry.items() if k != "audit"} != found.details["entry"]:
             problems.append(f"history entry {index} ({entry.get('action')}) differs from audit record {found.seq}")
         seen.add(digest)
-    restores = [i for i, r in enumerate(chain) if r.action in ("registry.restore", "registry.accept")]
-    since = chain[restores[-1]:] if restores else chain  # a restore brings back an older history, an accept an edited one
+    restores = [i for i, r in enumerate(chain) if r.action in ("registry.restore", "registry.accept", registry_adopt.ADOPT)]
+    # a restore brings back an older history, an accept an edited one, an adoption another store's
+    since = chain[restores[-1]:] if restores else chain
     for missing in (r for r in since if r.hash not in seen):
         problems.append(f"audit record {missing.seq} ({missing.action}) is missing from the history")
     if chain and (state["labels"] != chain[-1].details["labels"] or state["rollout"] != chain[-1].details["rollout"]):

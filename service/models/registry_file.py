@@ -61,12 +61,13 @@ class Verifier(Protocol):
     """Checks a registry content's digest (``state_digest``) against the audit trail."""
 
     def verify(self, root: Path, name: str, digest: str | None, *, stamp: Any = None, copy: bool = False,
-               final: bool = False) -> None:
+               final: bool = False, audits: tuple[str, ...] = ()) -> None:
         """Return when ``digest`` is the content the trail anchors; raise ``RegistryUnverified`` otherwise.
 
         ``stamp`` identifies the file read (a repeated read of the same file may be answered from
         memory); ``copy`` says the digest is the last-good copy's; ``final`` asks for a fresh
-        answer, and a mismatch it confirms is recorded.
+        answer, and a mismatch it confirms is recorded. ``audits``: the audit records the file's
+        history names (``audits_of``), which must be this trail's or adopted by it.
         """
 
 
@@ -105,6 +106,18 @@ def state_digest(raw: bytes | None) -> str | None:
         data = {**data, "history": [*history[:-1], newest]}
     body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def audits_of(raw: bytes | None) -> tuple[str, ...]:
+    """The audit record hashes a registry.json content's history names, in order (none when not JSON)."""
+    try:
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return ()
+    history = data.get("history") if isinstance(data, dict) else None
+    if not isinstance(history, list):
+        return ()
+    return tuple(e["audit"] for e in history if isinstance(e, dict) and isinstance(e.get("audit"), str))
 
 
 def digest_of_state(state: dict[str, Any]) -> str:
@@ -163,9 +176,12 @@ def _read_file(path: Path) -> tuple[bytes, tuple[int, int, int]]:
 def _check(verifier: Verifier, root: Path, name: str, raw: bytes | None, stamp: Any, *, copy: bool = False,
            final: bool = False) -> None:
     try:
-        verifier.verify(root, name, state_digest(raw), stamp=stamp, copy=copy, final=final)
+        verifier.verify(root, name, state_digest(raw), stamp=stamp, copy=copy, final=final, audits=audits_of(raw))
     except RegistryUnverified as exc:
         last_good = (artifacts.model_dir(root, name) / LAST_GOOD_FILE).exists()
+        if type(exc) is not RegistryUnverified:  # a kind with its own fix (not adopted) keeps it
+            exc.last_good = last_good
+            raise exc from None
         raise RegistryUnverified(name, exc.reason, code=exc.code, last_good=last_good) from None
 
 
@@ -242,9 +258,9 @@ def check_last_good(root: Path, name: str, verifier: Verifier) -> None:
     """Raise ``RegistryUnverified`` unless the last-good copy is the content the audit trail anchors."""
     raw, stamp = _read_file(artifacts.model_dir(root, name) / LAST_GOOD_FILE)
     try:
-        verifier.verify(root, name, state_digest(raw), stamp=stamp, copy=True, final=True)
+        verifier.verify(root, name, state_digest(raw), stamp=stamp, copy=True, final=True, audits=audits_of(raw))
     except RegistryUnverified as exc:
-        if exc.code != UNVERIFIED:
+        if exc.code != UNVERIFIED or type(exc) is not RegistryUnverified:
             raise
         raise RegistryUnverified(name, "the last-good copy does not match the audit trail either: inspect "
                                  "both files, then `registry accept` the right one") from None
