@@ -133,6 +133,18 @@ class Config:
         "DATABASE_URL", "Where requests, the prediction log, feedback and alerts live: sqlite:///path or postgresql://...",
         default="sqlite:///var/predictions.db",
     )
+    audit_checkpoint_key_file: Path | None = _env(
+        "AUDIT_CHECKPOINT_KEY_FILE", "Ed25519 private key that signs audit chain checkpoints, and nothing else "
+        "(`audit checkpoint-keygen`; its public key beside it as .pub); unset = no checkpoints.", default=None,
+    )
+    audit_checkpoint_file: Path = _env(
+        "AUDIT_CHECKPOINT_FILE", "Where signed checkpoints of the audit chain's head are appended: outside the "
+        "database, best on another host or WORM storage.", default=Path("var/audit-checkpoints.jsonl"),
+    )
+    audit_checkpoint_seconds: float = _env(
+        "AUDIT_CHECKPOINT_SECONDS", "Seconds between checkpoints by the elected worker (when the chain grew); "
+        "0 = only after admin changes and by the CLI.", default=300.0,
+    )
     routing_key_header: str = _env(
         "ROUTING_KEY_HEADER", "Request header whose value keeps a caller on one side of a canary split.",
         default="X-Routing-Key",
@@ -255,7 +267,7 @@ class Config:
         if not (math.isfinite(self.spool_max_mb) and self.spool_max_mb > 0):
             raise ConfigError(f"SPOOL_MAX_MB must be a finite number above 0, got {self.spool_max_mb}")
         for name in ("alert_seconds", "retention_days", "worker_memory_growth_mb", "retention_seconds",
-                     "spool_fsync_seconds"):
+                     "spool_fsync_seconds", "audit_checkpoint_seconds"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{_var(name)} must be a finite number of 0 or more, got {value}")

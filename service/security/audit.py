@@ -106,9 +106,9 @@ def record_quietly(store: Any, actor: str, action: str, target: str,
         return None
 
 
-def records(store: Any) -> Iterator[dict[str, Any]]:
-    """Yield every record as stored (``details`` as its JSON text), oldest first, a page at a time."""
-    after = -1
+def records(store: Any, after: int = 0) -> Iterator[dict[str, Any]]:
+    """Yield every record as stored (``details`` as its JSON text) after seq ``after``, oldest first, a page at a time."""
+    after = after if after > 0 else -1
     while True:
         rows = store.fetch(RECORDS_PAGE, (after,))
         for row in rows:
@@ -132,15 +132,19 @@ class ChainCheck:
         return self.broken_seq is None
 
 
-def verify(store: Any) -> ChainCheck:
-    """Walk the chain from the first record; stop at the first record whose position or hash is wrong."""
-    prev, expected_seq, count = GENESIS, 1, 0
-    for row in records(store):
+def verify(store: Any, *, since: int = 0, prev: str = GENESIS,
+           seen: Callable[[int, str], None] | None = None) -> ChainCheck:
+    """Walk the chain from the first record (or from the one after ``since``, whose hash is ``prev``);
+    stop at the first record whose position or hash is wrong. ``seen(seq, hash)`` hears each good one."""
+    expected_seq, count = since + 1, since
+    for row in records(store, since):
         seq = int(row["seq"])
         problem = _problem(row, prev, expected_seq)
         if problem:
             return ChainCheck(count, seq, problem, prev)
         prev, expected_seq, count = row["hash"], seq + 1, count + 1
+        if seen is not None:
+            seen(seq, prev)
     return ChainCheck(count, head=prev)
 
 
