@@ -87,6 +87,7 @@ def create_app(config: Config | None = None) -> Flask:
     )
     report.alerts = _start_alerts(config, store, report)
     _start_retention(app, config, store)
+    _start_checkpoints(app, config, store)
     if config.guard_seconds:
         guard = Guard(store, config.artifacts_dir, config.guard_seconds, monitor=report.version_section)
         guard.start()
@@ -129,6 +130,19 @@ def _start_alerts(config: Config, store, report):
     if config.alert_seconds:
         AlertLoop(manager, report.reports, interval=config.alert_seconds).start()
     return manager
+
+
+def _start_checkpoints(app: Flask, config: Config, store) -> None:
+    """Anchor the audit chain outside the database when a checkpoint key is configured."""
+    if config.audit_checkpoint_key_file is None:
+        return
+    from service.monitoring import metrics
+    from service.security.checkpoint_loop import CheckpointLoop
+
+    loop = CheckpointLoop(store, config.audit_checkpoint_key_file, config.audit_checkpoint_file,
+                          config.audit_checkpoint_seconds, on_checkpoint=metrics.observe_checkpoint)
+    loop.start()
+    app.extensions["checkpoints"] = loop
 
 
 def _start_retention(app: Flask, config: Config, store) -> None:

@@ -121,7 +121,7 @@ def make_app(artifact_root: Path, tmp_path: Path) -> Iterator:
 def close_app(app: Flask) -> None:
     """Stop an in-process app's threads (polling, guard, writer), then close what they use."""
     app.extensions["catalog"].stop_polling()
-    for name in ("guard", "retention"):
+    for name in ("guard", "retention", "checkpoints"):
         if name in app.extensions:
             app.extensions[name].stop()
     app.extensions["observer"].close()

@@ -141,6 +141,8 @@ def _apply(name: str, change, *args: Any, reason: str, signed: bool = False, **k
     except (ValueError, ArtifactError) as exc:
         raise ChangeRefused(str(exc), details={"model": name}) from None
     catalog.refresh()
+    if "checkpoints" in current_app.extensions:  # anchor the change outside the database now
+        current_app.extensions["checkpoints"].after_change()
     return json_response({"model": name, "change": entry})
 
 

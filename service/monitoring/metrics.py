@@ -203,6 +203,13 @@ def observe_fallback(model: str, from_version: int, to_version: int, reason: str
 
 
 @_never_raises
+def observe_checkpoint(point: Any) -> None:
+    """Publish the newest audit checkpoint: the records it anchors and when it was signed."""
+    current().audit_checkpoint_seq.set(point.seq)
+    current().audit_checkpoint_time.set(point.ts)
+
+
+@_never_raises
 def set_gauge(key: str, value: float | None, **labels: Any) -> None:
     """Publish a monitoring figure (a key of ``MONITORING_GAUGES``); ``None`` publishes NaN."""
     current().set_gauge(key, value, **labels)
