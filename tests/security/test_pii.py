@@ -60,7 +60,9 @@ def package_people(root, tmp_path, *extra: str):
     joblib.dump(make_pipeline(prepare, LogisticRegression()).fit(features, frame["approved"]),
                 tmp_path / "people.joblib")
     (tmp_path / "schema.json").write_text(json.dumps({"features": {"salary": {"pii": True, "min": 0}}}))
-    runner = CliRunner(env={**{name: None for name in SCRUBBED_ENV}, "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"})
+    # the store the first ``make_app`` serves with: artifacts packaged with another store are refused
+    # until adopted (tests/security/test_registry_adopt.py)
+    runner = CliRunner(env={**{name: None for name in SCRUBBED_ENV}, "DATABASE_URL": f"sqlite:///{tmp_path / 'db-0.sqlite'}"})
     return runner.invoke(cli, ["package", "--model", str(tmp_path / "people.joblib"), "--name", "people",
                                "--data", str(tmp_path / "people.csv"), "--target", "approved",
                                "--schema", str(tmp_path / "schema.json"), "--artifacts-dir", str(root), *extra])
