@@ -81,8 +81,7 @@ def abort_lines(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if any(mark in line for mark in ABORT_MARKS)]
 
 
-def test_recycles_a_reload_and_a_stop_leave_no_abort_and_lose_no_record(artifact_root, server_factory, monkeypatch):
-    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)  # the server's own default, whatever the shell says
+def test_recycles_a_reload_and_a_stop_leave_no_abort_and_lose_no_record(artifact_root, server_factory):
     server = server_factory(artifact_root, WORKER_MAX_REQUESTS=str(MAX_REQUESTS))
     # A thread in the master at fork is copied into no worker; whatever owns it breaks at their exit.
     assert master_threads(server) == 1
@@ -107,8 +106,7 @@ def test_recycles_a_reload_and_a_stop_leave_no_abort_and_lose_no_record(artifact
     assert [pid for pid in load.ids if pid not in recorded] == []
 
 
-def test_an_interrupt_under_load_leaves_no_abort_and_loses_no_record(artifact_root, server_factory, monkeypatch):
-    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)
+def test_an_interrupt_under_load_leaves_no_abort_and_loses_no_record(artifact_root, server_factory):
     server = server_factory(artifact_root)
     load = Load(server.base)
     try:
