@@ -7,7 +7,8 @@ runs, so a 429 costs no prediction. The caller is the API key id, or, without a 
 on loopback), the client address that ``service.api.proxy`` established; a key's own
 ``rate_limit`` in the keys file replaces the server's rates for that key. Refusals are counted
 in Prometheus by limit, never written to the audit trail. ``json_budget`` sizes the pre-parse
-check of ``service.protocols.parse_json`` for a model.
+check of ``service.protocols.parse_json`` for a model, and ``model_features`` the codecs' check
+of a body's columns (``service.protocols.check_columns``).
 """
 
 from __future__ import annotations
@@ -78,14 +79,19 @@ def rows_of(wanted: PredictRequest) -> int:
 
 def json_budget(name: str, *, per_feature: bool = False) -> int:
     """The most arrays and objects a predict body for model ``name`` may hold (see ``container_budget``)."""
-    max_rows = current_app.extensions["limits"].max_rows
+    return container_budget(current_app.extensions["limits"].max_rows, model_features(name), per_feature=per_feature)
+
+
+def model_features(name: str) -> int:
+    """The features of model ``name``'s widest loaded version: any of them may answer (canary, pinned, fallback).
+
+    0 for an unknown model or one with nothing loaded: it will be a 404 or a 503, so its body gets no room to grow.
+    """
     try:
         state = current_app.extensions["catalog"].model(name)
     except ModelNotFound:
-        return container_budget(max_rows, 0, per_feature=per_feature)  # it will be a 404: no room to grow
-    width = max((len(model.features) for v in state.versions if (model := state.available(v)) is not None),
-                default=0)
-    return container_budget(max_rows, width, per_feature=per_feature)
+        return 0
+    return max((len(model.features) for v in state.versions if (model := state.available(v)) is not None), default=0)
 
 
 def _charge(limit: str, cost: int) -> None:

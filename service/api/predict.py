@@ -29,6 +29,7 @@ def answer(target: inference.Target, *, explained: bool = False) -> Response:
     with ext["observer"].watch(target, g.request_id) as watch:
         payload = read_json(limits.json_budget(target.name))
         wanted = v1.decode(payload, target, max_rows=ext["limits"].max_rows,
+                           features=limits.model_features(target.name),
                            routing_header=request.headers.get(config.routing_key_header))
         limits.charge_rows(wanted)
         done = inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"])

@@ -112,7 +112,7 @@ def infer(name: str, version: int | None = None, label: str | None = None) -> Re
                          ext["limits"].max_rows)
         wanted = v2.decode(body, target, header_length=header_length,
                            max_rows=ext["limits"].max_rows, request_id=g.request_id,
-                           routing_header=request.headers.get(config.routing_key_header))
+                           features=limits.model_features(name), routing_header=request.headers.get(config.routing_key_header))
         limits.charge_rows(wanted.request)
         answer = watch.answered(inference.predict(ext["catalog"], wanted.request, ext["limits"],
                                                   executor=ext["executor"]))

@@ -7,10 +7,17 @@ body is a header line and rows, as ``DataFrame.to_csv`` writes them. ``decode_js
 later, against the model that answers); ``encode`` answers ``{"predictions": [...]}`` as
 MLflow's scoring server does, and ``error_body`` gives its error shape
 (``{"error_code": "BAD_REQUEST", "message": ...}``). No Flask.
+
+Given the model's feature count, both decoders size the body's columns up first
+(``service.protocols.check_columns``). A CSV header is read on its own for that, with the ``csv``
+module's C reader, which stops at the header's end; a header naming one column twice is
+refused there too, since pandas would rename the copies (``a.1``, ``a.2``, ...) in time
+quadratic in their number, and each copy would only come back as an unknown field.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +27,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from service.errors import BadRequest, ModelNotFound
 from service.models.rollout import routing_key_from
+from service.protocols import check_columns, declared_columns
 from service.protocols.v1 import Inputs, Instances
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.schemas import ARRAY_EXPECTED, EMPTY, NOT_A_LIST, OBJECT_EXPECTED, TOO_MANY_ROWS, StrictBoolean
@@ -50,12 +58,17 @@ def default_model(configured: str | None, names: Iterable[str]) -> str:
                         details={"setting": "DEFAULT_MODEL", "models": names})
 
 
-def decode_json(payload: Any, target: Target, *, max_rows: int, routing_header: str | None = None) -> PredictRequest:
-    """Check an MLflow JSON body and return the request it makes; 422 naming each problem otherwise."""
+def decode_json(payload: Any, target: Target, *, max_rows: int, features: int | None = None,
+                routing_header: str | None = None) -> PredictRequest:
+    """Check an MLflow JSON body and return the request it makes; 422 naming each problem otherwise.
+
+    With ``features`` (the model's), a body declaring far more columns is refused before its envelope is checked.
+    """
     errors: list = []
     if type(payload) is not dict:
         errors = [(None, None, ["Must be a JSON object with one of " + ", ".join(FORMATS) + "."])]
     else:
+        _check_width(payload, features)
         try:
             body = _bodies(max_rows).load(payload)
         except ValidationError as exc:
@@ -69,19 +82,28 @@ def decode_json(payload: Any, target: Target, *, max_rows: int, routing_header: 
                           params.get("probabilities", False))
 
 
-def decode_csv(body: bytes, target: Target, *, max_rows: int, text_columns: Iterable[str] = (),
-               routing_header: str | None = None) -> PredictRequest:
+def decode_csv(body: bytes, target: Target, *, max_rows: int, features: int | None = None,
+               text_columns: Iterable[str] = (), routing_header: str | None = None) -> PredictRequest:
     """Read a CSV body (header line first) into a column request; ``text_columns`` stay strings.
 
     Like MLflow, which reads CSV with the dtypes of the model's signature, the caller names the
-    columns that hold text so ``"007"`` is not read as the number 7.
+    columns that hold text so ``"007"`` is not read as the number 7. With ``features`` (the
+    model's), a header declaring far more columns is refused before pandas reads anything.
     """
     try:
-        frame = pd.read_csv(io.BytesIO(body), dtype=dict.fromkeys(text_columns, str), encoding="utf-8")
+        names = _csv_header(body)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise _unreadable(exc) from None
+    if names[:1] == [""]:  # the index column, as to_csv() writes it: dropped below
+        names = names[1:]
+    check_columns(len(names), features, "text/csv")
+    if len(set(names)) != len(names):
+        raise_errors([(None, "text/csv", [DUPLICATE_COLUMNS])], {})
+    try:  # one row past the limit is enough to refuse a body for its rows
+        frame = pd.read_csv(io.BytesIO(body), dtype=dict.fromkeys(text_columns, str), encoding="utf-8",
+                            nrows=max_rows + 1)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        reason = "the body is not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc).splitlines()[0][:200]
-        raise BadRequest(f"The CSV body could not be read: {reason}. Send a header line, then one line per row, "
-                         "as DataFrame.to_csv() writes them.", details={"content_type": "text/csv"}) from None
+        raise _unreadable(exc) from None
     if len(frame.columns) and frame.columns[0] == CSV_INDEX_COLUMN:
         frame = frame.iloc[:, 1:]
     if len(frame) == 0:
@@ -109,6 +131,33 @@ def error_body(status: int, message: str, code: str, details: Any) -> dict[str, 
     """Return MLflow's error shape for one of our errors; our code and details ride along."""
     return {"error_code": ERROR_CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"),
             "message": message, "code": code, "details": details}
+
+
+def _unreadable(exc: Exception) -> BadRequest:
+    reason = "the body is not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc).splitlines()[0][:200]
+    return BadRequest(f"The CSV body could not be read: {reason}. Send a header line, then one line per row, "
+                      "as DataFrame.to_csv() writes them.", details={"content_type": "text/csv"})
+
+
+def _csv_header(body: bytes) -> list[str]:
+    """The header's fields as pandas reads them: the first line that is not blank, a UTF-8 BOM dropped.
+
+    The text is decoded as the reader asks for it, so a header costs its own bytes, not the body's.
+    """
+    text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
+    for record in csv.reader(text):
+        if len(record) > 1 or (record and record[0].strip(" \t")):
+            return record
+    return []
+
+
+def _check_width(payload: dict[str, Any], features: int | None) -> None:
+    """Refuse a body whose format declares far more columns than the model has (before marshmallow sees it)."""
+    split = payload.get("dataframe_split")
+    if type(split) is dict and type(split.get("columns")) is list:
+        check_columns(len(split["columns"]), features, "dataframe_split.columns")
+    for key in FORMATS[1:]:
+        check_columns(declared_columns(payload.get(key)), features, key)
 
 
 def _json_values(column: pd.Series) -> list[Any]:

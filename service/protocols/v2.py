@@ -26,7 +26,7 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.models.rollout import routing_key_from
-from service.protocols import parse_json, tensors
+from service.protocols import check_columns, parse_json, tensors
 from service.protocols.tensors import invalid
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.runtime import LoadedModel
@@ -54,10 +54,16 @@ class InferRequest:
 
 
 def decode(body: bytes, target: Target, *, header_length: str | None, max_rows: int, request_id: str,
-           routing_header: str | None = None) -> InferRequest:
-    """Parse an inference request body (JSON or JSON plus binary tensors); 400/422 naming the problem."""
+           features: int | None = None, routing_header: str | None = None) -> InferRequest:
+    """Parse an inference request body (JSON or JSON plus binary tensors); 400/422 naming the problem.
+
+    With ``features`` (the model's), far more input tensors than it has features are refused before each is checked.
+    """
     header, binary = _split(body, header_length)
-    envelope = _load(parse_json(header))
+    payload = parse_json(header)
+    if type(payload) is dict and type(payload.get("inputs")) is list:
+        check_columns(len(payload["inputs"]), features, "inputs")
+    envelope = _load(payload)
     parameters = envelope.get("parameters", {})
     layout, data = _inputs(envelope["inputs"], binary, max_rows)
     outputs, binary_outputs = _outputs(envelope.get("outputs"), parameters)
