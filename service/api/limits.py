@@ -24,7 +24,8 @@ from service.monitoring import metrics
 from service.monitoring.multiproc import multiprocess_dir
 from service.protocols import container_budget
 from service.security.quota import FILE_NAME, QuotaTable, Rate, Refusal
-from service.serving.inference import PredictRequest
+from service.serving.catalog import ModelState
+from service.serving.inference import PredictRequest, Target
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,28 @@ def rows_of(wanted: PredictRequest) -> int:
 
 def json_budget(name: str, *, per_feature: bool = False) -> int:
     """The most arrays and objects a predict body for model ``name`` may hold (see ``container_budget``)."""
-    return container_budget(current_app.extensions["limits"].max_rows, model_features(name), per_feature=per_feature)
-
-
-def model_features(name: str) -> int:
-    """The features of model ``name``'s widest loaded version: any of them may answer (canary, pinned, fallback).
-
-    0 for an unknown model or one with nothing loaded: it will be a 404 or a 503, so its body gets no room to grow.
-    """
+    max_rows = current_app.extensions["limits"].max_rows
     try:
         state = current_app.extensions["catalog"].model(name)
     except ModelNotFound:
-        return 0
+        return container_budget(max_rows, 0, per_feature=per_feature)  # it will be a 404: no room to grow
+    return container_budget(max_rows, _widest(state), per_feature=per_feature)
+
+
+def model_features(target: Target) -> int:
+    """The feature count a body for ``target`` is sized against: its model's widest loaded version's.
+
+    Any loaded version may answer an unqualified request (canary, fallback), so the widest one
+    sets the bound. Raises what the prediction would (404 for an unknown model, version or
+    label, 503 when the version that answers is not loaded) before the body is read, so a
+    client with a good body is never told it is too wide for a model that cannot answer anyway.
+    """
+    catalog = current_app.extensions["catalog"]
+    catalog.resolve(target.name, target.version, target.label)
+    return _widest(catalog.model(target.name))
+
+
+def _widest(state: ModelState) -> int:
     return max((len(model.features) for v in state.versions if (model := state.available(v)) is not None), default=0)
 
 

@@ -79,7 +79,7 @@ def _decode(target: inference.Target, max_rows: int, routing_header: str | None)
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset != "utf-8":
         raise UnsupportedMediaType("Send the body in UTF-8.", details={"charset": charset[:40]})
-    features = limits.model_features(target.name)
+    features = limits.model_features(target)
     if request.mimetype == CSV:
         return mlflow.decode_csv(read_body(), target, max_rows=max_rows, features=features,
                                  text_columns=_text_columns(target.name), routing_header=routing_header)
