@@ -3,8 +3,9 @@
 Each case but one is a body made wide rather than long: one row, or one header, declaring
 thousands of columns (a CSV header repeating one name or naming distinct ones, v1 records and
 ``inputs`` columns, MLflow ``dataframe_split`` columns and ``dataframe_records``, V2 tensors one
-per name, one V2 tensor with a huge ``shape``, V2 binary tensor headers); ``csv_many_rows`` is a
-CSV of one column and far more rows than ``MAX_BATCH_ROWS``. Each is grown to every
+per name, one V2 tensor with a huge ``shape``, V2 binary tensor headers, and a CSV whose first
+row holds far more fields than its header, which pandas turns into index levels);
+``csv_many_rows`` is a CSV of one column and far more rows than ``MAX_BATCH_ROWS``. Each is grown to every
 ``--sizes`` (bytes) and posted once through the Flask test client of an app over the demo
 models, in a fresh interpreter, and the process CPU seconds of that one request are printed
 with its status and error code: linear parsing shows as constant seconds per megabyte.
@@ -62,6 +63,10 @@ def csv_distinct_names(size: int) -> bytes:
     return _fill(size, b"", _name, b"\n1\n")
 
 
+def csv_wide_first_row(size: int) -> bytes:
+    return _fill(size, b"mean radius\n", lambda i: b"1", b"\n")
+
+
 def csv_many_rows(size: int) -> bytes:
     return _fill(size, b"mean radius\n", lambda i: b"1", b"\n", sep=b"\n")
 
@@ -109,6 +114,7 @@ def v2_binary_inputs(size: int) -> tuple[bytes, dict[str, str]]:
 CASES: dict[str, tuple[str, str, Callable[[int], bytes | tuple[bytes, dict[str, str]]]]] = {
     "csv_same_name": (MLFLOW, CSV, csv_same_name),
     "csv_distinct_names": (MLFLOW, CSV, csv_distinct_names),
+    "csv_wide_first_row": (MLFLOW, CSV, csv_wide_first_row),
     "csv_many_rows": (MLFLOW, CSV, csv_many_rows),
     "v1_records_unknown_keys": (V1, JSON, v1_records_unknown_keys),
     "v1_records_same_key": (V1, JSON, v1_records_same_key),

@@ -9,10 +9,10 @@ MLflow's scoring server does, and ``error_body`` gives its error shape
 (``{"error_code": "BAD_REQUEST", "message": ...}``). No Flask.
 
 Given the model's feature count, both decoders size the body's columns up first
-(``service.protocols.check_columns``). A CSV header is read on its own for that, with the ``csv``
-module's C reader, which stops at the header's end; a header naming one column twice is
-refused there too, since pandas would rename the copies (``a.1``, ``a.2``, ...) in time
-quadratic in their number, and each copy would only come back as an unknown field.
+(``service.protocols.check_columns``). A CSV's header and first row are read on their own for
+that, with the ``csv`` module's C reader, which stops at the first row's end; a header naming
+one column twice is refused there too, since pandas would rename the copies (``a.1``, ``a.2``,
+...) in time quadratic in their number, and each copy would only come back as an unknown field.
 """
 
 from __future__ import annotations
@@ -91,12 +91,11 @@ def decode_csv(body: bytes, target: Target, *, max_rows: int, features: int | No
     model's), a header declaring far more columns is refused before pandas reads anything.
     """
     try:
-        names = _csv_header(body)
+        names, first_row = _csv_widths(body)
     except (csv.Error, UnicodeDecodeError) as exc:
         raise _unreadable(exc) from None
-    if names[:1] == [""]:  # the index column, as to_csv() writes it: dropped below
-        names = names[1:]
-    check_columns(len(names), features, "text/csv")
+    unnamed_index = 1 if names[:1] == [""] else 0  # the index column, as to_csv() writes it: dropped below
+    check_columns(max(len(names), first_row) - unnamed_index, features, "text/csv")
     if len(set(names)) != len(names):
         raise_errors([(None, "text/csv", [DUPLICATE_COLUMNS])], {})
     try:  # one row past the limit is enough to refuse a body for its rows
@@ -139,16 +138,16 @@ def _unreadable(exc: Exception) -> BadRequest:
                       "as DataFrame.to_csv() writes them.", details={"content_type": "text/csv"})
 
 
-def _csv_header(body: bytes) -> list[str]:
-    """The header's fields as pandas reads them: the first line that is not blank, a UTF-8 BOM dropped.
+def _csv_widths(body: bytes) -> tuple[list[str], int]:
+    """The header's fields and the first row's count, as pandas reads them (blank lines skipped, a UTF-8 BOM dropped).
 
-    The text is decoded as the reader asks for it, so a header costs its own bytes, not the body's.
+    The first row counts because pandas makes each field it has beyond the header a level of the
+    index (R's row names are one): a row of a million fields under a short header took it minutes.
+    The text is decoded as the reader asks for it, so this costs those two lines, not the body.
     """
     text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
-    for record in csv.reader(text):
-        if len(record) > 1 or (record and record[0].strip(" \t")):
-            return record
-    return []
+    records = (record for record in csv.reader(text) if len(record) > 1 or (record and record[0].strip(" \t")))
+    return next(records, []), len(next(records, []))
 
 
 def _check_width(payload: dict[str, Any], features: int | None) -> None:
