@@ -1,11 +1,12 @@
 """``python -m bench.parsing``: CPU seconds per body size for every wide body layout, to show growth is linear.
 
-Each case but one is a body made wide rather than long: one row, or one header, declaring
-thousands of columns (a CSV header repeating one name or naming distinct ones, v1 records and
+Most cases are bodies made wide rather than long: one row, or one header, declaring thousands
+of columns (a CSV header repeating one name or naming distinct ones, a CSV whose first row has
+far more fields than its header, which pandas turns into index levels, v1 records and
 ``inputs`` columns, MLflow ``dataframe_split`` columns and ``dataframe_records``, V2 tensors one
-per name, one V2 tensor with a huge ``shape``, V2 binary tensor headers, and a CSV whose first
-row holds far more fields than its header, which pandas turns into index levels);
-``csv_many_rows`` is a CSV of one column and far more rows than ``MAX_BATCH_ROWS``. Each is grown to every
+per name, V2 binary tensor headers, one V2 tensor with a huge ``shape``). The others are long
+where nothing is a column: a ``dataframe_split.index``, a v1 body of unknown keys, and a CSV of
+one column with far more rows than ``MAX_BATCH_ROWS``. Each is grown to every
 ``--sizes`` (bytes) and posted once through the Flask test client of an app over the demo
 models, in a fresh interpreter, and the process CPU seconds of that one request are printed
 with its status and error code: linear parsing shows as constant seconds per megabyte.
@@ -93,6 +94,15 @@ def mlflow_records(size: int) -> bytes:
     return _fill(size, b'{"dataframe_records": [{', lambda i: b'"%s": 0' % _name(i), b"}]}")
 
 
+def mlflow_split_index(size: int) -> bytes:
+    return _fill(size, b'{"dataframe_split": {"columns": ["mean radius"], "data": [[1.0]], "index": [',
+                 lambda i: b"0", b"]}}")
+
+
+def v1_unknown_envelope_keys(size: int) -> bytes:
+    return _fill(size, b'{"instances": [[0]], ', lambda i: b'"%s": 0' % _name(i), b"}")
+
+
 def v2_many_inputs(size: int) -> bytes:
     return _fill(size, b'{"inputs": [',
                  lambda i: b'{"name": "%s", "shape": [1], "datatype": "FP64", "data": [0]}' % _name(i), b"]}")
@@ -121,6 +131,8 @@ CASES: dict[str, tuple[str, str, Callable[[int], bytes | tuple[bytes, dict[str, 
     "v1_inputs_columns": (V1, JSON, v1_inputs_columns),
     "mlflow_split_columns": (MLFLOW, JSON, mlflow_split_columns),
     "mlflow_records": (MLFLOW, JSON, mlflow_records),
+    "mlflow_split_index": (MLFLOW, JSON, mlflow_split_index),
+    "v1_unknown_envelope_keys": (V1, JSON, v1_unknown_envelope_keys),
     "v2_many_inputs": (V2, JSON, v2_many_inputs),
     "v2_huge_shape": (V2, JSON, v2_huge_shape),
     "v2_binary_inputs": (V2, BINARY, v2_binary_inputs),

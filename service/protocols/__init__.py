@@ -15,17 +15,25 @@ than the model has features is refused before a DataFrame is built or a row vali
 declared column costs the envelope checks, pandas and validation tens of microseconds, and a
 header repeating one name cost pandas time quadratic in its length (renaming ``a.1``,
 ``a.2``, ...), so a 100 KB header held a worker for half a minute. A few unknown columns still
-reach validation, which names each of them.
+reach validation, which names each of them. ``check_keys`` does the same for an envelope's own
+objects (the body, ``parameters``, a tensor): past what one report shows, unknown keys are
+counted with a set difference and the first of them named, instead of marshmallow and the
+report handling each (200 000 of them cost 1.6 s of CPU).
 """
 
 from __future__ import annotations
 
+import heapq
 import re
+from functools import cache
 from typing import Any
 
 import orjson
+from marshmallow import Schema
 
 from service.errors import InvalidJSON, TooManyElements
+from service.serving.schemas import UNKNOWN
+from service.serving.validation import MAX_REPORTED_ERRORS, raise_errors
 
 #: A JSON string, escapes included. Possessive, and an unterminated string runs to the end of the
 #: body, so every attempt that starts at a quote matches: the scan stays linear on any input.
@@ -106,6 +114,28 @@ def check_columns(count: int, features: int | None, field: str) -> None:
                               details={"limit": "features", "features": features, "max_columns": budget,
                                        "columns": count, "error_count": 1,
                                        "errors": [{"row": None, "field": field, "messages": [message]}]})
+
+
+def check_keys(obj: Any, schema: type[Schema], field: str | None = None) -> None:
+    """Refuse (422) an object at ``field`` holding more keys unknown to ``schema`` than one report shows.
+
+    The report names the first of them in sorted order and counts them all; fewer are left to
+    the schema, which names each one with the other problems it finds.
+    """
+    if type(obj) is not dict or len(obj) <= MAX_REPORTED_ERRORS:
+        return
+    unknown = obj.keys() - _known_keys(schema)
+    if len(unknown) > MAX_REPORTED_ERRORS:
+        shown = heapq.nsmallest(MAX_REPORTED_ERRORS, unknown)
+        raise_errors([(None, key if field is None else f"{field}.{key}", [UNKNOWN]) for key in shown], {},
+                     count=len(unknown))
+
+
+@cache
+def _known_keys(schema: type[Schema]) -> frozenset[str]:
+    # the class's fields (some schemas take arguments to build), under the keys they load from
+    declared = schema._declared_fields  # noqa: SLF001  (marshmallow's per-class field table)
+    return frozenset(name if spec.data_key is None else spec.data_key for name, spec in declared.items())
 
 
 def parse_json(body: bytes, *, max_containers: int | None = None, max_rows: int | None = None,

@@ -27,7 +27,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from service.errors import BadRequest, ModelNotFound
 from service.models.rollout import routing_key_from
-from service.protocols import check_columns, declared_columns
+from service.protocols import check_columns, check_keys, declared_columns
 from service.protocols.v1 import Inputs, Instances
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.schemas import ARRAY_EXPECTED, EMPTY, NOT_A_LIST, OBJECT_EXPECTED, TOO_MANY_ROWS, StrictBoolean
@@ -69,6 +69,8 @@ def decode_json(payload: Any, target: Target, *, max_rows: int, features: int | 
         errors = [(None, None, ["Must be a JSON object with one of " + ", ".join(FORMATS) + "."])]
     else:
         _check_width(payload, features)
+        check_keys(payload, InvocationBody)
+        check_keys(payload.get("dataframe_split"), DataframeSplit, "dataframe_split")
         try:
             body = _bodies(max_rows).load(payload)
         except ValidationError as exc:
@@ -217,10 +219,19 @@ class InstancesOrInputs(fields.Field):
         return Instances().deserialize(value)
 
 
+class Index(fields.Field):
+    """``dataframe_split.index``: accepted and ignored, as pandas' split orient writes it; a list, never read item by item."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if type(value) is not list:
+            raise ValidationError(NOT_A_LIST)
+        return value
+
+
 class DataframeSplit(Schema):
     columns = fields.List(fields.String(), validate=validate.Length(min=1))
     data = Rows(required=True)
-    index = fields.List(fields.Raw())  # accepted and ignored, as pandas' split orient writes it
+    index = Index()
 
     @validates_schema
     def _check_width(self, split: dict[str, Any], **kwargs: Any) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.models.rollout import routing_key_from
-from service.protocols import check_columns, declared_columns
+from service.protocols import check_columns, check_keys, declared_columns
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.schemas import (
     ARRAY_EXPECTED,
@@ -44,6 +44,8 @@ def decode(payload: Any, target: Target, *, max_rows: int, features: int | None 
     if type(payload) is dict:
         for key in ("instances", "inputs"):
             check_columns(declared_columns(payload.get(key)), features, key)
+        check_keys(payload, EnvelopeSchema)
+        check_keys(payload.get("parameters"), ParametersSchema, "parameters")
     try:
         envelope = load_envelope(payload, max_rows=max_rows)
     except ValidationError as exc:

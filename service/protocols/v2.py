@@ -26,7 +26,7 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.models.rollout import routing_key_from
-from service.protocols import check_columns, parse_json, tensors
+from service.protocols import check_columns, check_keys, parse_json, tensors
 from service.protocols.tensors import invalid
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.runtime import LoadedModel
@@ -61,8 +61,8 @@ def decode(body: bytes, target: Target, *, header_length: str | None, max_rows: 
     """
     header, binary = _split(body, header_length)
     payload = parse_json(header)
-    if type(payload) is dict and type(payload.get("inputs")) is list:
-        check_columns(len(payload["inputs"]), features, "inputs")
+    if type(payload) is dict:
+        _check_keys(payload, features)
     envelope = _load(payload)
     parameters = envelope.get("parameters", {})
     layout, data = _inputs(envelope["inputs"], binary, max_rows)
@@ -165,8 +165,7 @@ class Shape(fields.Field):
 
 
 class Parameters(fields.Dict):
-    def __init__(self, **kwargs: Any):
-        super().__init__(keys=fields.String(), **kwargs)
+    """A parameters object, copied as it is: JSON keys are strings already, so none is checked one by one."""
 
 
 class TensorSchema(Schema):
@@ -190,6 +189,18 @@ class InferenceRequestSchema(Schema):
 
 
 _schema = InferenceRequestSchema(unknown=RAISE)
+
+
+def _check_keys(payload: dict[str, Any], features: int | None) -> None:
+    """Refuse far more input tensors than the model has features, and objects full of unknown keys, unloaded."""
+    check_keys(payload, InferenceRequestSchema)
+    for key, schema in (("inputs", TensorSchema), ("outputs", RequestedOutputSchema)):
+        tensors_ = payload.get(key)
+        if type(tensors_) is list:
+            if key == "inputs":
+                check_columns(len(tensors_), features, key)
+            for i, tensor in enumerate(tensors_):
+                check_keys(tensor, schema, f"{key}[{i}]")
 
 
 def _load(payload: Any) -> dict[str, Any]:

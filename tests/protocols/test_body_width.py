@@ -236,3 +236,51 @@ def test_the_model_is_resolved_before_the_body_is_sized(make_app):
     assert client.post("/v1/models/nope:predict", data=wide, content_type="application/json").status_code == 404
     pinned = client.post("/v1/models/diabetes/versions/9:predict", data=wide, content_type="application/json")
     assert pinned.get_json()["error"]["code"] == "version_not_found"
+
+
+# -- objects full of unknown keys ---------------------------------------------------------------
+
+MB4 = 4_000_000
+UNKNOWN_KEYS = {f"k{i:07}": 0 for i in range(MB4 // len(b'"k0000000":0,'))}
+V2_INPUT = {"name": "x", "shape": [1, 30], "datatype": "FP64", "data": [0.0] * 30}
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/models/breast-cancer:predict", {"instances": [[0]], **UNKNOWN_KEYS}, "k0000000"),
+    ("/v1/models/breast-cancer:predict", {"instances": [[0]], "parameters": UNKNOWN_KEYS}, "parameters.k0000000"),
+    ("/invocations", {"instances": [[0]], **UNKNOWN_KEYS}, "k0000000"),
+    ("/invocations", {"dataframe_split": {"data": [[0]], **UNKNOWN_KEYS}}, "dataframe_split.k0000000"),
+    ("/v2/models/breast-cancer/infer", {"inputs": [V2_INPUT], **UNKNOWN_KEYS}, "k0000000"),
+    ("/v2/models/breast-cancer/infer", {"inputs": [{**V2_INPUT, **UNKNOWN_KEYS}]}, "inputs[0].k0000000"),
+    ("/v2/models/breast-cancer/infer", {"inputs": [V2_INPUT], "outputs": [{"name": "predict", **UNKNOWN_KEYS}]},
+     "outputs[0].k0000000"),
+])
+def test_4_mb_of_unknown_keys_is_counted_not_listed(make_app, path, body, field):
+    client = make_app(default_model="breast-cancer").test_client()
+    response, fast = post(client, path, orjson.dumps(body), "application/json")
+    answer = response.get_json()
+    if path.startswith("/v2"):  # the spec's shape: the message alone
+        assert response.status_code == 400 and f"{len(UNKNOWN_KEYS)} errors" in answer["error"]
+        assert f"field '{field}': Unknown field." in answer["error"]
+    else:
+        error = answer.get("error") if path.startswith("/v1") else answer
+        assert response.status_code == 422 and error["code"] == "validation_failed"
+        assert error["details"]["error_count"] == len(UNKNOWN_KEYS) and len(error["details"]["errors"]) == 50
+        assert error["details"]["errors"][0] == {"row": None, "field": field, "messages": ["Unknown field."]}
+    assert fast
+
+
+def test_a_few_unknown_keys_are_still_named_with_the_other_problems():
+    with pytest.raises(ValidationFailed) as refused:
+        mlflow.decode_json({"dataframe_split": {"columns": ["a"]}, "extra": 1}, Target("m"), max_rows=10)
+    assert {e["field"] for e in refused.value.details["errors"]} == {"extra", "dataframe_split.data"}
+
+
+def test_a_dataframe_split_index_is_a_list_never_read_item_by_item():
+    cpu = time.process_time()
+    request = mlflow.decode_json({"dataframe_split": {"columns": ["a"], "data": [[1]], "index": [0] * 1_000_000}},
+                                 Target("m"), max_rows=10)
+    assert request.data == {"a": [1]} and time.process_time() - cpu < CPU_SECONDS / 4
+    with pytest.raises(ValidationFailed) as refused:
+        mlflow.decode_json({"dataframe_split": {"data": [[1]], "index": 7}}, Target("m"), max_rows=10)
+    assert refused.value.details["errors"][0]["messages"] == ["Not a valid list."]
