@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.builders import wait_until
+from tests.builders import logged_ids, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -123,4 +123,4 @@ def test_an_interrupt_under_load_leaves_no_abort_and_loses_no_record(artifact_ro
 def _predictions(artifacts: Path, port: int) -> set[str]:
     """The prediction ids in the server's SQLite store (where tests.conftest.server_env puts it)."""
     with sqlite3.connect(artifacts.parent / f"db-{port}" / "predictions.db") as db:
-        return {row[0] for row in db.execute("SELECT id FROM predictions")}
+        return set(logged_ids(db))
