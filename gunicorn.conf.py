@@ -14,6 +14,15 @@ import sys
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# No ONNX Runtime telemetry. Importing onnxruntime with telemetry on builds its 1DS uploader
+# (OneDsTelemetry, core/platform/posix/telemetry_1ds.cc) and starts that uploader's worker
+# std::thread. Imported in the master (``on_starting``), every forked worker inherits the
+# uploader but not its thread, and at exit the uploader's destructor joins a thread that is not
+# in the process: std::thread::join throws std::system_error (EINVAL) from a destructor, the
+# worker aborts (SIGABRT) on every recycle, HUP and stop. A prediction server has no business
+# uploading usage data either. ORT_DISABLE_TELEMETRY=0 turns it back on; the master then
+# leaves onnxruntime to the workers (see ``on_starting``).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from gunicorn.glogging import Logger  # noqa: E402
 
@@ -103,8 +112,9 @@ def on_starting(server):
 
     Workers then fork with numpy, pandas and scikit-learn already imported, so booting or
     recycling a worker costs the model load (milliseconds) instead of ~2 s of imports during
-    which that worker answers nothing. Safe to do before fork because the thread-count
-    variables above keep BLAS/OpenMP from starting any thread pool in the master.
+    which that worker answers nothing. Safe to do before fork because the master stays one
+    thread: the thread-count variables above keep BLAS/OpenMP from starting a pool, and
+    ORT_DISABLE_TELEMETRY keeps onnxruntime from starting its uploader.
     """
     import flask  # noqa: F401
     import marshmallow  # noqa: F401
@@ -115,14 +125,23 @@ def on_starting(server):
 
     import service.app  # noqa: F401  (brings joblib and the service modules, never a model)
 
-    try:
-        import onnxruntime  # noqa: F401  (no thread pool until a worker makes a session)
-    except ImportError:
-        pass
+    if _ort_telemetry_off():  # with telemetry on, the import starts a thread no forked worker would have
+        try:
+            import onnxruntime  # noqa: F401  (no thread pool until a worker makes a session)
+        except ImportError:
+            pass
+    else:
+        server.log.info("ONNX Runtime telemetry is on (ORT_DISABLE_TELEMETRY): each worker imports onnxruntime "
+                        "itself, after fork")
     # Move everything imported so far out of the collector's reach: a worker's garbage
     # collections then never write to these pages, so they stay shared with the master
     # (about 37 MiB less private memory per worker, measured with smaps_rollup).
     gc.freeze()
+
+
+def _ort_telemetry_off() -> bool:
+    """Whether ONNX Runtime reads ORT_DISABLE_TELEMETRY as off (it takes 1, true, yes and on, in any case)."""
+    return os.environ.get("ORT_DISABLE_TELEMETRY", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 # -- proxies ---------------------------------------------------------------------------------

@@ -107,7 +107,9 @@ class PayloadTooLarge(ServiceError):
 
 
 class TooManyElements(ValidationFailed):
-    """A JSON body with more arrays and objects than the row limit allows, refused before it is parsed."""
+    """A body too big for what it could carry, refused before it is read: more arrays and objects than
+    the row limit allows (JSON, before parsing), or more columns than the model's features allow
+    (``service.protocols.check_columns``: before a DataFrame is built or a row validated)."""
 
     code, message = "too_many_elements", "The body holds more rows (arrays and objects) than MAX_BATCH_ROWS allows."
 

@@ -37,8 +37,10 @@ from tests.postgres import make_store, postgres_server, postgres_url  # noqa: F4
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 #: Every setting the server reads (from Config itself, so a new one is never forgotten), plus
-#: Gunicorn's own: a developer's environment must not leak into the servers and apps tests start.
-SCRUBBED_ENV = (*(name for name, _, _ in Config.describe()), "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS")
+#: Gunicorn's own and the one gunicorn.conf.py defaults for ONNX Runtime: a developer's environment
+#: must not leak into the servers and apps tests start.
+SCRUBBED_ENV = (*(name for name, _, _ in Config.describe()), "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS",
+                "ORT_DISABLE_TELEMETRY")
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects: the marker must be on the item by then

@@ -9,7 +9,8 @@ caller is the API key id, or, without a key (open mode on loopback), the client 
 ``service.api.proxy`` established; a key's own ``rate_limit`` in the keys file replaces the
 server's rates for that key. Refusals are counted in Prometheus by limit, never written to the
 audit trail. ``json_budget`` sizes the pre-parse check of ``service.protocols.parse_json`` for a
-model.
+model, and ``model_features`` the codecs' check of a body's columns
+(``service.protocols.check_columns``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from service.monitoring import metrics
 from service.monitoring.multiproc import multiprocess_dir
 from service.protocols import container_budget
 from service.security.quota import FILE_NAME, QuotaTable, Rate, Refusal
-from service.serving.inference import PredictRequest
+from service.serving.catalog import ModelState
+from service.serving.inference import PredictRequest, Target
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,24 @@ def json_budget(name: str, *, per_feature: bool = False) -> int:
         state = current_app.extensions["catalog"].model(name)
     except ModelNotFound:
         return container_budget(max_rows, 0, per_feature=per_feature)  # it will be a 404: no room to grow
-    width = max((len(model.features) for v in state.versions if (model := state.available(v)) is not None),
-                default=0)
-    return container_budget(max_rows, width, per_feature=per_feature)
+    return container_budget(max_rows, _widest(state), per_feature=per_feature)
+
+
+def model_features(target: Target) -> int:
+    """The feature count a body for ``target`` is sized against: its model's widest loaded version's.
+
+    Any loaded version may answer an unqualified request (canary, fallback), so the widest one
+    sets the bound. Raises what the prediction would (404 for an unknown model, version or
+    label, 503 when the version that answers is not loaded) before the body is read, so a
+    client with a good body is never told it is too wide for a model that cannot answer anyway.
+    """
+    catalog = current_app.extensions["catalog"]
+    catalog.resolve(target.name, target.version, target.label)
+    return _widest(catalog.model(target.name))
+
+
+def _widest(state: ModelState) -> int:
+    return max((len(model.features) for v in state.versions if (model := state.available(v)) is not None), default=0)
 
 
 def _charge(limit: str, cost: int) -> None:

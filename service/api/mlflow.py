@@ -79,11 +79,12 @@ def _decode(target: inference.Target, max_rows: int, routing_header: str | None)
     charset = request.mimetype_params.get("charset", "utf-8").lower()
     if charset != "utf-8":
         raise UnsupportedMediaType("Send the body in UTF-8.", details={"charset": charset[:40]})
+    features = limits.model_features(target)
     if request.mimetype == CSV:
-        return mlflow.decode_csv(read_body(), target, max_rows=max_rows, text_columns=_text_columns(target.name),
-                                 routing_header=routing_header)
+        return mlflow.decode_csv(read_body(), target, max_rows=max_rows, features=features,
+                                 text_columns=_text_columns(target.name), routing_header=routing_header)
     return mlflow.decode_json(read_json(limits.json_budget(target.name)), target, max_rows=max_rows,
-                              routing_header=routing_header)
+                              features=features, routing_header=routing_header)
 
 
 def _model_names() -> list[str]:

@@ -50,7 +50,7 @@ WRITES = (errors.CrossSiteRequest, errors.UnsupportedMediaType, errors.InvalidJS
           errors.ValidationFailed)
 BY_PARAMETER = {"name": (errors.ModelNotFound,), "version": (errors.VersionNotFound,), "label": (errors.LabelNotFound,)}
 #: Every call counts against the caller's request rate (``service.api.limits``); predict-like bodies are
-#: also counted for rows and refused unparsed when they hold too many arrays and objects.
+#: also counted for rows and refused unparsed when they hold too many arrays and objects or columns.
 LIMITED = (errors.RateLimited,)
 PREDICT = (errors.LabelNotFound, errors.ModelUnavailable, errors.RegistryStateUnavailable, errors.PredictionFailed,
            errors.ModelOutputInvalid, errors.InputOutOfDomain, errors.StoreUnavailable, *LIMITED,

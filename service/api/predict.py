@@ -26,8 +26,9 @@ def answer(target: inference.Target, *, explained: bool = False) -> Response:
     ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
     limits.charge_request()
     with ext["observer"].watch(target, g.request_id) as watch:
+        features = limits.model_features(target)
         payload = read_json(limits.json_budget(target.name))
-        wanted = v1.decode(payload, target, max_rows=ext["limits"].max_rows,
+        wanted = v1.decode(payload, target, max_rows=ext["limits"].max_rows, features=features,
                            routing_header=request.headers.get(config.routing_key_header))
         if explained or v1.explain_asked(payload):
             with explaining.running():

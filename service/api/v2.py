@@ -107,12 +107,13 @@ def infer(name: str, version: int | None = None, label: str | None = None) -> Re
     target = inference.Target(name, version, label)
     limits.charge_request()
     with ext["observer"].watch(target, g.request_id, "v2") as watch:
+        features = limits.model_features(target)
         body, header_length = _read_body(), request.headers.get(v2.HEADER_LENGTH)
         check_containers(_json_part(body, header_length), limits.json_budget(name, per_feature=True),
                          ext["limits"].max_rows)
         wanted = v2.decode(body, target, header_length=header_length,
                            max_rows=ext["limits"].max_rows, request_id=g.request_id,
-                           routing_header=request.headers.get(config.routing_key_header))
+                           features=features, routing_header=request.headers.get(config.routing_key_header))
         limits.charge_rows(wanted.request)
         answer = watch.answered(inference.predict(ext["catalog"], wanted.request, ext["limits"],
                                                   executor=ext["executor"]))

@@ -8,6 +8,7 @@ serves. It never writes files (packaging does). No Flask here.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -43,8 +44,9 @@ def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: st
     """Convert ``model`` and check it against itself on the hold-out rows ``X``."""
     try:
         import onnx
-        import onnxruntime
         import skl2onnx
+
+        onnxruntime = import_onnxruntime()
     except ImportError as exc:
         return Export(_report(UNSUPPORTED, reason=f"{exc.name} is not installed"))
     libraries = {"skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
@@ -148,10 +150,23 @@ def _check_classes(model: Any, data: bytes, outputs: list[Any], frame: Any, deta
     return Export(_report(OK, max_abs_diff=diff, **details), data)
 
 
+def import_onnxruntime() -> Any:
+    """Import ONNX Runtime with its usage telemetry off unless the operator turned it on.
+
+    Left on, importing it starts an uploader thread that sends usage data to its vendor (a
+    prediction server has no business doing that) and, imported before a fork, aborts the forked
+    process at exit. Gunicorn's config sets the same default for the master; this covers every
+    other entry point (the CLI, waitress, mod_wsgi).
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
+
+
 def session(data: bytes) -> Any:
     """Create an ONNX Runtime session tuned for one request at a time in one worker process."""
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     # workers are the unit of parallelism: a thread pool per session would oversubscribe the CPU
     options.intra_op_num_threads = 1

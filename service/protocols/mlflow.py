@@ -7,10 +7,17 @@ body is a header line and rows, as ``DataFrame.to_csv`` writes them. ``decode_js
 later, against the model that answers); ``encode`` answers ``{"predictions": [...]}`` as
 MLflow's scoring server does, and ``error_body`` gives its error shape
 (``{"error_code": "BAD_REQUEST", "message": ...}``). No Flask.
+
+Given the model's feature count, both decoders size the body's columns up first
+(``service.protocols.check_columns``). A CSV's header and first row are read on their own for
+that, with the ``csv`` module's C reader, which stops at the first row's end; a header naming
+one column twice is refused there too, since pandas would rename the copies (``a.1``, ``a.2``,
+...) in time quadratic in their number, and each copy would only come back as an unknown field.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +27,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from service.errors import BadRequest, ModelNotFound
 from service.models.rollout import routing_key_from
+from service.protocols import check_columns, check_keys, declared_columns
 from service.protocols.v1 import Inputs, Instances
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.schemas import ARRAY_EXPECTED, EMPTY, NOT_A_LIST, OBJECT_EXPECTED, TOO_MANY_ROWS, StrictBoolean
@@ -50,12 +58,19 @@ def default_model(configured: str | None, names: Iterable[str]) -> str:
                         details={"setting": "DEFAULT_MODEL", "models": names})
 
 
-def decode_json(payload: Any, target: Target, *, max_rows: int, routing_header: str | None = None) -> PredictRequest:
-    """Check an MLflow JSON body and return the request it makes; 422 naming each problem otherwise."""
+def decode_json(payload: Any, target: Target, *, max_rows: int, features: int | None = None,
+                routing_header: str | None = None) -> PredictRequest:
+    """Check an MLflow JSON body and return the request it makes; 422 naming each problem otherwise.
+
+    With ``features`` (the model's), a body declaring far more columns is refused before its envelope is checked.
+    """
     errors: list = []
     if type(payload) is not dict:
         errors = [(None, None, ["Must be a JSON object with one of " + ", ".join(FORMATS) + "."])]
     else:
+        _check_width(payload, features)
+        check_keys(payload, InvocationBody)
+        check_keys(payload.get("dataframe_split"), DataframeSplit, "dataframe_split")
         try:
             body = _bodies(max_rows).load(payload)
         except ValidationError as exc:
@@ -69,19 +84,27 @@ def decode_json(payload: Any, target: Target, *, max_rows: int, routing_header: 
                           params.get("probabilities", False))
 
 
-def decode_csv(body: bytes, target: Target, *, max_rows: int, text_columns: Iterable[str] = (),
-               routing_header: str | None = None) -> PredictRequest:
+def decode_csv(body: bytes, target: Target, *, max_rows: int, features: int | None = None,
+               text_columns: Iterable[str] = (), routing_header: str | None = None) -> PredictRequest:
     """Read a CSV body (header line first) into a column request; ``text_columns`` stay strings.
 
     Like MLflow, which reads CSV with the dtypes of the model's signature, the caller names the
-    columns that hold text so ``"007"`` is not read as the number 7.
+    columns that hold text so ``"007"`` is not read as the number 7. With ``features`` (the
+    model's), a header declaring far more columns is refused before pandas reads anything.
     """
     try:
-        frame = pd.read_csv(io.BytesIO(body), dtype=dict.fromkeys(text_columns, str), encoding="utf-8")
+        names, first_row = _csv_widths(body)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise _unreadable(exc) from None
+    unnamed_index = 1 if names[:1] == [""] else 0  # the index column, as to_csv() writes it: dropped below
+    check_columns(max(len(names), first_row) - unnamed_index, features, "text/csv")
+    if len(set(names)) != len(names):
+        raise_errors([(None, "text/csv", [DUPLICATE_COLUMNS])], {})
+    try:  # one row past the limit is enough to refuse a body for its rows
+        frame = pd.read_csv(io.BytesIO(body), dtype=dict.fromkeys(text_columns, str), encoding="utf-8",
+                            nrows=max_rows + 1)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        reason = "the body is not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc).splitlines()[0][:200]
-        raise BadRequest(f"The CSV body could not be read: {reason}. Send a header line, then one line per row, "
-                         "as DataFrame.to_csv() writes them.", details={"content_type": "text/csv"}) from None
+        raise _unreadable(exc) from None
     if len(frame.columns) and frame.columns[0] == CSV_INDEX_COLUMN:
         frame = frame.iloc[:, 1:]
     if len(frame) == 0:
@@ -109,6 +132,33 @@ def error_body(status: int, message: str, code: str, details: Any) -> dict[str, 
     """Return MLflow's error shape for one of our errors; our code and details ride along."""
     return {"error_code": ERROR_CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"),
             "message": message, "code": code, "details": details}
+
+
+def _unreadable(exc: Exception) -> BadRequest:
+    reason = "the body is not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc).splitlines()[0][:200]
+    return BadRequest(f"The CSV body could not be read: {reason}. Send a header line, then one line per row, "
+                      "as DataFrame.to_csv() writes them.", details={"content_type": "text/csv"})
+
+
+def _csv_widths(body: bytes) -> tuple[list[str], int]:
+    """The header's fields and the first row's count, as pandas reads them (blank lines skipped, a UTF-8 BOM dropped).
+
+    The first row counts because pandas makes each field it has beyond the header a level of the
+    index (R's row names are one): a row of a million fields under a short header took it minutes.
+    The text is decoded as the reader asks for it, so this costs those two lines, not the body.
+    """
+    text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8-sig", newline="")
+    records = (record for record in csv.reader(text) if len(record) > 1 or (record and record[0].strip(" \t")))
+    return next(records, []), len(next(records, []))
+
+
+def _check_width(payload: dict[str, Any], features: int | None) -> None:
+    """Refuse a body whose format declares far more columns than the model has (before marshmallow sees it)."""
+    split = payload.get("dataframe_split")
+    if type(split) is dict and type(split.get("columns")) is list:
+        check_columns(len(split["columns"]), features, "dataframe_split.columns")
+    for key in FORMATS[1:]:
+        check_columns(declared_columns(payload.get(key)), features, key)
 
 
 def _json_values(column: pd.Series) -> list[Any]:
@@ -169,10 +219,19 @@ class InstancesOrInputs(fields.Field):
         return Instances().deserialize(value)
 
 
+class Index(fields.Field):
+    """``dataframe_split.index``: accepted and ignored, as pandas' split orient writes it; a list, never read item by item."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if type(value) is not list:
+            raise ValidationError(NOT_A_LIST)
+        return value
+
+
 class DataframeSplit(Schema):
     columns = fields.List(fields.String(), validate=validate.Length(min=1))
     data = Rows(required=True)
-    index = fields.List(fields.Raw())  # accepted and ignored, as pandas' split orient writes it
+    index = Index()
 
     @validates_schema
     def _check_width(self, split: dict[str, Any], **kwargs: Any) -> None:

@@ -4,7 +4,8 @@ A body is ``{"instances": [...]}`` (records or rows in schema order) or ``{"inpu
 (columns), with optional ``parameters`` (``probabilities``, ``routing_key``, ``explain``). ``decode`` checks
 that envelope and returns a protocol-neutral ``PredictRequest``; ``encode`` turns an
 ``Answer`` into the v1 response body. The rows' values are checked later, against the model
-that answers (``service.serving.validation``). No Flask.
+that answers (``service.serving.validation``); only their width is sized up first, against the
+model's feature count (``service.protocols.check_columns``). No Flask.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.models.rollout import routing_key_from
+from service.protocols import check_columns, check_keys, declared_columns
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.schemas import (
     ARRAY_EXPECTED,
@@ -33,8 +35,17 @@ if TYPE_CHECKING:
     from service.explain import Explanation
 
 
-def decode(payload: Any, target: Target, *, max_rows: int, routing_header: str | None = None) -> PredictRequest:
-    """Check a decoded JSON body's envelope and return the request it makes; 422 otherwise."""
+def decode(payload: Any, target: Target, *, max_rows: int, features: int | None = None,
+           routing_header: str | None = None) -> PredictRequest:
+    """Check a decoded JSON body's envelope and return the request it makes; 422 otherwise.
+
+    With ``features`` (the model's), records or columns declaring far more columns are refused first.
+    """
+    if type(payload) is dict:
+        for key in ("instances", "inputs"):
+            check_columns(declared_columns(payload.get(key)), features, key)
+        check_keys(payload, EnvelopeSchema)
+        check_keys(payload.get("parameters"), ParametersSchema, "parameters")
     try:
         envelope = load_envelope(payload, max_rows=max_rows)
     except ValidationError as exc:

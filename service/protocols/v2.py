@@ -26,7 +26,7 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.models.rollout import routing_key_from
-from service.protocols import parse_json, tensors
+from service.protocols import check_columns, check_keys, parse_json, tensors
 from service.protocols.tensors import invalid
 from service.serving.inference import Answer, PredictRequest, Target
 from service.serving.runtime import LoadedModel
@@ -54,10 +54,16 @@ class InferRequest:
 
 
 def decode(body: bytes, target: Target, *, header_length: str | None, max_rows: int, request_id: str,
-           routing_header: str | None = None) -> InferRequest:
-    """Parse an inference request body (JSON or JSON plus binary tensors); 400/422 naming the problem."""
+           features: int | None = None, routing_header: str | None = None) -> InferRequest:
+    """Parse an inference request body (JSON or JSON plus binary tensors); 400/422 naming the problem.
+
+    With ``features`` (the model's), far more input tensors than it has features are refused before each is checked.
+    """
     header, binary = _split(body, header_length)
-    envelope = _load(parse_json(header))
+    payload = parse_json(header)
+    if type(payload) is dict:
+        _check_keys(payload, features)
+    envelope = _load(payload)
     parameters = envelope.get("parameters", {})
     layout, data = _inputs(envelope["inputs"], binary, max_rows)
     outputs, binary_outputs = _outputs(envelope.get("outputs"), parameters)
@@ -159,8 +165,7 @@ class Shape(fields.Field):
 
 
 class Parameters(fields.Dict):
-    def __init__(self, **kwargs: Any):
-        super().__init__(keys=fields.String(), **kwargs)
+    """A parameters object, copied as it is: JSON keys are strings already, so none is checked one by one."""
 
 
 class TensorSchema(Schema):
@@ -184,6 +189,18 @@ class InferenceRequestSchema(Schema):
 
 
 _schema = InferenceRequestSchema(unknown=RAISE)
+
+
+def _check_keys(payload: dict[str, Any], features: int | None) -> None:
+    """Refuse far more input tensors than the model has features, and objects full of unknown keys, unloaded."""
+    check_keys(payload, InferenceRequestSchema)
+    for key, schema in (("inputs", TensorSchema), ("outputs", RequestedOutputSchema)):
+        tensors_ = payload.get(key)
+        if type(tensors_) is list:
+            if key == "inputs":
+                check_columns(len(tensors_), features, key)
+            for i, tensor in enumerate(tensors_):
+                check_keys(tensor, schema, f"{key}[{i}]")
 
 
 def _load(payload: Any) -> dict[str, Any]:

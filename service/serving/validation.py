@@ -77,8 +77,11 @@ def validate_rows(layout: str, data: Any, features: list[dict[str, Any]], *,
     return ValidatedBatch(columns=columns, n_rows=n_rows)
 
 
-def raise_errors(errors: list[Error], positions: dict[str, int]) -> NoReturn:
-    """Raise ValidationFailed with the first errors by (row, feature order) and a one-line summary."""
+def raise_errors(errors: list[Error], positions: dict[str, int], *, count: int | None = None) -> NoReturn:
+    """Raise ValidationFailed with the first errors by (row, feature order) and a one-line summary.
+
+    ``count`` is the number of errors found, when ``errors`` holds only the first of them.
+    """
 
     def order(error: Error) -> tuple[Any, ...]:
         row, field, _ = error
@@ -92,7 +95,7 @@ def raise_errors(errors: list[Error], positions: dict[str, int]) -> NoReturn:
 
     shown = heapq.nsmallest(MAX_REPORTED_ERRORS, errors, key=order)
     entries = [{"row": row, "field": _clip(field), "messages": messages} for row, field, messages in shown]
-    first, count = entries[0], len(errors)
+    first, count = entries[0], len(errors) if count is None else count
     where = "" if first["field"] is None else f"field '{first['field']}': "
     if any(row is None for row, _, _ in errors):
         message = f"{_plural(count, 'error')} in the request; first: {where}{first['messages'][0]}"

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from tests.builders import wait_until
+from tests.builders import logged_ids, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -85,7 +85,7 @@ def test_trickling_clients_leave_health_probes_and_predictions_answered(artifact
     def missing() -> list[str]:
         with sqlite3.connect(database) as db:
             requests_seen = {row[0] for row in db.execute("SELECT request_id FROM requests WHERE status = 200")}
-            predictions_seen = {row[0] for row in db.execute("SELECT id FROM predictions")}
+            predictions_seen = set(logged_ids(db))
         return [rid for rid, ids in answered if rid not in requests_seen or not set(ids) <= predictions_seen]
 
     wait_until(lambda: not missing(), timeout=15, message="every answered prediction recorded")
