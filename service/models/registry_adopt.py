@@ -48,6 +48,11 @@ def not_adopted(count: int) -> str:
             "(artifacts packaged elsewhere)")
 
 
+def is_not_adopted(reason: str | None) -> bool:
+    """Whether a refusal's reason is the one ``not_adopted`` words."""
+    return bool(reason) and reason.startswith("not adopted:")
+
+
 def adopt_fix(model: str) -> str:
     return f"`python -m service registry adopt {model}` verifies the artifacts and adopts them"
 

@@ -31,7 +31,7 @@ from service.errors import (
     RegistryUnreadable,
     VersionNotFound,
 )
-from service.models import artifacts, registry
+from service.models import artifacts, registry, registry_adopt
 from service.models.rollout import choose_version, default_rollout
 from service.periodic import Periodic
 from service.serving import runtime
@@ -86,8 +86,10 @@ _REFUSED = {registry.UNVERIFIED: "registry.json refused: it does not match the a
             registry.UNCHECKED: "registry.json changed and cannot be checked: the audit trail does not answer"}
 
 
-def _fix(name: str, code: str | None) -> str:
+def _fix(name: str, code: str | None, reason: str | None = None) -> str:
     """What the operator does about it, for the log line."""
+    if code == registry.UNVERIFIED and registry_adopt.is_not_adopted(reason):  # made elsewhere, not edited
+        return registry_adopt.adopt_fix(name)
     if code == registry.UNVERIFIED:
         return (f"python -m service registry check {name}; `registry restore {name}` undoes the edit, "
                 f"`registry accept {name} --reason ...` keeps it")
@@ -147,7 +149,7 @@ class Catalog:
         if error is not None and (old is None or old.registry_error != error):
             serving = "; serving its last-good copy" if reading.from_last_good else "; serving it unchecked"
             log.error(_REFUSED.get(code, "registry.json unreadable") + serving,
-                      extra={"model": name, "reason": error, "fix": _fix(name, code)})
+                      extra={"model": name, "reason": error, "fix": _fix(name, code, error)})
         elif error is None and old is not None and old.registry_error is not None:
             log.info("registry.json readable again", extra={"model": name})
         labels = self._servable_labels(name, state, versions, old)
@@ -165,7 +167,7 @@ class Catalog:
         if old is None or old.registry_error != error:
             log.error(_REFUSED.get(code, "registry state unreadable") + " and no usable last-good copy; "
                       + ("keeping the labels this worker serves" if known else "serving no label"),
-                      extra={"model": name, "reason": error, "fix": _fix(name, code)})
+                      extra={"model": name, "reason": error, "fix": _fix(name, code, error)})
         if not known:
             return ModelState(name, MappingProxyType(versions), MappingProxyType({}), error,
                               registry_source=NO_STATE, registry_code=code)
