@@ -2,7 +2,12 @@
 #   docker build -t prediction-server .                        (demo models trained into the image)
 #   docker build --build-arg DEMO_MODELS=0 -t prediction-server .   (models come from a volume)
 #   docker run --read-only --tmpfs /tmp --tmpfs /app/var -p 8000:8000 \
-#       -v "$PWD/artifacts:/app/artifacts" -e API_KEYS_FILE=/run/secrets/keys.json prediction-server
+#       -e API_KEYS_FILE=/run/secrets/keys.json prediction-server        (the image's demo models)
+# Your own models, packaged on a host with its own DATABASE_URL, name audit records of that store:
+# keep the container's store in a volume and adopt them into it once (servers refuse them until then):
+#   docker run --rm -v "$PWD/artifacts:/app/artifacts" -v prediction-var:/app/var prediction-server \
+#       python -m service registry adopt --all --reason "packaged on <host>"
+#   docker run --read-only --tmpfs /tmp -v prediction-var:/app/var -v "$PWD/artifacts:/app/artifacts" ...
 # Settings are the app's environment variables (see the README); docker-compose.yml and
 # deploy/kubernetes/ run it with PostgreSQL, Nginx, Prometheus and Grafana.
 
@@ -23,9 +28,13 @@ COPY gunicorn.conf.py wsgi.py ./
 COPY service/ service/
 # 1: train the demo models (breast-cancer, diabetes) into /app/artifacts at build, from data that
 # scikit-learn ships, so the image answers out of the box. 0: an empty registry; mount yours.
+# --no-audit: the build has no audit trail worth naming (its store would be thrown away with this
+# stage), and a history naming records of that store is refused by every server until adopted,
+# which a read-only container cannot do. So the history names none, and the store each container
+# uses anchors the image's registry.json as it is on its first read (logged, recorded).
 ARG DEMO_MODELS=1
 RUN mkdir -p artifacts && if [ "$DEMO_MODELS" = "1" ]; then \
-      /opt/venv/bin/python -m service train-demo --artifacts-dir artifacts; fi
+      /opt/venv/bin/python -m service train-demo --no-audit --artifacts-dir artifacts; fi
 
 # -- runtime: the virtualenv and the code, nothing else --------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

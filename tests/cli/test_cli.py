@@ -77,6 +77,26 @@ def test_train_demo_packages_both_models_once(runner, root):
     assert registry.read_state(root, "diabetes")["labels"] == {"production": 1}
 
 
+def test_train_demo_names_records_of_its_store_unless_no_audit(tmp_path):
+    """An image build packages with --no-audit: its store is thrown away, so the history names none and
+    another store's server anchors it; without it, the models are refused there until adopted."""
+    def runner_for(store: str) -> CliRunner:
+        return CliRunner(env={"MODEL_SIGNING_KEY": None, "ARTIFACTS_DIR": None,
+                              "DATABASE_URL": f"sqlite:///{tmp_path / store}"})
+
+    audited, image = tmp_path / "audited", tmp_path / "image"
+    assert run(runner_for("build.db"), audited, "train-demo").exit_code == 0
+    assert run(runner_for("image-build.db"), image, "train-demo", "--no-audit").exit_code == 0
+    assert all("audit" in entry for entry in registry.read_state(audited, "diabetes")["history"])
+    assert not any("audit" in entry for entry in registry.read_state(image, "diabetes")["history"])
+    assert not (tmp_path / "image-build.db").exists()  # nothing recorded, nothing opened
+
+    refused = run(runner_for("server.db"), audited, "registry", "check")
+    assert refused.exit_code == 1 and refused.stdout.count(": refused: not adopted:") == 2, refused.output
+    fine = run(runner_for("server.db"), image, "registry", "check")
+    assert fine.exit_code == 0 and fine.stdout == "breast-cancer: ok\ndiabetes: ok\n", fine.output
+
+
 def test_list(runner, root, demo_root):
     registry.set_label(root, "diabetes", "staging", 1, actor="test")
     result = run(runner, root, "list")
