@@ -45,8 +45,12 @@ system-deps:  ## Install the Debian packages the tests need (chromium, promtool,
 demo: venv  ## Train and package the demo models unless artifacts exist
 	$(BIN)/python -m service train-demo
 
+# registry check before Gunicorn: models packaged with another DATABASE_URL (`make demo`, then
+# `DATABASE_URL=postgresql://... make serve`) stop here with the `registry adopt` line to run, rather
+# than starting workers that refuse them. Adopting them here would accept whatever is in artifacts/.
 serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn (first run prints the local admin key)
 	@$(BIN)/python -m service config --quiet
+	@$(BIN)/python -m service registry check
 	@$(BIN)/python -m service keys ensure-local-admin
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:application
 
