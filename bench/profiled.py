@@ -1,8 +1,10 @@
 """Any packaged model as a bench workload: rows drawn from its manifest's reference profile.
 
 ``python -m bench --model <m>`` copies ``<ARTIFACTS_DIR>/<m>`` (every version and its
-registry, so labels resolve as in production) into the bench's scratch folder, never serving
-or writing the real one, and measures the production version (else the newest). Rows follow
+registry's labels and rollout, so they resolve as in production) into the bench's scratch
+folder, never serving or writing the real one, and measures the production version (else the
+newest). The history is left behind: it names records of the real audit trail, which the bench's
+throwaway stores refuse as not adopted; each of them anchors the copy as it is instead. Rows follow
 the profile (``reference_profile.features`` in manifest.json, written by
 ``service.models.profile``): a numeric feature draws from its raw ``sample`` when there is one,
 else picks a bin by frequency and a value uniformly inside it; a categorical feature draws a
@@ -23,7 +25,8 @@ import pandas as pd
 
 from bench.workload import BATCH_SIZES, SEED, Scenario, request_body
 from service.errors import ServiceError
-from service.models.registry_file import read_state
+from service.files import write_json_atomic
+from service.models.registry_file import LAST_GOOD_FILE, REGISTRY_FILE, read_state
 from service.models.rollout import PRODUCTION
 
 NUMERIC = {"float", "int"}
@@ -42,11 +45,13 @@ def copy_model(source_root: Path, name: str, root: Path) -> int:
     versions = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / "manifest.json").is_file())
     if not versions:
         raise ModelNotFound(f"no packaged model {name!r} in {source_root} (looked for {folder}/<version>/manifest.json)")
-    shutil.copytree(folder, root / name, ignore=shutil.ignore_patterns("*.lock", ".gc-*"))
+    shutil.copytree(folder, root / name, ignore=shutil.ignore_patterns("*.lock", ".gc-*", REGISTRY_FILE, LAST_GOOD_FILE))
     try:
-        production = read_state(root, name).get("labels", {}).get(PRODUCTION)
+        state = read_state(source_root, name)
     except ServiceError:
-        production = None
+        return versions[-1]
+    write_json_atomic(root / name / REGISTRY_FILE, {**state, "history": []})
+    production = state.get("labels", {}).get(PRODUCTION)
     return production if production in versions else versions[-1]
 
 

@@ -81,6 +81,21 @@ def test_a_model_is_copied_and_its_production_version_measured(mixed, tmp_path):
     assert [(s.rows, s.path) for s in scenarios] == [(n, "/v1/models/mixed/versions/1:predict") for n in (1, 100, 10_000)]
 
 
+def test_the_copy_keeps_labels_and_rollout_not_the_history(demo_root, tmp_path):
+    """The real registry's history names records of its audit trail, which the bench's own stores
+    would refuse as not adopted: the copy carries the labels and rollout only."""
+    source, copy = tmp_path / "real", tmp_path / "bench"
+    shutil.copytree(demo_root, source)
+    state = orjson.loads((source / "diabetes" / "registry.json").read_bytes())
+    state["history"][0]["audit"] = "ab" * 32  # as the CLI leaves it: a record of its store
+    (source / "diabetes" / "registry.json").write_bytes(orjson.dumps(state))
+
+    assert profiled.copy_model(source, "diabetes", copy) == 1
+    copied = registry.read_state(copy, "diabetes")
+    assert copied["labels"] == {"production": 1} and copied["rollout"] == state["rollout"]
+    assert copied["history"] == [] and not (copy / "diabetes" / ".registry.last-good.json").exists()
+
+
 def test_a_model_that_is_not_there_is_a_clear_error(tmp_path):
     with pytest.raises(profiled.ModelNotFound, match="no packaged model 'nope'"):
         profiled.copy_model(tmp_path, "nope", tmp_path / "bench")
