@@ -73,11 +73,12 @@ def test_artifacts_from_another_store_are_refused_until_adopted_then_served_and_
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
     assert "adopted 2 model(s)" in adopted.stdout and "sha256 only" in adopted.stdout, adopted.stdout
 
-    wait_until(lambda: server.get("/readyz").status_code == 200, 30, message="the workers to serve the adopted file")
-    for _ in range(20):  # both workers, each over a fresh connection
-        answer = requests.post(server.base + BY_LABEL, json={"instances": [ROW]}, timeout=30)
-        assert answer.status_code == 200, answer.text
-        assert answer.headers["X-Model-Version"] == "1"
+    def answered_by_every_worker() -> bool:  # each polls the file on its own (REGISTRY_POLL_SECONDS=1)
+        answers = [requests.post(server.base + BY_LABEL, json={"instances": [ROW]}, timeout=30) for _ in range(20)]
+        return all(a.status_code == 200 and a.headers["X-Model-Version"] == "1" for a in answers)
+
+    wait_until(answered_by_every_worker, 30, interval=0.5, message="every worker to answer from the adopted file")
+    assert server.get("/readyz").status_code == 200
 
     verified = cli("audit", "verify", artifacts=served, database_url=store_b, cwd=tmp_path)
     assert verified.returncode == 0, verified.stdout + verified.stderr
