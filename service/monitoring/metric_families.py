@@ -165,11 +165,15 @@ class Metrics:
         self.log_rows_deleted = Counter(PREFIX + "prediction_log_rows_deleted",
                                         "Logged predictions deleted by the retention job, by reason (age: past "
                                         "RETENTION_DAYS; cap: over PREDICTION_LOG_MAX_ROWS).", ("reason",), **reg)
+        # mostrecent, not max: checkpoints only grow, so the newest write is the largest, and a dead
+        # worker's mostrecent file is merged into the archive (multiproc.MERGED_KINDS) where a max
+        # file would be left behind, one per worker ever started
         self.audit_checkpoint_seq = Gauge(PREFIX + "audit_checkpoint_seq", "Audit records anchored by the newest "
-                                          "signed checkpoint (AUDIT_CHECKPOINT_FILE).", multiprocess_mode="max", **reg)
+                                          "signed checkpoint (AUDIT_CHECKPOINT_FILE).", multiprocess_mode="mostrecent",
+                                          **reg)
         self.audit_checkpoint_time = Gauge(PREFIX + "audit_checkpoint_timestamp_seconds", "When the newest audit "
                                            "checkpoint was signed (its age: time() minus this).",
-                                           multiprocess_mode="max", **reg)
+                                           multiprocess_mode="mostrecent", **reg)
         self.gauges = {key: Gauge(name, doc, labels, multiprocess_mode="mostrecent", **reg)
                        for key, (name, doc, labels) in MONITORING_GAUGES.items()}
         self._lock = threading.Lock()
