@@ -82,7 +82,8 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
     manifest = package_model(inputs.model, name, artifacts_dir, inputs.X, inputs.y,
                              description=description, changelog=changelog, overrides=inputs.overrides,
                              thresholds=thresholds, cv=inputs.cv, strict_ranges=strict_ranges,
-                             signing_key=signing_key, training_data={"source": str(reference_path or train_path or data)},
+                             signing_key=signing_key, training_data=_training_data(reference_path or train_path),
+                             evaluation_source=str(data),
                              reference=inputs.reference, card=card_path.read_text(encoding="utf-8") if card_path else "",
                              require_card=require_card, feature_names=inputs.feature_names, breaking=breaking,
                              pickled_with=inputs.pickled_with, subject=subject)
@@ -91,6 +92,11 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
     if entry.get("label"):
         click.echo(f"{name} had no production version; version {manifest['version']} is now production")
     _describe(manifest)
+
+
+def _training_data(path: Path | None) -> dict[str, Any] | None:
+    """What the model was trained on, when the command was told: --data is the hold-out, never the training set."""
+    return None if path is None else {"source": str(path)}
 
 
 def _describe(manifest: dict[str, Any]) -> None:
