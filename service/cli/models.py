@@ -138,16 +138,18 @@ def list_models(artifacts_dir: Path) -> None:
 
 @click.command()
 @MODEL
-@click.argument("version", required=False)
+@click.argument("version", required=False, type=click.IntRange(min=1))
 @click.option("--full", is_flag=True, help="Include the reference profile.")
 @ARTIFACTS
 @fails_cleanly
-def show(name: str, version: str | None, full: bool, artifacts_dir: Path) -> None:
+def show(name: str, version: int | None, full: bool, artifacts_dir: Path) -> None:
     """Show a version's manifest (the production version when VERSION is omitted)."""
     if version is None:
         version = registry.read_state(artifacts_dir, name)["labels"].get(registry.PRODUCTION)
         if version is None:
             raise ValueError(f"model {name!r} has no production label; name a version")
+    if version not in artifacts.list_versions(artifacts_dir, name):
+        raise ValueError(f"model {name!r} has no version {version}")
     manifest = artifacts.read_manifest(artifacts.version_dir(artifacts_dir, name, version))
     if not full:
         manifest.pop("reference_profile", None)
