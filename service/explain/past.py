@@ -88,7 +88,11 @@ def withheld(features: list[dict[str, Any]], logged: Logged) -> dict[str, str]:
 
 
 def explain_logged(model: Any, logged: Logged) -> dict[str, Any]:
-    """Explain a logged prediction with ``model`` (the version that made it); 409 when values are missing."""
+    """Explain a logged prediction with ``model`` (the version that made it); 409 when values are missing.
+
+    The answer has ``:explain``'s shape: ``explanation`` says what the numbers mean (here also
+    whether every value was stored) and ``explanations`` holds the row's ``base`` and ``contributions``.
+    """
     hidden = withheld(model.features, logged)
     method = method_for(model)
     if hidden and not method.additive:
@@ -112,10 +116,11 @@ def explain_logged(model: Any, logged: Logged) -> dict[str, Any]:
     for j, name in enumerate(explained.features):
         if name in hidden:
             contributions[:, j, :] = np.nan
-    item = replace(explained, contributions=contributions).items()[0]
     about = explained.summary() | {"complete": not hidden, "withheld": hidden}
+    # the shape of an :explain answer, for its one row: clients read both with the same code
     return {"model": model.name, "version": model.version, "id": logged.id, "ts": _iso(logged.ts),
-            "prediction": logged.output, "explanation": about, **item}
+            "prediction": logged.output, "explanation": about,
+            "explanations": replace(explained, contributions=contributions).items()}
 
 
 def _iso(ts: float) -> str:

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from flask import Flask
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -475,9 +476,15 @@ def test_alert_rules_pass_promtool():
     assert "SUCCESS" in done.stdout
 
 
-def test_example_prometheus_config_passes_promtool():
-    done = subprocess.run([promtool(), "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True,
-                          timeout=60)
+def test_example_prometheus_config_passes_promtool_and_scrapes_with_a_key(tmp_path):
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (scrape,) = config["scrape_configs"]
+    assert scrape["authorization"] == {"type": "Bearer", "credentials_file": "metrics.key"}
+    shutil.copy(PROMETHEUS_CONFIG, tmp_path / "prometheus.yml")
+    shutil.copy(PROMETHEUS_CONFIG.parent / "alerts.yml", tmp_path / "alerts.yml")
+    (tmp_path / "metrics.key").write_text("sk_" + "x" * 43 + "\n")  # promtool checks the file is there
+    done = subprocess.run([promtool(), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
