@@ -4,7 +4,6 @@ of the ``store`` fixture run on PostgreSQL too (its own failures: test_store_pos
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import multiprocessing
@@ -19,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.monitoring.predlog import EncodedBatch, PredictionLog, is_sampled
+from service.monitoring.outbox import pack, unpack
+from service.monitoring.predlog import PredictionLog, is_sampled
 from service.monitoring.privacy import hash_value
 from service.store import RequestRecord, ShadowRecord, Store
+from service.store.columns import python_values, read_inputs
 from tests.builders import logged_ids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,10 +56,10 @@ def ids(n: int, base: str = "18c0ffee0000abcdef012345") -> list[str]:
 def stored_inputs(store: Store, prediction_id: str) -> dict:
     """The inputs stored for one prediction: its row of its batch record's columns."""
     base, _, position = prediction_id.rpartition("-")
-    ((names, inputs, positions),) = store.fetch("SELECT features, inputs, positions FROM prediction_batches"
-                                                " WHERE base = ?", (base,))
+    ((names, inputs, positions, arrays),) = store.fetch("SELECT features, inputs, positions, arrays FROM prediction_batches"
+                                                        " WHERE base = ?", (base,))
     row = int(position) if positions is None else json.loads(positions).index(int(position))
-    return {name: column[row] for name, column in zip(json.loads(names), json.loads(inputs), strict=True)}
+    return {name: python_values(column)[row] for name, column in zip(json.loads(names), read_inputs(inputs, arrays), strict=True)}
 
 
 def db_bytes(path: Path) -> bytes:
@@ -144,7 +145,8 @@ def test_a_replayed_batch_stays_one_record_and_keeps_its_first_rows(store):
     assert plog.record("m", 1, "r", ids(3), {"x": np.arange(3.0)}, np.zeros(3), None, 1, features, now=10.0)
     assert plog.record("m", 1, "r", ids(3), {"x": np.arange(3.0) + 100}, np.ones(3), None, 1, features, now=20.0)
     batch = plog.encode("m", 1, "r", ids(2, "other"), {"x": np.ones(2)}, np.ones(2), None, 1, features, ts=30.0)
-    spooled = EncodedBatch(**json.loads(json.dumps(dataclasses.asdict(batch))))  # through a JSON spool and back
+    assert isinstance(batch.arrays, bytes)  # numeric columns as bytes
+    spooled = unpack(pack(None, batch))[1]  # through the spool and back
     assert spooled == batch
     for replay in (batch, spooled):
         assert store.write("predictions", lambda db, replay=replay: plog.write_encoded(db, replay))
