@@ -3,7 +3,8 @@
 Until batch records, every logged prediction also had a ``predictions`` row (id, ts, model,
 version, batch, row_index, subject), and before ``prediction_batches`` existed that row held the
 prediction's inputs, output and probabilities as JSON itself (the "legacy" layout). Both now
-become batch records: ``prediction_batches`` gains ``base``, ``positions`` and ``subjects``, and
+become batch records: ``prediction_batches`` gains ``base``, ``positions``, ``subjects`` (and
+``arrays``, the binary columns of records written since), and
 the ``predictions`` rows are folded into them, oldest first, a few thousand rows per transaction
 (all rows of a batch share its model, version and timestamp, so a step never splits one), then
 the emptied table is dropped. Every process runs this at start before its first read or write,
@@ -36,9 +37,9 @@ def upgrade(store: Any) -> None:
     if any(column not in names for column in BATCH_COLUMNS_ADDED):
         with store._transaction(lock="schema") as db:  # workers starting together: one adds them
             names = store.column_names("prediction_batches", db)
-            for column in BATCH_COLUMNS_ADDED:
+            for column, kind in BATCH_COLUMNS_ADDED.items():
                 if column not in names:
-                    db.execute(f"ALTER TABLE prediction_batches ADD COLUMN {column} TEXT")
+                    db.execute(f"ALTER TABLE prediction_batches ADD COLUMN {column} {kind.format(**store.dialect.DDL)}")
     store.create_tables(BATCH_INDEXES)
     with store._transaction() as db:
         if not _has_predictions(store, db):
