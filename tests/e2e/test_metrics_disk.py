@@ -58,8 +58,10 @@ def fill(folder: Path) -> int:
 
 
 def answers(server, path: str = "/healthz", **kwargs) -> int:
+    """One request on a connection of its own, so requests spread over the workers (a kept-alive
+    connection stays with the worker that accepted it)."""
     method = server.post if path.endswith(":predict") else server.get
-    return method(path, **kwargs).status_code
+    return method(path, headers={"Connection": "close"}, **kwargs).status_code
 
 
 def test_a_full_filesystem_costs_metrics_never_workers(small_fs: Path, demo_root: Path, server_factory):
