@@ -73,7 +73,7 @@ def _step(db: Any, names: list[str]) -> tuple[int, int] | None:
     # A legacy table may lack the reference columns (only added by the code that came after it).
     wanted = ", ".join(["rowid", "id", "ts", *(c if c in names else "NULL" for c in ("batch", "row_index", "subject")),
                         *(("inputs", "output", "probabilities") if legacy else ())])
-    select = f"SELECT {wanted} FROM predictions WHERE model = ? AND version = ?"  # nosec B608  # noqa: S608  constants
+    select = f"SELECT {wanted} FROM predictions WHERE model = ? AND version = ?"  # nosec B608  # noqa: S608  column names are constants
     bound = db.execute("SELECT ts FROM predictions WHERE model = ? AND version = ? ORDER BY ts LIMIT 1 OFFSET ?",
                        (model, version, STEP_ROWS)).fetchall()
     if not bound:

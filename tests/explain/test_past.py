@@ -34,4 +34,5 @@ def test_a_row_of_a_binary_record_is_explained_as_it_was_served(make_store, mode
     assert answer["id"] == "req-7" and answer["prediction"] == logged.output
     assert answer["explanation"]["complete"] is True
     served = explain(model, {name: values[7:8] for name, values in columns.items()}).items()[0]
-    assert {key: answer[key] for key in served} == served  # the same contributions as the row explained live
+    row = answer["explanations"][0]
+    assert {key: row[key] for key in served} == served  # the same contributions as the row explained live
