@@ -26,6 +26,7 @@ import requests
 
 from tests import postgres
 from tests.builders import wait_until
+from tests.conftest import small_tmpfs
 
 pytestmark = pytest.mark.e2e
 
@@ -201,16 +202,8 @@ def test_a_read_only_store_loses_nothing(artifact_root, server_factory):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 16 MiB tmpfs for the database, unmounted at the end."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", "16m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30)
 
 
 def test_a_full_disk_under_the_store_loses_nothing(artifact_root, server_factory, small_disk, tmp_path):
