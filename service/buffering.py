@@ -26,7 +26,11 @@ from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import gthread
 
 #: Bytes read from a client at a time by the main loop.
-RECV_BYTES = 64 * 1024
+RECV_BYTES = 256 * 1024
+#: Bytes read from one client per wake of the main loop at most. The loop takes the GIL back only
+#: every switch interval (5 ms) while a thread predicts, so reading little per wake would make
+#: a large body wait seconds in the kernel's buffer, then past its read deadline, under load.
+READ_PER_WAKE = 4 * 1024 * 1024
 #: Longest chunk-size line of a chunked body (hex size and extensions) before it is handed to the parser.
 CHUNK_LINE_LIMIT = 4096
 #: Seconds a thread may wait on a client after the hand-over (the body of a refused request
@@ -224,20 +228,26 @@ class BufferingWorker(gthread.ThreadWorker):
             self.poller.unregister(conn.sock)  # read on once the held requests have gone to threads
             self.paused.append(conn)
             return
-        try:
-            piece = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(conn)
-            return
-        if not piece:
-            self._drop(conn)  # the client went away before its request was whole
-            return
-        self.buffered += len(piece)
-        if conn.framing.feed(piece):
-            self._hand_over(conn)
-        elif conn.framing.expects_continue and not conn.continued and conn.framing.head_end is not None:
+        read = 0
+        while True:
+            try:
+                piece = conn.sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._drop(conn)
+                return
+            if not piece:
+                self._drop(conn)  # the client went away before its request was whole
+                return
+            self.buffered += len(piece)
+            read += len(piece)
+            if conn.framing.feed(piece):
+                self._hand_over(conn)
+                return
+            if len(piece) < RECV_BYTES or read >= READ_PER_WAKE or self.buffered >= self.buffer_budget:
+                break  # the kernel had no more for now, or this client had its share of the wake
+        if conn.framing.expects_continue and not conn.continued and conn.framing.head_end is not None:
             # The client waits for this before it sends the body (curl does for large ones).
             conn.continued = True
             try:

@@ -219,8 +219,9 @@ class Config:
     model_backends: tuple[str, ...] = _env(
         "MODEL_BACKENDS", "Comma-separated model=backend overrides of MODEL_BACKEND, e.g. churn=joblib.", default=()
     )
-    metrics_require_key: bool = _env(
-        "METRICS_REQUIRE_KEY", "/metrics answers only callers with a read key (as /v1/models does).", default=False
+    metrics_require_key: bool | None = _env(
+        "METRICS_REQUIRE_KEY", "/metrics answers only callers with a read key (as /v1/models does); unset = whenever "
+        "API_KEYS_FILE is set; 0 = open to anyone who reaches the port, on purpose.", default=None
     )
     metrics_feature_labels: bool = _env(
         "METRICS_FEATURE_LABELS", "Name features in /metrics labels (data-quality counts per feature); off = "
@@ -300,6 +301,14 @@ class Config:
             root = Path("var/spool")
         digest = hashlib.sha256(self.database_url.encode()).hexdigest()[:16]
         return root / digest
+
+    @property
+    def metrics_key_required(self) -> bool:
+        """Tell whether /metrics needs a read key: as asked, else whenever API keys are configured.
+
+        It lists model names, versions and hashes: once a server has keys, that is not for anyone.
+        """
+        return self.api_keys_file is not None if self.metrics_require_key is None else self.metrics_require_key
 
     @property
     def is_loopback(self) -> bool:
@@ -390,6 +399,7 @@ _PARSERS: dict[Any, Callable[[str], Any]] = {
     "int": _parse_int,
     "float": float,
     "bool": _parse_bool,
+    "bool | None": lambda raw: _parse_bool(raw) if raw else None,
     "Path": Path,
     "Path | None": lambda raw: Path(raw) if raw else None,
     "str | None": lambda raw: raw or None,

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -295,3 +296,21 @@ def demo_server(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     server = start_server(demo_root, tmp_path_factory.mktemp("logs"), MAX_BATCH_ROWS="5000")
     yield server
     server.stop()
+
+
+@contextmanager
+def small_tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` (e.g. "4m") at ``mountpoint`` for a test that fills a filesystem;
+    unmounted at the end. Skips where mount(8) is missing or not permitted (it needs root)."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount(8) on this machine: cannot make a small filesystem to fill")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mountpoint)],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here (needs root or CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30)
+

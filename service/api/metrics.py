@@ -1,9 +1,10 @@
 """The metrics HTTP shell: request hooks that time and count every request, and ``GET /metrics``.
 
-``GET /metrics`` is open like the health probes by default: it carries counts and timings,
-never inputs, and scrapers expect it unauthenticated on the serving port. It does list model
-names, versions and hashes, so ``METRICS_REQUIRE_KEY=1`` puts it behind a read key (scrapers
-send it as a bearer token); feature names are numbered unless ``METRICS_FEATURE_LABELS=1``.
+``GET /metrics`` carries counts and timings, never inputs, but it lists model names, versions
+and hashes: once API keys are configured (``API_KEYS_FILE``) it needs a read key (scrapers send
+it as a bearer token or ``X-API-Key``), unless ``METRICS_REQUIRE_KEY=0`` opens it on purpose;
+without keys (open mode, a developer on loopback) it is as open as the health probes.
+Feature names are numbered unless ``METRICS_FEATURE_LABELS=1``.
 What is counted, and how workers are added up, is ``service.monitoring.metrics``'s job.
 """
 
@@ -22,7 +23,7 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def scrape():
     config = current_app.config.get("SERVICE_CONFIG")
-    if config is not None and config.metrics_require_key:
+    if config is not None and config.metrics_key_required:
         return _scrape_with_key()
     return _render()
 

@@ -105,6 +105,8 @@ QUERIES: dict[str, list[dict[str, Any]]] = {
 #: What a successful call answers with, where the body has a documented shape.
 ANSWERS: dict[str, tuple[str, str]] = {
     "predict.predict": ("application/json", "PredictResponse"),
+    "explain.explain": ("application/json", "PredictResponse"),
+    "explain.logged": ("application/json", "LoggedExplanation"),
     "mlflow.invocations": ("application/json", "InvocationResponse"),
     "monitoring.feedback": ("application/json", "FeedbackResult"),
     "subjects.erase": ("application/json", "ErasureResult"),
@@ -240,9 +242,37 @@ class Fallback(Schema):
     reason = fields.String()
 
 
-class PredictResponse(Schema):
+class ExplanationSummary(Schema):
+    """What an explanation's numbers mean; a logged prediction's also says whether every value was stored."""
+
     class Meta:
-        unknown = INCLUDE  # answers may gain fields (explanations, ...): documented as open
+        unknown = INCLUDE
+
+    method = fields.String(required=True, metadata={"description": "linear, tree_shap or sampled_permutation."})
+    output = fields.String(required=True, metadata={"description": "What base + contributions add up to."})
+    exact, note = fields.Boolean(required=True), fields.String()
+    complete = fields.Boolean(metadata={"description": "Logged predictions: every feature's value was stored."})
+    withheld = fields.Dict(keys=fields.String(), values=fields.String(),
+                           metadata={"description": "Logged predictions: features not stored in the clear, and why "
+                                                    "(their contributions are null)."})
+
+
+class RowExplanation(Schema):
+    base = fields.Raw(required=True, metadata={"description": "A number, or one per class in class order."})
+    contributions = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True), required=True,
+                                metadata={"description": "Per feature: a number, or one per class."})
+
+
+class ExplainedAnswer(Schema):
+    """The explanation fields ``:explain`` (and predict with ``parameters.explain``) and a logged prediction share."""
+
+    explanation = fields.Nested(ExplanationSummary)
+    explanations = fields.List(fields.Nested(RowExplanation), metadata={"description": "One per row, in ids order."})
+
+
+class PredictResponse(ExplainedAnswer):
+    class Meta:
+        unknown = INCLUDE  # answers may gain fields: documented as open
 
     predictions = fields.List(fields.Raw(), required=True, metadata={"description": "In the model's own classes."})
     model = fields.String(required=True)
@@ -253,6 +283,17 @@ class PredictResponse(Schema):
                                 metadata={"description": "Columns in `classes` order; never NaN or "
                                                          "infinity (input_out_of_domain or model_output_invalid instead)."})
     fallback = fields.Nested(Fallback)
+
+
+class LoggedExplanation(ExplainedAnswer):
+    """A logged prediction explained again by the version that made it, in ``:explain``'s shape."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    model, version, id = fields.String(required=True), fields.Integer(required=True), fields.String(required=True)
+    ts = fields.String(required=True, metadata={"description": "When it was predicted (ISO 8601, UTC)."})
+    prediction = fields.Raw(allow_none=True)
 
 
 class InvocationResponse(Schema):
@@ -277,6 +318,7 @@ class FeedbackResult(Schema):
 def register_components(spec: APISpec, *, max_rows: int) -> None:
     """Add the shared schemas: bodies the views validate with, answers, and both error shapes."""
     for name, schema in [("Error", ErrorBody), ("MlflowError", MlflowErrorBody), ("PredictResponse", PredictResponse),
+                         ("LoggedExplanation", LoggedExplanation),
                          ("InvocationResponse", InvocationResponse), ("FeedbackResult", FeedbackResult),
                          ("PredictRequest", v1.EnvelopeSchema(max_rows=max_rows)),
                          ("InvocationRequest", mlflow.InvocationBody(max_rows=max_rows)),

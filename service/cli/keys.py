@@ -32,7 +32,7 @@ def _file_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _need(path: Path | None) -> Path:
     if path is None:
-        raise click.ClickException("no keys file: pass --file or set API_KEYS_FILE")
+        raise click.UsageError("no keys file: pass --file or set API_KEYS_FILE")
     return path
 
 

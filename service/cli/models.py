@@ -101,7 +101,8 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
     manifest = package_model(inputs.model, name, artifacts_dir, inputs.X, inputs.y,
                              description=description, changelog=changelog, overrides=inputs.overrides,
                              thresholds=thresholds, cv=inputs.cv, strict_ranges=strict_ranges,
-                             signing_key=signing_key, training_data={"source": str(reference_path or train_path or data)},
+                             signing_key=signing_key, training_data=_training_data(reference_path or train_path),
+                             evaluation_source=str(data),
                              reference=inputs.reference, card=card_path.read_text(encoding="utf-8") if card_path else "",
                              require_card=require_card, feature_names=inputs.feature_names, breaking=breaking,
                              pickled_with=inputs.pickled_with, subject=subject)
@@ -110,6 +111,11 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
     if entry.get("label"):
         click.echo(f"{name} had no production version; version {manifest['version']} is now production")
     _describe(manifest)
+
+
+def _training_data(path: Path | None) -> dict[str, Any] | None:
+    """What the model was trained on, when the command was told: --data is the hold-out, never the training set."""
+    return None if path is None else {"source": str(path)}
 
 
 def _describe(manifest: dict[str, Any]) -> None:
@@ -151,16 +157,18 @@ def list_models(artifacts_dir: Path) -> None:
 
 @click.command()
 @MODEL
-@click.argument("version", required=False)
+@click.argument("version", required=False, type=click.IntRange(min=1))
 @click.option("--full", is_flag=True, help="Include the reference profile.")
 @ARTIFACTS
 @fails_cleanly
-def show(name: str, version: str | None, full: bool, artifacts_dir: Path) -> None:
+def show(name: str, version: int | None, full: bool, artifacts_dir: Path) -> None:
     """Show a version's manifest (the production version when VERSION is omitted)."""
     if version is None:
         version = registry.read_state(artifacts_dir, name)["labels"].get(registry.PRODUCTION)
         if version is None:
             raise ValueError(f"model {name!r} has no production label; name a version")
+    if version not in artifacts.list_versions(artifacts_dir, name):
+        raise ValueError(f"model {name!r} has no version {version}")
     manifest = artifacts.read_manifest(artifacts.version_dir(artifacts_dir, name, version))
     if not full:
         manifest.pop("reference_profile", None)

@@ -107,8 +107,8 @@ def rollout_set(name: str, canary: int | None, weight: float | None, end_canary:
     if given:
         changes["rules"] = given
     if not changes:
-        raise ValueError("nothing to change: give --canary/--weight, --end-canary, --shadow, --fallback, "
-                         "--budget-ms or a rule option")
+        raise click.UsageError("nothing to change: give --canary/--weight, --end-canary, --shadow, --fallback, "
+                               "--budget-ms or a rule option")
     entry = registry.set_rollout(artifacts_dir, name, **changes, actor=actor(), reason=reason, signing_key=signing_key)
     click.echo(f"{name}: {describe(entry['after'])}")
 
@@ -162,7 +162,7 @@ def describe(state: dict[str, Any]) -> str:
 
 def _canary(root: Path, name: str, version: int | None, weight: float | None) -> dict[str, Any]:
     if weight is None:
-        raise ValueError("--canary needs --weight (the share of traffic in percent)")
+        raise click.UsageError("--canary needs --weight (the share of traffic in percent)")
     if version is None:  # a new weight for the canary already running
         current = registry.read_state(root, name)["rollout"]["canary"]
         if current is None:
@@ -172,8 +172,9 @@ def _canary(root: Path, name: str, version: int | None, weight: float | None) ->
 
 
 def _exclusive(flag: str, clash: bool, other: str) -> None:
+    # a command line that contradicts itself is a usage error (exit 2), not a refusal of the change (1)
     if clash:
-        raise ValueError(f"{flag} cannot be combined with {other}")
+        raise click.UsageError(f"{flag} cannot be combined with {other}")
 
 
 def _on_command_line(param: str) -> bool:

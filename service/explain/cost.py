@@ -30,6 +30,10 @@ EXPLAIN_ROWS_CAP = 256
 PREDICT_ROWS_CAP = 4096
 #: Stop doubling once the measurement as a whole has used this much CPU (one row is always timed).
 MEASURE_CAP_SECONDS = 0.3
+#: Stop once a measurement has taken this long on the clock, whatever the CPU: a model that waits
+#: (I/O, sleeps, a lock) must not hold its version's load. One this slow before its first timed
+#: row is left unmeasured.
+MEASURE_WALL_SECONDS = 1.0
 #: Rows a version whose cost could not be measured may explain per request.
 UNMEASURED_ROWS = 1
 
@@ -87,10 +91,13 @@ def _per_row(run: Callable[[Columns], Any], rows: Callable[[int], Columns | None
 
     A first, untimed row pays what only a first call pays (an ONNX Runtime session, caches).
     """
+    began = time.monotonic()
     first = rows(1)
     if first is None:
         return None
     run(first)
+    if time.monotonic() - began >= MEASURE_WALL_SECONDS:
+        return None
     n, spent = 1, 0.0
     while True:
         data = rows(n)
@@ -100,7 +107,8 @@ def _per_row(run: Callable[[Columns], Any], rows: Callable[[int], Columns | None
         run(data)
         took = time.thread_time() - start
         spent += took
-        if took >= MIN_STEP_SECONDS or n >= cap or spent >= MEASURE_CAP_SECONDS:
+        if (took >= MIN_STEP_SECONDS or n >= cap or spent >= MEASURE_CAP_SECONDS
+                or time.monotonic() - began >= MEASURE_WALL_SECONDS):
             return took / n, n
         n = min(cap, n * 2)
 

@@ -21,6 +21,7 @@ from service.errors import Conflict, NotFound
 from service.explain import explain, method_for
 from service.explain.background import reference_rows
 from service.serving.validation import validate_rows
+from service.store.columns import python_values, read_column, read_inputs
 from service.store.records import split_id
 
 NEVER_STORED = "pii: never stored (no PII_HASH_KEY when it was logged)"
@@ -56,11 +57,11 @@ def find(store: Any, model: str, prediction_id: str) -> Logged:
     if not prediction_id or len(prediction_id) > MAX_ID_CHARS:
         raise PredictionNotFound(details={"model": model, "id": prediction_id[:MAX_ID_CHARS]})
     parsed = split_id(prediction_id)
-    found = store.fetch("SELECT version, ts, rows, positions, features, inputs, outputs FROM prediction_batches"
+    found = store.fetch("SELECT version, ts, rows, positions, features, inputs, outputs, arrays FROM prediction_batches"
                         " WHERE model = ? AND base = ?", (model, parsed[0])) if parsed else []
     row = None
     if found:
-        version, ts, rows, positions, names, inputs, outputs = found[0]
+        version, ts, rows, positions, names, inputs, outputs, arrays = found[0]
         if positions is None:
             row = parsed[1] if parsed[1] < rows else None
         else:
@@ -68,11 +69,16 @@ def find(store: Any, model: str, prediction_id: str) -> Logged:
             row = stored.index(parsed[1]) if parsed[1] in stored else None
     if row is None:  # unknown, not sampled, erased or purged
         raise PredictionNotFound(details={"model": model, "id": prediction_id})
-    columns = dict(zip(orjson.loads(names), orjson.loads(inputs), strict=True))
-    outputs = orjson.loads(outputs)
+    columns = dict(zip(orjson.loads(names), read_inputs(inputs, arrays), strict=True))
+    outputs = read_column(outputs, arrays)
     return Logged(prediction_id, model, int(version), float(ts),
-                  {name: values[row] for name, values in columns.items() if len(values) == rows},
-                  outputs[row] if len(outputs) == rows else None)
+                  {name: _value(values, row) for name, values in columns.items() if values is not None and len(values) == rows},
+                  _value(outputs, row) if outputs is not None and len(outputs) == rows else None)
+
+
+def _value(values: list[Any] | np.ndarray, row: int) -> Any:
+    """One stored value as JSON would have read it: a Python value, None for a missing (NaN) float."""
+    return python_values(values[row:row + 1])[0]
 
 
 def withheld(features: list[dict[str, Any]], logged: Logged) -> dict[str, str]:
@@ -88,7 +94,11 @@ def withheld(features: list[dict[str, Any]], logged: Logged) -> dict[str, str]:
 
 
 def explain_logged(model: Any, logged: Logged) -> dict[str, Any]:
-    """Explain a logged prediction with ``model`` (the version that made it); 409 when values are missing."""
+    """Explain a logged prediction with ``model`` (the version that made it); 409 when values are missing.
+
+    The answer has ``:explain``'s shape: ``explanation`` says what the numbers mean (here also
+    whether every value was stored) and ``explanations`` holds the row's ``base`` and ``contributions``.
+    """
     hidden = withheld(model.features, logged)
     method = method_for(model)
     if hidden and not method.additive:
@@ -112,10 +122,11 @@ def explain_logged(model: Any, logged: Logged) -> dict[str, Any]:
     for j, name in enumerate(explained.features):
         if name in hidden:
             contributions[:, j, :] = np.nan
-    item = replace(explained, contributions=contributions).items()[0]
     about = explained.summary() | {"complete": not hidden, "withheld": hidden}
+    # the shape of an :explain answer, for its one row: clients read both with the same code
     return {"model": model.name, "version": model.version, "id": logged.id, "ts": _iso(logged.ts),
-            "prediction": logged.output, "explanation": about, **item}
+            "prediction": logged.output, "explanation": about,
+            "explanations": replace(explained, contributions=contributions).items()}
 
 
 def _iso(ts: float) -> str:

@@ -41,6 +41,7 @@ def export_version(root: Path, name: str, version: int, fmt: str, out: Path, *,
     out = Path(out)
     if out.exists():
         raise ValueError(f"--out {out} exists; choose another path or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)  # only now: a refused export leaves no empty folder
     _copy_checked(folder / onnx_export.ONNX_FILE, out, entry)
     return {"file": str(out), **entry, "report": report}
 

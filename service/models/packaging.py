@@ -101,7 +101,7 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
                   description: str = "", changelog: str = "", overrides: dict[str, Any] | None = None,
                   thresholds: list[Threshold] = (), cv: dict[str, Any] | None = None,
                   strict_ranges: bool = False, signing_key: str | None = None,
-                  training_data: dict[str, Any] | None = None,
+                  training_data: dict[str, Any] | None = None, evaluation_source: str | None = None,
                   reference: pd.DataFrame | None = None, card: str = "",
                   require_card: bool = False, feature_names: list[str] | None = None,
                   breaking: bool = False, pickled_with: str | None = None,
@@ -158,7 +158,7 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "metrics": {"holdout": holdout, "holdout_rows": len(X), "cv": cv, "averaging": averaging(classes),
                     "thresholds": [t.__dict__ for t in thresholds]},
         "training_data": training_data,
-        "evaluation_data": fingerprint(X, y),
+        "evaluation_data": fingerprint(X, y) | ({"source": evaluation_source} if evaluation_source else {}),
         "reference_profile": _reference_profile(model, X if reference is None else reference, features, task, salt),
     }
     manifest["compatibility"] = check_meaning(Path(root), manifest, breaking)

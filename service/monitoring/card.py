@@ -44,8 +44,7 @@ def build_card(monitoring: Monitoring, root: Path, name: str, version: int) -> d
         "inputs": [{key: feature.get(key) for key in SCHEMA_COLUMNS}
                    for feature in pii.public_features(manifest["input"]["features"])],
         "outputs": manifest.get("output", {}),
-        "data": {"training": manifest.get("training_data"), "evaluation": manifest.get("evaluation_data"),
-                 "reference_rows": (manifest.get("reference_profile") or {}).get("rows")},
+        "data": data_section(manifest),
         "validation": validation(manifest.get("metrics") or {}),
         "live": live(section, deployed or manifest.get("created_at")),
         "bias": section.get("bias", {}),
@@ -53,6 +52,18 @@ def build_card(monitoring: Monitoring, root: Path, name: str, version: int) -> d
         "changes": changes(manifest, _parent(root, name, manifest.get("parent_version")),
                            None if parent is None else structure(parent.estimator), about["structure"]),
     }
+
+
+def data_section(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The data a version was trained, evaluated and profiled on, each named for what it is.
+
+    Packaged without training data (no ``--train`` or ``--reference``), ``training`` is None: the
+    hold-out set is then the only data the server saw, and the drift reference was profiled on it.
+    """
+    training = manifest.get("training_data") or None
+    return {"training": training, "evaluation": manifest.get("evaluation_data"),
+            "reference_rows": (manifest.get("reference_profile") or {}).get("rows"),
+            "reference_of": "training data" if training else "hold-out (evaluation) data"}
 
 
 def structure(estimator: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 NONE = "—"
+NOT_RECORDED = "not recorded (packaged without --train or --reference)"
 
 
 def markdown(card: dict[str, Any]) -> str:
@@ -30,10 +31,13 @@ def markdown(card: dict[str, Any]) -> str:
 
 def _data(data: dict[str, Any]) -> list[str]:
     evaluation = data.get("evaluation") or {}
-    return ["## Training data", "",
-            f"- **Training data:** {_pairs(data.get('training') or {}) or NONE}",
-            f"- **Evaluation data fingerprint:** sha256 `{evaluation.get('sha256', NONE)}`, {evaluation.get('rows', NONE)} rows",
-            f"- **Reference profile:** {data.get('reference_rows') or NONE} rows", ""]
+    source = f"{evaluation['source']}, " if evaluation.get("source") else ""
+    return ["## Data", "",
+            f"- **Training data:** {_pairs(data.get('training') or {}) or NOT_RECORDED}",
+            f"- **Hold-out (evaluation) data:** {source}sha256 `{evaluation.get('sha256', NONE)}`, "
+            f"{evaluation.get('rows', NONE)} rows",
+            f"- **Drift reference profile:** {data.get('reference_rows') or NONE} rows of the "
+            f"{data.get('reference_of') or NONE}", ""]
 
 
 def _validation(validation: dict[str, Any]) -> list[str]:

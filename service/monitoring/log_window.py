@@ -1,8 +1,9 @@
 """Read a window of the prediction log back: a version's newest predictions, expanded from batch records.
 
 The log keeps one record per batch (``prediction_batches``); a window reads the newest records'
-sizes from the index first, then the columns of only the records that cover the rows wanted,
-and joins the rows' feedback. The result is the *window* shape the monitoring maths takes (see
+sizes from the index first, then the columns of only the records that cover the rows wanted
+(numeric ones as arrays over the stored bytes, others and older records' as JSON lists), and
+joins the rows' feedback. The result is the *window* shape the monitoring maths takes (see
 ``service.monitoring``). No Flask; only reads.
 """
 
@@ -24,6 +25,7 @@ from service.monitoring.window_columns import (
     sparse,
 )
 from service.store import MAX_PARAMS, Store, chunks
+from service.store.columns import read_column, read_inputs
 from service.store.records import ids_of
 
 #: The most predictions one window reads, whatever its size in minutes.
@@ -75,7 +77,7 @@ def read(store: Store, model: str, version: int | None, *, last_n: int | None, s
     return Window(
         columns={f["name"]: feature_column(f, parts, positions_index, f["name"] in hidden) for f in features},
         predictions=as_array(gather([p.outputs for p in parts], positions_index)),
-        probabilities=probability_matrix(gather([p.probabilities for p in parts], positions_index)),
+        probabilities=probability_matrix(gather([p.probabilities for p in parts], positions_index, matrix=True)),
         labels=sparse(_labels(store, ids), n),
         ts=np.array(ts, dtype=np.float64),
         ids=ids,
@@ -115,13 +117,13 @@ def _batches(store: Store, keys: list[int]) -> dict[int, tuple[Stored, str, list
     """Read the columns of some batch records, each once."""
     stored = {}
     for chunk in chunks(keys, MAX_PARAMS):
-        sql = ("SELECT batch, rows, base, positions, features, inputs, outputs, probabilities FROM prediction_batches"  # nosec B608  # noqa: S608  only "?" marks
-               f" WHERE batch IN ({', '.join('?' * len(chunk))})")
-        for key, rows, base, positions, names, inputs, outputs, probas in store.fetch(sql, tuple(chunk)):
-            outputs = orjson.loads(outputs)
-            probas = orjson.loads(probas) if probas is not None else None
-            record = Stored(rows, dict(zip(orjson.loads(names), orjson.loads(inputs), strict=True)),
-                            outputs if len(outputs) == rows else [None] * rows,
+        sql = ("SELECT batch, rows, base, positions, features, inputs, outputs, probabilities, arrays"  # nosec B608  # noqa: S608  only "?" marks
+               f" FROM prediction_batches WHERE batch IN ({', '.join('?' * len(chunk))})")
+        for key, rows, base, positions, names, inputs, outputs, probas, arrays in store.fetch(sql, tuple(chunk)):
+            outputs = read_column(outputs, arrays)
+            probas = read_column(probas, arrays)
+            record = Stored(rows, dict(zip(orjson.loads(names), read_inputs(inputs, arrays), strict=True)),
+                            outputs if outputs is not None and len(outputs) == rows else [None] * rows,
                             probas if probas is not None and len(probas) == rows else [None] * rows)
             stored[key] = (record, base, None if positions is None else orjson.loads(positions))
     return stored

@@ -210,7 +210,8 @@ class Metrics:
 
     def _feature_label(self, model: str, version: str, feature: str) -> str:
         """The feature's name with ``FEATURE_LABELS``, else its position in the manifest (``feature_3``):
-        /metrics needs no key, and feature names are part of what /v1/models keeps behind one."""
+        /metrics may be open (no keys, or METRICS_REQUIRE_KEY=0), and feature names are part of what
+        /v1/models keeps behind a key."""
         if FEATURE_LABELS[0] or feature == PREDICTION_FEATURE:
             return feature
         return f"feature_{self._feature_positions.get((model, version), {}).get(feature, 'unknown')}"

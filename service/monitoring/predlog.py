@@ -5,7 +5,8 @@ inputs redacted by ``privacy.redact`` as ONE record (a ``prediction_batches`` ro
 outputs and probabilities column by column, the request's id base and, when sampled or erased,
 the positions of the rows kept, and the rows' subject hashes when the manifest names a subject.
 A prediction id ``<base>-<i>`` is found by (model, base) and ``i``: a 10,000-row batch so costs a
-few serialisations of whole arrays and one indexed row, not an indexed row per prediction. The
+copy of its numeric columns' bytes (``service.store.columns``; strings stay JSON) and one indexed
+row, not an indexed row per prediction. The
 same batch written twice (a replay) stays one record. ``record_feedback`` stores ground truth by
 prediction id; ``window`` reads the last N predictions (or the last T seconds) of a version back
 (``service.monitoring.log_window``); ``purge`` applies retention. Recording never raises into a
@@ -29,19 +30,17 @@ from service.monitoring import log_window
 from service.monitoring.log_window import MAX_WINDOW_ROWS, Window  # noqa: F401  (part of the log's surface)
 from service.monitoring.privacy import hash_column, hash_value, pii_names, redact
 from service.store import MAX_PARAMS, Store, chunks, erasure
+from service.store import columns as columns_
 from service.store.records import split_id
 
 log = logging.getLogger(__name__)
 
 #: Longest prediction id we look up; anything longer is malformed (ids are ~30 characters).
 MAX_ID_CHARS = 128
-JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 #: The subject hash of a row whose subject value was missing: found by no erasure.
 NO_SUBJECT = ""
 BATCH_COLUMNS = ("ts", "model", "version", "request_id", "latency_ms", "rows", "base", "positions", "subjects",
-                 "features", "inputs", "outputs", "probabilities")
-#: numpy kinds orjson writes itself (OPT_SERIALIZE_NUMPY): bool, signed and unsigned int, float.
-NUMPY_KINDS = "biuf"
+                 "features", "inputs", "outputs", "probabilities", "arrays")
 _HASH_SCALE = float(2**64)
 
 
@@ -49,8 +48,8 @@ _HASH_SCALE = float(2**64)
 class EncodedBatch:
     """One request's logged rows as one record, encoded before the write lock is taken.
 
-    Plain JSON values only, in ``BATCH_COLUMNS`` order: ``dataclasses.asdict`` and
-    ``EncodedBatch(**fields)`` round-trip it through a spool.
+    Plain JSON values and one ``bytes`` field, in ``BATCH_COLUMNS`` order: the spool
+    (``service.monitoring.outbox.pack``) carries ``arrays`` as a raw blob after the rest.
     """
 
     ts: float
@@ -63,9 +62,10 @@ class EncodedBatch:
     positions: str | None  # JSON list of the stored rows' positions when sampled; None: all rows
     subjects: str | None  # JSON list of the stored rows' subject hashes; None without a subject
     features: str  # JSON
-    inputs: str  # JSON
-    outputs: str  # JSON
-    probabilities: str | None  # JSON
+    inputs: str  # JSON: per feature a list of values or a descriptor into ``arrays``
+    outputs: str  # JSON: a list or a descriptor
+    probabilities: str | None  # JSON: a list of rows or a descriptor
+    arrays: bytes | None = None  # the numeric columns' bytes (service.store.columns)
 
 
 def is_sampled(prediction_id: str, rate: float) -> bool:
@@ -172,9 +172,10 @@ class PredictionLog:
 
         safe = redact(features, columns, self.pii_key)
         names = list(safe)
-        inputs = [_column(take(safe[name], f"column {name!r}")) for name in names]
-        outputs = _column(take(predictions, "predictions"))
-        probas = _dumps(_column(take(probabilities, "probabilities"))) if probabilities is not None else None
+        arrays = columns_.ArrayWriter()
+        inputs = [arrays.column(take(safe[name], f"column {name!r}")) for name in names]
+        outputs = arrays.column(take(predictions, "predictions"))
+        probas = _dumps(arrays.column(take(probabilities, "probabilities"))) if probabilities is not None else None
         hashes = None
         if subject:
             raw = columns.get(subject)
@@ -187,7 +188,7 @@ class PredictionLog:
                 hashes = [h or NO_SUBJECT for h in hashed.tolist()]
         return EncodedBatch(float(ts), model, int(version), request_id, float(latency_ms), n if keep is None else len(keep),
                             base, None if keep is None else _dumps(keep), None if hashes is None else _dumps(hashes),
-                            _dumps(names), _dumps(inputs), _dumps(outputs), probas)
+                            _dumps(names), _dumps(inputs), _dumps(outputs), probas, arrays.blob())
 
     def write_encoded(self, db: Any, batch: EncodedBatch) -> None:
         """Insert the batch's record (in the caller's transaction); a replay of it inserts nothing."""
@@ -264,14 +265,4 @@ def _issued(db: Any, model: str, ids: list[str]) -> dict[str, float]:
 
 
 def _dumps(value: Any) -> str:
-    # NaN and inf become null (orjson's rule): missing stays missing. TEXT, not BLOB: SQLite's
-    # JSON functions read a BLOB as JSONB.
-    return orjson.dumps(value, default=str, option=JSON_OPTIONS).decode()
-
-
-def _column(values: np.ndarray) -> np.ndarray | list[Any]:
-    """An array as orjson writes it fastest: numbers as a C-contiguous array (orjson would hand
-    another to ``default``), floats as float64 (the values ``tolist`` gives); others as a list."""
-    if values.dtype.kind in NUMPY_KINDS and values.ndim in (1, 2):
-        return np.ascontiguousarray(values, dtype=np.float64 if values.dtype.kind == "f" else None)
-    return values.tolist()
+    return columns_.dumps(value)

@@ -1,8 +1,14 @@
-"""The monitoring report as plain text for a terminal: the worst news first."""
+"""The monitoring report as plain text for a terminal: the worst news first.
+
+Alerts are worded by ``service.monitoring.page`` (the monitoring page's own view of them): the
+same findings, values, thresholds and "since" times, so the terminal and the page never disagree.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from service.monitoring.page import MISSING, alerts_view
 
 STATUS_MARK = {"ok": "ok   ", "warn": "WARN ", "alert": "ALERT", "insufficient": "  -  "}
 
@@ -12,10 +18,8 @@ def format_report(report: dict[str, Any]) -> str:
     window = report["window"]
     span = f"since {window['since']}" if window.get("since") else f"last {window['last_n']} predictions per version"
     lines = [f"{report['model']}: {span} (until {window['until']})", f"labels: {_pairs(report.get('labels', {}))}"]
-    alerts = [a for a in report.get("alerts", []) if a.get("state") in ("firing", "warn", "pending")]
-    for alert in alerts:
-        lines.append(f"  ALERT {alert['state']:<8} v{alert['version']} {alert['rule']}: value {alert.get('value')} "
-                     f"(threshold {alert.get('threshold')}) since {alert.get('since')}")
+    for alert in alerts_view(report.get("alerts"), report.get("versions"), now=window.get("until")):
+        lines += _alert_lines(alert)
     if not report.get("versions"):
         lines.append("no version in play has been used yet")
     for version, section in report.get("versions", {}).items():
@@ -37,6 +41,20 @@ def format_report(report: dict[str, Any]) -> str:
         bias = section.get("bias", {})
         lines.append(f"  bias         {_mark(bias)} {', '.join(bias.get('features', {})) or 'no sensitive features'}")
     return "\n".join(lines)
+
+
+def _alert_lines(alert: dict[str, Any]) -> list[str]:
+    """One line per alert with its first finding, then one per further finding (as the page's table)."""
+    since = alert["since"]
+    when = "" if since is None else f" since {since['text']}" + (f" ({since['ago']} ago)" if since["ago"] else "")
+    found = [_finding(f) for f in alert["findings"]] + ([f"and {alert['more']} more"] if alert["more"] else [])
+    head = f"  ALERT {alert['state']:<8} v{alert['version']} {alert['rule']}: {found[0] if found else '-'}{when}"
+    return [head, *(f"{'':<8}{line}" for line in found[1:])]
+
+
+def _finding(finding: dict[str, str]) -> str:
+    feature = "" if finding["feature"] == MISSING else f"{finding['feature']} "
+    return f"{feature}{finding['value']} (threshold {finding['threshold']})"
 
 
 def _mark(section: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
 """A window read back: stored ``prediction_batches`` columns turned into the numpy arrays the
 monitoring maths takes (float64 with NaN, or objects with None, for what is missing).
 
-Pure numpy and orjson: the prediction log does the reading; no store, no Flask.
+Pure numpy and orjson: the prediction log does the reading; no store, no Flask. A column comes
+as a JSON list (older records, strings) or an array over a record's bytes (``service.store.columns``);
+both give the same values.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ import numpy as np
 import orjson
 
 from service.models.artifacts import NUMERIC_TYPES
+from service.store.columns import BINARY_KINDS, python_values
 
 
 @dataclass(frozen=True)
 class Stored:
-    """One stored batch, read back: row-aligned lists."""
+    """One stored batch, read back: row-aligned columns, each a JSON list or an array over the stored bytes."""
 
     rows: int
-    inputs: dict[str, list[Any]]  # feature -> values
-    outputs: list[Any]
-    probabilities: list[Any]  # a list per row, or None
+    inputs: dict[str, list[Any] | np.ndarray]  # feature -> values
+    outputs: list[Any] | np.ndarray
+    probabilities: list[Any] | np.ndarray  # a list per row (or None), or a rows x classes matrix
 
 
 def loads_many(texts: list[str]) -> list[Any]:
@@ -32,9 +35,20 @@ def loads_many(texts: list[str]) -> list[Any]:
     return orjson.loads("[" + ",".join(texts) + "]") if texts else []
 
 
-def gather(parts: list[list[Any]], index: np.ndarray) -> list[Any]:
-    """Pick ``index`` from the concatenation of ``parts`` and one trailing None."""
-    flat = [value for part in parts for value in part]
+def gather(parts: list[list[Any] | np.ndarray], index: np.ndarray, *, matrix: bool = False) -> list[Any] | np.ndarray:
+    """Pick ``index`` from the concatenation of ``parts`` and one trailing None (missing).
+
+    When every part is a numeric array (binary records) the answer is an array, picked without
+    a Python object per value; otherwise a list, with arrays read as JSON would have read them.
+    """
+    total = sum(len(part) for part in parts)
+    ndim = 2 if matrix else 1
+    if parts and all(isinstance(part, np.ndarray) and part.dtype.kind in BINARY_KINDS and part.ndim == ndim
+                     for part in parts) \
+            and len({part.shape[1:] for part in parts}) == 1 and (not index.size or int(index.max()) < total):
+        return np.concatenate(parts)[index]
+    flat = [value for part in parts for value in (part.tolist() if matrix and isinstance(part, np.ndarray)
+                                                  else python_values(part))]
     flat.append(None)
     return [flat[i] for i in index.tolist()]
 
@@ -47,7 +61,8 @@ def feature_column(feature: dict[str, Any], stored: Iterable[Stored], index: np.
     parts = []
     for found in stored:
         values = found.inputs.get(feature["name"])
-        if values is None or len(values) != found.rows:  # not stored (pii without a key, another schema)
+        if values is None or len(values) != found.rows or getattr(values, "ndim", 1) != 1:
+            # not stored (pii without a key, another schema)
             parts.append(np.full(found.rows, np.nan) if is_number else np.full(found.rows, None, dtype=object))
         else:
             parts.append(numeric(values) if is_number else objects(values))
@@ -55,7 +70,9 @@ def feature_column(feature: dict[str, Any], stored: Iterable[Stored], index: np.
     return np.concatenate(parts)[index]
 
 
-def numeric(values: list[Any]) -> np.ndarray:
+def numeric(values: list[Any] | np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64)  # bool and int as the numbers they are; a copy, never the stored bytes
     try:
         return np.array(values, dtype=np.float64)  # None -> NaN
     except (TypeError, ValueError):  # a value of another type (the schema changed): treat it as missing
@@ -63,19 +80,24 @@ def numeric(values: list[Any]) -> np.ndarray:
                         dtype=np.float64)
 
 
-def objects(values: list[Any]) -> np.ndarray:
+def objects(values: list[Any] | np.ndarray) -> np.ndarray:
+    values = python_values(values)  # Python values, None for NaN: as a JSON record reads
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
 
 
-def as_array(values: list[Any]) -> np.ndarray:
+def as_array(values: list[Any] | np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values
     if any(isinstance(v, (str, list, dict)) or v is None for v in values):
         return objects(values)  # string classes stay Python strings, as the runtime gives them
     return np.array(values)
 
 
-def probability_matrix(rows: list[list[Any] | None]) -> np.ndarray | None:
+def probability_matrix(rows: list[list[Any] | None] | np.ndarray) -> np.ndarray | None:
+    if isinstance(rows, np.ndarray):
+        return np.asarray(rows, dtype=np.float64) if rows.ndim == 2 else None
     present = [i for i, row in enumerate(rows) if row is not None]
     if not present:
         return None

@@ -253,7 +253,7 @@ def _inputs(inputs: list[dict[str, Any]], binary: memoryview, max_rows: int) -> 
             if type(size) is not int or size < 0 or offset + size > len(binary) or "data" in tensor:
                 invalid(f"{field}.parameters.binary_data_size", "Must be the byte count of this input's binary "
                         "data, which follows the JSON header (Inference-Header-Content-Length), without data.")
-            values = tensors.from_binary(binary[offset:offset + size], tensor["datatype"], shape, field)
+            values = _nan_as_null(tensors.from_binary(binary[offset:offset + size], tensor["datatype"], shape, field))
             offset += size
             if not matrix:
                 values = values.reshape(-1).tolist()
@@ -267,6 +267,21 @@ def _inputs(inputs: list[dict[str, Any]], binary: memoryview, max_rows: int) -> 
             invalid(f"inputs[{i}]", f"Must hold {inputs[i]['shape'][0]} values for shape {inputs[i]['shape']}, "
                                     f"not {len(data[name])}.")
     return "columns", data
+
+
+def _nan_as_null(values: np.ndarray) -> np.ndarray:
+    """Read NaN in a binary FP tensor as a missing value, as JSON ``null`` is read.
+
+    Binary data has no null, so NaN is how clients (numpy, pandas, tritonclient) mark one. The
+    values become Python objects only when a NaN is there; validation then treats each as JSON
+    ``null``: missing for a nullable feature, "Field may not be null." for another. Infinity
+    stays a number and is refused as one.
+    """
+    if values.dtype.kind != "f" or not (missing := np.isnan(values)).any():
+        return values
+    marked = values.astype(object)
+    marked[missing] = None
+    return marked
 
 
 def _outputs(requested: list[dict[str, Any]] | None, parameters: dict[str, Any]) -> tuple[tuple[str, ...], frozenset[str]]:

@@ -83,11 +83,11 @@ class Store:
 
     def _set_up(self) -> None:
         self.create_tables(SCHEMA)
-        with self.dialect.errors(), self._connection() as db:
-            self.dialect.uncompressed(db, "prediction_batches", ("inputs", "outputs", "probabilities"))
         from service.store import migration
 
         migration.upgrade(self)  # a database of an earlier prediction log layout: batch records now
+        with self.dialect.errors(), self._connection() as db:  # after the upgrade: it may add ``arrays``
+            self.dialect.uncompressed(db, "prediction_batches", ("inputs", "outputs", "probabilities", "arrays"))
 
     def ensure_tables(self, ddl: str) -> None:
         """Have ``ddl``'s tables (as ``create_tables``): created now if the database answers, else

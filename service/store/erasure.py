@@ -3,7 +3,8 @@
 A model whose manifest names a ``subject`` feature has each batch record carry the keyed hash of
 that value for each of its rows (``prediction_batches.subjects``, a JSON list). ``erase`` finds
 the records holding a hash, deletes the person's rows' feedback and rewrites each record without
-those rows, in one transaction per record (or deletes it once it is empty). The other rows keep
+those rows, in one transaction per record (or deletes it once it is empty), in the binary
+encoding of ``service.store.columns`` whichever encoding the record had. The other rows keep
 their ids: the record's ``positions`` list says which request positions are left, so an erased
 row's id becomes unknown and nobody else's moves. The hash key is ``PII_HASH_KEY`` or, without
 one, a random secret made once and kept in the store (``subject_key``). This module never sees a
@@ -15,9 +16,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import numpy as np
 import orjson
 
-from service.store import MAX_PARAMS, Store, chunks
+from service.store import MAX_PARAMS, Store, chunks, columns
 from service.store.records import ids_of
 
 #: ``store_secrets`` row of the key subjects are hashed with when no PII_HASH_KEY is configured.
@@ -72,11 +74,11 @@ def erase(store: Store, hashes: list[str], model: str | None = None) -> dict[str
 
 def _erase_in_batch(db: Any, batch: int, hashes: set[str], counts: dict[str, int]) -> None:
     """Within one transaction: delete the person's rows of one record and rewrite what remains of it."""
-    found = db.execute("SELECT rows, base, positions, subjects, inputs, outputs, probabilities FROM prediction_batches"
-                       " WHERE batch = ?", (batch,)).fetchall()
+    found = db.execute("SELECT rows, base, positions, subjects, inputs, outputs, probabilities, arrays"
+                       " FROM prediction_batches WHERE batch = ?", (batch,)).fetchall()
     if not found:
         return
-    size, base, positions, subjects, inputs, outputs, probabilities = found[0]
+    size, base, positions, subjects, inputs, outputs, probabilities, arrays = found[0]
     subjects = orjson.loads(subjects)
     gone = [k for k, h in enumerate(subjects) if h in hashes]
     if not gone:
@@ -94,18 +96,28 @@ def _erase_in_batch(db: Any, batch: int, hashes: set[str], counts: dict[str, int
         counts["prediction_batches_deleted"] += 1
         return
     kept_positions = [int(ids[k].rpartition("-")[2]) for k in keep]
+    # Rewritten in the binary encoding, whichever it was written in: what is left reads the same.
+    writer = columns.ArrayWriter()
+    new_inputs = [writer.column(_take(column, keep)) for column in columns.read_inputs(inputs, arrays)]
+    new_outputs = writer.column(_take(columns.read_column(outputs, arrays), keep))
+    new_probabilities = None if probabilities is None else _dumps(
+        writer.column(_take(columns.read_column(probabilities, arrays), keep)))
     db.execute("UPDATE prediction_batches SET rows = ?, positions = ?, subjects = ?, inputs = ?, outputs = ?,"
-               " probabilities = ? WHERE batch = ?",
-               (len(keep), _dumps(kept_positions), _dumps([subjects[k] for k in keep]),
-                _dumps([_take(column, keep) for column in orjson.loads(inputs)]), _dumps(_take(orjson.loads(outputs), keep)),
-                None if probabilities is None else _dumps(_take(orjson.loads(probabilities), keep)), batch))
+               " probabilities = ?, arrays = ? WHERE batch = ?",
+               (len(keep), _dumps(kept_positions), _dumps([subjects[k] for k in keep]), _dumps(new_inputs),
+                _dumps(new_outputs), new_probabilities, writer.blob(), batch))
     counts["prediction_batches_rewritten"] += 1
 
 
-def _take(values: list[Any], keep: list[int]) -> list[Any]:
-    # A column shorter than the batch (written by another schema) is left to read as missing.
-    return [values[i] for i in keep] if len(values) > keep[-1] else values
+def _take(values: list[Any] | np.ndarray | None, keep: list[int]) -> list[Any] | np.ndarray | None:
+    """The kept rows of a column; one shorter than the batch (written by another schema) or unreadable
+    is left to read as missing."""
+    if values is None or len(values) <= keep[-1]:
+        return values if values is not None else []
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    return columns.from_json([values[i] for i in keep])
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return columns.dumps(value)

@@ -3,7 +3,8 @@
 Until batch records, every logged prediction also had a ``predictions`` row (id, ts, model,
 version, batch, row_index, subject), and before ``prediction_batches`` existed that row held the
 prediction's inputs, output and probabilities as JSON itself (the "legacy" layout). Both now
-become batch records: ``prediction_batches`` gains ``base``, ``positions`` and ``subjects``, and
+become batch records: ``prediction_batches`` gains ``base``, ``positions``, ``subjects`` (and
+``arrays``, the binary columns of records written since), and
 the ``predictions`` rows are folded into them, oldest first, a few thousand rows per transaction
 (all rows of a batch share its model, version and timestamp, so a step never splits one), then
 the emptied table is dropped. Every process runs this at start before its first read or write,
@@ -36,9 +37,9 @@ def upgrade(store: Any) -> None:
     if any(column not in names for column in BATCH_COLUMNS_ADDED):
         with store._transaction(lock="schema") as db:  # workers starting together: one adds them
             names = store.column_names("prediction_batches", db)
-            for column in BATCH_COLUMNS_ADDED:
+            for column, kind in BATCH_COLUMNS_ADDED.items():
                 if column not in names:
-                    db.execute(f"ALTER TABLE prediction_batches ADD COLUMN {column} TEXT")
+                    db.execute(f"ALTER TABLE prediction_batches ADD COLUMN {column} {kind.format(**store.dialect.DDL)}")
     store.create_tables(BATCH_INDEXES)
     with store._transaction() as db:
         if not _has_predictions(store, db):
@@ -72,7 +73,7 @@ def _step(db: Any, names: list[str]) -> tuple[int, int] | None:
     # A legacy table may lack the reference columns (only added by the code that came after it).
     wanted = ", ".join(["rowid", "id", "ts", *(c if c in names else "NULL" for c in ("batch", "row_index", "subject")),
                         *(("inputs", "output", "probabilities") if legacy else ())])
-    select = f"SELECT {wanted} FROM predictions WHERE model = ? AND version = ?"  # noqa: S608  # nosec B608  # constants only
+    select = f"SELECT {wanted} FROM predictions WHERE model = ? AND version = ?"  # nosec B608  # noqa: S608  column names are constants
     bound = db.execute("SELECT ts FROM predictions WHERE model = ? AND version = ? ORDER BY ts LIMIT 1 OFFSET ?",
                        (model, version, STEP_ROWS)).fetchall()
     if not bound:

@@ -43,7 +43,7 @@ class PostgresDialect:
     """PostgreSQL through psycopg 3: writers side by side, explicit row ids, advisory locks."""
 
     DDL = {"rowid": "rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,", "any": "TEXT",  # ``any``: JSON text
-           "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"}
+           "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "bytes": "BYTEA"}
 
     def __init__(self, url: str, timeout: float):
         import psycopg  # only PostgreSQL users pay for the import

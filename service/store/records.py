@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-#: DDL for both backends: ``{rowid}`` is SQLite's implicit row id made explicit on PostgreSQL.
+#: DDL for both backends: ``{rowid}`` is SQLite's implicit row id made explicit on PostgreSQL;
+#: ``{bytes}`` is BLOB or BYTEA.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     {rowid}
@@ -51,10 +52,14 @@ CREATE TABLE IF NOT EXISTS prediction_batches (
     subjects TEXT,                     -- JSON list: each stored row's keyed subject hash ('' when missing);
                                        -- NULL for a model without a subject
     features TEXT NOT NULL,            -- JSON list: the stored features, in the order of ``inputs``
-    inputs TEXT NOT NULL,              -- JSON list of columns, one list of ``rows`` values per feature;
+    inputs TEXT NOT NULL,              -- JSON list of columns, one per feature: a list of ``rows`` values, or a
+                                       -- descriptor of numbers in ``arrays`` (service.store.columns);
                                        -- pii features hashed or absent (never raw)
-    outputs TEXT NOT NULL,             -- JSON list: the ``rows`` predictions
-    probabilities TEXT                 -- JSON list of ``rows`` lists in the model's class order, or NULL
+    outputs TEXT NOT NULL,             -- JSON: the ``rows`` predictions, as a list or a descriptor
+    probabilities TEXT,                -- JSON: ``rows`` lists in the model's class order, or a descriptor
+                                       -- of a rows x classes matrix; NULL without probabilities
+    arrays {bytes}                     -- the numeric columns' little-endian bytes, where the descriptors
+                                       -- point; NULL in a record with none (and every record from before)
 );
 CREATE INDEX IF NOT EXISTS prediction_batches_ts ON prediction_batches (ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -94,8 +99,9 @@ BATCH_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS prediction_batches_model_base ON prediction_batches (model, base);
 CREATE INDEX IF NOT EXISTS prediction_batches_model_version_ts ON prediction_batches (model, version, ts, rows);
 """
-#: Columns of ``prediction_batches`` a database made before batch records lacks.
-BATCH_COLUMNS_ADDED = ("base", "positions", "subjects")
+#: Columns of ``prediction_batches`` a database made before batch records (or before binary
+#: columns, for ``arrays``) lacks, with their DDL types.
+BATCH_COLUMNS_ADDED = {"base": "TEXT", "positions": "TEXT", "subjects": "TEXT", "arrays": "{bytes}"}
 
 
 def split_id(prediction_id: str) -> tuple[str, int] | None:

@@ -34,7 +34,8 @@ class SQLiteDialect:
 
     # ``serial``: a key the database numbers, stable for references (an INTEGER PRIMARY KEY is
     # the rowid itself; an undeclared rowid may be renumbered by VACUUM).
-    DDL = {"rowid": "", "any": "", "serial": "INTEGER PRIMARY KEY"}  # ``any``: no declared type, values as given
+    DDL = {"rowid": "", "any": "", "serial": "INTEGER PRIMARY KEY",  # ``any``: no declared type, values as given
+           "bytes": "BLOB"}
 
     def __init__(self, path: Path, timeout: float):
         self.path = path

@@ -70,12 +70,16 @@ def test_card_html_has_every_section_under_the_monitoring_csp(credit_app):
     assert reply.status_code == 200 and reply.mimetype == "text/html"
     assert "default-src 'none'" in reply.headers["Content-Security-Policy"]
     html = reply.get_data(as_text=True)
-    for heading in ("Intended use and limitations", "Input constraints", "Training data", "Validation",
+    for heading in ("Intended use and limitations", "Input constraints", "Data", "Validation",
                     "Since deployment", "Bias by sensitive group", "Global feature importance",
                     "Changes since the parent version"):
         assert f">{heading}" in html, heading
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
     assert "Changelog: a forest: better recall" in html
+    # packaged without training data: the hold-out is named as such, never as training data
+    assert "<li>Training data: not recorded (packaged without --train or --reference)</li>" in html
+    assert "<li>Hold-out (evaluation) data: sha256 <code>" in html
+    assert "rows of the hold-out (evaluation) data</li>" in html
     assert "ColumnTransformer → LogisticRegression</code> became <code>ColumnTransformer → RandomForestClassifier" in html
 
 
@@ -92,6 +96,9 @@ def test_card_markdown_carries_the_figures(credit_app):
     assert "Mean absolute contribution to the probability (tree_shap)" in text
     assert "Parent: version 1. Changelog: a forest: better recall" in text
     assert "- Evaluation data: the same rows" in text
+    assert "## Data\n\n- **Training data:** not recorded (packaged without --train or --reference)\n" in text
+    assert "- **Hold-out (evaluation) data:** sha256 `" in text
+    assert "rows of the hold-out (evaluation) data\n" in text
     assert "- Estimator: ColumnTransformer → LogisticRegression became ColumnTransformer → RandomForestClassifier" in text
 
 

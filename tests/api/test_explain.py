@@ -102,8 +102,13 @@ def test_a_logged_prediction_is_explained_again(app, client):
     body = later.get_json()
     assert body["id"] == ids[1] and body["version"] == 1 and body["prediction"] == now["predictions"][1]
     assert body["explanation"]["complete"] is True and body["explanation"]["withheld"] == {}
-    assert body["base"] == pytest.approx(now["explanations"][1]["base"], abs=1e-12)
-    assert body["contributions"] == pytest.approx(now["explanations"][1]["contributions"], abs=1e-9)
+    # :explain's shape: what the numbers mean in "explanation", the row in "explanations"
+    assert body["explanation"] == now["explanation"] | {"complete": True, "withheld": {}}
+    assert "base" not in body and "contributions" not in body and len(body["explanations"]) == 1
+    (row,) = body["explanations"]
+    assert set(row) == set(now["explanations"][1]) == {"base", "contributions"}
+    assert row["base"] == pytest.approx(now["explanations"][1]["base"], abs=1e-12)
+    assert row["contributions"] == pytest.approx(now["explanations"][1]["contributions"], abs=1e-9)
 
 
 def test_unknown_prediction_is_404(client):
@@ -119,10 +124,11 @@ def test_pii_never_stored_is_named_and_linear_models_explain_the_rest(make_app, 
     body = client.get(f"/v1/models/loans/predictions/{ids[0]}/explanation").get_json()
     assert body["explanation"]["complete"] is False
     assert body["explanation"]["withheld"] == {"postcode": "pii: never stored (no PII_HASH_KEY when it was logged)"}
-    assert body["contributions"]["postcode"] is None
+    (row,) = body["explanations"]
+    assert row["contributions"]["postcode"] is None
     fresh = client.post("/v1/models/loans:explain", json=payloads(frame.iloc[:1])["records"]).get_json()
     for feature in ("age", "income"):
-        assert body["contributions"][feature] == pytest.approx(fresh["explanations"][0]["contributions"][feature])
+        assert row["contributions"][feature] == pytest.approx(fresh["explanations"][0]["contributions"][feature])
 
 
 def test_pii_hashed_blocks_a_tree_explanation_with_the_reason(make_app, artifact_root):

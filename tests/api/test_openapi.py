@@ -164,3 +164,20 @@ def test_a_prediction_links_to_its_model_and_version_for_stateful_clients(spec):
 ])
 def test_a_feature_becomes_json_schema(feature, expected):
     assert {k: v for k, v in openapi_routes.feature_schema(feature).items() if k != "description"} == expected
+
+
+def test_both_explanations_are_documented_in_one_shape_and_answer_in_it(app, spec):
+    client = app.test_client()
+    now = client.post("/v1/models/breast-cancer:explain", json={"instances": [[14.0] * 30]}).get_json()
+    app.extensions["observer"].flush()
+    later = client.get(f"/v1/models/breast-cancer/predictions/{now['ids'][0]}/explanation").get_json()
+    explain = operation(spec, "/v1/models/{name}:explain", "post")["responses"]["200"]["content"]["application/json"]
+    logged = operation(spec, "/v1/models/{name}/predictions/{prediction_id}/explanation", "get")["responses"]["200"]
+    assert explain["schema"] == {"$ref": "#/components/schemas/PredictResponse"}
+    assert logged["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/LoggedExplanation"}
+    schemas = spec["components"]["schemas"]
+    assert schemas["PredictResponse"]["properties"]["explanations"] == schemas["LoggedExplanation"]["properties"][
+        "explanations"]
+    for ref, body in (("PredictResponse", now), ("LoggedExplanation", later)):
+        assert list(schema_validator(spec, ref).iter_errors(body)) == [], ref
+    assert set(schemas["RowExplanation"]["required"]) == {"base", "contributions"}

@@ -40,3 +40,17 @@ def test_card_of_an_unknown_version_fails_in_one_line(tmp_path, user_model):  # 
     root = tmp_path / "artifacts"
     invoke(root, tmp_path, *package_args(user_model, "--name", "user"))
     assert_one_line_error(invoke(root, tmp_path, "card", "user", "7"), "No such model version.")
+
+
+def test_a_card_names_the_hold_out_as_such_and_training_data_only_when_given(tmp_path, user_model):  # noqa: F811
+    root = tmp_path / "artifacts"
+    _, data, _ = user_model
+    assert invoke(root, tmp_path, *package_args(user_model, "--name", "user")).exit_code == 0
+    assert invoke(root, tmp_path, *package_args(user_model, "--name", "user", "--train", str(data))).exit_code == 0
+    without = invoke(root, tmp_path, "card", "user", "1").stdout
+    assert "- **Training data:** not recorded (packaged without --train or --reference)" in without
+    assert f"- **Hold-out (evaluation) data:** {data}, sha256 `" in without
+    assert "rows of the hold-out (evaluation) data" in without
+    assert f"source={data}" not in without
+    given = invoke(root, tmp_path, "card", "user", "2").stdout
+    assert f"- **Training data:** source={data}" in given and "rows of the training data" in given

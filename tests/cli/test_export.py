@@ -70,3 +70,16 @@ def test_pmml_says_in_one_line_that_there_is_none(root, tmp_path):
     result = run(root, "export", "diabetes", "1", "--format", "pmml", "--out", str(tmp_path / "d.pmml"))
     assert result.exit_code == 1
     assert result.stderr == "Error: diabetes version 1 has no PMML file: packaging does not convert to PMML yet\n"
+
+
+def test_without_out_it_writes_under_exports_and_says_where(root, tmp_path, monkeypatch):
+    work = tmp_path / "checkout"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    result = run(root, "export", "breast-cancer", "1", "--format", "onnx")
+    assert result.exit_code == 0, result.output
+    written = work / "exports" / "breast-cancer-1.onnx"
+    assert result.stdout == (f"exported breast-cancer version 1 as onnx to {written} "
+                             f"(sha256 {artifacts.sha256_file(written)})\n")
+    assert [p.name for p in work.iterdir()] == ["exports"]  # nothing loose in the folder it ran from
+

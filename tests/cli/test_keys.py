@@ -90,7 +90,7 @@ def test_malformed_file_is_one_line(runner, keys_file):
 
 def test_no_file_configured():
     result = CliRunner(env={"API_KEYS_FILE": None}).invoke(keys, ["list"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a missing option, as click says of any other
     assert "pass --file or set API_KEYS_FILE" in result.stderr
 
 

@@ -86,21 +86,30 @@ def test_set_changes_only_what_is_given(runner, root):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "nothing to change: give --canary/--weight, --end-canary, --shadow, --fallback, --budget-ms or a rule option"),
-    (["--canary", "2"], "--canary needs --weight (the share of traffic in percent)"),
     (["--weight", "5"], "model 'm' has no canary; give --canary with --weight"),
     (["--canary", "1", "--weight", "5"], "version 1 is production; a canary must be another version"),
     (["--canary", "9", "--weight", "5"], "model 'm' has no version 9"),
     (["--canary", "2", "--weight", "150"], "canary weight must be a number from 0 to 100"),
-    (["--end-canary", "--weight", "5"], "--end-canary cannot be combined with --canary/--weight"),
-    (["--shadow", "2", "--no-shadow"], "--no-shadow cannot be combined with --shadow"),
-    (["--fallback", "2", "--no-fallback"], "--no-fallback cannot be combined with --fallback"),
     (["--budget-ms", "-1"], "budget_ms must be a number from 0.1 to 600000"),
     (["--max-error-rate", "3"], "max_error_rate must be a number from 0 to 1"),
 ])
 def test_set_refusals_are_one_line_and_change_nothing(runner, root, args, message):
     before = (root / "m" / "registry.json").read_bytes()
     assert_one_line_error(run(runner, root, "rollout", "set", "m", *args, "--reason", "r"), message)
+    assert (root / "m" / "registry.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "nothing to change: give --canary/--weight, --end-canary, --shadow, --fallback, --budget-ms or a rule option"),
+    (["--canary", "2"], "--canary needs --weight (the share of traffic in percent)"),
+    (["--end-canary", "--weight", "5"], "--end-canary cannot be combined with --canary/--weight"),
+    (["--shadow", "2", "--no-shadow"], "--no-shadow cannot be combined with --shadow"),
+    (["--fallback", "2", "--no-fallback"], "--no-fallback cannot be combined with --fallback"),
+])
+def test_a_command_line_that_contradicts_itself_is_a_usage_error_that_changes_nothing(runner, root, args, message):
+    before = (root / "m" / "registry.json").read_bytes()
+    result = run(runner, root, "rollout", "set", "m", *args, "--reason", "r")
+    assert result.exit_code == 2 and result.stderr.endswith(f"\nError: {message}\n"), result.output
     assert (root / "m" / "registry.json").read_bytes() == before
 
 

@@ -160,3 +160,22 @@ def test_the_catalog_prepares_each_version_as_it_loads(tmp_path):
     model = catalog.resolve("m", 1)
     assert explain.cost_of(model) is not None and explain.cost_of(model).method == "linear"
     assert len(list((tmp_path / "shared").glob("explain-cost-m-1-*.json"))) == 1
+
+
+def test_a_model_that_waits_is_measured_within_a_second_of_the_clock(monkeypatch):
+    """A model whose predict sleeps uses no CPU, so only the clock can stop the doubling."""
+    import time as clock
+
+    from service.explain import cost
+
+    calls = []
+
+    def sleepy(data):
+        calls.append(data)
+        clock.sleep(0.15)
+
+    started = clock.monotonic()
+    measured = cost._per_row(sleepy, lambda n: {"x": [0.0] * n}, cap=4096)
+    assert clock.monotonic() - started < cost.MEASURE_WALL_SECONDS + 0.5
+    assert measured is not None and len(calls) < 10
+    assert cost._per_row(lambda data: clock.sleep(1.1), lambda n: {"x": [0.0] * n}, cap=4096) is None

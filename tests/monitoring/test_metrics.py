@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 from flask import Flask
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -475,16 +476,21 @@ def test_alert_rules_pass_promtool():
     assert "SUCCESS" in done.stdout
 
 
-def test_example_prometheus_config_passes_promtool():
-    done = subprocess.run([promtool(), "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True,
-                          timeout=60)
+def test_example_prometheus_config_passes_promtool_and_scrapes_with_a_key(tmp_path):
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    (scrape,) = config["scrape_configs"]
+    assert scrape["authorization"] == {"type": "Bearer", "credentials_file": "metrics.key"}
+    shutil.copy(PROMETHEUS_CONFIG, tmp_path / "prometheus.yml")
+    shutil.copy(PROMETHEUS_CONFIG.parent / "alerts.yml", tmp_path / "alerts.yml")
+    (tmp_path / "metrics.key").write_text("sk_" + "x" * 43 + "\n")  # promtool checks the file is there
+    done = subprocess.run([promtool(), "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_alert_rules_fire_on_the_figures_they_watch(tmp_path):
     """Feed series to promtool's rule tester: the drift and 5xx alerts fire, nothing else."""
-    (tmp_path / "alerts.yml").write_text(without_annotations(ALERTS.read_text()))
-    (tmp_path / "test.yml").write_text(textwrap.dedent("""
+    assert_rule_tests_pass(tmp_path, """
         rule_files: [alerts.yml]
         evaluation_interval: 1m
         tests:
@@ -521,17 +527,13 @@ def test_alert_rules_fire_on_the_figures_they_watch(tmp_path):
               - eval_time: 40m
                 alertname: SklearnServerStoreWriteFailures
                 exp_alerts: []
-    """))
-    done = subprocess.run([promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
+    """)
 
 
 def test_recording_alerts_fire_when_records_are_dropped_or_writes_fail(tmp_path):
     """A dropped record alerts at once (by reason); failing writes alert after two minutes; a spool
     backlog of ten minutes warns; none of them fires while the counters stand still."""
-    (tmp_path / "alerts.yml").write_text(without_annotations(ALERTS.read_text()))
-    (tmp_path / "test.yml").write_text(textwrap.dedent("""
+    assert_rule_tests_pass(tmp_path, """
         rule_files: [alerts.yml]
         evaluation_interval: 1m
         tests:
@@ -565,7 +567,13 @@ def test_recording_alerts_fire_when_records_are_dropped_or_writes_fail(tmp_path)
                 alertname: SklearnServerSpoolBacklog
                 exp_alerts:
                   - exp_labels: {severity: warning, job: j, instance: a}
-    """))
+    """)
+
+
+def assert_rule_tests_pass(tmp_path, tests_yaml: str) -> None:
+    """Run promtool's rule tester on the shipped rules (without their prose) with ``tests_yaml``."""
+    (tmp_path / "alerts.yml").write_text(without_annotations(ALERTS.read_text()))
+    (tmp_path / "test.yml").write_text(textwrap.dedent(tests_yaml))
     done = subprocess.run([promtool(), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

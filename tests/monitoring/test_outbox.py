@@ -6,6 +6,7 @@ import logging
 import sqlite3
 import time
 
+import numpy as np
 import pytest
 
 from service.monitoring.outbox import ADOPT_SECONDS, Outbox, pack, unpack
@@ -59,6 +60,23 @@ def test_a_record_round_trips_with_binary_fields_as_they_are():
     for broken in (b"", b"\x05\x00\x00\x00[99]", pack(None, batch)[:-1], pack(None, batch) + b"x"):
         with pytest.raises(ValueError):
             unpack(broken)
+
+
+def test_an_encoded_binary_batch_round_trips_and_reaches_the_store_as_it_was(store, tmp_path):
+
+    features = [{"name": "x", "type": "float"}, {"name": "c", "type": "category"}]
+    plog = PredictionLog(store)
+    batch = plog.encode("m", 1, "r", ["b-0", "b-1"], {"x": np.array([0.5, np.nan]), "c": np.array(["a", None], dtype=object)},
+                        np.array([1, 0]), np.array([[0.25, 0.75], [1.0, 0.0]]), 1.0, features, ts=1.0)
+    assert isinstance(batch.arrays, bytes) and len(batch.arrays) == 8 * (2 + 2 + 4)
+    assert unpack(pack(request_row(1), batch)) == (request_row(1), batch)
+    outbox = outbox_for(store, tmp_path / "spool")
+    outbox.put([pack(None, batch)])
+    outbox.pump()
+    window = plog.window("m", 1, features=features)
+    assert window.ids == ["b-1", "b-0"] and window.predictions.tolist() == [0, 1]
+    assert np.array_equal(window.columns["x"], [np.nan, 0.5], equal_nan=True) and window.columns["c"].tolist() == [None, "a"]
+    assert window.probabilities.tolist() == [[1.0, 0.0], [0.25, 0.75]]
 
 
 def test_a_locked_store_costs_no_records(store, tmp_path):

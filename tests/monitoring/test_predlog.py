@@ -4,11 +4,11 @@ of the ``store`` fixture run on PostgreSQL too (its own failures: test_store_pos
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -17,11 +17,15 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
-from service.monitoring.predlog import EncodedBatch, PredictionLog, is_sampled
+from service.monitoring.outbox import pack, unpack
+from service.monitoring.predlog import PredictionLog, is_sampled
 from service.monitoring.privacy import hash_value
 from service.store import RequestRecord, ShadowRecord, Store
+from service.store.columns import python_values, read_inputs
+from service.store.records import SCHEMA
 from tests.builders import logged_ids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,10 +59,10 @@ def ids(n: int, base: str = "18c0ffee0000abcdef012345") -> list[str]:
 def stored_inputs(store: Store, prediction_id: str) -> dict:
     """The inputs stored for one prediction: its row of its batch record's columns."""
     base, _, position = prediction_id.rpartition("-")
-    ((names, inputs, positions),) = store.fetch("SELECT features, inputs, positions FROM prediction_batches"
-                                                " WHERE base = ?", (base,))
+    ((names, inputs, positions, arrays),) = store.fetch("SELECT features, inputs, positions, arrays FROM prediction_batches"
+                                                        " WHERE base = ?", (base,))
     row = int(position) if positions is None else json.loads(positions).index(int(position))
-    return {name: column[row] for name, column in zip(json.loads(names), json.loads(inputs), strict=True)}
+    return {name: python_values(column)[row] for name, column in zip(json.loads(names), read_inputs(inputs, arrays), strict=True)}
 
 
 def db_bytes(path: Path) -> bytes:
@@ -144,7 +148,8 @@ def test_a_replayed_batch_stays_one_record_and_keeps_its_first_rows(store):
     assert plog.record("m", 1, "r", ids(3), {"x": np.arange(3.0)}, np.zeros(3), None, 1, features, now=10.0)
     assert plog.record("m", 1, "r", ids(3), {"x": np.arange(3.0) + 100}, np.ones(3), None, 1, features, now=20.0)
     batch = plog.encode("m", 1, "r", ids(2, "other"), {"x": np.ones(2)}, np.ones(2), None, 1, features, ts=30.0)
-    spooled = EncodedBatch(**json.loads(json.dumps(dataclasses.asdict(batch))))  # through a JSON spool and back
+    assert isinstance(batch.arrays, bytes)  # numeric columns as bytes
+    spooled = unpack(pack(None, batch))[1]  # through the spool and back
     assert spooled == batch
     for replay in (batch, spooled):
         assert store.write("predictions", lambda db, replay=replay: plog.write_encoded(db, replay))
@@ -452,3 +457,87 @@ def test_a_committed_row_survives_a_crash_right_after_the_commit(tmp_path):
     """, tmp_path)
     assert done.returncode == -signal.SIGKILL and done.stdout == "committed", done.stderr
     assert logged_ids(Store(tmp_path / "log.sqlite")) == ["crash-0"]
+
+
+def write_json_record(store: Store, base: str, ts: float, columns: dict, outputs, probabilities) -> None:
+    """Insert a batch record as the JSON-only encoding wrote it (every column a list, no ``arrays``)."""
+    def dumps(value):
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+    store.write("predictions", lambda db: db.execute(
+        "INSERT INTO prediction_batches (ts, model, version, request_id, latency_ms, rows, base, features, inputs,"
+        " outputs, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (ts, "m", 1, "r", 1.0, len(outputs), base, dumps(list(columns)),
+         dumps([np.asarray(v).tolist() for v in columns.values()]), dumps(np.asarray(outputs).tolist()),
+         None if probabilities is None else dumps(np.asarray(probabilities).tolist()))))
+
+
+MIXED = [{"name": "x", "type": "float"}, {"name": "n", "type": "int"}, {"name": "b", "type": "bool"},
+         {"name": "c", "type": "category", "categories": ["a", "b"]}]
+
+
+def mixed_columns(offset: float) -> dict:
+    return {"x": np.array([offset, np.nan, offset + 2]), "n": np.array([1, 2, 3]) + int(offset),
+            "b": np.array([True, False, True]), "c": np.array(["a", None, "b"], dtype=object)}
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_a_window_reads_json_and_binary_records_alike(make_store, probabilities):
+    """A log written by the JSON encoding goes on being read after binary records join it."""
+    store = make_store()
+    plog = PredictionLog(store)
+    proba = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]]) if probabilities else None
+    write_json_record(store, "old", 10.0, mixed_columns(0), np.array([0, 1, 1]), proba)
+    assert plog.record("m", 1, "r", ids(3, "new"), mixed_columns(100), np.array([1, 0, 1]), proba, 1.0, MIXED, now=20.0)
+    (arrays,) = (row[0] for row in store.fetch("SELECT arrays FROM prediction_batches WHERE base = 'new'"))
+    assert isinstance(arrays, bytes) and len(arrays) >= 8 * 3 * 3  # x, n and the outputs as bytes
+    window = plog.window("m", 1, features=MIXED)
+    assert window.ids == [*ids(3, "new")[::-1], *ids(3, "old")[::-1]]
+    expected_x = [102.0, np.nan, 100.0, 2.0, np.nan, 0.0]
+    assert window.columns["x"].dtype == np.float64
+    assert np.array_equal(window.columns["x"], expected_x, equal_nan=True)
+    assert window.columns["n"].tolist() == [103.0, 102.0, 101.0, 3.0, 2.0, 1.0]
+    assert window.columns["b"].tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    assert window.columns["c"].tolist() == ["b", None, "a", "b", None, "a"]
+    assert window.predictions.tolist() == [1, 0, 1, 1, 1, 0] and window.predictions.dtype.kind == "i"
+    if probabilities:
+        assert window.probabilities.tolist() == [*proba[::-1].tolist(), *proba[::-1].tolist()]
+    else:
+        assert window.probabilities is None
+    # Binary records alone come out as the arrays the JSON path gives.
+    alone = plog.window("m", 1, last_n=3, features=MIXED)
+    assert alone.predictions.dtype.kind == "i" and alone.columns["c"].dtype == object
+    assert alone.probabilities is None if not probabilities else alone.probabilities.tolist() == proba[::-1].tolist()
+
+
+def test_a_database_made_before_binary_columns_gains_them_and_keeps_its_records(make_store, tmp_path):
+    if make_store.backend == "sqlite":  # the file as the JSON-only schema made it
+        before = re.sub(r"probabilities TEXT,.*?arrays \{bytes\}.*?\n.*?\n", "probabilities TEXT\n", SCHEMA, flags=re.S)
+        assert "arrays {" not in before and "probabilities TEXT\n" in before
+        with sqlite3.connect(tmp_path / "db.sqlite") as db:
+            db.executescript(before.format(rowid="", any="", serial="INTEGER PRIMARY KEY"))
+        store = make_store()
+    else:
+        store = make_store()
+        with store.transaction() as db:
+            db.execute("ALTER TABLE prediction_batches DROP COLUMN arrays")
+    write_json_record(store, "old", 10.0, mixed_columns(0), np.array([0, 1, 1]), None)
+    again = make_store()  # the next start: the migration adds the column
+    assert "arrays" in again.column_names("prediction_batches")
+    plog = PredictionLog(again)
+    assert plog.record("m", 1, "r", ids(3, "new"), mixed_columns(100), np.array([1, 0, 1]), None, 1.0, MIXED, now=20.0)
+    window = plog.window("m", 1, features=MIXED)
+    assert window.columns["n"].tolist() == [103.0, 102.0, 101.0, 3.0, 2.0, 1.0]
+    assert stored_inputs(again, "old-2") == {"x": 2.0, "n": 3, "b": True, "c": "b"}
+    assert stored_inputs(again, "new-1") == {"x": None, "n": 102, "b": False, "c": None}
+
+
+def test_encoding_a_batch_of_numbers_costs_a_copy_of_their_bytes(store):
+    """About 8 bytes a value: the size of what a 10,000 x 30 batch writes (its time: bench.log_cost)."""
+    features = [{"name": f"f{j}", "type": "float"} for j in range(30)]
+    rng = np.random.default_rng(0)
+    columns = {f["name"]: rng.normal(size=10_000) for f in features}
+    batch = PredictionLog(store).encode("m", 1, "r", ids(10_000), columns, rng.integers(0, 2, 10_000),
+                                        rng.random((10_000, 2)), 1.0, features, ts=1.0)
+    assert len(batch.arrays) == 8 * 10_000 * (30 + 1 + 2)
+    assert len(batch.inputs) + len(batch.outputs) + len(batch.probabilities) < 2_000  # descriptors only

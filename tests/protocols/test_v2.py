@@ -223,3 +223,62 @@ def test_numeric_binary_outputs_are_little_endian_values():
     length = int(headers[v2.HEADER_LENGTH])
     assert orjson.loads(body[:length])["outputs"][0]["datatype"] == "FP64"
     np.testing.assert_array_equal(np.frombuffer(body[length:], dtype="<f8"), [1.5, -2.0])
+
+
+# -- NaN in binary tensors: missing, as JSON null ---------------------------------------------------
+
+NULLABLE = [{"name": "age", "type": "float"}, {"name": "income", "type": "float", "nullable": True},
+            {"name": "visits", "type": "int", "nullable": True}]
+
+
+def _validated(body: bytes, header: str, path: int):
+    from service.serving.validation import validate_rows
+
+    request = decode(body, header).request
+    return validate_rows(request.layout, request.data, NULLABLE, vectorized_min_rows=path)
+
+
+def _refusal(body: bytes, header: str | None, path: int) -> dict:
+    with pytest.raises(ValidationFailed) as exc:
+        _validated(body, header, path)
+    return exc.value.details
+
+
+def _columns(datatype: str, columns: dict[str, list]) -> tuple[bytes, str]:
+    dtype = tensors.DTYPES[datatype]
+    raws = [np.asarray(values, dtype=dtype).tobytes() for values in columns.values()]
+    inputs = [{"name": name, "shape": [len(values)], "datatype": datatype, "parameters": {"binary_data_size": len(raw)}}
+              for (name, values), raw in zip(columns.items(), raws, strict=True)]
+    return binary_body({"inputs": inputs}, *raws)
+
+
+@pytest.mark.parametrize("path", [10**9, 1])
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+def test_nan_in_a_binary_column_is_missing_for_a_nullable_feature(datatype, path):
+    body, header = _columns(datatype, {"age": [30.0, 40.0], "income": [np.nan, 2.5], "visits": [3.0, np.nan]})
+    columns = _validated(body, header, path).columns
+    assert np.isnan(columns["income"][0]) and columns["income"][1] == 2.5
+    assert columns["visits"][0] == 3
+
+
+@pytest.mark.parametrize("path", [10**9, 1])
+def test_nan_for_a_feature_that_is_not_nullable_gets_json_nulls_error(path):
+    body, header = _columns("FP64", {"age": [30.0, np.nan], "income": [1.0, 2.0], "visits": [1.0, 2.0]})
+    as_json = json.dumps({"inputs": [{"name": n, "shape": [2], "datatype": "FP64", "data": d} for n, d in
+                                     (("age", [30.0, None]), ("income", [1.0, 2.0]), ("visits", [1.0, 2.0]))]})
+    assert _refusal(body, header, path) == _refusal(as_json.encode(), None, path)
+    assert _refusal(body, header, path)["errors"] == [{"row": 1, "field": "age", "messages": ["Field may not be null."]}]
+
+
+@pytest.mark.parametrize("path", [10**9, 1])
+def test_nan_in_a_binary_matrix_is_missing_where_nullable_and_refused_elsewhere(path):
+    rows = np.array([[30.0, np.nan, 1.0], [np.nan, 2.0, np.nan]])
+    raw = rows.astype("<f8").tobytes()
+    body, header = binary_body({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP64",
+                                            "parameters": {"binary_data_size": len(raw)}}]}, raw)
+    assert _refusal(body, header, path)["errors"] == [{"row": 1, "field": "age", "messages": ["Field may not be null."]}]
+    rows[1, 0] = 50.0
+    raw = rows.astype("<f8").tobytes()
+    columns = _validated(body[:-len(raw)] + raw, header, path).columns
+    assert columns["age"].tolist() == [30.0, 50.0] and np.isnan(columns["income"][0])
+

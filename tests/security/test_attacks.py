@@ -267,15 +267,16 @@ def test_control_characters_in_a_reason_cannot_forge_history_lines(make_app, key
     assert last.endswith("ok\\n2026-01-01T00:00:00Z  key:boss  label.set  version=1\\x1b[2K\\x1b[31m")
 
 
-def test_metrics_behind_a_read_key_when_asked(make_app, keys_file):
+@pytest.mark.parametrize(("require", "status"), [(None, 401), (True, 401), (False, 200)],
+                         ids=["default", "METRICS_REQUIRE_KEY=1", "METRICS_REQUIRE_KEY=0"])
+def test_metrics_need_a_read_key_once_keys_are_configured_unless_opened_on_purpose(make_app, keys_file, require, status):
     path, key = keys_file
-    open_app = make_app(api_keys_file=path)
-    assert open_app.test_client().get("/metrics").status_code == 200  # the default: scrapers need no key
-    client = make_app(api_keys_file=path, metrics_require_key=True).test_client()
-    assert client.get("/metrics").status_code == 401
-    assert client.get("/metrics", headers=bearer(key["predict"])).status_code == 403
-    scraped = client.get("/metrics", headers=bearer(key["read"]))
-    assert scraped.status_code == 200 and "sklearn_server_http_requests_total" in scraped.get_data(as_text=True)
+    client = make_app(api_keys_file=path, metrics_require_key=require).test_client()
+    assert client.get("/metrics").status_code == status
+    assert client.get("/metrics", headers=bearer(key["predict"])).status_code == (403 if status == 401 else 200)
+    for headers in (bearer(key["read"]), {"X-API-Key": key["read"]}):  # what deploy/prometheus sends
+        scraped = client.get("/metrics", headers=headers)
+        assert scraped.status_code == 200 and "sklearn_server_http_requests_total" in scraped.get_data(as_text=True)
 
 
 def test_metrics_name_features_only_when_asked(make_app):
@@ -293,7 +294,12 @@ def test_metrics_name_features_only_when_asked(make_app):
             assert any(f'feature="feature_{position}"' in line for line in series)
 
 
-def test_config_defaults_keep_metrics_open_and_unnamed():
+def test_config_defaults_tie_metrics_to_the_keys_and_leave_features_unnamed():
     config = Config.from_env({"METRICS_FEATURE_LABELS": "1"})
-    assert Config().metrics_require_key is False and Config().metrics_feature_labels is False
+    assert Config().metrics_require_key is None and Config().metrics_feature_labels is False
     assert config.metrics_feature_labels is True
+    assert Config().metrics_key_required is False
+    assert Config.from_env({"API_KEYS_FILE": "keys.json"}).metrics_key_required is True
+    assert Config.from_env({"API_KEYS_FILE": "keys.json", "METRICS_REQUIRE_KEY": "0"}).metrics_key_required is False
+    assert Config.from_env({"METRICS_REQUIRE_KEY": "1"}).metrics_key_required is True
+    assert Config.from_env({"API_KEYS_FILE": "keys.json", "METRICS_REQUIRE_KEY": ""}).metrics_key_required is True

@@ -165,3 +165,34 @@ def test_many_rows_of_one_person_in_one_batch_leave_the_others_aligned(make_stor
     assert past.find(store, "m", ids[1]).inputs["city"] == f"a:{customers[1]}"
     with pytest.raises(past.PredictionNotFound):
         past.find(store, "m", ids[0])
+
+
+def test_erasure_rewrites_a_record_in_the_binary_encoding_whichever_it_had(make_store):
+    """A binary record, and one the JSON encoding wrote: what is left of each is bytes, and reads the same."""
+    store = make_store()
+    plog = PredictionLog(store, pii_key="k")
+    new = record(plog, "a", ["alice", "bob", "carol"])
+    subjects = json.dumps([plog.subject_hashes(who)[0] for who in ("carol", "alice", "bob")])
+    old = ["b-0", "b-1", "b-2"]
+    store.write("predictions", lambda db: db.execute(  # as the JSON-only encoding wrote it
+        "INSERT INTO prediction_batches (ts, model, version, rows, base, subjects, features, inputs, outputs,"
+        " probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (99.0, "m", 1, 3, "b", subjects, '["customer_id", "x", "city"]',
+         json.dumps([["h-carol", "h-alice", "h-bob"], [0.5, None, 2.5], ["b:carol", "b:alice", "b:bob"]]),
+         "[7, 8, 9]", "[[0.1, 0.9], [0.2, 0.8], [0.3, 0.7]]")))
+    assert store.fetch("SELECT arrays FROM prediction_batches WHERE base = 'b'") == [(None,)]
+
+    assert plog.erase("alice")[1]["prediction_batches_rewritten"] == 2
+
+    rows = dict(store.fetch("SELECT base, arrays FROM prediction_batches"))
+    assert all(isinstance(arrays, bytes) for arrays in rows.values()), rows
+    window = plog.window("m", 1, features=FEATURES)
+    assert window.ids == [new[2], new[1], old[2], old[0]]
+    assert np.array_equal(window.columns["x"], [2.0, 1.0, 2.5, 0.5])
+    assert window.columns["city"].tolist() == ["a:carol", "a:bob", "b:bob", "b:carol"]
+    assert window.predictions.tolist() == [2, 1, 9, 7] and window.predictions.dtype.kind == "i"
+    assert window.probabilities.tolist() == [[0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.1, 0.9]]
+    assert past.find(store, "m", old[0]).inputs == {"customer_id": "h-carol", "x": 0.5, "city": "b:carol"}
+    assert past.find(store, "m", new[1]).output == 1 and past.find(store, "m", new[1]).inputs["x"] == 1.0
+    with pytest.raises(past.PredictionNotFound):
+        past.find(store, "m", old[1])
