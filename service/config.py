@@ -11,16 +11,15 @@ import hashlib
 import ipaddress
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from service.config_values import PARSERS, shown_default
 from service.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
 def _env(name: str, help: str, **kwargs: Any) -> Any:
@@ -348,7 +347,7 @@ class Config:
             if raw is None:
                 continue
             try:
-                values[f.name] = _PARSERS[f.type](raw.strip())
+                values[f.name] = PARSERS[f.type](raw.strip())
             except ValueError as exc:
                 raise ConfigError(f"{f.metadata['env']}={raw!r} is invalid: {exc}") from None
         return cls(**values)
@@ -356,52 +355,8 @@ class Config:
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """List (variable, default as the README shows it, meaning) for every setting."""
-        return [(f.metadata["env"], _shown_default(f.default), f.metadata["help"]) for f in fields(cls)]
-
-
-def _shown_default(value: Any) -> str:
-    if value is None or value == ():
-        return "unset"
-    if isinstance(value, bool):
-        return "`1`" if value else "`0`"
-    if isinstance(value, tuple):
-        return "`" + ",".join(map(str, value)) + "`"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return f"`{value}`"
+        return [(f.metadata["env"], shown_default(f.default), f.metadata["help"]) for f in fields(cls)]
 
 
 def _var(field_name: str) -> str:
     return next(f.metadata["env"] for f in fields(Config) if f.name == field_name)
-
-
-def _parse_bool(raw: str) -> bool:
-    if raw.lower() in TRUE_WORDS:
-        return True
-    if raw.lower() in FALSE_WORDS:
-        return False
-    raise ValueError("expected one of " + ", ".join(TRUE_WORDS + FALSE_WORDS[:-1]))
-
-
-def _parse_int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError("expected a whole number") from None
-
-
-def _parse_list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-_PARSERS: dict[Any, Callable[[str], Any]] = {
-    "str": str,
-    "int": _parse_int,
-    "float": float,
-    "bool": _parse_bool,
-    "bool | None": lambda raw: _parse_bool(raw) if raw else None,
-    "Path": Path,
-    "Path | None": lambda raw: Path(raw) if raw else None,
-    "str | None": lambda raw: raw or None,
-    "tuple[str, ...]": _parse_list,
-}
