@@ -27,6 +27,10 @@ def records(n: int, offset: int) -> list[dict]:
     return json.loads(data.iloc[offset:offset + n].to_json(orient="records"))
 
 
+#: A connection per request: a kept-alive one stays with the worker that accepted it.
+CLOSE = {"Connection": "close"}
+
+
 class Traffic:
     """What the test sent, to compare with what the server counted."""
 
@@ -36,19 +40,19 @@ class Traffic:
     def send(self, server, rounds: int) -> None:
         def ok(i: int) -> int:
             rows = BATCHES[i % len(BATCHES)]
-            r = server.post("/v1/models/breast-cancer:predict", json={"instances": records(rows, i)})
+            r = server.post("/v1/models/breast-cancer:predict", json={"instances": records(rows, i)}, headers=CLOSE)
             assert r.status_code == 200, r.text
             return rows
 
         def invalid(_: int) -> None:
-            r = server.post("/v1/models/diabetes:predict", json={"instances": [{"age": "old"}]})
+            r = server.post("/v1/models/diabetes:predict", json={"instances": [{"age": "old"}]}, headers=CLOSE)
             assert r.status_code == 422, r.text
 
         def unknown(i: int) -> None:
-            r = server.post(f"/v1/models/no-such-model-{i}:predict", json={"instances": [[1]]})
+            r = server.post(f"/v1/models/no-such-model-{i}:predict", json={"instances": [[1]]}, headers=CLOSE)
             assert r.status_code == 404, r.text
 
-        with ThreadPoolExecutor(4) as pool:  # concurrent, so both sync workers take requests
+        with ThreadPoolExecutor(4) as pool:  # concurrent, so both workers take requests
             rows = list(pool.map(ok, range(rounds)))
             list(pool.map(invalid, range(rounds // 2)))
             list(pool.map(unknown, range(3)))

@@ -377,8 +377,10 @@ def pids_of(server, answers: list[requests.Response]) -> list[int]:
 def test_the_limit_is_shared_by_two_workers_and_recovers(demo_root, server_factory, tmp_path):
     path = tmp_path / "keys.json"
     key = {"X-API-Key": create_key(path, "alice", ["predict"])}
+    # Sync workers: a half-sent request holds one (the buffering worker would read it aside and stay free).
     server = server_factory(demo_root, WEB_CONCURRENCY="2", API_KEYS_FILE=str(path),
-                            RATE_LIMIT_REQUESTS="0.1", RATE_LIMIT_REQUESTS_BURST="3", wait="/healthz")
+                            RATE_LIMIT_REQUESTS="0.1", RATE_LIMIT_REQUESTS_BURST="3", wait="/healthz",
+                            GUNICORN_CMD_ARGS="--worker-class sync")
 
     def ask() -> requests.Response:  # a connection of its own: whichever worker is free takes it
         return requests.post(server.base + PREDICT, json={"instances": [DIABETES_ROW]}, headers=key, timeout=30)
