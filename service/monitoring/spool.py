@@ -49,6 +49,7 @@ class Segment:
     shipped: int = 0  # bytes from the start already committed to the store
     sealed: bool = False  # no more appends: delete once shipped to the end
     torn: bool = False  # a damaged record ends what can be read
+    waiting_since: float | None = None  # unix time its oldest unshipped record was appended (at most)
 
     @property
     def name(self) -> str:
@@ -95,6 +96,8 @@ class Spool:
         if self.bytes + len(data) > self.max_bytes:
             raise SpoolFull(f"spool holds {self.bytes} of {self.max_bytes} bytes")
         segment = self._writable()
+        if segment.unshipped <= 0:
+            segment.waiting_since = time.time()
         written = 0
         try:
             while written < len(data):
@@ -164,7 +167,7 @@ class Spool:
             if not path.exists():  # deleted between the glob and the lock: nothing to ship
                 os.close(fd)
                 continue
-            segment = Segment(path, fd, os.fstat(fd).st_size, sealed=True)
+            segment = Segment(path, fd, os.fstat(fd).st_size, sealed=True, waiting_since=_age(path) / 1e9)
             self.segments.insert(sum(1 for s in self.segments if s.sealed and s is not self._active), segment)
             found += 1
         if found:
@@ -193,8 +196,10 @@ class Spool:
         """The chunk is committed: advance its segment, and delete the segment once shipped whole."""
         segment = chunk.segment
         segment.shipped = max(segment.shipped, chunk.end)
-        if segment.shipped >= segment.size and segment.sealed:
-            self._remove(segment)
+        if segment.shipped >= segment.size:
+            segment.waiting_since = None
+            if segment.sealed:
+                self._remove(segment)
 
     def _read(self, segment: Segment, max_bytes: int) -> Chunk:
         start, fd = segment.shipped, segment.fd
@@ -248,9 +253,9 @@ class Spool:
         return sum(s.unshipped for s in self.segments if not s.torn)
 
     def oldest_age(self) -> float:
-        """Seconds since the oldest unshipped segment was started (0 when all is shipped)."""
-        waiting = [s for s in self.segments if s.unshipped > 0 and not s.torn]
-        return max(0.0, time.time() - _age(waiting[0].path) / 1e9) if waiting else 0.0
+        """Seconds the oldest unshipped record has waited, at most (0 when all is shipped)."""
+        since = [s.waiting_since for s in self.segments if s.unshipped > 0 and not s.torn and s.waiting_since]
+        return max(0.0, time.time() - min(since)) if since else 0.0
 
     def close(self) -> None:
         """fsync and release every segment this process holds; unshipped ones wait for the next worker."""

@@ -153,3 +153,18 @@ def test_a_failed_write_leaves_no_partial_record(tmp_path, monkeypatch):
     assert ship_all(spool) == [*records(1), b"later"]
     assert spool.torn == 0
     spool.close()
+
+
+def test_the_age_is_the_oldest_waiting_records_not_the_segments(tmp_path, monkeypatch):
+    """A quiet worker appends to one segment for hours: a record just appended has waited seconds."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(spool_module.time, "time", lambda: now[0])
+    spool = Spool(tmp_path, max_bytes=2**20)
+    spool.append(records(1))
+    now[0] += 3600
+    spool.shipped(spool.pending())
+    assert spool.oldest_age() == 0.0
+    spool.append(records(1))  # the same segment, an hour old
+    now[0] += 2
+    assert spool.oldest_age() == 2.0
+    spool.close()
