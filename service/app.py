@@ -27,7 +27,6 @@ def create_app(config: Config | None = None) -> Flask:
     from service.api import mlflow as mlflow_api
     from service.api import subjects as subjects_api
     from service.api import v2 as v2_api
-    from service.api.after_response import after_response
     from service.api.converters import URL_CONVERTERS
     from service.api.handlers import register_error_handlers
     from service.models.auto_rollback import Guard
@@ -81,8 +80,7 @@ def create_app(config: Config | None = None) -> Flask:
         store=store,
         observer=Observer(store, prediction_log, record_requests=config.record_requests,
                           check_quality=config.data_quality_checks, capacity=config.record_queue_size,
-                          capacity_rows=config.record_queue_rows, outbox=_outbox(config, store, prediction_log),
-                          after_response=after_response),
+                          capacity_rows=config.record_queue_rows, outbox=_outbox(config, store, prediction_log)),
         monitoring=report,
         prediction_log=prediction_log,
         executor=ThreadPoolExecutor(BUDGET_THREADS, thread_name_prefix="budget"),

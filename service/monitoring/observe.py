@@ -3,10 +3,9 @@
 ``Observer.watch`` wraps one inference, whatever protocol carried it, in a single timing and
 error-counting context (no view keeps a ``try/except`` of its own). What it records (metrics,
 the request row, the prediction log, data-quality counts, shadows) is only queued on the
-request's path; one background writer per worker (``service.monitoring.recorder``) counts it.
-Its record goes to the outbox (``service.monitoring.outbox``), which spools it to disk and ships
-it to the store in batches: written by the request itself right after its response's last byte
-(``after_response``), or by the writer when that did not happen first. None of it adds latency or failure
+request's path; one background writer per worker (``service.monitoring.recorder``) counts it,
+encodes it into records and hands them to the outbox (``service.monitoring.outbox``), which
+spools them to disk and ships them to the store in batches. None of it adds latency or failure
 to the live answer, and a store that fails costs spool space, not records. Everything here
 swallows its own errors (logged): an observer must never take a worker down. No Flask.
 """
@@ -17,7 +16,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -59,8 +58,6 @@ class _Answered:
     request_id: str
     ts: float
     protocol: str = "v1"
-    #: taken by whoever writes the item's record first: the response's close or the writer thread
-    claim: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,6 @@ class _Failed:
     record: RequestRecord
     code: str
     protocol: str = "v1"
-    claim: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
 
 @dataclass
@@ -92,10 +88,6 @@ class Observer:
     _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     _slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
     _recorder: Recorder | None = field(default=None, repr=False)
-    #: Runs a callable once the response has been sent (the HTTP layer sets it: Flask's
-    #: ``call_on_close``); returns False outside a request. Lets a request spool its own record
-    #: right after its last byte, so a killed worker loses only what it had in flight.
-    after_response: Callable[[Callable[[], None]], bool] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.outbox is None and self.store is not None:
@@ -151,23 +143,11 @@ class Observer:
         so an overloaded worker slows down instead of losing what it answered.
         """
         if self._recorder.offer(item, rows):
-            if self.after_response is not None and self.outbox is not None:
-                self.after_response(lambda: self._record_now(item))
             return
         try:
             self.write_batch([item])
         except Exception:
             log.exception("recording in the request's thread failed")
-            self._queue_full(1)
-
-    def _record_now(self, item: _Answered | _Failed) -> None:
-        """Spool ``item``'s record after its response was sent, unless the writer got to it first;
-        the writer still counts it (metrics, quality, shadows). Never raises."""
-        try:
-            if item.claim.acquire(blocking=False):
-                self.outbox.put(self._records([item], [self._request_record(item)]))
-        except Exception:
-            log.exception("recording after the response failed")
             self._queue_full(1)
 
     def flush(self) -> None:
@@ -196,9 +176,9 @@ class Observer:
         return self._recorder.pending
 
     def write_batch(self, items: list[Any]) -> None:
-        """Count and summarise a batch of outcomes and spool the records no response's close
-        spooled already (the writer's thread)."""
+        """Count, summarise and write one batch of outcomes in one transaction (the writer's thread)."""
         answers = [item for item in items if isinstance(item, _Answered)]
+        requests = []
         for item in items:
             if isinstance(item, _Failed):
                 record = item.record
@@ -207,33 +187,30 @@ class Observer:
                 metrics.observe_protocol(record.model, item.protocol, outcome)
                 if item.code in metrics.VALIDATION_CODES:
                     metrics.observe_validation_failure(record.model, item.code)
+                requests.append(record)
             else:
-                self._count_answer(item)
+                requests.append(self._count_answer(item))
                 metrics.observe_protocol(item.answer.target.name, item.protocol, "ok")
         if self.check_quality:
             self._count_quality(answers)
+        logged = self._encode_log(answers)
         if self.outbox is not None:
-            mine = [item for item in items if item.claim.acquire(blocking=False)]
-            self.outbox.put(self._records(mine, [self._request_record(item) for item in mine]))
+            records = []
+            for record, item in zip(requests, items, strict=True):
+                row = tuple(getattr(record, c) for c in REQUEST_COLUMNS) if self.record_requests else None
+                batch = logged.get(id(item))
+                if row is not None or batch is not None:
+                    records.append(pack(row, batch))
+            self.outbox.put(records)
         for item in answers:
             if item.answer.shadows:
                 self._schedule_shadows(item.answer)
 
-    def _records(self, items: list[Any], requests: list[RequestRecord]) -> list[bytes]:
-        """The spool records of ``items``: each one's request row and logged batch, as configured."""
-        logged = self._encode_log([item for item in items if isinstance(item, _Answered)])
-        records = []
-        for record, item in zip(requests, items, strict=True):
-            row = tuple(getattr(record, c) for c in REQUEST_COLUMNS) if self.record_requests else None
-            batch = logged.get(id(item))
-            if row is not None or batch is not None:
-                records.append(pack(row, batch))
-        return records
-
-    def _request_record(self, item: _Answered | _Failed) -> RequestRecord:
-        if isinstance(item, _Failed):
-            return item.record
+    def _count_answer(self, item: _Answered) -> RequestRecord:
         answer, name = item.answer, item.answer.target.name
+        metrics.observe_prediction(name, answer.version, "ok", answer.rows, answer.seconds)
+        if answer.fallback_from is not None:
+            metrics.observe_fallback(name, answer.fallback_from, answer.version, answer.fallback_reason or "error")
         summary = None
         try:
             summary = summarise(answer.result.predictions, answer.model.manifest["task"])
@@ -241,12 +218,6 @@ class Observer:
             log.exception("summarising predictions failed", extra={"model": name})
         return RequestRecord(item.request_id, item.ts, name, answer.version, answer.role, 200, answer.seconds * 1000,
                              answer.rows, answer.fallback_from, None, summary)
-
-    def _count_answer(self, item: _Answered) -> None:
-        answer, name = item.answer, item.answer.target.name
-        metrics.observe_prediction(name, answer.version, "ok", answer.rows, answer.seconds)
-        if answer.fallback_from is not None:
-            metrics.observe_fallback(name, answer.fallback_from, answer.version, answer.fallback_reason or "error")
 
     def _count_quality(self, answers: list[_Answered]) -> None:
         """Count data-quality problems once per (model, version) in the batch, over all its rows."""

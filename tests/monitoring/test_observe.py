@@ -158,24 +158,3 @@ def test_the_protocol_metric_refuses_a_protocol_it_does_not_know():
     fresh = Metrics(CollectorRegistry())
     with pytest.raises(ValueError):
         fresh.observe_protocol("diabetes", "grpc", "ok")
-
-
-def test_a_response_that_closes_spools_its_own_record_and_the_writer_does_not_repeat_it(catalog, store, monkeypatch):
-    """After the last byte, the request spools its record itself: a worker killed then loses nothing it
-    answered. The writer still counts the answer, and writes the record only if the close did not."""
-    closing = []
-    observer = Observer(store, PredictionLog(store), after_response=lambda callback: closing.append(callback) or True)
-    monkeypatch.setattr(observer._recorder, "_start", lambda: None)
-    observer._recorder._pid = -1  # no writer thread: only the close and the flush below write
-    observer.outbox.background = False
-    answer_one(observer, catalog, "req-closed")
-    answer_one(observer, catalog, "req-open")
-    assert len(closing) == 2 and observer.pending == 2
-    closing[0]()  # the first response was sent and closed; the second's close never came
-    assert observer.outbox.status()["waiting_in_memory"] == 1, "spooled (here: memory) before any writer ran"
-    observer.flush()
-    assert set(requests_of(store, "diabetes")) == {"req-closed", "req-open"}
-    assert len(logged_ids(store)) == 2  # one record each: nothing written twice
-    closing[1]()  # a close after the writer took it writes nothing more
-    observer.flush()
-    assert len(store.fetch("SELECT request_id FROM requests")) == 2
