@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS spool_marks (
 """
 #: Records shipped in one transaction at most (bytes of spooled records).
 CHUNK_BYTES = 2 * 2**20
+#: Seconds a shipment gathers after the first record arrives: one transaction for a burst, not one
+#: per request (each request spools its own record).
+GATHER_SECONDS = 0.01
 #: Back-off after a failed shipment: first wait, and the longest.
 RETRY_FIRST, RETRY_MAX = 0.25, 15.0
 #: How often an idle writer looks for segments left by workers gone before it.
@@ -155,7 +158,8 @@ class Outbox:
                     if self._spool_failing:
                         self._spool_failing = False
                         log.warning("the spool takes records again", extra={"folder": str(self.spool.folder)})
-                    self._wake.set()
+                    if not self._wake.is_set():
+                        self._wake.set()
                     return
                 except SpoolFull:
                     reason = "spool_full"
@@ -208,7 +212,9 @@ class Outbox:
     def _run(self) -> None:
         wait = 0.0
         while not self._stopping:
-            self._wake.wait(wait)
+            if self._wake.wait(wait) and not self._stopping:
+                time.sleep(GATHER_SECONDS)  # records of requests answered meanwhile ride the same transaction
+            # Cleared only now: while records gather, ``put`` sees the event set and skips setting it.
             self._wake.clear()
             if self._stopping:
                 return
