@@ -216,13 +216,13 @@ def test_a_full_disk_under_the_store_loses_nothing(artifact_root, server_factory
 
     @contextmanager
     def full():
-        with open(filler, "wb") as file:  # fill the filesystem to the last block
-            try:
-                while True:
-                    file.write(b"\0" * 65536)
-                    file.flush()
-            except OSError:
-                pass
+        with open(filler, "wb", buffering=0) as file:  # unbuffered: closing it has nothing left to write
+            for size in (65536, 4096, 1):  # fill the filesystem to the last byte
+                try:
+                    while file.write(b"\0" * size):
+                        pass
+                except OSError:
+                    pass
         try:
             yield
         finally:
