@@ -135,12 +135,13 @@ class Recorder:
             try:
                 self.write(batch)
             except Exception:  # a writer must never die: the next batch gets its chance
-                log.exception("writing recorded items failed", extra={"items": len(batch)})
+                log.exception("writing recorded items failed; they are lost", extra={"items": len(batch)})
+                self._drop(len(batch))
 
-    def _drop(self) -> None:
-        self.dropped += 1
+    def _drop(self, count: int = 1) -> None:
+        self.dropped += count
         try:
-            self.on_drop(1)
+            self.on_drop(count)
         except Exception:  # nosec B110  # noqa: S110  counting a drop must not fail the request that caused it
             pass  # counting a drop must not fail the request that caused it
         now = time.monotonic()

@@ -158,3 +158,21 @@ def test_the_protocol_metric_refuses_a_protocol_it_does_not_know():
     fresh = Metrics(CollectorRegistry())
     with pytest.raises(ValueError):
         fresh.observe_protocol("diabetes", "grpc", "ok")
+
+
+def test_a_batch_the_writer_could_not_write_is_counted_as_dropped():
+    """Nothing the writer loses goes uncounted: a write that raises counts its items."""
+    from service.monitoring.recorder import Recorder
+
+    counted = []
+
+    def broken(batch):
+        raise RuntimeError("a bug in the writer")
+
+    recorder = Recorder(broken, on_drop=counted.append)
+    recorder._pid = -1  # no thread: the flush below writes
+    recorder._start = lambda: None
+    for i in range(3):
+        assert recorder.put(i)
+    recorder.flush()
+    assert counted == [3] and recorder.dropped == 3
