@@ -14,7 +14,7 @@ from typing import ParamSpec, TypeVar
 
 from flask import Flask, current_app, g, request
 
-from service.api.proxy import is_local_request
+from service.api.proxy import is_local_request, trusted_proxies, why_not_local
 from service.config import Config
 from service.errors import ServiceError, Unauthorized
 from service.security.keys import SCOPES, ApiKey, Policy, credentials_from_headers, load_policy
@@ -90,13 +90,21 @@ def _audit_denied(exc: ServiceError, scopes: tuple[str, ...]) -> None:
 
 
 def _why_a_key_is_needed(policy: Policy, scopes: tuple[str, ...]) -> Unauthorized:
-    """Explain, in open mode, why this request still needs a key and where that key is."""
-    if policy.open_scopes & set(scopes):
-        reason, why = "not_local", "This request came through a proxy or from another machine, so it needs an API key"
-    else:
-        reason, why = "admin_needs_key", "Admin calls need an API key with the admin scope, even on loopback"
+    """Explain, in open mode, why this request still needs a key and which key: one with the scope the
+    call needs (``keys create`` writes it where the server reads), the local admin key for admin calls."""
+    open_scopes = [scope for scope in scopes if scope in policy.open_scopes]
+    if not open_scopes:
+        return Unauthorized(
+            "Admin calls need an API key with the admin scope, even on loopback: send the local admin key (printed "
+            "once by `make serve`, which runs `python -m service keys ensure-local-admin`) as "
+            "'Authorization: Bearer <key>'.",
+            details={"reason": "admin_needs_key"},
+        )
+    scope = open_scopes[0]
+    why = why_not_local(request.environ, trusted_proxies())
     return Unauthorized(
-        f"{why}: send the local admin key (printed once by `make serve`, which runs "
-        "`python -m service keys ensure-local-admin`) as 'Authorization: Bearer <key>'.",
-        details={"reason": reason},
+        f"This request {why}, so it needs an API key with the {scope!r} scope (without API_KEYS_FILE only direct "
+        f"loopback calls are open): make one with `python -m service keys create --name app --scopes {scope}` "
+        "and send it as 'Authorization: Bearer <key>'.",
+        details={"reason": "not_local", "required_scope": scope},
     )

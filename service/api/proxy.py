@@ -32,6 +32,8 @@ class TrustedProxies:
 
     def __init__(self, allowed: Iterable[str]) -> None:
         allowed = tuple(allowed)
+        #: As declared, for messages that say what was declared.
+        self.declared = allowed
         self.everyone = "*" in allowed
         self.networks: tuple[Network, ...] = tuple(ipaddress.ip_network(a, strict=False) for a in allowed if a != "*")
 
@@ -89,17 +91,33 @@ def is_local(environ: dict[str, Any], trusted: TrustedProxies) -> bool:
     return address is not None and address.is_loopback and is_direct(environ, trusted)
 
 
+def why_not_local(environ: dict[str, Any], trusted: TrustedProxies) -> str:
+    """Say in a clause why a request is not local (``is_local`` is false): which header, which declared proxy."""
+    sent = [name[5:].replace("_", "-").title().replace("-Ip", "-IP") for name in FORWARDED_HEADERS if environ.get(name)]
+    if sent:
+        return f"came through a proxy (it carries {', '.join(sent)})"
+    peer = peer_address(environ)
+    if trusted.trusts(peer):
+        return (f"came from {peer}, which FORWARDED_ALLOW_IPS={','.join(trusted.declared)} declares a proxy, so it "
+                "counts as proxied even without forwarded headers (a proxy on this host connects from the same address "
+                "as a direct client, and open mode must not serve the proxy's clients as local)")
+    if _address(peer) is None:
+        return "came over a Unix socket, the way a proxy connects"
+    return f"came from another machine ({peer})"
+
+
 def is_local_request() -> bool:
     """Tell whether the current request is local (see ``is_local``)."""
-    return is_local(request.environ, _trusted())
+    return is_local(request.environ, trusted_proxies())
 
 
 def is_direct_request() -> bool:
     """Tell whether the current request came straight from its client (see ``is_direct``)."""
-    return is_direct(request.environ, _trusted())
+    return is_direct(request.environ, trusted_proxies())
 
 
-def _trusted() -> TrustedProxies:
+def trusted_proxies() -> TrustedProxies:
+    """Return the proxies this app believes (``FORWARDED_ALLOW_IPS``)."""
     return current_app.extensions.get("trusted_proxies") or TrustedProxies(())
 
 

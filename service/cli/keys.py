@@ -1,4 +1,4 @@
-"""``keys``: create, list and revoke API keys in ``API_KEYS_FILE``; make the local admin key.
+"""``keys``: create, list and revoke API keys in ``API_KEYS_FILE`` (else the local keys file); make the local admin key.
 
 A thin shell over the functions in ``service.security.keys``; the plaintext of a new key goes to
 stdout exactly once (so scripts can capture it) and everything meant for a human to stderr.
@@ -26,14 +26,23 @@ def _file_option(f: Callable[..., Any]) -> Callable[..., Any]:
         envvar="API_KEYS_FILE",
         show_envvar=True,
         type=click.Path(dir_okay=False, path_type=Path),
-        help="The keys file (JSON of hashed keys).",
+        help="The keys file (JSON of hashed keys); unset = the one the server reads without API_KEYS_FILE "
+             "(LOCAL_ADMIN_KEYS_FILE, var/local-admin-keys.json).",
     )(f)
 
 
-def _need(path: Path | None) -> Path:
-    if path is None:
-        raise click.UsageError("no keys file: pass --file or set API_KEYS_FILE")
-    return path
+def _keys_file(path: Path | None) -> Path:
+    """The file to manage: ``--file``/``API_KEYS_FILE``, else the local keys file a server without
+    API_KEYS_FILE reads (it checks proxied calls and admin calls against it)."""
+    if path is not None:
+        return path
+    from service.config import Config
+
+    return Config.from_env().local_admin_keys_file
+
+
+def _where(path: Path, given: Path | None) -> str:
+    return str(path) if given is not None else f"{path}, which the server reads while API_KEYS_FILE is unset"
 
 
 @contextmanager
@@ -60,21 +69,23 @@ def create(key_id: str, scopes: str, path: Path | None) -> None:
     """Create a key and print it once; only its hash is stored."""
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     with _one_line_errors():
-        plaintext = security.create_key(_need(path), key_id, wanted)
-    audit_record("key.create", f"key:{key_id}", {"scopes": wanted, "file": str(path)})
+        keys_file = _keys_file(path)
+        plaintext = security.create_key(keys_file, key_id, wanted)
+    audit_record("key.create", f"key:{key_id}", {"scopes": wanted, "file": str(keys_file)})
     click.echo(plaintext)
-    click.echo(f"Created key {key_id!r} ({','.join(wanted)}); copy it now, it will not be shown again.", err=True)
+    click.echo(f"Created key {key_id!r} ({','.join(wanted)}) in {_where(keys_file, path)}; copy it now, it will not "
+               "be shown again.", err=True)
 
 
 @keys.command("list")
 @_file_option
 def list_(path: Path | None) -> None:
     """List key ids, scopes and creation times (never hashes)."""
-    path = _need(path)
     with _one_line_errors():
-        found = security.list_keys(path)
+        keys_file = _keys_file(path)
+        found = security.list_keys(keys_file)
     if not found:
-        click.echo(f"No keys in {path}.", err=True)
+        click.echo(f"No keys in {_where(keys_file, path)}.", err=True)
         return
     rows = [("ID", "SCOPES", "CREATED_AT")]
     rows += [(k.id, ",".join(s for s in security.SCOPES if s in k.scopes), k.created_at) for k in found]
@@ -90,8 +101,9 @@ def list_(path: Path | None) -> None:
 def revoke(key_id: str, path: Path | None) -> None:
     """Revoke a key; running servers stop accepting it within a second."""
     with _one_line_errors():
-        security.revoke_key(_need(path), key_id)
-    audit_record("key.revoke", f"key:{key_id}", {"file": str(path)})
+        keys_file = _keys_file(path)
+        security.revoke_key(keys_file, key_id)
+    audit_record("key.revoke", f"key:{key_id}", {"file": str(keys_file)})
     click.echo(f"Revoked key {key_id!r}.", err=True)
 
 
@@ -133,10 +145,10 @@ def ensure_local_admin() -> None:
     click.echo(
         f"Created the local admin key {security.LOCAL_ADMIN_ID!r} in {config.local_admin_keys_file} (only its hash is "
         "stored); copy it now, it will not be shown again.\n"
-        "Predict and read calls from this machine need no key; admin calls (labels, rollout, promote, rollback), "
-        "and any call through a proxy, need it:\n"
+        "Predict and read calls straight from this machine need no key; admin calls (labels, rollout, promote, "
+        "rollback) need this one:\n"
         f"  curl -X POST -H 'Authorization: Bearer <key>' -H 'Content-Type: application/json' {base}/v1/models/<m>:rollback\n"
-        f"Lost it? `python -m service keys revoke {security.LOCAL_ADMIN_ID} --file {config.local_admin_keys_file}` "
-        "and run this again.",
+        "Calls through a proxy need a key with their scope: `python -m service keys create --name app --scopes predict`.\n"
+        f"Lost it? `python -m service keys revoke {security.LOCAL_ADMIN_ID}` and run this again.",
         err=True,
     )

@@ -79,21 +79,39 @@ def test_predict_and_read_stay_open_for_a_direct_loopback_client(client):
 def test_a_forwarded_request_is_never_local(client, admin_key, headers):
     refused = client.post("/v1/models/diabetes:predict", json=ROW, headers=headers)
     assert refused.status_code == 401
-    assert refused.json["error"]["details"] == {"reason": "not_local"}
+    assert refused.json["error"]["details"] == {"reason": "not_local", "required_scope": "predict"}
+    message = refused.json["error"]["message"]
+    assert f"came through a proxy (it carries {next(iter(headers))})" in message
+    assert "'predict' scope" in message and "keys create --name app --scopes predict" in message
+    assert "admin" not in message
     assert client.get("/v1/models", headers=headers).status_code == 401
     with_key = client.post("/v1/models/diabetes:predict", json=ROW, headers={**headers, **bearer(admin_key)})
     assert with_key.status_code == 200
 
 
 def test_a_peer_listed_as_a_proxy_is_never_local(artifact_root, tmp_path, admin_key):
+    """A same-host proxy connects from 127.0.0.1 like a direct client, so once FORWARDED_ALLOW_IPS declares
+    it, calls from that address need a key: the 401 says what was declared, why, and which key to make."""
+    predictor = security.create_key(tmp_path / "var" / "local-admin-keys.json", "app", ["predict"])
     client = build(artifact_root, tmp_path, forwarded_allow_ips=("127.0.0.1",)).test_client()
-    assert client.post("/v1/models/diabetes:predict", json=ROW).status_code == 401
+    refused = client.post("/v1/models/diabetes:predict", json=ROW)
+    assert refused.status_code == 401
+    message = refused.json["error"]["message"]
+    assert "came from 127.0.0.1, which FORWARDED_ALLOW_IPS=127.0.0.1 declares a proxy" in message
+    assert "even without forwarded headers" in message and "--scopes predict" in message
+    read = client.get("/v1/models")
+    assert read.json["error"]["details"] == {"reason": "not_local", "required_scope": "read"}
+    assert client.post("/v1/models/diabetes:predict", json=ROW, headers=bearer(predictor)).status_code == 200
+    assert client.put(LABEL, json={"version": 1}, headers=bearer(predictor)).status_code == 403
+    # a peer outside the declared proxies that is still loopback stays local
+    assert client.post("/v1/models/diabetes:predict", json=ROW, environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
 
 
 @pytest.mark.parametrize("peer", ["10.0.0.7", "192.0.2.1", ""])
 def test_a_peer_that_is_not_loopback_is_not_local(client, peer):
     response = client.post("/v1/models/diabetes:predict", json=ROW, environ_base={"REMOTE_ADDR": peer})
     assert response.status_code == 401
+    assert ("another machine" if peer else "Unix socket") in response.json["error"]["message"]
 
 
 def test_ipv6_and_mapped_loopback_peers_are_local(client):

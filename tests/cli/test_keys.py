@@ -88,10 +88,24 @@ def test_malformed_file_is_one_line(runner, keys_file):
     assert result.stderr.startswith("Error: ") and "not valid JSON" in result.stderr
 
 
-def test_no_file_configured():
-    result = CliRunner(env={"API_KEYS_FILE": None}).invoke(keys, ["list"])
-    assert result.exit_code == 2  # a missing option, as click says of any other
-    assert "pass --file or set API_KEYS_FILE" in result.stderr
+def test_without_api_keys_file_the_keys_go_where_the_open_server_reads(tmp_path):
+    """After `make serve`, `keys create --name app --scopes predict` needs no flag: the key lands in the
+    local keys file, which a server without API_KEYS_FILE checks proxied calls against."""
+    from service.config import Config
+
+    local = tmp_path / "var" / "local-admin-keys.json"
+    runner = CliRunner(env={"API_KEYS_FILE": None, "LOCAL_ADMIN_KEYS_FILE": str(local),
+                            "DATABASE_URL": f"sqlite:///{tmp_path / 'audit.db'}"})
+    assert runner.invoke(keys, ["ensure-local-admin"]).exit_code == 0
+    created = runner.invoke(keys, ["create", "--name", "app", "--scopes", "predict"])
+    assert created.exit_code == 0, created.output
+    assert f"in {local}, which the server reads while API_KEYS_FILE is unset" in created.stderr
+    policy = security.load_policy(Config(local_admin_keys_file=local))
+    assert policy.store.authorize(created.stdout.strip(), "predict").id == "app"
+    listed = runner.invoke(keys, ["list"])
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["local-admin", "app"]
+    assert runner.invoke(keys, ["revoke", "app"]).exit_code == 0
+    assert [k.id for k in security.list_keys(local)] == ["local-admin"]
 
 
 def test_real_process_exit_codes_and_streams(keys_file):
