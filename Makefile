@@ -1,5 +1,9 @@
 # Every target sets up what it needs; `make serve` and `make test` work on a fresh clone.
-PYTHON ?= python3.11
+# PYTHON: the interpreter the virtualenv is made with; unset, the first of PYTHONS that is CPython
+# 3.11, 3.12 or 3.13 (the versions the locks are resolved and tested for). Another Python alongside:
+# make test-fast PYTHON=python3.13 VENV=.venv-3.13
+PYTHONS := python3 python3.13 python3.12 python3.11
+SUPPORTED_PYTHON := import sys; sys.exit(sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 13))
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARTIFACTS_DIR ?= artifacts
@@ -11,7 +15,7 @@ export ARTIFACTS_DIR
 SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql nginx:nginx \
 	apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
 
-.PHONY: help venv lock system-deps demo serve test test-fast bench lint list verify package purge clean
+.PHONY: help venv dev-venv lock system-deps demo serve test test-fast bench lint list verify package purge clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -20,20 +24,51 @@ help:  ## List the targets
 # every transitive dependency is pinned with the sha256 of each of its files on PyPI (all wheels of
 # that version and the sdist), and pip installs nothing whose hash is not listed there.
 # requirements-dev.lock holds the runtime set too, at the versions of requirements.lock.
+# One pair of locks serves every supported Python: they are resolved for 3.11, and `make lock` fails
+# when 3.12 or 3.13 would resolve to anything else (the hashes cover every wheel of each version).
 LOCKS := requirements.lock requirements-dev.lock
-LOCK_FLAGS := --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
-	--custom-compile-command "make lock"
+LOCK_PYTHON := 3.11
+LOCK_ALSO_FOR := 3.12 3.13
+LOCK_FLAGS := --quiet --generate-hashes --python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock"
 
-$(VENV)/.installed: $(LOCKS)
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+# The runtime set (requirements.lock, what the image installs) is all `make serve` and the model
+# commands need; `make test`, `lint`, `bench` and `lock` add the dev set on top of it, in the same
+# virtualenv (the dev lock holds the runtime set at the same versions and hashes).
+RUNTIME := $(VENV)/.runtime
+DEV := $(VENV)/.installed
+
+$(BIN)/python:
+	@python='$(PYTHON)'; if [ -z "$$python" ]; then for candidate in $(PYTHONS); do \
+	  $$candidate -c '$(SUPPORTED_PYTHON)' 2>/dev/null && { python=$$candidate; break; }; done; \
+	elif ! $$python -c '$(SUPPORTED_PYTHON)' 2>/dev/null; then python=; fi; \
+	if [ -z "$$python" ]; then echo "make needs CPython 3.11, 3.12 or 3.13 and $(if $(PYTHON),PYTHON=$(PYTHON) is not one that runs,none of $(PYTHONS) is one that runs): install one (e.g. apt-get install python3 python3-venv) or name it: make $(or $(MAKECMDGOALS),venv) PYTHON=/path/to/python3.12" >&2; exit 1; fi; \
+	echo "$$python -m venv $(VENV)  (Python $$($$python -c 'import platform; print(platform.python_version())'))"; \
+	$$python -m venv $(VENV)
+
+$(RUNTIME): requirements.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	touch $@
 
-venv: $(VENV)/.installed  ## Create the virtualenv with the locked, hash-checked dependencies
+$(DEV): $(LOCKS) | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	touch $@ $(RUNTIME)
 
-lock: venv  ## Compile requirements*.txt into requirements*.lock (every dependency pinned and hashed; needs PyPI)
-	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements.txt -o requirements.lock
-	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements.txt requirements-dev.txt -o requirements-dev.lock
+venv: $(RUNTIME)  ## Create the virtualenv with the runtime dependencies only (locked, hash-checked)
+dev-venv: $(DEV)  ## Add the test, lint and bench dependencies to it (make test does)
+
+lock: $(DEV)  ## Compile requirements*.txt into requirements*.lock (every dependency pinned and hashed; needs PyPI)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $(LOCK_PYTHON) requirements.txt -o requirements.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $(LOCK_PYTHON) requirements.txt requirements-dev.txt -o requirements-dev.lock
+	@for version in $(LOCK_ALSO_FOR); do \
+	  $(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $$version requirements.txt --output-file $(VENV)/requirements-$$version.lock && \
+	  $(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $$version requirements.txt requirements-dev.txt \
+	    --output-file $(VENV)/requirements-dev-$$version.lock || exit 1; \
+	  for lock in requirements requirements-dev; do \
+	    grep -v '^ *#' $$lock.lock > $(VENV)/pins.txt; grep -v '^ *#' $(VENV)/$$lock-$$version.lock > $(VENV)/pins-$$version.txt; \
+	    cmp -s $(VENV)/pins.txt $(VENV)/pins-$$version.txt || { echo "Python $$version resolves $$lock.txt to other pins or hashes than \
+	      $(LOCK_PYTHON) (diff $$lock.lock $(VENV)/$$lock-$$version.lock): pin the package there so one lock fits all" >&2; exit 1; }; \
+	  done; \
+	done; echo "the locks resolve to the same pins and hashes for Python $(LOCK_PYTHON) and $(LOCK_ALSO_FOR)"
 
 system-deps:  ## Install the Debian packages the tests need (chromium, promtool, postgresql, nginx, apache2, mod_wsgi) when missing (root)
 	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || ls $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
@@ -42,7 +77,7 @@ system-deps:  ## Install the Debian packages the tests need (chromium, promtool,
 	  echo "installing$$missing"; apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
-demo: venv  ## Train and package the demo models unless artifacts exist
+demo: $(RUNTIME)  ## Train and package the demo models unless artifacts exist
 	$(BIN)/python -m service train-demo
 
 # registry check before Gunicorn: models packaged with another DATABASE_URL (`make demo`, then
@@ -57,10 +92,10 @@ serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn (first run p
 test: lint system-deps  ## Lint, then run the whole test suite (unit and end-to-end)
 	$(BIN)/python -m pytest
 
-test-fast: venv  ## Run the in-process tests only: no Gunicorn, no PostgreSQL (neither need be installed)
+test-fast: $(DEV)  ## Run the in-process tests only: no Gunicorn, no PostgreSQL (neither need be installed)
 	$(BIN)/python -m pytest -m "not e2e and not postgres"
 
-bench: venv  ## Compare this server, a naive Flask app and the bare floor under wrk (needs wrk; installs it as root; BENCH_ARGS=--quick; MODEL=<packaged model in ARTIFACTS_DIR>)
+bench: $(DEV)  ## Compare this server, a naive Flask app and the bare floor under wrk (needs wrk; installs it as root; BENCH_ARGS=--quick; MODEL=<packaged model in ARTIFACTS_DIR>)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python -m bench $(if $(MODEL),--model '$(MODEL)') $(BENCH_ARGS)
 
@@ -70,22 +105,22 @@ BANDIT_TARGETS := service wsgi.py gunicorn.conf.py bench
 
 # bandit 1.9 also warns "nosec encountered (B608), but no failed test" on f-strings whose finding the
 # nosec did suppress (PyCQA/bandit#1204): those lines are dropped from its log, its verdict is kept.
-lint: venv  ## Check the code with ruff (style and security rules) and bandit
+lint: $(DEV)  ## Check the code with ruff (style and security rules) and bandit
 	$(BIN)/ruff check .
 	@echo "$(BIN)/bandit --quiet --configfile pyproject.toml --recursive $(BANDIT_TARGETS)"
 	@$(BIN)/bandit --quiet --configfile pyproject.toml --recursive $(BANDIT_TARGETS) 2>$(VENV)/bandit.log; \
 	status=$$?; grep -v 'but no failed test on file' $(VENV)/bandit.log >&2; exit $$status
 
-list: venv  ## List models, versions and labels
+list: $(RUNTIME)  ## List models, versions and labels
 	$(BIN)/python -m service list
 
-verify: venv  ## Verify the hashes of every artifact on disk
+verify: $(RUNTIME)  ## Verify the hashes of every artifact on disk
 	$(BIN)/python -m service verify
 
-package: venv  ## Package a model: make package MODEL=m.joblib NAME=churn DATA=holdout.csv TARGET=label [ARGS="--min accuracy=0.9"]
+package: $(RUNTIME)  ## Package a model: make package MODEL=m.joblib NAME=churn DATA=holdout.csv TARGET=label [ARGS="--min accuracy=0.9"]
 	$(BIN)/python -m service package --model $(MODEL) --name $(NAME) --data $(DATA) --target $(TARGET) $(ARGS)
 
-purge: venv  ## Delete logged predictions older than RETENTION_DAYS (default 30)
+purge: $(RUNTIME)  ## Delete logged predictions older than RETENTION_DAYS (default 30)
 	$(BIN)/python -m service purge
 
 clean:  ## Remove the virtualenv, caches and runtime files (not artifacts)

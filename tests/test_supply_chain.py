@@ -109,21 +109,36 @@ def test_the_makefile_installs_only_from_the_locks_with_require_hashes() -> None
     rules = make_rules()
     locks = make_variable("LOCKS")
     assert sorted(locks) == sorted(TOP_LEVEL)
-    stamp_deps, stamp_recipe = rules["$(VENV)/.installed"]
-    assert stamp_deps == ["$(LOCKS)"]  # a regenerated lock reinstalls the virtualenv
+    assert make_variable("RUNTIME") == ["$(VENV)/.runtime"] and make_variable("DEV") == ["$(VENV)/.installed"]
+    runtime_deps, runtime_recipe = rules["$(RUNTIME)"]
+    dev_deps, dev_recipe = rules["$(DEV)"]
+    # a regenerated lock reinstalls the virtualenv
+    assert runtime_deps[0] == "requirements.lock" and dev_deps[0] == "$(LOCKS)"
     installs = [line for recipe in rules.values() for line in recipe[1] if "pip install" in line]
     assert installs and all("--require-hashes" in line for line in installs)
     assert all(re.search(r"-r \S+\.lock\b", line) and not re.search(r"-r \S+\.txt\b", line) for line in installs)
-    assert any("pip install" in line for line in stamp_recipe)
+    assert [line for line in runtime_recipe if "pip install" in line][0].endswith("-r requirements.lock")
+    assert [line for line in dev_recipe if "pip install" in line][0].endswith("-r requirements-dev.lock")
+
+
+def test_make_serve_installs_the_runtime_lock_only_and_the_dev_lock_is_for_test_lint_bench() -> None:
+    rules = make_rules()
+    assert rules["serve"][0] == ["demo"] and rules["demo"][0] == ["$(RUNTIME)"]
+    for target in ("list", "verify", "package", "purge", "venv"):
+        assert rules[target][0] == ["$(RUNTIME)"], target
+    for target in ("lint", "test-fast", "bench", "lock", "dev-venv"):
+        assert rules[target][0] == ["$(DEV)"], target
+    assert rules["test"][0][0] == "lint"
 
 
 def test_make_lock_regenerates_both_locks_with_hashes() -> None:
     _, recipe = make_rules()["lock"]
     flags = make_variable("LOCK_FLAGS")
-    assert "--generate-hashes" in flags and ["--python-version", "3.11"] == flags[flags.index("--python-version"):][:2]
+    assert "--generate-hashes" in flags and make_variable("LOCK_PYTHON") == ["3.11"]
+    assert make_variable("LOCK_ALSO_FOR") == ["3.12", "3.13"]  # checked to resolve to the same locks
     outputs = [line.split(" -o ", 1)[1].strip() for line in recipe if " -o " in line]
     assert sorted(outputs) == sorted(TOP_LEVEL)
-    for line in recipe:
+    for line in (line for line in recipe if " -o " in line):
         lock = line.split(" -o ", 1)[1].strip()
         assert all(source in line for source in TOP_LEVEL[lock]) and "uv pip compile" in line
     assert re.search(r"^uv==\S+$", (REPO / "requirements-dev.txt").read_text(), re.MULTILINE)  # the tool is pinned
