@@ -15,7 +15,7 @@ export ARTIFACTS_DIR
 SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql nginx:nginx \
 	apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
 
-.PHONY: help venv dev-venv lock system-deps demo serve test test-fast bench lint list verify package purge clean
+.PHONY: help venv dev-venv lock system-deps demo serve wheel test test-fast bench lint list verify package purge clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -80,16 +80,17 @@ system-deps:  ## Install the Debian packages the tests need (chromium, promtool,
 demo: $(RUNTIME)  ## Train and package the demo models unless artifacts exist
 	$(BIN)/python -m service train-demo
 
-# registry check before Gunicorn: models packaged with another DATABASE_URL (`make demo`, then
-# `DATABASE_URL=postgresql://... make serve`) stop here with the `registry adopt` line to run, rather
-# than starting workers that refuse them. Adopting them here would accept whatever is in artifacts/.
+# `serve` checks the configuration and each registry.json against the audit trail (models packaged
+# with another DATABASE_URL stop there with the `registry adopt` line to run), makes the local admin
+# key once, then becomes Gunicorn with gunicorn.conf.py: the same command the installed package has.
 serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn (first run prints the local admin key)
-	@$(BIN)/python -m service config --quiet
-	@$(BIN)/python -m service registry check
-	@$(BIN)/python -m service keys ensure-local-admin
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:application
+	$(BIN)/python -m service serve
 
-test: lint system-deps  ## Lint, then run the whole test suite (unit and end-to-end)
+# The installable package (pyproject.toml), built with the pinned hatchling and nothing fetched.
+wheel: $(DEV)  ## Build the package into dist/ (pip install it for the sklearn-server command)
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
+test: lint wheel system-deps  ## Lint, build the wheel, then run the whole test suite (unit and end-to-end)
 	$(BIN)/python -m pytest
 
 test-fast: $(DEV)  ## Run the in-process tests only: no Gunicorn, no PostgreSQL (neither need be installed)
@@ -124,4 +125,4 @@ purge: $(RUNTIME)  ## Delete logged predictions older than RETENTION_DAYS (defau
 	$(BIN)/python -m service purge
 
 clean:  ## Remove the virtualenv, caches and runtime files (not artifacts)
-	rm -rf $(VENV) .pytest_cache .ruff_cache var
+	rm -rf $(VENV) .pytest_cache .ruff_cache var dist

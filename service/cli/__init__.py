@@ -1,4 +1,4 @@
-"""The command line: ``python -m service <command>``; a thin shell over the core modules.
+"""The command line: ``python -m service <command>``, installed as ``sklearn-server``; a thin shell over the core modules.
 
 One module per command group; every command exits 0 on success and non-zero with a one-line
 reason on stderr otherwise. Warnings the core logs on the way (an audit record that could not be
@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from service.cli import audit, card, erase, export, labels, models, monitoring, registry, rollout, settings
+from service.cli import audit, card, erase, export, labels, models, monitoring, registry, rollout, serve, settings
 from service.cli.keys import keys
 
 
@@ -26,7 +26,7 @@ def cli(ctx: click.Context) -> None:
 
 
 cli.add_command(keys)
-for _module in (models, labels, rollout, registry, monitoring, settings, card, audit, export, erase):
+for _module in (models, labels, rollout, registry, monitoring, settings, card, audit, export, erase, serve):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
@@ -43,16 +43,18 @@ class _HeldWarnings(logging.Handler):
 
 
 def main() -> None:
+    """Run the command line: ``python -m service``, or the installed ``sklearn-server`` (the same group)."""
+    program = "python -m service" if sys.argv[0].endswith("__main__.py") else os.path.basename(sys.argv[0])
     if os.environ.get("LOG_LEVEL"):
         from service.logs import configure_logging
 
         configure_logging(os.environ["LOG_LEVEL"])
-        cli(prog_name="python -m service")
+        cli(prog_name=program)
         return
     held = _HeldWarnings()
     logging.getLogger().addHandler(held)
     try:
-        cli(prog_name="python -m service")
+        cli(prog_name=program)
     except SystemExit as exit_:
         if exit_.code in (0, None):
             for line in dict.fromkeys(held.lines):  # each warning once

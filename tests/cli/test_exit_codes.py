@@ -37,7 +37,7 @@ USAGE = [
     ("gc", "diabetes"), ("gc", "diabetes", "--keep", "0"), ("export", "diabetes", "1", "--format", "pdf"),
     ("rollout", "set", "diabetes", "--reason", "r"), ("rollout", "set", "diabetes", "--canary", "2", "--reason", "r"),
     ("rollout", "set", "diabetes", "--end-canary", "--weight", "5", "--reason", "r"),
-    ("keys", "list"), ("erase",), ("audit", "export"),
+    ("keys", "create", "--name", "app"), ("erase",), ("audit", "export"),
 ]
 
 
