@@ -36,6 +36,7 @@ LOCK_FLAGS := --quiet --generate-hashes --python-platform x86_64-unknown-linux-g
 # virtualenv (the dev lock holds the runtime set at the same versions and hashes).
 RUNTIME := $(VENV)/.runtime
 DEV := $(VENV)/.installed
+UV := $(BIN)/uv
 
 $(BIN)/python:
 	@python='$(PYTHON)'; if [ -z "$$python" ]; then for candidate in $(PYTHONS); do \
@@ -45,12 +46,20 @@ $(BIN)/python:
 	echo "$$python -m venv $(VENV)  (Python $$($$python -c 'import platform; print(platform.python_version())'))"; \
 	$$python -m venv $(VENV)
 
-$(RUNTIME): requirements.lock | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+# uv installs the locks: pip fetches one file at a time (93 s for the runtime lock on a fresh machine,
+# 9 s with uv, same hashes checked). uv itself comes first, with pip, exactly as the dev lock pins and
+# hashes it (its entry copied out to $(VENV)/uv.lock).
+$(UV): requirements-dev.lock | $(BIN)/python
+	@awk '/^uv==/ {keep = 1; print; next} keep && /^ / {print; next} {keep = 0}' requirements-dev.lock > $(VENV)/uv.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r $(VENV)/uv.lock
+	@touch $@
+
+$(RUNTIME): requirements.lock | $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r requirements.lock
 	touch $@
 
-$(DEV): $(LOCKS) | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+$(DEV): $(LOCKS) | $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r requirements-dev.lock
 	touch $@ $(RUNTIME)
 
 venv: $(RUNTIME)  ## Create the virtualenv with the runtime dependencies only (locked, hash-checked)
