@@ -98,9 +98,9 @@ def why_not_local(environ: dict[str, Any], trusted: TrustedProxies) -> str:
         return f"came through a proxy (it carries {', '.join(sent)})"
     peer = peer_address(environ)
     if trusted.trusts(peer):
-        return (f"came from {peer}, which FORWARDED_ALLOW_IPS={','.join(trusted.declared)} declares a proxy, so it "
-                "counts as proxied even without forwarded headers (a proxy on this host connects from the same address "
-                "as a direct client, and open mode must not serve the proxy's clients as local)")
+        return (f"came from {peer}, which FORWARDED_ALLOW_IPS={','.join(trusted.declared)} declares a proxy, and counts "
+                "as proxied even without forwarded headers (a proxy on this host connects from the same address as a "
+                "direct client, and its clients must not be served as local)")
     if _address(peer) is None:
         return "came over a Unix socket, the way a proxy connects"
     return f"came from another machine ({peer})"
