@@ -59,7 +59,7 @@ def serve(ctx: click.Context, gunicorn_args: tuple[str, ...]) -> None:
     ctx.invoke(check, name=None, artifacts_dir=artifacts_dir)
     ctx.invoke(ensure_local_admin)
     command = gunicorn_command(gunicorn_args)
-    click.echo(" ".join(command[1:]), err=True)
+    click.echo(" ".join(command), err=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)  # nosec B606  # noqa: S606  Gunicorn replaces this process, run with our own interpreter
