@@ -22,7 +22,7 @@ help:  ## List the targets
 
 # requirements*.txt are the pins people edit; `make lock` compiles them into the lock files, where
 # every transitive dependency is pinned with the sha256 of each of its files on PyPI (all wheels of
-# that version and the sdist), and pip installs nothing whose hash is not listed there.
+# that version and the sdist), and nothing is installed whose hash is not listed there.
 # requirements-dev.lock holds the runtime set too, at the versions of requirements.lock.
 # One pair of locks serves every supported Python: they are resolved for 3.11, and `make lock` fails
 # when 3.12 or 3.13 would resolve to anything else (the hashes cover every wheel of each version).
