@@ -1,10 +1,11 @@
 """The package outside the checkout: the wheel built from pyproject.toml, installed in a fresh
 virtualenv, gives the `sklearn-server` command (the click group of `python -m service`), whose
 `serve` runs Gunicorn with the gunicorn.conf.py the wheel carries and serves a given ARTIFACTS_DIR
-from any folder."""
+from any folder, on CPython 3.11, 3.12 and 3.13 (those this machine has; pyenv's count)."""
 
 from __future__ import annotations
 
+import glob
 import shutil
 import subprocess
 import sys
@@ -34,15 +35,41 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-@pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv (no --system-site-packages, nothing of the checkout's) with the wheel and the
-    dependencies it names; returns its bin/. uv installs what pip would, from its cache when warm."""
-    venv = tmp_path_factory.mktemp("install") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+def interpreter(version: str) -> str | None:
+    """A CPython ``version`` on this machine: the one running the tests, on PATH, or under pyenv."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
+        return sys.executable
+    found = [shutil.which(f"python{version}"),
+             *sorted(glob.glob(str(Path.home() / ".pyenv" / "versions" / f"{version}.*" / "bin" / f"python{version}")))]
+    for candidate in filter(None, found):  # a pyenv shim is on PATH but fails unless its version is selected
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
+            return candidate
+    return None
+
+
+def install(wheel: Path, python: str, folder: Path) -> Path:
+    """Make a fresh virtualenv (nothing of the checkout's) with the wheel and the dependencies it names;
+    return its bin/. uv installs what pip would, from its cache when warm."""
+    venv = folder / "venv"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     subprocess.run([str(UV), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), str(wheel)],
                    check=True, timeout=900)
     return venv / "bin"
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed with the Python running the tests."""
+    return install(wheel, sys.executable, tmp_path_factory.mktemp("install"))
+
+
+@pytest.fixture(scope="module", params=["3.11", "3.12", "3.13"])
+def installed_on(request: pytest.FixtureRequest, wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed with each supported Python this machine has (every one the README names)."""
+    python = interpreter(request.param)
+    if python is None:
+        pytest.skip(f"no CPython {request.param} here (on PATH or under ~/.pyenv)")
+    return install(wheel, python, tmp_path_factory.mktemp(f"install-{request.param}"))
 
 
 def test_the_wheel_carries_the_package_its_files_and_gunicorn_conf(wheel: Path):
@@ -69,8 +96,10 @@ def test_the_console_command_is_the_same_click_group(installed: Path, tmp_path: 
     assert sorted(listed) == sorted(cli.commands)
 
 
-def test_installed_serve_answers_from_any_folder(installed: Path, artifact_root: Path, tmp_path: Path):
-    """From an empty folder, with only ARTIFACTS_DIR (and a port) given, as a user outside the checkout."""
+def test_installed_serve_answers_from_any_folder(installed_on: Path, artifact_root: Path, tmp_path: Path):
+    """From an empty folder, with only ARTIFACTS_DIR (and a port) given, as a user outside the checkout,
+    on each supported Python."""
+    installed = installed_on
     folder = tmp_path / "elsewhere"
     folder.mkdir()
     port = free_port()
