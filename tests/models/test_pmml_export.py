@@ -8,6 +8,7 @@ shared evaluator.
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import joblib
@@ -15,13 +16,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import sklearn.base
+from click.testing import CliRunner
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import train_test_split
 
 from bench import models as bench_models
+from service.cli import cli
 from service.models import artifacts, demo, pmml_export
 from service.models.packaging import fingerprint, package_model
+from tests.builders import flip_byte
+from tests.faulty_models import SumRegressor
 from tests.models.test_realistic_models import churn_frame, churn_pipeline
 
 #: name -> what its pipeline holds; the first four are the demo and bench models themselves
@@ -115,6 +120,55 @@ def test_the_stored_pmml_answers_like_the_model_within_1e_9(families, evaluator,
     assert diff <= 1e-9, f"{name} ({FAMILIES[name]}): {diff:.3g}"
 
 
+def run(root, *args):
+    runner = CliRunner(env={"MODEL_SIGNING_KEY": None, "ARTIFACTS_DIR": None, "REQUIRE_MODEL_CARD": None})
+    return runner.invoke(cli, [*args, "--artifacts-dir", str(root)])
+
+
+def test_export_writes_the_stored_pmml_and_says_where(families, tmp_path, monkeypatch):
+    root, _ = families
+    out = tmp_path / "bc.pmml"
+    result = run(root, "export", "breast-cancer", "1", "--format", "pmml", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    stored = artifacts.version_dir(root, "breast-cancer", 1) / "model.pmml"
+    assert out.read_bytes() == stored.read_bytes()
+    assert result.stdout == f"exported breast-cancer version 1 as pmml to {out} (sha256 {artifacts.sha256_file(out)})\n"
+    assert b"<PMML" in out.read_bytes()[:400]
+    monkeypatch.chdir(tmp_path)
+    result = run(root, "export", "diabetes", "1", "--format", "pmml")
+    written = tmp_path / "exports" / "diabetes-1.pmml"
+    assert result.exit_code == 0 and f" to {written} " in result.stdout and written.is_file()
+
+
+def test_verify_and_export_refuse_a_tampered_pmml(families, tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(families[0] / "diabetes", root / "diabetes")
+    flip_byte(artifacts.version_dir(root, "diabetes", 1) / "model.pmml")
+    result = run(root, "verify")
+    assert result.exit_code == 1
+    assert "FAILED  diabetes 1: file model.pmml does not match its sha256 in the manifest" in result.stdout
+    result = run(root, "export", "diabetes", "1", "--format", "pmml", "--out", str(tmp_path / "d.pmml"))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "model.pmml" in result.stderr
+    assert not (tmp_path / "d.pmml").exists()
+
+
+def test_a_model_the_converter_does_not_know_is_refused_in_one_line(java, tmp_path):
+    X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.1, 0.2, 0.3]})
+    X.assign(target=[1.5, 2.1, 3.2, 4.3]).to_csv(tmp_path / "data.csv", index=False)
+    joblib.dump(SumRegressor().fit(X.to_numpy(), None), tmp_path / "sum.joblib")
+    root = tmp_path / "artifacts"
+    result = run(root, "package", "--model", str(tmp_path / "sum.joblib"), "--name", "sum", "--data",
+                 str(tmp_path / "data.csv"), "--target", "target", "--features", "a,b", "--pmml")
+    assert result.exit_code == 0, result.output
+    reason = "The object (Python class tests.faulty_models.SumRegressor) is not a supported Estimator"
+    assert f"sum version 1: no PMML recorded (unsupported): {reason}\n" in result.stderr
+    manifest = artifacts.read_manifest(artifacts.version_dir(root, "sum", 1))
+    assert manifest["exports"]["pmml"]["status"] == "unsupported" and "model.pmml" not in manifest["files"]
+    result = run(root, "export", "sum", "1", "--format", "pmml", "--out", str(tmp_path / "s.pmml"))
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: sum version 1 has no parity-checked PMML file (unsupported: {reason})\n"
+
+
 def test_a_scikit_learn_release_the_converter_does_not_support_is_named(java, monkeypatch):
     X = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.5, 0.1, 0.2, 0.3]})
     model = LinearRegression().fit(X, [1.0, 2.0, 3.0, 4.0])
@@ -124,6 +178,26 @@ def test_a_scikit_learn_release_the_converter_does_not_support_is_named(java, mo
         pmml_export.convert(model, ["a", "b"], java)
     assert str(refused.value) == ("Scikit-Learn version '1.9.1' is not supported (Upgrade the converter to the latest "
                                   "version, or downgrade Scikit-Learn to version '1.9.0')")
+
+
+def test_a_pmml_that_misses_parity_is_not_stored_and_packaging_says_why(java, tmp_path):
+    # sums of products in another order round differently: on values near 1e11 that exceeds 1e-9
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(size=(200, 12)), columns=[f"x{i}" for i in range(12)])
+    y = X.to_numpy() @ rng.normal(size=12) * 1e9 + 5e10
+    joblib.dump(LinearRegression().fit(X, y), tmp_path / "big.joblib")
+    X.assign(target=y).to_csv(tmp_path / "data.csv", index=False)
+    root = tmp_path / "artifacts"
+    result = run(root, "package", "--model", str(tmp_path / "big.joblib"), "--name", "big", "--data",
+                 str(tmp_path / "data.csv"), "--target", "target", "--pmml")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if "PMML" in line]
+    assert len(lines) == 1 and lines[0].startswith("big version 1: no PMML recorded (failed): predictions differ by ")
+    assert "(more than 1e-09, on values up to " in lines[0]
+    manifest = artifacts.read_manifest(artifacts.version_dir(root, "big", 1))
+    report = manifest["exports"]["pmml"]
+    assert report["status"] == "failed" and report["max_abs_diff"] > 1e-9 and report["rows"] == 200
+    assert "model.pmml" not in manifest["files"] and not (artifacts.version_dir(root, "big", 1) / "model.pmml").exists()
 
 
 def test_without_the_converter_or_java_packaging_says_which_is_missing(tmp_path, monkeypatch):
