@@ -6,10 +6,11 @@ ARTIFACTS_DIR ?= artifacts
 export ARTIFACTS_DIR
 
 # Debian packages the tests drive for real: headless Chromium (monitoring page), promtool
-# (Prometheus' checker, in the prometheus package), a PostgreSQL server (shared store), and for
-# tests/deploy Nginx, Apache with mod_wsgi, and systemd's unit checker and socket activation.
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql nginx:nginx \
-	apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
+# (Prometheus' checker, in the prometheus package), a PostgreSQL server (shared store), a Java
+# runtime (PMML conversion and its evaluator), and for tests/deploy Nginx, Apache with mod_wsgi,
+# and systemd's unit checker and socket activation.
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql java:default-jre-headless \
+	nginx:nginx apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
 
 .PHONY: help venv lock system-deps demo serve test test-fast bench lint list verify package purge clean
 
@@ -35,7 +36,7 @@ lock: venv  ## Compile requirements*.txt into requirements*.lock (every dependen
 	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements.txt -o requirements.lock
 	$(BIN)/uv pip compile $(LOCK_FLAGS) requirements.txt requirements-dev.txt -o requirements-dev.lock
 
-system-deps:  ## Install the Debian packages the tests need (chromium, promtool, postgresql, nginx, apache2, mod_wsgi) when missing (root)
+system-deps:  ## Install the Debian packages the tests need (chromium, promtool, postgresql, java, nginx, apache2, mod_wsgi) when missing (root)
 	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || ls $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "the tests need:$$missing; run: sudo apt-get install$$missing" >&2; exit 1; fi; \
