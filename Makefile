@@ -12,7 +12,7 @@ export ARTIFACTS_DIR
 SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql java:default-jre-headless \
 	nginx:nginx apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
 
-.PHONY: help venv lock system-deps demo serve test test-fast bench lint list verify package purge clean
+.PHONY: help venv lock system-deps demo serve test test-fast bench lint docs docs-serve list verify package purge clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -76,6 +76,17 @@ lint: venv  ## Check the code with ruff (style and security rules) and bandit
 	@echo "$(BIN)/bandit --quiet --configfile pyproject.toml --recursive $(BANDIT_TARGETS)"
 	@$(BIN)/bandit --quiet --configfile pyproject.toml --recursive $(BANDIT_TARGETS) 2>$(VENV)/bandit.log; \
 	status=$$?; grep -v 'but no failed test on file' $(VENV)/bandit.log >&2; exit $$status
+
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link, a missing page or a bad anchor
+# fails the build; the settings, command-line and HTTP reference are generated from the code as it
+# builds. `make test` builds it too (tests/test_docs.py). docs-serve uses 8001: 8000 is the server's.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+
+docs: venv  ## Build the documentation site strictly into site/
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: venv  ## Serve the documentation on http://127.0.0.1:8001, rebuilt as you edit it
+	$(DOCS_ENV) $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 list: venv  ## List models, versions and labels
 	$(BIN)/python -m service list
