@@ -368,7 +368,7 @@ class Config:
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
-        """List (variable, default as the README shows it, meaning) for every setting."""
+        """List (variable, default as the settings reference shows it, meaning) for every setting."""
         return [(f.metadata["env"], shown_default(f.default), f.metadata["help"]) for f in fields(cls)]
 
 
