@@ -186,3 +186,38 @@ def test_restore_resolves_a_folder_of_backups_to_its_newest(tmp_path):
         (tmp_path / stamp / "manifest.json").write_text("{}")
     (tmp_path / ".20260103T000000Z.partial").mkdir()
     assert restore.resolve(tmp_path) == tmp_path / "20260102T000000Z"
+
+
+def test_backups_taken_while_labels_move_each_hold_the_registry_their_chain_anchors(served, tmp_path):
+    """The registry copy and the store snapshot are taken under the registry locks: a change racing
+    the backup lands wholly before or wholly after it, never half (anchor in, file out)."""
+    import threading
+
+    from service.models import registry_anchor
+
+    root = served.artifacts_dir
+    stop = threading.Event()
+    moves = []
+
+    def move_labels() -> None:
+        store = Store.from_url(served.database_url)
+        with registry_anchor.registry_changes(store):
+            while not stop.is_set():
+                version = 1 + len(moves) % 2
+                registry.set_label(root, MODEL, "staging", version, actor="test", reason="race")
+                moves.append(version)
+        store.close()
+
+    mover = threading.Thread(target=move_labels)
+    mover.start()
+    try:
+        sources = take.Sources(root, served.database_url)
+        taken = [take.take(tmp_path / "b", sources) for _ in range(4)]
+    finally:
+        stop.set()
+        mover.join(timeout=30)
+    assert len(moves) > 4
+    for n, backup in enumerate(taken):
+        target = restore.Target(tmp_path / f"t{n}", f"sqlite:///{tmp_path / f't{n}.db'}")
+        restore.restore(backup.path, target)  # raises when registry.json and the chain disagree
+        assert restore.check(target, backup.manifest) == []
