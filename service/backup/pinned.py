@@ -27,6 +27,9 @@ SECRET_TABLES = ("store_secrets",)
 COUNTED = ("requests", "shadow", "prediction_batches", "feedback", "alerts", "audit", "store_secrets", "maintenance")
 SQLITE_COPY = "store/predictions.db"
 PG_COPY = "store/store.pgdump"
+#: libpq's environment variable for each part of a URL: the password never reaches a command line.
+PG_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",  # nosec B105  # names, not a value
+          "dbname": "PGDATABASE", "sslmode": "PGSSLMODE"}
 #: Niceness of pg_dump/pg_restore: serving on the same host comes first.
 NICENESS = 10
 
@@ -132,9 +135,7 @@ def run_pg(tool: str, args: list[str], url: str, *, dbname: bool = False) -> Non
 
     params = psycopg.conninfo.conninfo_to_dict(url)
     env = {**os.environ}
-    names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD", "dbname": "PGDATABASE",
-             "sslmode": "PGSSLMODE"}
-    for key, var in names.items():
+    for key, var in PG_ENV.items():
         if params.get(key) is not None:
             env[var] = str(params[key])
     command = [pg_tool(tool), *args]
