@@ -85,7 +85,7 @@ def _fill(work: Path, sources: Sources, include_secrets: bool, verify_keys: Mode
     body: dict[str, Any] = {"secrets": include_secrets, "models": {}}
     with contextlib.ExitStack() as held:
         for name in models:  # one order for every lock: no two backups wait on each other
-            held.enter_context(registry.locked(root, name))
+            held.enter_context(_lock(root, name))
         snapshot = pins.pin(sources.database_url)
         try:
             for name in models:
@@ -106,6 +106,12 @@ def _fill(work: Path, sources: Sources, include_secrets: bool, verify_keys: Mode
     if include_secrets:
         _copy_secrets(work / SECRETS, sources)
     return body
+
+
+def _lock(root: Path, name: str) -> contextlib.AbstractContextManager[None]:
+    # a read-only install (a mounted volume) has no writer to wait for, and no lock file to open
+    writable = os.access(artifacts.model_dir(root, name), os.W_OK)
+    return registry.locked(root, name) if writable else contextlib.nullcontext()
 
 
 def _copy_registry(root: Path, name: str, target: Path) -> dict[str, Any]:
