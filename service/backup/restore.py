@@ -65,7 +65,7 @@ def restore(src: Path, target: Target, *, trusted: ModelKeys | None = None, forc
     """Verify the backup ``src``, restore it onto ``target`` and check the result; raise ``ValueError``."""
     src = resolve(src)
     manifest = manifests.verify(src, trusted)
-    backend, into = manifest["store"]["backend"], pins.backend_of(target.database_url)
+    backend, into = _store_of(manifest), pins.backend_of(target.database_url)
     if backend == "postgresql" and into != "postgresql":
         raise ValueError("a PostgreSQL backup restores into PostgreSQL only (DATABASE_URL is SQLite)")
     _refuse_non_empty(target, manifest, force)
@@ -86,6 +86,17 @@ def restore(src: Path, target: Target, *, trusted: ModelKeys | None = None, forc
         raise ValueError(f"restored, but the result differs from the backup: {problems[0]}"
                          + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     return Restored(src, manifest, notes)
+
+
+def _store_of(manifest: dict[str, Any]) -> str:
+    """The backend of the backup's store copy; refuse a manifest that points anywhere else."""
+    store = manifest.get("store") if isinstance(manifest.get("store"), dict) else {}
+    copies = {"sqlite": pins.SQLITE_COPY, "postgresql": pins.PG_COPY}
+    backend = store.get("backend")
+    if backend not in copies or store.get("file") != copies[backend] or store["file"] not in manifest["files"] \
+            or not isinstance(store.get("rows"), dict) or not isinstance(manifest.get("models"), dict):
+        raise manifests.BackupRefused("damaged backup: manifest.json does not describe its store copy and models")
+    return backend
 
 
 def check(target: Target, manifest: dict[str, Any]) -> list[str]:

@@ -60,6 +60,8 @@ def take(dest: Path, sources: Sources, *, include_secrets: bool = False, verify_
     """Write one backup into a new folder under ``dest``; return where, what, and how long it took."""
     started = time.monotonic()
     dest = Path(dest)
+    if dest.resolve().is_relative_to(Path(sources.artifacts_dir).resolve()):
+        raise ValueError("DEST must not be inside ARTIFACTS_DIR: a backup folder there would read as a model")
     dest.mkdir(parents=True, exist_ok=True)
     stamp = _free_stamp(dest)
     work = dest / f".{stamp}{PARTIAL}"

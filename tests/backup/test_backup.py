@@ -221,3 +221,15 @@ def test_backups_taken_while_labels_move_each_hold_the_registry_their_chain_anch
         target = restore.Target(tmp_path / f"t{n}", f"sqlite:///{tmp_path / f't{n}.db'}")
         restore.restore(backup.path, target)  # raises when registry.json and the chain disagree
         assert restore.check(target, backup.manifest) == []
+
+
+def test_a_manifest_pointing_its_store_elsewhere_is_refused_and_dest_may_not_be_in_the_artifacts(served, tmp_path):
+    env = cli_env(served.artifacts_dir, served.database_url)
+    inside = invoke(env, "backup", str(served.artifacts_dir / "backups"))
+    assert inside.exit_code == 1 and "must not be inside ARTIFACTS_DIR" in inside.output
+    folder = Path(invoke(env, "backup", str(tmp_path / "b")).stdout.strip())
+    written = json.loads((folder / "manifest.json").read_text())
+    written["store"]["file"] = "../elsewhere.db"
+    (folder / "manifest.json").write_text(json.dumps(written))
+    refused = invoke(cli_env(tmp_path / "new", f"sqlite:///{tmp_path / 'new.db'}"), "restore", str(folder))
+    assert refused.exit_code == 1 and "does not describe its store copy" in refused.output
