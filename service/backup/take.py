@@ -32,6 +32,8 @@ SECRETS = "secrets"
 #: Registry files copied per model: the state and its last-good copy (broken copies and locks are not).
 REGISTRY_FILES = (registry_file.REGISTRY_FILE, registry_file.LAST_GOOD_FILE)
 STAMP = "%Y%m%dT%H%M%SZ"
+#: The ``maintenance`` row a finished backup writes: /metrics shows its age, an alert pages when it is old.
+JOB = "backup"
 PARTIAL = ".partial"
 
 
@@ -172,6 +174,13 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+def mark_done(store: Any, when: float) -> None:
+    """Note in the source store that a backup finished at ``when`` (after its snapshot: not in it)."""
+    upsert = store.insert_sql("maintenance", ("job", "last_run"), conflict="replace", key=("job",))
+    with store.transaction() as db:
+        db.execute(upsert, (JOB, when))
 
 
 def prune(dest: Path, keep: int) -> list[Path]:

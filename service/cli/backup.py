@@ -4,6 +4,7 @@ one back on a fresh host (``service.backup``)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,20 @@ def _config() -> Config:
         raise click.ClickException(str(exc)) from None
 
 
-def _record(url: str, action: str, target: str, details: dict[str, Any]) -> None:
-    """Record the operator's backup or restore in the trail of the store it read or wrote."""
+def _record(url: str, action: str, target: str, details: dict[str, Any], *, finished: float | None = None) -> None:
+    """Record the operator's backup or restore in the trail of the store it read or wrote (and, for a
+    backup, when it ``finished``: the age /metrics shows)."""
+    from service.backup import take
     from service.security import audit
     from service.store import Store
 
     store = Store.from_url(url)
     try:
         audit.record(store, actor(), action, target, details)
+        if finished is not None:
+            take.mark_done(store, finished)
     except Exception as exc:  # the backup is made; the operator must know it is unaudited
-        click.echo(f"warning: not recorded in the audit trail: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"warning: not recorded in the store: {type(exc).__name__}: {exc}", err=True)
     finally:
         store.close()
 
@@ -80,7 +85,8 @@ def backup(dest: Path, include_secrets: bool, keep: int | None, artifacts_dir: P
         click.echo(f"removed {path} (--keep {keep})", err=True)
     # after the snapshot: the backup's own chain ends before this record
     _record(database_url, "backup.create", f"backup:{taken.path.name}", {"audit_seq": taken.manifest["audit"]["seq"],
-                                                          "secrets": include_secrets, "signed": signed == "signed"})
+                                                          "secrets": include_secrets, "signed": signed == "signed"},
+            finished=time.time())
     click.echo(str(taken.path))
 
 

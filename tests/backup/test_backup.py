@@ -66,6 +66,11 @@ def test_a_backup_restores_onto_an_empty_target_with_the_same_labels_rows_and_ch
     assert written["models"][MODEL]["versions"] == [1, 2] and written["models"][MODEL]["labels"]["staging"] == 2
     assert written["store"]["rows"]["feedback"] == 5 and written["store"]["backend"] == "sqlite"
     assert "signature" not in written and oct(folder.stat().st_mode & 0o777) == "0o700"
+    source = Store.from_url(served.database_url)  # after the snapshot: who made it, and when (for /metrics)
+    assert source.fetch("SELECT action, target FROM audit ORDER BY seq DESC LIMIT 1") == \
+        [("backup.create", f"backup:{folder.name}")]
+    assert source.fetch("SELECT count(*) FROM maintenance WHERE job = 'backup'") == [(1,)]
+    source.close()
 
     target = cli_env(tmp_path / "new" / "artifacts", f"sqlite:///{tmp_path / 'new' / 'db.sqlite'}")
     done = invoke(target, "restore", str(tmp_path / "backups"))  # the folder of backups: the newest is taken
