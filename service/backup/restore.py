@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,8 @@ def restore(src: Path, target: Target, *, trusted: ModelKeys | None = None, forc
         if force and folder.exists():
             shutil.rmtree(folder)
         shutil.copytree(src / ARTIFACTS / name, folder)
-    if target.checkpoint_file is not None and (src / CHECKPOINTS).is_file():
-        Path(target.checkpoint_file).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / CHECKPOINTS, target.checkpoint_file)
+    if target.checkpoint_file is not None:
+        _restore_checkpoints(src / CHECKPOINTS, Path(target.checkpoint_file))
     notes = _restore_secrets(src / SECRETS, target) if manifest.get("secrets") else [
         "the backup holds no secrets: create API keys again (`keys create`), and erasure finds subjects logged "
         "before only with the same PII_HASH_KEY"]
@@ -172,6 +172,15 @@ def _restore_store(copy: Path, backend: str, url: str, force: bool) -> None:
         tables.copy_into(copy, store)
     finally:
         store.close()
+
+
+def _restore_checkpoints(saved: Path, path: Path) -> None:
+    # checkpoints of another chain would contradict the restored one: kept aside, never deleted
+    if path.is_file() and path.stat().st_size:
+        os.replace(path, path.with_name(f"{path.name}.replaced-{int(time.time())}"))
+    if saved.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(saved, path)
 
 
 def _drop_tables(url: str) -> None:

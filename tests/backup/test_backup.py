@@ -104,8 +104,11 @@ def test_a_foreign_folder_and_a_non_empty_target_are_refused(served, tmp_path):
     onto_itself = invoke(env, "restore", str(folder))
     assert onto_itself.exit_code == 1 and onto_itself.output.count("\n") == 1
     assert "the target is not empty" in onto_itself.output and "--force" in onto_itself.output
+    (tmp_path / "checkpoints.jsonl").write_text('{"seq": 1}\n')  # another chain's
     forced = invoke(env, "restore", str(folder), "--force")
     assert forced.exit_code == 0, forced.output
+    assert [p.name.split(".replaced-")[0] for p in tmp_path.glob("checkpoints.jsonl.replaced-*")] == ["checkpoints.jsonl"]
+    assert invoke(env, "audit", "verify").exit_code == 0
 
 
 def test_secrets_stay_out_unless_asked_and_keep_leaves_the_newest(served, tmp_path):
