@@ -6,7 +6,8 @@ Nothing is written before the manifest, its signature and every file's sha256 ch
 backend allows: a SQLite copy is put in place as a file (or its rows moved into PostgreSQL through
 the ``Store``, ``tables``), a ``pg_dump`` copy is loaded with ``pg_restore``. Afterwards the
 restored deployment must show the backup's audit head, row counts and registries anchored in its
-chain, or the restore says what differs. Run it with the servers of the target stopped. No Flask.
+chain, or the restore says what differs. Run it with the servers of the target stopped; a restore
+that fails half-way (a full disk) leaves a target to restore again with ``force``. No Flask.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def _store_of(manifest: dict[str, Any]) -> str:
     copies = {"sqlite": pins.SQLITE_COPY, "postgresql": pins.PG_COPY}
     backend = store.get("backend")
     if backend not in copies or store.get("file") != copies[backend] or store["file"] not in manifest["files"] \
-            or not isinstance(store.get("rows"), dict) or not isinstance(manifest.get("models"), dict):
+            or not isinstance(store.get("rows"), dict) or not isinstance(manifest.get("models"), dict) \
+            or not all(artifacts.MODEL_NAME_RE.fullmatch(str(name)) for name in manifest["models"]):
         raise manifests.BackupRefused("damaged backup: manifest.json does not describe its store copy and models")
     return backend
 
