@@ -147,6 +147,14 @@ class Config:
         "AUDIT_CHECKPOINT_SECONDS", "Seconds between checkpoints by the elected worker (when the chain grew); "
         "0 = only after admin changes and by the CLI.", default=300.0,
     )
+    backup_signing_key_file: Path | None = _env(
+        "BACKUP_SIGNING_KEY_FILE", "Ed25519 private key `backup` signs its manifest with (any key pair, e.g. made by "
+        "`keys signing-keygen`); unset = backups are not signed.", default=None,
+    )
+    backup_trusted_keys: tuple[str, ...] = _env(
+        "BACKUP_TRUSTED_KEYS", "Comma-separated Ed25519 public key files or folders `restore` accepts backup "
+        "signatures from; when set, an unsigned backup is refused.", default=(),
+    )
     routing_key_header: str = _env(
         "ROUTING_KEY_HEADER", "Request header whose value keeps a caller on one side of a canary split.",
         default="X-Routing-Key",

@@ -29,6 +29,7 @@ FAILURE = [
      "model 'diabetes' has no canary; give --canary with --weight"),
     (("promote", "diabetes", "--reason", "r"), None),
     (("export", "diabetes", "7", "--format", "onnx", "--out", "{tmp}/x.onnx"), None),
+    (("restore", "{tmp}"), None),
 ]
 USAGE = [
     ("report", "diabetes", "--window", "0"), ("report", "diabetes", "--window", "100", "--minutes", "5"),
@@ -38,6 +39,7 @@ USAGE = [
     ("rollout", "set", "diabetes", "--reason", "r"), ("rollout", "set", "diabetes", "--canary", "2", "--reason", "r"),
     ("rollout", "set", "diabetes", "--end-canary", "--weight", "5", "--reason", "r"),
     ("keys", "list"), ("erase",), ("audit", "export"),
+    ("backup",), ("backup", "somewhere", "--keep", "0"), ("restore",), ("restore", "/no/such/backup"),
 ]
 
 
