@@ -73,6 +73,7 @@ def _copy_table(db: sqlite3.Connection, target: Store, table: str, packed: set[t
         count += len(rows)
     for column in identity:
         if count:  # the next row the server writes must not take a number a restored row holds
-            target.fetch(f"SELECT setval(pg_get_serial_sequence(?, ?), (SELECT max({column}) FROM {table}))",  # noqa: S608  # nosec B608
+            # table and column are the store's own constant names; the values go as parameters
+            target.fetch(f"SELECT setval(pg_get_serial_sequence(?, ?), (SELECT max({column}) FROM {table}))",  # noqa: S608  # nosec B608  # constant names
                          (table, column))
     return count
