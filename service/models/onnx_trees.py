@@ -33,6 +33,8 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 #: ai.onnx.ml's TreeEnsemble with double splits and weights arrived in opset 5.
 ML_OPSET = 5
+#: The preprocessing's output, renamed so it never clashes with a graph output.
+FEATURES = "exact_features"
 FORESTS = (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
 SINGLE_TREES = (DecisionTreeClassifier, DecisionTreeRegressor)
 BOOSTING = (GradientBoostingClassifier, GradientBoostingRegressor)
@@ -257,14 +259,17 @@ class _Graph:
                             initial_types=input_types)
         if len(proto.graph.output) != 1:
             raise Unsupported("the preprocessing has more than one output")
+        out = proto.graph.output[0]
+        for node in proto.graph.node:  # skl2onnx names its output "variable", one of ours
+            node.output[:] = [FEATURES if name == out.name else name for name in node.output]
+            node.input[:] = [FEATURES if name == out.name else name for name in node.input]
         self.nodes += list(proto.graph.node)
         self.initializers += list(proto.graph.initializer)
         self.inputs = list(proto.graph.input)
         self.opsets |= {o.domain: o.version for o in proto.opset_import}
-        out = proto.graph.output[0]
         if out.type.tensor_type.elem_type == TensorProto.DOUBLE:
-            return out.name
-        return self.node("Cast", [out.name], to=TensorProto.DOUBLE)
+            return FEATURES
+        return self.node("Cast", [FEATURES], to=TensorProto.DOUBLE)
 
     def node(self, op: str, inputs: list[str], *, domain: str = "", **attributes: Any) -> str:
         self.count += 1

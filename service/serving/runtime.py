@@ -28,7 +28,7 @@ import pandas as pd
 import sklearn
 
 from service.errors import ArtifactError, ConfigError, PredictionFailed
-from service.models import artifacts, onnx_export
+from service.models import artifacts, onnx_export, parity
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,20 @@ class LoadedModel:
     def backend(self) -> str:
         """The backend that answers this version: ``onnx`` or ``joblib``."""
         return ONNX if self.onnx_bytes is not None else JOBLIB
+
+    def serving(self) -> dict[str, Any]:
+        """What answers this version and how far from scikit-learn its answers were measured to be.
+
+        joblib is scikit-learn itself (0.0); ONNX shows what packaging measured. The ONNX
+        report's status and reason say why a version is not served through it.
+        """
+        report = (self.manifest.get("backends") or {}).get("onnx")
+        report = report if isinstance(report, dict) else {}
+        measured = (report.get("parity") or {}).get("max_abs_diff") if isinstance(report.get("parity"), dict) else None
+        return {"backend": self.backend, "max_abs_diff": measured if self.backend == ONNX else 0.0,
+                "tolerance": parity.TOLERANCE,
+                "onnx": {"status": report.get("status"), "max_abs_diff": measured,
+                         "exact": parity.passes(report), "reason": report.get("reason")}}
 
     @property
     def features(self) -> list[dict[str, Any]]:
@@ -166,8 +180,10 @@ def load(folder: Path, *, name: str, version: int, signing_key: str | None = Non
          backend: str = AUTO) -> LoadedModel:
     """Verify a version folder and only then unpickle it; raise ``ArtifactError`` on refusal.
 
-    ``backend`` ``auto`` serves through ONNX Runtime when the export passed parity at
-    packaging; ``onnx`` does whenever an export is stored; ``joblib`` never does.
+    ``backend`` ``auto`` serves through ONNX Runtime when the manifest records that the export
+    reproduced scikit-learn within ``parity.TOLERANCE`` at packaging (a manifest from before that
+    check records no measurement and is served by joblib); ``onnx`` does whenever an export is
+    stored; ``joblib`` never does.
     """
     start = time.perf_counter()
     verified = artifacts.verify_version(folder, expected_name=name, expected_version=version,
@@ -198,8 +214,11 @@ def _onnx_bytes(verified: artifacts.VerifiedVersion, backend: str) -> bytes | No
         raise ArtifactError(f"manifest says the ONNX export passed parity but does not list {onnx_export.ONNX_FILE}")
     if listed and (report.get("layout") not in onnx_export.LAYOUTS or report.get("input_dtype") not in onnx_export.DTYPES):
         raise ArtifactError(f"manifest lists {onnx_export.ONNX_FILE} without a usable backends.onnx input layout")
-    wanted = backend == ONNX or (backend == AUTO and report.get("status") == onnx_export.OK)
-    if not wanted:
+    exact = report.get("status") == onnx_export.OK and parity.passes(report)
+    if backend == AUTO and report.get("status") == onnx_export.OK and not exact:
+        log.info("ONNX export packaged before exact parity was measured; serving with joblib (package it again)",
+                 extra={"model": manifest["name"], "version": manifest["version"]})
+    if not (backend == ONNX or (backend == AUTO and exact)):
         return None
     if not listed:
         log.warning("ONNX backend requested but this version has no ONNX export; serving with joblib",
