@@ -126,6 +126,9 @@ class LoadedModel:
             values = columns[f["name"]]
             dtype = f.get("dtype")
             if dtype and dtype != str(values.dtype) and not (values.dtype == object and dtype in ("object", "str")):
+                if values.dtype.kind == "f" and _is_integer(dtype) and np.isnan(values).any():
+                    data[f["name"]] = values  # NaN has no integer: a cast would make it -2**63, silently
+                    continue
                 try:
                     values = pd.Series(values).astype(dtype).to_numpy() if dtype == "category" else values.astype(dtype)
                 except (TypeError, ValueError):
@@ -174,6 +177,13 @@ class LoadedModel:
                     self._session, self._session_pid = (session, inputs), pid
                 held = self._session
         return held
+
+
+def _is_integer(dtype: str) -> bool:
+    try:
+        return pd.api.types.is_integer_dtype(pd.api.types.pandas_dtype(dtype))
+    except TypeError:
+        return False
 
 
 def load(folder: Path, *, name: str, version: int, signing_key: str | None = None,
