@@ -22,6 +22,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     GradientBoostingClassifier,
     GradientBoostingRegressor,
+    HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
     RandomForestRegressor,
@@ -92,6 +93,8 @@ FAMILIES: dict[str, Family] = {
     "random-forest-regressor": lambda: (RandomForestRegressor(50, random_state=SEED), _numbers()[0], _numbers()[2]),
     "random-forest-pipeline": lambda: (make_pipeline(_preprocess(), RandomForestClassifier(30, random_state=SEED)),
                                        *shop()[:2]),
+    "hist-gb-pipeline": lambda: (make_pipeline(_preprocess(), HistGradientBoostingClassifier(random_state=SEED)),
+                                 *shop()[:2]),
     "hist-gb-regressor": lambda: (HistGradientBoostingRegressor(random_state=SEED), _numbers()[0], _numbers()[2]),
     "gradient-boosting-classifier": lambda: (make_pipeline(SimpleImputer(), GradientBoostingClassifier(
         n_estimators=50, random_state=SEED)), *_numbers()[:2]),
