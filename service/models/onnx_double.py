@@ -24,9 +24,9 @@ def register() -> None:
     with _lock:
         if _registered:
             return
-        from sklearn.impute import SimpleImputer
         from skl2onnx import update_registered_converter
         from skl2onnx.common._registration import get_shape_calculator
+        from sklearn.impute import SimpleImputer
 
         update_registered_converter(SimpleImputer, "SklearnSimpleImputer",
                                     get_shape_calculator("SklearnSimpleImputer"), _convert_imputer)

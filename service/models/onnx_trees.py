@@ -289,9 +289,6 @@ class _Graph:
 
     def serialize(self) -> bytes:
         opsets = self.opsets | {"ai.onnx.ml": ML_OPSET}
-        graph = helper.make_graph(self.nodes, "exact", self.inputs, self.outputs, self.initializer_list())
+        graph = helper.make_graph(self.nodes, "exact", self.inputs, self.outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
         return model.SerializeToString()
-
-    def initializer_list(self) -> list[Any]:
-        return self.initializers
