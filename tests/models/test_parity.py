@@ -84,6 +84,16 @@ def test_threshold_probes_go_through_the_preprocessing():
     assert np.nextafter(at, np.inf) == above
 
 
+def test_every_split_of_the_bench_forest_is_probed():
+    """The README's "each split threshold" holds up to MAX_SPLITS; the bench's 100-tree forest is under it."""
+    from bench import models as bench_models
+
+    X, y = bench_models.synthetic_data()
+    forest = bench_models.estimators()[bench_models.FOREST].fit(X[:3000], y[:3000])
+    columns, _thresholds = parity_probes.splits(forest)
+    assert len(columns) <= parity_probes.MAX_SPLITS == 20_000
+
+
 def test_probes_stay_within_declared_bounds_and_integers_stay_integers():
     X = pd.DataFrame({"n": np.arange(50, dtype="int64"), "x": np.linspace(0, 1, 50)})
     spec = [{"name": "n", "type": "int", "nullable": True}, {"name": "x", "type": "float", "min": 0.0, "max": 2.0}]
