@@ -62,7 +62,7 @@ def _export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: s
     layouts = ([MATRIX] if numeric else []) + ([COLUMNS] if named else [])
     if not layouts:
         return Export(_report(UNSUPPORTED, reason="string features on a model fitted without column names"))
-    rows = check_rows(model, X, features)
+    rows: tuple[pd.DataFrame, np.ndarray] | None = None  # built once, for the first graph that converts
     best: Export | None = None
     reasons = []
     for layout in layouts:
@@ -73,6 +73,7 @@ def _export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: s
                 reasons.append(f"{layout}/{spec['input_dtype']}/{spec['graph']}: {type(exc).__name__}: {_short(exc)}")
                 continue
             try:
+                rows = rows or check_rows(model, X, features)
                 result = check_parity(model, data, rows, features, spec, task)
             except Exception as exc:  # e.g. outputs shaped unlike the estimator's: never fail packaging
                 result = Export(_report(FAILED, reason=f"parity check: {type(exc).__name__}: {_short(exc)}", **spec))

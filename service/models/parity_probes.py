@@ -34,7 +34,11 @@ _SIGN = np.uint64(1 << 63)
 def probes(model: Any, X: pd.DataFrame, features: list[dict[str, Any]]) -> tuple[pd.DataFrame, np.ndarray]:
     """Return probe rows shaped like ``X`` (same columns and dtypes) and the kind of each."""
     frames, kinds = [], []
-    for kind, frame in ((THRESHOLD, threshold_rows(model, X, features)), (MAGNITUDE, magnitude_rows(X, features)),
+    try:
+        thresholds = threshold_rows(model, X, features)
+    except Exception:  # the preprocessing is user code: a transform that fails far out probes nothing
+        thresholds = None
+    for kind, frame in ((THRESHOLD, thresholds), (MAGNITUDE, magnitude_rows(X, features)),
                         (MISSING, missing_rows(X, features))):
         if frame is not None and len(frame):
             frames.append(frame)
