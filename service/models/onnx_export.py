@@ -67,6 +67,8 @@ def _export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: s
     reasons = []
     for layout in layouts:
         for spec in _specs(model, layout):
+            if spec["input_dtype"] == "float" and best is not None and best.data is not None:
+                break  # a double graph that converted and missed: a float one would only be further off
             try:
                 data = _convert(model, features, spec, task)
             except Exception as exc:  # converters raise many types for what they cannot convert
@@ -81,8 +83,6 @@ def _export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: s
                 return result
             if _better(result, best):
                 best = result
-        if best is not None and best.data is not None and best.report.get("input_dtype") == "double":
-            break  # a double graph that converted: a float one would only be further off
     return best or Export(_report(UNSUPPORTED, reason="; ".join(reasons)))
 
 
