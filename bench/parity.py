@@ -67,6 +67,11 @@ def _numbers() -> tuple[pd.DataFrame, pd.Series, pd.Series]:
     return X[["age", "income", "debt"]], classes, value
 
 
+def _diabetes() -> tuple[pd.DataFrame, pd.Series]:
+    spec = demo.diabetes()
+    return spec["X"], spec["y"]
+
+
 def _demo(make: Callable[[], dict[str, Any]]) -> Family:
     def family() -> tuple[Any, pd.DataFrame, pd.Series]:
         spec = make()
@@ -91,6 +96,8 @@ FAMILIES: dict[str, Family] = {
     "decision-tree-classifier": lambda: (DecisionTreeClassifier(random_state=SEED), *_numbers()[:2]),
     "decision-tree-regressor": lambda: (DecisionTreeRegressor(random_state=SEED), _numbers()[0], _numbers()[2]),
     "random-forest-regressor": lambda: (RandomForestRegressor(50, random_state=SEED), _numbers()[0], _numbers()[2]),
+    # the case: 1.2e-4 off through the float graph on its hold-out and threshold rows
+    "random-forest-diabetes": lambda: (RandomForestRegressor(50, random_state=0), _diabetes()[0], _diabetes()[1]),
     "random-forest-pipeline": lambda: (make_pipeline(_preprocess(), RandomForestClassifier(30, random_state=SEED)),
                                        *shop()[:2]),
     "hist-gb-pipeline": lambda: (make_pipeline(_preprocess(), HistGradientBoostingClassifier(random_state=SEED)),
