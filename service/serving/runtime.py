@@ -100,7 +100,8 @@ class LoadedModel:
         """
         report = (self.manifest.get("backends") or {}).get("onnx")
         report = report if isinstance(report, dict) else {}
-        measured = (report.get("parity") or {}).get("max_abs_diff") if isinstance(report.get("parity"), dict) else None
+        found = report.get("parity")
+        measured = found.get("max_abs_diff") if isinstance(found, dict) else None
         return {"backend": self.backend, "max_abs_diff": measured if self.backend == ONNX else 0.0,
                 "tolerance": parity.TOLERANCE,
                 "onnx": {"status": report.get("status"), "max_abs_diff": measured,
