@@ -222,8 +222,9 @@ class Config:
         "REGISTRY_POLL_SECONDS", "How often each worker re-reads the artifact root and registry.json; 0 = never.", default=2.0
     )
     model_backend: str = _env(
-        "MODEL_BACKEND", "Prediction backend: auto (ONNX Runtime for versions whose export passed parity at "
-        "packaging, else scikit-learn), joblib (always scikit-learn) or onnx (whenever an export is stored).",
+        "MODEL_BACKEND", "Prediction backend: auto (ONNX Runtime for versions whose export packaging measured "
+        "within 1e-9 of scikit-learn, else scikit-learn), joblib (always scikit-learn) or onnx (whenever an export "
+        "is stored).",
         default="auto",
     )
     model_backends: tuple[str, ...] = _env(

@@ -36,6 +36,7 @@ def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool, pmml: 
         written = train(artifacts_dir, force=force, signing_key=signing_key, pmml=pmml)
     for manifest in written:
         click.echo(f"packaged {manifest['name']} version {manifest['version']}: {_metrics_line(manifest)}")
+        click.echo(f"{manifest['name']}: {backend_line(manifest)}", err=True)
         _say_pmml(manifest)
     if not written:
         click.echo(f"demo models already present under {artifacts_dir}; nothing to do")
@@ -113,6 +114,7 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
                              pickled_with=inputs.pickled_with, subject=subject, pmml=pmml)
     entry = registry.record_packaged(artifacts_dir, manifest, actor=actor())
     click.echo(f"packaged {name} version {manifest['version']}: {_metrics_line(manifest)}")
+    click.echo(f"{name}: {backend_line(manifest)}", err=True)
     _say_pmml(manifest)
     if entry.get("label"):
         click.echo(f"{name} had no production version; version {manifest['version']} is now production")
@@ -221,6 +223,13 @@ def verify(name: str | None, artifacts_dir: Path, signing_key: str | None) -> No
                 click.echo(f"FAILED  {model} {version}: {exc}")
     if failures:
         raise click.ClickException(f"{failures} version(s) failed verification")
+
+
+def backend_line(manifest: dict[str, Any]) -> str:
+    """Which backend serves the version by default and why (``onnx_export.backend_line``)."""
+    from service.models.onnx_export import backend_line as line
+
+    return line(manifest)
 
 
 def _metrics_line(manifest: dict[str, Any]) -> str:
