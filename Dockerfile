@@ -26,6 +26,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes -r /tmp/requiremen
 WORKDIR /app
 COPY gunicorn.conf.py wsgi.py ./
 COPY service/ service/
+COPY deploy/container/serve deploy/container/serve
 # 1: train the demo models (breast-cancer, diabetes) into /app/artifacts at build, from data that
 # scikit-learn ships, so the image answers out of the box. 0: an empty registry; mount yours.
 # --no-audit: the build has no audit trail worth naming (its store would be thrown away with this
@@ -49,7 +50,8 @@ COPY --from=build --chown=10001:10001 /app/artifacts /app/artifacts
 # Mount points for what is written at run time, owned by the app's user so that a volume or tmpfs
 # mounted there starts with that owner: var/ (SQLite prediction log by default) and the folder
 # for Gunicorn's Unix socket when Nginx shares it (docker-compose.yml).
-RUN install -d -o 10001 -g 10001 /app/var /run/prediction-server
+RUN install -d -o 10001 -g 10001 /app/var /run/prediction-server \
+ && ln -s /app/deploy/container/serve /usr/local/bin/serve
 WORKDIR /app
 # HOST 0.0.0.0: the container's own interface; Gunicorn refuses a non-loopback bind without
 # API_KEYS_FILE (or ALLOW_UNAUTHENTICATED=1), and without signature checks on the models
@@ -62,17 +64,18 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \
-    PORT=8000 \
     ARTIFACTS_DIR=/app/artifacts \
     DATABASE_URL=sqlite:////app/var/predictions.db \
     PROMETHEUS_MULTIPROC_DIR=/dev/shm/prometheus
 USER 10001:10001
 EXPOSE 8000
-# Liveness for Docker itself (Kubernetes uses its own probes): the process answers /healthz.
-# Python, because the slim image has no curl; 30 s start period for the model load.
+# Liveness for Docker itself (Kubernetes uses its own probes): the process answers /healthz, on the
+# port the config binds (PORT, 8000 by default, or the cloud platform's: see the README on Vertex AI,
+# Azure ML and SageMaker). Python, because the slim image has no curl; 30 s start period for the model load.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
+    CMD ["python", "-c", "import urllib.request; from service.config import Config; urllib.request.urlopen('http://127.0.0.1:%d/healthz' % Config.from_env().port, timeout=2)"]
 # Exec form: Gunicorn is PID 1 and gets SIGTERM itself, so `docker stop` and Kubernetes drain
 # requests in flight (graceful_timeout in gunicorn.conf.py) instead of being killed by a shell.
-# A CMD, not an ENTRYPOINT, so `docker run IMAGE python -m service list` runs the CLI.
+# A CMD, not an ENTRYPOINT, so `docker run IMAGE python -m service list` runs the CLI, and
+# `docker run IMAGE serve` (SageMaker's way of starting an image) runs deploy/container/serve.
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:application"]

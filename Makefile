@@ -10,12 +10,13 @@ ARTIFACTS_DIR ?= artifacts
 export ARTIFACTS_DIR
 
 # Debian packages the tests drive for real: headless Chromium (monitoring page), promtool
-# (Prometheus' checker, in the prometheus package), a PostgreSQL server (shared store), and for
-# tests/deploy Nginx, Apache with mod_wsgi, and systemd's unit checker and socket activation.
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql nginx:nginx \
-	apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
+# (Prometheus' checker, in the prometheus package), a PostgreSQL server (shared store), a Java
+# runtime (PMML conversion and its evaluator), and for tests/deploy Nginx, Apache with mod_wsgi,
+# and systemd's unit checker and socket activation.
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql java:default-jre-headless \
+	nginx:nginx apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
 
-.PHONY: help venv dev-venv lock system-deps demo serve wheel test test-fast bench lint list verify package purge clean
+.PHONY: help venv dev-venv lock system-deps demo serve wheel test test-fast bench lint docs docs-serve list verify package purge clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -79,7 +80,7 @@ lock: $(DEV)  ## Compile requirements*.txt into requirements*.lock (every depend
 	  done; \
 	done; echo "the locks resolve to the same pins and hashes for Python $(LOCK_PYTHON) and $(LOCK_ALSO_FOR)"
 
-system-deps:  ## Install the Debian packages the tests need (chromium, promtool, postgresql, nginx, apache2, mod_wsgi) when missing (root)
+system-deps:  ## Install the Debian packages the tests need (chromium, promtool, postgresql, java, nginx, apache2, mod_wsgi) when missing (root)
 	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v $${pair%%:*} >/dev/null || ls $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "the tests need:$$missing; run: sudo apt-get install$$missing" >&2; exit 1; fi; \
@@ -120,6 +121,17 @@ lint: $(DEV)  ## Check the code with ruff (style and security rules) and bandit
 	@echo "$(BIN)/bandit --quiet --configfile pyproject.toml --recursive $(BANDIT_TARGETS)"
 	@$(BIN)/bandit --quiet --configfile pyproject.toml --recursive $(BANDIT_TARGETS) 2>$(VENV)/bandit.log; \
 	status=$$?; grep -v 'but no failed test on file' $(VENV)/bandit.log >&2; exit $$status
+
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link, a missing page or a bad anchor
+# fails the build; the settings, command-line and HTTP reference are generated from the code as it
+# builds. `make test` builds it too (tests/test_docs.py). docs-serve uses 8001: 8000 is the server's.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+
+docs: $(DEV)  ## Build the documentation site strictly into site/
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(DEV)  ## Serve the documentation on http://127.0.0.1:8001, rebuilt as you edit it
+	$(DOCS_ENV) $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 list: $(RUNTIME)  ## List models, versions and labels
 	$(BIN)/python -m service list

@@ -39,15 +39,19 @@ def estimators() -> dict[str, object]:
             BOOSTED: HistGradientBoostingClassifier(random_state=SEED)}
 
 
-def train_all(root: Path) -> dict[str, pd.DataFrame]:
-    """Train and package every bench model into ``root``; return the synthetic models' feature table."""
-    train_demo(root)
+def train_all(root: Path, *, pmml: bool = False) -> dict[str, pd.DataFrame]:
+    """Train and package every bench model into ``root``; return the synthetic models' feature table.
+
+    ``pmml`` also stores each model's parity-checked PMML export (slow: Java starts twice per model).
+    """
+    train_demo(root, pmml=pmml)
     X, y = synthetic_data()
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=SEED, stratify=y)
     for name, model in estimators().items():
         model.fit(X_train, y_train)
         manifest = package_model(model, name, root, X_test, y_test, description=f"bench model ({name})",
                                  changelog="Trained by python -m bench.", reference=X_train,
-                                 training_data={"source": "make_classification", "rows": len(X_train), "seed": SEED})
+                                 training_data={"source": "make_classification", "rows": len(X_train), "seed": SEED},
+                                 pmml=pmml)
         registry.record_packaged(root, manifest, actor="bench")
     return {FOREST: X, BOOSTED: X}

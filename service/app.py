@@ -19,7 +19,21 @@ STORE_TIMEOUT = 1.0  # seconds a write after a response may wait for the databas
 def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app for ``config`` (read from the environment when not given)."""
     from service import explain, logs
-    from service.api import admin, auth, csrf, dashboard, health, limits, models, monitoring, openapi, predict, proxy, request_ids
+    from service.api import (
+        admin,
+        auth,
+        csrf,
+        dashboard,
+        health,
+        limits,
+        models,
+        monitoring,
+        openapi,
+        predict,
+        proxy,
+        request_ids,
+        vertex,
+    )
     from service.api import card as card_api
     from service.api import explain as explain_api
     from service.api import explaining as explaining_api
@@ -94,7 +108,7 @@ def create_app(config: Config | None = None) -> Flask:
         app.extensions["guard"] = guard
 
     for blueprint in (health.bp, models.bp, predict.bp, admin.bp, monitoring.bp, dashboard.bp, metrics_api.bp,
-                      mlflow_api.bp, v2_api.bp,
+                      mlflow_api.bp, v2_api.bp, vertex.blueprint(config),
                       openapi.bp, explain_api.bp, card_api.bp, subjects_api.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
@@ -152,7 +166,8 @@ def _start_retention(app: Flask, config: Config, store) -> None:
 
     loop = RetentionLoop(store, older_than_seconds=config.retention_days * 86400, every_seconds=config.retention_seconds,
                          max_rows=config.prediction_log_max_rows,
-                         on_deleted=lambda reason, rows: metrics.current().log_rows_deleted.labels(reason).inc(rows))
+                         on_deleted=lambda reason, rows: metrics.current().log_rows_deleted.labels(reason).inc(rows),
+                         on_marks=metrics.observe_maintenance)
     if loop.enabled:
         loop.start()
         app.extensions["retention"] = loop

@@ -30,7 +30,8 @@ def _env(name: str, help: str, **kwargs: Any) -> Any:
 @dataclass(frozen=True)
 class Config:
     host: str = _env("HOST", "Address to bind; anything but loopback needs API keys.", default="127.0.0.1")
-    port: int = _env("PORT", "TCP port to bind.", default=8000)
+    port: int = _env("PORT", "TCP port to bind (unset: Vertex AI's AIP_HTTP_PORT or SageMaker's "
+                     "SAGEMAKER_BIND_TO_PORT when the platform sets one).", default=8000)
     workers: int = _env("WEB_CONCURRENCY", "Gunicorn worker processes.", default=2)
     threads: int = _env(
         "THREADS", "Threads per Gunicorn worker that run requests (behind a declared proxy: gthread when > 1, "
@@ -49,7 +50,9 @@ class Config:
         "WORKER_MEMORY_GROWTH_MB", "Replace a worker whose resident memory grew this much since it was ready; 0 = off.",
         default=512.0,
     )
-    artifacts_dir: Path = _env("ARTIFACTS_DIR", "Root of the model registry on disk.", default=Path("artifacts"))
+    artifacts_dir: Path = _env("ARTIFACTS_DIR", "Root of the model registry on disk (unset on Azure ML: the "
+                               "registered model's folder, AZUREML_MODEL_DIR or its artifacts/ folder).",
+                               default=Path("artifacts"))
     api_keys_file: Path | None = _env("API_KEYS_FILE", "JSON file of hashed API keys; unset = open on loopback.", default=None)
     allow_unauthenticated: bool = _env(
         "ALLOW_UNAUTHENTICATED", "Serve predict/read without API keys to any client, not just loopback (explicit opt-in).",
@@ -144,6 +147,14 @@ class Config:
         "AUDIT_CHECKPOINT_SECONDS", "Seconds between checkpoints by the elected worker (when the chain grew); "
         "0 = only after admin changes and by the CLI.", default=300.0,
     )
+    backup_signing_key_file: Path | None = _env(
+        "BACKUP_SIGNING_KEY_FILE", "Ed25519 private key `backup` signs its manifest with (any key pair, e.g. made by "
+        "`keys signing-keygen`); unset = backups are not signed.", default=None,
+    )
+    backup_trusted_keys: tuple[str, ...] = _env(
+        "BACKUP_TRUSTED_KEYS", "Comma-separated Ed25519 public key files or folders `restore` accepts backup "
+        "signatures from; when set, an unsigned backup is refused.", default=(),
+    )
     routing_key_header: str = _env(
         "ROUTING_KEY_HEADER", "Request header whose value keeps a caller on one side of a canary split.",
         default="X-Routing-Key",
@@ -211,8 +222,9 @@ class Config:
         "REGISTRY_POLL_SECONDS", "How often each worker re-reads the artifact root and registry.json; 0 = never.", default=2.0
     )
     model_backend: str = _env(
-        "MODEL_BACKEND", "Prediction backend: auto (ONNX Runtime for versions whose export passed parity at "
-        "packaging, else scikit-learn), joblib (always scikit-learn) or onnx (whenever an export is stored).",
+        "MODEL_BACKEND", "Prediction backend: auto (ONNX Runtime for versions whose export packaging measured "
+        "within 1e-9 of scikit-learn, else scikit-learn), joblib (always scikit-learn) or onnx (whenever an export "
+        "is stored).",
         default="auto",
     )
     model_backends: tuple[str, ...] = _env(
@@ -227,13 +239,24 @@ class Config:
         "counted per model version only.", default=False,
     )
     default_model: str | None = _env(
-        "DEFAULT_MODEL", "Model that /invocations (MLflow scoring, SageMaker) serves; unset = the only model, if one.",
-        default=None,
+        "DEFAULT_MODEL", "Model that /invocations (MLflow scoring, SageMaker) and Vertex AI's predict route serve; "
+        "unset = the only model, if one.", default=None,
+    )
+    aip_health_route: str | None = _env(
+        "AIP_HEALTH_ROUTE", "Set by Vertex AI: the path it probes for health, answered like /ping.", default=None,
+    )
+    aip_predict_route: str | None = _env(
+        "AIP_PREDICT_ROUTE", "Set by Vertex AI: the path it sends predictions to, answered like "
+        "/v1/models/<DEFAULT_MODEL>:predict.", default=None,
     )
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"PORT must be between 1 and 65535, got {self.port}")
+        for name in ("aip_health_route", "aip_predict_route"):
+            route = getattr(self, name)
+            if route is not None and (not route.startswith("/") or any(c in route for c in "<>?# ")):
+                raise ConfigError(f"{_var(name)} must be a path starting with / (no <, >, ?, # or spaces), got {route!r}")
         for name in ("workers", "threads", "timeout", "max_request_bytes", "max_batch_rows", "vectorized_min_rows",
                      "record_queue_size", "record_queue_rows"):
             if getattr(self, name) < 1:
@@ -340,7 +363,7 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build the config from environment variables, naming any bad one in the error."""
-        environ = os.environ if environ is None else environ
+        environ = _with_platform_defaults(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f.metadata["env"])
@@ -354,8 +377,32 @@ class Config:
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
-        """List (variable, default as the README shows it, meaning) for every setting."""
+        """List (variable, default as the settings reference shows it, meaning) for every setting."""
         return [(f.metadata["env"], shown_default(f.default), f.metadata["help"]) for f in fields(cls)]
+
+
+#: Variables a cloud platform sets that stand for one of ours when ours is unset: Vertex AI's
+#: port (https://cloud.google.com/vertex-ai/docs/predictions/custom-container-requirements) and
+#: SageMaker's (https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-inference-code.html).
+PLATFORM_PORTS = ("AIP_HTTP_PORT", "SAGEMAKER_BIND_TO_PORT")
+
+
+def _with_platform_defaults(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """``environ`` with PORT and ARTIFACTS_DIR taken from a platform's variables when unset.
+
+    Azure ML mounts the registered model at ``AZUREML_MODEL_DIR``, with the registered folder
+    inside it (https://learn.microsoft.com/azure/machine-learning/how-to-deploy-custom-container):
+    a registry registered as ``artifacts`` is served from there.
+    """
+    extra: dict[str, str] = {}
+    if "PORT" not in environ:
+        port = next((environ[name] for name in PLATFORM_PORTS if environ.get(name)), None)
+        if port is not None:
+            extra["PORT"] = port
+    if "ARTIFACTS_DIR" not in environ and environ.get("AZUREML_MODEL_DIR"):
+        mounted = Path(environ["AZUREML_MODEL_DIR"])
+        extra["ARTIFACTS_DIR"] = str(mounted / "artifacts" if (mounted / "artifacts").is_dir() else mounted)
+    return {**environ, **extra} if extra else environ
 
 
 def _var(field_name: str) -> str:

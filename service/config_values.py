@@ -15,7 +15,7 @@ FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
 def shown_default(value: Any) -> str:
-    """A default as the README's settings table shows it."""
+    """A default as the settings reference's table shows it."""
     if value is None or value == ():
         return "unset"
     if isinstance(value, bool):

@@ -41,7 +41,7 @@ def test_without_a_declared_proxy_the_worker_buffers_requests_within_the_apps_li
 
 @pytest.mark.parametrize(("threads", "expected"), [("1", "sync"), ("4", "gthread")])
 def test_behind_a_declared_proxy_the_worker_is_sync_or_gthread(monkeypatch, threads, expected):
-    """The proxy buffers every request; sync costs the least CPU per prediction (README, Run it in production)."""
+    """The proxy buffers every request; sync costs the least CPU per prediction (docs/explanation/production.md)."""
     conf = load_gunicorn_conf(monkeypatch, FORWARDED_ALLOW_IPS="10.1.2.1", THREADS=threads)
     assert conf.worker_class == expected
 

@@ -74,4 +74,5 @@ def _version_summary(entry: VersionState) -> dict[str, Any]:
         body.update({k: entry.model.manifest.get(k) for k in SUMMARY_KEYS})
         body["load_seconds"] = round(entry.model.load_seconds, 4)
         body["backend"] = entry.model.backend  # onnx or joblib: what answers this version in this worker
+        body["serving"] = entry.model.serving()  # and how far from scikit-learn it was measured to answer
     return body

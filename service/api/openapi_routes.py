@@ -62,6 +62,8 @@ RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
     "predict.predict": PREDICT,
     "mlflow.invocations": (errors.ModelNotFound, errors.BadRequest, *PREDICT),
     "mlflow.ping": (errors.NotReady,),
+    "vertex.health": (errors.NotReady,),
+    "vertex.predict": (errors.ModelNotFound, *PREDICT),
     "mlflow.version": (errors.ModelNotFound, errors.LabelNotFound, errors.ModelUnavailable,
                        errors.RegistryStateUnavailable),
     "health.readyz": (errors.NotReady,),
@@ -85,7 +87,8 @@ RAISES: dict[str, tuple[type[errors.ServiceError], ...]] = {
     "dashboard.model": REPORTS,
 }
 #: The body each view loads, by the schema that validates it.
-BODIES: dict[str, str] = {"predict.predict": "PredictRequest", "mlflow.invocations": "InvocationRequest",
+BODIES: dict[str, str] = {"predict.predict": "PredictRequest", "vertex.predict": "PredictRequest",
+                          "mlflow.invocations": "InvocationRequest",
                           "admin.set_label": "LabelChange", "admin.set_rollout": "RolloutChange",
                           "admin.promote": "Reason", "admin.rollback": "Reason", "monitoring.feedback": "Feedback",
                           "v2.infer": "InferenceRequest", "subjects.erase": "SubjectErasure"}
@@ -105,6 +108,7 @@ QUERIES: dict[str, list[dict[str, Any]]] = {
 #: What a successful call answers with, where the body has a documented shape.
 ANSWERS: dict[str, tuple[str, str]] = {
     "predict.predict": ("application/json", "PredictResponse"),
+    "vertex.predict": ("application/json", "PredictResponse"),
     "explain.explain": ("application/json", "PredictResponse"),
     "explain.logged": ("application/json", "LoggedExplanation"),
     "mlflow.invocations": ("application/json", "InvocationResponse"),

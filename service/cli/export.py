@@ -1,4 +1,4 @@
-"""``export``: copy a version's portable model file (ONNX) out of the registry, verified.
+"""``export``: copy a version's portable model file (ONNX or PMML) out of the registry, verified.
 
 Without ``--out`` the file goes to ``exports/`` under the current folder (made when needed,
 ignored by git): never loose into a checkout's root, and never into the version's own folder,
@@ -26,7 +26,10 @@ DEFAULT_FOLDER = Path("exports")
 @SIGNING_KEY
 @fails_cleanly
 def export(name: str, version: int, fmt: str, out: Path | None, artifacts_dir: Path, signing_key: str | None) -> None:
-    """Write NAME's VERSION as ONNX: the file packaging converted and parity-checked, hash verified."""
+    """Write NAME's VERSION as ONNX or PMML: the file packaging converted and parity-checked, hash verified.
+
+    PMML exists for versions packaged with --pmml whose PMML evaluator agreed with the model.
+    """
     from service.models.exporting import export_version
 
     target = out or Path.cwd() / DEFAULT_FOLDER / f"{name}-{version}.{fmt}"

@@ -20,20 +20,24 @@ from service.models import artifacts, registry
 @ARTIFACTS
 @SIGNING_KEY
 @click.option("--force", is_flag=True, help="Package new versions even when the demo models exist.")
+@click.option("--pmml", is_flag=True, help="Also convert each to PMML, kept when a PMML evaluator agrees within 1e-9 "
+                                         "(needs requirements-dev.txt and Java).")
 @click.option("--no-audit", "unaudited", is_flag=True,
               help="Record the packaging in no audit trail, for a build whose store is thrown away (an image): "
                    "the history then names no records, and the first server anchors the file as it is. "
                    "Without it, the history names records of DATABASE_URL's store, and a server with another "
                    "store refuses the models until `registry adopt`.")
 @fails_cleanly
-def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool, unaudited: bool) -> None:
+def train_demo(artifacts_dir: Path, signing_key: str | None, force: bool, pmml: bool, unaudited: bool) -> None:
     """Train the demo models (breast-cancer, diabetes) from scikit-learn's bundled data."""
     from service.models.demo import train_demo as train
 
     with _no_audit_trail() if unaudited else contextlib.nullcontext():
-        written = train(artifacts_dir, force=force, signing_key=signing_key)
+        written = train(artifacts_dir, force=force, signing_key=signing_key, pmml=pmml)
     for manifest in written:
         click.echo(f"packaged {manifest['name']} version {manifest['version']}: {_metrics_line(manifest)}")
+        click.echo(f"{manifest['name']}: {backend_line(manifest)}", err=True)
+        _say_pmml(manifest)
     if not written:
         click.echo(f"demo models already present under {artifacts_dir}; nothing to do")
 
@@ -79,6 +83,8 @@ def _no_audit_trail() -> Iterator[None]:
 @click.option("--changelog", default="", help="What changed in this version.")
 @click.option("--card", "card_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Markdown for the model card: intended use and limitations, in people's words.")
+@click.option("--pmml", is_flag=True, help="Also convert to PMML, kept when a PMML evaluator agrees with the model within "
+                                         "1e-9 on --data (needs requirements-dev.txt and Java).")
 @click.option("--require-card/--no-require-card", envvar="REQUIRE_MODEL_CARD", default=setting("require_model_card"),
               help="Refuse to package without --card (env REQUIRE_MODEL_CARD).")
 @ARTIFACTS
@@ -87,7 +93,7 @@ def _no_audit_trail() -> Iterator[None]:
 def package(model_path: Path, name: str, data: Path, target: str, schema_path: Path | None, feature_list: str | None,
             minimums: tuple[str, ...], maximums: tuple[str, ...], folds: int | None, train_path: Path | None,
             breaking: bool, strict_ranges: bool, reference_path: Path | None, subject: str | None,
-            description: str, changelog: str,
+            description: str, changelog: str, pmml: bool,
             card_path: Path | None, require_card: bool, artifacts_dir: Path, signing_key: str | None) -> None:
     """Evaluate, gate and package a joblib model as the next version of NAME."""
     from service.models.package_inputs import read_inputs
@@ -105,12 +111,29 @@ def package(model_path: Path, name: str, data: Path, target: str, schema_path: P
                              evaluation_source=str(data),
                              reference=inputs.reference, card=card_path.read_text(encoding="utf-8") if card_path else "",
                              require_card=require_card, feature_names=inputs.feature_names, breaking=breaking,
-                             pickled_with=inputs.pickled_with, subject=subject)
+                             pickled_with=inputs.pickled_with, subject=subject, pmml=pmml)
     entry = registry.record_packaged(artifacts_dir, manifest, actor=actor())
     click.echo(f"packaged {name} version {manifest['version']}: {_metrics_line(manifest)}")
+    click.echo(f"{name}: {backend_line(manifest)}", err=True)
+    _say_pmml(manifest)
     if entry.get("label"):
         click.echo(f"{name} had no production version; version {manifest['version']} is now production")
     _describe(manifest)
+
+
+def _say_pmml(manifest: dict[str, Any]) -> None:
+    """Say what became of the PMML export asked for: stored, with its parity, or why not (on stderr)."""
+    from service.models import pmml_export
+
+    report = (manifest.get("exports") or {}).get("pmml")
+    if report is None:
+        return
+    version = f"{manifest['name']} version {manifest['version']}"
+    if report.get("status") == pmml_export.OK:
+        click.echo(f"{version}: stored {pmml_export.PMML_FILE}, its PMML evaluator agrees on {report['rows']} hold-out "
+                   f"rows within {report['max_abs_diff']:.3g}")
+    else:
+        click.echo(f"{version}: no PMML recorded ({report.get('status')}): {report.get('reason')}", err=True)
 
 
 def _training_data(path: Path | None) -> dict[str, Any] | None:
@@ -200,6 +223,13 @@ def verify(name: str | None, artifacts_dir: Path, signing_key: str | None) -> No
                 click.echo(f"FAILED  {model} {version}: {exc}")
     if failures:
         raise click.ClickException(f"{failures} version(s) failed verification")
+
+
+def backend_line(manifest: dict[str, Any]) -> str:
+    """Which backend serves the version by default and why (``onnx_export.backend_line``)."""
+    from service.models.onnx_export import backend_line as line
+
+    return line(manifest)
 
 
 def _metrics_line(manifest: dict[str, Any]) -> str:

@@ -9,7 +9,8 @@ SECRET_SETTINGS = ("signing_key", "pii_hash_key", "alert_webhook_url")
 
 @click.command("config")
 @click.option("--quiet", is_flag=True, help="Only check; print nothing when the configuration is good.")
-@click.option("--markdown", is_flag=True, help="Print every setting, its default and meaning as the README's table.")
+@click.option("--markdown", is_flag=True,
+              help="Print every setting, its default and meaning as a Markdown table (the docs' settings reference).")
 def check_config(quiet: bool, markdown: bool) -> None:
     """Check the configuration the server would read from the environment, and print it."""
     from dataclasses import fields
@@ -43,7 +44,7 @@ def _shown(name: str, value: object) -> object:
 
 
 def settings_table() -> str:
-    """The README's settings table, from the one place settings are declared (``Config``)."""
+    """The settings reference's table (docs/reference/settings.md), from the one place settings are declared (``Config``)."""
     from service.config import Config
 
     rows = ["| variable | default | meaning |", "|---|---|---|"]

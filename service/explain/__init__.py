@@ -29,11 +29,13 @@ from service.explain import cost_file, methods
 from service.explain.background import reference_rows
 from service.explain.columns import Unsupported
 from service.explain.cost import Cost, RowLimit, measure, row_limit
+from service.models import parity
 
 log = logging.getLogger(__name__)
 
-#: Largest gap between base + contributions and the model's output an exact method may show.
-TOLERANCE = 1e-6
+#: Largest gap between base + contributions and the model's output an exact method may show: the
+#: served backend's own bar (``parity.TOLERANCE``), so an explanation adds up to what was answered.
+TOLERANCE = parity.TOLERANCE
 CHECK_ROWS = 8
 #: Reference rows behind the global importance of a model card (fewer for the sampled method).
 IMPORTANCE_ROWS = 200

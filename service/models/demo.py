@@ -74,8 +74,9 @@ def cross_validation(spec: dict[str, Any], X: pd.DataFrame, y: pd.Series) -> dic
     return result
 
 
-def train_demo(root: Path, *, force: bool = False, signing_key: str | None = None) -> list[dict[str, Any]]:
-    """Train and package each demo model that has no version yet (or all, with ``force``)."""
+def train_demo(root: Path, *, force: bool = False, signing_key: str | None = None,
+               pmml: bool = False) -> list[dict[str, Any]]:
+    """Train and package each demo model that has no version yet (or all, with ``force``); ``pmml`` adds PMML."""
     written = []
     for make in DEMOS:
         spec = make()
@@ -91,7 +92,7 @@ def train_demo(root: Path, *, force: bool = False, signing_key: str | None = Non
             changelog="Demo model trained by train-demo.", overrides=spec["overrides"],
             thresholds=spec["thresholds"], cv=cv, signing_key=signing_key,
             training_data={"source": f"sklearn.datasets ({spec['name']})", "rows": len(X_train), "seed": SEED},
-            reference=X_train,
+            reference=X_train, pmml=pmml,
         )
         registry.record_packaged(root, manifest, actor="cli:train-demo")
         written.append(manifest)

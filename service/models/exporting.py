@@ -1,8 +1,8 @@
-"""Hand a version's portable file to the outside: the parity-checked ONNX that packaging stored.
+"""Hand a version's portable file to the outside: the parity-checked ONNX or PMML that packaging stored.
 
 Copies the file only after the version verifies (hashes, signature), and only when packaging's
 parity check passed; otherwise one line says why there is none. Converts nothing: conversion
-and the parity check happen once, at packaging (``onnx_export``). No Flask here.
+and the parity check happen once, at packaging (``onnx_export``, ``pmml_export``). No Flask here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from service.models import artifacts, onnx_export
+from service.models import artifacts, onnx_export, pmml_export
 
 FORMATS = ("onnx", "pmml")
 
@@ -30,7 +30,7 @@ def export_version(root: Path, name: str, version: int, fmt: str, out: Path, *,
     manifest = artifacts.verify_version(folder, expected_name=name, expected_version=int(version),
                                         signing_key=signing_key).manifest
     if fmt == "pmml":
-        raise ValueError(f"{name} version {version} has no PMML file: packaging does not convert to PMML yet")
+        return _write(folder / pmml_export.PMML_FILE, out, *_pmml_file(manifest, name, version))
     entry = manifest["files"].get(onnx_export.ONNX_FILE)
     report = (manifest.get("backends") or {}).get("onnx")
     if report is None:
@@ -43,6 +43,27 @@ def export_version(root: Path, name: str, version: int, fmt: str, out: Path, *,
         raise ValueError(f"--out {out} exists; choose another path or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)  # only now: a refused export leaves no empty folder
     _copy_checked(folder / onnx_export.ONNX_FILE, out, entry)
+    return {"file": str(out), **entry, "report": report}
+
+
+def _pmml_file(manifest: dict[str, Any], name: str, version: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return the stored PMML file's entry and its parity report, or say in one line why there is none."""
+    report = (manifest.get("exports") or {}).get("pmml")
+    if report is None:
+        raise ValueError(f"{name} version {version} was packaged without a PMML export; package it again with --pmml")
+    entry = manifest["files"].get(pmml_export.PMML_FILE)
+    if report.get("status") != pmml_export.OK or entry is None:
+        raise ValueError(f"{name} version {version} has no parity-checked PMML file "
+                         f"({report.get('status')}: {report.get('reason') or 'no reason recorded'})")
+    return entry, report
+
+
+def _write(source: Path, out: Path, entry: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"--out {out} exists; choose another path or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)  # only now: a refused export leaves no empty folder
+    _copy_checked(source, out, entry)
     return {"file": str(out), **entry, "report": report}
 
 

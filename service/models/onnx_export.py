@@ -1,9 +1,12 @@
-"""ONNX export: convert a fitted model with skl2onnx and prove it answers like the original.
+"""ONNX export: convert a fitted model and prove it answers exactly like the original.
 
-Packaging calls ``export``; serving calls ``session``, ``Inputs`` and ``decode_labels``, the
-same code the parity check ran, so what passed at packaging is what runs. ``export`` never
-raises for a model it cannot convert or that misses parity: its report says why, and joblib
-serves. It never writes files (packaging does). No Flask here.
+Tree ensembles convert with ``onnx_trees`` (double thresholds and leaves), everything else with
+skl2onnx, in double where it converts. Parity (``parity``) is checked on the hold-out and on
+probes built from the model (``parity_probes``); only a graph within ``parity.TOLERANCE`` on
+every output passes. Packaging calls ``export``; serving calls ``session``, ``Inputs`` and
+``decode_labels``, the same code the parity check ran, so what passed at packaging is what runs.
+``export`` never raises for a model it cannot convert or that misses parity: its report says
+why, and joblib serves. It never writes files (packaging does). No Flask here.
 """
 
 from __future__ import annotations
@@ -16,20 +19,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from service.models import parity
+
 ONNX_FILE = "model.onnx"
 OK, FAILED, UNSUPPORTED = "ok", "failed", "unsupported"
-#: Parity tolerances: classes identical, probabilities within PROBA_ATOL (absolute),
-#: regression within REGRESSION_RTOL of the largest hold-out prediction's magnitude (an
-#: element-wise ratio would judge values near zero by their rounding noise).
-PROBA_ATOL = 1e-5
-REGRESSION_RTOL = 1e-6
 #: One input tensor of all features (fastest), or one input per feature (needed for string
 #: features and for column transformers that select by name).
 MATRIX, COLUMNS = "matrix", "columns"
 LAYOUTS = (MATRIX, COLUMNS)
-#: Double first, for exact parity; float for tree ensembles and whatever only converts in float.
+#: Double graphs are the ones that can answer exactly; a float graph is kept only when no double
+#: one converts, for an operator who forces MODEL_BACKEND=onnx knowing its measured deviation.
 DTYPES = {"double": np.float64, "float": np.float32}
-TREE_OPS = {"TreeEnsembleClassifier", "TreeEnsembleRegressor"}
+#: Which builder made the graph: ours for tree ensembles (``onnx_trees``), else skl2onnx.
+TREES, SKL2ONNX = "tree_ensemble", "skl2onnx"
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Export:
 
 
 def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: str) -> Export:
-    """Convert ``model`` and check it against itself on the hold-out rows ``X``."""
+    """Convert ``model`` and check it against itself on the hold-out rows ``X`` and on probes."""
     try:
         import onnx
         import skl2onnx
@@ -60,34 +62,50 @@ def _export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: s
     layouts = ([MATRIX] if numeric else []) + ([COLUMNS] if named else [])
     if not layouts:
         return Export(_report(UNSUPPORTED, reason="string features on a model fitted without column names"))
-    failure: Export | None = None
+    rows: tuple[pd.DataFrame, np.ndarray] | None = None  # built once, for the first graph that converts
+    best: Export | None = None
     reasons = []
     for layout in layouts:
-        converted = []
-        for dtype in DTYPES:
-            spec = {"layout": layout, "input_dtype": dtype}
+        for spec in _specs(model, layout):
+            if spec["input_dtype"] == "float" and best is not None and best.data is not None:
+                break  # a double graph that converted and missed: a float one would only be further off
             try:
-                converted.append((spec, *_convert(model, features, spec, task)))
-            except Exception as exc:  # skl2onnx raises many types for what it cannot convert
-                reasons.append(f"{layout}/{dtype}: {type(exc).__name__}: {_short(exc)}")
-        # scikit-learn's trees cast inputs to float32 and so do these ops given float inputs;
-        # given double ones they compare against float-rounded thresholds and disagree more often
-        converted.sort(key=lambda c: c[2] and c[0]["input_dtype"] == "double")
-        for spec, data, _trees in converted:
+                data = _convert(model, features, spec, task)
+            except Exception as exc:  # converters raise many types for what they cannot convert
+                reasons.append(f"{layout}/{spec['input_dtype']}/{spec['graph']}: {type(exc).__name__}: {_short(exc)}")
+                continue
             try:
-                result = check_parity(model, data, X, features, spec, task)
+                rows = rows or check_rows(model, X, features)
+                result = check_parity(model, data, rows, features, spec, task)
             except Exception as exc:  # e.g. outputs shaped unlike the estimator's: never fail packaging
                 result = Export(_report(FAILED, reason=f"parity check: {type(exc).__name__}: {_short(exc)}", **spec))
             if result.report["status"] == OK:
                 return result
-            # a parity miss (whose bytes are kept, for MODEL_BACKEND=onnx) says more than a crash
-            if failure is None or (failure.data is None and result.data is not None):
-                failure = result
-    return failure or Export(_report(UNSUPPORTED, reason="; ".join(reasons)))
+            if _better(result, best):
+                best = result
+    return best or Export(_report(UNSUPPORTED, reason="; ".join(reasons)))
 
 
-def _convert(model: Any, features: list[dict[str, Any]], spec: dict[str, Any], task: str) -> tuple[bytes, bool]:
-    """Return the ONNX bytes and whether they hold tree ensembles."""
+def _specs(model: Any, layout: str) -> list[dict[str, Any]]:
+    """The conversions to try, most exact first."""
+    from service.models import onnx_trees
+
+    first = [{"layout": layout, "input_dtype": "double", "graph": TREES}] if onnx_trees.is_tree_model(model) else []
+    return first + [{"layout": layout, "input_dtype": dtype, "graph": SKL2ONNX} for dtype in DTYPES]
+
+
+def _better(result: Export, best: Export | None) -> bool:
+    """Keep the failure that says most: one with bytes (for MODEL_BACKEND=onnx), then the smallest deviation."""
+    if best is None or (best.data is None and result.data is not None):
+        return True
+    if result.data is None:
+        return False
+    ours, theirs = result.report.get("max_abs_diff"), best.report.get("max_abs_diff")
+    return ours is not None and (theirs is None or ours < theirs)
+
+
+def _convert(model: Any, features: list[dict[str, Any]], spec: dict[str, Any], task: str) -> bytes:
+    """Return the ONNX bytes of ``model`` converted as ``spec`` says."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType, StringTensorType
 
@@ -96,58 +114,81 @@ def _convert(model: Any, features: list[dict[str, Any]], spec: dict[str, Any], t
         types = [("X", number([None, len(features)]))]
     else:
         types = [(f["name"], number([None, 1]) if _is_numeric(f) else StringTensorType([None, 1])) for f in features]
+    from service.models import onnx_double, onnx_trees
+
+    onnx_double.register()
+    if spec["graph"] == TREES:
+        return onnx_trees.convert(model, types, task)
     options = {"zipmap": False} if task == "classification" else None
     with warnings.catch_warnings():
         # converter warnings concern its own internals; the parity check is what decides
         warnings.simplefilter("ignore")
         proto = to_onnx(model, initial_types=types, options=options)
-    return proto.SerializeToString(), bool({n.op_type for n in proto.graph.node} & TREE_OPS)
+    return proto.SerializeToString()
 
 
-def check_parity(model: Any, data: bytes, X: pd.DataFrame, features: list[dict[str, Any]],
+def check_rows(model: Any, X: pd.DataFrame, features: list[dict[str, Any]]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows parity is checked on: the hold-out, then the probes built from the model (each row's kind)."""
+    from service.models import parity_probes
+
+    found, kinds = parity_probes.probes(model, X, features)
+    frame = pd.concat([X, found], ignore_index=True) if len(found) else X.reset_index(drop=True)
+    return frame, np.concatenate([np.full(len(X), parity.HOLDOUT, dtype=object), kinds])
+
+
+def check_parity(model: Any, data: bytes, rows: tuple[pd.DataFrame, np.ndarray], features: list[dict[str, Any]],
                  spec: dict[str, Any], task: str) -> Export:
-    """Run the ONNX bytes and the estimator on the same rows and compare their answers."""
+    """Run the ONNX bytes and the estimator on the same rows and compare every output the API returns."""
+    X, kinds = rows
     columns = {f["name"]: X[f["name"]].to_numpy() for f in features}
     try:
         runner = session(data)
         inputs = Inputs.of(features, spec, runner)
         usable = ~inputs.missing_strings(columns)  # those rows are joblib's to answer when served
-        details = {**spec, "rows": int(usable.sum())}
         outputs = runner.run(None, inputs.feeds({name: values[usable] for name, values in columns.items()}))
     except Exception as exc:  # onnxruntime refuses some converter output (type mismatches)
         return Export(_report(FAILED, reason=f"onnxruntime: {type(exc).__name__}: {_short(exc)}", **spec))
-    if not usable.any():
+    holdout = usable & (kinds == parity.HOLDOUT)
+    details = {**spec, "rows": int(holdout.sum()), "probe_rows": int((usable & ~(kinds == parity.HOLDOUT)).sum())}
+    if not holdout.any():
         return Export(_report(FAILED, reason="no hold-out row without a missing string to compare on", **details))
     frame = X[usable] if hasattr(model, "feature_names_in_") else X[usable].to_numpy()
-    if task == "classification":
-        return _check_classes(model, data, outputs, frame, details)
-    expected = np.asarray(model.predict(frame), dtype=np.float64)
-    got = regression_values(outputs[0]).reshape(expected.shape)
-    diff = float(np.max(np.abs(got - expected), initial=0.0))
-    scale = float(np.max(np.abs(expected), initial=0.0)) or 1.0
-    ok = bool(np.isfinite(got).all() == np.isfinite(expected).all()) and diff <= REGRESSION_RTOL * scale
-    reason = None if ok else f"regression differs by {diff:.3g} (more than {REGRESSION_RTOL:g} x {scale:.3g})"
-    return Export(_report(OK if ok else FAILED, reason=reason, max_abs_diff=diff, max_rel_diff=diff / scale,
-                          **details), data)
+    classification = task == "classification"
+    expected = parity.Answers(np.asarray(model.predict(frame)),
+                              np.asarray(model.predict_proba(frame), dtype=np.float64)
+                              if classification and hasattr(model, "predict_proba") else None)
+    if classification:
+        try:
+            labels = decode_labels(outputs[0], np.asarray(model.classes_))
+        except ValueError as exc:
+            return Export(_report(FAILED, reason=str(exc), **details))
+        got = parity.Answers(labels, np.asarray(outputs[1], dtype=np.float64)
+                             if expected.probabilities is not None and len(outputs) > 1 else None)
+        if expected.probabilities is not None and got.probabilities is None:
+            return Export(_report(FAILED, reason="the ONNX model gives no probabilities", **details))
+    else:
+        got = parity.Answers(regression_values(outputs[0]))
+    measured = parity.measure(expected, got, kinds[usable], classification)
+    reason = parity.verdict(measured)
+    report = _report(FAILED if reason else OK, reason=reason, max_abs_diff=measured["max_abs_diff"],
+                     parity=measured, **details)
+    return Export(report, data)
 
 
-def _check_classes(model: Any, data: bytes, outputs: list[Any], frame: Any, details: dict[str, Any]) -> Export:
-    expected = np.asarray(model.predict(frame))
-    try:
-        got = decode_labels(outputs[0], np.asarray(model.classes_))
-    except ValueError as exc:
-        return Export(_report(FAILED, reason=str(exc), **details))
-    if not np.array_equal(got, expected):
-        wrong = int(np.count_nonzero(got != expected))
-        return Export(_report(FAILED, reason=f"{wrong} of {len(expected)} predicted classes differ", **details), data)
-    diff = 0.0
-    if hasattr(model, "predict_proba") and len(outputs) > 1:
-        proba = np.asarray(outputs[1], dtype=np.float64)
-        diff = float(np.max(np.abs(proba - model.predict_proba(frame)), initial=0.0))
-    if diff > PROBA_ATOL:
-        return Export(_report(FAILED, reason=f"probabilities differ by {diff:.3g} (more than {PROBA_ATOL:g})",
-                              max_abs_diff=diff, **details), data)
-    return Export(_report(OK, max_abs_diff=diff, **details), data)
+def backend_line(manifest: dict[str, Any]) -> str:
+    """One line for the person packaging: which backend serves by default, and why."""
+    report = (manifest.get("backends") or {}).get("onnx") or {}
+    status = report.get("status")
+    if status == OK and parity.passes(report):
+        rows = report.get("parity", {}).get("rows", {})
+        probes = sum(n for kind, n in rows.items() if kind != parity.HOLDOUT)
+        return (f"backend onnx: {report['input_dtype']} {report.get('graph')} graph within "
+                f"{parity.TOLERANCE:g} of scikit-learn (largest deviation {report['max_abs_diff']:.3g} over "
+                f"{rows.get(parity.HOLDOUT, 0)} hold-out and {probes} probe rows)")
+    if status == FAILED:
+        kept = " (model.onnx kept for MODEL_BACKEND=onnx)" if ONNX_FILE in manifest.get("files", {}) else ""
+        return f"backend joblib: the ONNX export misses parity: {report.get('reason')}{kept}"
+    return f"backend joblib: no ONNX export: {report.get('reason') or 'not converted'}"
 
 
 def import_onnxruntime() -> Any:

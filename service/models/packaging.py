@@ -26,7 +26,7 @@ import sklearn
 from sklearn.base import is_classifier, is_regressor
 
 from service.errors import QualityGateFailed
-from service.models import artifacts, compatibility, onnx_export, pii, registry, schema_inference
+from service.models import artifacts, compatibility, onnx_export, pii, pmml_export, registry, schema_inference
 from service.models.cross_validation import gate_values
 from service.models.evaluation import averaging, evaluate, model_input
 from service.models.profile import profile_frame, profile_predictions
@@ -105,7 +105,7 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
                   reference: pd.DataFrame | None = None, card: str = "",
                   require_card: bool = False, feature_names: list[str] | None = None,
                   breaking: bool = False, pickled_with: str | None = None,
-                  subject: str | None = None) -> dict[str, Any]:
+                  subject: str | None = None, pmml: bool = False) -> dict[str, Any]:
     """Evaluate, gate and write ``model`` as the next version of ``name``; return the manifest.
 
     The drift reference profile describes ``reference`` (the training data, when given) or
@@ -116,7 +116,8 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
     ``pickled_with`` is the scikit-learn version that pickled the model handed in. ``subject``
     names the feature that identifies the person a row is about (recorded as the manifest's
     top-level ``subject``, always personal data); personal-data features keep no raw value in the
-    manifest, their hashes use the manifest's random ``pii_salt``.
+    manifest, their hashes use the manifest's random ``pii_salt``. ``pmml`` also converts the model to
+    PMML (``export_pmml``), which needs the converter and Java where packaging runs.
     """
     artifacts.check_model_name(name)
     if require_card and not card.strip():
@@ -165,7 +166,20 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
     exported = onnx_export.export(model, X, features, task)
     manifest["backends"] = {"onnx": exported.report}
     extra = {onnx_export.ONNX_FILE: exported.data} if exported.data is not None else {}
+    extra |= export_pmml(manifest, model, X, features, task) if pmml else {}
     return write_version(model, manifest, Path(root), signing_key, extra)
+
+
+def export_pmml(manifest: dict[str, Any], model: Any, X: pd.DataFrame, features: list[dict[str, Any]],
+                task: str) -> dict[str, bytes]:
+    """Convert ``model`` to PMML and record its parity report as ``exports.pmml`` in ``manifest``.
+
+    Return the file to store with the version (hashed in the manifest like the model file), or
+    nothing when the converter refused the model or its PMML missed parity: the report says why.
+    """
+    exported = pmml_export.export(model, X, features, task)
+    manifest["exports"] = {"pmml": exported.report}
+    return {pmml_export.PMML_FILE: exported.data} if exported.data is not None else {}
 
 
 def check_meaning(root: Path, manifest: dict[str, Any], breaking: bool) -> dict[str, Any] | None:
@@ -193,7 +207,7 @@ def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key:
                   extra: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Write a version folder under a temp name, then rename it to the next free version number.
 
-    ``extra`` maps more file names to their bytes (the ONNX export); each is hashed in the
+    ``extra`` maps more file names to their bytes (the ONNX and PMML exports); each is hashed in the
     manifest like the model file, so loading verifies it the same way.
     """
     folder = artifacts.model_dir(root, manifest["name"])

@@ -36,6 +36,7 @@ def build_card(monitoring: Monitoring, root: Path, name: str, version: int) -> d
     parent = state.available(manifest.get("parent_version"))
     about = {key: manifest.get(key) for key in ("description", "task", "estimator", "created_at", "created_by")}
     about["structure"] = structure(model.estimator)
+    about["serving"] = model.serving()  # the backend that answers, and its measured deviation from scikit-learn
     return {
         "model": name, "version": version, "labels": labels, "deployed_at": deployed,
         "about": about,

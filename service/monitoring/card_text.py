@@ -14,6 +14,7 @@ def markdown(card: dict[str, Any]) -> str:
     lines = [f"# Model card: {card['model']} version {card['version']}", ""]
     lines += [f"- **Task:** {about.get('task')}; **estimator:** {about.get('structure')} (`{about.get('estimator')}`)",
               f"- **Packaged:** {about.get('created_at')} by {about.get('created_by')}",
+              f"- **Served by:** {_serving(about.get('serving') or {})}",
               f"- **Labels:** {', '.join(card['labels']) or NONE}; **deployed:** {card['deployed_at'] or 'never labelled'}",
               f"- **Description:** {about.get('description') or NONE}", ""]
     lines += ["## Intended use and limitations", "",
@@ -27,6 +28,17 @@ def markdown(card: dict[str, Any]) -> str:
     lines += _data(card["data"]) + _validation(card["validation"]) + _live(card["live"]) + _bias(card["bias"])
     lines += _importance(card["importance"]) + _changes(card["changes"])
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _serving(serving: dict[str, Any]) -> str:
+    """The backend and its largest measured deviation from scikit-learn; why not ONNX, when it is not."""
+    text = f"{serving.get('backend', NONE)}, largest deviation from scikit-learn {_num(serving.get('max_abs_diff'))}"
+    onnx = serving.get("onnx") or {}
+    if serving.get("backend") != "onnx" and onnx.get("reason"):
+        text += f" (ONNX {onnx.get('status')}: {onnx['reason']})"
+    elif serving.get("backend") != "onnx" and onnx.get("status") == "ok" and not onnx.get("exact"):
+        text += " (ONNX: packaged before exact parity was measured)"
+    return text
 
 
 def _data(data: dict[str, Any]) -> list[str]:

@@ -174,6 +174,10 @@ class Metrics:
         self.audit_checkpoint_time = Gauge(PREFIX + "audit_checkpoint_timestamp_seconds", "When the newest audit "
                                            "checkpoint was signed (its age: time() minus this).",
                                            multiprocess_mode="mostrecent", **reg)
+        self.maintenance_time = Gauge(PREFIX + "maintenance_last_run_timestamp_seconds", "When each maintenance "
+                                      "task last ran to the end, in any process (backup: `python -m service backup`; "
+                                      "retention: the age purge); its age: time() minus this.", ("task",),
+                                      multiprocess_mode="mostrecent", **reg)
         self.gauges = {key: Gauge(name, doc, labels, multiprocess_mode="mostrecent", **reg)
                        for key, (name, doc, labels) in MONITORING_GAUGES.items()}
         self._lock = threading.Lock()

@@ -210,6 +210,13 @@ def observe_checkpoint(point: Any) -> None:
 
 
 @_never_raises
+def observe_maintenance(marks: dict[str, float]) -> None:
+    """Publish when each maintenance task (backup, retention) last ran to the end, as the store says."""
+    for task, when in marks.items():
+        current().maintenance_time.labels(task).set(when)
+
+
+@_never_raises
 def set_gauge(key: str, value: float | None, **labels: Any) -> None:
     """Publish a monitoring figure (a key of ``MONITORING_GAUGES``); ``None`` publishes NaN."""
     current().set_gauge(key, value, **labels)

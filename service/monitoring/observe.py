@@ -1,13 +1,14 @@
 """What happens around and after each answer: count it, record it, run shadows, compare them.
 
 ``Observer.watch`` wraps one inference, whatever protocol carried it, in a single timing and
-error-counting context (no view keeps a ``try/except`` of its own). What it records (metrics,
-the request row, the prediction log, data-quality counts, shadows) is only queued on the
-request's path; one background writer per worker (``service.monitoring.recorder``) counts it,
-encodes it into records and hands them to the outbox (``service.monitoring.outbox``), which
-spools them to disk and ships them to the store in batches. None of it adds latency or failure
-to the live answer, and a store that fails costs spool space, not records. Everything here
-swallows its own errors (logged): an observer must never take a worker down. No Flask.
+error-counting context (no view keeps a ``try/except`` of its own). An answer's record (its
+request row and logged batch) is appended to the worker's spool in the request's thread, before
+the answer leaves: one ``write`` to the page cache, so a killed worker loses only what it had not
+answered. Everything else (metrics, data-quality counts, shadows, error rows) is only queued;
+one background writer per worker (``service.monitoring.recorder``) does it, and the outbox
+(``service.monitoring.outbox``) ships the spool to the store in batches, so a store that fails
+costs spool space, never a prediction's latency or success. Everything here swallows its own
+errors (logged): an observer must never take a worker down. No Flask.
 """
 
 from __future__ import annotations
@@ -52,12 +53,15 @@ class Watch:
         return answer
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Answered:
     answer: Answer
     request_id: str
     ts: float
     protocol: str = "v1"
+    #: its record is in the spool already (written before the answer left): the writer only counts it
+    spooled: bool = False
+    summary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,28 @@ class Observer:
             self.answered(watch.answer, request_id, protocol=watch.protocol)
 
     def answered(self, answer: Answer, request_id: str, *, protocol: str = "v1") -> None:
-        """Queue a successful answer for recording; its shadows run once it is written."""
-        self._hand_off(_Answered(answer, request_id, time.time(), protocol), answer.rows)
+        """Spool the answer's record, then queue it for counting; its shadows run once it is written.
+
+        The record reaches the spool (the kernel's page cache: a killed worker cannot take it
+        back) in the request's own thread, before the answer leaves, so a worker's SIGKILL loses
+        only the requests it had not answered. Everything else (metrics, data quality, shadows)
+        is the writer's, off the request's path.
+        """
+        item = _Answered(answer, request_id, time.time(), protocol)
+        if self.outbox is not None and self.outbox.spool is not None:
+            self._spool_now(item)
+        self._hand_off(item, answer.rows)
+
+    def _spool_now(self, item: _Answered) -> None:
+        try:
+            item.summary = self._summary(item.answer)
+            row = self._request_row(item) if self.record_requests else None
+            batch = self._encode_log([item], count_failure=False).get(id(item))
+            if row is not None or batch is not None:
+                self.outbox.put([pack(row, batch)])
+            item.spooled = True
+        except Exception:  # the writer tries again, and counts what fails there
+            log.debug("spooling in the request's thread failed; the writer records it", exc_info=True)
 
     def failed(self, target: Target, request_id: str, status: int, code: str, seconds: float,
                version: int | None, *, protocol: str = "v1") -> None:
@@ -193,10 +217,12 @@ class Observer:
                 metrics.observe_protocol(item.answer.target.name, item.protocol, "ok")
         if self.check_quality:
             self._count_quality(answers)
-        logged = self._encode_log(answers)
+        logged = self._encode_log([item for item in answers if not item.spooled])
         if self.outbox is not None:
             records = []
             for record, item in zip(requests, items, strict=True):
+                if getattr(item, "spooled", False):
+                    continue
                 row = tuple(getattr(record, c) for c in REQUEST_COLUMNS) if self.record_requests else None
                 batch = logged.get(id(item))
                 if row is not None or batch is not None:
@@ -206,18 +232,33 @@ class Observer:
             if item.answer.shadows:
                 self._schedule_shadows(item.answer)
 
-    def _count_answer(self, item: _Answered) -> RequestRecord:
+    def _count_answer(self, item: _Answered) -> RequestRecord | None:
         answer, name = item.answer, item.answer.target.name
         metrics.observe_prediction(name, answer.version, "ok", answer.rows, answer.seconds)
         if answer.fallback_from is not None:
             metrics.observe_fallback(name, answer.fallback_from, answer.version, answer.fallback_reason or "error")
-        summary = None
+        if item.spooled:
+            return None
+        item.summary = self._summary(answer)
+        return self._record_of(item)
+
+    @staticmethod
+    def _summary(answer: Answer) -> str | None:
         try:
-            summary = summarise(answer.result.predictions, answer.model.manifest["task"])
+            return summarise(answer.result.predictions, answer.model.manifest["task"])
         except Exception:
-            log.exception("summarising predictions failed", extra={"model": name})
-        return RequestRecord(item.request_id, item.ts, name, answer.version, answer.role, 200, answer.seconds * 1000,
-                             answer.rows, answer.fallback_from, None, summary)
+            log.exception("summarising predictions failed", extra={"model": answer.target.name})
+            return None
+
+    @staticmethod
+    def _record_of(item: _Answered) -> RequestRecord:
+        answer = item.answer
+        return RequestRecord(item.request_id, item.ts, answer.target.name, answer.version, answer.role, 200,
+                             answer.seconds * 1000, answer.rows, answer.fallback_from, None, item.summary)
+
+    def _request_row(self, item: _Answered) -> tuple[Any, ...]:
+        record = self._record_of(item)
+        return tuple(getattr(record, c) for c in REQUEST_COLUMNS)
 
     def _count_quality(self, answers: list[_Answered]) -> None:
         """Count data-quality problems once per (model, version) in the batch, over all its rows."""
@@ -233,8 +274,11 @@ class Observer:
             except Exception:
                 log.exception("data-quality check failed", extra={"model": name, "version": version})
 
-    def _encode_log(self, answers: list[_Answered]) -> dict[int, EncodedBatch]:
-        """Each answer's logged batch, by ``id()`` of its item (none for an unsampled batch)."""
+    def _encode_log(self, answers: list[_Answered], *, count_failure: bool = True) -> dict[int, EncodedBatch]:
+        """Each answer's logged batch, by ``id()`` of its item (none for an unsampled batch).
+
+        ``count_failure=False``: raise instead (the request's thread leaves the item to the writer).
+        """
         if self.log is None:
             return {}
         encoded = {}
@@ -246,6 +290,8 @@ class Observer:
                                         answer.seconds * 1000, answer.model.features, ts=item.ts,
                                         subject=answer.model.manifest.get("subject"))
             except Exception as exc:  # one bad batch must not cost the others their records
+                if not count_failure:
+                    raise
                 log.exception("encoding a logged batch failed", extra={"model": answer.target.name})
                 if self.outbox is not None:
                     self.outbox.drop("encoding_failed")

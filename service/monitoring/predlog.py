@@ -173,7 +173,7 @@ class PredictionLog:
         safe = redact(features, columns, self.pii_key)
         names = list(safe)
         arrays = columns_.ArrayWriter()
-        inputs = [arrays.column(take(safe[name], f"column {name!r}")) for name in names]
+        inputs = arrays.columns([take(safe[name], f"column {name!r}") for name in names])
         outputs = arrays.column(take(predictions, "predictions"))
         probas = _dumps(arrays.column(take(probabilities, "probabilities"))) if probabilities is not None else None
         hashes = None

@@ -6,7 +6,9 @@ Every ``tick`` seconds the leader checks the cap (a cheap bound first, see
 ``retention.trim_log``) and, when ``every_seconds`` have passed since the last purge by any
 process (kept in the store, so a recycled worker does not reset it), deletes what is older than
 the age limit, as ``python -m service purge`` does. Deleting happens in short transactions, so
-predictions never wait on it. Nothing here runs on a request, and nothing imports Flask.
+predictions never wait on it. After each round the leader hands on the store's ``maintenance``
+marks (when the purge, and the last ``backup``, ran to the end) for /metrics. Nothing here runs
+on a request, and nothing imports Flask.
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ def _ignore(_reason: str, _rows: int) -> None:
     """The default listener for deleted rows: nobody counts."""
 
 
+def _ignore_marks(_marks: dict[str, float]) -> None:
+    """The default listener for the maintenance marks: nobody publishes them."""
+
+
 class RetentionLoop:
     """Purge by age every ``every_seconds`` and trim to ``max_rows`` every ``tick``, in one process at a time."""
 
     def __init__(self, store: Store, *, older_than_seconds: float, every_seconds: float, max_rows: int,
                  tick: float = CAP_CHECK_SECONDS, clock: Callable[[], float] = time.time,
-                 on_deleted: Callable[[str, int], None] = _ignore, lock_path: Path | str | None = None):
+                 on_deleted: Callable[[str, int], None] = _ignore, lock_path: Path | str | None = None,
+                 on_marks: Callable[[dict[str, float]], None] = _ignore_marks):
         self.store = store
         self.older_than_seconds = older_than_seconds  # 0: no age limit
         self.every_seconds = every_seconds  # 0: no age purge
@@ -45,6 +52,9 @@ class RetentionLoop:
         self.clock = clock
         #: Called as ``on_deleted(reason, predictions)`` with reason "age" or "cap", e.g. to count a metric.
         self.on_deleted = on_deleted
+        #: Called with every ``maintenance`` row ({task: last run}) after each round the leader runs, so
+        #: /metrics shows how old the last purge and the last backup (written by the CLI) are.
+        self.on_marks = on_marks
         self.runs = self.failures = 0
         self._leader = Leadership(store, LOCK, lock_path)
         self._mark = store.insert_sql("maintenance", ("job", "last_run"), conflict="replace", key=("job",))
@@ -80,6 +90,7 @@ class RetentionLoop:
                 self._deleted("age", done["age"])
                 with self.store.transaction() as db:
                     db.execute(self._mark, (JOB, now))
+            self.on_marks({job: float(last) for job, last in self.store.fetch("SELECT job, last_run FROM maintenance")})
             self.runs += 1
             return done
         except Exception:  # the loop must outlive anything: a database down, a disk full

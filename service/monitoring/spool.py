@@ -24,6 +24,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ SUFFIX = ".seg"
 DEFAULT_SEGMENT_BYTES = 8 * 2**20
 #: Bytes read from a segment per step when shipping (a record larger than this is read whole).
 READ_BYTES = 4 * 2**20
+#: Buffers one ``writev`` takes at most (Linux's IOV_MAX).
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 class SpoolFull(OSError):
@@ -92,23 +95,24 @@ class Spool:
         """Append ``records`` to the active segment in one write; raise ``SpoolFull`` or ``OSError``."""
         if not records:
             return
-        data = b"".join(HEADER.pack(len(r), zlib.crc32(r)) + r for r in records)
-        if self.bytes + len(data) > self.max_bytes:
+        parts: list[Any] = []
+        for record in records:  # each record's frame and payload as they are: no copy before the kernel's
+            parts += (HEADER.pack(len(record), zlib.crc32(record)), record)
+        size = sum(map(len, parts))
+        if self.bytes + size > self.max_bytes:
             raise SpoolFull(f"spool holds {self.bytes} of {self.max_bytes} bytes")
         segment = self._writable()
         if segment.unshipped <= 0:
             segment.waiting_since = time.time()
-        written = 0
         try:
-            while written < len(data):
-                written += os.write(segment.fd, data[written:])
+            _write_all(segment.fd, parts, size)
         except OSError:
             try:  # a partial record would end the segment's readable part: cut it off
                 os.ftruncate(segment.fd, segment.size)
             except OSError:
                 self._seal(segment)  # cannot cut: append no more here (readers stop at the tear)
             raise
-        segment.size += len(data)
+        segment.size += size
         self._dirty = True
         if segment.size >= self.segment_bytes:
             self._seal(segment)
@@ -204,7 +208,7 @@ class Spool:
     def _read(self, segment: Segment, max_bytes: int) -> Chunk:
         start, fd = segment.shipped, segment.fd
         data = os.pread(fd, min(max(max_bytes, HEADER.size), segment.unshipped), start)
-        records: list[bytes] = []
+        records: list[Any] = []  # views of ``data``
         offset = 0
         while offset < max_bytes and start + offset < segment.size:
             if offset + HEADER.size > len(data):
@@ -223,7 +227,7 @@ class Spool:
                     self._tear(segment)
                     break
                 data += os.pread(fd, end - len(data), start + len(data))  # one record larger than a read
-            payload = data[offset + HEADER.size:end]
+            payload = memoryview(data)[offset + HEADER.size:end]  # a view: shipped as is, never copied
             if len(payload) != length or zlib.crc32(payload) != crc:
                 self._tear(segment)
                 break
@@ -270,6 +274,21 @@ class Spool:
             else:
                 os.close(segment.fd)
         self.segments, self._active = [], None
+
+
+def _write_all(fd: int, parts: list[Any], size: int) -> None:
+    """Write ``parts`` (``size`` bytes in all) in order with ``writev``, however the kernel splits it."""
+    written = 0
+    for start in range(0, len(parts), IOV_MAX):
+        group = parts[start:start + IOV_MAX]
+        done = os.writev(fd, group)
+        written += done
+        if done < sum(map(len, group)):
+            break
+    if written < size:  # a short write (a signal, a nearly full disk): the rest in plain writes
+        rest = memoryview(b"".join(parts))[written:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
 
 
 def _age(path: Path) -> int:

@@ -114,7 +114,8 @@ def model_metadata(name: str, versions: list[int], model: LoadedModel) -> dict[s
     outputs.append({"name": "ids", "datatype": "BYTES", "shape": [-1]})
     return {"name": name, "versions": [str(v) for v in versions], "platform": PLATFORM,
             "inputs": [_feature_tensor(feature) for feature in model.features], "outputs": outputs,
-            "parameters": {"content_type": "pd", "version": str(model.version)}}
+            "parameters": {"content_type": "pd", "version": str(model.version), "backend": model.backend,
+                           "max_abs_diff": model.serving()["max_abs_diff"]}}
 
 
 def _feature_tensor(feature: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 The interface is small on purpose (``load``, ``predict`` -> ``Prediction``), as in MLServer's
 runtimes. ``load`` unpickles and reads only the bytes ``artifacts.verify_version`` has just
-checked. A version whose ONNX export passed parity at packaging answers through an ONNX Runtime
-session, created on first use in the process that predicts (never inherited across a fork);
-every other version, and any forced to, answers through scikit-learn. No Flask.
+checked. A version whose ONNX export packaging measured within 1e-9 of scikit-learn (``parity``)
+answers through an ONNX Runtime session, created on first use in the process that predicts
+(never inherited across a fork); every other version, and any forced to, answers through
+scikit-learn. No Flask.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pandas as pd
 import sklearn
 
 from service.errors import ArtifactError, ConfigError, PredictionFailed
-from service.models import artifacts, onnx_export
+from service.models import artifacts, onnx_export, parity
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,21 @@ class LoadedModel:
         """The backend that answers this version: ``onnx`` or ``joblib``."""
         return ONNX if self.onnx_bytes is not None else JOBLIB
 
+    def serving(self) -> dict[str, Any]:
+        """What answers this version and how far from scikit-learn its answers were measured to be.
+
+        joblib is scikit-learn itself (0.0); ONNX shows what packaging measured. The ONNX
+        report's status and reason say why a version is not served through it.
+        """
+        report = (self.manifest.get("backends") or {}).get("onnx")
+        report = report if isinstance(report, dict) else {}
+        found = report.get("parity")
+        measured = found.get("max_abs_diff") if isinstance(found, dict) else None
+        return {"backend": self.backend, "max_abs_diff": measured if self.backend == ONNX else 0.0,
+                "tolerance": parity.TOLERANCE,
+                "onnx": {"status": report.get("status"), "max_abs_diff": measured,
+                         "exact": parity.passes(report), "reason": report.get("reason")}}
+
     @property
     def features(self) -> list[dict[str, Any]]:
         return self.manifest["input"]["features"]
@@ -112,6 +128,9 @@ class LoadedModel:
             values = columns[f["name"]]
             dtype = f.get("dtype")
             if dtype and dtype != str(values.dtype) and not (values.dtype == object and dtype in ("object", "str")):
+                if values.dtype.kind == "f" and _is_integer(dtype) and np.isnan(values).any():
+                    data[f["name"]] = values  # NaN has no integer: a cast would make it -2**63, silently
+                    continue
                 try:
                     values = pd.Series(values).astype(dtype).to_numpy() if dtype == "category" else values.astype(dtype)
                 except (TypeError, ValueError):
@@ -162,12 +181,21 @@ class LoadedModel:
         return held
 
 
+def _is_integer(dtype: str) -> bool:
+    try:
+        return pd.api.types.is_integer_dtype(pd.api.types.pandas_dtype(dtype))
+    except TypeError:
+        return False
+
+
 def load(folder: Path, *, name: str, version: int, signing_key: str | None = None,
          backend: str = AUTO) -> LoadedModel:
     """Verify a version folder and only then unpickle it; raise ``ArtifactError`` on refusal.
 
-    ``backend`` ``auto`` serves through ONNX Runtime when the export passed parity at
-    packaging; ``onnx`` does whenever an export is stored; ``joblib`` never does.
+    ``backend`` ``auto`` serves through ONNX Runtime when the manifest records that the export
+    reproduced scikit-learn within ``parity.TOLERANCE`` at packaging (a manifest from before that
+    check records no measurement and is served by joblib); ``onnx`` does whenever an export is
+    stored; ``joblib`` never does.
     """
     start = time.perf_counter()
     verified = artifacts.verify_version(folder, expected_name=name, expected_version=version,
@@ -198,8 +226,11 @@ def _onnx_bytes(verified: artifacts.VerifiedVersion, backend: str) -> bytes | No
         raise ArtifactError(f"manifest says the ONNX export passed parity but does not list {onnx_export.ONNX_FILE}")
     if listed and (report.get("layout") not in onnx_export.LAYOUTS or report.get("input_dtype") not in onnx_export.DTYPES):
         raise ArtifactError(f"manifest lists {onnx_export.ONNX_FILE} without a usable backends.onnx input layout")
-    wanted = backend == ONNX or (backend == AUTO and report.get("status") == onnx_export.OK)
-    if not wanted:
+    exact = report.get("status") == onnx_export.OK and parity.passes(report)
+    if backend == AUTO and report.get("status") == onnx_export.OK and not exact:
+        log.info("ONNX export packaged before exact parity was measured; serving with joblib (package it again)",
+                 extra={"model": manifest["name"], "version": manifest["version"]})
+    if not (backend == ONNX or (backend == AUTO and exact)):
         return None
     if not listed:
         log.warning("ONNX backend requested but this version has no ONNX export; serving with joblib",

@@ -26,6 +26,7 @@ BINARY_KINDS = "biuf"
 #: Each column starts on a multiple of this: ``frombuffer`` views stay aligned for float64 and int64.
 ALIGN = 8
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_FLOAT64 = np.dtype("<f8")
 _STORED_DTYPE = {"b": np.dtype("|b1"), "i": np.dtype("<i8"), "u": np.dtype("<u8"), "f": np.dtype("<f8")}
 
 
@@ -52,6 +53,19 @@ class ArrayWriter:
             self._parts.append(b"\0" * pad)
             self._size += pad
         return descriptor
+
+    def columns(self, columns: list[Any]) -> list[Any]:
+        """``column`` for each of ``columns``, with one copy for all when they are float64 vectors of
+        one length (a request's numeric features, the common case): the same blob and descriptors."""
+        if columns and all(isinstance(c, np.ndarray) and c.dtype == _FLOAT64 and c.ndim == 1 for c in columns):
+            n = len(columns[0])
+            if all(len(c) == n for c in columns):
+                block = np.stack(columns)  # (k, n): each column's bytes contiguous, one after another
+                start, step = self._size, n * _FLOAT64.itemsize  # a multiple of ALIGN: no padding
+                self._parts.append(memoryview(block).cast("B"))
+                self._size += block.nbytes
+                return [{"dtype": _FLOAT64.str, "shape": [n], "at": start + j * step} for j in range(len(columns))]
+        return [self.column(c) for c in columns]
 
     def blob(self) -> bytes | None:
         """The record's ``arrays`` value: every column's bytes, in order; None when none is numeric."""

@@ -64,6 +64,9 @@ def test_train_demo_packages_both_models_once(runner, root):
     assert len(lines) == 2
     assert re.fullmatch(r"packaged breast-cancer version 1: accuracy=0\.9\d{3}, .*roc_auc=0\.9\d{3}.*", lines[0])
     assert re.fullmatch(r"packaged diabetes version 1: rmse=\d+\.\d{4}, mae=\d+\.\d{4}, r2=0\.\d{4}", lines[1])
+    for name in ("breast-cancer", "diabetes"):  # which backend serves, and its measured deviation, on stderr
+        assert re.search(rf"^{name}: backend onnx: double skl2onnx graph within 1e-09 of scikit-learn "
+                         r"\(largest deviation [0-9.e+-]+ over \d+ hold-out and \d+ probe rows\)$", first.stderr, re.M)
     assert registry.read_state(root, "breast-cancer")["labels"] == {"production": 1}
 
     again = run(runner, root, "train-demo")

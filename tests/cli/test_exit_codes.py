@@ -1,4 +1,4 @@
-"""Every exit code the README's command-line section states, checked against the real commands.
+"""Every exit code the command-line reference (docs/reference/cli.md) states, checked against the real commands.
 
 0: done; 1: could not, with one ``Error:`` line; 2: the command line itself is wrong, with
 click's usage line before the ``Error:`` line. Each case runs the command as installed (the
@@ -15,7 +15,7 @@ import pytest
 from service.cli import cli
 from tests.builders import flip_byte
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CLI_REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "cli.md"
 
 SUCCESS = [("list",), ("show", "diabetes"), ("verify",), ("verify", "diabetes"), ("history", "diabetes"),
            ("rollout", "show", "diabetes"), ("report", "diabetes", "--window", "10"), ("compare", "diabetes"),
@@ -29,6 +29,7 @@ FAILURE = [
      "model 'diabetes' has no canary; give --canary with --weight"),
     (("promote", "diabetes", "--reason", "r"), None),
     (("export", "diabetes", "7", "--format", "onnx", "--out", "{tmp}/x.onnx"), None),
+    (("restore", "{tmp}"), None),
 ]
 USAGE = [
     ("report", "diabetes", "--window", "0"), ("report", "diabetes", "--window", "100", "--minutes", "5"),
@@ -38,11 +39,12 @@ USAGE = [
     ("rollout", "set", "diabetes", "--reason", "r"), ("rollout", "set", "diabetes", "--canary", "2", "--reason", "r"),
     ("rollout", "set", "diabetes", "--end-canary", "--weight", "5", "--reason", "r"),
     ("keys", "create", "--name", "app"), ("erase",), ("audit", "export"),
+    ("backup",), ("backup", "somewhere", "--keep", "0"), ("restore",), ("restore", "/no/such/backup"),
 ]
 
 
-def test_the_readme_states_the_three_codes():
-    section = README.read_text(encoding="utf-8").split("## Command line", 1)[1].split("\n## ", 1)[0]
+def test_the_reference_states_the_three_codes():
+    section = CLI_REFERENCE.read_text(encoding="utf-8").split("# Command line\n", 1)[1].split("\n## ", 1)[0]
     assert re.findall(r"^\| ([0-9]) \|", section, re.M) == ["0", "1", "2"]
 
 

@@ -1,4 +1,4 @@
-"""``export <m> <v> --format onnx`` copies the verified, parity-checked file; otherwise one line says why."""
+"""``export <m> <v> --format onnx|pmml`` copies the verified, parity-checked file; otherwise one line says why."""
 
 from __future__ import annotations
 
@@ -66,10 +66,13 @@ def test_a_model_onnx_cannot_hold_gets_one_line(tmp_path):
     assert result.stderr.startswith("Error: custom version 1 has no parity-checked ONNX file (unsupported: ")
 
 
-def test_pmml_says_in_one_line_that_there_is_none(root, tmp_path):
+def test_pmml_of_a_version_packaged_without_it_says_so_in_one_line(root, tmp_path):
+    # the PMML conversions themselves (Java) are tested in tests/models/test_pmml_export.py
     result = run(root, "export", "diabetes", "1", "--format", "pmml", "--out", str(tmp_path / "d.pmml"))
     assert result.exit_code == 1
-    assert result.stderr == "Error: diabetes version 1 has no PMML file: packaging does not convert to PMML yet\n"
+    assert result.stderr == ("Error: diabetes version 1 was packaged without a PMML export; "
+                             "package it again with --pmml\n")
+    assert not (tmp_path / "d.pmml").exists()
 
 
 def test_without_out_it_writes_under_exports_and_says_where(root, tmp_path, monkeypatch):

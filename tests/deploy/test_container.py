@@ -127,6 +127,7 @@ def image_tree() -> Iterator[Path]:
                 if (REPO / source).is_dir():
                     shutil.copytree(REPO / source, tree / dest, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(REPO / source, target)
     build_demo_models(build, tree)
     (tree / "var").mkdir(exist_ok=True)  # the mount point the runtime stage creates

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,24 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path):
     # the socket systemd listens on is the one Nginx's upstream points at
     path = next(line.split("=", 1)[1] for line in socket_unit.splitlines() if line.startswith("ListenStream="))
     assert f"server unix:{path} " in (REPO / "deploy/nginx/prediction-server.conf").read_text()
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze missing")
+def test_the_backup_units_pass_systemd_analyze_verify(tmp_path: Path):
+    (tmp_path / "environment").write_text((FOLDER / "environment.example").read_text())
+    service = render(FOLDER / "prediction-server-backup.service", {
+        "/srv/prediction-server/.venv/bin/python": sys.executable,
+        "WorkingDirectory=/srv/prediction-server": f"WorkingDirectory={REPO}",
+        "/etc/prediction-server/environment": str(tmp_path / "environment"),
+        "User=prediction": "User=nobody",
+        "Group=prediction": "Group=nogroup",
+    })
+    (tmp_path / "prediction-server-backup.service").write_text(service)
+    (tmp_path / "prediction-server-backup.timer").write_text((FOLDER / "prediction-server-backup.timer").read_text())
+    result = subprocess.run([ANALYZE, "verify", "--man=no", "prediction-server-backup.service",
+                             "prediction-server-backup.timer"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "backup /var/backups/prediction-server --keep" in service
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

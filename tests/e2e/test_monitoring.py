@@ -84,7 +84,8 @@ def test_drift_is_caught_across_workers_and_alerts(monitored, webhook):
             response = monitored.post(f"/v1/models/{name}:predict", json={"instances": rows[i * 50:(i + 1) * 50]})
             assert response.status_code == 200
     # every worker's predictions are in the shared log
-    assert wait_for(lambda: monitoring(monitored, "diabetes")["versions"]["1"]["n"] == 500)
+    assert wait_for(lambda: monitoring(monitored, "diabetes")["versions"]["1"]["n"] == 500
+                    and monitoring(monitored, "breast-cancer")["versions"]["1"]["n"] == 500)
     report = monitoring(monitored, "diabetes")["versions"]["1"]
     assert report["drift"]["features"]["bmi"]["status"] == "alert"
     assert report["drift"]["status"] == "alert"

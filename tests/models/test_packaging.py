@@ -318,7 +318,7 @@ def test_package_model_stores_the_onnx_export_with_its_hash_and_parity_report(tm
     assert manifest["content_sha256"] == artifacts.content_hash(manifest["files"])
     report = manifest["backends"]["onnx"]
     assert report["status"] == "ok" and report["reason"] is None
-    assert report["rows"] == len(X) and 0 <= report["max_abs_diff"] <= 1e-5
+    assert report["rows"] == len(X) and 0 <= report["max_abs_diff"] <= 1e-9
     assert (report["layout"], report["input_dtype"]) == ("matrix", "double")  # numbers only: one input tensor
     assert report["libraries"] == {"skl2onnx": skl2onnx.__version__, "onnx": onnx.__version__,
                                    "onnxruntime": onnxruntime.__version__}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from service.errors import ModelNotFound
 from service.monitoring.observe import Observer
+from service.monitoring.outbox import Outbox, unpack
 from service.monitoring.predlog import PredictionLog
+from service.monitoring.spool import Spool
 from service.protocols import v1
 from service.serving import inference
 from service.serving.catalog import Catalog
@@ -55,6 +59,37 @@ def test_an_answer_is_queued_then_written_with_its_predictions(observer, catalog
     assert (row["status"], row["version"], row["rows"]) == (200, answer.version, 2)
     logged = set(logged_ids(store))
     assert logged == set(answer.ids)
+
+
+def spooled_observer(store, folder, monkeypatch):
+    """An observer with a spool whose writer thread never runs (as in a worker about to be killed)."""
+    observer = Observer(store, PredictionLog(store),
+                        outbox=Outbox(store, PredictionLog(store), Spool(folder, max_bytes=2**20), background=False))
+    monkeypatch.setattr(observer._recorder, "_start", lambda: None)
+    observer._recorder._pid = -1
+    return observer
+
+
+def test_an_answer_is_spooled_before_it_leaves_so_a_killed_worker_keeps_it(catalog, store, tmp_path, monkeypatch):
+    observer = spooled_observer(store, tmp_path / "spool", monkeypatch)
+    answer = answer_one(observer, catalog, "req-kept", rows=[ROW, ROW])
+    assert observer.pending == 1  # the writer has not run
+    for segment in observer.outbox.spool.segments:  # killed: its descriptors and locks go with it
+        os.close(segment.fd)
+    heir = Outbox(store, PredictionLog(store), Spool(tmp_path / "spool", max_bytes=2**20), background=False)
+    heir.pump()
+    assert requests_of(store, "diabetes")["req-kept"]["rows"] == 2
+    assert set(logged_ids(store)) == set(answer.ids)
+
+
+def test_the_writer_counts_a_spooled_answer_without_spooling_it_again(catalog, store, tmp_path, monkeypatch):
+    observer = spooled_observer(store, tmp_path / "spool", monkeypatch)
+    answer_one(observer, catalog, "req-once")
+    observer._recorder.flush()  # the writer's part: metrics and quality only
+    chunk = observer.outbox.spool.pending()
+    assert [unpack(record)[0][0] for record in chunk.records] == ["req-once"]
+    observer.close()
+    assert list(requests_of(store, "diabetes")) == ["req-once"]
 
 
 def test_the_writer_thread_writes_without_being_asked(observer, catalog, store):

@@ -148,3 +148,25 @@ def test_the_app_runs_one_loop_per_worker_and_counts_what_it_deletes(make_app):
     before = _deleted_total(client, "cap")
     assert job.run_once()["cap"]["predictions"] == 40  # down to 90% of the cap: whole batches, oldest first
     assert _deleted_total(client, "cap") == before + 40
+
+
+def test_each_round_hands_on_the_maintenance_marks_a_backup_left(make_store):
+    from service.backup import take
+
+    store = make_store()
+    take.mark_done(store, 5000.0)
+    heard = []
+    job = loop(store, on_marks=heard.append)
+    job.run_once()
+    job.stop()
+    assert heard == [{"backup": 5000.0, "retention": 10 * DAY}]
+
+
+def test_the_app_publishes_how_old_the_last_backup_is(make_app):
+    from service.backup import take
+
+    app = make_app(retention_seconds=3600)
+    take.mark_done(app.extensions["store"], 1234.5)
+    app.extensions["retention"].run_once()
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'sklearn_server_maintenance_last_run_timestamp_seconds{task="backup"} 1234.5' in text

@@ -136,22 +136,37 @@ def test_fsync_runs_at_most_once_per_interval_unless_zero(tmp_path, monkeypatch)
     eager.close()
 
 
-def test_a_failed_write_leaves_no_partial_record(tmp_path, monkeypatch):
+@pytest.mark.parametrize("short", [1, 5, 11])
+def test_a_failed_write_leaves_no_partial_record(tmp_path, monkeypatch, short):
+    """The kernel takes part of the batch, then the disk fills: the segment is cut back to whole records."""
     spool = Spool(tmp_path, max_bytes=2**20)
     spool.append(records(1))
     real_write = os.write
 
-    def short_then_fail(fd, data):
-        real_write(fd, data[:5])
+    def short_writev(fd, parts):  # part of the batch reaches the file: a signal, a disk filling up
+        return real_write(fd, b"".join(parts)[:short])
+
+    def fail(fd, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "write", short_then_fail)
+    monkeypatch.setattr(os, "writev", short_writev)
+    monkeypatch.setattr(os, "write", fail)
     with pytest.raises(OSError):
         spool.append(records(2))
-    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.undo()
     spool.append([b"later"])
     assert ship_all(spool) == [*records(1), b"later"]
     assert spool.torn == 0
+    spool.close()
+
+
+def test_a_short_writev_is_finished_with_plain_writes(tmp_path, monkeypatch):
+    spool = Spool(tmp_path, max_bytes=2**20)
+    real_write = os.write
+    monkeypatch.setattr(os, "writev", lambda fd, parts: real_write(fd, b"".join(parts)[:7]))
+    spool.append(records(3))
+    monkeypatch.undo()
+    assert ship_all(spool) == records(3)
     spool.close()
 
 
@@ -167,4 +182,12 @@ def test_the_age_is_the_oldest_waiting_records_not_the_segments(tmp_path, monkey
     spool.append(records(1))  # the same segment, an hour old
     now[0] += 2
     assert spool.oldest_age() == 2.0
+    spool.close()
+
+
+def test_more_records_than_one_writev_takes_arrive_whole_and_in_order(tmp_path):
+    spool = Spool(tmp_path, max_bytes=2**22)
+    many = records(spool_module.IOV_MAX)  # twice IOV_MAX buffers: a frame and a payload each
+    spool.append(many)
+    assert ship_all(spool) == many
     spool.close()

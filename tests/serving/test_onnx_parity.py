@@ -1,7 +1,8 @@
 """ONNX Runtime answers like scikit-learn, on every demo model and on models of each kind we convert.
 
-Each model is packaged (which converts it and checks parity on the hold-out), then loaded
-twice, once per backend, and both answer the same fresh rows, validated as a request would be.
+Each model is packaged (which converts it and checks parity on the hold-out and on probes), then
+loaded twice, once per backend, and both answer the same fresh rows, validated as a request
+would be, within ``parity.TOLERANCE`` (1e-9) on every output.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.svm import SVR
 
 from service.errors import ArtifactError, ConfigError
-from service.models import artifacts, demo, onnx_export
+from service.models import artifacts, demo, onnx_export, parity
 from service.models.packaging import package_model
 from service.serving import runtime
 from service.serving.catalog import Catalog
@@ -104,10 +106,9 @@ def assert_same_answers(fast: runtime.LoadedModel, slow: runtime.LoadedModel, fr
     assert ours.classes == theirs.classes
     if theirs.classes is not None:
         np.testing.assert_array_equal(ours.predictions, theirs.predictions)
-        np.testing.assert_allclose(ours.probabilities, theirs.probabilities, rtol=0, atol=onnx_export.PROBA_ATOL)
+        np.testing.assert_allclose(ours.probabilities, theirs.probabilities, rtol=0, atol=parity.TOLERANCE)
     else:
-        scale = np.abs(theirs.predictions).max()
-        assert np.abs(ours.predictions - theirs.predictions).max() <= onnx_export.REGRESSION_RTOL * scale
+        np.testing.assert_allclose(ours.predictions, theirs.predictions, rtol=0, atol=parity.TOLERANCE)
 
 
 @pytest.mark.parametrize("name", ["breast-cancer", "diabetes"])
@@ -123,8 +124,9 @@ def test_every_demo_model_answers_alike_on_both_backends(demo_root, name):
 def test_every_test_model_answers_alike_on_both_backends(test_root, name):
     report = json.loads((test_root / name / "1" / artifacts.MANIFEST).read_text())["backends"]["onnx"]
     assert report["status"] == "ok", report
-    # trees compare in float32 in scikit-learn and in these ONNX ops alike; the rest runs in double
-    assert report["input_dtype"] == ("double" if name == "shop" else "float")
+    # double graphs only: trees through our TreeEnsemble builder, the rest through skl2onnx
+    assert (report["input_dtype"], report["graph"]) == ("double", "skl2onnx" if name == "shop" else "tree_ensemble")
+    assert report["max_abs_diff"] <= parity.TOLERANCE
     _model, data = TEST_MODELS[name]()
     fresh, _y = data(300, np.random.default_rng(SEED + 1))  # rows neither fitted on nor checked at packaging
     assert_same_answers(*both_backends(test_root, name), fresh)
@@ -211,19 +213,47 @@ def test_a_forced_backend_is_honoured_per_model(demo_root):
     assert {everything.resolve(name).backend for name in ("breast-cancer", "diabetes")} == {"joblib"}
 
 
-def test_a_version_that_missed_parity_serves_with_joblib_unless_onnx_is_forced(tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_export, "REGRESSION_RTOL", 0.0)  # float trees cannot meet "exactly equal"
-    model, data = boosted()
-    X, y = data(400, np.random.default_rng(SEED))
-    manifest = package_model(model.fit(X[:300], y[:300]), "strict", tmp_path, X[300:], y[300:])
+def test_a_version_that_missed_parity_serves_with_joblib_unless_onnx_is_forced(tmp_path):
+    """SVR converts only to a float graph (ai.onnx.ml's SVMRegressor): about 1e-5 off, so joblib serves."""
+    X, y = numeric_data(300, np.random.default_rng(SEED))
+    model = make_pipeline(StandardScaler(), SVR()).fit(X[:200], y[:200])
+    manifest = package_model(model, "strict", tmp_path, X[200:], y[200:])
     report = manifest["backends"]["onnx"]
-    assert report["status"] == "failed" and report["reason"].startswith("regression differs by")
-    assert report["max_abs_diff"] > 0 and "model.onnx" in manifest["files"]  # kept for MODEL_BACKEND=onnx
+    assert report["status"] == "failed" and report["input_dtype"] == "float"
+    assert report["reason"].startswith("predictions differ from scikit-learn by up to ")
+    assert report["reason"].endswith("tolerance 1e-09)")
+    assert report["max_abs_diff"] > parity.TOLERANCE and report["parity"]["outputs"]["predictions"]["where"]
+    assert "model.onnx" in manifest["files"]  # kept for MODEL_BACKEND=onnx
+    assert onnx_export.backend_line(manifest).startswith("backend joblib: the ONNX export misses parity: predictions")
     folder = tmp_path / "strict" / "1"
-    assert runtime.load(folder, name="strict", version=1).backend == "joblib"
+    served = runtime.load(folder, name="strict", version=1)
+    assert served.backend == "joblib"
+    assert served.serving() == {"backend": "joblib", "max_abs_diff": 0.0, "tolerance": 1e-9,
+                                "onnx": {"status": "failed", "max_abs_diff": report["max_abs_diff"], "exact": False,
+                                         "reason": report["reason"]}}
     forced = runtime.load(folder, name="strict", version=1, backend="onnx")
-    assert forced.backend == "onnx"
-    assert forced.predict(request_columns(forced, X[300:])).predictions.dtype == np.float64
+    assert forced.backend == "onnx" and forced.serving()["max_abs_diff"] == report["max_abs_diff"]
+    assert forced.predict(request_columns(forced, X[200:])).predictions.dtype == np.float64
+
+
+def test_a_manifest_from_before_exact_parity_serves_with_joblib(tmp_path, demo_root, caplog):
+    """An older packaging said "ok" against looser tolerances and recorded no measurement: joblib is the safe answer."""
+    shutil.copytree(demo_root / "diabetes", tmp_path / "diabetes")
+    folder = tmp_path / "diabetes" / "1"
+    manifest = json.loads((folder / artifacts.MANIFEST).read_text())
+    report = manifest["backends"]["onnx"]
+    older = {key: report[key] for key in ("status", "reason", "layout", "input_dtype", "rows")} | {"max_abs_diff": 1e-7}
+    manifest["backends"]["onnx"] = older
+    (folder / artifacts.MANIFEST).chmod(0o644)
+    artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
+    with caplog.at_level("INFO", logger="service.serving.runtime"):
+        model = runtime.load(folder, name="diabetes", version=1)
+    assert model.backend == "joblib" and "before exact parity was measured" in caplog.text
+    assert model.serving()["onnx"] == {"status": "ok", "max_abs_diff": None, "exact": False, "reason": None}
+    assert runtime.load(folder, name="diabetes", version=1, backend="onnx").backend == "onnx"  # still on request
+    manifest["backends"]["onnx"] = {**report, "parity": {**report["parity"], "tolerance": 1e-6}}
+    artifacts.write_json_atomic(folder / artifacts.MANIFEST, manifest)
+    assert runtime.load(folder, name="diabetes", version=1).backend == "joblib"  # checked against a looser bar
 
 
 @pytest.mark.parametrize("default, overrides", [("fast", ()), ("auto", ("diabetes",)), ("auto", ("diabetes=gpu",)),

@@ -93,3 +93,17 @@ def test_json_columns_that_came_from_arrays_become_those_arrays_again(values, ex
                                     [[0.5, 0.5], None], [[0.5], [0.5, 0.5]]])
 def test_json_columns_that_may_not_have_come_from_arrays_stay_lists(values):
     assert columns.from_json(values) == values
+
+
+@pytest.mark.parametrize("group", [
+    [np.array([1.5, np.nan, -0.0]), np.array([2.0, 3.0, 4.0]), np.arange(9.0).reshape(3, 3)[:, 2]],  # one copy
+    [np.array([1.5]), np.array([7], dtype=np.int64)],  # mixed kinds: column by column
+    [np.array([1.0, 2.0]), np.array([1.0])],  # lengths differ: column by column
+    [np.array([0.5, 1.5], dtype=">f8"), np.array([1.0, 2.0])],  # big-endian: converted column by column
+])
+def test_several_columns_at_once_make_the_same_record_as_one_by_one(group):
+    one_by_one, at_once = columns.ArrayWriter(), columns.ArrayWriter()
+    at_once.column(np.array([True]))  # after a padded column: offsets follow on
+    one_by_one.column(np.array([True]))
+    assert at_once.columns(group) == [one_by_one.column(c) for c in group]
+    assert at_once.blob() == one_by_one.blob()
