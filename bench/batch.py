@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         env = {**os.environ, "ARTIFACTS_DIR": str(folder / "artifacts"),
                "DATABASE_URL": f"sqlite:///{folder / 'store.db'}", "PYTHONPATH": str(REPO)}
         env.pop("LOG_LEVEL", None)
-        subprocess.run([sys.executable, "-m", "service", "train-demo"], env=env, cwd=REPO, check=True,  # noqa: S603  # nosec B603
+        subprocess.run([sys.executable, "-m", "service", "train-demo"], env=env, cwd=REPO, check=True,  # noqa: S603  # nosec B603  # our own command
                        stdout=subprocess.DEVNULL)
         parquet, csv = write_rows(folder, args.rows)
         seconds, rss, stdout = run([sys.executable, "-m", "service", "score", MODEL, str(parquet),
