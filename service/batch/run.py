@@ -11,6 +11,7 @@ No Flask.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import sqlite3
@@ -93,6 +94,17 @@ def score(options: Options, services: Services, *, progress: Callable[[Progress]
     """Score ``options.input`` into ``options.output``; return the summary; raise ``Stopped`` past the
     rejects threshold, ``ValueError``/``ArtifactError``/``RegistryUnreadable`` before any row is scored."""
     state_path, parts = state.paths(options.output)
+    held = state.claim(parts, options.output)
+    try:
+        return _score(options, services, progress, state_path, parts)
+    finally:
+        os.close(held)
+        if parts.exists() and not state_path.exists() and not any(parts.iterdir()):
+            parts.rmdir()  # refused before any work: leave nothing behind
+
+
+def _score(options: Options, services: Services, progress: Callable[[Progress], None] | None, state_path: Path,
+           parts: Path) -> dict[str, Any]:
     _check_paths(options, state_path, parts)
     verifier = _anchors(services)
     resolved = target.resolve(services.root, options.target, verifier)
@@ -114,7 +126,6 @@ def score(options: Options, services: Services, *, progress: Callable[[Progress]
     allowed = _check_columns(options, source, model)
     run = runs.Run(current.run_id, current.model, current.version, current.label, services.actor, current.input,
                    current.input_sha256, current.started)
-    parts.mkdir(exist_ok=True)
     writing.drop_parts_from(parts, current.chunks_done)
     state.write(state_path, current)
     runs.started(services.store, run, rows=current.rows_done, scored=current.scored, rejects=current.rejected)
@@ -142,7 +153,11 @@ def score(options: Options, services: Services, *, progress: Callable[[Progress]
                 summary["warnings"] = warnings
                 raise Stopped(f"stopped: {too_many}; nothing was written to {options.output.name}, the rejected "
                               f"rows are in {options.rejects.name}", summary)
-        writing.join_output(parts, options.output_format, current.chunks_done, options.output)
+        if current.chunks_done == 0:  # an empty input still gets an output with the output's columns
+            none = np.empty(0, dtype=np.int64)
+            writing.write_part(parts, 0, _output_table(Chunk(0, 0, 0, records=[]), none, none, None, model, options,
+                                                       current.run_id), options.output_format)
+        writing.join_output(parts, options.output_format, max(current.chunks_done, 1), options.output)
         writing.join_rejects(parts, current.chunks_done, options.rejects)
         shutil.rmtree(parts)
         state_path.unlink()
@@ -163,15 +178,15 @@ def _check_paths(options: Options, state_path: Path, parts: Path) -> None:
         if not state_path.exists():
             raise ValueError(f"nothing to resume: {state_path.name} does not exist beside {options.output.name}")
         return
-    if (state_path.exists() or parts.exists()) and not options.overwrite:
+    if (state_path.exists() or any(parts.iterdir())) and not options.overwrite:
         raise ValueError(f"an interrupted run left {state_path.name}: continue it with --resume, or start again "
                          f"with --overwrite")
     if options.output.exists() and not options.overwrite:
         raise ValueError(f"{options.output} exists; --overwrite replaces it")
     if options.output.resolve() in (options.input.resolve(), options.rejects.resolve()):
         raise ValueError("the input, the output and the rejects file must be three different files")
-    if parts.exists():
-        shutil.rmtree(parts)
+    for part in parts.iterdir():  # --overwrite: what an interrupted run left (the folder is this run's now)
+        part.unlink()
     state_path.unlink(missing_ok=True)
 
 

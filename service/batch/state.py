@@ -9,7 +9,9 @@ version, since an output scored by two versions would be a lie about both. No Fl
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -83,3 +85,19 @@ def differences(saved: RunState, wanted: RunState) -> list[str]:
                      f"two versions: finish it with {saved.model}:{saved.version} --resume, or start again "
                      f"without --resume")
     return found
+
+
+def claim(parts: Path, output: Path) -> int:
+    """Hold the parts folder (made if need be) for this process; return the descriptor that holds it.
+
+    A second run on the same output, while this one lives, is refused rather than interleaved; the
+    hold ends with the process, so a killed run leaves nothing that blocks its ``--resume``.
+    """
+    parts.mkdir(exist_ok=True)
+    held = os.open(parts, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(held)
+        raise ValueError(f"another score run is writing {output.name} now") from None
+    return held
