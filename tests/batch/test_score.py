@@ -249,3 +249,33 @@ def test_usage_errors_and_refusals_are_one_line(batch, tmp_path):
     assert regressor.exit_code == 1
     assert batch.score("breast-cancer", source, tmp_path / "r.xlsx").exit_code == 1
     assert batch.score("breast-cancer", source, tmp_path / "r.csv", "--max-rejects", "lots").exit_code == 2
+
+
+def test_an_empty_input_gives_an_output_with_the_columns_and_no_row(batch, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("id,code,x,flag,n\n")
+    out = tmp_path / "out.parquet"
+    result = batch.score("codes", source, out, "--keep", "id", "--probabilities")
+    assert result.exit_code == 0 and summary(result)["rows"] == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 0 and table.column_names == ["id", "prediction", "probability_0", "probability_1",
+                                                          "prediction_id", "model", "version"]
+    assert not (tmp_path / "out.parquet.parts").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(batch, tmp_path):
+    import os
+
+    from service.batch import state
+
+    source = tmp_path / "in.csv"
+    demo_csv(source)
+    out = tmp_path / "out.csv"
+    held = state.claim(tmp_path / "out.csv.parts", out)  # what a live run holds
+    try:
+        busy = batch.score("breast-cancer", source, out, "--keep", "id", "--overwrite")
+        assert busy.exit_code == 1 and "another score run is writing out.csv now" in busy.stderr
+    finally:
+        os.close(held)
+    done = batch.score("breast-cancer", source, out, "--keep", "id", "--overwrite")
+    assert done.exit_code == 0 and done.stderr == ""  # no progress line when stderr is not a terminal
