@@ -130,6 +130,7 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
     state.write(state_path, current)
     runs.started(services.store, run, rows=current.rows_done, scored=current.scored, rejects=current.rejected)
     monitor = sample.Sample(current.run_id, options.monitor_sample)
+    monitor.load(parts, current.rows_done)
     resumed_from, began = current.rows_done, time.perf_counter()
     status = runs.FAILED
     try:
@@ -138,6 +139,7 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
             current.chunks_done, current.rows_done = chunk.index + 1, chunk.start + chunk.n_rows
             current.scored += scored
             current.rejected += rejected
+            monitor.save(parts)
             state.write(state_path, current)
             if progress is not None:
                 progress(Progress(current.rows_done, current.rejected, current.rows_done - resumed_from,

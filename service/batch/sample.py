@@ -5,20 +5,28 @@ ends (CSV and JSON Lines do not say). The sample is a bottom-k one: each row's p
 fixed hash of the run's id and the row's index, and the ``size`` rows of lowest priority are
 kept as chunks pass, so memory is ``size`` rows and every row has the same chance. At the end
 they are written as ONE prediction-log record (``PredictionLog.encode`` with the rows'
-positions, then ``write_encoded``) under the run's ids, where feedback finds them. No Flask.
+positions, then ``write_encoded``) under the run's ids, where feedback finds them. The sample is
+saved beside the run's parts after each chunk, so a resumed run's sample still covers the rows
+scored before the interruption. No Flask.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from service.monitoring.predlog import PredictionLog
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+FILE = "sample.parquet"
+INPUT, PREDICTION, PROBABILITY = "input:", "prediction", "probability:"
 
 
 def _priorities(seed: np.uint64, positions: np.ndarray) -> np.ndarray:
@@ -70,6 +78,47 @@ class Sample:
         self.columns = {name: values[rows] for name, values in self.columns.items()}
         self.predictions = self.predictions[rows] if self.predictions is not None else None
         self.probabilities = self.probabilities[rows] if self.probabilities is not None else None
+
+    def save(self, folder: Path) -> None:
+        """Write the sample beside the run's parts (atomically); a value Parquet cannot hold skips it."""
+        if not len(self.positions):
+            return
+        named = {"position": self.positions, "priority": self.priorities,
+                 **{INPUT + name: values for name, values in self.columns.items()}, PREDICTION: self.predictions}
+        if self.probabilities is not None:
+            named.update({f"{PROBABILITY}{j}": self.probabilities[:, j] for j in range(self.probabilities.shape[1])})
+        try:
+            table = pa.table({name: pa.array(values) for name, values in named.items()},
+                             metadata={"objects": ",".join(n for n, v in named.items() if v.dtype == object)})
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column of mixed types: a resume samples afresh
+            return
+        tmp = folder / f".{FILE}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, folder / FILE)
+
+    def load(self, folder: Path, rows_done: int) -> None:
+        """Take back the sample an interrupted run saved, if any: its rows among the first ``rows_done``
+        (a chunk saved in the sample but not yet counted in the state is scored, and offered, again)."""
+        path = folder / FILE
+        if not path.exists():
+            return
+        table = pq.read_table(path)
+        objects = set(filter(None, table.schema.metadata.get(b"objects", b"").decode().split(",")))
+
+        def array(name: str) -> np.ndarray:
+            column = table.column(name)
+            if name not in objects:
+                return column.to_numpy()
+            values = np.empty(len(column), dtype=object)
+            values[:] = column.to_pylist()
+            return values
+
+        self.positions, self.priorities = array("position"), array("priority")
+        self.columns = {name[len(INPUT):]: array(name) for name in table.column_names if name.startswith(INPUT)}
+        self.predictions = array(PREDICTION)
+        probabilities = [array(name) for name in table.column_names if name.startswith(PROBABILITY)]
+        self.probabilities = np.column_stack(probabilities) if probabilities else None
+        self._keep(np.flatnonzero(self.positions < rows_done))
 
     def write(self, log: PredictionLog, model: Any, run_id: str, seconds: float) -> int:
         """Write the sample as one prediction-log record; return its rows. Raises ``sqlite3.Error``."""
