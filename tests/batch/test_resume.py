@@ -15,10 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.datasets import load_breast_cancer
 
+from service.store import Store
 from tests.conftest import REPO, SCRUBBED_ENV
 
 ROWS = 120_000
 CHUNK = 5_000
+SAMPLE = 1_000
 
 
 def command(*args: object) -> list[str]:
@@ -34,7 +36,7 @@ def test_a_killed_run_resumes_with_the_same_ids_and_predictions(artifact_root, t
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(ARTIFACTS_DIR=str(artifact_root), DATABASE_URL=f"sqlite:///{tmp_path / 'store.db'}")
     out, state = tmp_path / "out.parquet", tmp_path / "out.parquet.score-state.json"
-    options = ["--keep", "id", "--probabilities", "--chunk-rows", CHUNK]
+    options = ["--keep", "id", "--probabilities", "--chunk-rows", CHUNK, "--monitor-sample", SAMPLE]
 
     proc = subprocess.Popen(command(source, out, *options), env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -71,3 +73,9 @@ def test_a_killed_run_resumes_with_the_same_ids_and_predictions(artifact_root, t
     assert np.array_equal(got[["probability_0", "probability_1"]].to_numpy(),
                           expected[["probability_0", "probability_1"]].to_numpy())
     assert set(got["version"]) == {1}
+    # the run's sample in the prediction log covers the rows scored before the kill too
+    (positions,), = Store.from_url(env["DATABASE_URL"]).fetch(
+        "SELECT positions FROM prediction_batches WHERE base = ?", (killed["run_id"],))
+    positions = json.loads(positions)
+    assert len(positions) == SAMPLE == len(set(positions)) and positions == sorted(positions)
+    assert min(positions) < killed["rows_done"] and max(positions) >= killed["rows_done"]
