@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,6 @@ class Progress:
     rows_this_process: int
     seconds: float
     fraction: float | None  # of the input read, when known
-    warnings: list[str] = field(default_factory=list)
 
 
 def score(options: Options, services: Services, *, progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
