@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
+import subprocess  # nosec B404  # the bench runs the command line and MLflow as children
 import sys
 import tempfile
 import time
