@@ -125,9 +125,10 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
     allowed = _check_columns(options, source, model)
     run = runs.Run(current.run_id, current.model, current.version, current.label, services.actor, current.input,
                    current.input_sha256, current.started)
+    # the record first: a store that cannot take it stops the run before anything is written
+    runs.started(services.store, run, rows=current.rows_done, scored=current.scored, rejects=current.rejected)
     writing.drop_parts_from(parts, current.chunks_done)
     state.write(state_path, current)
-    runs.started(services.store, run, rows=current.rows_done, scored=current.scored, rejects=current.rejected)
     monitor = sample.Sample(current.run_id, options.monitor_sample)
     monitor.load(parts, current.rows_done)
     resumed_from, began = current.rows_done, time.perf_counter()

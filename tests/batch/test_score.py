@@ -279,3 +279,15 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_lives(batch,
         os.close(held)
     done = batch.score("breast-cancer", source, out, "--keep", "id", "--overwrite")
     assert done.exit_code == 0 and done.stderr == ""  # no progress line when stderr is not a terminal
+
+
+def test_a_store_that_cannot_record_the_run_stops_it_before_anything_is_written(batch, tmp_path):
+    source = tmp_path / "in.csv"
+    demo_csv(source)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    result = batch.runner.invoke(__import__("service.cli", fromlist=["cli"]).cli, [
+        "score", "breast-cancer:1", str(source), str(tmp_path / "out.csv"), "--keep", "id",
+        "--database-url", f"sqlite:///{blocked / 'store.db'}"])
+    assert result.exit_code == 1 and result.stdout == "" and result.stderr.count("\n") == 1
+    assert not any(p.name.startswith("out.csv") for p in tmp_path.iterdir())  # no output, state or parts
