@@ -144,24 +144,32 @@ class PredictionLog:
 
     def encode(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
                columns: dict[str, np.ndarray], predictions: Any, probabilities: Any, latency_ms: float,
-               features: list[dict[str, Any]], *, ts: float, subject: str | None = None) -> EncodedBatch | None:
+               features: list[dict[str, Any]], *, ts: float, subject: str | None = None,
+               positions: Sequence[int] | None = None) -> EncodedBatch | None:
         """Encode the sampled rows of one batch (None when none is sampled): all before the write lock.
 
         ``ids`` are the request's ``<base>-<i>`` for i in 0..n-1: only its length and first id are
-        read, plus each id when sampling. ``subject`` names the feature that says whom each row is
-        about (the manifest's): its values are stored as keyed hashes for erasure. Raises
-        ``sqlite3.Error`` when the store's subject key is needed and cannot be read.
+        read, plus each id when sampling. ``positions``, for rows that are a sample of a larger
+        batch (a batch run's rows, which a request-sized record could not hold), gives each row's
+        position in it, ascending, and ``ids`` are then ``<base>-<position>``. ``subject`` names the
+        feature that says whom each row is about (the manifest's): its values are stored as keyed
+        hashes for erasure. Raises ``sqlite3.Error`` when the store's subject key is needed and
+        cannot be read.
         """
         n = len(ids)
         if n == 0:
             return None
         parsed = split_id(ids[0])
-        if parsed is None or parsed[1] != 0:
-            raise ValueError(f"prediction ids must be <base>-0 .. <base>-{n - 1}, got {ids[0]!r} first")
+        first = 0 if positions is None else positions[0]
+        if parsed is None or parsed[1] != first:
+            raise ValueError(f"prediction ids must be <base>-{first} .., got {ids[0]!r} first")
+        if positions is not None and (len(positions) != n or any(b <= a for a, b in zip(positions, positions[1:], strict=False))):
+            raise ValueError("positions must be ascending, one per prediction id")
         base = parsed[0]
         keep = None if self.sample_rate >= 1.0 else [i for i in range(n) if is_sampled(ids[i], self.sample_rate)]
         if keep == []:
             return None
+        stored = keep if positions is None else [int(positions[i]) for i in (range(n) if keep is None else keep)]
         rows = None if keep is None else np.asarray(keep)
 
         def take(values: Any, what: str) -> np.ndarray:
@@ -187,7 +195,7 @@ class PredictionLog:
                 hashed = take(safe[subject], what) if reuse else hash_column(take(raw, what), self.subject_key())
                 hashes = [h or NO_SUBJECT for h in hashed.tolist()]
         return EncodedBatch(float(ts), model, int(version), request_id, float(latency_ms), n if keep is None else len(keep),
-                            base, None if keep is None else _dumps(keep), None if hashes is None else _dumps(hashes),
+                            base, None if stored is None else _dumps(stored), None if hashes is None else _dumps(hashes),
                             _dumps(names), _dumps(inputs), _dumps(outputs), probas, arrays.blob())
 
     def write_encoded(self, db: Any, batch: EncodedBatch) -> None:

@@ -276,6 +276,21 @@ def _unknown_keys(model: ModelSchema, records: list[dict[str, Any]], missing: li
     return [(int(i), key, [UNKNOWN]) for i in extra.tolist() for key in records[i] if key not in positions]
 
 
+def check_column(spec: FeatureSpec, column: Sequence[Any],
+                 absent: np.ndarray | None) -> tuple[np.ndarray | list[Any], list[tuple[int, str]]]:
+    """Check one feature's values as the records path does, without raising.
+
+    Returns the column's array and no failures when every value passes, else its values (None
+    where one failed) and the failures as (row, message): a batch job rejects the failing rows
+    and goes on with the others, where a request is refused whole.
+    """
+    array_ = fast_column(spec, column, absent)
+    if array_ is not None:
+        return array_, []
+    errors, values = _slow_column(spec, column, absent)
+    return values, errors
+
+
 def _slow_column(spec: FeatureSpec, column: Sequence[Any], absent: np.ndarray | None) -> tuple[list[Any], list[Any]]:
     """Check a column value by value with the marshmallow rules; used once a problem is known."""
     errors: list[tuple[int, str]] = []

@@ -541,3 +541,20 @@ def test_encoding_a_batch_of_numbers_costs_a_copy_of_their_bytes(store):
                                         rng.random((10_000, 2)), 1.0, features, ts=1.0)
     assert len(batch.arrays) == 8 * 10_000 * (30 + 1 + 2)
     assert len(batch.inputs) + len(batch.outputs) + len(batch.probabilities) < 2_000  # descriptors only
+
+
+def test_a_sample_of_a_larger_batch_is_one_record_under_its_rows_own_ids(store, demo_root):
+    """A batch run logs a few thousand of its rows: encode takes their positions in the run."""
+    features = manifest_features(demo_root, "diabetes")
+    log = PredictionLog(store)
+    positions = [3, 17, 250_000]
+    run_ids = [f"18c0ffee0000abcdef0000aa-{p}" for p in positions]
+    batch = log.encode("diabetes", 1, "run", run_ids, make_columns(features, 3), np.array([1.0, 2.0, 3.0]), None,
+                       5.0, features, ts=1.0, positions=positions)
+    with store.transaction() as db:
+        log.write_encoded(db, batch)
+    assert logged_ids(store, "diabetes") == run_ids
+    assert log.record_feedback("diabetes", [{"id": run_ids[2], "label": 2.0}])["accepted"] == 1
+    with pytest.raises(ValueError, match="ascending"):
+        log.encode("diabetes", 1, "run", run_ids, make_columns(features, 3), np.zeros(3), None, 5.0, features,
+                   ts=1.0, positions=[3, 2, 250_000])

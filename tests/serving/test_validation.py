@@ -459,3 +459,19 @@ def test_the_matrix_path_never_checks_value_by_value(monkeypatch):
     error = matrix_outcome(data, MATRIX_FEATURES, "matrix", VECTORISED)
     assert error.details["errors"] == [{"row": 5, "field": "f", "messages": [schemas.NOT_FINITE]}]
     assert validate_rows("matrix", data[6:], MATRIX_FEATURES, vectorized_min_rows=SMALL).n_rows == 9_994
+
+
+def test_check_column_reports_what_a_request_of_those_records_is_refused_for():
+    """A batch rejects rows one by one: the failures check_column gives are the request's 422 entries."""
+    model = schemas.model_schema(FEATURES)
+    spec = model.specs[NAMES.index("count")]
+    values, absent = [1, "x", 2.5, None, 4], np.array([False, False, False, True, False])
+    found, failures = validation.check_column(spec, values, absent)
+    assert failures == [(1, "Not a valid integer."), (2, "Not a valid integer.")]
+    assert found[0] == 1 and found[1] is None and found[3] is None
+    rows = [{**dict(zip(NAMES, GOOD_ROWS[0], strict=True)), "count": v} for v in values]
+    del rows[3]["count"]
+    entries = failure({"instances": rows}, path=VECTORISED).details["errors"]
+    assert [(e["row"], e["messages"][0]) for e in entries] == [(i, m) for i, m in failures]
+    clean, none = validation.check_column(spec, [1, 2, 3], None)
+    assert none == [] and clean.dtype == np.int64 and clean.tolist() == [1, 2, 3]

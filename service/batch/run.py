@@ -1,0 +1,374 @@
+"""One batch run: resolve and verify the version, then score the input chunk by chunk.
+
+Each chunk is validated row by row (``rows``), its good rows predicted by the verified version
+and checked as the API checks an answer (``inference.check_output``), its output and rejects
+written as parts, and only then counted in the state file: the unit of progress, and of resume,
+is the chunk. Prediction ids are ``<run id>-<row index in the input>``, so a resumed run gives
+every row the id the first attempt would have. At the end the parts become the output and
+rejects files, the run's record is closed, and its sample is written to the prediction log.
+No Flask.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from service.batch import rows, runs, sample, state, target, writing
+from service.batch.reading import Chunk, Input
+from service.errors import ArtifactError, InputOutOfDomain, ValidationFailed
+from service.models import artifacts, registry
+from service.monitoring.predlog import PredictionLog
+from service.security import audit
+from service.serving.inference import check_output
+from service.serving.runtime import LoadedModel, Prediction
+from service.serving.schemas import model_schema
+
+#: Names the output gives its own columns; a key column may not take one.
+PREDICTION, PREDICTION_ID, MODEL, VERSION, PROBABILITY = "prediction", "prediction_id", "model", "version", "probability_"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line asked for."""
+
+    target: target.Target
+    input: Path
+    output: Path
+    rejects: Path
+    input_format: str
+    output_format: str
+    keep: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    probabilities: bool = False
+    chunk_rows: int = 50_000
+    max_rejects: int | None = None  # stop when more rows than this are rejected
+    max_reject_share: float | None = None  # ... or more than this share of the rows read
+    monitor_sample: int = 5_000
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the run reads models and writes its records."""
+
+    root: Path
+    store: Any
+    signing_key: Any = None
+    backend: str = "auto"
+    pii_key: str | None = None
+    actor: str = "cli:unknown"
+
+
+class Stopped(Exception):
+    """The run rejected more rows than ``--max-rejects`` allows; ``summary`` says how far it got."""
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass
+class Progress:
+    rows: int  # rows read, including those scored before a resume
+    rejected: int
+    rows_this_process: int
+    seconds: float
+    fraction: float | None  # of the input read, when known
+
+
+def score(options: Options, services: Services, *, progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+    """Score ``options.input`` into ``options.output``; return the summary; raise ``Stopped`` past the
+    rejects threshold, ``ValueError``/``ArtifactError``/``RegistryUnreadable`` before any row is scored."""
+    state_path, parts = state.paths(options.output)
+    held = state.claim(parts, options.output)
+    try:
+        return _score(options, services, progress, state_path, parts)
+    finally:
+        os.close(held)
+        if parts.exists() and not state_path.exists() and not any(parts.iterdir()):
+            parts.rmdir()  # refused before any work: leave nothing behind
+
+
+def _score(options: Options, services: Services, progress: Callable[[Progress], None] | None, state_path: Path,
+           parts: Path) -> dict[str, Any]:
+    _check_paths(options, state_path, parts)
+    verifier = _anchors(services)
+    resolved = target.resolve(services.root, options.target, verifier)
+    warnings = [resolved.warning] if resolved.warning else []
+    source = Input(options.input, options.input_format)
+    wanted = state.RunState(
+        run_id=f"{time.time_ns():x}{secrets.token_hex(6)}", model=options.target.name, version=resolved.version,
+        label=resolved.label, input=str(options.input), input_sha256=artifacts.sha256_file(options.input),
+        input_format=options.input_format, output_format=options.output_format, chunk_rows=options.chunk_rows,
+        keep=list(options.keep), probabilities=options.probabilities, started=time.time())
+    current = wanted
+    if options.resume:
+        current = state.read(state_path)
+        problems = state.differences(current, wanted)
+        if problems:
+            raise ValueError(f"cannot resume the run in {state_path.name}: {'; '.join(problems)}")
+    model = _load(services, options.target.name, resolved.version)
+    schema = model_schema(model.features)
+    allowed = _check_columns(options, source, model)
+    run = runs.Run(current.run_id, current.model, current.version, current.label, services.actor, current.input,
+                   current.input_sha256, current.started)
+    # the record first: a store that cannot take it stops the run before anything is written
+    runs.started(services.store, run, rows=current.rows_done, scored=current.scored, rejects=current.rejected)
+    writing.drop_parts_from(parts, current.chunks_done)
+    state.write(state_path, current)
+    monitor = sample.Sample(current.run_id, options.monitor_sample)
+    monitor.load(parts, current.rows_done)
+    resumed_from, began = current.rows_done, time.perf_counter()
+    status = runs.FAILED
+    try:
+        for chunk in source.chunks(options.chunk_rows, [*schema.names, *options.keep], skip=current.chunks_done):
+            scored, rejected = _score_chunk(chunk, model, schema, allowed, options, current.run_id, parts, monitor)
+            current.chunks_done, current.rows_done = chunk.index + 1, chunk.start + chunk.n_rows
+            current.scored += scored
+            current.rejected += rejected
+            monitor.save(parts)
+            state.write(state_path, current)
+            if progress is not None:
+                progress(Progress(current.rows_done, current.rejected, current.rows_done - resumed_from,
+                                  time.perf_counter() - began, source.fraction_read()))
+            too_many = _over_threshold(options, current)
+            if too_many:
+                status = runs.STOPPED
+                writing.join_rejects(parts, current.chunks_done, options.rejects)
+                shutil.rmtree(parts)
+                state_path.unlink()
+                summary = _summary(options, current, model, resumed_from, time.perf_counter() - began, status, 0)
+                _close(services, run, status, current, warnings)
+                summary["warnings"] = warnings
+                raise Stopped(f"stopped: {too_many}; nothing was written to {options.output.name}, the rejected "
+                              f"rows are in {options.rejects.name}", summary)
+        if current.chunks_done == 0:  # an empty input still gets an output with the output's columns
+            none = np.empty(0, dtype=np.int64)
+            writing.write_part(parts, 0, _output_table(Chunk(0, 0, 0, records=[]), none, none, None, model, options,
+                                                       current.run_id), options.output_format)
+        writing.join_output(parts, options.output_format, max(current.chunks_done, 1), options.output)
+        writing.join_rejects(parts, current.chunks_done, options.rejects)
+        shutil.rmtree(parts)
+        state_path.unlink()
+        status = runs.DONE
+    finally:
+        if status == runs.FAILED:  # an exception on its way: the state file stays for --resume
+            _close(services, run, status, current, warnings)
+    seconds = time.perf_counter() - began
+    logged = _write_sample(monitor, services, model, current.run_id, seconds, warnings)
+    _close(services, run, status, current, warnings)
+    summary = _summary(options, current, model, resumed_from, seconds, status, logged)
+    summary["warnings"] = warnings
+    return summary
+
+
+def _check_paths(options: Options, state_path: Path, parts: Path) -> None:
+    if options.resume:
+        if not state_path.exists():
+            raise ValueError(f"nothing to resume: {state_path.name} does not exist beside {options.output.name}")
+        return
+    if (state_path.exists() or any(parts.iterdir())) and not options.overwrite:
+        raise ValueError(f"an interrupted run left {state_path.name}: continue it with --resume, or start again "
+                         f"with --overwrite")
+    if options.output.exists() and not options.overwrite:
+        raise ValueError(f"{options.output} exists; --overwrite replaces it")
+    if options.output.resolve() in (options.input.resolve(), options.rejects.resolve()):
+        raise ValueError("the input, the output and the rejects file must be three different files")
+    for part in parts.iterdir():  # --overwrite: what an interrupted run left (the folder is this run's now)
+        part.unlink()
+    state_path.unlink(missing_ok=True)
+
+
+def _anchors(services: Services) -> registry.Verifier:
+    from service.models.registry_anchor import RegistryAnchors
+
+    return RegistryAnchors(services.store, actor=services.actor)
+
+
+def _load(services: Services, name: str, version: int) -> LoadedModel:
+    """Load the version, verified; a refusal goes to the audit trail as the server's does."""
+    try:
+        return target.load(services.root, name, version, signing_key=services.signing_key, backend=services.backend)
+    except ArtifactError as exc:
+        audit.record_quietly(services.store, services.actor, "artifact.refused", f"{runs.TARGET}{name}",
+                             {"version": version, "by": runs.ACTION, "reason": str(exc)})
+        raise
+
+
+def _check_columns(options: Options, source: Input, model: LoadedModel) -> frozenset[str]:
+    """Refuse, before any row, a file every row of which would fail; return the keys a row may hold."""
+    names = [f["name"] for f in model.features]
+    ours = {PREDICTION, PREDICTION_ID, MODEL, VERSION}
+    taken = [k for k in options.keep if k in ours or k.startswith(PROBABILITY)]
+    if taken:
+        raise ValueError(f"--keep names a column the output writes itself: {', '.join(taken)}")
+    if options.probabilities and not model.has_probabilities:
+        raise ValueError(f"model {model.name!r} version {model.version} does not provide probabilities")
+    allowed = frozenset([*names, *options.keep, *options.ignore])
+    if source.columns is None:  # JSON Lines: each line is checked like a request's instance
+        return allowed
+    absent = [k for k in options.keep if k not in source.columns]
+    if absent:
+        raise ValueError(f"--keep names columns {options.input.name} does not have: {', '.join(absent)}")
+    missing = rows.missing_columns(model_schema(model.features), source.columns)
+    if missing:
+        raise ValueError(f"{options.input.name} lacks required feature columns: {', '.join(missing)}")
+    unknown = [c for c in source.columns if c not in allowed]
+    if unknown:
+        raise ValueError(f"{options.input.name} has columns the model does not declare: {', '.join(unknown)}; "
+                         "carry them with --keep or leave them out with --ignore-columns")
+    return allowed
+
+
+def _score_chunk(chunk: Chunk, model: LoadedModel, schema: Any, allowed: frozenset[str], options: Options,
+                 run_id: str, parts: Path, monitor: sample.Sample) -> tuple[int, int]:
+    """Validate, predict and write one chunk; return (rows scored, rows rejected)."""
+    checked = rows.check_chunk(schema, chunk, allowed)
+    good, columns, rejects = checked.good, checked.columns, list(checked.rejects)
+    result = None
+    if len(good):
+        result, dropped = _predict(model, columns, options.probabilities, chunk.start + good)
+        if dropped:
+            rejects = sorted(rejects + [(int(good[i]), error) for i, error in dropped], key=lambda item: item[0])
+            kept = np.setdiff1d(np.arange(len(good)), [i for i, _ in dropped])
+            good, columns = good[kept], {name: values[kept] for name, values in columns.items()}
+            result = Prediction(result.predictions[kept], None if result.probabilities is None
+                                else result.probabilities[kept], result.classes)
+    positions = chunk.start + good
+    writing.write_part(parts, chunk.index, _output_table(chunk, good, positions, result, model, options, run_id),
+                       options.output_format)
+    if rejects:
+        writing.write_rejects(parts, chunk.index, [_reject_line(chunk, i, error, options.keep) for i, error in rejects])
+    if result is not None:
+        monitor.add(positions, columns, result.predictions, result.probabilities)
+    return len(good), len(rejects)
+
+
+def _predict(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: bool,
+             positions: np.ndarray) -> tuple[Prediction, list[tuple[int, ValidationFailed]]]:
+    """Predict, and check the answer as the API does: a row whose inputs are far outside the training
+    data and whose answer is not finite is rejected with the API's 422 for it; any other non-finite
+    answer is the model's failure and stops the run (``ModelOutputInvalid``)."""
+    result = model.predict(columns, probabilities)
+    try:
+        return check_output(model, result, columns), []
+    except InputOutOfDomain:
+        pass
+    dropped = []
+    for i in _non_finite_rows(result).tolist():
+        one = Prediction(result.predictions[i:i + 1], None if result.probabilities is None
+                         else result.probabilities[i:i + 1], result.classes)
+        try:
+            check_output(model, one, {name: values[i:i + 1] for name, values in columns.items()})
+        except InputOutOfDomain as exc:
+            row = int(positions[i])
+            exc.details["row_positions"] = [row]
+            for entry in exc.details.get("errors", []):
+                entry["row"] = row
+            dropped.append((i, exc))
+    return result, dropped
+
+
+def _non_finite_rows(result: Prediction) -> np.ndarray:
+    bad = np.zeros(len(result.predictions), dtype=bool)
+    for values in (result.predictions, result.probabilities):
+        if values is not None and np.asarray(values).dtype.kind == "f":
+            finite = np.isfinite(values)
+            bad |= ~(finite.all(axis=1) if finite.ndim > 1 else finite)
+    return np.flatnonzero(bad)
+
+
+def _output_table(chunk: Chunk, good: np.ndarray, positions: np.ndarray, result: Prediction | None,
+                  model: LoadedModel, options: Options, run_id: str) -> pa.Table:
+    n = len(good)
+    columns: dict[str, Any] = {key: _kept(chunk, key, good) for key in options.keep}
+    columns[PREDICTION] = pa.array(result.predictions) if result is not None else pa.array([], _prediction_type(model))
+    if options.probabilities:
+        for j, label in enumerate(model.classes or []):
+            columns[f"{PROBABILITY}{label}"] = pa.array(result.probabilities[:, j] if result is not None else [],
+                                                        pa.float64())
+    columns[PREDICTION_ID] = pc.binary_join_element_wise(pa.scalar(run_id), pc.cast(pa.array(positions, pa.int64()),
+                                                                                   pa.string()), "-")
+    columns[MODEL] = pa.repeat(pa.scalar(model.name), n)
+    columns[VERSION] = pa.repeat(pa.scalar(model.version, pa.int64()), n)
+    return pa.table(columns)
+
+
+def _prediction_type(model: LoadedModel) -> pa.DataType:
+    """The prediction column's type for a chunk with no scored row, so every part has one schema."""
+    classes = model.classes
+    if classes is None:
+        return pa.float64()
+    return pa.int64() if all(isinstance(c, int) and not isinstance(c, bool) for c in classes) else pa.string()
+
+
+def _kept(chunk: Chunk, key: str, good: np.ndarray) -> pa.Array:
+    if chunk.table is not None:
+        return chunk.table.column(key).take(pa.array(good, pa.int64())).combine_chunks()
+    values = [(chunk.records[i] or {}).get(key) for i in good.tolist()]
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types across lines: text holds them all
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def _reject_line(chunk: Chunk, i: int, error: ValidationFailed, keep: tuple[str, ...]) -> dict[str, Any]:
+    if chunk.table is not None:
+        kept = {key: chunk.table.column(key)[i].as_py() for key in keep}
+    else:
+        kept = {key: (chunk.records[i] or {}).get(key) for key in keep}
+    return {"row": chunk.start + i, "keep": kept, **error.to_dict()}
+
+
+def _over_threshold(options: Options, current: state.RunState) -> str | None:
+    """Why the run must stop now, or None."""
+    rejected, read = current.rejected, current.rows_done
+    if options.max_rejects is not None and rejected > options.max_rejects:
+        return f"{rejected} rows rejected, more than --max-rejects {options.max_rejects}"
+    if options.max_reject_share is not None and read and rejected / read > options.max_reject_share:
+        return (f"{rejected} of {read} rows rejected ({rejected / read:.2%}), more than --max-rejects "
+                f"{options.max_reject_share:.2%}")
+    return None
+
+
+def _write_sample(monitor: sample.Sample, services: Services, model: LoadedModel, run_id: str, seconds: float,
+                  warnings: list[str]) -> int:
+    try:
+        return monitor.write(PredictionLog(services.store, pii_key=services.pii_key), model, run_id, seconds)
+    except (sqlite3.Error, OSError) as exc:
+        warnings.append(f"the monitoring sample was not written to the prediction log: {exc}")
+        return 0
+
+
+def _close(services: Services, run: runs.Run, status: str, current: state.RunState, warnings: list[str]) -> None:
+    try:
+        runs.finished(services.store, run, status, rows=current.rows_done, scored=current.scored,
+                      rejects=current.rejected)
+    except sqlite3.Error as exc:
+        warnings.append(f"the run's record and audit record were not written: {exc}")
+
+
+def _summary(options: Options, current: state.RunState, model: LoadedModel, resumed_from: int, seconds: float,
+             status: str, logged: int) -> dict[str, Any]:
+    done_here = current.rows_done - resumed_from
+    return {"status": status, "run_id": current.run_id, "model": model.name, "version": model.version,
+            "label": current.label, "input": str(options.input), "input_sha256": current.input_sha256,
+            "output": str(options.output) if status == runs.DONE else None, "rejects_file": str(options.rejects),
+            "rows": current.rows_done, "scored": current.scored, "rejects": current.rejected,
+            "chunks": current.chunks_done, "resumed_from_row": resumed_from or None,
+            "seconds": round(seconds, 3), "rows_per_second": round(done_here / seconds) if seconds > 0 else None,
+            "monitor_sample": logged}
+
