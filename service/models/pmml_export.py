@@ -32,6 +32,8 @@ PMML_FILE = "model.pmml"
 OK, FAILED, UNSUPPORTED = "ok", "failed", "unsupported"
 #: Parity: classes identical, every probability and regression value within ATOL (absolute).
 ATOL = 1e-9
+#: Probe rows scored besides the hold-out at most.
+MAX_PROBES = 5_000
 #: On a failed conversion the converter posts the exception and the library versions to
 #: telemetry.jpmml.org. With an empty hosts file the JVM resolves no name, so that report never
 #: leaves the machine; converting needs no network.
@@ -54,7 +56,7 @@ class Refused(Exception):
 
 
 def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: str) -> Export:
-    """Convert ``model`` and check the PMML against the model on the hold-out rows ``X``."""
+    """Convert ``model`` and check the PMML against the model on the hold-out rows ``X`` and probes built from the model."""
     try:
         import jpmml_evaluator  # noqa: F401  (the parity check needs it: refuse early, before converting)
         import sklearn2pmml  # noqa: F401
@@ -69,13 +71,27 @@ def export(model: Any, X: pd.DataFrame, features: list[dict[str, Any]], task: st
         data = convert(model, names, java)
     except Refused as exc:
         return Export(_report(UNSUPPORTED, reason=str(exc), libraries=libraries))
+    rows = with_probes(model, X, features)
     try:
         with evaluator(java) as backend:
             libraries["java"] = java_version(backend)
-            report = check_parity(backend, data, model, X, names, task)
+            report = {**check_parity(backend, data, model, rows, names, task),
+                      "holdout_rows": len(X), "probe_rows": len(rows) - len(X)}
     except Exception as exc:  # the evaluator refused the file or died: never fail packaging
         report = _report(FAILED, reason=f"PMML evaluator: {type(exc).__name__}: {_short(exc)}")
     return Export({**report, "libraries": libraries}, data if report["status"] == OK else None)
+
+
+def with_probes(model: Any, X: pd.DataFrame, features: list[dict[str, Any]]) -> pd.DataFrame:
+    """The hold-out plus the probes the ONNX parity uses (split thresholds and one ulp either side,
+    large magnitudes, missing values), at most ``MAX_PROBES`` of them, spread evenly: the evaluator
+    scores every row in one Java process, and a forest has tens of thousands of splits."""
+    from service.models.parity_probes import probes
+
+    extra, _ = probes(model, X, features)
+    if len(extra) > MAX_PROBES:
+        extra = extra.iloc[np.linspace(0, len(extra) - 1, MAX_PROBES).round().astype(int)]
+    return pd.concat([X, extra], ignore_index=True) if len(extra) else X
 
 
 def java_path() -> str | None:
@@ -173,7 +189,7 @@ def check_parity(backend: Any, data: bytes, model: Any, X: pd.DataFrame, names: 
     rows = {"rows": len(X)}
     errors = results["errors"].dropna() if "errors" in results else pd.Series(dtype=str)
     if len(errors):
-        return _report(FAILED, reason=f"the PMML evaluator refused {len(errors)} of {len(X)} hold-out rows: "
+        return _report(FAILED, reason=f"the PMML evaluator refused {len(errors)} of {len(X)} hold-out and probe rows: "
                                       f"{_short(errors.iloc[0])}", **rows)
     frame = X[names] if hasattr(model, "feature_names_in_") else X[names].to_numpy()
     target = target_name(names)

@@ -105,7 +105,8 @@ def test_the_stored_pmml_answers_like_the_model_within_1e_9(families, evaluator,
     assert manifest["evaluation_data"]["sha256"] == fingerprint(X, y)["sha256"]  # the rows packaging checked
     report = manifest["exports"]["pmml"]
     assert report["status"] == "ok", report
-    assert report["max_abs_diff"] <= 1e-9 and report["rows"] == len(X)
+    assert report["max_abs_diff"] <= 1e-9 and report["holdout_rows"] == len(X)
+    assert report["probe_rows"] > 0 and report["rows"] == len(X) + report["probe_rows"]  # probes scored too
     assert manifest["files"]["model.pmml"] == artifacts.file_entry(folder / "model.pmml")
     # scored again here, column by column by name, rather than trusting the packaging's report
     model = joblib.load(folder / "model.joblib")
@@ -196,7 +197,7 @@ def test_a_pmml_that_misses_parity_is_not_stored_and_packaging_says_why(java, tm
     assert "(more than 1e-09, on values up to " in lines[0]
     manifest = artifacts.read_manifest(artifacts.version_dir(root, "big", 1))
     report = manifest["exports"]["pmml"]
-    assert report["status"] == "failed" and report["max_abs_diff"] > 1e-9 and report["rows"] == 200
+    assert report["status"] == "failed" and report["max_abs_diff"] > 1e-9 and report["holdout_rows"] == 200
     assert "model.pmml" not in manifest["files"] and not (artifacts.version_dir(root, "big", 1) / "model.pmml").exists()
 
 
