@@ -17,6 +17,7 @@ import math
 import threading
 from collections.abc import Callable, Container
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields
@@ -224,8 +225,10 @@ class ModelSchema:
     specs: tuple[FeatureSpec, ...]
     positions: dict[str, int]
     records: Schema
+    #: every feature is a float or an int: rows of plain numbers can be checked as one matrix
+    numeric: bool = False
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.specs)
 
@@ -248,7 +251,8 @@ def model_schema(features: list[dict[str, Any]]) -> ModelSchema:
     if len(positions) != len(specs):
         raise ValueError("feature names must be unique")
     records_class = Schema.from_dict({spec.attr: FeatureField(spec) for spec in specs}, name="RecordSchema")
-    built = ModelSchema(specs=specs, positions=positions, records=records_class(unknown=RAISE))
+    built = ModelSchema(specs=specs, positions=positions, records=records_class(unknown=RAISE),
+                        numeric=all(spec.kind in NUMERIC_KINDS for spec in specs))
     with _model_schemas_lock:
         if len(_model_schemas) >= SCHEMA_CACHE_SIZE:
             _model_schemas.pop(next(iter(_model_schemas)), None)
