@@ -27,6 +27,7 @@ def create_app(config: Config | None = None) -> Flask:
     from service.api import mlflow as mlflow_api
     from service.api import subjects as subjects_api
     from service.api import v2 as v2_api
+    from service.api.application import ServiceFlask
     from service.api.converters import URL_CONVERTERS
     from service.api.handlers import register_error_handlers
     from service.models.auto_rollback import Guard
@@ -45,7 +46,7 @@ def create_app(config: Config | None = None) -> Flask:
 
     config = config or Config.from_env()
     logs.configure_logging(config.log_level)
-    app = Flask(__name__)
+    app = ServiceFlask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=config.max_request_bytes, SERVICE_CONFIG=config)
     app.url_map.converters.update(URL_CONVERTERS)
     app.url_map.strict_slashes = False

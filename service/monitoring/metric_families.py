@@ -38,6 +38,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 UNMATCHED_ROUTE = "<unmatched>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+MAX_HTTP_CHILDREN = 1024  # (route, method, status) triples whose metric children a worker keeps at hand
 #: ``outcome`` of a prediction request: answered, refused (4xx) or failed (5xx).
 OUTCOMES = ("ok", "invalid", "error")
 #: The wire protocols a predict request can arrive by (service/protocols).
@@ -96,6 +97,9 @@ class Metrics:
 
         # In multiprocess mode values go to files and the scrape builds its own registry.
         self.registry = registry
+        #: (route, method, status) -> the request counter's and duration histogram's children, so a
+        #: request's observation skips prometheus-client's label checks and lock
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         reg = {"registry": registry}
         # First, so its file exists (allocated) before any other: counting a failure needs no new space.
         self.write_failures = Counter(PREFIX + "metric_write_failures",
@@ -219,10 +223,15 @@ class Metrics:
     # -- observations ----------------------------------------------------------------------------
 
     def observe_request(self, route: str, method: str, status: int, started: float | None) -> None:
-        method = method if method in METHODS else "other"
-        self.http_requests.labels(route, method, str(int(status))).inc()
+        children = self._http_children.get((route, method, status))
+        if children is None:
+            label = method if method in METHODS else "other"
+            children = (self.http_requests.labels(route, label, str(int(status))), self.http_duration.labels(route, label))
+            if len(self._http_children) < MAX_HTTP_CHILDREN:  # methods come from clients: bounded
+                self._http_children[(route, method, status)] = children
+        children[0].inc()
         if started is not None:
-            self.http_duration.labels(route, method).observe(time.perf_counter() - started)
+            children[1].observe(time.perf_counter() - started)
 
     def observe_model_loaded(self, model: str, version: int, manifest: Mapping[str, Any]) -> None:
         names = [f["name"] for f in manifest.get("input", {}).get("features", ())]
