@@ -1,208 +1,186 @@
-"""``python -m bench.stages``: where a predict request's time goes inside one worker, stage by stage.
+"""``python -m bench.stages``: where a predict request's CPU goes in a real worker, stage by stage.
 
-The app is built as a Gunicorn worker builds it (``create_app`` from the environment, sessions
-warmed, the writer started, metrics in multiprocess files) and driven through its WSGI callable
-with the environ Gunicorn would hand it, one request at a time, so no HTTP parsing or socket is
-measured: that part is the floor's (``bench/floor_app.py``). Each model and size first runs
-unprofiled (microseconds per request, wall clock, median of rounds), then under cProfile, whose
-cumulative times are grouped into the stages the request passes (``STAGES``). cProfile inflates
-functions that make many small calls, so read the stages as shares of the profiled total and
-the unprofiled figure as the truth. Prints one table per scenario; ``--tree`` is not needed to
-compare two checkouts: run each checkout's own ``python -m bench.stages``.
+One Gunicorn server per checkout (``--tree`` adds a second, say a baseline ``git worktree``), one
+worker each, serves the bench models as the README starts it (monitoring on, ONNX Runtime by
+default). For each model and batch size, the servers take wrk load in alternating rounds while
+py-spy (a sampling profiler, not part of the project: pass its path with ``--py-spy``; ``pip
+install --target /tmp/pyspy py-spy`` gives one) samples the worker's threads, and the worker's
+CPU is read from /proc. Each sample goes to the innermost stage its stack passes through
+(``STAGES``: the request's own steps, then Flask, then Gunicorn), so the shares add up to the
+worker's CPU, and a share times the CPU per request gives microseconds per request. The writer
+thread that records answers after they are sent is a stage of its own. Load stays on loopback,
+bounded in time; servers are stopped by pid.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import os
-import pstats
+import contextlib
+import subprocess  # nosec B404  # runs py-spy with a fixed argument list, never a shell
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from statistics import median
-from typing import Any
 
-#: (stage, [(file suffix, function name)]): a stage's time is the cumulative time of its functions,
-#: summed; no stage names a function another stage's functions call, so nothing counts twice.
+from bench import load, procstat
+from bench.server import REPO, Server, post
+
+#: (stage, [(path fragment, function)]), in priority order: a sample belongs to the first stage with
+#: a frame on its stack. "" as the function matches any in that file; a function is compared by its
+#: last dotted part (py-spy says ``Recorder._run``). Gunicorn runs each request on a thread of its
+#: pool, so the request's own stages come before the catch-all for other threads.
 STAGES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("request id hooks", (("api/request_ids.py", "take_request_id"), ("api/request_ids.py", "set_header"),
-                          ("api/request_ids.py", "forget_request_id"))),
-    ("metrics hooks", (("api/metrics.py", "_start"), ("api/metrics.py", "_finish"), ("api/metrics.py", "_release"))),
-    ("Host/CSRF/proxy checks", (("api/csrf.py", "check_request"),)),
-    ("auth (keys, open mode)", (("api/auth.py", "_authorize"),)),
-    ("limits, route lookups", (("api/limits.py", "charge_request"), ("api/limits.py", "model_features"),
-                               ("api/limits.py", "json_budget"), ("api/limits.py", "charge_rows"))),
-    ("read body + JSON decode", (("api/io.py", "read_json"),)),
-    ("envelope decode (codec)", (("protocols/v1.py", "decode"),)),
-    ("route (catalog)", (("serving/catalog.py", "route"),)),
-    ("validation", (("serving/validation.py", "validate_rows"),)),
+    ("recorder writer thread (after the answer)", (("monitoring/recorder.py", "_run"), ("monitoring/outbox.py", ""),
+                                                    ("monitoring/spool.py", ""))),
     ("predict (backend)", (("serving/runtime.py", "predict"),)),
+    ("validation", (("serving/validation.py", "validate_rows"),)),
     ("output check", (("serving/inference.py", "check_output"),)),
     ("prediction ids", (("serving/inference.py", "prediction_ids"),)),
-    # ``watch`` is a generator: its time is its own frames' (enter, and the exit that hands the answer
-    # over), never the ``with`` body it wraps
-    ("recorder hand-off", (("monitoring/observe.py", "watch"),)),
+    ("route (catalog)", (("serving/catalog.py", "route"),)),
+    ("envelope decode (codec)", (("protocols/v1.py", "decode"), ("protocols/v2.py", "decode"),
+                                 ("protocols/mlflow.py", "decode"))),
+    ("read body + JSON parse", (("api/io.py", "read_json"),)),
     ("response encoding", (("protocols/v1.py", "encode"), ("api/io.py", "json_response"))),
-    ("drain hook", (("api/handlers.py", "_drain_refused_body"),)),
+    ("recorder hand-off (request thread)", (("monitoring/observe.py", ""),)),
+    ("limits, model lookups", (("api/limits.py", ""),)),
+    ("auth (keys, open mode)", (("api/auth.py", "_authorize"),)),
+    ("Host/CSRF/proxy checks", (("api/csrf.py", ""), ("api/proxy.py", ""))),
+    ("request id hooks", (("api/request_ids.py", ""),)),
+    ("metrics hooks", (("api/metrics.py", ""), ("monitoring/metric_families.py", ""))),
+    ("view and error hooks (rest)", (("api/predict.py", ""), ("api/handlers.py", ""))),
+    ("Flask/Werkzeug (routing, contexts, Response)", (("flask/", ""), ("werkzeug/", ""))),
+    ("JSON access log", (("gunicorn.conf.py", "access"), ("gunicorn/glogging.py", "access"))),
+    ("Gunicorn (HTTP parse and write, worker loop)", (("gunicorn/", ""), ("service/buffering.py", ""))),
+    ("other threads and the rest", (("", ""),)),
 )
-ROUNDS = 5
+#: A stack whose innermost frame is one of these waits: py-spy took it for running, but it is idle
+#: (a background loop's own frame is innermost only while it sleeps or waits in C).
+IDLE_LEAVES = frozenset({"select", "wait", "sleep", "_worker", "get", "join", "poll", "accept", "_run"})
+MODELS = ("breast-cancer", "hist-gb", "random-forest")
+SIZES = (1, 100)
 
 
-def environ(path: str, body: bytes, port: int = 8000) -> dict[str, Any]:
-    """The WSGI environ Gunicorn builds for a JSON POST from 127.0.0.1."""
-    return {
-        "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "", "RAW_URI": path,
-        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(port), "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000", "HTTP_HOST": f"127.0.0.1:{port}",
-        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "HTTP_USER_AGENT": "bench",
-        "HTTP_ACCEPT": "*/*", "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-        "wsgi.version": (1, 0), "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
-    }
+def frames(stack: str) -> list[tuple[str, str]]:
+    """(file, function) of each frame of one py-spy raw line's stack, outermost first."""
+    out = []
+    for frame in stack.split(";"):
+        function, _, where = frame.partition(" (")
+        out.append((where.rsplit(":", 1)[0], function.strip()))
+    return out
 
 
-def call(app: Callable, path: str, body: bytes) -> tuple[str, bytes]:
-    """One request through the WSGI callable; returns (status, body), closing the response as Gunicorn does."""
-    seen: list[str] = []
-
-    def start_response(status: str, headers: list, exc_info: Any = None) -> None:
-        seen.append(status)
-
-    result = app(environ(path, body), start_response)
-    try:
-        out = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return seen[0], out
+def stage_of(stack: list[tuple[str, str]]) -> str | None:
+    """The stage a sample belongs to (the first of ``STAGES`` with a frame on the stack); None when idle."""
+    if not stack or stack[-1][1].rsplit(".", 1)[-1] in IDLE_LEAVES:
+        return None
+    names = [(file, name.rsplit(".", 1)[-1]) for file, name in stack]
+    for stage, markers in STAGES:
+        for fragment, function in markers:
+            if any(fragment in file and (not function or name == function) for file, name in names):
+                return stage
+    return STAGES[-1][0]
 
 
-def per_request_us(app: Callable, path: str, body: bytes, requests: int) -> float:
-    """Median over ``ROUNDS`` of the wall-clock microseconds per request (no profiler)."""
-    rounds = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for _ in range(requests):
-            call(app, path, body)
-        rounds.append((time.perf_counter() - start) * 1e6 / requests)
-    return median(rounds)
+def tally(raw: str) -> Counter[str]:
+    """Samples per stage from py-spy's ``--format raw`` output (``frame;frame;... count`` per line)."""
+    counts: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        stage = stage_of(frames(stack)) if stack and count.isdigit() else None
+        if stage is not None:
+            counts[stage] += int(count)
+    return counts
 
 
-def stage_times(stats: pstats.Stats, requests: int) -> dict[str, float]:
-    """Cumulative microseconds per request of each stage's functions, from a profile."""
-    table = stats.stats  # type: ignore[attr-defined]
-    found: dict[str, float] = {}
-    for stage, functions in STAGES:
-        total = 0.0
-        for suffix, name in functions:
-            for (filename, _line, function), (_cc, _nc, _tt, ct, _callers) in table.items():
-                if function == name and filename.endswith(suffix):
-                    total += ct
-        found[stage] = total * 1e6 / requests
-    return found
+def breakdown(counts: Counter[str], cpu_us_per_request: float) -> dict[str, float]:
+    """Microseconds per request of each stage: its share of the samples times the CPU per request."""
+    total = sum(counts.values())
+    return {stage: (counts.get(stage, 0) / total * cpu_us_per_request if total else 0.0) for stage, _ in STAGES}
 
 
-def wsgi_total(stats: pstats.Stats, requests: int) -> float:
-    """The profiled microseconds per request of the whole Flask app (``Flask.wsgi_app``)."""
-    for (filename, _line, function), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if function == "wsgi_app" and filename.endswith("flask/app.py"):
-            return ct * 1e6 / requests
-    return 0.0
+def profiled_run(spy: Path, server: Server, url: str, body_file: Path, script: Path, settings: load.LoadSettings,
+                 out: Path) -> tuple[Counter[str], float, int]:
+    """wrk on one server while py-spy samples its worker; (samples per stage, worker CPU seconds, requests)."""
+    worker = procstat.children(server.pid)[0]
+    command = [str(spy), "record", "--pid", str(worker), "--rate", "400", "--nonblocking", "--format", "raw",
+               "--output", str(out), "--duration", str(settings.seconds + 2)]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as spying:  # noqa: S603  # nosec B603
+        with procstat.CpuSampler(server.pid) as sampler:
+            result = load.run_wrk(url, body_file, script, settings)
+        spying.wait(settings.seconds + 30)
+    if result.failed:
+        raise RuntimeError(f"{url}: non-2xx answers under load")
+    return tally(out.read_text() if out.exists() else ""), sampler.total(), result.requests
 
 
-def profile(app: Callable, path: str, body: bytes, requests: int) -> tuple[dict[str, float], float, pstats.Stats]:
-    """Run ``requests`` under cProfile; return per-stage µs, the profiled total µs and the stats."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(requests):
-        call(app, path, body)
-    profiler.disable()
-    stats = pstats.Stats(profiler)
-    return stage_times(stats, requests), wsgi_total(stats, requests), stats
-
-
-def format_report(name: str, rows: int, unprofiled: float, stages: dict[str, float], total: float) -> str:
-    """A plain-text table: each stage's profiled µs and share, the rest (Flask and Werkzeug) and the truth."""
-    lines = [f"== {name}, {rows} row(s): {unprofiled:.0f} µs per request in the app, unprofiled "
-             f"(profiled total {total:.0f} µs)"]
-    accounted = 0.0
-    for stage, us in stages.items():
-        accounted += us
-        lines.append(f"  {stage:<28} {us:8.1f} µs  {us / total:6.1%}" if total else f"  {stage:<28} {us:8.1f} µs")
-    rest = total - accounted
-    lines.append(f"  {'Flask/Werkzeug (the rest)':<28} {rest:8.1f} µs  {rest / total:6.1%}" if total else "")
-    return "\n".join(lines)
-
-
-def build_app(root: Path, scratch: Path) -> Any:
-    """The project's app over ``root``, set up as ``post_worker_init`` leaves a Gunicorn worker."""
-    os.environ.update(ARTIFACTS_DIR=str(root), REGISTRY_POLL_SECONDS="0", DATABASE_URL=f"sqlite:///{scratch / 'p.db'}",
-                      PROMETHEUS_MULTIPROC_DIR=str(scratch / "prom"), OMP_NUM_THREADS="1", LOG_LEVEL="warning",
-                      ORT_DISABLE_TELEMETRY="1")
-    from service.monitoring import metrics
-
-    metrics.prepare_multiprocess_dir(scratch / "prom")
-    from threadpoolctl import threadpool_limits
-
-    from service.app import create_app
-
-    threadpool_limits(1)
-    app = create_app()
-    app.extensions["catalog"].warm_up()
-    app.extensions["observer"].start()
-    return app
-
-
-def scenarios(root: Path, models: Iterable[str], sizes: Iterable[int]) -> list[tuple[str, int, str, bytes]]:
-    from bench.models import BOOSTED, FOREST, train_all
+def bodies(root: Path, models: Iterable[str], sizes: Iterable[int]) -> list[tuple[str, int, str, bytes]]:
+    """Train the bench models into ``root`` and return (model, rows, path, body) per scenario."""
+    from bench.models import train_all
     from bench.workload import build_scenarios
 
-    extra = train_all(root) if not (root / FOREST).exists() else {FOREST: None, BOOSTED: None}
-    if extra.get(FOREST) is None:
-        from bench.models import synthetic_data
-
-        X, _ = synthetic_data()
-        extra = {FOREST: X, BOOSTED: X}
+    extra = train_all(root)
     wanted = set(models)
     return [(s.model, s.rows, s.path, s.body) for s in build_scenarios(root, extra, tuple(sizes)) if s.model in wanted]
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bench.models import BOOSTED, FOREST
-    from bench.workload import CLASSIFIER
+def format_table(model: str, rows: int, figures: dict[str, dict[str, float]], per_request: dict[str, float]) -> str:
+    names = list(figures)
+    head = f"== {model}, {rows} row(s): worker CPU µs per request " + ", ".join(
+        f"{name} {per_request[name]:.0f}" for name in names)
+    lines = [head, f"  {'stage':<46}" + "".join(f"{name:>12}" for name in names)]
+    for stage, _ in STAGES:
+        lines.append(f"  {stage:<46}" + "".join(f"{figures[name][stage]:12.1f}" for name in names))
+    return "\n".join(lines)
 
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--artifacts", type=Path, help="a folder the bench models are trained into once and reused")
-    parser.add_argument("--models", nargs="+", default=[CLASSIFIER, BOOSTED, FOREST])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 100])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement (default 2000)")
-    parser.add_argument("--top", type=int, default=0, help="also print the N costliest functions by own time")
+    parser.add_argument("--py-spy", type=Path, required=True, dest="spy", help="the py-spy executable")
+    parser.add_argument("--tree", type=Path, action="append", default=[],
+                        help="another checkout to profile side by side (repeatable); this one always runs")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--rows", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--seconds", type=int, default=6, help="per profiled run (default 6)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per scenario (default 2)")
+    parser.add_argument("--keep", type=Path, help="a folder to keep py-spy's raw stacks in (default: thrown away)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-stages-") as scratch:
-        root = args.artifacts or Path(scratch) / "artifacts"
-        work = Path(scratch) / "server"
-        work.mkdir()
-        todo = scenarios(root, args.models, args.rows)
-        app = build_app(root, work)
-        for name, rows, path, body in todo:
-            status, answer = call(app, path, body)
-            if not status.startswith("200"):
-                raise SystemExit(f"{name}/{rows}: {status} {answer[:200]!r}")
-            requests = max(20, args.requests // max(1, rows // 10))
-            per_request_us(app, path, body, max(10, requests // 10))  # warm
-            truth = per_request_us(app, path, body, requests)
-            stages, total, stats = profile(app, path, body, requests)
-            print(format_report(name, rows, truth, stages, total), flush=True)
-            if args.top:
-                out = io.StringIO()
-                stats.stream = out  # type: ignore[attr-defined]
-                stats.sort_stats("tottime").print_stats(args.top)
-                print(out.getvalue())
-        app.extensions["observer"].close(5)
+    load.require_wrk()
+    trees = {"this": REPO, **{f"tree{i}": path.resolve() for i, path in enumerate(args.tree, 1)}}
+    settings = load.LoadSettings(seconds=args.seconds, connections=1, threads=1)
+    with tempfile.TemporaryDirectory(prefix="bench-stages-") as scratch, contextlib.ExitStack() as stack:
+        work = Path(scratch)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+        root = work / "artifacts"
+        todo = bodies(root, args.models, args.rows)
+        script = load.write_script(work)
+        servers = {}
+        for name, tree in trees.items():
+            server = Server(root, work / name, 1, tree=tree)
+            stack.callback(server.stop)
+            server.start()
+            servers[name] = server
+        for model, rows, path, body in todo:
+            body_file = work / "body.json"
+            body_file.write_bytes(body)
+            counts = {name: Counter() for name in servers}
+            cpu, served = dict.fromkeys(servers, 0.0), dict.fromkeys(servers, 0)
+            for name, server in servers.items():
+                for _ in range(3):
+                    status, answer = post(server.url + path, body)
+                    if status != 200:
+                        raise SystemExit(f"{name} {model}/{rows}: HTTP {status} {answer[:200]!r}")
+            for i in range(args.rounds):
+                for name, server in servers.items():
+                    found, seconds, requests = profiled_run(args.spy, server, server.url + path, body_file, script,
+                                                            settings, (args.keep or work) / f"{name}-{model}-{rows}-{i}.txt")
+                    counts[name] += found
+                    cpu[name] += seconds
+                    served[name] += requests
+            per_request = {name: cpu[name] * 1e6 / max(1, served[name]) for name in servers}
+            figures = {name: breakdown(counts[name], per_request[name]) for name in servers}
+            print(format_table(model, rows, figures, per_request), flush=True)
     return 0
 
 
