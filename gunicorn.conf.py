@@ -123,7 +123,9 @@ def on_starting(server):
     import sklearn.pipeline  # noqa: F401
     import sklearn.preprocessing  # noqa: F401
 
-    import service.app  # noqa: F401  (brings joblib and the service modules, never a model)
+    import service.app  # (brings joblib and the service modules, never a model)
+
+    service.app.preload_modules()  # what create_app imports, so the workers share it (~30 MiB each)
 
     if _ort_telemetry_off():  # with telemetry on, the import starts a thread no forked worker would have
         try:
