@@ -125,7 +125,14 @@ def on_starting(server):
 
     import service.app  # (brings joblib and the service modules, never a model)
 
-    service.app.preload_modules()  # what create_app imports, so the workers share it (~30 MiB each)
+    service.app.preload_modules()  # what create_app imports, so the workers share it (~10 MiB each)
+    try:
+        # TreeSHAP (numba, llvmlite): every worker serving a tree model imports it when the version
+        # loads (its explanation cost is measured then); imported here it is one shared copy, not
+        # ~55 MiB of private memory per worker. It starts no thread.
+        import shap  # noqa: F401
+    except ImportError:
+        pass
 
     if _ort_telemetry_off():  # with telemetry on, the import starts a thread no forked worker would have
         try:
