@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields
 
 from service.models import artifacts, pii
@@ -231,6 +232,15 @@ class ModelSchema:
     @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.specs)
+
+    @cached_property
+    def float_block(self) -> tuple[tuple[FeatureSpec, ...], list[int], np.ndarray, np.ndarray]:
+        """The float features, their positions and their bounds as column vectors (-inf/inf for none),
+        for checking them all at once (``service.serving.matrix``); worked out once per schema."""
+        specs = tuple(spec for spec in self.specs if spec.kind == "float")
+        lo = np.array([-np.inf if spec.lo is None else spec.lo for spec in specs], dtype=np.float64)[:, None]
+        hi = np.array([np.inf if spec.hi is None else spec.hi for spec in specs], dtype=np.float64)[:, None]
+        return specs, [spec.index for spec in specs], lo, hi
 
 
 _model_schemas: dict[int, tuple[list[dict[str, Any]], ModelSchema]] = {}

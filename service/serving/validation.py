@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import operator
 import re
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -43,8 +44,11 @@ from service.serving.schemas import (
 )
 
 MAX_REPORTED_ERRORS = 50
-#: The value types a row of numbers may hold to be read as one matrix (bool is refused: a float feature refuses it).
+#: The value types a row of numbers may hold to be read as one matrix (a float feature refuses a boolean).
 PLAIN_NUMBERS = frozenset({int, float})
+#: Values in a batch past which rows of numbers are converted by numpy after a pass over their types;
+#: below, by array() in one pass, with only the zeros and ones (where a boolean can hide) looked at.
+MANY_VALUES = 2048
 #: Unknown field names we repeat back to the client; anything else is described, not echoed.
 SAFE_FIELD_RE = re.compile(r"[A-Za-z0-9 _.()\[\]/-]{1,64}")
 
@@ -161,15 +165,26 @@ def _numeric_matrix(model: ModelSchema, layout: str, data: list[Any]) -> np.ndar
             data = list(map(operator.itemgetter(*model.names), data))
         except KeyError:
             return None
-    if not set(map(type, chain.from_iterable(data))) <= PLAIN_NUMBERS:
+    if len(data) * width > MANY_VALUES:
+        # over many values numpy's own conversion is the faster pass, after one over their types
+        if not set(map(type, chain.from_iterable(data))) <= PLAIN_NUMBERS:
+            return None
+        try:
+            flat = np.array(data, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):  # an int past a float64's range
+            return None
+    else:
+        try:  # one C pass: array() refuses None, strings and containers (and ints past a float64's range)
+            flat = np.frombuffer(array("d", chain.from_iterable(data)), dtype=np.float64)
+        except (TypeError, OverflowError):
+            return None
+        # array() takes booleans as 0 and 1, which a float feature refuses: look at those cells' types
+        suspects = np.flatnonzero((flat == 0) | (flat == 1)).tolist()
+        if bool in {type(data[k // width][k % width]) for k in suspects}:
+            return None
+    if not (np.abs(flat) < EXACT_FLOAT_INT).all():  # an int there may not round-trip (and no inf or nan)
         return None
-    try:
-        matrix = np.array(data, dtype=np.float64)
-    except OverflowError:  # an int past a float64's range: the value-by-value check says which
-        return None
-    if not (np.abs(matrix) < EXACT_FLOAT_INT).all():  # an int there may not round-trip; inf and nan too
-        return None
-    return matrix
+    return flat.reshape(len(data), width)
 
 
 # -- layouts: shared structural checks ---------------------------------------------------------
