@@ -39,6 +39,7 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 UNMATCHED_ROUTE = "<unmatched>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 MAX_HTTP_CHILDREN = 1024  # (route, method, status) triples whose metric children a worker keeps at hand
+MAX_CHILDREN = 4096  # other metric children a worker keeps at hand (their label values are bounded anyway)
 #: ``outcome`` of a prediction request: answered, refused (4xx) or failed (5xx).
 OUTCOMES = ("ok", "invalid", "error")
 #: The wire protocols a predict request can arrive by (service/protocols).
@@ -100,6 +101,8 @@ class Metrics:
         #: (route, method, status) -> the request counter's and duration histogram's children, so a
         #: request's observation skips prometheus-client's label checks and lock
         self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        #: (metric, label values) -> child, for the per-answer observations (values bounded by ``known``)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         reg = {"registry": registry}
         # First, so its file exists (allocated) before any other: counting a failure needs no new space.
         self.write_failures = Counter(PREFIX + "metric_write_failures",
@@ -206,6 +209,16 @@ class Metrics:
                 seen.add(value)
         return value
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept at hand: an answer's observations skip the label checks and lock."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            if len(self._children) < MAX_CHILDREN:
+                self._children[key] = child
+        return child
+
     def _remember(self, model: str, version: str, features: frozenset[str]) -> None:
         with self._lock:
             versions = dict(self._features.get(model, {}))
@@ -260,18 +273,18 @@ class Metrics:
         if not self.known(model) or (version is not None and not self.known(model, version)):
             return  # a 404 for a name or version that does not exist: no series for it
         label = "" if version is None else str(version)
-        self.prediction_requests.labels(model, label, outcome).inc()
+        self._child(self.prediction_requests, model, label, outcome).inc()
         if outcome == "ok":
-            self.predictions.labels(model, label).inc(rows)
-            self.batch_rows.labels(model).observe(rows)
+            self._child(self.predictions, model, label).inc(rows)
+            self._child(self.batch_rows, model).observe(rows)
             if seconds is not None:
-                self.prediction_duration.labels(model, label).observe(seconds)
+                self._child(self.prediction_duration, model, label).observe(seconds)
 
     def observe_protocol(self, model: str, protocol: str, outcome: str) -> None:
         if protocol not in PROTOCOLS or outcome not in OUTCOMES:
             raise ValueError(f"unknown protocol {protocol!r} or outcome {outcome!r}")
         if self.known(model):
-            self.protocol_requests.labels(model, protocol, outcome).inc()
+            self._child(self.protocol_requests, model, protocol, outcome).inc()
 
     def observe_validation_failure(self, model: str, code: str) -> None:
         if not self.known(model):

@@ -647,3 +647,17 @@ def test_the_request_children_kept_at_hand_are_bounded(fresh, monkeypatch):
     assert len(fresh._http_children) == 2
     assert fresh.registry.get_sample_value(metrics.PREFIX + "http_requests_total",
                                            {"route": "/x", "method": "other", "status": "200"}) == 4
+
+
+def test_answers_are_counted_each_time_through_the_children_kept_at_hand(fresh):
+    fresh.observe_model_loaded("diabetes", 2, MANIFEST)
+    for _ in range(3):
+        fresh.observe_prediction("diabetes", 2, "ok", rows=5, seconds=0.01)
+        fresh.observe_protocol("diabetes", "v1", "ok")
+    fresh.observe_prediction("diabetes", 2, "invalid")
+    value = fresh.registry.get_sample_value
+    assert value(metrics.PREFIX + "prediction_requests_total", {"model": "diabetes", "version": "2", "outcome": "ok"}) == 3
+    assert value(metrics.PREFIX + "prediction_requests_total",
+                 {"model": "diabetes", "version": "2", "outcome": "invalid"}) == 1
+    assert value(metrics.PREFIX + "predictions_total", {"model": "diabetes", "version": "2"}) == 15
+    assert value(metrics.PREFIX + "protocol_requests_total", {"model": "diabetes", "protocol": "v1", "outcome": "ok"}) == 3
