@@ -17,7 +17,6 @@ from __future__ import annotations
 import heapq
 import operator
 import re
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -44,11 +43,9 @@ from service.serving.schemas import (
 )
 
 MAX_REPORTED_ERRORS = 50
-#: The value types a row of numbers may hold to be read as one matrix (a float feature refuses a boolean).
-PLAIN_NUMBERS = frozenset({int, float})
-#: Values in a batch past which rows of numbers are converted by numpy after a pass over their types;
-#: below, by array() in one pass, with only the zeros and ones (where a boolean can hide) looked at.
-MANY_VALUES = 2048
+#: Zeros and ones (where a boolean hides among numbers) are looked at one by one; when they are more
+#: than this share of the values, every value's type is, in one C pass (cheaper per value).
+SUSPECT_SHARE = 0.25
 #: Unknown field names we repeat back to the client; anything else is described, not echoed.
 SAFE_FIELD_RE = re.compile(r"[A-Za-z0-9 _.()\[\]/-]{1,64}")
 
@@ -165,23 +162,20 @@ def _numeric_matrix(model: ModelSchema, layout: str, data: list[Any]) -> np.ndar
             data = list(map(operator.itemgetter(*model.names), data))
         except KeyError:
             return None
-    if len(data) * width > MANY_VALUES:
-        # over many values numpy's own conversion is the faster pass, after one over their types
-        if not set(map(type, chain.from_iterable(data))) <= PLAIN_NUMBERS:
+    try:  # numpy's own conversion, as a plain app's np.array(instances): None, strings, containers give no numbers
+        matrix = np.array(data)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if matrix.dtype.kind not in "fi" or matrix.ndim != 2:
+        return None
+    flat = matrix.reshape(-1).astype(np.float64, copy=False)
+    # numpy takes a boolean among numbers as 0 or 1, which a float feature refuses: look at those cells
+    suspects = np.flatnonzero((flat == 0) | (flat == 1))
+    if len(suspects) > SUSPECT_SHARE * len(flat):
+        if bool in set(map(type, chain.from_iterable(data))):
             return None
-        try:
-            flat = np.array(data, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError, OverflowError):  # an int past a float64's range
-            return None
-    else:
-        try:  # one C pass: array() refuses None, strings and containers (and ints past a float64's range)
-            flat = np.frombuffer(array("d", chain.from_iterable(data)), dtype=np.float64)
-        except (TypeError, OverflowError):
-            return None
-        # array() takes booleans as 0 and 1, which a float feature refuses: look at those cells' types
-        suspects = np.flatnonzero((flat == 0) | (flat == 1)).tolist()
-        if bool in {type(data[k // width][k % width]) for k in suspects}:
-            return None
+    elif len(suspects) and bool in {type(data[k // width][k % width]) for k in suspects.tolist()}:
+        return None
     if not (np.abs(flat) < EXACT_FLOAT_INT).all():  # an int there may not round-trip (and no inf or nan)
         return None
     return flat.reshape(len(data), width)

@@ -511,9 +511,9 @@ def assert_outcomes_equal(a, b):
         assert [type(v) for v in column.tolist()] == [type(v) for v in b.columns[name].tolist()], name
 
 
-@pytest.mark.parametrize("many_values", [validation.MANY_VALUES, 0], ids=["array", "numpy"])
-def test_numeric_rows_as_a_matrix_agree_with_row_by_row_checks(monkeypatch, many_values):
-    monkeypatch.setattr(validation, "MANY_VALUES", many_values)  # both conversions: small and large batches
+@pytest.mark.parametrize("share", [validation.SUSPECT_SHARE, 0], ids=["cells", "all-types"])
+def test_numeric_rows_as_a_matrix_agree_with_row_by_row_checks(monkeypatch, share):
+    monkeypatch.setattr(validation, "SUSPECT_SHARE", share)  # both ways of finding a boolean
     r = random.Random(7)
     taken = refused = 0
     for _ in range(800):
