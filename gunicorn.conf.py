@@ -23,6 +23,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS
 # uploading usage data either. ORT_DISABLE_TELEMETRY=0 turns it back on; the master then
 # leaves onnxruntime to the workers (see ``on_starting``).
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+# No jemalloc background thread in pyarrow (pandas imports pyarrow for its string dtype, and the
+# master imports pandas before forking): a thread alive in the master at fork is missing from
+# every worker, whatever its library expects of it. Arrow's allocator works without it.
+os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
 
 from gunicorn.glogging import Logger  # noqa: E402
 
@@ -123,7 +127,16 @@ def on_starting(server):
     import sklearn.pipeline  # noqa: F401
     import sklearn.preprocessing  # noqa: F401
 
-    import service.app  # noqa: F401  (brings joblib and the service modules, never a model)
+    import service.app  # (brings joblib and the service modules, never a model)
+
+    service.app.preload_modules()  # what create_app imports, so the workers share it (~10 MiB each)
+    try:
+        # TreeSHAP (numba, llvmlite): every worker serving a tree model imports it when the version
+        # loads (its explanation cost is measured then); imported here it is one shared copy, not
+        # ~55 MiB of private memory per worker. It starts no thread.
+        import shap  # noqa: F401
+    except ImportError:
+        pass
 
     if _ort_telemetry_off():  # with telemetry on, the import starts a thread no forked worker would have
         try:

@@ -1,8 +1,9 @@
 """``python -m bench``: train the models, time them in process, then compare real servers under wrk.
 
 Order matters on a 2-core machine: the in-process timings run first, while no server or wrk
-competes for the CPU. Then four Gunicorn servers run side by side (this project with monitoring
-on, the naive Flask app in ``bench/naive_app.py``, the bare-stack floor in ``bench/floor_app.py``,
+competes for the CPU. Then five Gunicorn servers run side by side (this project with monitoring
+on, the naive Flask app in ``bench/naive_app.py``, the lean one in ``bench/lean_app.py`` that
+builds no DataFrame, the bare-stack floor in ``bench/floor_app.py``,
 and this project with monitoring off) and every scenario loads them in turn, so machine noise
 hits all alike; each run also reads the server's CPU from /proc. Last, three copies of the
 project's server that differ only in worker recycling take the fastest scenario at more
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="Benchmark the prediction server: train the demo models, time them in process, then "
                     "compare real Gunicorn servers with wrk on 127.0.0.1: this server with monitoring on and off, "
-                    "a naive Flask app on the same joblib files, and the bare Flask floor; then the wire protocols "
+                    "two naive Flask apps on the same joblib files (one builds a DataFrame, the lean one a plain array), "
+                    "and the bare Flask floor; then the wire protocols "
                     "(v1, V2 JSON and binary, MLflow) and :explain against :predict on one server; then worker recycling. "
                     "Progress goes to stderr, the table to stdout.",
         epilog="Exit status: 0 when every scenario answered 2xx, 1 otherwise (the scratch folder is kept).")

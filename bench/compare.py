@@ -1,4 +1,4 @@
-"""The side-by-side run: this server, a naive Flask app and the bare stack, interleaved, under wrk.
+"""The side-by-side run: this server, two naive Flask apps and the bare stack, interleaved, under wrk.
 
 All the servers of one comparison run at once, each a Gunicorn started with gunicorn.conf.py
 (same worker count, sync workers, one native thread), and every scenario loads them in turn
@@ -43,10 +43,11 @@ class Variant:
         return self.app == PROJECT_APP
 
 
-SERVER, NAIVE, FLOOR, SERVER_OFF = "server", "naive", "floor", "server-off"
+SERVER, NAIVE, LEAN, FLOOR, SERVER_OFF = "server", "naive", "lean", "floor", "server-off"
 VARIANTS = (
     Variant(SERVER, "this server, monitoring on (defaults)"),
     Variant(NAIVE, "naive Flask app (joblib + DataFrame + predict)", "bench.naive_app:application"),
+    Variant(LEAN, "lean naive Flask app (np.array(instances) + predict + jsonify)", "bench.lean_app:application"),
     Variant(FLOOR, "floor: Gunicorn + Flask, constant answer", "bench.floor_app:application"),
     Variant(SERVER_OFF, "this server, monitoring off (" + ", ".join(f"{k}={v}" for k, v in MONITORING_OFF.items()) + ")",
             env=MONITORING_OFF),
@@ -166,9 +167,10 @@ def smoke_all(servers: dict[str, Server], variants: tuple[Variant, ...], scenari
             if problem:
                 problems.append(f"{variant.name}: {problem}")
                 bad = True
-        if not bad and SERVER in answers and NAIVE in answers and not same_answers(answers[SERVER], answers[NAIVE]):
-            problems.append(f"{scenario.key}: this server and the naive app predict different things")
-            bad = True
+        for other in (NAIVE, LEAN):
+            if not bad and SERVER in answers and other in answers and not same_answers(answers[SERVER], answers[other]):
+                problems.append(f"{scenario.key}: this server and the {other} app predict different things")
+                bad = True
         if not bad:
             passed.add(scenario.key)
     return passed, problems

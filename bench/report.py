@@ -19,7 +19,8 @@ from bench.load import LoadSettings
 from bench.workload import Scenario
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "latest.json"
-SHORT = {"server": "this, mon. on", "naive": "naive app", "floor": "floor", "server-off": "this, mon. off"}
+SHORT = {"server": "this, mon. on", "naive": "naive app", "lean": "lean naive", "floor": "floor",
+         "server-off": "this, mon. off"}
 
 
 def scenario_record(scenario: Scenario, runs: dict[str, Any], local: InProcessResult) -> dict[str, Any]:
@@ -158,12 +159,13 @@ def comparison_lines(results: dict[str, Any]) -> list[str]:
 
 
 def ratio_lines(results: dict[str, Any]) -> list[str]:
-    head = (f"{'model':14}  {'request':12}  {'req/s vs naive':>14}  {'CPU/req vs naive':>16}  "
+    head = (f"{'model':14}  {'request':12}  {'req/s vs lean':>13}  {'req/s vs naive':>14}  {'CPU/req vs naive':>16}  "
             f"{'CPU/req vs floor':>16}  {'monitoring cost':>15}  {'CPU on/off':>10}  {'p99/p50':>7}")
     lines = ["Ratios (this server with monitoring on, against ...)", head, "-" * len(head)]
     for r in results["scenarios"]:
         x = r["ratios"]
-        lines.append(f"{r['model']:14}  {_rows(r['rows']):12}  {_cell(x['throughput_vs_naive'], '.2f', 13)}x  "
+        lines.append(f"{r['model']:14}  {_rows(r['rows']):12}  {_cell(x.get('throughput_vs_lean'), '.2f', 12)}x  "
+                     f"{_cell(x['throughput_vs_naive'], '.2f', 13)}x  "
                      f"{_cell(x['cpu_vs_naive'], '.2f', 15)}x  {_cell(x['cpu_vs_floor'], '.2f', 15)}x  "
                      f"{_cell(x['monitoring_throughput_cost'], '.1%', 15)}  {_cell(x['cpu_on_vs_off'], '.2f', 9)}x  "
                      f"{_cell(x['p99_over_p50'], '.1f', 6)}x")
@@ -260,7 +262,7 @@ def explain_lines(results: dict[str, Any]) -> list[str]:
 
 
 def target_lines(results: dict[str, Any]) -> list[str]:
-    lines = ["Targets (issue 9)"]
+    lines = ["Targets (issues 9 and 20)"]
     for t in results["targets"]:
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
         lines.append(f"  {verdict:12}  {t['target']}: {t['shown']}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.compare import FLOOR, NAIVE, SERVER, SERVER_OFF
+from bench.compare import FLOOR, LEAN, NAIVE, SERVER, SERVER_OFF
 from bench.models import BOOSTED, FOREST
 from bench.workload import CLASSIFIER
 
@@ -16,6 +16,8 @@ VALIDATION_TARGET = 0.25  # validation may cost at most a quarter of the model's
 LATENCY_SPREAD = 3.0  # p99 at most 3x p50
 EXTRA_WORKER_SHARE = 0.25  # an extra worker may cost at most a quarter of the first one's PSS
 LOG_COST = 0.10  # the prediction log may cost at most 10% of throughput
+#: requests per second against the lean naive app at 1 row (at 100 rows: at least as many, for every model)
+LEAN_TARGETS = ((CLASSIFIER, "LR", 1.3), (BOOSTED, "HGB", 1.3), (FOREST, "RF", 5.0))
 
 
 def _run(record: dict[str, Any] | None, variant: str) -> dict[str, Any] | None:
@@ -28,11 +30,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def ratios(record: dict[str, Any]) -> dict[str, float | None]:
     """This server against the naive app, the floor and itself with monitoring off."""
-    on, naive, floor, off = (_run(record, v) or {} for v in (SERVER, NAIVE, FLOOR, SERVER_OFF))
+    on, naive, lean, floor, off = (_run(record, v) or {} for v in (SERVER, NAIVE, LEAN, FLOOR, SERVER_OFF))
     rps_on, rps_off = on.get("requests_per_second"), off.get("requests_per_second")
     return {
         "throughput_vs_naive": _ratio(rps_on, naive.get("requests_per_second")),
         "cpu_vs_naive": _ratio(on.get("cpu_us_per_request"), naive.get("cpu_us_per_request")),
+        "throughput_vs_lean": _ratio(rps_on, lean.get("requests_per_second")),
+        "cpu_vs_lean": _ratio(on.get("cpu_us_per_request"), lean.get("cpu_us_per_request")),
         "cpu_vs_floor": _ratio(on.get("cpu_us_per_request"), floor.get("cpu_us_per_request")),
         "monitoring_throughput_cost": None if not rps_on or not rps_off else 1 - rps_on / rps_off,
         "cpu_on_vs_off": _ratio(on.get("cpu_us_per_request"), off.get("cpu_us_per_request")),
@@ -61,6 +65,12 @@ def check(records: dict[str, dict[str, Any]], recycling: dict[str, Any], memory:
     for model, label, times in ((CLASSIFIER, "LR", 2.0), (BOOSTED, "HGB", 2.0), (FOREST, "RF", 5.0)):
         value = records.get(f"{model}/1", {}).get("ratios", {}).get("throughput_vs_naive")
         lines.append(_line(f"1 row, {label}: req/s >= {times:.0f}x the naive app", value, times, False, _fmt(value)))
+    for model, label, times in LEAN_TARGETS:
+        for rows in (1, 100):
+            least = times if rows == 1 else 1.0
+            value = records.get(f"{model}/{rows}", {}).get("ratios", {}).get("throughput_vs_lean")
+            lines.append(_line(f"{rows} row{'s' if rows > 1 else ''}, {label}: req/s >= {least:g}x the lean naive app",
+                               value, least, False, _fmt(value)))
     for record in records.values():
         if record["rows"] >= 10_000:
             value = record["ratios"].get("cpu_vs_naive")

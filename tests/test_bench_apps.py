@@ -41,6 +41,23 @@ def test_the_naive_app_has_no_model_it_was_not_given(naive):
     assert client.post("/v1/models/other:predict", json={"instances": [[1.0, 2.0]]}).status_code == 500
 
 
+@pytest.fixture
+def lean(naive, monkeypatch):
+    """The lean app over the same scratch artifact folder as ``naive``."""
+    import bench.lean_app
+
+    module = importlib.reload(bench.lean_app)
+    return module.application.test_client(), naive[1], naive[2]
+
+
+def test_the_lean_app_predicts_what_the_model_predicts_from_a_plain_array(lean):
+    client, model, X = lean
+    response = client.post("/v1/models/tiny/versions/1:predict", json={"instances": X.to_numpy().tolist()})
+    assert response.status_code == 200
+    assert response.get_json() == {"predictions": model.predict(X).tolist()}
+    assert client.get("/readyz").get_json()["models"] == ["tiny"]
+
+
 def test_the_floor_answers_a_constant_whatever_it_is_sent():
     client = floor_app.application.test_client()
     for body, path in ((b'{"instances": [[1, 2]]}', "anything:predict"), (b"not even json", "m/versions/3:predict")):
@@ -95,3 +112,18 @@ def test_the_naive_app_serves_a_version_named_in_the_path(naive, tmp_path):
     url = "/v1/models/tiny/versions/1:predict"
     assert client.post(url, json={"instances": X.to_numpy().tolist()}).get_json() == {"predictions": model.predict(X).tolist()}
     assert client.post("/v1/models/tiny/versions/2:predict", json={"instances": []}).status_code >= 400
+
+
+def test_the_lean_targets_read_the_lean_apps_requests_per_second():
+    def record(server_rps, lean_rps):
+        runs = {"server": {"requests_per_second": server_rps}, "lean": {"requests_per_second": lean_rps}}
+        record = {"rows": 1, "runs": runs}
+        return record | {"ratios": targets.ratios(record)}
+
+    records = {"breast-cancer/1": record(1300.0, 1000.0), "breast-cancer/100": record(900.0, 1000.0),
+               "random-forest/1": record(4000.0, 1000.0)}
+    lines = {line["target"]: line for line in targets.check(records, {"runs": {}, "connections": 8}, {}, {})}
+    assert lines["1 row, LR: req/s >= 1.3x the lean naive app"]["met"] is True
+    assert lines["100 rows, LR: req/s >= 1x the lean naive app"]["met"] is False
+    assert lines["1 row, RF: req/s >= 5x the lean naive app"]["met"] is False
+    assert lines["1 row, HGB: req/s >= 1.3x the lean naive app"]["met"] is None

@@ -27,7 +27,6 @@ from service.monitoring import metrics
 from service.monitoring.multiproc import multiprocess_dir
 from service.protocols import container_budget
 from service.security.quota import FILE_NAME, QuotaTable, Rate, Refusal
-from service.serving.catalog import ModelState
 from service.serving.inference import PredictRequest, Target
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def json_budget(name: str, *, per_feature: bool = False) -> int:
         state = current_app.extensions["catalog"].model(name)
     except ModelNotFound:
         return container_budget(max_rows, 0, per_feature=per_feature)  # it will be a 404: no room to grow
-    return container_budget(max_rows, _widest(state), per_feature=per_feature)
+    return container_budget(max_rows, state.widest, per_feature=per_feature)
 
 
 def model_features(target: Target) -> int:
@@ -113,11 +112,7 @@ def model_features(target: Target) -> int:
     """
     catalog = current_app.extensions["catalog"]
     catalog.resolve(target.name, target.version, target.label)
-    return _widest(catalog.model(target.name))
-
-
-def _widest(state: ModelState) -> int:
-    return max((len(model.features) for v in state.versions if (model := state.available(v)) is not None), default=0)
+    return catalog.model(target.name).widest
 
 
 def _charge(limit: str, cost: int) -> None:

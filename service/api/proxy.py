@@ -10,6 +10,7 @@ straight from this machine, with no proxy in between?
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from typing import Any
@@ -121,6 +122,7 @@ def trusted_proxies() -> TrustedProxies:
     return current_app.extensions.get("trusted_proxies") or TrustedProxies(())
 
 
+@functools.lru_cache(maxsize=1024)  # a worker sees few peers (its proxy, or clients that return): parse each once
 def _address(peer: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         address = ipaddress.ip_address((peer or "").split("%")[0])

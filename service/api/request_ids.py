@@ -6,11 +6,14 @@ from flask import Flask, Response, g, request
 
 from service.logs import REQUEST_ID_HEADER, new_request_id, request_id_var, sane_request_id
 
+#: Where the WSGI environ holds the request's X-Request-ID header (read there, not through a Headers view).
+ENVIRON_KEY = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
+
 
 def init_app(app: Flask) -> None:
     """Give every request an id, expose it to logs and ``g``, and echo it on every response."""
     def take_request_id() -> None:
-        g.request_id = sane_request_id(request.headers.get(REQUEST_ID_HEADER))
+        g.request_id = sane_request_id(request.environ.get(ENVIRON_KEY))
         g._request_id_token = request_id_var.set(g.request_id)
 
     def set_header(response: Response) -> Response:

@@ -38,6 +38,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 UNMATCHED_ROUTE = "<unmatched>"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+MAX_HTTP_CHILDREN = 1024  # (route, method, status) triples whose metric children a worker keeps at hand
+MAX_CHILDREN = 4096  # other metric children a worker keeps at hand (their label values are bounded anyway)
 #: ``outcome`` of a prediction request: answered, refused (4xx) or failed (5xx).
 OUTCOMES = ("ok", "invalid", "error")
 #: The wire protocols a predict request can arrive by (service/protocols).
@@ -96,6 +98,11 @@ class Metrics:
 
         # In multiprocess mode values go to files and the scrape builds its own registry.
         self.registry = registry
+        #: (route, method, status) -> the request counter's and duration histogram's children, so a
+        #: request's observation skips prometheus-client's label checks and lock
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        #: (metric, label values) -> child, for the per-answer observations (values bounded by ``known``)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         reg = {"registry": registry}
         # First, so its file exists (allocated) before any other: counting a failure needs no new space.
         self.write_failures = Counter(PREFIX + "metric_write_failures",
@@ -206,6 +213,16 @@ class Metrics:
                 seen.add(value)
         return value
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept at hand: an answer's observations skip the label checks and lock."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            if len(self._children) < MAX_CHILDREN:
+                self._children[key] = child
+        return child
+
     def _remember(self, model: str, version: str, features: frozenset[str]) -> None:
         with self._lock:
             versions = dict(self._features.get(model, {}))
@@ -223,10 +240,15 @@ class Metrics:
     # -- observations ----------------------------------------------------------------------------
 
     def observe_request(self, route: str, method: str, status: int, started: float | None) -> None:
-        method = method if method in METHODS else "other"
-        self.http_requests.labels(route, method, str(int(status))).inc()
+        children = self._http_children.get((route, method, status))
+        if children is None:
+            label = method if method in METHODS else "other"
+            children = (self.http_requests.labels(route, label, str(int(status))), self.http_duration.labels(route, label))
+            if len(self._http_children) < MAX_HTTP_CHILDREN:  # methods come from clients: bounded
+                self._http_children[(route, method, status)] = children
+        children[0].inc()
         if started is not None:
-            self.http_duration.labels(route, method).observe(time.perf_counter() - started)
+            children[1].observe(time.perf_counter() - started)
 
     def observe_model_loaded(self, model: str, version: int, manifest: Mapping[str, Any]) -> None:
         names = [f["name"] for f in manifest.get("input", {}).get("features", ())]
@@ -255,18 +277,18 @@ class Metrics:
         if not self.known(model) or (version is not None and not self.known(model, version)):
             return  # a 404 for a name or version that does not exist: no series for it
         label = "" if version is None else str(version)
-        self.prediction_requests.labels(model, label, outcome).inc()
+        self._child(self.prediction_requests, model, label, outcome).inc()
         if outcome == "ok":
-            self.predictions.labels(model, label).inc(rows)
-            self.batch_rows.labels(model).observe(rows)
+            self._child(self.predictions, model, label).inc(rows)
+            self._child(self.batch_rows, model).observe(rows)
             if seconds is not None:
-                self.prediction_duration.labels(model, label).observe(seconds)
+                self._child(self.prediction_duration, model, label).observe(seconds)
 
     def observe_protocol(self, model: str, protocol: str, outcome: str) -> None:
         if protocol not in PROTOCOLS or outcome not in OUTCOMES:
             raise ValueError(f"unknown protocol {protocol!r} or outcome {outcome!r}")
         if self.known(model):
-            self.protocol_requests.labels(model, protocol, outcome).inc()
+            self._child(self.protocol_requests, model, protocol, outcome).inc()
 
     def observe_validation_failure(self, model: str, code: str) -> None:
         if not self.known(model):

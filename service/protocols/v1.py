@@ -46,14 +46,16 @@ def decode(payload: Any, target: Target, *, max_rows: int, features: int | None 
             check_columns(declared_columns(payload.get(key)), features, key)
         check_keys(payload, EnvelopeSchema)
         check_keys(payload.get("parameters"), ParametersSchema, "parameters")
-    try:
-        envelope = load_envelope(payload, max_rows=max_rows)
-    except ValidationError as exc:
-        errors = flatten_messages(exc.messages)
-    else:
-        errors = []
-    if errors:
-        raise_errors(errors, {})  # outside the except, so logs do not chain marshmallow's error
+    envelope = _plain_instances(payload, max_rows)
+    if envelope is None:
+        try:
+            envelope = load_envelope(payload, max_rows=max_rows)
+        except ValidationError as exc:
+            errors = flatten_messages(exc.messages)
+        else:
+            errors = []
+        if errors:
+            raise_errors(errors, {})  # outside the except, so logs do not chain marshmallow's error
     parameters = envelope.get("parameters", {})
     if "inputs" in envelope:
         layout, data = "columns", envelope["inputs"]
@@ -63,6 +65,18 @@ def decode(payload: Any, target: Target, *, max_rows: int, features: int | None 
     key = routing_key_from(routing_header, parameters.get("routing_key"))
     target = Target(target.name, target.version, target.label, key)
     return PredictRequest(target, layout, data, parameters.get("probabilities", False))
+
+
+def _plain_instances(payload: Any, max_rows: int) -> dict[str, Any] | None:
+    """The envelope of the commonest body, ``{"instances": [...]}`` alone, within the row limit and
+    all records or all rows, as the schema would load it; None for anything else (the schema checks it)."""
+    if type(payload) is not dict or len(payload) != 1:
+        return None
+    instances = payload.get("instances")
+    if type(instances) is not list or not 0 < len(instances) <= max_rows:
+        return None
+    kinds = set(map(type, instances))
+    return payload if kinds == {list} or kinds == {dict} else None
 
 
 def explain_asked(payload: Any) -> bool:

@@ -18,6 +18,7 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -69,6 +70,14 @@ class ModelState:
     def available(self, version: int | None) -> runtime.LoadedModel | None:
         entry = self.versions.get(version) if version is not None else None
         return entry.model if entry is not None and entry.status == AVAILABLE else None
+
+    @cached_property
+    def widest(self) -> int:
+        """The most features any loaded version takes (0 with none): what a body for this model is sized against.
+
+        Worked out once per state: a state never changes, a new one replaces it.
+        """
+        return max((len(model.features) for v in self.versions if (model := self.available(v)) is not None), default=0)
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,7 @@ def check_matrix(model: ModelSchema, data: np.ndarray) -> tuple[list[Error], dic
     if data.shape[1] != width:
         message = ROW_LENGTH.format(count=width)
         return [(i, "instances", [message]) for i in range(data.shape[0])], {}
-    floats = [spec for spec in model.specs if spec.kind == "float"]
-    checked = _float_block(floats, data) if data.dtype.kind != "b" else {}
+    checked = _float_block(model, data) if data.dtype.kind != "b" else {}
     errors: list[Error] = []
     columns: dict[str, np.ndarray] = {}
     for spec in model.specs:
@@ -60,14 +59,13 @@ def check_matrix(model: ModelSchema, data: np.ndarray) -> tuple[list[Error], dic
     return errors, columns
 
 
-def _float_block(specs: list[FeatureSpec], data: np.ndarray) -> dict[str, Checked]:
+def _float_block(model: ModelSchema, data: np.ndarray) -> dict[str, Checked]:
     """Check every float feature in one pass over a block: a few numpy calls, however many features."""
+    specs, positions, lo, hi = model.float_block
     if not specs:
         return {}
     # features become rows of one C-ordered block, so each column handed on is contiguous
-    block = np.ascontiguousarray(data[:, [spec.index for spec in specs]].T, dtype=np.float64)
-    lo = np.array([-np.inf if spec.lo is None else spec.lo for spec in specs])[:, None]
-    hi = np.array([np.inf if spec.hi is None else spec.hi for spec in specs])[:, None]
+    block = np.ascontiguousarray(data[:, positions].T, dtype=np.float64)
     finite = np.isfinite(block)
     outside = finite & ((block < lo) | (block > hi))
     clean = finite.all() and not outside.any()

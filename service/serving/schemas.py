@@ -17,8 +17,10 @@ import math
 import threading
 from collections.abc import Callable, Container
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
+import numpy as np
 from marshmallow import RAISE, Schema, ValidationError, fields
 
 from service.models import artifacts, pii
@@ -224,10 +226,21 @@ class ModelSchema:
     specs: tuple[FeatureSpec, ...]
     positions: dict[str, int]
     records: Schema
+    #: every feature is a float or an int: rows of plain numbers can be checked as one matrix
+    numeric: bool = False
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(spec.name for spec in self.specs)
+
+    @cached_property
+    def float_block(self) -> tuple[tuple[FeatureSpec, ...], list[int], np.ndarray, np.ndarray]:
+        """The float features, their positions and their bounds as column vectors (-inf/inf for none),
+        for checking them all at once (``service.serving.matrix``); worked out once per schema."""
+        specs = tuple(spec for spec in self.specs if spec.kind == "float")
+        lo = np.array([-np.inf if spec.lo is None else spec.lo for spec in specs], dtype=np.float64)[:, None]
+        hi = np.array([np.inf if spec.hi is None else spec.hi for spec in specs], dtype=np.float64)[:, None]
+        return specs, [spec.index for spec in specs], lo, hi
 
 
 _model_schemas: dict[int, tuple[list[dict[str, Any]], ModelSchema]] = {}
@@ -248,7 +261,8 @@ def model_schema(features: list[dict[str, Any]]) -> ModelSchema:
     if len(positions) != len(specs):
         raise ValueError("feature names must be unique")
     records_class = Schema.from_dict({spec.attr: FeatureField(spec) for spec in specs}, name="RecordSchema")
-    built = ModelSchema(specs=specs, positions=positions, records=records_class(unknown=RAISE))
+    built = ModelSchema(specs=specs, positions=positions, records=records_class(unknown=RAISE),
+                        numeric=all(spec.kind in NUMERIC_KINDS for spec in specs))
     with _model_schemas_lock:
         if len(_model_schemas) >= SCHEMA_CACHE_SIZE:
             _model_schemas.pop(next(iter(_model_schemas)), None)

@@ -19,14 +19,14 @@ import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, NoReturn
 
 import numpy as np
 from marshmallow import ValidationError
 
 from service.errors import ValidationFailed
-from service.serving.columns import build_array, fast_column
+from service.serving.columns import EXACT_FLOAT_INT, build_array, fast_column
 from service.serving.matrix import NUMERIC_KINDS, check_matrix
 from service.serving.schemas import (
     COLUMN_LENGTH,
@@ -43,6 +43,9 @@ from service.serving.schemas import (
 )
 
 MAX_REPORTED_ERRORS = 50
+#: Zeros and ones (where a boolean hides among numbers) are looked at one by one; when they are more
+#: than this share of the values, every value's type is, in one C pass (cheaper per value).
+SUSPECT_SHARE = 0.25
 #: Unknown field names we repeat back to the client; anything else is described, not echoed.
 SAFE_FIELD_RE = re.compile(r"[A-Za-z0-9 _.()\[\]/-]{1,64}")
 
@@ -62,6 +65,10 @@ def validate_rows(layout: str, data: Any, features: list[dict[str, Any]], *,
                   vectorized_min_rows: int) -> ValidatedBatch:
     """Validate decoded rows against the model's features and build its columns."""
     model = model_schema(features)
+    if layout in ("rows", "records") and model.numeric:
+        matrix = _numeric_matrix(model, layout, data)
+        if matrix is not None:
+            layout, data = "matrix", matrix
     if layout == "matrix":
         if data.dtype.kind in NUMERIC_KINDS:
             errors, columns = check_matrix(model, data)
@@ -132,6 +139,46 @@ def flatten_messages(messages: Any, row: int | None = None, field: str | None = 
         else:
             out += flatten_messages(value, row, key if field is None else f"{field}.{key}")
     return out
+
+
+# -- rows of plain numbers: one matrix --------------------------------------------------------
+
+
+def _numeric_matrix(model: ModelSchema, layout: str, data: list[Any]) -> np.ndarray | None:
+    """Rows (or records with exactly the model's keys) of plain ints and floats as one float64 matrix.
+
+    A model whose features are all numbers then checks them column by column with numpy
+    (``check_matrix``), at any batch size, with the messages and arrays of the other paths. None
+    (check them the usual way) for anything else: a row of another width, a missing or unknown
+    key, a null, a string, a boolean, or an integer too large to be exact in a float64.
+    """
+    width = len(model.specs)
+    if not data or set(map(len, data)) != {width}:
+        return None
+    if layout == "records":
+        if width < 2:
+            return None  # itemgetter of one name gives the value, not a row
+        try:
+            data = list(map(operator.itemgetter(*model.names), data))
+        except KeyError:
+            return None
+    try:  # numpy's own conversion, as a plain app's np.array(instances): None, strings, containers give no numbers
+        matrix = np.array(data)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if matrix.dtype.kind not in "fi" or matrix.ndim != 2:
+        return None
+    flat = matrix.reshape(-1).astype(np.float64, copy=False)
+    # numpy takes a boolean among numbers as 0 or 1, which a float feature refuses: look at those cells
+    suspects = np.flatnonzero((flat == 0) | (flat == 1))
+    if len(suspects) > SUSPECT_SHARE * len(flat):
+        if bool in set(map(type, chain.from_iterable(data))):
+            return None
+    elif len(suspects) and bool in {type(data[k // width][k % width]) for k in suspects.tolist()}:
+        return None
+    if not (np.abs(flat) < EXACT_FLOAT_INT).all():  # an int there may not round-trip (and no inf or nan)
+        return None
+    return flat.reshape(len(data), width)
 
 
 # -- layouts: shared structural checks ---------------------------------------------------------

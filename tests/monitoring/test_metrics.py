@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import metrics as metrics_api
-from service.monitoring import metrics, multiproc
+from service.monitoring import metric_families, metrics, multiproc
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -623,3 +623,41 @@ def test_dashboard_is_importable_and_queries_defined_metrics():
         assert topic in titles, topic
     assert {"sklearn_server_fallbacks_total", "sklearn_server_drift_score", "sklearn_server_alert_state",
             "sklearn_server_prediction_batch_rows_bucket", "sklearn_server_validation_failures_total"} <= queried
+
+
+def test_requests_are_counted_by_rule_method_and_status_each_time(fresh):
+    rule = "/v1/models/<model_name:name>:predict"
+    for _ in range(3):
+        fresh.observe_request(rule, "POST", 200, 0.0)
+    fresh.observe_request(rule, "POST", 422, None)
+    fresh.observe_request(rule, "BREW", 405, None)
+    fresh.observe_request(rule, "TEA", 405, None)
+    value = fresh.registry.get_sample_value
+    total = metrics.PREFIX + "http_requests_total"
+    assert value(total, {"route": rule, "method": "POST", "status": "200"}) == 3
+    assert value(total, {"route": rule, "method": "POST", "status": "422"}) == 1
+    assert value(total, {"route": rule, "method": "other", "status": "405"}) == 2
+    assert value(metrics.PREFIX + "http_request_duration_seconds_count", {"route": rule, "method": "POST"}) == 3
+
+
+def test_the_request_children_kept_at_hand_are_bounded(fresh, monkeypatch):
+    monkeypatch.setattr(metric_families, "MAX_HTTP_CHILDREN", 2)
+    for method in ("A", "B", "C", "D"):
+        fresh.observe_request("/x", method, 200, None)
+    assert len(fresh._http_children) == 2
+    assert fresh.registry.get_sample_value(metrics.PREFIX + "http_requests_total",
+                                           {"route": "/x", "method": "other", "status": "200"}) == 4
+
+
+def test_answers_are_counted_each_time_through_the_children_kept_at_hand(fresh):
+    fresh.observe_model_loaded("diabetes", 2, MANIFEST)
+    for _ in range(3):
+        fresh.observe_prediction("diabetes", 2, "ok", rows=5, seconds=0.01)
+        fresh.observe_protocol("diabetes", "v1", "ok")
+    fresh.observe_prediction("diabetes", 2, "invalid")
+    value = fresh.registry.get_sample_value
+    assert value(metrics.PREFIX + "prediction_requests_total", {"model": "diabetes", "version": "2", "outcome": "ok"}) == 3
+    assert value(metrics.PREFIX + "prediction_requests_total",
+                 {"model": "diabetes", "version": "2", "outcome": "invalid"}) == 1
+    assert value(metrics.PREFIX + "predictions_total", {"model": "diabetes", "version": "2"}) == 15
+    assert value(metrics.PREFIX + "protocol_requests_total", {"model": "diabetes", "protocol": "v1", "outcome": "ok"}) == 3

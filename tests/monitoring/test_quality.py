@@ -101,3 +101,46 @@ def test_missing_values_count_for_quality_and_are_ignored_by_drift():
     drift = drift_report(profile, FEATURES, columns, np.array([0, 1] * 140), "classification")
     assert drift["features"]["size"]["n"] == 180 and drift["features"]["color"]["n"] == 180
     assert drift["features"]["size"]["status"] == "ok" and drift["features"]["color"]["status"] == "ok"
+
+
+def test_numeric_features_checked_together_report_what_each_checked_alone_reports():
+    from service.monitoring import quality
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        rows = int(rng.choice([1, 3, 99, 100, 250]))
+        features, profiles, columns = [], {}, {}
+        for j in range(int(rng.integers(1, 6))):
+            name = f"x{j}"
+            kind = str(rng.choice(["float", "int", "bool"]))
+            features.append({"name": name, "type": "float" if kind == "bool" else kind, "pii": bool(rng.random() < 0.2)})
+            low = None if rng.random() < 0.3 else float(rng.normal())
+            high = None if rng.random() < 0.3 else float(rng.normal() + 2)
+            profiles[name] = {"kind": "numeric", "min": low, "max": high, "missing_rate": float(rng.choice([0.0, 0.1]))}
+            if kind == "float":
+                values = rng.normal(size=rows) * 2
+                values[rng.random(rows) < rng.choice([0.0, 0.1, 0.5])] = np.nan
+            elif kind == "int":
+                values = rng.integers(-3, 4, size=rows)
+            else:
+                values = rng.random(rows) < 0.5
+            columns[name] = values
+        thresholds = quality.QualityThresholds(min_samples=int(rng.choice([1, 100])))
+        together = quality._numeric_together(profiles, features, columns, thresholds)
+        assert set(together) == {f["name"] for f in features}, trial
+        for feature in features:
+            alone = quality.feature_quality(profiles[feature["name"]], feature, columns[feature["name"]], rows, thresholds)
+            assert together[feature["name"]] == alone, (trial, feature)
+            assert list(together[feature["name"]]) == list(alone)  # same keys in the same order
+
+
+def test_columns_that_cannot_be_checked_together_are_checked_alone():
+    from service.monitoring import quality
+
+    features = [{"name": "a", "type": "float"}, {"name": "b", "type": "float"}, {"name": "c", "type": "category"}]
+    columns = {"a": np.array([1.0, None], dtype=object), "b": np.array([0.5, 2.0]), "c": np.array(["x", "y"])}
+    profiles = {"a": {"kind": "numeric", "min": 0.0, "max": 1.0}, "b": {"kind": "numeric", "min": 0.0, "max": 1.0},
+                "c": {"kind": "categorical", "categories": {"x": 1.0}}}
+    assert set(quality._numeric_together(profiles, features, columns, quality.DEFAULT)) == {"b"}
+    report = quality.window_quality({"features": profiles}, features, columns)
+    assert report["counts"] == {"missing": 1, "out_of_range": 1, "unseen": 1}

@@ -48,6 +48,38 @@ def test_a_bad_envelope_is_one_422_naming_the_field(body, field):
     assert exc.value.details["errors"][0]["field"] == field
 
 
+ENVELOPES = [
+    {"instances": [[1, 2]]}, {"instances": [{"a": 1}]}, {"instances": [[1]] * 10}, {"instances": [[1]] * 11},
+    {"instances": []}, {"instances": [[1], {"a": 1}]}, {"instances": [1, 2]}, {"instances": [None]},
+    {"instances": {"a": [1]}}, {"instances": "x"}, {"instances": None}, {"instances": [[1]], "parameters": {}},
+    {"instances": [[1]], "extra": 1}, {"inputs": {"a": [1]}}, {"other": [[1]]}, {}, [1, 2], "x", None,
+]
+
+
+def _decoded(body):
+    try:
+        return v1.decode(body, TARGET, max_rows=10)
+    except ValidationFailed as exc:
+        return exc.message, exc.details
+
+
+@pytest.mark.parametrize("body", ENVELOPES)
+def test_a_plain_instances_body_decodes_as_the_schema_decodes_it(body, monkeypatch):
+    fast = _decoded(body)
+    monkeypatch.setattr(v1, "_plain_instances", lambda payload, max_rows: None)
+    assert fast == _decoded(body)
+
+
+def test_a_plain_instances_body_skips_the_schema(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the envelope schema ran for a plain body")
+
+    monkeypatch.setattr(v1, "load_envelope", forbidden)
+    assert v1.decode({"instances": [[1, 2]]}, TARGET, max_rows=10).layout == "rows"
+    with pytest.raises(AssertionError):
+        v1.decode({"instances": [[1, 2]], "parameters": {}}, TARGET, max_rows=10)
+
+
 def _answer(predictions, probabilities=None, fallback_from=None):
     model = type("Loaded", (), {"version": 3})()
     request = PredictRequest(TARGET, "rows", [[1]], probabilities is not None)

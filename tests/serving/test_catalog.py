@@ -2,6 +2,7 @@ import json
 import logging
 import os
 import shutil
+from types import MappingProxyType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -275,3 +276,15 @@ def test_warm_up_leaves_joblib_versions_alone(artifact_root):
     catalog = Catalog(artifact_root, backend=BackendChoice.parse("joblib"))
     catalog.refresh()
     assert catalog.warm_up() == 0
+
+
+def test_a_state_is_sized_by_its_widest_loaded_version():
+    from service.serving.catalog import AVAILABLE, FAILED, ModelState, VersionState
+
+    narrow, wide = SimpleNamespace(features=[{}] * 2), SimpleNamespace(features=[{}] * 5)
+    versions = {1: VersionState(1, AVAILABLE, model=narrow), 2: VersionState(2, AVAILABLE, model=wide),
+                3: VersionState(3, FAILED, "bad hash")}
+    assert ModelState("m", MappingProxyType(versions), MappingProxyType({})).widest == 5
+    del versions[2]
+    assert ModelState("m", MappingProxyType(versions), MappingProxyType({})).widest == 2
+    assert ModelState("m", MappingProxyType({3: versions[3]}), MappingProxyType({})).widest == 0

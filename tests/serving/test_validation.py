@@ -475,3 +475,86 @@ def test_check_column_reports_what_a_request_of_those_records_is_refused_for():
     assert [(e["row"], e["messages"][0]) for e in entries] == [(i, m) for i, m in failures]
     clean, none = validation.check_column(spec, [1, 2, 3], None)
     assert none == [] and clean.dtype == np.int64 and clean.tolist() == [1, 2, 3]
+
+
+# -- rows of plain numbers for an all-numeric model: one matrix, same outcome as row by row ------
+
+NUMERIC_FEATURES = [
+    {"name": "f", "type": "float", "min": -5.0, "max": 5.0},
+    {"name": "g", "type": "float"},
+    {"name": "i", "type": "int", "min": -3, "max": 10},
+    {"name": "j", "type": "int", "nullable": True},
+]
+NUMERIC_BAD = [True, False, 4.5, -6.0, 11, 2**53, 2**53 + 1, -(2**60) - 1, 2**64 - 1, 10**400, 1e300, -1e300,
+               "1.5", "", None, [1], {"a": 1}]
+
+
+def numeric_payload(r: random.Random):
+    n_rows = r.choice([1, 1, 2, 3, 8, 20])
+    bad_rate = r.choice([0.0, 0.0, 0.05, 0.2])
+    good = [lambda: r.uniform(-5, 5), lambda: r.choice([r.gauss(0, 1e6), r.randint(-9, 9)]),
+            lambda: r.choice([r.randint(-3, 10), float(r.randint(-3, 10))]),
+            lambda: 2**53 + 1 if r.random() < 0.03 else r.randint(-10**6, 10**6)]  # exact only as an int
+    rows = [[r.choice(NUMERIC_BAD) if r.random() < bad_rate else make() for make in good] for _ in range(n_rows)]
+    if r.random() < 0.5:
+        if r.random() < bad_rate:
+            rows[0].append(1)
+        return {"instances": rows}
+    names = [f["name"] for f in NUMERIC_FEATURES]
+    recs = [dict(zip(names, row, strict=True)) for row in rows]
+    if r.random() < bad_rate:
+        recs[0].pop("g")
+    if r.random() < bad_rate:
+        recs[-1]["extra"] = 1
+    return {"instances": recs}
+
+
+def without_matrix(monkeypatch, payload, path):
+    with monkeypatch.context() as patched:
+        patched.setattr(validation, "_numeric_matrix", lambda *args: None)
+        return outcome(payload, NUMERIC_FEATURES, path)
+
+
+def assert_outcomes_equal(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, ValidationFailed):
+        assert (a.details, a.message) == (b.details, b.message)
+        return
+    assert a.n_rows == b.n_rows and list(a.columns) == list(b.columns)
+    for name, column in a.columns.items():
+        assert column.dtype == b.columns[name].dtype, name
+        np.testing.assert_array_equal(column, b.columns[name], err_msg=name)
+        assert [type(v) for v in column.tolist()] == [type(v) for v in b.columns[name].tolist()], name
+
+
+@pytest.mark.parametrize("share", [validation.SUSPECT_SHARE, 0], ids=["cells", "all-types"])
+def test_numeric_rows_as_a_matrix_agree_with_row_by_row_checks(monkeypatch, share):
+    monkeypatch.setattr(validation, "SUSPECT_SHARE", share)  # both ways of finding a boolean
+    r = random.Random(7)
+    taken = refused = 0
+    for _ in range(800):
+        payload = numeric_payload(r)
+        request = v1.decode(payload, Target("m"), max_rows=1000)
+        model = schemas.model_schema(NUMERIC_FEATURES)
+        taken += validation._numeric_matrix(model, request.layout, request.data) is not None
+        fast = outcome(payload, NUMERIC_FEATURES, SMALL)
+        refused += isinstance(fast, ValidationFailed)
+        for path in (SMALL, VECTORISED):
+            assert_outcomes_equal(fast, without_matrix(monkeypatch, payload, path))
+    assert taken > 300 and refused > 100  # both the matrix and the fallback, both outcomes
+
+
+def test_clean_numeric_rows_never_check_value_by_value(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("per-value check of clean numeric rows")
+
+    monkeypatch.setattr(validation, "convert", forbidden)
+    monkeypatch.setattr(schemas.FeatureField, "_deserialize", forbidden)
+    rows = [[1.5, -2.0, 3, 4], [0, 1e6, 4.0, None]]
+    batch = parse({"instances": rows[:1]}, NUMERIC_FEATURES, path=SMALL)
+    assert batch.columns["i"].dtype == np.int64 and batch.columns["i"].tolist() == [3]
+    assert batch.columns["f"].tolist() == [1.5]
+    names = [f["name"] for f in NUMERIC_FEATURES]
+    assert parse({"instances": [dict(zip(names, rows[0], strict=True))]}, NUMERIC_FEATURES, path=SMALL).n_rows == 1
+    with pytest.raises(AssertionError):  # a null is not a plain number: checked the usual way
+        parse({"instances": rows}, NUMERIC_FEATURES, path=SMALL)
