@@ -105,7 +105,7 @@ def profiled_run(spy: Path, server: Server, url: str, body_file: Path, script: P
     worker = procstat.children(server.pid)[0]
     command = [str(spy), "record", "--pid", str(worker), "--rate", "400", "--nonblocking", "--format", "raw",
                "--output", str(out), "--duration", str(settings.seconds + 2)]
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as spying:  # noqa: S603  # nosec B603
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as spying:  # noqa: S603  # nosec B603  # py-spy, a path the caller gave
         with procstat.CpuSampler(server.pid) as sampler:
             result = load.run_wrk(url, body_file, script, settings)
         spying.wait(settings.seconds + 30)
