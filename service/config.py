@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from service.config_platforms import with_platform_defaults
 from service.config_values import PARSERS, shown_default
 from service.errors import ConfigError
 
@@ -363,7 +364,7 @@ class Config:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build the config from environment variables, naming any bad one in the error."""
-        environ = _with_platform_defaults(os.environ if environ is None else environ)
+        environ = with_platform_defaults(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(f.metadata["env"])
@@ -379,30 +380,6 @@ class Config:
     def describe(cls) -> list[tuple[str, str, str]]:
         """List (variable, default as the settings reference shows it, meaning) for every setting."""
         return [(f.metadata["env"], shown_default(f.default), f.metadata["help"]) for f in fields(cls)]
-
-
-#: Variables a cloud platform sets that stand for one of ours when ours is unset: Vertex AI's
-#: port (https://cloud.google.com/vertex-ai/docs/predictions/custom-container-requirements) and
-#: SageMaker's (https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-inference-code.html).
-PLATFORM_PORTS = ("AIP_HTTP_PORT", "SAGEMAKER_BIND_TO_PORT")
-
-
-def _with_platform_defaults(environ: Mapping[str, str]) -> Mapping[str, str]:
-    """``environ`` with PORT and ARTIFACTS_DIR taken from a platform's variables when unset.
-
-    Azure ML mounts the registered model at ``AZUREML_MODEL_DIR``, with the registered folder
-    inside it (https://learn.microsoft.com/azure/machine-learning/how-to-deploy-custom-container):
-    a registry registered as ``artifacts`` is served from there.
-    """
-    extra: dict[str, str] = {}
-    if "PORT" not in environ:
-        port = next((environ[name] for name in PLATFORM_PORTS if environ.get(name)), None)
-        if port is not None:
-            extra["PORT"] = port
-    if "ARTIFACTS_DIR" not in environ and environ.get("AZUREML_MODEL_DIR"):
-        mounted = Path(environ["AZUREML_MODEL_DIR"])
-        extra["ARTIFACTS_DIR"] = str(mounted / "artifacts" if (mounted / "artifacts").is_dir() else mounted)
-    return {**environ, **extra} if extra else environ
 
 
 def _var(field_name: str) -> str:
