@@ -288,7 +288,7 @@ class Observer:
                 batch = self.log.encode(answer.target.name, answer.version, item.request_id, answer.ids,
                                         answer.batch.columns, answer.result.predictions, answer.result.probabilities,
                                         answer.seconds * 1000, answer.model.features, ts=item.ts,
-                                        subject=answer.model.manifest.get("subject"))
+                                        subject=answer.model.manifest.get("subject"), block=answer.batch.block)
             except Exception as exc:  # one bad batch must not cost the others their records
                 if not count_failure:
                     raise

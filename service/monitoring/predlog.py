@@ -42,6 +42,8 @@ NO_SUBJECT = ""
 BATCH_COLUMNS = ("ts", "model", "version", "request_id", "latency_ms", "rows", "base", "positions", "subjects",
                  "features", "inputs", "outputs", "probabilities", "arrays")
 _HASH_SCALE = float(2**64)
+#: Feature lists (model versions) whose facts are kept at most (see ``PredictionLog._feature_facts``).
+MAX_FEATURE_LISTS = 64
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class PredictionLog:
         # A replayed batch (same model and id base) keeps its first record.
         self._insert_batch = store.insert_sql("prediction_batches", BATCH_COLUMNS, conflict="ignore")
         self._store_key: bytes | None = None  # the store's own subject key, read once (see subject_key)
+        self._facts: dict[int, tuple[list[dict[str, Any]], str, bool]] = {}  # see _feature_facts
 
     def subject_key(self) -> bytes:
         """The key subjects are hashed with: ``PII_HASH_KEY``, else the store's own (made once).
@@ -145,7 +148,7 @@ class PredictionLog:
     def encode(self, model: str, version: int, request_id: str | None, ids: Sequence[str],
                columns: dict[str, np.ndarray], predictions: Any, probabilities: Any, latency_ms: float,
                features: list[dict[str, Any]], *, ts: float, subject: str | None = None,
-               positions: Sequence[int] | None = None) -> EncodedBatch | None:
+               positions: Sequence[int] | None = None, block: np.ndarray | None = None) -> EncodedBatch | None:
         """Encode the sampled rows of one batch (None when none is sampled): all before the write lock.
 
         ``ids`` are the request's ``<base>-<i>`` for i in 0..n-1: only its length and first id are
@@ -154,7 +157,8 @@ class PredictionLog:
         position in it, ascending, and ``ids`` are then ``<base>-<position>``. ``subject`` names the
         feature that says whom each row is about (the manifest's): its values are stored as keyed
         hashes for erasure. Raises ``sqlite3.Error`` when the store's subject key is needed and
-        cannot be read.
+        cannot be read. ``block``, the request's validated float block whose rows are ``columns`` in
+        feature order (``ValidatedBatch.block``), is stored as it is when no feature is redacted.
         """
         n = len(ids)
         if n == 0:
@@ -178,10 +182,15 @@ class PredictionLog:
                 raise ValueError(f"{what} has {len(array)} rows for {n} prediction ids")
             return array if rows is None else array[rows]
 
-        safe = redact(features, columns, self.pii_key)
-        names = list(safe)
         arrays = columns_.ArrayWriter()
-        inputs = arrays.columns([take(safe[name], f"column {name!r}") for name in names])
+        names_json, has_pii = self._feature_facts(features)
+        if block is not None and rows is None and not has_pii and block.shape == (len(features), n):
+            inputs_json = arrays.block(block)  # every feature, unredacted, already one block: stored as is
+        else:
+            safe = redact(features, columns, self.pii_key)
+            names = list(safe)
+            names_json = _dumps(names)
+            inputs_json = _dumps(arrays.columns([take(safe[name], f"column {name!r}") for name in names]))
         outputs = arrays.column(take(predictions, "predictions"))
         probas = _dumps(arrays.column(take(probabilities, "probabilities"))) if probabilities is not None else None
         hashes = None
@@ -191,12 +200,22 @@ class PredictionLog:
                 hashes = [NO_SUBJECT] * (n if keep is None else len(keep))
             else:  # with PII_HASH_KEY the subject's column was just hashed with that key (it is pii): reuse it
                 what = f"column {subject!r}"
-                reuse = self.pii_key and subject in safe and subject in pii_names(features)
+                reuse = self.pii_key and has_pii and subject in pii_names(features)
                 hashed = take(safe[subject], what) if reuse else hash_column(take(raw, what), self.subject_key())
                 hashes = [h or NO_SUBJECT for h in hashed.tolist()]
         return EncodedBatch(float(ts), model, int(version), request_id, float(latency_ms), n if keep is None else len(keep),
                             base, None if stored is None else _dumps(stored), None if hashes is None else _dumps(hashes),
-                            _dumps(names), _dumps(inputs), _dumps(outputs), probas, arrays.blob())
+                            names_json, inputs_json, _dumps(outputs), probas, arrays.blob())
+
+    def _feature_facts(self, features: list[dict[str, Any]]) -> tuple[str, bool]:
+        """The JSON list of every feature's name, and whether any is personal data: once per feature list."""
+        cached = self._facts.get(id(features))
+        if cached is None or cached[0] is not features:
+            if len(self._facts) >= MAX_FEATURE_LISTS:
+                self._facts.clear()
+            cached = self._facts[id(features)] = (features, _dumps([f["name"] for f in features]),
+                                                  bool(pii_names(features)))
+        return cached[1], cached[2]
 
     def write_encoded(self, db: Any, batch: EncodedBatch) -> None:
         """Insert the batch's record (in the caller's transaction); a replay of it inserts nothing."""

@@ -39,15 +39,17 @@ Error = tuple[int | None, str, list[str]]
 Checked = tuple[np.ndarray | None, list[tuple[np.ndarray, str]]]
 
 
-def check_matrix(model: ModelSchema, data: np.ndarray) -> tuple[list[Error], dict[str, np.ndarray]]:
-    """Check every column of a 2-D numeric array; return the errors and the model's columns."""
+def check_matrix(model: ModelSchema, data: np.ndarray) -> tuple[list[Error], dict[str, np.ndarray], np.ndarray | None]:
+    """Check every column of a 2-D numeric array; return the errors, the model's columns and, when
+    every feature is a float, the block whose rows those columns are (features x rows, C order),
+    which the prediction log stores as it is instead of copying the columns together again."""
     if data.dtype.kind not in NUMERIC_KINDS or data.ndim != 2:
         raise ValueError("check_matrix takes a 2-D array of numbers or booleans")
     width = len(model.specs)
     if data.shape[1] != width:
         message = ROW_LENGTH.format(count=width)
-        return [(i, "instances", [message]) for i in range(data.shape[0])], {}
-    checked = _float_block(model, data) if data.dtype.kind != "b" else {}
+        return [(i, "instances", [message]) for i in range(data.shape[0])], {}, None
+    checked, block = _float_block(model, data) if data.dtype.kind != "b" else ({}, None)
     errors: list[Error] = []
     columns: dict[str, np.ndarray] = {}
     for spec in model.specs:
@@ -56,14 +58,17 @@ def check_matrix(model: ModelSchema, data: np.ndarray) -> tuple[list[Error], dic
             errors += [(i, spec.name, [message]) for i in np.flatnonzero(mask).tolist()]
         if values is not None:
             columns[spec.name] = values
-    return errors, columns
+    whole = block if block is not None and len(checked) == width and not errors else None
+    return errors, columns, whole
 
 
-def _float_block(model: ModelSchema, data: np.ndarray) -> dict[str, Checked]:
-    """Check every float feature in one pass over a block: a few numpy calls, however many features."""
+def _float_block(model: ModelSchema, data: np.ndarray) -> tuple[dict[str, Checked], np.ndarray | None]:
+    """Check every float feature in one pass over a block: a few numpy calls, however many features.
+
+    Returns the checked columns and the block they are rows of (features in schema order)."""
     specs, positions, lo, hi = model.float_block
     if not specs:
-        return {}
+        return {}, None
     # features become rows of one C-ordered block, so each column handed on is contiguous
     block = np.ascontiguousarray(data[:, positions].T, dtype=np.float64)
     finite = np.isfinite(block)
@@ -74,7 +79,7 @@ def _float_block(model: ModelSchema, data: np.ndarray) -> dict[str, Checked]:
         failures = [] if clean else [(mask, message) for mask, message in
                                      ((~finite[j], NOT_FINITE), (outside[j], spec.range_message or "")) if mask.any()]
         checked[spec.name] = (block[j], failures)
-    return checked
+    return checked, block
 
 
 def _everywhere(column: np.ndarray, message: str) -> Checked:

@@ -59,6 +59,9 @@ class ValidatedBatch:
 
     columns: dict[str, np.ndarray]
     n_rows: int
+    #: float64 (features x rows, C order) whose rows ARE ``columns`` in feature order, when every
+    #: feature is a float checked as one matrix; None otherwise. The record stores it as it is.
+    block: np.ndarray | None = None
 
 
 def validate_rows(layout: str, data: Any, features: list[dict[str, Any]], *,
@@ -71,9 +74,9 @@ def validate_rows(layout: str, data: Any, features: list[dict[str, Any]], *,
             layout, data = "matrix", matrix
     if layout == "matrix":
         if data.dtype.kind in NUMERIC_KINDS:
-            errors, columns = check_matrix(model, data)
+            errors, columns, block = check_matrix(model, data)
             _raise_if(errors, model)
-            return ValidatedBatch(columns=columns, n_rows=data.shape[0])
+            return ValidatedBatch(columns=columns, n_rows=data.shape[0], block=block)
         layout, data = "rows", data.tolist()  # strings or objects: Python values either way
     if layout == "columns":
         n_rows = max((len(column) for column in data.values() if type(column) is list), default=0)

@@ -15,6 +15,7 @@ Pure numpy and orjson: no store, no Flask.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -67,9 +68,26 @@ class ArrayWriter:
                 return [{"dtype": _FLOAT64.str, "shape": [n], "at": start + j * step} for j in range(len(columns))]
         return [self.column(c) for c in columns]
 
+    def block(self, block: np.ndarray) -> str:
+        """Append a float64 (columns x rows, C order) block as it is (no copy before the blob's join):
+        its rows are the columns. Returns their descriptors as JSON text, the same text for every
+        block of one shape at one place, so it is built once (``_block_descriptors``)."""
+        if block.dtype != _FLOAT64 or block.ndim != 2 or not block.flags.c_contiguous:
+            raise ValueError("block takes a C-ordered 2-D float64 array")
+        start = self._size
+        self._parts.append(memoryview(block).cast("B"))
+        self._size += block.nbytes
+        return _block_descriptors(block.shape[0], block.shape[1], start)
+
     def blob(self) -> bytes | None:
         """The record's ``arrays`` value: every column's bytes, in order; None when none is numeric."""
         return b"".join(self._parts) if self._parts else None
+
+
+@functools.lru_cache(maxsize=256)
+def _block_descriptors(columns: int, rows: int, start: int) -> str:
+    step = rows * _FLOAT64.itemsize  # a multiple of ALIGN: no padding between columns
+    return dumps([{"dtype": _FLOAT64.str, "shape": [rows], "at": start + j * step} for j in range(columns)])
 
 
 def dumps(value: Any) -> str:

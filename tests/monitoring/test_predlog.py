@@ -141,6 +141,32 @@ def test_columns_of_any_layout_round_trip(store):
     assert window.probabilities.tolist() == np.eye(4)[::-1, :2].tolist()
 
 
+def test_a_validated_float_block_is_stored_as_the_columns_would_be(store, tmp_path):
+    """The request's float block (rows = columns) is stored as is: the same record, byte for byte,
+    as the columns give; a model with personal data, or a sample, takes the columns' way."""
+    from service.serving.validation import validate_rows
+
+    features = [{"name": name, "type": "float"} for name in ("a", "b", "c")]
+    data = [[0.5, 1.0, -2.0], [3.25, float(7), 1e-300], [1.0, 2.0, 3.0]]
+    batch = validate_rows("rows", data, features, vectorized_min_rows=1)
+    assert batch.block is not None and batch.block.shape == (3, 3)
+    plog = PredictionLog(store)
+    args = ("m", 1, "r", ids(3), batch.columns, np.array([1, 0, 1]), np.eye(3)[:, :2], 1.0, features)
+    with_block = plog.encode(*args, ts=5.0, block=batch.block)
+    without = plog.encode(*args, ts=5.0)
+    assert with_block == without
+    assert read_inputs(with_block.inputs, with_block.arrays)[2].tolist() == [-2.0, 1e-300, 3.0]
+
+    personal = [dict(features[0], pii=True), *features[1:]]
+    hashed = PredictionLog(store, pii_key="k").encode("m", 1, "r", ids(3), batch.columns, np.array([1, 0, 1]),
+                                                      None, 1.0, personal, ts=5.0, block=batch.block)
+    assert orjson.loads(hashed.features) == ["a", "b", "c"]
+    assert read_inputs(hashed.inputs, hashed.arrays)[0] == [hash_value(v, b"k") for v in (0.5, 3.25, 1.0)]
+    sampled = PredictionLog(Store(tmp_path / "s.sqlite"), sample_rate=0.5)
+    kept = sampled.encode(*args, ts=5.0, block=batch.block)
+    assert kept == sampled.encode(*args, ts=5.0)
+
+
 def test_a_replayed_batch_stays_one_record_and_keeps_its_first_rows(store):
     """A spool may replay a batch after a crash between commit and truncation: the replay inserts nothing."""
     features = [{"name": "x", "type": "float"}]
