@@ -57,11 +57,12 @@ def find(store: Any, model: str, prediction_id: str) -> Logged:
     if not prediction_id or len(prediction_id) > MAX_ID_CHARS:
         raise PredictionNotFound(details={"model": model, "id": prediction_id[:MAX_ID_CHARS]})
     parsed = split_id(prediction_id)
-    found = store.fetch("SELECT version, ts, rows, positions, features, inputs, outputs, arrays FROM prediction_batches"
-                        " WHERE model = ? AND base = ?", (model, parsed[0])) if parsed else []
+    found = store.fetch("SELECT version, ts, rows, positions, features, inputs, outputs, arrays, arrays_ref"
+                        " FROM prediction_batches WHERE model = ? AND base = ?", (model, parsed[0])) if parsed else []
     row = None
     if found:
-        version, ts, rows, positions, names, inputs, outputs, arrays = found[0]
+        version, ts, rows, positions, names, inputs, outputs, arrays, ref = found[0]
+        arrays = store.arrays_of(arrays, ref)
         if positions is None:
             row = parsed[1] if parsed[1] < rows else None
         else:

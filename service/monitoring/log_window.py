@@ -117,9 +117,10 @@ def _batches(store: Store, keys: list[int]) -> dict[int, tuple[Stored, str, list
     """Read the columns of some batch records, each once."""
     stored = {}
     for chunk in chunks(keys, MAX_PARAMS):
-        sql = ("SELECT batch, rows, base, positions, features, inputs, outputs, probabilities, arrays"  # nosec B608  # noqa: S608  only "?" marks
+        sql = ("SELECT batch, rows, base, positions, features, inputs, outputs, probabilities, arrays, arrays_ref"  # nosec B608  # noqa: S608  only "?" marks
                f" FROM prediction_batches WHERE batch IN ({', '.join('?' * len(chunk))})")
-        for key, rows, base, positions, names, inputs, outputs, probas, arrays in store.fetch(sql, tuple(chunk)):
+        for key, rows, base, positions, names, inputs, outputs, probas, arrays, ref in store.fetch(sql, tuple(chunk)):
+            arrays = store.arrays_of(arrays, ref)
             outputs = read_column(outputs, arrays)
             probas = read_column(probas, arrays)
             record = Stored(rows, dict(zip(orjson.loads(names), read_inputs(inputs, arrays), strict=True)),

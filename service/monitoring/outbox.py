@@ -318,6 +318,12 @@ class Outbox:
                 rows.append(request)
             if batch is not None and self.log is not None:
                 batches.append(batch)
+        files = {ref.partition(":")[0] for batch in batches if (ref := batch.arrays_ref)}
+        if files and self.store.blobs is not None:
+            try:  # on disk at most a second after the rows pointing at them (the spool's own policy)
+                self.store.blobs.sync(files)
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"blob files could not be synced: {exc}") from exc
         with self.store.transaction() as db:
             if rows:
                 db.executemany(self._sql, rows)

@@ -29,7 +29,7 @@ import orjson
 from service.monitoring import log_window
 from service.monitoring.log_window import MAX_WINDOW_ROWS, Window  # noqa: F401  (part of the log's surface)
 from service.monitoring.privacy import hash_column, hash_value, pii_names, redact
-from service.store import MAX_PARAMS, Store, chunks, erasure
+from service.store import MAX_PARAMS, Store, blobs, chunks, erasure
 from service.store import columns as columns_
 from service.store.records import split_id
 
@@ -40,8 +40,10 @@ MAX_ID_CHARS = 128
 #: The subject hash of a row whose subject value was missing: found by no erasure.
 NO_SUBJECT = ""
 BATCH_COLUMNS = ("ts", "model", "version", "request_id", "latency_ms", "rows", "base", "positions", "subjects",
-                 "features", "inputs", "outputs", "probabilities", "arrays")
+                 "features", "inputs", "outputs", "probabilities", "arrays", "arrays_ref")
 _HASH_SCALE = float(2**64)
+#: Seconds between two warning lines about blob files that cannot be written.
+BLOB_FAILURE_LOG_SECONDS = 60.0
 #: Feature lists (model versions) whose facts are kept at most (see ``PredictionLog._feature_facts``).
 MAX_FEATURE_LISTS = 64
 
@@ -68,6 +70,7 @@ class EncodedBatch:
     outputs: str  # JSON: a list or a descriptor
     probabilities: str | None  # JSON: a list of rows or a descriptor
     arrays: bytes | None = None  # the numeric columns' bytes (service.store.columns)
+    arrays_ref: str | None = None  # where they are instead, for a large record on SQLite (service.store.blobs)
 
 
 def is_sampled(prediction_id: str, rate: float) -> bool:
@@ -95,6 +98,7 @@ class PredictionLog:
         self._insert_batch = store.insert_sql("prediction_batches", BATCH_COLUMNS, conflict="ignore")
         self._store_key: bytes | None = None  # the store's own subject key, read once (see subject_key)
         self._facts: dict[int, tuple[list[dict[str, Any]], str, bool]] = {}  # see _feature_facts
+        self._blob_failure_logged = float("-inf")
 
     def subject_key(self) -> bytes:
         """The key subjects are hashed with: ``PII_HASH_KEY``, else the store's own (made once).
@@ -205,7 +209,21 @@ class PredictionLog:
                 hashes = [h or NO_SUBJECT for h in hashed.tolist()]
         return EncodedBatch(float(ts), model, int(version), request_id, float(latency_ms), n if keep is None else len(keep),
                             base, None if stored is None else _dumps(stored), None if hashes is None else _dumps(hashes),
-                            names_json, inputs_json, _dumps(outputs), probas, arrays.blob())
+                            names_json, inputs_json, _dumps(outputs), probas, *self._place(arrays, ts))
+
+    def _place(self, arrays: columns_.ArrayWriter, ts: float) -> tuple[bytes | None, str | None]:
+        """The record's (arrays, arrays_ref): a large one's bytes go to a blob file beside a SQLite
+        store (one write, no pages); when that file cannot be written they stay in the row."""
+        if self.store.blobs is not None and arrays.size >= blobs.MIN_BYTES:
+            try:
+                return None, self.store.blobs.append(arrays.parts(), ts)
+            except OSError as exc:
+                now = time.monotonic()
+                if now - self._blob_failure_logged >= BLOB_FAILURE_LOG_SECONDS:
+                    self._blob_failure_logged = now
+                    log.warning("a blob file could not be written; large records keep their bytes in the database",
+                                extra={"error": f"{type(exc).__name__}: {exc}"})
+        return arrays.blob(), None
 
     def _feature_facts(self, features: list[dict[str, Any]]) -> tuple[str, bool]:
         """The JSON list of every feature's name, and whether any is personal data: once per feature list."""

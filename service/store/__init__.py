@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from service.store import failures, traffic
+from service.store.blobs import BlobFiles
 from service.store.postgres import PostgresDialect
 from service.store.records import (  # noqa: F401  (the record types are part of the store's surface)
     REQUEST_COLUMNS,
@@ -62,6 +63,8 @@ class Store:
         self.dialect: SQLiteDialect | PostgresDialect = (
             SQLiteDialect(Path(path), timeout) if url is None else PostgresDialect(url, timeout))
         self.path = self.dialect.path  # the SQLite file; None on PostgreSQL
+        #: SQLite: the files beside the database holding large records' column bytes (None on PostgreSQL)
+        self.blobs = BlobFiles(Path(f"{self.path}.blobs")) if self.path is not None else None
         self.timeout = timeout
         self.write_failures = 0  # per process: every failed write since start
         #: Told (table, reason) of every failed write, reason one of ``failures.REASONS`` (a metric).
@@ -159,6 +162,11 @@ class Store:
                 kept.append((pid, db))
         self._opened[:] = kept
         self._local = threading.local()
+        if self.blobs is not None:
+            try:
+                self.blobs.close()
+            except OSError:
+                log.exception("closing the blob files failed")
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -337,6 +345,13 @@ class Store:
         from service.store import retention
 
         return retention.purge(self, older_than_seconds, now, batch)
+
+    def arrays_of(self, arrays: bytes | None, ref: str | None) -> bytes | None:
+        """A batch record's column bytes: in its row, or in the blob file its ``arrays_ref`` names
+        (None when that is gone or damaged: its columns read as missing)."""
+        if ref is None or self.blobs is None:
+            return arrays
+        return self.blobs.read(ref)
 
     def erase(self, hashes: Iterable[str], model: str | None = None) -> dict[str, int]:
         """Delete the predictions whose subject hash is one of ``hashes`` (of ``model`` only, when

@@ -79,6 +79,15 @@ class ArrayWriter:
         self._size += block.nbytes
         return _block_descriptors(block.shape[0], block.shape[1], start)
 
+    @property
+    def size(self) -> int:
+        """Bytes of the blob so far."""
+        return self._size
+
+    def parts(self) -> list[Any]:
+        """The blob's pieces, in order, uncopied (for a ``writev``)."""
+        return list(self._parts)
+
     def blob(self) -> bytes | None:
         """The record's ``arrays`` value: every column's bytes, in order; None when none is numeric."""
         return b"".join(self._parts) if self._parts else None

@@ -14,6 +14,7 @@ raw subject; no Flask.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from typing import Any
 
 import numpy as np
@@ -68,17 +69,22 @@ def erase(store: Store, hashes: list[str], model: str | None = None) -> dict[str
         found = store.fetch(sql, tuple(f'%"{h}"%' for h in chunk))
         for batch in dict.fromkeys(key for key, owner in found if model in (None, owner)):
             with store.transaction(lock=LOCK) as db:
-                _erase_in_batch(db, batch, set(chunk), counts)
+                _erase_in_batch(store, db, batch, set(chunk), counts)
     return counts
 
 
-def _erase_in_batch(db: Any, batch: int, hashes: set[str], counts: dict[str, int]) -> None:
-    """Within one transaction: delete the person's rows of one record and rewrite what remains of it."""
-    found = db.execute("SELECT rows, base, positions, subjects, inputs, outputs, probabilities, arrays"
+def _erase_in_batch(store: Store, db: Any, batch: int, hashes: set[str], counts: dict[str, int]) -> None:
+    """Within one transaction: delete the person's rows of one record and rewrite what remains of it.
+
+    A record whose bytes are in a blob file is rewritten into its row, and the file's old bytes
+    are overwritten with zeros before the transaction commits: should that fail, nothing is
+    erased yet and erasing again retries it."""
+    found = db.execute("SELECT rows, base, positions, subjects, inputs, outputs, probabilities, arrays, arrays_ref"
                        " FROM prediction_batches WHERE batch = ?", (batch,)).fetchall()
     if not found:
         return
-    size, base, positions, subjects, inputs, outputs, probabilities, arrays = found[0]
+    size, base, positions, subjects, inputs, outputs, probabilities, arrays, ref = found[0]
+    arrays = store.arrays_of(arrays, ref)
     subjects = orjson.loads(subjects)
     gone = [k for k, h in enumerate(subjects) if h in hashes]
     if not gone:
@@ -94,6 +100,7 @@ def _erase_in_batch(db: Any, batch: int, hashes: set[str], counts: dict[str, int
     if not keep:
         db.execute("DELETE FROM prediction_batches WHERE batch = ?", (batch,))
         counts["prediction_batches_deleted"] += 1
+        _overwrite(store, ref)
         return
     kept_positions = [int(ids[k].rpartition("-")[2]) for k in keep]
     # Rewritten in the binary encoding, whichever it was written in: what is left reads the same.
@@ -103,10 +110,22 @@ def _erase_in_batch(db: Any, batch: int, hashes: set[str], counts: dict[str, int
     new_probabilities = None if probabilities is None else _dumps(
         writer.column(_take(columns.read_column(probabilities, arrays), keep)))
     db.execute("UPDATE prediction_batches SET rows = ?, positions = ?, subjects = ?, inputs = ?, outputs = ?,"
-               " probabilities = ?, arrays = ? WHERE batch = ?",
+               " probabilities = ?, arrays = ?, arrays_ref = NULL WHERE batch = ?",
                (len(keep), _dumps(kept_positions), _dumps([subjects[k] for k in keep]), _dumps(new_inputs),
                 _dumps(new_outputs), new_probabilities, writer.blob(), batch))
     counts["prediction_batches_rewritten"] += 1
+    _overwrite(store, ref)
+
+
+def _overwrite(store: Store, ref: str | None) -> None:
+    """Zero a rewritten record's old bytes in their blob file (raised as ``sqlite3.Error``: rolled back)."""
+    if ref is None or store.blobs is None:
+        return
+    try:
+        store.blobs.erase(ref)
+    except OSError as exc:
+        raise sqlite3.OperationalError(f"the erased rows' bytes could not be overwritten in {ref.split(':')[0]}: "
+                                       f"{exc}") from exc
 
 
 def _take(values: list[Any] | np.ndarray | None, keep: list[int]) -> list[Any] | np.ndarray | None:

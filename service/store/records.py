@@ -58,8 +58,10 @@ CREATE TABLE IF NOT EXISTS prediction_batches (
     outputs TEXT NOT NULL,             -- JSON: the ``rows`` predictions, as a list or a descriptor
     probabilities TEXT,                -- JSON: ``rows`` lists in the model's class order, or a descriptor
                                        -- of a rows x classes matrix; NULL without probabilities
-    arrays {bytes}                     -- the numeric columns' little-endian bytes, where the descriptors
+    arrays {bytes},                    -- the numeric columns' little-endian bytes, where the descriptors
                                        -- point; NULL in a record with none (and every record from before)
+    arrays_ref TEXT                    -- SQLite: where a large record keeps those bytes instead, in a file
+                                       -- beside the database (service.store.blobs); NULL otherwise
 );
 CREATE INDEX IF NOT EXISTS prediction_batches_ts ON prediction_batches (ts);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -101,7 +103,7 @@ CREATE INDEX IF NOT EXISTS prediction_batches_model_version_ts ON prediction_bat
 """
 #: Columns of ``prediction_batches`` a database made before batch records (or before binary
 #: columns, for ``arrays``) lacks, with their DDL types.
-BATCH_COLUMNS_ADDED = {"base": "TEXT", "positions": "TEXT", "subjects": "TEXT", "arrays": "{bytes}"}
+BATCH_COLUMNS_ADDED = {"base": "TEXT", "positions": "TEXT", "subjects": "TEXT", "arrays": "{bytes}", "arrays_ref": "TEXT"}
 
 
 def split_id(prediction_id: str) -> tuple[str, int] | None:

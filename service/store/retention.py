@@ -32,6 +32,8 @@ def purge(store: Store, older_than_seconds: float, now: float | None = None, bat
     """
     cutoff = (time.time() if now is None else now) - older_than_seconds
     counts = purge_log(store, cutoff, batch)
+    if store.blobs is not None:  # an hour's blob file once every record of that hour is gone
+        store.blobs.purge(cutoff)
     counts.update(requests=0, shadow=0)
     for table in ("requests", "shadow"):
         sql = (f"DELETE FROM {table} WHERE rowid IN "  # nosec B608  # noqa: S608  table from the constant tuple above
@@ -106,7 +108,11 @@ def trim_log(store: Store, max_rows: int, low_water: float = CAP_LOW_WATER,
     if rows <= max_rows:
         return counts
     cutoff = _cutoff_for(store, rows - int(max_rows * low_water))
-    return purge_log(store, cutoff, batch)
+    counts = purge_log(store, cutoff, batch)
+    if store.blobs is not None:  # the files no record still points at
+        oldest = store.fetch("SELECT MIN(ts) FROM prediction_batches WHERE arrays_ref IS NOT NULL")[0][0]
+        store.blobs.purge_unreferenced(None if oldest is None else float(oldest))
+    return counts
 
 
 def _cutoff_for(store: Store, excess: int, page: int = 5000) -> float:

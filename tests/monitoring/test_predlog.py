@@ -565,7 +565,9 @@ def test_encoding_a_batch_of_numbers_costs_a_copy_of_their_bytes(store):
     columns = {f["name"]: rng.normal(size=10_000) for f in features}
     batch = PredictionLog(store).encode("m", 1, "r", ids(10_000), columns, rng.integers(0, 2, 10_000),
                                         rng.random((10_000, 2)), 1.0, features, ts=1.0)
-    assert len(batch.arrays) == 8 * 10_000 * (30 + 1 + 2)
+    stored = store.arrays_of(batch.arrays, batch.arrays_ref)  # a blob file's on SQLite, the row's on PostgreSQL
+    assert len(stored) == 8 * 10_000 * (30 + 1 + 2)
+    assert (batch.arrays is None) == (store.blobs is not None)
     assert len(batch.inputs) + len(batch.outputs) + len(batch.probabilities) < 2_000  # descriptors only
 
 
