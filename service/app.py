@@ -163,11 +163,13 @@ def _start_alerts(config: Config, store, report):
     from service.monitoring import metrics
     from service.monitoring.alerts import AlertLoop, AlertManager, load_rules
     from service.monitoring.notify import Notifier
+    from service.retrain.trigger import launcher
 
     manager = AlertManager(
         store, load_rules(config.alert_rules_file), Notifier(config.alert_webhook_url),
         on_state=lambda model, version, rule, value: metrics.set_gauge(
             "alert_state", value, model=model, version=version, rule=rule),
+        on_action=launcher(config.artifacts_dir, config.database_url),
     )
     if config.alert_seconds:
         AlertLoop(manager, report.reports, interval=config.alert_seconds).start()

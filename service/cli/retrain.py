@@ -74,14 +74,16 @@ def _then(value: str):
 @click.option("--reason", default="", help="Changelog of the new version (default: the verdict).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--fail-if-not-packaged", is_flag=True, help=f"Exit {NOT_PACKAGED} when no challenger was packaged.")
+@click.option("--on-alert", "on_alert", default=None, hidden=True,
+              help="Run for this firing alert rule: act as alert:RULE and notify the outcome through ALERT_WEBHOOK_URL.")
 @ARTIFACTS
 @SIGNING_KEY
 @DATABASE
 @fails_cleanly
 def retrain(name: str, train: Path, target: str, since_seconds: float, holdout_share: float, min_gain: float,
             metric: str | None, max_rows: int, min_holdout_rows: int, bootstrap: int, keep_failed: bool, then,
-            reason: str, as_json: bool, fail_if_not_packaged: bool, artifacts_dir: Path, signing_key,
-            database_url: str) -> None:
+            reason: str, as_json: bool, fail_if_not_packaged: bool, on_alert: str | None, artifacts_dir: Path,
+            signing_key, database_url: str) -> None:
     """Fit a challenger for NAME's production version on --train plus the labelled production rows,
     judge both on the newest labelled rows, and package it (with --then, roll it out) when it wins."""
     from service.retrain import report as text
@@ -90,13 +92,39 @@ def retrain(name: str, train: Path, target: str, since_seconds: float, holdout_s
     from service.store import Store
 
     request = Request(name, train, target, since_seconds, holdout_share, min_gain, metric, max_rows, min_holdout_rows,
-                      bootstrap, keep_failed, then, reason)
-    result = run(request, Services(artifacts_dir, Store.from_url(database_url), signing_key, actor()))
+                      bootstrap, keep_failed, then, reason or (f"alert {on_alert} fired" if on_alert else ""))
+    services = Services(artifacts_dir, Store.from_url(database_url), signing_key,
+                        f"alert:{on_alert}" if on_alert else actor())
+    try:
+        result = run(request, services)
+    except Exception as exc:
+        if on_alert:
+            _notify(on_alert, name, f"retrain failed: {exc}", {"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    if on_alert:
+        _notify(on_alert, name, text.outcome(result), {
+            "champion": result["champion"], "challenger": result["challenger"], "packaged": result["packaged"],
+            "decided_by": result["comparison"]["decided_by"], "reason": result["comparison"]["reason"],
+            "rollout": result["rollout"]})
     click.echo(json.dumps(result, indent=2) if as_json else text.text(result), nl=as_json)
     if not result["packaged"]:
         click.echo(text.outcome(result), err=True)
         if fail_if_not_packaged:
             sys.exit(NOT_PACKAGED)
+
+
+def _notify(rule: str, model: str, outcome: str, details: dict) -> None:
+    """Tell the alert webhook (and the log) what a rule's retrain produced; a human decides what next."""
+    import time
+
+    from service.config import Config
+    from service.monitoring.notify import Notification, Notifier
+
+    notifier = Notifier(Config.from_env().alert_webhook_url)
+    notifier.send(Notification("retrain", model, details.get("champion") or 0, rule, outcome,
+                               details.get("challenger"), None, time.time(), details))
+    notifier.flush(15)
+    notifier.close()
 
 
 COMMANDS = (retrain,)

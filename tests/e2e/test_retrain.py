@@ -144,3 +144,62 @@ def test_a_challenger_taught_by_wrong_labels_is_not_packaged(artifact_root, serv
     assert sorted(p.name for p in (artifact_root / NAME).iterdir() if p.name.isdigit()) == ["1"]
     state = json.loads((artifact_root / NAME / "registry.json").read_text())
     assert state["rollout"]["shadow"] == []
+
+
+ALERT_RULES = """
+replace_defaults = true
+
+[[rules]]
+name = "retrain_on_accuracy"
+description = "Live accuracy fell below 0.9: retrain from feedback"
+metric = "performance.metrics.accuracy"
+op = "<"
+alert = 0.9
+samples = "performance.labelled"
+min_samples = 100
+action = "retrain"
+
+[rules.retrain]
+train = "{train}"
+since = "1h"
+min_gain = 0.02
+then = "shadow"
+"""
+
+
+def test_an_alert_on_live_accuracy_retrains_notifies_and_never_promotes(artifact_root, server_factory, tmp_path):
+    from tests.conftest import Webhook
+
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(ALERT_RULES.format(train=base_file(tmp_path)))
+    hook = Webhook()
+    try:
+        server = server_factory(artifact_root, GUARD_SECONDS="0", ALERT_SECONDS="1", ALERT_RULES_FILE=str(rules),
+                                ALERT_WEBHOOK_URL=hook.url)
+        rows, labels = production_rows(scale_sizes=1.5)
+        serve_and_label(server, rows, labels.tolist())
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not [n for n in hook.received if n["status"] == "retrain"]:
+            time.sleep(0.5)
+    finally:
+        hook.close()
+    firing = [n for n in hook.received if n["status"] == "firing" and n["rule"] == "retrain_on_accuracy"]
+    (outcome,) = [n for n in hook.received if n["status"] == "retrain"]
+    log = server.log_path.read_text()
+    report = log[log.index("retrain breast-cancer: champion version 1"):]
+    print("\n(the alert-driven run's report, from the server's log)\n" + report[:report.index("rollout:")]
+          + report[report.index("rollout:"):].splitlines()[0] + "\n" + json.dumps(outcome, indent=2))
+    assert firing and firing[0]["value"] < 0.9
+    assert outcome["rule"] == "retrain_on_accuracy" and outcome["model"] == NAME
+    assert outcome["details"]["packaged"] is True and outcome["details"]["challenger"] == 2
+    assert outcome["details"]["rollout"]["kind"] == "shadow"
+    assert outcome["description"] == f"{NAME}: challenger packaged as version 2; started as shadow"
+    state = json.loads((artifact_root / NAME / "registry.json").read_text())
+    assert state["labels"]["production"] == 1 and state["rollout"]["shadow"] == [2]  # no promotion without a person
+    database = artifact_root.parent / f"db-{server.port}" / "predictions.db"
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        audited = db.execute("SELECT actor, action FROM audit WHERE action LIKE 'model.retrain.%' ORDER BY seq").fetchall()
+    assert audited == [("alert:retrain_on_accuracy", "model.retrain.started"),
+                       ("alert:retrain_on_accuracy", "model.retrain.finished")]
