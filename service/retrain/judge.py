@@ -57,7 +57,8 @@ class Verdict:
     @property
     def decided_by(self) -> dict[str, Any]:
         """The first failed gate, or the gain gate when every gate passed (the one a winner is chosen by)."""
-        return next((g for g in self.gates if not g["passed"]), next(g for g in self.gates if g["name"] == "gain"))
+        failed = [g for g in self.gates if not g["passed"]]
+        return failed[0] if failed else next(g for g in self.gates if g["name"] == "gain")
 
     def as_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "holdout_rows": self.rows, "champion": self.champion,

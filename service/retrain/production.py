@@ -42,7 +42,7 @@ class ProductionRows:
     scanned: int = 0  # logged rows looked at
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> rows
     unstored: list[str] = field(default_factory=list)  # required features the log never stores (pii)
-    capped: bool = False  # the row cap stopped the walk: older labelled rows exist
+    capped: bool = False  # the row cap was reached: older labelled rows may have been left out
 
     def fingerprint(self) -> dict[str, Any]:
         """Identify these rows by content and by prediction id, with their time span."""
@@ -141,5 +141,5 @@ def _assemble(kept: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, li
     y = np.concatenate([part[1] for part in kept]) if kept else np.empty(0, dtype=object)
     ids = [i for part in kept for i in part[3]]
     return ProductionRows(X.iloc[order].reset_index(drop=True), pd.Series(plain(y[order])), ts[order],
-                          [ids[i] for i in order], scanned, left_out, capped)
+                          [ids[i] for i in order], scanned=scanned, left_out=left_out, capped=capped)
 
