@@ -29,6 +29,7 @@ from service.models.packaging import Threshold, fingerprint, package_model
 from service.models.profile import profile_frame
 from service.retrain import base_data, production
 from service.retrain.judge import Settings, Verdict, compare, primary_metric
+from service.retrain.labels import plain
 from service.security import audit
 from service.serving import runtime
 from service.store import Store
@@ -107,8 +108,10 @@ def retrain(request: Request, services: Services, now: float | None = None) -> d
     cut = len(found.X) - math.ceil(len(found.X) * request.holdout_share)
     learn_X, learn_y = found.X.iloc[:cut], found.y.iloc[:cut]
     hold_X, hold_y = found.X.iloc[cut:].reset_index(drop=True), found.y.iloc[cut:].reset_index(drop=True)
-    X = pd.concat([base.X, learn_X], ignore_index=True)
-    y = pd.concat([base.y, learn_y], ignore_index=True)
+    parts = [(part_X, part_y) for part_X, part_y in ((base.X, base.y), (learn_X, learn_y)) if len(part_X)]
+    X = pd.concat([p[0] for p in parts], ignore_index=True) if parts else base.X
+    # one dtype for the labels of both sources (an empty part would make them objects)
+    y = pd.Series(plain(pd.concat([p[1] for p in parts], ignore_index=True).to_numpy(dtype=object))) if parts else base.y
     if not len(X):
         raise ValueError("no rows to fit on: --train gave none and no labelled production row is older than the hold-out")
     challenger = clone(champion.estimator).fit(model_input(champion.estimator, X), y)

@@ -111,7 +111,8 @@ def test_the_bootstrap_scores_match_scikit_learn():
 
 
 def test_the_primary_metric_is_the_first_quality_gate_metric():
-    assert primary_metric({"metrics": {"thresholds": [{"metric": "cv.f1"}, {"metric": "roc_auc"}]}}, "classification") == "roc_auc"
+    rules = {"metrics": {"thresholds": [{"metric": "cv.f1"}, {"metric": "roc_auc"}]}}
+    assert primary_metric(rules, "classification") == "roc_auc"
     assert primary_metric({"metrics": {}}, "classification") == "accuracy"
     assert primary_metric({}, "regression") == "rmse"
 
