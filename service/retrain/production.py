@@ -61,7 +61,9 @@ def read(store: Store, model: str, features: list[dict[str, Any]], task: str, cl
     """Read up to ``max_rows`` of ``model``'s newest labelled rows predicted since ``since``."""
     names = [f["name"] for f in features]
     hidden = pii_names(features)
-    needed = [f for f in features if f.get("required") or not f.get("nullable")]
+    # a pii feature is never stored raw (hashed or dropped): a row missing it would teach the model
+    # a value it never sees in production, so such rows are left out even when the feature is optional
+    needed = [f for f in features if f.get("required") or not f.get("nullable") or f["name"] in hidden]
     kept: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[str]]] = []
     left_out = {"inputs_not_stored": 0, "unknown_label": 0}
     total = scanned = 0
