@@ -70,6 +70,15 @@ def test_rows_whose_inputs_the_log_did_not_store_are_counted_and_left_out(store)
     assert found.left_out["inputs_not_stored"] == 2 and found.unstored == ["customer"]
 
 
+def test_an_optional_pii_feature_still_leaves_its_rows_out(store):
+    features = [FEATURES[0], {"name": "email", "type": "string", "required": False, "nullable": True, "pii": True}]
+    plog = PredictionLog(store, pii_key=b"k" * 32)  # hashed, not raw: no model input to learn from
+    ids = log_batch(plog, "acac", [1.0], ts=10.0, features=features, email=np.array(["a@b.c"], dtype=object))
+    plog.record_feedback("m", [{"id": ids[0], "label": 1}])
+    found = production.read(store, "m", features, "classification", CLASSES, since=0, max_rows=100)
+    assert len(found.X) == 0 and found.left_out["inputs_not_stored"] == 1 and found.unstored == ["email"]
+
+
 def test_pages_bound_what_is_read_at_once(store, monkeypatch):
     monkeypatch.setattr(production, "PAGE_ROWS", 2)
     monkeypatch.setattr(production, "PAGE", 2)
