@@ -147,3 +147,18 @@ def test_the_command_line_reports_and_exits_3_when_asked(run_cli, base):
     document = json.loads(result.stdout)
     assert document["packaged"] is False and document["comparison"]["decided_by"] == "data"
     assert "challenger not packaged: data gate" in result.stderr
+
+
+def test_with_signing_configured_the_challenger_is_signed(tmp_path, store, base):
+    from service.models.demo import train_demo
+    from service.security import signing
+
+    private, public, _ = signing.generate(tmp_path / "keys")
+    root = tmp_path / "signed"
+    train_demo(root, signing_key=signing.model_keys(private_key_file=private))
+    log_shifted_traffic(store, root, 1.5)
+    keys = signing.model_keys(trusted=[public], private_key_file=private)
+    report = retrain(Request(NAME, base, "target", 2 * 3600, bootstrap=200), Services(root, store, keys, "cli:t"), now=NOW)
+    assert report["packaged"]
+    verified = artifacts.verify_version(artifacts.version_dir(root, NAME, 2), signing_key=signing.model_keys(trusted=[public]))
+    assert verified.manifest["signature"] and verified.manifest["retrain"]["parent_version"] == 1
