@@ -176,11 +176,12 @@ def _package(request: Request, services: Services, champion: runtime.LoadedModel
     overrides = {f["name"]: {k: f[k] for k in INHERITED_KEYS if k in f and not (k == "categories" and f.get("pii"))}
                  for f in manifest["input"]["features"]}
     outcome = "passed" if verdict.passed else "failed, kept with --keep-failed"
+    gate = [t for t in thresholds if not t.metric.startswith("cv.")]  # no cross-validation in a retrain
     written = package_model(
         challenger, request.name, services.root, hold_X, hold_y, description=manifest.get("description", ""),
         changelog=request.reason or f"Retrained from version {champion.version} on production feedback ({outcome}: "
                                     f"{verdict.decided_by['reason']}).",
-        overrides=overrides, thresholds=thresholds if verdict.passed else (), signing_key=services.signing_key,
+        overrides=overrides, thresholds=gate if verdict.passed else (), signing_key=services.signing_key,
         training_data={"source": "retrain", "rows": len(X), "base_rows": len(base.X), "production_rows": cut},
         evaluation_source=f"newest {len(hold_X)} labelled production rows", reference=X, card=manifest.get("card", ""),
         subject=manifest.get("subject"), retrain=lineage)

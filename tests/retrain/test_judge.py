@@ -75,6 +75,17 @@ def test_each_gate_can_decide():
     assert flipped.decided_by["name"] == "packaging" and "roc_auc" in flipped.decided_by["reason"]
 
 
+def test_a_threshold_the_hold_out_cannot_measure_fails_the_packaging_gate():
+    X, y = cancer()
+    model = fitted(X.iloc[:400], y.iloc[:400])
+    ones = y.iloc[400:] == 1  # one class only: no ROC AUC
+    hold_X, hold_y = X.iloc[400:][ones].reset_index(drop=True), y.iloc[400:][ones].reset_index(drop=True)
+    verdict = judge(_Flipped(model), model, hold_X, hold_y, Settings("accuracy", bootstrap=100),
+                    [Threshold("roc_auc", "min", 0.9), Threshold("cv.accuracy", "min", 0.99)])
+    packaging = next(g for g in verdict.gates if g["name"] == "packaging")
+    assert not packaging["passed"] and packaging["reason"] == "roc_auc cannot be measured on the hold-out (e.g. one class only)"
+
+
 def test_the_fairness_gate_refuses_a_new_bias_alert():
     rng = np.random.default_rng(0)
     n = 600
