@@ -31,7 +31,7 @@ APP_MODULES = (
     "service.monitoring.metrics", "service.monitoring.multiproc", "service.monitoring.notify",
     "service.monitoring.observe", "service.monitoring.outbox", "service.monitoring.predlog",
     "service.monitoring.report", "service.monitoring.retention_loop", "service.monitoring.spool",
-    "service.security.audit", "service.security.checkpoint_loop", "service.security.signing",
+    "service.retrain.trigger", "service.security.audit", "service.security.checkpoint_loop", "service.security.signing",
     "service.serving.catalog", "service.serving.inference", "service.serving.runtime", "service.store",
     "service.store.migration", "prometheus_client.multiprocess", "prometheus_client.process_collector",
 )
