@@ -1,7 +1,8 @@
 """An alert rule's ``retrain`` action: start ``python -m service retrain`` in a process of its own.
 
 Called by the alert loop (``AlertManager.on_action``) once when a rule with ``action =
-"retrain"`` starts firing, in the one worker that evaluates alerts. Fitting a model inside a
+"retrain"`` starts firing for a model's production version, in the one worker that evaluates
+alerts (a canary has the automatic rollback for that). Fitting a model inside a
 serving worker would take its CPU and memory from requests, so the run is a separate process in
 its own session: the worker only starts it and reaps it on a daemon thread. The run acts as
 ``alert:<rule>`` in the audit trail and notifies its outcome through the alert webhook
@@ -39,6 +40,13 @@ def launcher(artifacts_dir: Any, database_url: str) -> Callable[[Any, Any], None
     """Return the ``on_action`` callback that starts a retrain for a firing rule's model."""
 
     def launch(rule: Any, transition: Any) -> None:
+        from service.models import registry
+
+        production = registry.read_state(artifacts_dir, transition.model)["labels"].get(registry.PRODUCTION)
+        if transition.version != production:  # a canary has its own guard; a retrain replaces production
+            log.info("alert %s fired for %s version %s, not production: no retrain", rule.name, transition.model,
+                     transition.version, extra={"rule": rule.name, "model": transition.model})
+            return
         args = command(transition.model, rule.name, dict(rule.retrain))
         env = {**os.environ, "ARTIFACTS_DIR": str(artifacts_dir), "DATABASE_URL": database_url}
         # stdout to the server's log (stderr): the report is read there; own session: a worker's
