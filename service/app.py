@@ -31,7 +31,7 @@ APP_MODULES = (
     "service.monitoring.metrics", "service.monitoring.multiproc", "service.monitoring.notify",
     "service.monitoring.observe", "service.monitoring.outbox", "service.monitoring.predlog",
     "service.monitoring.report", "service.monitoring.retention_loop", "service.monitoring.spool",
-    "service.security.audit", "service.security.checkpoint_loop", "service.security.signing",
+    "service.retrain.trigger", "service.security.audit", "service.security.checkpoint_loop", "service.security.signing",
     "service.serving.catalog", "service.serving.inference", "service.serving.runtime", "service.store",
     "service.store.migration", "prometheus_client.multiprocess", "prometheus_client.process_collector",
 )
@@ -163,11 +163,13 @@ def _start_alerts(config: Config, store, report):
     from service.monitoring import metrics
     from service.monitoring.alerts import AlertLoop, AlertManager, load_rules
     from service.monitoring.notify import Notifier
+    from service.retrain.trigger import launcher
 
     manager = AlertManager(
         store, load_rules(config.alert_rules_file), Notifier(config.alert_webhook_url),
         on_state=lambda model, version, rule, value: metrics.set_gauge(
             "alert_state", value, model=model, version=version, rule=rule),
+        on_action=launcher(config.artifacts_dir, config.database_url),
     )
     if config.alert_seconds:
         AlertLoop(manager, report.reports, interval=config.alert_seconds).start()

@@ -21,7 +21,8 @@ bp = Blueprint("models", __name__, url_prefix="/v1/models")
 
 SUMMARY_KEYS = ("created_at", "created_by", "description", "changelog", "parent_version", "task", "estimator",
                 "content_sha256")
-DETAIL_KEYS = ("libraries", "files", "input", "output", "metrics", "training_data", "evaluation_data", "subject")
+DETAIL_KEYS = ("libraries", "files", "input", "output", "metrics", "training_data", "evaluation_data", "subject",
+               "retrain")
 
 
 @bp.get("")

@@ -14,7 +14,22 @@ import sys
 
 import click
 
-from service.cli import audit, backup, card, erase, export, labels, models, monitoring, registry, rollout, score, serve, settings
+from service.cli import (
+    audit,
+    backup,
+    card,
+    erase,
+    export,
+    labels,
+    models,
+    monitoring,
+    registry,
+    retrain,
+    rollout,
+    score,
+    serve,
+    settings,
+)
 from service.cli.keys import keys
 
 
@@ -26,7 +41,8 @@ def cli(ctx: click.Context) -> None:
 
 
 cli.add_command(keys)
-for _module in (models, labels, rollout, registry, monitoring, settings, card, audit, export, erase, backup, score, serve):
+for _module in (models, labels, rollout, registry, monitoring, settings, card, audit, export, erase, backup, score, serve,
+                retrain):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -105,7 +105,8 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
                   reference: pd.DataFrame | None = None, card: str = "",
                   require_card: bool = False, feature_names: list[str] | None = None,
                   breaking: bool = False, pickled_with: str | None = None,
-                  subject: str | None = None, pmml: bool = False) -> dict[str, Any]:
+                  subject: str | None = None, pmml: bool = False,
+                  retrain: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate, gate and write ``model`` as the next version of ``name``; return the manifest.
 
     The drift reference profile describes ``reference`` (the training data, when given) or
@@ -117,7 +118,9 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
     names the feature that identifies the person a row is about (recorded as the manifest's
     top-level ``subject``, always personal data); personal-data features keep no raw value in the
     manifest, their hashes use the manifest's random ``pii_salt``. ``pmml`` also converts the model to
-    PMML (``export_pmml``), which needs the converter and Java where packaging runs.
+    PMML (``export_pmml``), which needs the converter and Java where packaging runs. ``retrain``
+    is the lineage of a version retrained from production feedback (``service.retrain``): its
+    ``parent_version`` becomes the manifest's, the rest is kept as the manifest's ``retrain``.
     """
     artifacts.check_model_name(name)
     if require_card and not card.strip():
@@ -141,7 +144,7 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "description": description,
         "changelog": changelog,
         "card": card,
-        "parent_version": None,
+        "parent_version": (retrain or {}).get("parent_version"),
         "subject": subject,
         "pii_salt": salt,
         "task": task,
@@ -162,6 +165,8 @@ def package_model(model: Any, name: str, root: Path, X: pd.DataFrame, y: pd.Seri
         "evaluation_data": fingerprint(X, y) | ({"source": evaluation_source} if evaluation_source else {}),
         "reference_profile": _reference_profile(model, X if reference is None else reference, features, task, salt),
     }
+    if retrain is not None:
+        manifest["retrain"] = retrain
     manifest["compatibility"] = check_meaning(Path(root), manifest, breaking)
     exported = onnx_export.export(model, X, features, task)
     manifest["backends"] = {"onnx": exported.report}
@@ -219,12 +224,13 @@ def write_version(model: Any, manifest: dict[str, Any], root: Path, signing_key:
         for filename, data in (extra or {}).items():
             (staging / filename).write_bytes(data)
         written = [artifacts.MODEL_FILE, *(extra or {})]
+        parent = manifest.get("parent_version")  # a retrained version names the version it was cloned from
         manifest["files"] = {filename: artifacts.file_entry(staging / filename) for filename in written}
         manifest["content_sha256"] = artifacts.content_hash(manifest["files"])
         while True:
             versions = artifacts.list_versions(root, manifest["name"])
             manifest["version"] = (versions[-1] + 1) if versions else 1
-            manifest["parent_version"] = versions[-1] if versions else None
+            manifest["parent_version"] = parent if parent is not None else (versions[-1] if versions else None)
             signature = artifacts.sign_manifest(manifest, signing_key) if signing_key else None
             if signature:  # Ed25519 when a private key is given (recommended), else the HMAC key
                 manifest["signature"] = signature

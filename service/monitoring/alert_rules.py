@@ -22,7 +22,12 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
     "==": lambda v, t: v == t,
 }
 RULE_KEYS = frozenset({"name", "description", "metric", "op", "warn", "alert", "samples", "min_samples",
-                       "for_seconds", "models"})
+                       "for_seconds", "models", "action", "retrain"})
+#: What a rule may do besides notifying when it fires.
+ACTIONS = ("retrain",)
+#: Keys of a rule's ``[rules.retrain]`` table: the options of ``python -m service retrain``.
+RETRAIN_KEYS = frozenset({"train", "target", "since", "holdout_last", "min_gain", "then"})
+THEN_RE = re.compile(r"shadow|canary:(100|[1-9][0-9]?)(\.[0-9]+)?%?")
 FILE_KEYS = frozenset({"rules", "disable", "replace_defaults"})
 
 
@@ -40,6 +45,10 @@ class Rule:
     min_samples: int = 0
     for_seconds: float = 0.0
     models: tuple[str, ...] | None = None
+    #: ``retrain``: when the rule starts firing, fit a challenger (``service.retrain``) and notify its outcome
+    action: str | None = None
+    #: the retrain options (``train`` at least; ``then`` may start a shadow or a canary, never a promotion)
+    retrain: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,9 +161,36 @@ def parse_rule(table: dict[str, Any], source: str = "alert rules", index: int = 
     models = table.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
         raise bad("models", "must be a list of model names")
+    action, retrain = _action(table, bad)
     return Rule(name=table["name"], description=table["description"], metric=table["metric"], op=op,
                 warn=warn, alert=alert, samples=table.get("samples", "n"), min_samples=min_samples,
-                for_seconds=float(for_seconds), models=tuple(models) if models is not None else None)
+                for_seconds=float(for_seconds), models=tuple(models) if models is not None else None,
+                action=action, retrain=retrain)
+
+
+def _action(table: dict[str, Any], bad: Callable[[str, str], ValueError]) -> tuple[str | None, tuple[tuple[str, Any], ...]]:
+    """Check a rule's ``action`` and its ``[rules.retrain]`` options."""
+    action = table.get("action")
+    if action is None:
+        if "retrain" in table:
+            raise bad("retrain", "needs action = \"retrain\"")
+        return None, ()
+    if action not in ACTIONS:
+        raise bad("action", f"{action!r} is not one of {list(ACTIONS)}")
+    options = table.get("retrain")
+    if not isinstance(options, dict) or not isinstance(options.get("train"), str) or not options["train"]:
+        raise bad("retrain", "action \"retrain\" needs a [rules.retrain] table with train = \"<base data file>\"")
+    unknown = sorted(set(options) - RETRAIN_KEYS)
+    if unknown:
+        raise bad("retrain", f"unknown option {unknown[0]!r} (expected one of {sorted(RETRAIN_KEYS)})")
+    for key in ("target", "since", "holdout_last", "then"):
+        if key in options and not isinstance(options[key], str):
+            raise bad(f"retrain.{key}", "must be a string")
+    if "then" in options and not THEN_RE.fullmatch(options["then"]):
+        raise bad("retrain.then", "must be \"shadow\" or \"canary:W\" (a rule never promotes: that stays a person's call)")
+    if "min_gain" in options and not (_is_number(options["min_gain"]) and options["min_gain"] >= 0):
+        raise bad("retrain.min_gain", "must be a number >= 0")
+    return action, tuple(sorted(options.items()))
 
 
 def _is_number(value: Any) -> bool:

@@ -116,13 +116,16 @@ class AlertManager:
     """Keep every (model, version, rule) alert's state in the shared store; notify each change once."""
 
     def __init__(self, store: Store | Path | str, rules: Iterable[Rule], notifier: Notifier | None = None,
-                 on_state: Callable[[str, int, str, int], None] | None = None, timeout: float = 10.0):
+                 on_state: Callable[[str, int, str, int], None] | None = None, timeout: float = 10.0,
+                 on_action: Callable[[Rule, Transition], None] | None = None):
         self.store = store if isinstance(store, Store) else Store(store)  # a path: a SQLite file
         self.rules = {rule.name: rule for rule in rules}
         self.notifier = notifier if notifier is not None else Notifier()
         #: Called as ``on_state(model, version, rule, STATE_VALUES[state])``, e.g. to set a gauge.
         self.on_state = on_state
         self.timeout = timeout  # seconds an evaluation may wait for the store's write lock
+        #: Called once as ``on_action(rule, transition)`` when a rule with an ``action`` starts firing.
+        self.on_action = on_action
         self._upsert = self.store.insert_sql("alerts", ALERT_COLUMNS, conflict="replace", key=ALERT_COLUMNS[:3])
         self.store.ensure_tables(SCHEMA)  # never raises: a database down now gets the table on first use
 
@@ -213,6 +216,11 @@ class AlertManager:
                                                 rule.description if rule else t.rule, t.value, t.threshold, t.since))
             except Exception:  # a broken notifier must not stop the others or the loop
                 log.exception("alert notification failed", extra={"rule": t.rule})
+            if t.notification == "firing" and rule is not None and rule.action and self.on_action is not None:
+                try:
+                    self.on_action(rule, t)
+                except Exception:  # the action is extra work: it must not stop the loop either
+                    log.exception("alert action failed", extra={"rule": t.rule, "action": rule.action})
 
     def _publish(self, model: str, version: int, rule: str, state: str) -> None:
         if self.on_state is None:

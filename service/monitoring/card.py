@@ -50,6 +50,7 @@ def build_card(monitoring: Monitoring, root: Path, name: str, version: int) -> d
         "live": live(section, deployed or manifest.get("created_at")),
         "bias": section.get("bias", {}),
         "importance": _importance(model),
+        "retrain": manifest.get("retrain"),
         "changes": changes(manifest, _parent(root, name, manifest.get("parent_version")),
                            None if parent is None else structure(parent.estimator), about["structure"]),
     }

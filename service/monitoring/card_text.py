@@ -26,7 +26,7 @@ def markdown(card: dict[str, Any]) -> str:
                                                       _list(f["categories"]), f["pii"], f["sensitive"]]
                                                      for f in card["inputs"]]), ""]
     lines += _data(card["data"]) + _validation(card["validation"]) + _live(card["live"]) + _bias(card["bias"])
-    lines += _importance(card["importance"]) + _changes(card["changes"])
+    lines += _importance(card["importance"]) + _changes(card["changes"]) + _lineage(card.get("retrain"))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -123,6 +123,33 @@ def _changes(changes: dict[str, Any]) -> list[str]:
                               [[k, _num(v["parent"]), _num(v["this"]), _num(v["delta"], signed=True)]
                                for k, v in changes["metrics"].items()])]
     return lines + [""]
+
+
+def _lineage(retrain: dict[str, Any] | None) -> list[str]:
+    """Where a version retrained from production feedback came from (``service.retrain``)."""
+    if not retrain:
+        return []
+    comparison, window = retrain.get("comparison") or {}, retrain.get("window") or {}
+    base, rows, held = retrain.get("base_data") or {}, retrain.get("production_rows") or {}, retrain.get("holdout_rows") or {}
+    gain = comparison.get("gain") or {}
+    lines = ["## Retrained from production feedback", "",
+             f"- **Retrained from version** {retrain.get('parent_version')}"
+             f"{' (packaged although it failed, --keep-failed)' if retrain.get('kept_failed') else ''}",
+             f"- **Base data:** {base.get('source', NONE)}, {base.get('rows', NONE)} rows, sha256 `{base.get('sha256', NONE)}`",
+             f"- **Production rows learned from:** {rows.get('rows', NONE)} rows, sha256 `{rows.get('sha256', NONE)}`, "
+             f"prediction ids sha256 `{rows.get('ids_sha256', NONE)}`",
+             f"- **Judged on:** the newest {held.get('rows', NONE)} labelled rows, sha256 `{held.get('sha256', NONE)}`",
+             f"- **Window:** predictions from unix time {_num(window.get('since'))} to {_num(window.get('until'))}",
+             f"- **Verdict:** {'passed' if comparison.get('passed') else 'failed'}, decided by the "
+             f"{comparison.get('decided_by', NONE)} gate: {comparison.get('reason', NONE)}", ""]
+    champion, challenger = comparison.get("champion") or {}, comparison.get("challenger") or {}
+    table = [[m, _num(champion[m]["value"]), _num(v["value"]), f"[{_num(v['low'])}, {_num(v['high'])}]"]
+             for m, v in challenger.items() if m in champion]
+    if table:
+        lines += _table(["metric", "parent", "this", "this, 95% interval"], table)
+        lines += ["", f"Gain on {comparison.get('metric')}: {_num(gain.get('value'), signed=True)} "
+                      f"[{_num(gain.get('low'), signed=True)}, {_num(gain.get('high'), signed=True)}]", ""]
+    return lines
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -53,7 +53,7 @@ def read(store: Store, model: str, version: int | None, *, last_n: int | None, s
     """Read a version's predictions (all versions for None), newest first, with their labels."""
     wanted = max(int(last_n), 0) if last_n is not None else MAX_WINDOW_ROWS
     covering = _covering(store, model, version, since, min(wanted, MAX_WINDOW_ROWS))
-    stored = _batches(store, [key for key, _, _ in covering])
+    stored = read_batches(store, [key for key, _, _ in covering])
     ids: list[str] = []
     ts: list[float] = []
     index: list[int] = []
@@ -78,7 +78,7 @@ def read(store: Store, model: str, version: int | None, *, last_n: int | None, s
         columns={f["name"]: feature_column(f, parts, positions_index, f["name"] in hidden) for f in features},
         predictions=as_array(gather([p.outputs for p in parts], positions_index)),
         probabilities=probability_matrix(gather([p.probabilities for p in parts], positions_index, matrix=True)),
-        labels=sparse(_labels(store, ids), n),
+        labels=sparse(read_labels(store, ids), n),
         ts=np.array(ts, dtype=np.float64),
         ids=ids,
         n=n,
@@ -113,7 +113,7 @@ def _covering(store: Store, model: str, version: int | None, since: float | None
     return out
 
 
-def _batches(store: Store, keys: list[int]) -> dict[int, tuple[Stored, str, list[int] | None]]:
+def read_batches(store: Store, keys: list[int]) -> dict[int, tuple[Stored, str, list[int] | None]]:
     """Read the columns of some batch records, each once."""
     stored = {}
     for chunk in chunks(keys, MAX_PARAMS):
@@ -130,7 +130,7 @@ def _batches(store: Store, keys: list[int]) -> dict[int, tuple[Stored, str, list
     return stored
 
 
-def _labels(store: Store, ids: list[str]) -> list[str | None]:
+def read_labels(store: Store, ids: list[str]) -> list[str | None]:
     """Each id's feedback label (JSON text), or None."""
     found: dict[str, str] = {}
     for chunk in chunks(ids, MAX_PARAMS):

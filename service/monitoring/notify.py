@@ -29,7 +29,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: Log level of the line written for each kind of notification.
-LEVELS = {"firing": logging.ERROR, "warn": logging.WARNING, "resolved": logging.INFO}
+LEVELS = {"firing": logging.ERROR, "warn": logging.WARNING, "resolved": logging.INFO, "retrain": logging.WARNING}
 #: HTTP statuses worth another attempt; any other 4xx means the request itself is wrong.
 RETRY_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = "prediction-server-alerts/1"
@@ -39,7 +39,7 @@ USER_AGENT = "prediction-server-alerts/1"
 class Notification:
     """One alert transition somebody should hear about."""
 
-    status: str  # firing | warn | resolved
+    status: str  # firing | warn | resolved; retrain: the outcome of a rule's retrain action
     model: str
     version: int
     rule: str
@@ -47,11 +47,15 @@ class Notification:
     value: Any  # number, status string, or None when unknown
     threshold: Any
     since: float  # unix seconds the new state began
+    details: dict[str, Any] | None = None  # retrain: champion, challenger, verdict, rollout
 
     def payload(self, server: str) -> dict[str, Any]:
         """Return the webhook's JSON document."""
         since_iso = datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        return {**asdict(self), "since_iso": since_iso, "server": server}
+        doc = asdict(self)
+        if doc["details"] is None:  # alert transitions carry none: their document stays as it was
+            del doc["details"]
+        return {**doc, "since_iso": since_iso, "server": server}
 
 
 def backoff_delay(retry: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
