@@ -58,6 +58,8 @@ def _blocks(script: IO[str]) -> Iterator[tuple[str, list[str], Iterator[list[str
     """Each ``COPY`` block of ``script``: its table, its columns, and its rows (consumed before the next)."""
     for line in script:
         found = COPY_RE.fullmatch(line.rstrip("\n"))
+        if line.startswith("SET client_encoding") and "'UTF8'" not in line:  # the store's databases are UTF-8
+            raise ValueError(f"the dump is not UTF-8 ({line.strip()}): restore it into PostgreSQL instead")
         if found is None:
             continue
         columns = [name.strip().strip('"') for name in found.group(2).split(",")]
