@@ -185,8 +185,12 @@ def _sqlite_from_dump(dump: Path, staged: Path) -> None:
     store = Store.from_url(f"sqlite:///{staged.absolute()}")
     try:
         pgcopy.copy_dump_into(dump, store)
-    finally:
+    except BaseException:
         store.close()
+        for partial in (staged, Path(f"{staged}-wal"), Path(f"{staged}-shm")):
+            partial.unlink(missing_ok=True)
+        raise
+    store.close()
     db = sqlite3.connect(staged, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to move into place

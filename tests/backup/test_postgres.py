@@ -165,3 +165,17 @@ def every_row(url: str) -> dict[str, list[tuple]]:
         return found
     finally:
         store.close()
+
+
+def test_a_dump_of_a_database_not_in_utf8_is_refused_for_sqlite_in_one_line(make_app, tmp_path, postgres_server):
+    name = f"latin1_{tmp_path.name[-20:].lower().replace('-', '_')}"
+    postgres_server.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' TEMPLATE template0")
+    source = postgres_server.url(name)
+    app = make_app(database_url=source)
+    fill(app, app.test_client())
+    config = app.config["SERVICE_CONFIG"]
+    folder = Path(invoke(cli_env(config.artifacts_dir, source), "backup", str(tmp_path / "b")).stdout.strip())
+    refused = invoke(cli_env(tmp_path / "other", f"sqlite:///{tmp_path / 'x.db'}"), "restore", str(folder))
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert "not UTF-8" in refused.output and "LATIN1" in refused.output
+    assert not [path.name for path in tmp_path.iterdir() if "x.db" in path.name]  # nor a half-built copy
