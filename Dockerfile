@@ -42,6 +42,15 @@ FROM ${PYTHON_IMAGE} AS runtime
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can check it and volumes can be chowned to it.
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app --shell /usr/sbin/nologin app
+# pg_dump and pg_restore for `python -m service backup` / `restore` on a PostgreSQL store (the
+# Kubernetes CronJob runs this image). pg_dump refuses a server newer than itself: Debian bookworm's
+# major, 15, is the one the tests run and docker-compose.yml serves; a newer server needs a newer
+# client (PGDG's postgresql-client-NN). The major is the pin that matters; Debian's security updates
+# of it are taken at each build.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends postgresql-client-15 \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 # The registry's registry.json changes at run time (labels, rollouts): the app's user owns it, and a

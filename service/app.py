@@ -197,7 +197,7 @@ def _start_retention(app: Flask, config: Config, store) -> None:
     loop = RetentionLoop(store, older_than_seconds=config.retention_days * 86400, every_seconds=config.retention_seconds,
                          max_rows=config.prediction_log_max_rows,
                          on_deleted=lambda reason, rows: metrics.current().log_rows_deleted.labels(reason).inc(rows),
-                         on_marks=metrics.observe_maintenance)
+                         on_marks=lambda marks: metrics.observe_maintenance(marks, config.backups_expected))
     if loop.enabled:
         loop.start()
         app.extensions["retention"] = loop

@@ -152,6 +152,10 @@ class Config:
         "BACKUP_SIGNING_KEY_FILE", "Ed25519 private key `backup` signs its manifest with (any key pair, e.g. made by "
         "`keys signing-keygen`); unset = backups are not signed.", default=None,
     )
+    backups_expected: bool = _env(
+        "BACKUPS_EXPECTED", "This deployment takes backups on a schedule: /metrics says so, so that an alert "
+        "(SklearnServerBackupNeverSucceeded) warns while none has ever finished.", default=False,
+    )
     backup_trusted_keys: tuple[str, ...] = _env(
         "BACKUP_TRUSTED_KEYS", "Comma-separated Ed25519 public key files or folders `restore` accepts backup "
         "signatures from; when set, an unsigned backup is refused.", default=(),

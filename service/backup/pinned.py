@@ -24,7 +24,8 @@ from service.store import POSTGRES_SCHEMES, SQLITE_SCHEME
 #: Tables whose rows are secrets: copied only with ``--include-secrets``.
 SECRET_TABLES = ("store_secrets",)
 #: Rows counted in the snapshot (and compared after a restore); a table missing in an old store counts 0.
-COUNTED = ("requests", "shadow", "prediction_batches", "feedback", "alerts", "audit", "store_secrets", "maintenance")
+COUNTED = ("requests", "shadow", "prediction_batches", "feedback", "alerts", "audit", "store_secrets", "maintenance",
+           "batch_runs")
 SQLITE_COPY = "store/predictions.db"
 PG_COPY = "store/store.pgdump"
 #: libpq's environment variable for each part of a URL: the password never reaches a command line.

@@ -4,7 +4,8 @@ Nothing is written before the manifest, its signature and every file's sha256 ch
 (``manifest.verify``), nor onto a target that holds models, rows or checkpoints unless ``force``
 (then the backup's models and the store's tables are replaced). The store goes back the way its
 backend allows: a SQLite copy is put in place as a file (or its rows moved into PostgreSQL through
-the ``Store``, ``tables``), a ``pg_dump`` copy is loaded with ``pg_restore``. Afterwards the
+the ``Store``, ``tables``), a ``pg_dump`` copy is loaded with ``pg_restore`` (or, onto SQLite, its
+rows read from ``pg_restore``'s script into a new file, ``pgcopy``). Afterwards the
 restored deployment must show the backup's audit head, row counts and registries anchored in its
 chain, or the restore says what differs. Run it with the servers of the target stopped; a restore
 that fails half-way (a full disk) leaves a target to restore again with ``force``. No Flask.
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from service.backup import manifest as manifests
+from service.backup import pgcopy, tables
 from service.backup import pinned as pins
-from service.backup import tables
 from service.backup.take import ARTIFACTS, CHECKPOINTS, SECRETS, backups
 from service.models import artifacts, registry_anchor
 from service.security import audit
@@ -32,7 +33,7 @@ from service.store import Store
 
 #: The tables a forced restore onto PostgreSQL drops before loading (every one the server makes).
 OUR_TABLES = ("requests", "shadow", "prediction_batches", "feedback", "store_secrets", "maintenance", "audit",
-              "alerts", "spool_marks", "predictions")
+              "alerts", "spool_marks", "predictions", "batch_runs")
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,7 @@ def restore(src: Path, target: Target, *, trusted: ModelKeys | None = None, forc
     """Verify the backup ``src``, restore it onto ``target`` and check the result; raise ``ValueError``."""
     src = resolve(src)
     manifest = manifests.verify(src, trusted)
-    backend, into = _store_of(manifest), pins.backend_of(target.database_url)
-    if backend == "postgresql" and into != "postgresql":
-        raise ValueError("a PostgreSQL backup restores into PostgreSQL only (DATABASE_URL is SQLite)")
+    backend = _store_of(manifest)
     _refuse_non_empty(target, manifest, force)
     _restore_store(src / manifest["store"]["file"], backend, target.database_url, force)
     for name in manifest["models"]:
@@ -155,13 +154,16 @@ def _refuse_non_empty(target: Target, manifest: dict[str, Any], force: bool) -> 
 
 
 def _restore_store(copy: Path, backend: str, url: str, force: bool) -> None:
-    if pins.backend_of(url) == "sqlite" and backend == "sqlite":
+    if pins.backend_of(url) == "sqlite":
         path = pins.sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{path.name}.restoring")
+        if backend == "sqlite":
+            shutil.copyfile(copy, staged)
+        else:
+            _sqlite_from_dump(copy, staged)
         for stale in (Path(f"{path}-wal"), Path(f"{path}-shm")):  # an empty store's journal: not ours
             stale.unlink(missing_ok=True)
-        staged = path.with_name(f".{path.name}.restoring")
-        shutil.copyfile(copy, staged)
         os.replace(staged, path)
         return
     if force:
@@ -174,6 +176,26 @@ def _restore_store(copy: Path, backend: str, url: str, force: bool) -> None:
         tables.copy_into(copy, store)
     finally:
         store.close()
+
+
+def _sqlite_from_dump(dump: Path, staged: Path) -> None:
+    """Build a new SQLite file at ``staged`` from a ``pg_dump`` copy: the server's schema, the dump's rows."""
+    for leftover in (staged, Path(f"{staged}-wal"), Path(f"{staged}-shm")):  # a restore that failed before
+        leftover.unlink(missing_ok=True)
+    store = Store.from_url(f"sqlite:///{staged.absolute()}")
+    try:
+        pgcopy.copy_dump_into(dump, store)
+    except BaseException:
+        store.close()
+        for partial in (staged, Path(f"{staged}-wal"), Path(f"{staged}-shm")):
+            partial.unlink(missing_ok=True)
+        raise
+    store.close()
+    db = sqlite3.connect(staged, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to move into place
+    finally:
+        db.close()
 
 
 def _restore_checkpoints(saved: Path, path: Path) -> None:

@@ -14,12 +14,13 @@ import re
 import sqlite3
 from pathlib import Path
 
+from service.batch import runs
 from service.monitoring import alerts, outbox
 from service.store import Store, records
 from service.store.sqlite import values_clause
 
 #: Every table's DDL the server creates; the target gets them all before rows arrive.
-DDLS = (records.SCHEMA, alerts.SCHEMA, outbox.MARKS_DDL)
+DDLS = (records.SCHEMA, alerts.SCHEMA, outbox.MARKS_DDL, runs.SCHEMA)
 BATCH = 1000
 IDENTITY = ("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
             " AND table_name = ? AND is_identity = 'YES'")

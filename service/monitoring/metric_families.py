@@ -185,6 +185,9 @@ class Metrics:
                                       "task last ran to the end, in any process (backup: `python -m service backup`; "
                                       "retention: the age purge); its age: time() minus this.", ("task",),
                                       multiprocess_mode="mostrecent", **reg)
+        self.backups_expected = Gauge(PREFIX + "backups_expected", "1 when BACKUPS_EXPECTED is set: backups run on "
+                                      "a schedule, so a deployment with no finished backup on record is alerted on.",
+                                      multiprocess_mode="mostrecent", **reg)
         self.gauges = {key: Gauge(name, doc, labels, multiprocess_mode="mostrecent", **reg)
                        for key, (name, doc, labels) in MONITORING_GAUGES.items()}
         self._lock = threading.Lock()

@@ -210,10 +210,12 @@ def observe_checkpoint(point: Any) -> None:
 
 
 @_never_raises
-def observe_maintenance(marks: dict[str, float]) -> None:
-    """Publish when each maintenance task (backup, retention) last ran to the end, as the store says."""
+def observe_maintenance(marks: dict[str, float], backups_expected: bool = False) -> None:
+    """Publish when each maintenance task (backup, retention) last ran to the end, as the store says,
+    and, beside it, whether backups are expected: a deployment without any is then told."""
     for task, when in marks.items():
         current().maintenance_time.labels(task).set(when)
+    current().backups_expected.set(1 if backups_expected else 0)
 
 
 @_never_raises

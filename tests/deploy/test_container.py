@@ -86,6 +86,19 @@ def test_the_image_is_non_root_with_an_exec_form_command_and_a_health_check():
     assert "/healthz" in keywords["HEALTHCHECK"] and "ENTRYPOINT" not in keywords
 
 
+def test_the_image_carries_pg_dump_of_the_postgresql_major_the_tests_and_compose_run():
+    """`backup` on a PostgreSQL store runs pg_dump in this image (the Kubernetes CronJob), and
+    pg_dump refuses a server of a newer major: the client, the tests' server and compose's agree."""
+    from tests.postgres import PG_BIN
+
+    runs = " ".join(rest for keyword, rest in stages(REPO / "Dockerfile")["runtime"] if keyword == "RUN")
+    clients = re.findall(r"\bpostgresql-client-(\d+)\b", runs)
+    assert len(clients) == 1 and "apt-get install" in runs and "rm -rf /var/lib/apt/lists/*" in runs
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    server = re.fullmatch(r"postgres:(\d+)(?:[.-].*)?", compose["services"]["postgres"]["image"])
+    assert server and clients[0] == server.group(1) == PG_BIN.parent.name
+
+
 def test_dockerignore_lets_in_what_the_dockerfile_copies():
     allowed = {line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
     copied = [src.rstrip("/") for keyword, rest in instructions(REPO / "Dockerfile") if keyword == "COPY"

@@ -38,7 +38,12 @@ def test_strict_mode_refuses_an_unknown_field():
 
 
 def by_kind() -> dict[str, dict]:
-    return {doc["kind"]: doc for doc in manifests().values()}
+    """Each manifest by its kind; a kind found more than once (the artifacts and backups volume claims)
+    by ``kind/name`` for every one of them, so no manifest hides another."""
+    docs = list(manifests().values())
+    seen = [doc["kind"] for doc in docs]
+    return {doc["kind"] if seen.count(doc["kind"]) == 1 else f"{doc['kind']}/{doc['metadata']['name']}": doc
+            for doc in docs}
 
 
 def test_the_pod_is_locked_down_and_probed():
@@ -78,7 +83,7 @@ def test_the_manifests_refer_to_each_other():
     secret = kinds["Secret"]
     assert database["name"] == secret["metadata"]["name"] and database["key"] in secret["stringData"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["artifacts"]["persistentVolumeClaim"]["claimName"] == kinds["PersistentVolumeClaim"]["metadata"]["name"]
+    assert kinds[f"PersistentVolumeClaim/{volumes['artifacts']['persistentVolumeClaim']['claimName']}"]
     assert volumes["keys"]["secret"]["secretName"] == secret["metadata"]["name"]
     keys_path = next(e for e in container["env"] if e["name"] == "API_KEYS_FILE")["value"]
     keys_mount = next(m for m in container["volumeMounts"] if m["name"] == "keys")["mountPath"]
@@ -87,3 +92,53 @@ def test_the_manifests_refer_to_each_other():
                                                                if m["name"] == "artifacts")
     port = container["ports"][0]["containerPort"]
     assert port in [p["port"] for rule in kinds["NetworkPolicy"]["spec"]["ingress"] for p in rule["ports"]]
+
+
+def test_the_backup_cronjob_runs_the_server_image_into_a_volume_of_its_own():
+    kinds = by_kind()
+    server = kinds["Deployment"]["spec"]["template"]
+    (app,) = server["spec"]["containers"]
+    cronjob = kinds["CronJob"]
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]
+    (backup,) = pod["spec"]["containers"]
+    assert backup["image"] == app["image"]  # the same image, so the same code and its pg_dump
+    assert len(cronjob["spec"]["schedule"].split()) == 5 and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert pod["spec"]["restartPolicy"] in ("Never", "OnFailure") and job["activeDeadlineSeconds"] > 0
+
+    command = backup["command"]
+    assert command[:4] == ["python", "-m", "service", "backup"]
+    dest, keep = command[4], int(command[command.index("--keep") + 1])
+    assert keep >= 1
+    mounts = {m["name"]: m["mountPath"] for m in backup["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    claims = {name: v["persistentVolumeClaim"]["claimName"] for name, v in volumes.items() if "persistentVolumeClaim" in v}
+    backups = next(name for name, path in mounts.items() if path == dest)
+    artifacts = next(name for name, path in mounts.items() if path == kinds["ConfigMap"]["data"]["ARTIFACTS_DIR"])
+    server_claims = [v["persistentVolumeClaim"]["claimName"] for v in server["spec"]["volumes"]
+                     if "persistentVolumeClaim" in v]
+    assert claims[artifacts] in server_claims  # the volume the server reads its models from
+    assert claims[backups] not in server_claims and claims[backups] != claims[artifacts]
+    assert f"PersistentVolumeClaim/{claims[backups]}" in kinds and f"PersistentVolumeClaim/{claims[artifacts]}" in kinds
+    assert not Path(dest).is_relative_to(mounts[artifacts])  # a backup inside ARTIFACTS_DIR is refused
+
+    # the store the server writes, its settings, and the public key its versions are checked with
+    assert backup["envFrom"] == app["envFrom"]
+    env = {e["name"]: e for e in backup["env"]}
+    assert env["DATABASE_URL"] == next(e for e in app["env"] if e["name"] == "DATABASE_URL")
+    trusted = Path(env["MODEL_TRUSTED_KEYS"]["value"])
+    keys = volumes[next(name for name, path in mounts.items() if path == str(trusted.parent))]["secret"]
+    assert trusted.name in [item["path"] for item in keys["items"]]
+    assert trusted.name in kinds["Secret"]["stringData"]
+    assert kinds["ConfigMap"]["data"]["BACKUPS_EXPECTED"] == "1"  # the never-succeeded alert is armed
+
+    # locked down like the server, and never one of the Service's endpoints
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] and pod["spec"]["securityContext"]["runAsUser"] == 10001
+    context = backup["securityContext"]
+    assert context["readOnlyRootFilesystem"] and not context["allowPrivilegeEscalation"]
+    assert context["capabilities"]["drop"] == ["ALL"]
+    for writable in ("/tmp", "/dev/shm"):
+        assert "emptyDir" in volumes[next(name for name, path in mounts.items() if path == writable)], writable
+    labels = pod["metadata"]["labels"]
+    for selector in (kinds["Service"]["spec"]["selector"], kinds["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]):
+        assert not selector.items() <= labels.items()

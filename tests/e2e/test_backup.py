@@ -69,16 +69,20 @@ class Client(threading.Thread):
                 self.answers.append((answer.status_code, time.perf_counter() - started))
 
 
-def serve_and_back_up(artifact_root: Path, tmp_path: Path, server_factory) -> tuple[Path, dict]:
-    """Serve, change things, back up under load; return the backup and what the restored side must show."""
+def serve_and_back_up(artifact_root: Path, tmp_path: Path, server_factory, source: str | None = None,
+                      wipe=None) -> tuple[Path, dict]:
+    """Serve (on SQLite, or the store ``source`` names), change things, back up under load; return the
+    backup and what the restored side must show. ``wipe`` loses a PostgreSQL store with the host."""
     package_with_subject(artifact_root, PEOPLE)
     copy_version(artifact_root, MODEL, 1, 2)
     key_file = tmp_path / "checkpoint.key"
     checkpoint.generate(key_file)
     env = {"AUDIT_CHECKPOINT_KEY_FILE": str(key_file), "AUDIT_CHECKPOINT_FILE": str(tmp_path / "points.jsonl"),
            "ARTIFACTS_DIR": str(artifact_root)}
+    if source is not None:
+        env["DATABASE_URL"] = source
     server = server_factory(artifact_root, ALERT_SECONDS="1", AUDIT_CHECKPOINT_SECONDS="1", **env)
-    env["DATABASE_URL"] = f"sqlite:///{artifact_root.parent / f'db-{server.port}' / 'predictions.db'}"
+    env.setdefault("DATABASE_URL", f"sqlite:///{artifact_root.parent / f'db-{server.port}' / 'predictions.db'}")
     ids = []
     for n in (5, 10, 20):
         answer = server.post(f"/v1/models/{MODEL}:predict", json={"instances": load_breast_cancer().data[:n].tolist()})
@@ -117,7 +121,10 @@ def serve_and_back_up(artifact_root: Path, tmp_path: Path, server_factory) -> tu
     expected = {"models": models, "rows": read(env["DATABASE_URL"]), "manifest": written,
                 "key_file": key_file}
     shutil.rmtree(artifact_root)  # the host is lost
-    shutil.rmtree(Path(env["DATABASE_URL"][len("sqlite:///"):]).parent)
+    if source is None:
+        shutil.rmtree(Path(env["DATABASE_URL"][len("sqlite:///"):]).parent)
+    else:
+        wipe()
     (tmp_path / "points.jsonl").unlink()
     return folder, expected
 
@@ -165,3 +172,28 @@ def test_a_backup_under_load_restores_into_a_fresh_folder_and_store(artifact_roo
 def test_the_same_backup_restores_into_postgresql(artifact_root, tmp_path, server_factory, postgres_url):
     folder, expected = serve_and_back_up(artifact_root, tmp_path, server_factory)
     restore_and_compare(folder, expected, tmp_path / "restored" / "artifacts", postgres_url, server_factory)
+
+
+@pytest.mark.postgres
+def test_a_postgresql_deployment_backed_up_under_load_restores_into_postgresql_and_sqlite(
+        artifact_root, tmp_path, server_factory, postgres_server):
+    """The same on PostgreSQL: served, backed up with pg_dump under load, the database dropped, restored
+    into another database and into SQLite; a dump with one byte changed is refused in one line."""
+    source = postgres_server.create_database()
+    name = source.rsplit("/", 1)[1]
+    folder, expected = serve_and_back_up(artifact_root, tmp_path, server_factory, source,
+                                         wipe=lambda: postgres_server.execute(f"DROP DATABASE {name} WITH (FORCE)"))
+    assert expected["manifest"]["store"]["backend"] == "postgresql"
+    restore_and_compare(folder, expected, tmp_path / "into-postgresql" / "artifacts", postgres_server.create_database(),
+                        server_factory)
+    restore_and_compare(folder, expected, tmp_path / "into-sqlite" / "artifacts",
+                        f"sqlite:///{tmp_path / 'into-sqlite' / 'store.sqlite'}", server_factory)
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    flip_byte(damaged / pinned.PG_COPY, offset=(damaged / pinned.PG_COPY).stat().st_size // 2)
+    refused = service({"ARTIFACTS_DIR": str(tmp_path / "other"), "DATABASE_URL": postgres_server.create_database()},
+                      "restore", str(damaged))
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr == "Error: damaged backup: store/store.pgdump does not match its sha256 in manifest.json\n"
+    assert not (tmp_path / "other").exists()
