@@ -94,6 +94,24 @@ def test_the_manifests_refer_to_each_other():
     assert port in [p["port"] for rule in kinds["NetworkPolicy"]["spec"]["ingress"] for p in rule["ports"]]
 
 
+def test_every_file_the_server_is_told_to_read_from_a_secret_is_mounted():
+    """A path setting under a secret volume's mount names one of the files that volume projects."""
+    kinds = by_kind()
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    (app,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in app["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    checked = 0
+    for env in app["env"]:
+        path = Path(env.get("value") or "")
+        volume = volumes.get(mounts.get(str(path.parent), ""), {})
+        if "secret" in volume:
+            assert path.name in [item["path"] for item in volume["secret"]["items"]], env["name"]
+            assert path.name in kinds["Secret"]["stringData"], env["name"]
+            checked += 1
+    assert checked >= 2  # API_KEYS_FILE and MODEL_TRUSTED_KEYS
+
+
 def test_the_backup_cronjob_runs_the_server_image_into_a_volume_of_its_own():
     kinds = by_kind()
     server = kinds["Deployment"]["spec"]["template"]
