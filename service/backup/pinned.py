@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from service.store import POSTGRES_SCHEMES, SQLITE_SCHEME
+from service.store.blobs import BlobFiles
 
 #: Tables whose rows are secrets: copied only with ``--include-secrets``.
 SECRET_TABLES = ("store_secrets",)
@@ -105,6 +106,7 @@ def copy_store(pinned: Pinned, folder: Path, *, include_secrets: bool) -> str:
         try:
             pinned.conn.backup(copy)  # one step: reads the pinned transaction, never restarts under writers
             copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, whatever the source used
+            inline_blobs(copy, BlobFiles(Path(f"{sqlite_path(pinned.url)}.blobs")))
             if not include_secrets:
                 copy.execute("PRAGMA secure_delete=ON")
                 for table in SECRET_TABLES:
@@ -120,6 +122,23 @@ def copy_store(pinned: Pinned, folder: Path, *, include_secrets: bool) -> str:
         args += [f"--exclude-table-data={table}" for table in SECRET_TABLES]
     run_pg("pg_dump", args, pinned.url)
     return PG_COPY
+
+
+def inline_blobs(copy: sqlite3.Connection, blobs: BlobFiles) -> int:
+    """Put the bytes large records keep in blob files (``service.store.blobs``) into their rows of
+    the copy, so it is one self-contained file any backend restores; return how many.
+
+    Read right after the snapshot: bytes that retention deleted or erasure zeroed since then (of
+    records past the cut-off, or of an erased person) stay out, and those records' columns read
+    as missing, as they would in the store."""
+    found = copy.execute("SELECT 1 FROM pragma_table_info('prediction_batches') WHERE name = 'arrays_ref'").fetchall()
+    if not found:
+        return 0
+    refs = copy.execute("SELECT batch, arrays_ref FROM prediction_batches WHERE arrays_ref IS NOT NULL").fetchall()
+    for batch, ref in refs:
+        copy.execute("UPDATE prediction_batches SET arrays = ?, arrays_ref = NULL WHERE batch = ?",
+                     (blobs.read(ref), batch))
+    return len(refs)
 
 
 def restore_pg(dump: Path, url: str, *, clean: bool) -> None:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from sklearn.datasets import load_breast_cancer
 
 from service.backup import manifest, pinned, restore, take
+from service.backup.pinned import sqlite_path
 from service.cli import cli
 from service.models import registry
 from service.security import checkpoint, signing
@@ -241,3 +242,32 @@ def test_a_manifest_pointing_its_store_elsewhere_is_refused_and_dest_may_not_be_
     (folder / "manifest.json").write_text(json.dumps(written))
     refused = invoke(cli_env(tmp_path / "new", f"sqlite:///{tmp_path / 'new.db'}"), "restore", str(folder))
     assert refused.exit_code == 1 and "does not describe its store copy" in refused.output
+
+
+def test_a_large_records_bytes_kept_in_blob_files_travel_inside_the_backup(served, client, app, tmp_path):
+    """The copy is one self-contained file: the blob files' bytes go into its rows, so a restore needs
+    nothing of the old host's disk, onto either backend."""
+    from service.explain import past
+
+    rows = load_breast_cancer().data[:155].tolist() * 6  # 930 rows, 220 KB of inputs: past the blob threshold
+    answer = client.post(f"/v1/models/{MODEL}:predict", json={"instances": rows})
+    assert answer.status_code == 200, answer.text
+    app.extensions["observer"].flush()
+    source = Store.from_url(served.database_url)
+    assert source.fetch("SELECT count(*) FROM prediction_batches WHERE arrays_ref IS NOT NULL") == [(1,)]
+    pid = answer.json["ids"][-1]
+    expected = past.find(source, MODEL, pid).inputs
+    source.close()
+
+    made = invoke(cli_env(served.artifacts_dir, served.database_url), "backup", str(tmp_path / "backups"))
+    assert made.exit_code == 0, made.output
+    for blob in Path(f"{sqlite_path(served.database_url)}.blobs").glob("*.blob"):
+        blob.unlink()  # the old host's disk is gone
+    target = cli_env(tmp_path / "new" / "artifacts", f"sqlite:///{tmp_path / 'new' / 'db.sqlite'}")
+    assert invoke(target, "restore", str(tmp_path / "backups")).exit_code == 0
+    restored = Store.from_url(target["DATABASE_URL"])
+    try:
+        assert restored.fetch("SELECT count(*) FROM prediction_batches WHERE arrays_ref IS NOT NULL") == [(0,)]
+        assert past.find(restored, MODEL, pid).inputs == expected
+    finally:
+        restored.close()
