@@ -69,15 +69,15 @@ class ArrayWriter:
         return [self.column(c) for c in columns]
 
     def block(self, block: np.ndarray) -> str:
-        """Append a float64 (columns x rows, C order) block as it is (no copy before the blob's join):
-        its rows are the columns. Returns their descriptors as JSON text, the same text for every
-        block of one shape at one place, so it is built once (``_block_descriptors``)."""
+        """Append a float64 (columns x rows, C order) block as it is (no copy before the blob's join)
+        and return the ``inputs`` JSON that stands for all its columns: one 2-D descriptor (rows of
+        the block are the features, in ``features`` order), built once per shape and place."""
         if block.dtype != _FLOAT64 or block.ndim != 2 or not block.flags.c_contiguous:
             raise ValueError("block takes a C-ordered 2-D float64 array")
         start = self._size
         self._parts.append(memoryview(block).cast("B"))
         self._size += block.nbytes
-        return _block_descriptors(block.shape[0], block.shape[1], start)
+        return _block_descriptor(block.shape[0], block.shape[1], start)
 
     @property
     def size(self) -> int:
@@ -94,9 +94,8 @@ class ArrayWriter:
 
 
 @functools.lru_cache(maxsize=256)
-def _block_descriptors(columns: int, rows: int, start: int) -> str:
-    step = rows * _FLOAT64.itemsize  # a multiple of ALIGN: no padding between columns
-    return dumps([{"dtype": _FLOAT64.str, "shape": [rows], "at": start + j * step} for j in range(columns)])
+def _block_descriptor(columns: int, rows: int, start: int) -> str:
+    return dumps({"dtype": _FLOAT64.str, "shape": [columns, rows], "at": start})
 
 
 def dumps(value: Any) -> str:
@@ -123,8 +122,22 @@ def read(entry: Any, arrays: bytes | None) -> list[Any] | np.ndarray | None:
 
 
 def read_inputs(text: str, arrays: bytes | None) -> list[Any]:
-    """Read the ``inputs`` field: one column (list, array or None) per stored feature."""
-    return [read(entry, arrays) for entry in orjson.loads(text)]
+    """Read the ``inputs`` field: one column (list, array or None) per stored feature.
+
+    The field is a list with an entry per feature, or one 2-D descriptor of a features x rows
+    block (``ArrayWriter.block``: a request whose features are all floats), whose rows are the columns.
+    """
+    entries = orjson.loads(text)
+    if isinstance(entries, list):
+        return [read(entry, arrays) for entry in entries]
+    try:
+        count = int(entries["shape"][0])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return []
+    block = read(entries, arrays)
+    if block is None or getattr(block, "ndim", 0) != 2 or len(block) != count:
+        return [None] * count
+    return list(block)
 
 
 def read_column(text: str | None, arrays: bytes | None) -> list[Any] | np.ndarray | None:
