@@ -29,14 +29,16 @@ import pyarrow as pa
 
 from service.batch import rows, scoring, target
 from service.batch.reading import Chunk
-from service.batch.run import Services
+from service.config import Config
 from service.errors import ArtifactError
 from service.models.registry_anchor import RegistryAnchors
-from service.serving.runtime import LoadedModel
+from service.security import signing
+from service.serving.runtime import BackendChoice, LoadedModel
 from service.serving.schemas import model_schema
+from service.store import Store
 
 ROW, ERROR = "row", "error"
-_LOADED: dict[tuple[str, str, int, str | None, str], LoadedModel] = {}  # per Python worker: loaded once
+_LOADED: dict[tuple[Any, ...], LoadedModel] = {}  # per Python worker: loaded once
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ class _Job:
     root: str
     name: str
     version: int
-    signing_key: str | None
+    hmac_key: str | None
+    trusted_keys: tuple[str, ...]
     backend: str
     model_sha256: str
     keep: tuple[str, ...]
@@ -78,20 +81,28 @@ class _Job:
     probabilities: bool
     run_id: str
     row: str
+    text: bool
     arrow_schema: pa.Schema
 
 
-def score_dataframe(frame: Any, model: str, services: Services, *, keep: tuple[str, ...] = (),
-                    ignore: tuple[str, ...] = (), probabilities: bool = False, row_column: str | None = None) -> Scored:
-    """Score ``frame`` with ``model`` (``MODEL``, ``MODEL@LABEL`` or ``MODEL:VERSION``); raise ``ValueError``
-    or ``ArtifactError`` on the driver before any row is scored."""
+def score_dataframe(frame: Any, model: str, config: Config, *, keep: tuple[str, ...] = (), ignore: tuple[str, ...] = (),
+                    probabilities: bool = False, row_column: str | None = None, text: bool = False,
+                    actor: str = "spark") -> Scored:
+    """Score ``frame`` with ``model`` (``MODEL``, ``MODEL@LABEL`` or ``MODEL:VERSION``) under ``config`` (the
+    registry, store, keys and backend); ``text``: the values are CSV text, typed per feature as the command
+    line types a CSV file. Raise ``ValueError``, ``ConfigError`` or ``ArtifactError`` on the driver before
+    any row is scored. The registry folder and trusted key files must be readable at the same paths on
+    every worker."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
+    from pyspark.sql.pandas.types import to_arrow_schema
 
     wanted = target.parse(model)
-    resolved = target.resolve(services.root, wanted, RegistryAnchors(services.store, actor=services.actor))
-    loaded = target.load(services.root, wanted.name, resolved.version, signing_key=services.signing_key,
-                         backend=services.backend)
+    backend = BackendChoice.parse(config.model_backend, config.model_backends)(wanted.name)
+    store = Store.from_url(config.database_url)
+    resolved = target.resolve(config.artifacts_dir, wanted, RegistryAnchors(store, actor=actor))
+    loaded = target.load(config.artifacts_dir, wanted.name, resolved.version,
+                         signing_key=_keys(config.signing_key, config.trusted_keys), backend=backend)
     allowed = _check_columns(frame.columns, loaded, keep, ignore, row_column)
     if row_column is None:
         row_column = f"__{ROW}_{secrets.token_hex(4)}"
@@ -106,11 +117,11 @@ def score_dataframe(frame: Any, model: str, services: Services, *, keep: tuple[s
                T.StructField(scoring.VERSION, T.LongType()), T.StructField(ROW, T.LongType()),
                T.StructField(ERROR, T.StringType())]
     schema = T.StructType(fields)
-    from pyspark.sql.pandas.types import to_arrow_schema
 
     run_id = f"{time.time_ns():x}{secrets.token_hex(6)}"
-    job = _Job(str(services.root), wanted.name, resolved.version, services.signing_key, services.backend,
-               _model_sha256(loaded), keep, allowed, probabilities, run_id, row_column, to_arrow_schema(schema))
+    job = _Job(str(config.artifacts_dir), wanted.name, resolved.version, config.signing_key, config.trusted_keys,
+               backend, _model_sha256(loaded), keep, allowed, probabilities, run_id, row_column, text,
+               to_arrow_schema(schema))
     names = [spec["name"] for spec in loaded.features]
     needed = list(dict.fromkeys([*(n for n in names if n in frame.columns), *keep, row_column]))
     with warnings.catch_warnings():  # batches stay Arrow: pandas is never involved, whatever its version
@@ -137,6 +148,11 @@ def _check_columns(columns: list[str], model: LoadedModel, keep: tuple[str, ...]
     return allowed
 
 
+def _keys(hmac_key: str | None, trusted: tuple[str, ...]) -> Any:
+    """The verification keys, built where they are used: loaded key objects do not pickle."""
+    return signing.model_keys(hmac_key, trusted)
+
+
 def _spark_type(kind: pa.DataType) -> Any:
     from pyspark.sql import types as T
 
@@ -149,9 +165,10 @@ def _model_sha256(model: LoadedModel) -> str:
 
 def _worker_model(job: _Job) -> LoadedModel:
     """The pinned version, loaded and verified once per Python worker; refused if it is not the driver's."""
-    key = (job.root, job.name, job.version, job.signing_key, job.backend)
+    key = (job.root, job.name, job.version, job.hmac_key, job.trusted_keys, job.backend)
     if key not in _LOADED:
-        loaded = target.load(Path(job.root), job.name, job.version, signing_key=job.signing_key, backend=job.backend)
+        loaded = target.load(Path(job.root), job.name, job.version, signing_key=_keys(job.hmac_key, job.trusted_keys),
+                             backend=job.backend)
         if _model_sha256(loaded) != job.model_sha256:
             raise ArtifactError(f"version {job.version} of {job.name!r} on this worker is not the one the driver "
                                 "verified: its model file differs")
@@ -165,7 +182,7 @@ def _score_batches(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.
     for batch in batches:
         table = pa.Table.from_batches([batch])
         numbers = table.column(job.row).to_numpy(zero_copy_only=False).astype(np.int64)
-        chunk = Chunk(0, 0, table.num_rows, table=table, numbers=numbers)
+        chunk = Chunk(0, 0, table.num_rows, table=table, text=job.text, numbers=numbers)
         scored = scoring.score_chunk(chunk, model, schema, job.allowed, job.keep, job.probabilities, job.run_id)
         yield from _rows(job, chunk, scored).to_batches()
 

@@ -15,8 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from service.batch.run import Services
-from service.store import Store
 from tests.batch.conftest import rejects, summary
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is a development dependency (requirements-dev.txt)")
@@ -76,8 +74,8 @@ def test_spark_scores_like_the_command_line_and_the_server(batch, spark, tmp_pat
     cli_rejects = rejects(out.with_name(out.name + ".rejects.jsonl"))
     assert summary(result)["rejects"] == len(cli_rejects) >= ROWS // 100
 
-    services = Services(batch.root, Store.from_url(batch.database_url), actor="test")
-    scored = score_dataframe(spark.read.parquet(str(source)), "breast-cancer", services, keep=("id",),
+    config = batch.client.application.config["SERVICE_CONFIG"]
+    scored = score_dataframe(spark.read.parquet(str(source)), "breast-cancer", config, keep=("id",),
                              probabilities=True, row_column="row")
     everything = scored.frame.toArrow().to_pandas()  # one pass; output and rejects are its two parts
     output = everything[everything["error"].isna()].drop(columns=[ROW, "error"]).sort_values("id")
