@@ -110,3 +110,21 @@ def test_spark_scores_like_the_command_line_and_the_server(batch, spark, tmp_pat
     assert status == 422, body
     mine = json.loads(spark_rejects[spark_rejects[ROW] == hole["row"]].iloc[0]["error"])["error"]["details"]["errors"]
     assert [{**entry, "row": 0} for entry in mine] == body["error"]["details"]["errors"]
+
+
+def test_a_version_tampered_with_is_refused_by_the_workers_and_the_driver(batch, spark, tmp_path):
+    from service.batch.spark import score_dataframe
+    from service.errors import ArtifactError
+    from service.models import artifacts
+
+    config = batch.client.application.config["SERVICE_CONFIG"]
+    rows = load_breast_cancer(as_frame=True).data.head(20)
+    frame = spark.createDataFrame(pa.Table.from_pandas(rows, preserve_index=False))
+    scored = score_dataframe(frame, "breast-cancer:1", config)  # verified on the driver; no row scored yet
+    model_file = artifacts.version_dir(batch.root, "breast-cancer", 1) / artifacts.MODEL_FILE
+    model_file.chmod(0o644)
+    model_file.write_bytes(b"not the packaged model")
+    with pytest.raises(Exception, match="version 1 of 'breast-cancer' refused"):  # a worker's load verifies again
+        scored.frame.count()
+    with pytest.raises(ArtifactError, match="version 1 of 'breast-cancer' refused"):
+        score_dataframe(frame, "breast-cancer:1", config)
