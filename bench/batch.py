@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = json.loads(stdout.strip().splitlines()[-1])  # the run's own rate: start-up and hashing left out
         report(line(CLI, rows, seconds, rss, input="parquet", output="parquet", validation=True,
                     startup_seconds=round(startup, 2),
-                    rows_per_second_after_startup=round(rows / max(seconds - startup, 1e-9)),
+                    rows_per_second_after_startup=_after(rows, seconds, startup),
                     scoring_rows_per_second=summary["rows_per_second"]))
         if not args.no_spark and _importable("pyspark"):
             report(_spark(folder, parquet, rows, env))
@@ -155,8 +155,12 @@ def _mlflow(folder: Path, csv: Path, tiny_csv: Path, rows: int, env: dict[str, s
     startup = predict(tiny_csv, "tiny-mlflow.json")[0]
     seconds, rss, _ = predict(csv, "mlflow.json")
     return line(MLFLOW, rows, seconds, rss, input="csv", output="json", validation=False,
-                startup_seconds=round(startup, 2), rows_per_second_after_startup=round(rows / max(seconds - startup,
-                                                                                                1e-9)))
+                startup_seconds=round(startup, 2), rows_per_second_after_startup=_after(rows, seconds, startup))
+
+
+def _after(rows: int, seconds: float, startup: float) -> int | None:
+    """The rate once started; None when the start-up run took as long (a machine too busy to tell)."""
+    return round(rows / (seconds - startup)) if seconds > startup else None
 
 
 def _spark(folder: Path, parquet: Path, rows: int, env: dict[str, str]) -> dict[str, object]:
