@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     builder = SparkSession.builder.appName(f"score {args.model}")
     if args.master:
         builder = builder.master(args.master).config("spark.ui.enabled", "false")
-    spark = builder.getOrCreate()
+    # Arrow batches as large as the command line's chunks: the per-batch work (one numpy pass per column) is then
+    # spread over as many rows
+    spark = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", "50000").getOrCreate()
     started = time.perf_counter()
     try:
         if args.input_format == "csv":  # text, typed per feature as the command line types a CSV file
