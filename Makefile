@@ -106,9 +106,10 @@ test: lint wheel system-deps  ## Lint, build the wheel, then run the whole test 
 test-fast: $(DEV)  ## Run the in-process tests only: no Gunicorn, no PostgreSQL (neither need be installed)
 	$(BIN)/python -m pytest -m "not e2e and not postgres"
 
-bench: $(DEV)  ## Compare this server, a naive Flask app and the bare floor under wrk (needs wrk; installs it as root; BENCH_ARGS=--quick; MODEL=<packaged model in ARTIFACTS_DIR>)
+bench: $(DEV)  ## Compare this server, a naive Flask app and the bare floor under wrk, then batch scoring against MLflow (needs wrk; installs it as root; BENCH_ARGS=--quick; MODEL=<packaged model in ARTIFACTS_DIR>)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python -m bench $(if $(MODEL),--model '$(MODEL)') $(BENCH_ARGS)
+	$(BIN)/python -m bench.batch $(filter --quick,$(BENCH_ARGS))
 
 # bandit reads the shipped code (tests run servers and use assert on purpose; ruff's S rules cover
 # them, with the exceptions pyproject.toml justifies); a false positive is justified at its line.

@@ -1,20 +1,24 @@
 """``python -m bench.batch``: batch scoring's rows per second and peak memory, against MLflow's.
 
-Trains the demo models into a temporary folder, writes ``--rows`` rows (1,000,000 by default)
-drawn from the demo classifier's data set as Parquet (row groups of 100,000, as a data tool
-writes them), and scores them with ``python -m service score`` (validation on, as always;
-Parquet in and out). When MLflow is importable, the same fitted estimator is saved with
-``mlflow.sklearn.save_model`` and ``mlflow models predict --env-manager local`` scores the same
-rows (as CSV: it reads no Parquet). Each tool runs as a child process; its wall time, and its
-peak resident memory from ``wait4``'s rusage, are printed as one JSON line per tool, with its
-start-up (the wall time of a 100-row run) and the rate once started, since importing
-scikit-learn costs both tools seconds that have nothing to do with scoring. Everything is
-written under a temporary folder that is removed at the end.
+Trains the demo models into a temporary folder, writes ``--rows`` rows (1,000,000 by default,
+100,000 with ``--quick``, what ``make bench BENCH_ARGS=--quick`` runs) drawn from the demo
+classifier's data set as Parquet (row groups of 100,000, as a data tool writes them), and scores
+them with ``python -m service score`` (validation on, as always; Parquet in and out). When
+pyspark is importable, ``deploy/spark/score_files.py`` scores the same Parquet file in local
+mode (``local[2]``), with the same validation. When MLflow is importable, the same fitted
+estimator is saved with ``mlflow.sklearn.save_model`` and ``mlflow models predict --env-manager
+local`` scores the same rows (as CSV: it reads no Parquet). Each tool runs as a child process;
+its wall time, and its peak resident memory from ``wait4``'s rusage, are printed as one JSON line
+per tool, with its start-up (the wall time of a 100-row run) and the rate once started, since
+importing scikit-learn costs both tools seconds that have nothing to do with scoring; a table of
+them with the ratios to MLflow's ends the output. Everything is written under a temporary folder
+that is removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -28,6 +32,8 @@ from bench.server import REPO
 
 MODEL = "breast-cancer"
 ROWS = 1_000_000
+QUICK_ROWS = 100_000
+CLI, SPARK, MLFLOW = "python -m service score", "Spark local[2] (deploy/spark/score_files.py)", "mlflow models predict"
 ROW_GROUP = 100_000
 
 
@@ -68,24 +74,52 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, stdout  # Linux reports kilobytes
 
 
-def line(tool: str, rows: int, seconds: float, rss_mb: float, **extra: object) -> str:
-    return json.dumps({"tool": tool, "rows": rows, "seconds": round(seconds, 2),
-                       "rows_per_second": round(rows / seconds), "peak_rss_mb": round(rss_mb, 1), **extra})
+def line(tool: str, rows: int, seconds: float, rss_mb: float, **extra: object) -> dict[str, object]:
+    return {"tool": tool, "rows": rows, "seconds": round(seconds, 2), "rows_per_second": round(rows / seconds),
+            "peak_rss_mb": round(rss_mb, 1), **extra}
+
+
+def table(results: list[dict[str, object]]) -> list[str]:
+    """The comparison as aligned text: one line per tool, MLflow's rate as the unit."""
+    mlflow = next((r for r in results if r["tool"] == MLFLOW), None)
+    header = ("tool", "rows", "seconds", "rows/s", "rows/s after start-up", "peak RSS MB", "x MLflow",
+              "x MLflow after start-up")
+    lines = [header]
+    for r in results:
+        times = after = "-"
+        if mlflow is not None:
+            times = f"{r['rows_per_second'] / mlflow['rows_per_second']:.2f}"
+            if r.get("rows_per_second_after_startup") and mlflow.get("rows_per_second_after_startup"):
+                after = f"{r['rows_per_second_after_startup'] / mlflow['rows_per_second_after_startup']:.2f}"
+        lines.append((str(r["tool"]), f"{r['rows']:,}", f"{r['seconds']:.1f}", f"{r['rows_per_second']:,}",
+                      f"{r['rows_per_second_after_startup']:,}" if r.get("rows_per_second_after_startup") else "-",
+                      f"{r['peak_rss_mb']:.0f}", times, after))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in lines]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=ROWS, help="rows to score (default: %(default)s)")
+    parser.add_argument("--rows", type=int, default=None, help=f"rows to score (default: {ROWS:,}; --quick: {QUICK_ROWS:,})")
+    parser.add_argument("--quick", action="store_true", help="fewer rows: a run of a few minutes")
     parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow run")
+    parser.add_argument("--no-spark", action="store_true", help="skip the Spark run (local[2])")
     args = parser.parse_args(argv)
+    rows = args.rows or (QUICK_ROWS if args.quick else ROWS)
     folder = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    results: list[dict[str, object]] = []
+
+    def report(result: dict[str, object]) -> None:
+        results.append(result)
+        print(json.dumps(result), flush=True)
+
     try:
         env = {**os.environ, "ARTIFACTS_DIR": str(folder / "artifacts"),
                "DATABASE_URL": f"sqlite:///{folder / 'store.db'}", "PYTHONPATH": str(REPO)}
         env.pop("LOG_LEVEL", None)
         subprocess.run([sys.executable, "-m", "service", "train-demo"], env=env, cwd=REPO, check=True,  # noqa: S603  # nosec B603  # our own command
                        stdout=subprocess.DEVNULL)
-        parquet, csv = write_rows(folder, args.rows)
+        parquet, csv = write_rows(folder, rows)
         tiny_parquet, tiny_csv = _tiny(folder, parquet)
 
         def score(source: Path, out: str) -> tuple[float, float, str]:
@@ -93,29 +127,51 @@ def main(argv: list[str] | None = None) -> None:
 
         startup = score(tiny_parquet, "tiny-scored.parquet")[0]
         seconds, rss, stdout = score(parquet, "scored.parquet")
-        ours, ours_steady = args.rows / seconds, args.rows / max(seconds - startup, 1e-9)
         summary = json.loads(stdout.strip().splitlines()[-1])  # the run's own rate: start-up and hashing left out
-        print(line("python -m service score", args.rows, seconds, rss, input="parquet", output="parquet",
-                   validation=True, startup_seconds=round(startup, 2), rows_per_second_after_startup=round(ours_steady),
-                   scoring_rows_per_second=summary["rows_per_second"]), flush=True)
-        if args.no_mlflow or not _mlflow_importable():
-            return
-        model_dir = _save_for_mlflow(folder)
-        mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-
-        def predict(source: Path, out: str) -> tuple[float, float, str]:
-            return run([mlflow, "models", "predict", "-m", str(model_dir), "-i", str(source), "-t", "csv",
-                        "-o", str(folder / out), "--env-manager", "local"], env)
-
-        startup = predict(tiny_csv, "tiny-mlflow.json")[0]
-        seconds, rss, _ = predict(csv, "mlflow.json")
-        theirs, theirs_steady = args.rows / seconds, args.rows / max(seconds - startup, 1e-9)
-        print(line("mlflow models predict", args.rows, seconds, rss, input="csv", output="json", validation=False,
-                   startup_seconds=round(startup, 2), rows_per_second_after_startup=round(theirs_steady),
-                   ours_times_faster=round(ours / theirs, 2),
-                   ours_times_faster_after_startup=round(ours_steady / theirs_steady, 2)), flush=True)
+        report(line(CLI, rows, seconds, rss, input="parquet", output="parquet", validation=True,
+                    startup_seconds=round(startup, 2),
+                    rows_per_second_after_startup=_after(rows, seconds, startup),
+                    scoring_rows_per_second=summary["rows_per_second"]))
+        if not args.no_spark and _importable("pyspark"):
+            report(_spark(folder, parquet, rows, env))
+        if not args.no_mlflow and _importable("mlflow.sklearn"):
+            report(_mlflow(folder, csv, tiny_csv, rows, env))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    print()
+    for text in table(results):
+        print(text)
+
+
+def _mlflow(folder: Path, csv: Path, tiny_csv: Path, rows: int, env: dict[str, str]) -> dict[str, object]:
+    """``mlflow models predict`` on the same rows (CSV: it reads no Parquet), after a 100-row run for its start-up."""
+    model_dir = _save_for_mlflow(folder)
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+
+    def predict(source: Path, out: str) -> tuple[float, float, str]:
+        return run([mlflow, "models", "predict", "-m", str(model_dir), "-i", str(source), "-t", "csv",
+                    "-o", str(folder / out), "--env-manager", "local"], env)
+
+    startup = predict(tiny_csv, "tiny-mlflow.json")[0]
+    seconds, rss, _ = predict(csv, "mlflow.json")
+    return line(MLFLOW, rows, seconds, rss, input="csv", output="json", validation=False,
+                startup_seconds=round(startup, 2), rows_per_second_after_startup=_after(rows, seconds, startup))
+
+
+def _after(rows: int, seconds: float, startup: float) -> int | None:
+    """The rate once started; None when the start-up run took as long (a machine too busy to tell)."""
+    return round(rows / (seconds - startup)) if seconds > startup else None
+
+
+def _spark(folder: Path, parquet: Path, rows: int, env: dict[str, str]) -> dict[str, object]:
+    """``deploy/spark/score_files.py`` in local mode (two cores) on the same Parquet file; its own summary
+    gives the rate from session start to the last file written, the JVM's start-up left out."""
+    spark_env = {**env, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    seconds, rss, stdout = run([sys.executable, str(REPO / "deploy" / "spark" / "score_files.py"), MODEL,
+                                str(parquet), str(folder / "spark-out"), "--master", "local[2]"], spark_env)
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    return line(SPARK, rows, seconds, rss, input="parquet", output="parquet", validation=True,
+                rows_per_second_after_startup=summary["rows_per_second"])
 
 
 def _tiny(folder: Path, parquet: Path) -> tuple[Path, Path]:
@@ -128,9 +184,9 @@ def _tiny(folder: Path, parquet: Path) -> tuple[Path, Path]:
     return folder / "tiny.parquet", folder / "tiny.csv"
 
 
-def _mlflow_importable() -> bool:
+def _importable(module: str) -> bool:
     try:
-        import mlflow.sklearn  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
         return False
     return True

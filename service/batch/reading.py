@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -52,6 +53,13 @@ class Chunk:
     records: list[dict[str, Any] | None] | None = None  # None for a line that is not a JSON object
     text: bool = False  # the table's values are CSV text
     broken: dict[int, str] = field(default_factory=dict)  # JSON Lines rows that are not objects: why
+    numbers: np.ndarray | None = None  # the rows' numbers when not start, start + 1, ... (a Spark row column)
+
+    def positions(self, indices: np.ndarray) -> np.ndarray:
+        """The numbers of the rows at these positions in the chunk: what ids and reject details name."""
+        if self.numbers is not None:
+            return self.numbers[indices]
+        return self.start + np.asarray(indices, dtype=np.int64)
 
 
 class Input:

@@ -56,13 +56,14 @@ def check_chunk(schema: ModelSchema, chunk: Chunk, allowed: frozenset[str]) -> C
     """Validate every row of ``chunk``; ``allowed`` are the non-feature keys a JSON line may hold."""
     n = chunk.n_rows
     errors: dict[int, list[tuple[int, Any, list[str]]]] = defaultdict(list)
+    number = chunk.positions(np.arange(n)).tolist()
     values: dict[str, np.ndarray | list[Any]] = {}
     records = None
     if chunk.records is not None:
         records = [record if record is not None else {} for record in chunk.records]
         for i, record in enumerate(records):
             if not allowed.issuperset(record):
-                errors[i] += [(chunk.start + i, key, [UNKNOWN]) for key in record if key not in allowed]
+                errors[i] += [(number[i], key, [UNKNOWN]) for key in record if key not in allowed]
     for spec in schema.specs:
         if records is not None:
             column, absent = _extract(records, spec.name)
@@ -73,9 +74,9 @@ def check_chunk(schema: ModelSchema, chunk: Chunk, allowed: frozenset[str]) -> C
             found, failures = _typed_column(spec, chunk.table.column(spec.name), chunk.text)
         values[spec.name] = found
         for i, message in failures:
-            errors[i].append((chunk.start + i, spec.name, [message]))
+            errors[i].append((number[i], spec.name, [message]))
     for i, reason in chunk.broken.items():  # a line that is no object: that is its only error
-        errors[i] = [(chunk.start + i, None, [reason])]
+        errors[i] = [(number[i], None, [reason])]
     rejects = [(i, _row_error(errors[i], schema)) for i in sorted(errors)]
     if not rejects:
         return Checked({name: _array(spec, values[name]) for name, spec in zip(schema.names, schema.specs,

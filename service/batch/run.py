@@ -22,21 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from service.batch import rows, runs, sample, state, target, writing
+from service.batch import rows, runs, sample, scoring, state, target, writing
 from service.batch.reading import Chunk, Input
-from service.errors import ArtifactError, InputOutOfDomain, ValidationFailed
+from service.errors import ArtifactError
 from service.models import artifacts, registry
 from service.monitoring.predlog import PredictionLog
 from service.security import audit
-from service.serving.inference import check_output
-from service.serving.runtime import LoadedModel, Prediction
+from service.serving.runtime import LoadedModel
 from service.serving.schemas import model_schema
 
 #: Names the output gives its own columns; a key column may not take one.
-PREDICTION, PREDICTION_ID, MODEL, VERSION, PROBABILITY = "prediction", "prediction_id", "model", "version", "probability_"
+PREDICTION, PREDICTION_ID, MODEL, VERSION, PROBABILITY = (scoring.PREDICTION, scoring.PREDICTION_ID, scoring.MODEL,
+                                                         scoring.VERSION, scoring.PROBABILITY)
 
 
 @dataclass(frozen=True)
@@ -157,8 +155,9 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
                               f"rows are in {options.rejects.name}", summary)
         if current.chunks_done == 0:  # an empty input still gets an output with the output's columns
             none = np.empty(0, dtype=np.int64)
-            writing.write_part(parts, 0, _output_table(Chunk(0, 0, 0, records=[]), none, none, None, model, options,
-                                                       current.run_id), options.output_format)
+            writing.write_part(parts, 0, scoring.output_table(Chunk(0, 0, 0, records=[]), none, none, None, model,
+                                                              options.keep, options.probabilities, current.run_id),
+                               options.output_format)
         writing.join_output(parts, options.output_format, max(current.chunks_done, 1), options.output)
         writing.join_rejects(parts, current.chunks_done, options.rejects)
         shutil.rmtree(parts)
@@ -236,101 +235,14 @@ def _check_columns(options: Options, source: Input, model: LoadedModel) -> froze
 def _score_chunk(chunk: Chunk, model: LoadedModel, schema: Any, allowed: frozenset[str], options: Options,
                  run_id: str, parts: Path, monitor: sample.Sample) -> tuple[int, int]:
     """Validate, predict and write one chunk; return (rows scored, rows rejected)."""
-    checked = rows.check_chunk(schema, chunk, allowed)
-    good, columns, rejects = checked.good, checked.columns, list(checked.rejects)
-    result = None
-    if len(good):
-        result, dropped = _predict(model, columns, options.probabilities, chunk.start + good)
-        if dropped:
-            rejects = sorted(rejects + [(int(good[i]), error) for i, error in dropped], key=lambda item: item[0])
-            kept = np.setdiff1d(np.arange(len(good)), [i for i, _ in dropped])
-            good, columns = good[kept], {name: values[kept] for name, values in columns.items()}
-            result = Prediction(result.predictions[kept], None if result.probabilities is None
-                                else result.probabilities[kept], result.classes)
-    positions = chunk.start + good
-    writing.write_part(parts, chunk.index, _output_table(chunk, good, positions, result, model, options, run_id),
-                       options.output_format)
-    if rejects:
-        writing.write_rejects(parts, chunk.index, [_reject_line(chunk, i, error, options.keep) for i, error in rejects])
-    if result is not None:
-        monitor.add(positions, columns, result.predictions, result.probabilities)
-    return len(good), len(rejects)
-
-
-def _predict(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: bool,
-             positions: np.ndarray) -> tuple[Prediction, list[tuple[int, ValidationFailed]]]:
-    """Predict, and check the answer as the API does: a row whose inputs are far outside the training
-    data and whose answer is not finite is rejected with the API's 422 for it; any other non-finite
-    answer is the model's failure and stops the run (``ModelOutputInvalid``)."""
-    result = model.predict(columns, probabilities)
-    try:
-        return check_output(model, result, columns), []
-    except InputOutOfDomain:
-        pass
-    dropped = []
-    for i in _non_finite_rows(result).tolist():
-        one = Prediction(result.predictions[i:i + 1], None if result.probabilities is None
-                         else result.probabilities[i:i + 1], result.classes)
-        try:
-            check_output(model, one, {name: values[i:i + 1] for name, values in columns.items()})
-        except InputOutOfDomain as exc:
-            row = int(positions[i])
-            exc.details["row_positions"] = [row]
-            for entry in exc.details.get("errors", []):
-                entry["row"] = row
-            dropped.append((i, exc))
-    return result, dropped
-
-
-def _non_finite_rows(result: Prediction) -> np.ndarray:
-    bad = np.zeros(len(result.predictions), dtype=bool)
-    for values in (result.predictions, result.probabilities):
-        if values is not None and np.asarray(values).dtype.kind == "f":
-            finite = np.isfinite(values)
-            bad |= ~(finite.all(axis=1) if finite.ndim > 1 else finite)
-    return np.flatnonzero(bad)
-
-
-def _output_table(chunk: Chunk, good: np.ndarray, positions: np.ndarray, result: Prediction | None,
-                  model: LoadedModel, options: Options, run_id: str) -> pa.Table:
-    n = len(good)
-    columns: dict[str, Any] = {key: _kept(chunk, key, good) for key in options.keep}
-    columns[PREDICTION] = pa.array(result.predictions) if result is not None else pa.array([], _prediction_type(model))
-    if options.probabilities:
-        for j, label in enumerate(model.classes or []):
-            columns[f"{PROBABILITY}{label}"] = pa.array(result.probabilities[:, j] if result is not None else [],
-                                                        pa.float64())
-    columns[PREDICTION_ID] = pc.binary_join_element_wise(pa.scalar(run_id), pc.cast(pa.array(positions, pa.int64()),
-                                                                                   pa.string()), "-")
-    columns[MODEL] = pa.repeat(pa.scalar(model.name), n)
-    columns[VERSION] = pa.repeat(pa.scalar(model.version, pa.int64()), n)
-    return pa.table(columns)
-
-
-def _prediction_type(model: LoadedModel) -> pa.DataType:
-    """The prediction column's type for a chunk with no scored row, so every part has one schema."""
-    classes = model.classes
-    if classes is None:
-        return pa.float64()
-    return pa.int64() if all(isinstance(c, int) and not isinstance(c, bool) for c in classes) else pa.string()
-
-
-def _kept(chunk: Chunk, key: str, good: np.ndarray) -> pa.Array:
-    if chunk.table is not None:
-        return chunk.table.column(key).take(pa.array(good, pa.int64())).combine_chunks()
-    values = [(chunk.records[i] or {}).get(key) for i in good.tolist()]
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types across lines: text holds them all
-        return pa.array([None if v is None else str(v) for v in values], pa.string())
-
-
-def _reject_line(chunk: Chunk, i: int, error: ValidationFailed, keep: tuple[str, ...]) -> dict[str, Any]:
-    if chunk.table is not None:
-        kept = {key: chunk.table.column(key)[i].as_py() for key in keep}
-    else:
-        kept = {key: (chunk.records[i] or {}).get(key) for key in keep}
-    return {"row": chunk.start + i, "keep": kept, **error.to_dict()}
+    scored = scoring.score_chunk(chunk, model, schema, allowed, options.keep, options.probabilities, run_id)
+    writing.write_part(parts, chunk.index, scored.table, options.output_format)
+    if scored.rejects:
+        writing.write_rejects(parts, chunk.index, [scoring.reject_line(chunk, i, error, options.keep)
+                                                   for i, error in scored.rejects])
+    if scored.result is not None:
+        monitor.add(scored.positions, scored.columns, scored.result.predictions, scored.result.probabilities)
+    return len(scored.positions), len(scored.rejects)
 
 
 def _over_threshold(options: Options, current: state.RunState) -> str | None:

@@ -3,8 +3,9 @@
 A chunk's part is written whole (a temporary name, fsync, rename) before the state file says
 the chunk is done, so a run killed at any moment leaves only whole parts, and a part past the
 state's count (written, not yet counted) is simply written again on resume. Parquet cannot be
-appended to, which is why parts exist at all; CSV and JSON Lines parts are joined byte for byte,
-Parquet parts through one ``ParquetWriter`` (a part at a time in memory). Rejects are JSON
+appended to, which is why parts exist at all; CSV and JSON Lines parts are joined byte for byte.
+A Parquet output's parts are Arrow IPC files, joined through one ``ParquetWriter`` (a part at a
+time, memory-mapped): the rows are encoded as Parquet once, at the join, not twice. Rejects are JSON
 Lines whatever the output format: their details are nested. No Flask.
 """
 
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 
 PART = "part-{index:06d}.{ext}"
 REJECTS_PART = "rejects-{index:06d}.jsonl"
-EXTENSIONS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl"}
+EXTENSIONS = {"csv": "csv", "parquet": "arrow", "jsonl": "jsonl"}
 
 
 def write_part(folder: Path, index: int, table: pa.Table, fmt: str) -> None:
@@ -31,7 +32,8 @@ def write_part(folder: Path, index: int, table: pa.Table, fmt: str) -> None:
     path = folder / PART.format(index=index, ext=EXTENSIONS[fmt])
     tmp = path.with_name(f".{path.name}.tmp")
     if fmt == "parquet":
-        pq.write_table(table, tmp)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
     elif fmt == "csv":
         pa_csv.write_csv(table, tmp, pa_csv.WriteOptions(include_header=index == 0))
     else:
@@ -66,7 +68,8 @@ def join_output(folder: Path, fmt: str, chunks: int, target: Path) -> None:
         schema = _joined_schema(parts)
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in parts:
-                writer.write_table(_conform(pq.read_table(part), schema))
+                with pa.memory_map(str(part)) as source:
+                    writer.write_table(_conform(pa.ipc.open_file(source).read_all(), schema))
     else:
         _concatenate(parts, tmp)
     _settle(tmp, target)
@@ -90,7 +93,10 @@ def _concatenate(parts: list[Path], target: Path) -> None:
 def _joined_schema(parts: list[Path]) -> pa.Schema:
     """One schema for every part: a key column typed differently in two chunks (JSON Lines) is widened,
     or written as text when no type holds both."""
-    schemas = [pq.read_schema(part) for part in parts]
+    schemas = []
+    for part in parts:
+        with pa.memory_map(str(part)) as source:
+            schemas.append(pa.ipc.open_file(source).schema)
     if not schemas:
         return pa.schema([])
     try:

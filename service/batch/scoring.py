@@ -1,0 +1,134 @@
+"""Score one chunk of rows: validate, predict, check the answer, build the output rows and rejects.
+
+The command line (``service.batch.run``) and the Spark entry point (``service.batch.spark``) both
+call ``score_chunk``, so a row gets the same validation, prediction, output columns and reject
+details whichever of them reads it. Rows are numbered by the chunk (``Chunk.positions``): the
+input's row index for a file, a row column for a Spark DataFrame. No Flask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from service.batch import rows
+from service.batch.reading import Chunk
+from service.errors import InputOutOfDomain, ValidationFailed
+from service.serving.inference import check_output
+from service.serving.runtime import LoadedModel, Prediction
+
+#: Names the output gives its own columns; a key column may not take one.
+PREDICTION, PREDICTION_ID, MODEL, VERSION, PROBABILITY = "prediction", "prediction_id", "model", "version", "probability_"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One chunk after scoring: its output table, its rejects, and the good rows' inputs and answers."""
+
+    table: pa.Table
+    rejects: list[tuple[int, ValidationFailed]]  # (position in the chunk, the API's 422 for that row)
+    positions: np.ndarray  # the scored rows' numbers
+    columns: dict[str, np.ndarray]  # the scored rows' feature columns
+    result: Prediction | None
+
+
+def score_chunk(chunk: Chunk, model: LoadedModel, schema: Any, allowed: frozenset[str], keep: tuple[str, ...],
+                probabilities: bool, run_id: str) -> Scored:
+    """Validate and predict one chunk; a row that fails validation, or whose out-of-domain inputs give a
+    non-finite answer, is rejected with the API's 422 for it; the others become output rows."""
+    checked = rows.check_chunk(schema, chunk, allowed)
+    good, columns, rejects = checked.good, checked.columns, list(checked.rejects)
+    result = None
+    if len(good):
+        result, dropped = _predict(model, columns, probabilities, chunk.positions(good))
+        if dropped:
+            rejects = sorted(rejects + [(int(good[i]), error) for i, error in dropped], key=lambda item: item[0])
+            kept = np.setdiff1d(np.arange(len(good)), [i for i, _ in dropped])
+            good, columns = good[kept], {name: values[kept] for name, values in columns.items()}
+            result = Prediction(result.predictions[kept], None if result.probabilities is None
+                                else result.probabilities[kept], result.classes)
+    positions = chunk.positions(good)
+    table = output_table(chunk, good, positions, result, model, keep, probabilities, run_id)
+    return Scored(table, rejects, positions, columns, result)
+
+
+def _predict(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: bool,
+             positions: np.ndarray) -> tuple[Prediction, list[tuple[int, ValidationFailed]]]:
+    """Predict, and check the answer as the API does: a row whose inputs are far outside the training
+    data and whose answer is not finite is rejected with the API's 422 for it; any other non-finite
+    answer is the model's failure and stops the run (``ModelOutputInvalid``)."""
+    result = model.predict(columns, probabilities)
+    try:
+        return check_output(model, result, columns), []
+    except InputOutOfDomain:
+        pass
+    dropped = []
+    for i in _non_finite_rows(result).tolist():
+        one = Prediction(result.predictions[i:i + 1], None if result.probabilities is None
+                         else result.probabilities[i:i + 1], result.classes)
+        try:
+            check_output(model, one, {name: values[i:i + 1] for name, values in columns.items()})
+        except InputOutOfDomain as exc:
+            row = int(positions[i])
+            exc.details["row_positions"] = [row]
+            for entry in exc.details.get("errors", []):
+                entry["row"] = row
+            dropped.append((i, exc))
+    return result, dropped
+
+
+def _non_finite_rows(result: Prediction) -> np.ndarray:
+    bad = np.zeros(len(result.predictions), dtype=bool)
+    for values in (result.predictions, result.probabilities):
+        if values is not None and np.asarray(values).dtype.kind == "f":
+            finite = np.isfinite(values)
+            bad |= ~(finite.all(axis=1) if finite.ndim > 1 else finite)
+    return np.flatnonzero(bad)
+
+
+def output_table(chunk: Chunk, good: np.ndarray, positions: np.ndarray, result: Prediction | None,
+                 model: LoadedModel, keep: tuple[str, ...], probabilities: bool, run_id: str) -> pa.Table:
+    """The output rows: the kept columns, the prediction (and probabilities), the id, the model and version."""
+    n = len(good)
+    columns: dict[str, Any] = {key: _kept(chunk, key, good) for key in keep}
+    columns[PREDICTION] = pa.array(result.predictions) if result is not None else pa.array([], prediction_type(model))
+    if probabilities:
+        for j, label in enumerate(model.classes or []):
+            columns[f"{PROBABILITY}{label}"] = pa.array(result.probabilities[:, j] if result is not None else [],
+                                                        pa.float64())
+    columns[PREDICTION_ID] = pc.binary_join_element_wise(pa.scalar(run_id), pc.cast(pa.array(positions, pa.int64()),
+                                                                                   pa.string()), "-")
+    columns[MODEL] = pa.repeat(pa.scalar(model.name), n)
+    columns[VERSION] = pa.repeat(pa.scalar(model.version, pa.int64()), n)
+    return pa.table(columns)
+
+
+def prediction_type(model: LoadedModel) -> pa.DataType:
+    """The prediction column's type for a chunk with no scored row, so every part has one schema."""
+    classes = model.classes
+    if classes is None:
+        return pa.float64()
+    return pa.int64() if all(isinstance(c, int) and not isinstance(c, bool) for c in classes) else pa.string()
+
+
+def _kept(chunk: Chunk, key: str, good: np.ndarray) -> pa.Array:
+    if chunk.table is not None:
+        return chunk.table.column(key).take(pa.array(good, pa.int64())).combine_chunks()
+    values = [(chunk.records[i] or {}).get(key) for i in good.tolist()]
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types across lines: text holds them all
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def reject_line(chunk: Chunk, i: int, error: ValidationFailed, keep: tuple[str, ...]) -> dict[str, Any]:
+    """A rejected row as the rejects file holds it: its number, its kept columns and the API's error."""
+    if chunk.table is not None:
+        kept = {key: chunk.table.column(key)[i].as_py() for key in keep}
+    else:
+        kept = {key: (chunk.records[i] or {}).get(key) for key in keep}
+    return {"row": int(chunk.positions(np.array([i]))[0]), "keep": kept, **error.to_dict()}
