@@ -16,7 +16,7 @@ export ARTIFACTS_DIR
 SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql java:default-jre-headless \
 	nginx:nginx apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
 
-.PHONY: help venv dev-venv lock system-deps demo serve wheel test test-fast bench lint docs docs-serve list verify package purge clean
+.PHONY: help venv batch dev-venv lock system-deps demo serve wheel test test-fast bench lint docs docs-serve list verify package purge clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -37,6 +37,7 @@ LOCK_FLAGS := --quiet --generate-hashes --python-platform x86_64-unknown-linux-g
 # virtualenv (the dev lock holds the runtime set at the same versions and hashes).
 RUNTIME := $(VENV)/.runtime
 DEV := $(VENV)/.installed
+BATCH := $(VENV)/.batch
 UV := $(BIN)/uv
 
 $(BIN)/python:
@@ -59,11 +60,19 @@ $(RUNTIME): requirements.lock | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r requirements.lock
 	touch $@
 
+# Batch scoring's pyarrow (requirements-batch.txt) is outside the runtime set; `make batch` installs
+# it exactly as the dev lock pins and hashes it (it needs nothing else), like uv above.
+$(BATCH): requirements-dev.lock | $(RUNTIME)
+	@awk '/^pyarrow==/ {keep = 1; print; next} keep && /^ / {print; next} {keep = 0}' requirements-dev.lock > $(VENV)/batch.lock
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r $(VENV)/batch.lock
+	@touch $@
+
 $(DEV): $(LOCKS) | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r requirements-dev.lock
-	touch $@ $(RUNTIME)
+	touch $@ $(RUNTIME) $(BATCH)
 
 venv: $(RUNTIME)  ## Create the virtualenv with the runtime dependencies only (locked, hash-checked)
+batch: $(BATCH)  ## Add pyarrow to the virtualenv, for batch scoring (python -m service score)
 dev-venv: $(DEV)  ## Add the test, lint and bench dependencies to it (make test does)
 
 lock: $(DEV)  ## Compile requirements*.txt into requirements*.lock (every dependency pinned and hashed; needs PyPI)
