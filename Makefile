@@ -24,7 +24,8 @@ help:  ## List the targets
 # requirements*.txt are the pins people edit; `make lock` compiles them into the lock files, where
 # every transitive dependency is pinned with the sha256 of each of its files on PyPI (all wheels of
 # that version and the sdist), and nothing is installed whose hash is not listed there.
-# requirements-dev.lock holds the runtime set too, at the versions of requirements.lock.
+# requirements-dev.lock holds the runtime set too, at the versions of requirements.lock, and batch
+# scoring's pyarrow (requirements-batch.txt, which `make batch` installs from it).
 # One pair of locks serves every supported Python: they are resolved for 3.11, and `make lock` fails
 # when 3.12 or 3.13 would resolve to anything else (the hashes cover every wheel of each version).
 LOCKS := requirements.lock requirements-dev.lock
@@ -77,10 +78,10 @@ dev-venv: $(DEV)  ## Add the test, lint and bench dependencies to it (make test 
 
 lock: $(DEV)  ## Compile requirements*.txt into requirements*.lock (every dependency pinned and hashed; needs PyPI)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $(LOCK_PYTHON) requirements.txt -o requirements.lock
-	$(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $(LOCK_PYTHON) requirements.txt requirements-dev.txt -o requirements-dev.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $(LOCK_PYTHON) requirements.txt requirements-batch.txt requirements-dev.txt -o requirements-dev.lock
 	@for version in $(LOCK_ALSO_FOR); do \
 	  $(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $$version requirements.txt --output-file $(VENV)/requirements-$$version.lock && \
-	  $(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $$version requirements.txt requirements-dev.txt \
+	  $(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $$version requirements.txt requirements-batch.txt requirements-dev.txt \
 	    --output-file $(VENV)/requirements-dev-$$version.lock || exit 1; \
 	  for lock in requirements requirements-dev; do \
 	    grep -v '^ *#' $$lock.lock > $(VENV)/pins.txt; grep -v '^ *#' $(VENV)/$$lock-$$version.lock > $(VENV)/pins-$$version.txt; \
