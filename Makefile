@@ -16,7 +16,7 @@ export ARTIFACTS_DIR
 SYSTEM_TOOLS := chromium:chromium promtool:prometheus /usr/lib/postgresql/*/bin/postgres:postgresql java:default-jre-headless \
 	nginx:nginx apache2:apache2 /usr/lib/apache2/modules/mod_wsgi.so:libapache2-mod-wsgi-py3 systemd-socket-activate:systemd
 
-.PHONY: help venv dev-venv lock system-deps demo serve wheel test test-fast bench lint docs docs-serve list verify package purge clean
+.PHONY: help venv batch dev-venv lock system-deps demo serve wheel test test-fast bench lint docs docs-serve list verify package purge clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -24,7 +24,8 @@ help:  ## List the targets
 # requirements*.txt are the pins people edit; `make lock` compiles them into the lock files, where
 # every transitive dependency is pinned with the sha256 of each of its files on PyPI (all wheels of
 # that version and the sdist), and nothing is installed whose hash is not listed there.
-# requirements-dev.lock holds the runtime set too, at the versions of requirements.lock.
+# requirements-dev.lock holds the runtime set too, at the versions of requirements.lock, and batch
+# scoring's pyarrow (requirements-batch.txt, which `make batch` installs from it).
 # One pair of locks serves every supported Python: they are resolved for 3.11, and `make lock` fails
 # when 3.12 or 3.13 would resolve to anything else (the hashes cover every wheel of each version).
 LOCKS := requirements.lock requirements-dev.lock
@@ -37,6 +38,7 @@ LOCK_FLAGS := --quiet --generate-hashes --python-platform x86_64-unknown-linux-g
 # virtualenv (the dev lock holds the runtime set at the same versions and hashes).
 RUNTIME := $(VENV)/.runtime
 DEV := $(VENV)/.installed
+BATCH := $(VENV)/.batch
 UV := $(BIN)/uv
 
 $(BIN)/python:
@@ -59,19 +61,27 @@ $(RUNTIME): requirements.lock | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r requirements.lock
 	touch $@
 
+# Batch scoring's pyarrow (requirements-batch.txt) is outside the runtime set; `make batch` installs
+# it exactly as the dev lock pins and hashes it (it needs nothing else), like uv above.
+$(BATCH): requirements-dev.lock | $(RUNTIME)
+	@awk '/^pyarrow==/ {keep = 1; print; next} keep && /^ / {print; next} {keep = 0}' requirements-dev.lock > $(VENV)/batch.lock
+	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r $(VENV)/batch.lock
+	@touch $@
+
 $(DEV): $(LOCKS) | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python --require-hashes -r requirements-dev.lock
-	touch $@ $(RUNTIME)
+	touch $@ $(RUNTIME) $(BATCH)
 
 venv: $(RUNTIME)  ## Create the virtualenv with the runtime dependencies only (locked, hash-checked)
+batch: $(BATCH)  ## Add pyarrow to the virtualenv, for batch scoring (python -m service score)
 dev-venv: $(DEV)  ## Add the test, lint and bench dependencies to it (make test does)
 
 lock: $(DEV)  ## Compile requirements*.txt into requirements*.lock (every dependency pinned and hashed; needs PyPI)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $(LOCK_PYTHON) requirements.txt -o requirements.lock
-	$(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $(LOCK_PYTHON) requirements.txt requirements-dev.txt -o requirements-dev.lock
+	$(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $(LOCK_PYTHON) requirements.txt requirements-batch.txt requirements-dev.txt -o requirements-dev.lock
 	@for version in $(LOCK_ALSO_FOR); do \
 	  $(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $$version requirements.txt --output-file $(VENV)/requirements-$$version.lock && \
-	  $(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $$version requirements.txt requirements-dev.txt \
+	  $(BIN)/uv pip compile $(LOCK_FLAGS) --python-version $$version requirements.txt requirements-batch.txt requirements-dev.txt \
 	    --output-file $(VENV)/requirements-dev-$$version.lock || exit 1; \
 	  for lock in requirements requirements-dev; do \
 	    grep -v '^ *#' $$lock.lock > $(VENV)/pins.txt; grep -v '^ *#' $(VENV)/$$lock-$$version.lock > $(VENV)/pins-$$version.txt; \

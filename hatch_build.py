@@ -1,4 +1,5 @@
-"""Build hook: the package's dependencies are the pins in requirements.txt, the one list people edit."""
+"""Build hook: the package's dependencies are the pins in requirements.txt, the one list people edit;
+the ``batch`` extra is requirements-batch.txt (pyarrow, for ``sklearn-server score``)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ from pathlib import Path
 from hatchling.metadata.plugin.interface import MetadataHookInterface
 
 
+def pins(path: Path) -> list[str]:
+    """The requirement lines of a requirements file (comments and blank lines left out)."""
+    return [line.split(" #", 1)[0].strip() for line in path.read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
 class RequirementsMetadataHook(MetadataHookInterface):
-    """Set ``dependencies`` from requirements.txt (comments and blank lines left out)."""
+    """Set ``dependencies`` and the ``batch`` extra from the requirements files."""
 
     def update(self, metadata: dict) -> None:
-        lines = (Path(self.root) / "requirements.txt").read_text().splitlines()
-        metadata["dependencies"] = [line.split(" #", 1)[0].strip() for line in lines
-                                    if line.strip() and not line.lstrip().startswith("#")]
+        metadata["dependencies"] = pins(Path(self.root) / "requirements.txt")
+        metadata["optional-dependencies"] = {"batch": pins(Path(self.root) / "requirements-batch.txt")}

@@ -20,7 +20,7 @@ from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL = {"requirements.lock": ["requirements.txt"],
-             "requirements-dev.lock": ["requirements.txt", "requirements-dev.txt"]}
+             "requirements-dev.lock": ["requirements.txt", "requirements-batch.txt", "requirements-dev.txt"]}
 HASH = re.compile(r"--hash=sha256:[0-9a-f]{64}")
 #: The shipped code bandit and ruff's S rules read without per-file exceptions (Makefile's BANDIT_TARGETS).
 SCANNED = ["service", "bench", "wsgi.py", "gunicorn.conf.py"]

@@ -8,6 +8,7 @@ line while a terminal watches.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import sys
@@ -76,6 +77,9 @@ def score(model_spec: str, input_path: Path, output_path: Path, input_format: st
           overwrite: bool, artifacts_dir: Path, signing_key: str | None, database_url: str) -> None:
     """Score INPUT (CSV, Parquet or JSON Lines) into OUTPUT with MODEL's production version, another
     label's (@LABEL) or a pinned one (:VERSION): validated like the API, resumable, recorded."""
+    if importlib.util.find_spec("pyarrow") is None:  # requirements-batch.txt: not in the runtime set
+        raise click.ClickException("batch scoring needs pyarrow, which the runtime install leaves out: run `make batch` "
+                                   "in the checkout, or pip install 'sklearn-server[batch]'")
     from service.batch import reading
     from service.batch.run import Options, Services, Stopped
     from service.batch.run import score as run_score

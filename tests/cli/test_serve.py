@@ -62,4 +62,4 @@ def test_an_unreadable_registry_stops_before_gunicorn(tmp_path, artifact_root, e
 def test_the_console_command_is_the_click_group():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == {"sklearn-server": "service.cli:main"}
-    assert project["requires-python"] == ">=3.11" and project["dynamic"] == ["dependencies"]
+    assert project["requires-python"] == ">=3.11" and project["dynamic"] == ["dependencies", "optional-dependencies"]

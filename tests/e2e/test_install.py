@@ -84,7 +84,11 @@ def test_the_wheel_carries_the_package_its_files_and_gunicorn_conf(wheel: Path):
     pinned = {line.split(" #")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     named = {line.removeprefix("Requires-Dist: ") for line in metadata.splitlines() if line.startswith("Requires-Dist:")}
-    assert {name.lower() for name in named} == {name.lower() for name in pinned}  # requirements.txt's pins
+    required = {name for name in named if "; extra ==" not in name}
+    assert {name.lower() for name in required} == {name.lower() for name in pinned}  # requirements.txt's pins
+    batch = {line.split(" #")[0].strip() for line in (REPO / "requirements-batch.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")}
+    assert "Provides-Extra: batch" in metadata and named - required == {f"{pin}; extra == 'batch'" for pin in batch}
 
 
 def test_the_console_command_is_the_same_click_group(installed: Path, tmp_path: Path):
@@ -94,6 +98,18 @@ def test_the_console_command_is_the_same_click_group(installed: Path, tmp_path: 
     assert shown.stdout.startswith("Usage: sklearn-server [OPTIONS] COMMAND")
     listed = [line.split()[0] for line in shown.stdout.split("Commands:", 1)[1].splitlines() if line.strip()]
     assert sorted(listed) == sorted(cli.commands)
+
+
+def test_batch_scoring_without_its_extra_is_one_line_saying_how_to_add_it(installed: Path, tmp_path: Path):
+    """pyarrow is the batch extra, not a dependency: the plain install has no pyarrow, and `score` says so."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("age\n59\n")
+    done = subprocess.run([str(installed / "sklearn-server"), "score", "diabetes", str(rows), str(tmp_path / "out.csv")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and not (tmp_path / "out.csv").exists(), done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "Error: batch scoring needs pyarrow, which the runtime install leaves out: run `make batch` in the checkout, "
+        "or pip install 'sklearn-server[batch]'"]
 
 
 def test_installed_serve_answers_from_any_folder(installed_on: Path, artifact_root: Path, tmp_path: Path):
