@@ -327,8 +327,8 @@ class Outbox:
         with self.store.transaction() as db:
             if rows:
                 db.executemany(self._sql, rows)
-            for batch in batches:
-                self.log.write_encoded(db, batch)
+            if batches:
+                self.log.write_encoded(db, *batches)
             if chunk is not None:
                 db.execute(self._mark, (chunk.segment.name, chunk.end, time.time()))
         self.store.write_succeeded()

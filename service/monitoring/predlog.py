@@ -235,9 +235,9 @@ class PredictionLog:
                                                   bool(pii_names(features)))
         return cached[1], cached[2]
 
-    def write_encoded(self, db: Any, batch: EncodedBatch) -> None:
-        """Insert the batch's record (in the caller's transaction); a replay of it inserts nothing."""
-        db.execute(self._insert_batch, tuple(getattr(batch, name) for name in BATCH_COLUMNS))
+    def write_encoded(self, db: Any, *batches: EncodedBatch) -> None:
+        """Insert the batches' records (in the caller's transaction, one statement); a replay inserts nothing."""
+        db.executemany(self._insert_batch, [tuple(getattr(b, name) for name in BATCH_COLUMNS) for b in batches])
 
     def record_feedback(self, model: str, items: list[dict[str, Any]], now: float | None = None) -> dict[str, Any]:
         """Store ground truth by prediction id in one transaction; the first label for an id wins.
