@@ -57,15 +57,27 @@ def pytest_report_header() -> str:
 
 
 _left_out: list[str] = []
+_left_out_by_workers: list[int] = []  # under pytest-xdist: each worker's count (each collects the whole suite)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
     _left_out.extend(item.nodeid for item in items if item.get_closest_marker("postgres"))
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A parallel worker (pytest-xdist) hands its count to the controller, which writes the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["postgres_left_out"] = len(_left_out)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent when the suite runs in one process
+def pytest_testnodedown(node, error) -> None:
+    _left_out_by_workers.append(getattr(node, "workeroutput", {}).get("postgres_left_out", 0))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    if _left_out:
-        terminalreporter.write_line(f"{len(_left_out)} PostgreSQL tests left out (-m); make test runs them "
+    if left_out := max([len(_left_out), *_left_out_by_workers]):
+        terminalreporter.write_line(f"{left_out} PostgreSQL tests left out (-m); make test runs them "
                                     "against a real server")
 
 

@@ -99,7 +99,9 @@ def test_feedback_from_two_processes_labels_each_id_once(postgres_url):
     procs = [ctx.Process(target=_label_in_child, args=(postgres_url, barrier, results)) for _ in range(2)]
     for p in procs:
         p.start()
-    outcomes = sorted((results.get(timeout=30) for _ in procs), key=lambda r: r["accepted"])
+    # a hang guard, not a time limit: each spawned child imports numpy, pandas and the service first,
+    # which takes long on cores busy with other tests (parallel workers)
+    outcomes = sorted((results.get(timeout=120) for _ in procs), key=lambda r: r["accepted"])
     for p in procs:
         p.join(10)
     assert [(r["accepted"], len(r["duplicate"]), r["unknown"]) for r in outcomes] == [(0, 200, []), (200, 0, [])]
