@@ -44,11 +44,18 @@ SCRUBBED_ENV = (*(name for name, _, _ in Config.describe()), "PROMETHEUS_MULTIPR
                 "ORT_DISABLE_TELEMETRY")
 
 
+#: Folders whose modules start servers and take the longest: parallel workers (make test) take them
+#: first, so the run does not end with one worker on a long module while the others sit idle.
+SLOW_FOLDERS = ("e2e", "deploy")
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects: the marker must be on the item by then
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if postgres.needs_postgres(item):
             item.add_marker(pytest.mark.postgres)
+    if getattr(config.option, "numprocesses", None):  # pytest-xdist: the order is the order modules are handed out
+        items.sort(key=lambda item: item.path.parent.name not in SLOW_FOLDERS)  # stable: modules stay whole
 
 
 def pytest_report_header() -> str:
