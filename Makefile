@@ -110,11 +110,18 @@ serve: demo  ## Serve on $HOST:$PORT (127.0.0.1:8000) with Gunicorn (first run p
 wheel: $(DEV)  ## Build the package into dist/ (pip install it for the sklearn-server command)
 	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 
-test: lint wheel system-deps  ## Lint, build the wheel, then run the whole test suite (unit and end-to-end)
-	$(BIN)/python -m pytest
+# The suite runs in TEST_WORKERS processes (pytest-xdist): much of a test's time is spent waiting on the
+# servers it starts (Gunicorn, PostgreSQL, Nginx, Chromium), so a second worker uses that time. Two, one per
+# core: more crowd the servers' start-up deadlines on a two-core machine. --dist loadfile keeps each module in
+# one worker, so a module-scoped server starts once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+
+test: lint wheel system-deps  ## Lint, build the wheel, then run the whole test suite (unit and end-to-end) in TEST_WORKERS processes (2)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: $(DEV)  ## Run the in-process tests only: no Gunicorn, no PostgreSQL (neither need be installed)
-	$(BIN)/python -m pytest -m "not e2e and not postgres"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not e2e and not postgres"
 
 bench: $(DEV)  ## Compare this server, a naive Flask app and the bare floor under wrk, then batch scoring against MLflow (needs wrk; installs it as root; BENCH_ARGS=--quick; MODEL=<packaged model in ARTIFACTS_DIR>)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)

@@ -44,11 +44,18 @@ SCRUBBED_ENV = (*(name for name, _, _ in Config.describe()), "PROMETHEUS_MULTIPR
                 "ORT_DISABLE_TELEMETRY")
 
 
+#: Folders whose modules start servers and take the longest: parallel workers (make test) take them
+#: first, so the run does not end with one worker on a long module while the others sit idle.
+SLOW_FOLDERS = ("e2e", "deploy")
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects: the marker must be on the item by then
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if postgres.needs_postgres(item):
             item.add_marker(pytest.mark.postgres)
+    if getattr(config.option, "numprocesses", None):  # pytest-xdist: the order is the order modules are handed out
+        items.sort(key=lambda item: item.path.parent.name not in SLOW_FOLDERS)  # stable: modules stay whole
 
 
 def pytest_report_header() -> str:
@@ -57,15 +64,27 @@ def pytest_report_header() -> str:
 
 
 _left_out: list[str] = []
+_left_out_by_workers: list[int] = []  # under pytest-xdist: each worker's count (each collects the whole suite)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
     _left_out.extend(item.nodeid for item in items if item.get_closest_marker("postgres"))
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A parallel worker (pytest-xdist) hands its count to the controller, which writes the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["postgres_left_out"] = len(_left_out)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent when the suite runs in one process
+def pytest_testnodedown(node, error) -> None:
+    _left_out_by_workers.append(getattr(node, "workeroutput", {}).get("postgres_left_out", 0))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    if _left_out:
-        terminalreporter.write_line(f"{len(_left_out)} PostgreSQL tests left out (-m); make test runs them "
+    if left_out := max([len(_left_out), *_left_out_by_workers]):
+        terminalreporter.write_line(f"{left_out} PostgreSQL tests left out (-m); make test runs them "
                                     "against a real server")
 
 

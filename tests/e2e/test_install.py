@@ -49,11 +49,12 @@ def interpreter(version: str) -> str | None:
 
 def install(wheel: Path, python: str, folder: Path) -> Path:
     """Make a fresh virtualenv (nothing of the checkout's) with the wheel and the dependencies it names;
-    return its bin/. uv installs what pip would, from its cache when warm."""
+    return its bin/. uv installs what pip would, from its cache when warm, and compiles the bytecode as pip
+    does: otherwise the first `serve` compiles scikit-learn, SciPy and pandas while the test waits for it."""
     venv = folder / "venv"
     subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    subprocess.run([str(UV), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), str(wheel)],
-                   check=True, timeout=900)
+    subprocess.run([str(UV), "pip", "install", "--quiet", "--compile-bytecode", "--python", str(venv / "bin" / "python"),
+                    str(wheel)], check=True, timeout=900)
     return venv / "bin"
 
 
@@ -69,6 +70,8 @@ def installed_on(request: pytest.FixtureRequest, wheel: Path, tmp_path_factory: 
     python = interpreter(request.param)
     if python is None:
         pytest.skip(f"no CPython {request.param} here (on PATH or under ~/.pyenv)")
+    if python == sys.executable:  # the same interpreter as ``installed``: its virtualenv, not a second one
+        return request.getfixturevalue("installed")
     return install(wheel, python, tmp_path_factory.mktemp(f"install-{request.param}"))
 
 

@@ -45,7 +45,7 @@ def test_concurrent_writers_in_two_processes_lose_no_row(postgres_url):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(180)  # a hang guard: spawned children import numpy and pandas first, slow on busy cores
     assert [p.exitcode for p in procs] == [0, 0]
     store = Store.from_url(postgres_url)
     found = logged_ids(store)
@@ -99,7 +99,9 @@ def test_feedback_from_two_processes_labels_each_id_once(postgres_url):
     procs = [ctx.Process(target=_label_in_child, args=(postgres_url, barrier, results)) for _ in range(2)]
     for p in procs:
         p.start()
-    outcomes = sorted((results.get(timeout=30) for _ in procs), key=lambda r: r["accepted"])
+    # a hang guard, not a time limit: each spawned child imports numpy, pandas and the service first,
+    # which takes long on cores busy with other tests (parallel workers)
+    outcomes = sorted((results.get(timeout=120) for _ in procs), key=lambda r: r["accepted"])
     for p in procs:
         p.join(10)
     assert [(r["accepted"], len(r["duplicate"]), r["unknown"]) for r in outcomes] == [(0, 200, []), (200, 0, [])]
