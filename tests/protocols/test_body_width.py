@@ -22,7 +22,7 @@ CANCER_FEATURES, DIABETES_FEATURES = 30, 10
 # Generous bounds: the fixed code takes a few hundredths of a CPU second for 2 MB, where a 100 KB
 # CSV header took ~30 s before. CPU time is what a worker loses; wall time, on a shared machine,
 # also counts other processes' turns, so it is only bounded loosely.
-CPU_SECONDS, WALL_SECONDS = 1.0, 5.0
+CPU_SECONDS = 1.0
 
 
 def names(count: int, same: bool = False, width: int = 1) -> list[str]:
@@ -126,13 +126,15 @@ def test_pandas_reads_one_row_past_the_limit_at_most():
 
 
 class Fast:
-    """Whether a request took less than the bounds, in CPU seconds of this process and wall seconds."""
+    """Whether a request took less than the bound in CPU seconds of this process: a guard against
+    cost that grows faster than the body (a quadratic parse of 2 MB takes tens of seconds), 20
+    times what it takes; wall time is load's, not the code's (the timings: ``bench.parsing``)."""
 
     def __init__(self, cpu: float, wall: float) -> None:
         self.cpu, self.wall = cpu, wall
 
     def __bool__(self) -> bool:
-        return self.cpu < CPU_SECONDS and self.wall < WALL_SECONDS
+        return self.cpu < CPU_SECONDS
 
     def __repr__(self) -> str:
         return f"Fast(cpu={self.cpu:.3f}, wall={self.wall:.3f})"
