@@ -19,13 +19,14 @@ from service.monitoring.privacy import pii_names
 from service.monitoring.window_columns import (
     Stored,
     as_array,
+    block_columns,
     feature_column,
     gather,
     probability_matrix,
     sparse,
 )
 from service.store import MAX_PARAMS, Store, chunks
-from service.store.columns import read_column, read_inputs
+from service.store.columns import read_block, read_column, read_inputs
 from service.store.records import ids_of
 
 #: The most predictions one window reads, whatever its size in minutes.
@@ -74,8 +75,10 @@ def read(store: Store, model: str, version: int | None, *, last_n: int | None, s
     n = len(ids)
     positions_index = np.array(index, dtype=np.int64)
     hidden = pii_names(features)
+    at_once = block_columns(features, parts, positions_index, hidden) or {}
     return Window(
-        columns={f["name"]: feature_column(f, parts, positions_index, f["name"] in hidden) for f in features},
+        columns={f["name"]: at_once[f["name"]] if f["name"] in at_once
+                 else feature_column(f, parts, positions_index, f["name"] in hidden) for f in features},
         predictions=as_array(gather([p.outputs for p in parts], positions_index)),
         probabilities=probability_matrix(gather([p.probabilities for p in parts], positions_index, matrix=True)),
         labels=sparse(read_labels(store, ids), n),
@@ -123,9 +126,13 @@ def read_batches(store: Store, keys: list[int]) -> dict[int, tuple[Stored, str, 
             arrays = store.arrays_of(arrays, ref)
             outputs = read_column(outputs, arrays)
             probas = read_column(probas, arrays)
-            record = Stored(rows, dict(zip(orjson.loads(names), read_inputs(inputs, arrays), strict=True)),
+            names = tuple(orjson.loads(names))
+            block = read_block(inputs, arrays)
+            columns = list(block) if block is not None and len(block) == len(names) else read_inputs(inputs, arrays)
+            record = Stored(rows, dict(zip(names, columns, strict=True)),
                             outputs if outputs is not None and len(outputs) == rows else [None] * rows,
-                            probas if probas is not None and len(probas) == rows else [None] * rows)
+                            probas if probas is not None and len(probas) == rows else [None] * rows,
+                            block if block is not None and len(block) == len(names) else None, names)
             stored[key] = (record, base, None if positions is None else orjson.loads(positions))
     return stored
 

@@ -28,6 +28,25 @@ class Stored:
     inputs: dict[str, list[Any] | np.ndarray]  # feature -> values
     outputs: list[Any] | np.ndarray
     probabilities: list[Any] | np.ndarray  # a list per row (or None), or a rows x classes matrix
+    #: the inputs as one float features x rows block, when stored so (its rows are ``inputs``' values),
+    #: with the features' names in order: a window of such records takes its columns in one step
+    block: np.ndarray | None = None
+    block_names: tuple[str, ...] = ()
+
+
+def block_columns(features: list[dict[str, Any]], stored: list[Stored], index: np.ndarray,
+                  hidden: frozenset[str]) -> dict[str, np.ndarray] | None:
+    """The window's numeric columns taken at once from records that are all blocks of the same
+    features (what ``feature_column`` gives each, without a Python step per record and feature),
+    or None when they are not; other features are left to ``feature_column``."""
+    if not stored or any(found.block is None or found.block.shape[1] != found.rows for found in stored) \
+            or len({found.block_names for found in stored}) != 1:
+        return None
+    names = stored[0].block_names
+    whole = np.concatenate([*(found.block for found in stored), np.full((len(names), 1), np.nan)], axis=1)
+    position = {name: j for j, name in enumerate(names)}
+    return {f["name"]: whole[position[f["name"]]][index] for f in features
+            if f["name"] in position and f["name"] not in hidden and f.get("type") in NUMERIC_TYPES}
 
 
 def loads_many(texts: list[str]) -> list[Any]:

@@ -140,6 +140,15 @@ def read_inputs(text: str, arrays: bytes | None) -> list[Any]:
     return list(block)
 
 
+def read_block(text: str, arrays: bytes | None) -> np.ndarray | None:
+    """The ``inputs`` field's features x rows block, when it was stored as one and reads back whole."""
+    if not text.startswith("{"):
+        return None
+    entry = orjson.loads(text)
+    block = read(entry, arrays)
+    return block if isinstance(block, np.ndarray) and block.ndim == 2 and block.dtype.kind == "f" else None
+
+
 def read_column(text: str | None, arrays: bytes | None) -> list[Any] | np.ndarray | None:
     """Read the ``outputs`` or ``probabilities`` field: one column (a list of rows for JSON probabilities)."""
     return None if text is None else read(orjson.loads(text), arrays)

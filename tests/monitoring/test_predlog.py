@@ -178,6 +178,36 @@ def test_a_validated_float_block_is_stored_as_the_columns_would_be(store, tmp_pa
     assert window.ids[:3] == ids(3, "blk")[::-1]
 
 
+def test_a_window_of_block_records_reads_as_the_same_records_stored_by_column(make_store):
+    """Records of all-float requests are read as one block per window; the columns equal those of
+    the same requests stored feature by feature, with missing (inf) and a mixed window alike."""
+    from service.serving.validation import validate_rows
+
+    features = [{"name": name, "type": "float"} for name in ("a", "b", "c")] + [{"name": "s", "type": "string"}]
+    floats = features[:3]
+    blocks, columns = PredictionLog(make_store("blocks")), PredictionLog(make_store("columns"))
+    for k, rows in enumerate([[[1.0, 2.0, 3.0]], [[4.0, float("inf"), 6.0], [7.0, 8.0, 9.0]], [[0.5, 0.25, 1e300]]]):
+        batch = validate_rows("rows", [[v if v != float("inf") else 1.0 for v in row] for row in rows], floats,
+                              vectorized_min_rows=1)
+        if k == 1:
+            batch.block[1, 0] = np.inf  # as a stored inf: reads as missing either way
+        args = ("m", 1, "r", ids(len(rows), f"b{k}"), batch.columns, np.arange(len(rows)), None, 1.0, floats)
+        for plog, block in ((blocks, batch.block), (columns, None)):
+            encoded = plog.encode(*args, ts=float(k), block=block)
+            assert plog.store.write("predictions", lambda db, p=plog, e=encoded: p.write_encoded(db, e))
+    one, other = (plog.window("m", 1, last_n=3, features=features) for plog in (blocks, columns))
+    assert one.ids == other.ids and one.ids[0] == ids(1, "b2")[0]
+    for name in ("a", "b", "c"):
+        assert one.columns[name].dtype == other.columns[name].dtype == np.float64
+        np.testing.assert_array_equal(one.columns[name], other.columns[name])
+    assert np.isnan(one.columns["b"][2]) and one.columns["b"][1] == 8.0  # the stored inf reads as missing
+    assert one.columns["s"].tolist() == other.columns["s"].tolist() == [None] * 3
+    mixed = blocks.window("m", 1, features=features)  # with a record by column too: feature by feature
+    blocks.record("m", 1, "r", ids(1, "late"), {"a": np.ones(1), "b": np.ones(1), "c": np.ones(1)}, np.zeros(1),
+                  None, 1.0, floats, now=9.0)
+    assert blocks.window("m", 1, features=features).columns["a"].tolist() == [1.0, *mixed.columns["a"].tolist()]
+
+
 def test_a_replayed_batch_stays_one_record_and_keeps_its_first_rows(store):
     """A spool may replay a batch after a crash between commit and truncation: the replay inserts nothing."""
     features = [{"name": "x", "type": "float"}]
