@@ -196,11 +196,23 @@ class KeyStore:
         """Return the key whose hash matches ``token``, or ``None``.
 
         Every stored hash is compared with ``hmac.compare_digest`` and the loop never stops
-        early, so the time taken says nothing about which key, or how much of one, matched.
+        early, so the time taken says nothing about which key, or how much of one, matched. A
+        token no key matches makes the file be looked at now (one ``stat``), not up to
+        ``reload_interval`` later: a key made a moment ago works on its first request.
         """
         digest = hash_key(token)
+        found = self._match(digest, self.keys)
+        if found is None:
+            before = self._keys
+            self.reload_if_changed(force=True)
+            if self._keys is not before:
+                found = self._match(digest, self._keys)
+        return found
+
+    @staticmethod
+    def _match(digest: str, keys: tuple[ApiKey, ...]) -> ApiKey | None:
         found: ApiKey | None = None
-        for key in self.keys:
+        for key in keys:
             if hmac.compare_digest(digest, key.sha256) and found is None:
                 found = key
         return found

@@ -72,8 +72,11 @@ def test_the_first_backup_ends_the_alert_and_an_old_one_is_stale_instead(tmp_pat
     """)
 
 
-def test_the_server_says_whether_backups_are_expected_beside_the_last_one(make_app):
+def test_the_server_says_whether_backups_are_expected_beside_the_last_one(make_app, monkeypatch):
     from service.backup import take
+    from service.monitoring import metrics
+
+    monkeypatch.setattr(metrics, "_current", None)  # this process's gauges, fresh: another test set one
 
     def published(app) -> list[str]:
         app.extensions["retention"].run_once()

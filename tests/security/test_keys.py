@@ -109,6 +109,16 @@ def test_reload_on_change_at_most_once_per_interval(keys_file, predictor, caplog
     assert store.authenticate(new).id == "late"
 
 
+def test_a_key_made_a_moment_ago_works_on_its_first_request(keys_file, predictor):
+    """An unknown token makes the file be looked at now: no interval to wait after keys create."""
+    clock = FakeClock()
+    store = KeyStore(keys_file, clock=clock)
+    assert store.authenticate(predictor) is not None  # the file was just looked at
+    new = create_key(keys_file, "fresh", ["predict"])
+    assert store.authenticate(new).id == "fresh"  # same instant: found by the forced look
+    assert store.authenticate("sk_unknown") is None
+
+
 def test_unchanged_file_is_not_reread(keys_file, predictor, monkeypatch):
     clock = FakeClock()
     store = KeyStore(keys_file, clock=clock)
