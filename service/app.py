@@ -153,6 +153,8 @@ def _outbox(config: Config, store, prediction_log):
     from service.monitoring.spool import Spool
 
     store.on_write_failure = metrics.observe_store_write_failure
+    if store.blobs is not None:  # a record whose blob bytes are lost counts as unreadable, once per worker
+        store.blobs.on_damaged = lambda: metrics.observe_record_dropped("unreadable")
     spool = Spool(config.spool_folder(), max_bytes=int(config.spool_max_mb * 2**20),
                   fsync_seconds=config.spool_fsync_seconds)
     return Outbox(store, prediction_log, spool, on_drop=metrics.observe_record_dropped)

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ HOUR = 3600
 #: This process's files are synced at most this often (the spool's default ``SPOOL_FSYNC_SECONDS``):
 #: a machine crash can take back the last second of bytes, whose records then read as missing.
 SYNC_SECONDS = 1.0
+#: Damaged references remembered (each logged and counted once) at most per process.
+MAX_DAMAGED_KEPT = 10_000
 #: A file is deleted for the size cap only when its hour ended this long ago, so records still
 #: waiting in a spool (a store down for minutes, a dead worker's segment adopted later) keep their
 #: bytes until they are shipped.
@@ -59,6 +61,9 @@ class BlobFiles:
         self._open: dict[int, tuple[str, int, int]] = {}  # hour -> (file name, fd, size): this process's files
         self._dirty: set[int] = set()  # fds written since the last sync
         self._synced = float("-inf")  # monotonic time of the last sync of this process's files
+        #: Told once per reference this process finds gone or damaged (a counter of lost records)
+        self.on_damaged: Callable[[], None] | None = None
+        self._damaged: set[str] = set()  # references found gone or damaged: each logged and counted once
 
     def append(self, parts: Sequence[Any], ts: float) -> str:
         """Append ``parts`` (bytes-like, in order) to this process's file for ``ts``'s hour; return the
@@ -142,12 +147,24 @@ class BlobFiles:
                 file.seek(offset)
                 data = file.read(length)
         except OSError:
-            return None
+            data = b""
         if len(data) != length or zlib.crc32(data) != crc:
-            log.warning("a logged batch's column bytes are missing or damaged; they read as missing",
-                        extra={"file": name, "offset": offset})
+            self._found_damaged(ref)
             return None
         return data
+
+    def _found_damaged(self, ref: str) -> None:
+        """Say once per reference (a window reads the same record again and again) that its bytes are lost."""
+        if ref in self._damaged or len(self._damaged) >= MAX_DAMAGED_KEPT:
+            return
+        self._damaged.add(ref)
+        log.warning("a logged batch's column bytes are missing or damaged; its inputs read as missing",
+                    extra={"file": ref.partition(":")[0], "reference": ref})
+        if self.on_damaged is not None:
+            try:
+                self.on_damaged()
+            except Exception:  # nosec B110  # noqa: S110  counting must not fail a read
+                pass
 
     def erase(self, ref: str) -> None:
         """Overwrite ``ref``'s bytes with zeros, on disk before returning (erasure). Raises ``OSError``."""

@@ -55,17 +55,26 @@ def test_a_large_record_keeps_its_bytes_in_a_file_and_reads_back_the_same(store)
     assert plog.record_feedback("m", [{"id": ids[5], "label": 1}])["accepted"] == 1
 
 
-def test_damaged_or_missing_bytes_read_as_missing_never_as_other_numbers(store):
+def test_damaged_or_missing_bytes_read_as_missing_never_as_other_numbers(store, caplog):
     plog = PredictionLog(store)
     record(plog, "big", 10 * HOUR)
+    record(plog, "other", 10 * HOUR + 1)
+    found = []
+    store.blobs.on_damaged = lambda: found.append(1)
     (path,) = store.blobs.files()
+    first, second = refs(store)
+    name, offset, _, _ = parse(first)
     data = bytearray(path.read_bytes())
-    data[100] ^= 0xFF
+    data[offset + 100] ^= 0xFF
     path.write_bytes(bytes(data))
-    window = plog.window("m", 1, features=FEATURES)
-    assert np.isnan(window.columns["f0"]).all() and window.predictions.tolist() == [None] * ROWS
+    for _ in range(3):  # the monitoring loop reads the same window again and again
+        window = plog.window("m", 1, features=FEATURES)
+    assert np.isnan(window.columns["f0"][ROWS:]).all() and window.predictions[ROWS:].tolist() == [None] * ROWS
+    assert not np.isnan(window.columns["f0"][:ROWS]).any()  # the other record's bytes are intact
+    assert found == [1] and caplog.text.count("missing or damaged") == 1  # counted and said once
     path.unlink()
     assert np.isnan(plog.window("m", 1, features=FEATURES).columns["f3"]).all()
+    assert found == [1, 1]  # the second record's bytes are gone now too
     for bad in ("../log.sqlite:0:10:0", "x.blob:0", "/etc/passwd.blob:0:1:0", None):
         assert parse(bad) is None and BlobFiles(path.parent).read(bad) is None
 
@@ -147,3 +156,31 @@ def test_a_forked_child_writes_files_of_its_own(store):
     assert os.waitstatus_to_exitcode(status) == 0
     assert {p.name for p in store.blobs.files()} == {f"10-{os.getpid()}.blob", f"10-{pid}.blob"}
     assert len(plog.window("m", 1, features=FEATURES).ids) == 2 * ROWS
+
+
+def test_a_served_record_whose_bytes_are_lost_moves_the_dropped_counter_once(make_app, monkeypatch):
+    """Where operators look: records_dropped_total{reason="unreadable"}, once per record and worker."""
+    from sklearn.datasets import load_breast_cancer
+
+    from service.monitoring import metrics
+
+    monkeypatch.setattr(metrics, "_current", None)  # this process's counters, fresh
+    app = make_app()
+    client = app.test_client()
+    rows = load_breast_cancer().data[:155].tolist() * 6  # 930 rows: past the blob threshold
+    assert client.post("/v1/models/breast-cancer:predict", json={"instances": rows}).status_code == 200
+    app.extensions["observer"].flush()
+    store = app.extensions["store"]
+    (path,) = store.blobs.files()
+    path.write_bytes(bytes(path.stat().st_size))  # zeroed, as a machine crash may leave it
+
+    def unreadable() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        lines = [line for line in text.splitlines()
+                 if line.startswith('sklearn_server_records_dropped_total{reason="unreadable"}')]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    assert unreadable() == 0.0
+    for _ in range(2):
+        assert client.get("/v1/models/breast-cancer/monitoring").status_code == 200
+    assert unreadable() == 1.0
