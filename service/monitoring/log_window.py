@@ -128,11 +128,13 @@ def read_batches(store: Store, keys: list[int]) -> dict[int, tuple[Stored, str, 
             probas = read_column(probas, arrays)
             names = tuple(orjson.loads(names))
             block = read_block(inputs, arrays)
-            columns = list(block) if block is not None and len(block) == len(names) else read_inputs(inputs, arrays)
+            if block is not None and len(block) != len(names):  # not one row per feature: read as columns
+                block = None
+            columns = list(block) if block is not None else read_inputs(inputs, arrays)
             record = Stored(rows, dict(zip(names, columns, strict=True)),
                             outputs if outputs is not None and len(outputs) == rows else [None] * rows,
                             probas if probas is not None and len(probas) == rows else [None] * rows,
-                            block if block is not None and len(block) == len(names) else None, names)
+                            block, names)
             stored[key] = (record, base, None if positions is None else orjson.loads(positions))
     return stored
 
