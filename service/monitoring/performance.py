@@ -131,12 +131,20 @@ def coerce_labels(values: Iterable[Any], classes: list) -> np.ndarray:
     lookup: dict[tuple[str, Any], int] = {}
     for index, cls in enumerate(classes):
         lookup.setdefault(_class_key(cls), index)
+    def coerce(value: Any) -> int:
+        if _is_missing(value):
+            return MISSING
+        return next((lookup[k] for k in _value_keys(value) if k in lookup), UNKNOWN)
+
+    # once per distinct value: a window repeats a few classes (its text tells -0.0 from 0.0)
+    seen: dict[tuple[type, Any, str], int] = {}
     result = []
     for value in values:
-        if _is_missing(value):
-            result.append(MISSING)
-        else:
-            result.append(next((lookup[k] for k in _value_keys(value) if k in lookup), UNKNOWN))
+        try:
+            token = (value.__class__, value, str(value))
+            result.append(seen[token] if token in seen else seen.setdefault(token, coerce(value)))
+        except TypeError:  # unhashable (a list or dict label): no class, coerced as it is
+            result.append(coerce(value))
     return np.asarray(result, dtype=np.int64)
 
 

@@ -117,6 +117,16 @@ def test_coerce_labels_reads_each_json_form():
     assert coerce_labels([np.int64(2), "b", 2.5], ["a", "b", 2]).tolist() == [2, 1, UNKNOWN]
 
 
+@pytest.mark.parametrize("classes", [[0, 1], ["0", "-0.0", "1"], [False, True], ["a", "b", 2], [-0.0, 1.5]])
+def test_coerce_labels_of_a_long_column_equal_each_value_alone(classes):
+    values = [0, 1.0, "1", "0.0", -0.0, 0.0, "-0.0", None, float("nan"), "x", 2, True, False, "true", np.int64(1),
+              np.float64(-0.0), np.bool_(True), [1], {"a": 1}, 1.5, "1.5", "b"] * 3
+    alone = [int(coerce_labels([value], classes)[0]) for value in values]
+    assert coerce_labels(values, classes).tolist() == alone
+    assert coerce_labels(np.array([1, 0, 1, 1, 2]), classes).tolist() == \
+        [int(coerce_labels([v], classes)[0]) for v in np.array([1, 0, 1, 1, 2])]
+
+
 def test_unknown_predictions_are_counted_and_left_out():
     result = binary([1, 7, 0], [1, 1, 0], min_labels=1)
     assert (result["labelled"], result["unknown_predictions"]) == (2, 1)
