@@ -8,7 +8,9 @@ computation (``ReportCache``) rather than each read the log again; and with
 ``large_reports``, at most that many large reports are computed at once across the workers
 (``WorkSlots``): the next caller gets 503 with Retry-After at once instead of tying up one more
 worker. Reports over the default window stay fresh (feedback shows at once) and cheap: they
-read ``MONITORING_WINDOW`` rows. No Flask.
+read ``MONITORING_WINDOW`` rows. Whatever the window, a version's figures are computed again
+only when its window changed (``Monitoring.window_sections``): the alert loop asks for the same
+ones every ``ALERT_SECONDS``. No Flask.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -227,7 +230,7 @@ class Monitoring:
         """
         key = (model.name, model.version, last_n, since is None)
         kept = self._windows.get(key)
-        if kept is not None and kept.model is not model:
+        if kept is not None and kept.model() is not model:  # another load of that version: its own figures
             kept = None
         small = since is None and last_n is not None and last_n <= self.default_window
         decoded = dict(kept.decoded) if kept is not None and small else {} if small else None
@@ -239,7 +242,7 @@ class Monitoring:
         sections = window_figures(model, log_window.assemble(loaded, model.features))
         with self._windows_lock:
             self._windows.pop(key, None)
-            self._windows[key] = _KeptWindow(model, content, decoded or {}, sections)
+            self._windows[key] = _KeptWindow(weakref.ref(model), content, decoded or {}, sections)
             while len(self._windows) > MAX_KEPT_WINDOWS:
                 del self._windows[next(iter(self._windows))]
         return dict(sections)
@@ -281,7 +284,7 @@ def window_figures(model: LoadedModel, data: log_window.Window) -> dict[str, Any
 class _KeptWindow:
     """A window's last figures, what they were computed from, and its decoded records (small windows)."""
 
-    model: LoadedModel
+    model: weakref.ref[LoadedModel]  # never keeps an unloaded version (and its estimator) in memory
     content: tuple[Any, ...]
     decoded: dict[tuple[int, int], Any]
     sections: dict[str, Any]

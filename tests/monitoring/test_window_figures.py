@@ -8,8 +8,10 @@ Runs on SQLite and PostgreSQL (the ``make_store`` fixture).
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from sklearn.datasets import load_breast_cancer
 
 from service.monitoring.predlog import PredictionLog
 from service.monitoring.report import Monitoring
+from service.serving import runtime
 from service.serving.catalog import Catalog
 
 MODEL = "breast-cancer"
@@ -92,3 +95,18 @@ def test_kept_figures_equal_a_fresh_workers_after_every_kind_of_change(setup, mi
     purged = check()
     assert purged["drift"] is not erased["drift"]
     assert check()["drift"] is purged["drift"]
+
+
+def test_another_load_of_the_version_gets_its_own_figures_and_none_keeps_a_model_alive(setup, demo_root):
+    catalog, log, _ = setup
+    record(log, catalog.model(MODEL).available(1), "one", np.arange(3), time.time())
+    monitoring = Monitoring(catalog, log, WINDOW)
+    first = runtime.load(demo_root / MODEL / "1", name=MODEL, version=1)
+    kept = figures(monitoring, first, False)
+    alive = weakref.ref(first)
+    second = runtime.load(demo_root / MODEL / "1", name=MODEL, version=1)
+    again = figures(monitoring, second, False)
+    assert same(again, kept) and again["drift"] is not kept["drift"]
+    del first
+    gc.collect()
+    assert alive() is None
