@@ -58,6 +58,7 @@ from scipy import stats
 
 from service.models import pii
 from service.models.profile import _bin_counts
+from service.monitoring import ks
 
 PSI_EPSILON = 1e-4
 OTHER = "other"
@@ -96,6 +97,13 @@ def drift_report(reference_profile: dict[str, Any], features: list[dict[str, Any
     # a personal-data feature with no raw values (a window from the log) runs no test
     silent = {f["name"] for f in features if f.get("pii") and not _has_values(columns.get(f["name"]))}
     tests = len(features) - len(silent) + 1
+    # the numeric features' KS tests at once: their p-values are one call, not one per feature
+    present = {f["name"]: numeric_values(columns.get(f["name"], np.array([], dtype=float))) for f in features
+               if not f.get("pii") and profiles.get(f["name"], {}).get("kind") == "numeric"}
+    tested = [name for name, values in present.items() if len(values) and profiles[name].get("sample")]
+    found = dict(zip(tested, ks.two_sample([present[name] for name in tested],
+                                           [ks.sorted_sample(profiles[name]["sample"]) for name in tested]),
+                     strict=True))
     report_features = {}
     for feature in features:
         name = feature["name"]
@@ -103,6 +111,8 @@ def drift_report(reference_profile: dict[str, Any], features: list[dict[str, Any
         entry = profiles.get(name, {"kind": "empty"})
         if feature.get("pii"):
             report_features[name] = personal_drift(entry, values, thresholds, tests=tests)
+        elif name in present:
+            report_features[name] = _numeric_drift(entry, present[name], thresholds, tests, found.get(name))
         else:
             report_features[name] = feature_drift(entry, values, thresholds, tests=tests)
     for name, entry in profiles.items():  # personal data a caller left out (no raw values): said, not silent
@@ -231,19 +241,21 @@ def hashed_keys(values: np.ndarray, salt: str) -> list[str]:
     return out
 
 
-def _numeric_drift(entry: dict[str, Any], values: np.ndarray, thresholds: DriftThresholds, tests: int) -> dict[str, Any]:
-    present = numeric_values(values)
+def _numeric_drift(entry: dict[str, Any], values: np.ndarray, thresholds: DriftThresholds, tests: int,
+                   tested: tuple[float, float] | None = None) -> dict[str, Any]:
+    """``tested``: the (statistic, p-value) of ``values`` (then already ``numeric_values``) when known."""
+    present = values if tested is not None else numeric_values(values)
     edges = np.asarray(entry["bin_edges"], dtype=float)
     reference = np.asarray(entry["frequencies"], dtype=float)
     n = len(present)
     current = np.asarray(_bin_counts(present, edges), dtype=float) / n if n else np.zeros_like(reference)
-    sample = np.asarray(entry.get("sample") or [], dtype=float)
     statistic = pvalue = None
-    if n and len(sample):
-        # asymptotic p-values: windows hold at least min_samples values, and the exact method
-        # costs n * m and falls back to this one with a warning when it overflows
-        result = stats.ks_2samp(present, sample, method="asymp")
-        statistic, pvalue = float(result.statistic), float(result.pvalue)
+    if tested is not None:
+        statistic, pvalue = tested
+    elif n and entry.get("sample"):
+        # asymptotic p-values (ks_2samp's method="asymp"): windows hold at least min_samples
+        # values, and the exact method costs n * m and falls back to this one when it overflows
+        ((statistic, pvalue),) = ks.two_sample([present], [ks.sorted_sample(entry["sample"])])
     score = psi(reference, current) if n else None
     return {
         "status": _status(score, pvalue, n, thresholds, tests, ks=statistic),

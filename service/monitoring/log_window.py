@@ -49,18 +49,53 @@ class Window:
     redacted: frozenset[str]  # features whose columns are all missing because they are PII
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A window's records before its columns are assembled: enough to tell whether it changed."""
+
+    covering: tuple[tuple[int, float, int, int], ...]  # (record key, ts, rows taken, rows stored), newest first
+    parts: list[Stored]
+    index: np.ndarray  # each row's position in the concatenated parts
+    ids: list[str]
+    ts: list[float]
+    labels: list[str | None]  # each row's feedback label (JSON text)
+
+    @property
+    def content(self) -> tuple[Any, ...]:
+        """What the window's figures depend on: the records taken (a rewrite by erasure changes their
+        rows, a deletion their list) and the labels joined to them."""
+        return self.covering, tuple(self.labels)
+
+
 def read(store: Store, model: str, version: int | None, *, last_n: int | None, since: float | None,
          features: list[dict[str, Any]]) -> Window:
     """Read a version's predictions (all versions for None), newest first, with their labels."""
+    return assemble(load(store, model, version, last_n=last_n, since=since), features)
+
+
+def load(store: Store, model: str, version: int | None, *, last_n: int | None, since: float | None,
+         decoded: dict[tuple[int, int], tuple[Stored, str, list[int] | None]] | None = None) -> Loaded:
+    """Read the records covering a window and the labels of its rows.
+
+    ``decoded``, kept by the caller between two loads of one window, holds the records already
+    read, keyed by (record key, rows): only records new since then are read and decoded (a record
+    is immutable but for erasure, which changes its rows). It is left holding this window's records.
+    """
     wanted = max(int(last_n), 0) if last_n is not None else MAX_WINDOW_ROWS
     covering = _covering(store, model, version, since, min(wanted, MAX_WINDOW_ROWS))
-    stored = read_batches(store, [key for key, _, _ in covering])
+    known = decoded if decoded is not None else {}
+    missing = [key for key, _, _, rows in covering if (key, rows) not in known]
+    stored = {key: known[(key, rows)] for key, _, _, rows in covering if (key, rows) in known}
+    stored.update(read_batches(store, missing))
+    if decoded is not None:
+        decoded.clear()
+        decoded.update({(key, found[0].rows): found for key, found in stored.items()})
     ids: list[str] = []
     ts: list[float] = []
     index: list[int] = []
     offset = 0
     parts = []
-    for key, when, take in covering:
+    for key, when, take, _ in covering:
         found = stored.get(key)
         if found is None:  # deleted (purged, erased) between the two reads
             continue
@@ -72,8 +107,12 @@ def read(store: Store, model: str, version: int | None, *, last_n: int | None, s
         ts += [when] * len(rows)
         offset += record.rows
         parts.append(record)
-    n = len(ids)
-    positions_index = np.array(index, dtype=np.int64)
+    return Loaded(tuple(covering), parts, np.array(index, dtype=np.int64), ids, ts, read_labels(store, ids))
+
+
+def assemble(loaded: Loaded, features: list[dict[str, Any]]) -> Window:
+    """The window's columns, predictions, probabilities and labels as the monitoring maths takes them."""
+    parts, positions_index, n = loaded.parts, loaded.index, len(loaded.ids)
     hidden = pii_names(features)
     at_once = block_columns(features, parts, positions_index, hidden) or {}
     return Window(
@@ -81,24 +120,24 @@ def read(store: Store, model: str, version: int | None, *, last_n: int | None, s
                  else feature_column(f, parts, positions_index, f["name"] in hidden) for f in features},
         predictions=as_array(gather([p.outputs for p in parts], positions_index)),
         probabilities=probability_matrix(gather([p.probabilities for p in parts], positions_index, matrix=True)),
-        labels=sparse(read_labels(store, ids), n),
-        ts=np.array(ts, dtype=np.float64),
-        ids=ids,
+        labels=sparse(loaded.labels, n),
+        ts=np.array(loaded.ts, dtype=np.float64),
+        ids=loaded.ids,
         n=n,
         redacted=hidden,
     )
 
 
 def _covering(store: Store, model: str, version: int | None, since: float | None,
-              wanted: int) -> list[tuple[int, float, int]]:
-    """The newest batch records holding ``wanted`` rows: (key, ts, rows to take), newest first."""
+              wanted: int) -> list[tuple[int, float, int, int]]:
+    """The newest batch records holding ``wanted`` rows: (key, ts, rows to take, rows), newest first."""
     where = "model = ?" + (" AND version = ?" if version is not None else "") + (" AND ts >= ?" if since is not None else "")
     params: list[Any] = [model, *([int(version)] if version is not None else []),
                          *([float(since)] if since is not None else [])]
     # From the (model, version, ts, rows) index alone: the columns are read only for the records kept.
     sql = (f"SELECT batch, ts, rows FROM prediction_batches WHERE {where} AND (ts < ? OR (ts = ? AND batch < ?))"  # nosec B608  # noqa: S608  constants and "?" only
            " ORDER BY ts DESC, batch DESC LIMIT ?")
-    out: list[tuple[int, float, int]] = []
+    out: list[tuple[int, float, int, int]] = []
     covered = 0
     after: tuple[float, int] = (float("inf"), 2**62)
     while covered < wanted:
@@ -106,7 +145,7 @@ def _covering(store: Store, model: str, version: int | None, since: float | None
         for key, ts, rows in page:
             if rows:
                 take = min(rows, wanted - covered)
-                out.append((key, ts, take))
+                out.append((key, ts, take, rows))
                 covered += take
             if covered >= wanted:
                 break
@@ -128,11 +167,13 @@ def read_batches(store: Store, keys: list[int]) -> dict[int, tuple[Stored, str, 
             probas = read_column(probas, arrays)
             names = tuple(orjson.loads(names))
             block = read_block(inputs, arrays)
-            columns = list(block) if block is not None and len(block) == len(names) else read_inputs(inputs, arrays)
+            if block is not None and len(block) != len(names):  # not one row per feature: read as columns
+                block = None
+            columns = list(block) if block is not None else read_inputs(inputs, arrays)
             record = Stored(rows, dict(zip(names, columns, strict=True)),
                             outputs if outputs is not None and len(outputs) == rows else [None] * rows,
                             probas if probas is not None and len(probas) == rows else [None] * rows,
-                            block if block is not None and len(block) == len(names) else None, names)
+                            block, names)
             stored[key] = (record, base, None if positions is None else orjson.loads(positions))
     return stored
 

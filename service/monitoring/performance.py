@@ -131,12 +131,25 @@ def coerce_labels(values: Iterable[Any], classes: list) -> np.ndarray:
     lookup: dict[tuple[str, Any], int] = {}
     for index, cls in enumerate(classes):
         lookup.setdefault(_class_key(cls), index)
+    def coerce(value: Any) -> int:
+        if _is_missing(value):
+            return MISSING
+        return next((lookup[k] for k in _value_keys(value) if k in lookup), UNKNOWN)
+
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "biuf" and len(values):
+        # a numeric column (predictions): once per distinct bit pattern, so -0.0 and 0.0 stay apart
+        bits = values.view(f"u{values.itemsize}") if values.dtype.kind == "f" else values
+        _, first, inverse = np.unique(bits, return_index=True, return_inverse=True)
+        return np.array([coerce(values[i]) for i in first], dtype=np.int64)[inverse.ravel()]
+    # once per distinct value: a window repeats a few classes (its text tells -0.0 from 0.0)
+    seen: dict[tuple[type, Any, str], int] = {}
     result = []
     for value in values:
-        if _is_missing(value):
-            result.append(MISSING)
-        else:
-            result.append(next((lookup[k] for k in _value_keys(value) if k in lookup), UNKNOWN))
+        try:
+            token = (value.__class__, value, str(value))
+            result.append(seen[token] if token in seen else seen.setdefault(token, coerce(value)))
+        except TypeError:  # unhashable (a list or dict label): no class, coerced as it is
+            result.append(coerce(value))
     return np.asarray(result, dtype=np.int64)
 
 
@@ -229,6 +242,8 @@ def _probability_matrix(probabilities: Any, n: int, k: int) -> np.ndarray | None
     """Rows of class probabilities as floats; a NaN row where a prediction was made without them."""
     if probabilities is None or len(probabilities) != n:
         return None
+    if isinstance(probabilities, np.ndarray) and probabilities.shape == (n, k) and probabilities.dtype.kind in "biuf":
+        return probabilities.astype(float)  # a stored matrix: every row present, as the loop below reads it
     matrix = np.full((n, k), np.nan)
     for i, row in enumerate(probabilities):
         if row is None or np.size(row) != k:

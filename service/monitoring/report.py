@@ -8,7 +8,9 @@ computation (``ReportCache``) rather than each read the log again; and with
 ``large_reports``, at most that many large reports are computed at once across the workers
 (``WorkSlots``): the next caller gets 503 with Retry-After at once instead of tying up one more
 worker. Reports over the default window stay fresh (feedback shows at once) and cheap: they
-read ``MONITORING_WINDOW`` rows. No Flask.
+read ``MONITORING_WINDOW`` rows. Whatever the window, a version's figures are computed again
+only when its window changed (``Monitoring.window_sections``): the alert loop asks for the same
+ones every ``ALERT_SECONDS``. No Flask.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +28,7 @@ import numpy as np
 
 from service.errors import MonitoringBusy
 from service.models import comparison
-from service.monitoring import metrics
+from service.monitoring import log_window, metrics
 from service.monitoring.bias import bias_report
 from service.monitoring.drift import drift_report
 from service.monitoring.multiproc import multiprocess_dir
@@ -46,6 +49,8 @@ MAX_WINDOW = 100_000
 SLOTS_FILE = "monitoring-reports-v1.lock"
 TRAFFIC_SECONDS = 3600  # traffic figures cover the last hour
 TIMELINE_BUCKET_SECONDS = 60
+#: Windows whose last figures a worker keeps (per model version and window size), oldest dropped first.
+MAX_KEPT_WINDOWS = 64
 TRAFFIC_KEYS = ("requests", "errors", "error_rate", "client_errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms",
                 "fallbacks_from", "fallbacks_to", "latency_sample")
 
@@ -135,6 +140,8 @@ class Monitoring:
     cache: ReportCache = field(init=False)
     slots: WorkSlots | None = field(init=False, default=None)
     _last_seconds: float = field(init=False, default=1.0)  # the last large report's time: the Retry-After
+    _windows: dict[Hashable, _KeptWindow] = field(init=False, default_factory=dict)
+    _windows_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.cache = ReportCache(self.cache_seconds)
@@ -210,24 +217,35 @@ class Monitoring:
                        requests_timeline: list[dict[str, Any]], since: float | None = None) -> dict[str, Any]:
         """Compute one version's sections from its last ``last_n`` logged predictions (or those since
         ``since``); ``figures`` and ``requests_timeline`` (``traffic_timeline``) make its traffic section."""
-        manifest = model.manifest
-        task, classes = manifest["task"], manifest["output"].get("classes")
-        data = self.log.window(model.name, model.version, last_n=last_n, since=since, features=model.features)
-        features = [f for f in model.features if f["name"] not in data.redacted]
-        profile = manifest.get("reference_profile", {})
-        reference_metrics = manifest.get("metrics", {}).get("holdout", {})
-        performance = live_performance(task, classes, data.predictions, data.labels, data.probabilities,
-                                       reference_metrics)
-        performance["timeline"] = timeline(data.ts, outcomes(task, classes, data.predictions, data.labels))
-        performance["timeline_metric"] = "mae" if task == "regression" else "accuracy"
-        return {
-            "n": data.n,
-            "traffic": traffic_section(figures, requests_timeline),
-            "drift": drift_report(profile, features, data.columns, data.predictions, task),
-            "quality": window_quality(profile, features, data.columns),
-            "performance": performance,
-            "bias": bias_report(features, data.columns, data.predictions, data.labels, task, classes),
-        }
+        sections = self.window_sections(model, last_n, since)
+        return {"n": sections.pop("n"), "traffic": traffic_section(figures, requests_timeline), **sections}
+
+    def window_sections(self, model: LoadedModel, last_n: int | None, since: float | None) -> dict[str, Any]:
+        """A version's window figures (n, drift, quality, performance, bias), computed again only when
+        the window changed: new, erased or purged records, or new labels.
+
+        The alert loop evaluates every ``ALERT_SECONDS``; an idle model's window costs it the index
+        and label reads. The records of a window of at most ``default_window`` rows are also kept
+        decoded between two evaluations, so a busy model's costs it the new records' decoding.
+        """
+        key = (model.name, model.version, last_n, since is None)
+        kept = self._windows.get(key)
+        if kept is not None and kept.model() is not model:  # another load of that version: its own figures
+            kept = None
+        small = since is None and last_n is not None and last_n <= self.default_window
+        decoded = dict(kept.decoded) if kept is not None and small else {} if small else None
+        loaded = log_window.load(self.log.store, model.name, model.version, last_n=last_n, since=since,
+                                 decoded=decoded)
+        content = loaded.content
+        if kept is not None and kept.content == content:
+            return dict(kept.sections)
+        sections = window_figures(model, log_window.assemble(loaded, model.features))
+        with self._windows_lock:
+            self._windows.pop(key, None)
+            self._windows[key] = _KeptWindow(weakref.ref(model), content, decoded or {}, sections)
+            while len(self._windows) > MAX_KEPT_WINDOWS:
+                del self._windows[next(iter(self._windows))]
+        return dict(sections)
 
     def reports(self) -> Iterator[tuple[str, int, dict[str, Any]]]:
         """Yield (model, version, report) for every version in play, for the alert rules.
@@ -240,6 +258,36 @@ class Monitoring:
             for version, section in report["versions"].items():
                 publish_gauges(state.name, int(version), section)
                 yield state.name, int(version), section
+
+
+def window_figures(model: LoadedModel, data: log_window.Window) -> dict[str, Any]:
+    """Drift, quality, live performance and bias of one version over a window of its predictions."""
+    manifest = model.manifest
+    task, classes = manifest["task"], manifest["output"].get("classes")
+    features = [f for f in model.features if f["name"] not in data.redacted]
+    profile = manifest.get("reference_profile", {})
+    reference_metrics = manifest.get("metrics", {}).get("holdout", {})
+    performance = live_performance(task, classes, data.predictions, data.labels, data.probabilities,
+                                   reference_metrics)
+    performance["timeline"] = timeline(data.ts, outcomes(task, classes, data.predictions, data.labels))
+    performance["timeline_metric"] = "mae" if task == "regression" else "accuracy"
+    return {
+        "n": data.n,
+        "drift": drift_report(profile, features, data.columns, data.predictions, task),
+        "quality": window_quality(profile, features, data.columns),
+        "performance": performance,
+        "bias": bias_report(features, data.columns, data.predictions, data.labels, task, classes),
+    }
+
+
+@dataclass
+class _KeptWindow:
+    """A window's last figures, what they were computed from, and its decoded records (small windows)."""
+
+    model: weakref.ref[LoadedModel]  # never keeps an unloaded version (and its estimator) in memory
+    content: tuple[Any, ...]
+    decoded: dict[tuple[int, int], Any]
+    sections: dict[str, Any]
 
 
 def publish_gauges(model: str, version: int, section: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from service.monitoring.performance import (
     MISSING,
     UNKNOWN,
     PerformanceThresholds,
+    _probability_matrix,
     coerce_labels,
     live_performance,
     outcomes,
@@ -115,6 +116,26 @@ def test_coerce_labels_reads_each_json_form():
         [0, 1, 1, 0, MISSING, MISSING, UNKNOWN, UNKNOWN]
     assert coerce_labels([True, "false", 1, "true"], [False, True]).tolist() == [1, 0, UNKNOWN, 1]
     assert coerce_labels([np.int64(2), "b", 2.5], ["a", "b", 2]).tolist() == [2, 1, UNKNOWN]
+
+
+@pytest.mark.parametrize("classes", [[0, 1], ["0", "-0.0", "1"], [False, True], ["a", "b", 2], [-0.0, 1.5]])
+def test_coerce_labels_of_a_long_column_equal_each_value_alone(classes):
+    values = [0, 1.0, "1", "0.0", -0.0, 0.0, "-0.0", None, float("nan"), "x", 2, True, False, "true", np.int64(1),
+              np.float64(-0.0), np.bool_(True), [1], {"a": 1}, 1.5, "1.5", "b"] * 3
+    alone = [int(coerce_labels([value], classes)[0]) for value in values]
+    assert coerce_labels(values, classes).tolist() == alone
+    for column in (np.array([1, 0, 1, 1, 2]), np.array([0.0, -0.0, 1.0, np.nan, 1.5, 2.0, -0.0]),
+                   np.array([True, False, True]), np.array([1, 2], dtype=np.uint8), np.array([0.5, 1.0], dtype=np.float32)):
+        assert coerce_labels(column, classes).tolist() == [int(coerce_labels([v], classes)[0]) for v in column]
+    assert coerce_labels(np.array([], dtype=float), classes).tolist() == []
+
+
+def test_a_stored_probability_matrix_reads_as_its_rows_do():
+    matrix = np.array([[0.2, 0.8], [1.0, 0.0], [np.nan, np.nan]], dtype=np.float32)
+    rows = [list(row) for row in matrix]
+    fast, slow = _probability_matrix(matrix, 3, 2), _probability_matrix(rows, 3, 2)
+    assert fast.dtype == slow.dtype == np.float64 and np.array_equal(fast, slow, equal_nan=True)
+    assert _probability_matrix(matrix, 3, 3) is not None and np.isnan(_probability_matrix(matrix, 3, 3)).all()
 
 
 def test_unknown_predictions_are_counted_and_left_out():
