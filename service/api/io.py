@@ -7,9 +7,8 @@ from typing import Any
 import orjson
 from flask import Response, current_app, request
 from marshmallow import RAISE, Schema, ValidationError
-from werkzeug.exceptions import ClientDisconnected
 
-from service.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from service.protocols import parse_json
 
 JSON_MIMETYPES = ("application/json",)
@@ -33,7 +32,9 @@ def read_body() -> bytes:
         while len(body) < declared:  # a server may hand the body over in parts
             part = stream.read(declared - len(body))
             if not part:
-                raise ClientDisconnected()
+                raise BadRequest(f"The body ended after {len(body)} of the {declared} bytes its Content-Length "
+                                 "declared (the client went away or sent a wrong length).",
+                                 details={"field": "Content-Length", "declared": declared, "received": len(body)})
             body += part
         return body
     body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH when the length is declared
