@@ -18,6 +18,8 @@ import errno
 import selectors
 import socket
 import time
+from collections import deque
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -157,7 +159,8 @@ class DeadlineUnreader(SocketUnreader):
 class BufferingWorker(gthread.ThreadWorker):
     """Gunicorn's gthread worker with the reading moved into its main loop, ahead of the threads.
 
-    A request goes to the thread pool only when it is whole. A client that takes longer than
+    A request goes to the thread pool only when it is whole; with one thread (``THREADS=1``, the
+    default) the main loop serves it itself, between reads, as a sync worker would. A client that takes longer than
     ``read_timeout`` seconds for one request (from its first byte, or from accept) is closed.
     Reading stops for a while when the requests held exceed ``buffer_budget`` bytes in all.
     TLS, HTTP/2 and the PROXY protocol, none of which our configuration enables, are left to
@@ -185,6 +188,12 @@ class BufferingWorker(gthread.ThreadWorker):
         self.paused: list[Any] = []  # of those, the ones not read while over the buffer budget
         self.buffered = 0
         self.next_sweep = 0.0
+        # One thread (THREADS=1): the main loop runs each whole request itself. Handing it to a
+        # pool of one thread and back through a pipe cost two thread switches and a wake of the
+        # loop per request and gained nothing: with one thread, one request runs at a time anyway.
+        self.inline = self.buffers_requests and cfg.threads == 1
+        self.whole: deque[Any] = deque()  # whole requests the main loop serves next (inline)
+        self.serving = False
         super().init_process()
 
     # -- into the buffer ---------------------------------------------------------------------
@@ -270,6 +279,28 @@ class BufferingWorker(gthread.ThreadWorker):
         conn.parser.unreader.unread(data)
         conn.data_ready = True  # no waiting for data in the thread: it is here
         self.enqueue_req(conn)
+
+    def enqueue_req(self, conn: Any) -> None:
+        """Serve a whole request: in this (the main) thread when ``inline``, else on the pool."""
+        if not self.inline:
+            return super().enqueue_req(conn)
+        self.whole.append(conn)
+        if self.serving:
+            return  # a request pipelined behind the one being finished: the loop below takes it
+        self.serving = True
+        started = time.monotonic()
+        try:
+            while self.whole:
+                conn = self.whole.popleft()
+                done: Future = Future()
+                done.set_result(self.handle(conn))  # handle() answers every Exception itself
+                self.finish_request(conn, done)
+        finally:
+            self.serving = False
+            # Nobody read the other clients meanwhile: that time is ours, not theirs to be cut for.
+            spent = time.monotonic() - started
+            for waiting in self.reading:
+                waiting.read_deadline += spent
 
     def _drop(self, conn: Any) -> None:
         """Close a connection whose request will not be served (gone, or past its deadline)."""

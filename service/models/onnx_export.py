@@ -247,9 +247,19 @@ class Inputs:
                 flags |= pd.isna(columns[name])
         return flags
 
-    def feeds(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Shape validated columns into the session's inputs."""
+    def any_missing_string(self, columns: dict[str, np.ndarray]) -> bool:
+        """Whether any row has a null in a string feature; a model of numbers only has none to look at."""
+        return not all(self.numeric) and bool(self.missing_strings(columns).any())
+
+    def feeds(self, columns: dict[str, np.ndarray], block: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Shape validated columns into the session's inputs.
+
+        ``block``: the same columns as the rows of one float64 array (features x rows, in
+        ``features`` order), which becomes a one-matrix model's input in a single copy.
+        """
         if self.layout == MATRIX:
+            if block is not None and block.shape[0] == len(self.features):
+                return {self.names[0]: np.ascontiguousarray(block.T, dtype=self.dtype)}
             return {self.names[0]: np.column_stack([np.asarray(columns[name], dtype=self.dtype) for name in self.features])}
         # by position: skl2onnx rewrites names that are not legal ONNX identifiers ("mean radius")
         return {input_name: np.asarray(columns[name], dtype=self.dtype if numeric else object).reshape(-1, 1)

@@ -357,6 +357,10 @@ def compare_shadow(answer: Answer, shadow: LoadedModel, name: str) -> ShadowReco
                         detail=orjson.dumps({"per_class": per_class}).decode())
 
 
+#: Up to this many predictions, ``summarise`` counts labels in Python (cheaper than np.unique's sort for a few)
+SMALL_BATCH = 64
+
+
 def summarise(predictions: np.ndarray, task: str) -> str:
     """Summarise a batch's predictions so per-version distributions can be merged later."""
     if task == "regression":
@@ -365,9 +369,14 @@ def summarise(predictions: np.ndarray, task: str) -> str:
                              "sumsq": float((values ** 2).sum()), "min": float(values.min()),
                              "max": float(values.max())}).decode()
     counts: Counter[str] = Counter()
-    classes, numbers = np.unique(np.asarray(predictions), return_counts=True)
-    for cls, count in zip(classes, numbers, strict=True):
-        counts[_key(cls)] += int(count)
+    values = np.asarray(predictions)
+    if values.size <= SMALL_BATCH:  # a few labels: counted in Python, in np.unique's (sorted) order, without its sort
+        pairs = sorted(Counter(values.reshape(-1).tolist()).items())
+    else:
+        classes, numbers = np.unique(values, return_counts=True)
+        pairs = zip(classes.tolist(), numbers.tolist(), strict=True)
+    for cls, count in pairs:
+        counts[_key(cls)] += count
     return orjson.dumps({"classes": dict(counts)}).decode()
 
 

@@ -322,8 +322,8 @@ def _validate(model: LoadedModel, request: PredictRequest, limits: Limits) -> Va
 def _run(route: Route, batch: ValidatedBatch, probabilities: bool, executor: Executor | None) -> Prediction:
     """Predict with the chosen version, within the time budget when one is set and a pool exists."""
     if not route.budget_ms or executor is None:
-        return route.model.predict(batch.columns, probabilities)
-    future = executor.submit(route.model.predict, batch.columns, probabilities)
+        return route.model.predict(batch.columns, probabilities, batch.block)
+    future = executor.submit(route.model.predict, batch.columns, probabilities, batch.block)
     try:
         return future.result(timeout=route.budget_ms / 1000)
     except FutureTimeout:

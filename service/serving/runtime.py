@@ -138,13 +138,18 @@ class LoadedModel:
             data[f["name"]] = values
         return pd.DataFrame(data, copy=False)
 
-    def predict(self, columns: dict[str, np.ndarray], probabilities: bool = False) -> Prediction:
-        """Predict for validated columns; raise ``PredictionFailed`` if the backend raises."""
+    def predict(self, columns: dict[str, np.ndarray], probabilities: bool = False,
+                block: np.ndarray | None = None) -> Prediction:
+        """Predict for validated columns; raise ``PredictionFailed`` if the backend raises.
+
+        ``block`` is validation's float block (features x rows, in this version's feature order)
+        when there is one: a one-matrix ONNX model takes it in one copy instead of stacking columns.
+        """
         probabilities = probabilities and self.has_probabilities
         try:
             session, inputs = self.session() if self.onnx_bytes is not None else (None, None)
-            if inputs is not None and not inputs.missing_strings(columns).any():
-                predicted, proba = self._predict_onnx(session, inputs.feeds(columns), probabilities)
+            if inputs is not None and not inputs.any_missing_string(columns):
+                predicted, proba = self._predict_onnx(session, inputs.feeds(columns, block), probabilities)
             else:
                 predicted, proba = self._predict_sklearn(columns, probabilities)
         except Exception as exc:  # the estimator is user code: any exception is its failure

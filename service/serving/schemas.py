@@ -234,13 +234,15 @@ class ModelSchema:
         return tuple(spec.name for spec in self.specs)
 
     @cached_property
-    def float_block(self) -> tuple[tuple[FeatureSpec, ...], list[int], np.ndarray, np.ndarray]:
+    def float_block(self) -> tuple[tuple[FeatureSpec, ...], list[int] | slice, np.ndarray, np.ndarray]:
         """The float features, their positions and their bounds as column vectors (-inf/inf for none),
-        for checking them all at once (``service.serving.matrix``); worked out once per schema."""
+        for checking them all at once (``service.serving.matrix``); worked out once per schema.
+        The positions are a slice when they are every column in order (a view, not a gather)."""
         specs = tuple(spec for spec in self.specs if spec.kind == "float")
         lo = np.array([-np.inf if spec.lo is None else spec.lo for spec in specs], dtype=np.float64)[:, None]
         hi = np.array([np.inf if spec.hi is None else spec.hi for spec in specs], dtype=np.float64)[:, None]
-        return specs, [spec.index for spec in specs], lo, hi
+        positions = [spec.index for spec in specs]
+        return specs, slice(None) if positions == list(range(len(self.specs))) else positions, lo, hi
 
 
 _model_schemas: dict[int, tuple[list[dict[str, Any]], ModelSchema]] = {}

@@ -194,3 +194,13 @@ def test_body_over_the_default_limit_is_413(client):
 )
 def test_unknown_and_hostile_paths_are_404(client, path, code):
     assert_error(client.post(path, json=with_row()), 404, code)
+
+
+def test_a_body_shorter_than_its_declared_length_is_a_400_in_the_one_shape(client):
+    """The client went away mid-body (or lied about the length): nothing is predicted, nothing is half-read."""
+    body = b'{"instances": [[1, 2]]}'
+    response = client.post(PREDICT, data=body, content_type="application/json",
+                           environ_overrides={"CONTENT_LENGTH": str(len(body) + 10)})
+    error = assert_error(response, 400, "bad_request")
+    assert error["details"] == {"field": "Content-Length", "declared": len(body) + 10, "received": len(body)}
+    assert error["message"].startswith(f"The body ended after {len(body)} of the {len(body) + 10} bytes")

@@ -59,8 +59,10 @@ def trickling(port: int, count: int, body: bool) -> Iterator[list[int]]:
             sock.close()
 
 
-def test_trickling_clients_leave_health_probes_and_predictions_answered(artifact_root, server_factory):
-    server = server_factory(artifact_root)  # the defaults: 2 workers, no FORWARDED_ALLOW_IPS
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_trickling_clients_leave_health_probes_and_predictions_answered(artifact_root, server_factory, threads):
+    """THREADS=1 (the default): the main loop serves each whole request itself; THREADS=4: a pool does."""
+    server = server_factory(artifact_root, THREADS=threads)  # 2 workers, no FORWARDED_ALLOW_IPS
     probes, answered = [], []
     with trickling(server.port, TRICKLING, body=False) as header_failures, \
             trickling(server.port, TRICKLING, body=True) as body_failures:
