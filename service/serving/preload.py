@@ -1,0 +1,103 @@
+"""Model versions loaded once in the Gunicorn master, before it forks, for every worker to share.
+
+A worker forked from the master finds here the versions the master unpickled and prepared (and,
+for ONNX Runtime, the session it opened) and serves them copy-on-write instead of loading its
+own: memory the workers share, and no load before a fresh or recycled worker's first request.
+The master stays one thread: ``hold_all`` refuses to keep sessions if opening them started one.
+A version not held here (new since the fork, refused, another backend) is loaded by the worker
+itself, as before. No Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sklearn
+
+from service.models import artifacts
+from service.serving import runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Held:
+    """A version the master loaded, and the backend it chose (a worker choosing another loads its own)."""
+
+    model: runtime.LoadedModel
+    backend: str
+
+
+_held: dict[tuple[str, int], Held] = {}
+
+
+def hold_all(root: Path, *, signing_key: Any = None, backend: Callable[[str], str] = runtime.BackendChoice(),
+             prepare: Callable[[runtime.LoadedModel], None] | None = None) -> int:
+    """Load, prepare and open a session for every version under ``root`` not held yet; return how many are held.
+
+    Run in the master before it forks. A version that fails here is left to the workers, which
+    refuse it and report it as they always do; versions gone from disk are let go.
+    """
+    on_disk = set()
+    for name in artifacts.list_models(root):
+        for version in artifacts.list_versions(root, name):
+            on_disk.add((name, version))
+            if (name, version) not in _held:
+                _hold(root, name, version, signing_key, backend(name), prepare)
+    for gone in set(_held) - on_disk:
+        del _held[gone]
+    if _threads() > 1:  # a native library started a thread: it would be missing from every worker
+        for held in _held.values():
+            held.model.release_session()
+        log.error("opening ONNX Runtime sessions started a thread in the master; each worker opens its own",
+                  extra={"threads": _threads()})
+    return len(_held)
+
+
+def _hold(root: Path, name: str, version: int, signing_key: Any, backend: str,
+          prepare: Callable[[runtime.LoadedModel], None] | None) -> None:
+    folder = artifacts.version_dir(root, name, version)
+    try:
+        model = runtime.load(folder, name=name, version=version, signing_key=signing_key, backend=backend)
+        if model.backend == runtime.ONNX:
+            model.share_session()  # before prepare, whose measurement predicts through it
+        if prepare is not None:
+            prepare(model)
+    except Exception:  # the worker loads it again and reports what is wrong the usual way
+        log.info("model version left to the workers", extra={"model": name, "version": version}, exc_info=True)
+        return
+    _held[(name, version)] = Held(model, backend)
+
+
+def take(folder: Path, *, name: str, version: int, signing_key: Any = None,
+         backend: str = runtime.AUTO) -> runtime.LoadedModel | None:
+    """Return the master's copy of this version if the folder still verifies to the very same files.
+
+    The worker verifies the folder itself, with its own keys (manifest, signature, file hashes),
+    and uses the held model only when the manifest it verified is the one the master loaded, for
+    the same backend; otherwise None, and the worker loads the version itself. Raises
+    ``ArtifactError`` when the folder no longer verifies.
+    """
+    held = _held.get((name, version))
+    if held is None or held.backend != backend:
+        return None
+    verified = artifacts.verify_version(folder, expected_name=name, expected_version=version,
+                                        signing_key=signing_key, sklearn_version=sklearn.__version__)
+    return held.model if verified.manifest == held.model.manifest else None
+
+
+def held() -> int:
+    """How many versions this process holds from before the fork."""
+    return len(_held)
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
