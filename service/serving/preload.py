@@ -3,7 +3,7 @@
 A worker forked from the master finds here the versions the master unpickled and prepared (and,
 for ONNX Runtime, the session it opened) and serves them copy-on-write instead of loading its
 own: memory the workers share, and no load before a fresh or recycled worker's first request.
-The master stays one thread: ``hold_all`` refuses to keep sessions if opening them started one.
+The master stays one thread: ``hold_all`` drops the sessions again if loading started a thread.
 A version not held here (new since the fork, refused, another backend) is loaded by the worker
 itself, as before. No Flask.
 """
@@ -43,7 +43,7 @@ def hold_all(root: Path, *, signing_key: Any = None, backend: Callable[[str], st
     Run in the master before it forks. A version that fails here is left to the workers, which
     refuse it and report it as they always do; versions gone from disk are let go.
     """
-    on_disk = set()
+    threads, on_disk = _threads(), set()
     for name in artifacts.list_models(root):
         for version in artifacts.list_versions(root, name):
             on_disk.add((name, version))
@@ -51,11 +51,11 @@ def hold_all(root: Path, *, signing_key: Any = None, backend: Callable[[str], st
                 _hold(root, name, version, signing_key, backend(name), prepare)
     for gone in set(_held) - on_disk:
         del _held[gone]
-    if _threads() > 1:  # a native library started a thread: it would be missing from every worker
+    if _threads() > threads:  # a native library started a thread: it would be missing from every worker
         for held in _held.values():
             held.model.release_session()
-        log.error("opening ONNX Runtime sessions started a thread in the master; each worker opens its own",
-                  extra={"threads": _threads()})
+        log.error("a thread started while the master loaded model versions; each worker opens its own ONNX "
+                  "Runtime sessions", extra={"threads": _threads(), "before": threads})
     return len(_held)
 
 
