@@ -53,7 +53,7 @@ except (ConfigError, ValueError) as _exc:
 # -- where and how many --------------------------------------------------------------------
 # IPv6 literals need brackets in a bind string.
 bind = [f"[{_config.host}]:{_config.port}" if ":" in _config.host else f"{_config.host}:{_config.port}"]
-# WEB_CONCURRENCY (default 2): processes; each holds its own copy of every model.
+# WEB_CONCURRENCY (default 2): processes; they share the models the master loaded (see below).
 workers = _config.workers
 # THREADS (default 1): threads per worker that run requests. More help when requests wait on
 # I/O; prediction is CPU-bound and holds the GIL, so processes are what scale it.
@@ -107,10 +107,13 @@ MEMORY_CHECK_EVERY = 64
 #   * native thread pools (OpenMP, BLAS) and the app's threads, created after fork, never inherited.
 # The model versions on disk are the exception: the master verifies, unpickles and prepares
 # them, and opens their ONNX Runtime sessions, before the first fork (``when_ready``, again on
-# HUP in ``on_reload``), and a worker that verifies the same files serves the master's copy,
-# shared copy-on-write: an extra worker then costs a fraction of the first (make bench prints
-# it). A version that fails there is left to the workers, which refuse it as always; a version
-# that appears later is loaded by the worker that finds it.
+# HUP in ``on_reload``, which also checks again what it holds), and a worker that finds the
+# same files (manifest.json byte for byte, every file hashed again) serves the master's copy,
+# shared copy-on-write: an extra worker then costs a fraction of the first (``python -m
+# bench.memory`` prints it). A version that fails there is left to the workers, which refuse it
+# as always; a version that appears later is loaded by the worker that finds it. The cost: a
+# pickle that crashes the interpreter (not one that raises) would take the master down, and only
+# verified files are ever unpickled.
 preload_app = False
 
 
@@ -224,7 +227,8 @@ def post_worker_init(worker):
     """
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)
+    if not os.environ.get("XTPC"):
+        threadpool_limits(1)
     extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
     if extensions.get("catalog") is not None:
         extensions["catalog"].warm_up()
@@ -295,6 +299,9 @@ def _hold_models(server):
     except Exception:  # e.g. an unreadable artifacts folder: every worker loads its own, as without this
         server.log.exception("model versions not loaded before fork; each worker loads its own")
         return
+    if os.environ.get("XTPC"):
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
     gc.freeze()
     server.log.info("model versions loaded before fork", extra={"versions": held})
 

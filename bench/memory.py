@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import models, procstat
-from bench.server import Server, post
+from bench.server import REPO, Server, post
 from bench.targets import EXTRA_WORKER_SHARE
 from bench.workload import Scenario, build_scenarios
 
@@ -38,9 +38,9 @@ def scenarios(root: Path) -> list[Scenario]:
     return build_scenarios(root, {models.FOREST: features, models.BOOSTED: features}, sizes=SIZES)
 
 
-def measure_workers(root: Path, work: Path, workers: int, requests: list[Scenario]) -> dict[str, Any]:
-    """Start the server with ``workers`` workers, warm every model up, read every process's memory."""
-    server = Server(root, work / f"workers-{workers}", workers)
+def measure_workers(root: Path, work: Path, workers: int, requests: list[Scenario], tree: Path = REPO) -> dict[str, Any]:
+    """Start the server (of checkout ``tree``) with ``workers`` workers, warm every model up, read every process's memory."""
+    server = Server(root, work / f"workers-{workers}", workers, tree=tree)
     try:
         server.start()
         for _ in range(ROUNDS_PER_WORKER * workers):
@@ -100,13 +100,13 @@ def measure_arena(root: Path, requests: list[Scenario]) -> dict[str, Any]:
     return found
 
 
-def measure(root: Path, work: Path, counts: tuple[int, ...] = WORKER_COUNTS) -> dict[str, Any]:
+def measure(root: Path, work: Path, counts: tuple[int, ...] = WORKER_COUNTS, tree: Path = REPO) -> dict[str, Any]:
     """Every worker count, then the arena; the figures ``lines`` prints."""
     requests = scenarios(root)
     runs = []
     for workers in counts:
         print(f"bench: memory with {workers} workers", file=sys.stderr, flush=True)
-        runs.append(measure_workers(root, work, workers, requests))
+        runs.append(measure_workers(root, work, workers, requests, tree))
     return {"runs": runs, "arena_uss_mib": measure_arena(root, requests), "target": EXTRA_WORKER_SHARE}
 
 
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker counts to measure (default: 2 3)")
     parser.add_argument("--artifacts", type=Path, metavar="DIR",
                         help="the bench's models trained before (python -m bench.memory trains them otherwise)")
+    parser.add_argument("--tree", type=Path, default=REPO, metavar="DIR",
+                        help="the checkout whose server is measured (another worktree: a before/after run)")
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.workers):
         parser.error("worker counts are positive whole numbers")
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.artifacts is None:
             print("bench: training the bench's models", file=sys.stderr, flush=True)
             models.train_all(root)
-        found = measure(root, Path(scratch), tuple(args.workers))
+        found = measure(root, Path(scratch), tuple(args.workers), args.tree.resolve())
     print("\n".join(lines(found)))
     return 0
 

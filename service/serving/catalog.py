@@ -214,7 +214,7 @@ class Catalog:
         backend = self.backend(name)
         try:
             # the master's copy, loaded before the fork, when this worker verifies the same files
-            model = preload.take(folder, name=name, version=version, signing_key=self.signing_key, backend=backend)
+            model = preload.take(folder, name=name, version=version, backend=backend)
             shared = model is not None
             model = model or runtime.load(folder, name=name, version=version, signing_key=self.signing_key,
                                           backend=backend)

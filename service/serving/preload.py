@@ -10,6 +10,8 @@ itself, as before. No Flask.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Any
 
 import sklearn
 
+from service.errors import ArtifactError
 from service.models import artifacts
 from service.serving import runtime
 
@@ -27,10 +30,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Held:
-    """A version the master loaded, and the backend it chose (a worker choosing another loads its own)."""
+    """A version the master loaded: the backend it chose and what a worker checks before taking it."""
 
     model: runtime.LoadedModel
     backend: str
+    manifest_sha256: str  # of manifest.json as the master verified it
+    files: dict[str, Any]  # that manifest's file list: name -> size and sha256
 
 
 _held: dict[tuple[str, int], Held] = {}
@@ -38,15 +43,19 @@ _held: dict[tuple[str, int], Held] = {}
 
 def hold_all(root: Path, *, signing_key: Any = None, backend: Callable[[str], str] = runtime.BackendChoice(),
              prepare: Callable[[runtime.LoadedModel], None] | None = None) -> int:
-    """Load, prepare and open a session for every version under ``root`` not held yet; return how many are held.
+    """Load, prepare and open a session for every version under ``root``; return how many are held.
 
-    Run in the master before it forks. A version that fails here is left to the workers, which
-    refuse it and report it as they always do; versions gone from disk are let go.
+    Run in the master before it forks, and again on HUP: versions held already are verified again
+    (with the keys as reloaded) and let go if they no longer verify, changed, or are gone. A version
+    that fails here is left to the workers, which refuse it and report it as they always do.
     """
     threads, on_disk = _threads(), set()
     for name in artifacts.list_models(root):
         for version in artifacts.list_versions(root, name):
             on_disk.add((name, version))
+            held = _held.get((name, version))
+            if held is not None and not _still_good(root, name, version, held, signing_key, backend(name)):
+                del _held[(name, version)]
             if (name, version) not in _held:
                 _hold(root, name, version, signing_key, backend(name), prepare)
     for gone in set(_held) - on_disk:
@@ -63,7 +72,10 @@ def _hold(root: Path, name: str, version: int, signing_key: Any, backend: str,
           prepare: Callable[[runtime.LoadedModel], None] | None) -> None:
     folder = artifacts.version_dir(root, name, version)
     try:
+        digest = _manifest_sha256(folder)
         model = runtime.load(folder, name=name, version=version, signing_key=signing_key, backend=backend)
+        if digest != _manifest_sha256(folder):  # replaced while it loaded: the workers sort it out
+            return
         if model.backend == runtime.ONNX:
             model.share_session()  # before prepare, whose measurement predicts through it
         if prepare is not None:
@@ -71,24 +83,43 @@ def _hold(root: Path, name: str, version: int, signing_key: Any, backend: str,
     except Exception:  # the worker loads it again and reports what is wrong the usual way
         log.info("model version left to the workers", extra={"model": name, "version": version}, exc_info=True)
         return
-    _held[(name, version)] = Held(model, backend)
+    _held[(name, version)] = Held(model, backend, digest, model.manifest["files"])
 
 
-def take(folder: Path, *, name: str, version: int, signing_key: Any = None,
-         backend: str = runtime.AUTO) -> runtime.LoadedModel | None:
-    """Return the master's copy of this version if the folder still verifies to the very same files.
+def _still_good(root: Path, name: str, version: int, held: Held, signing_key: Any, backend: str) -> bool:
+    folder = artifacts.version_dir(root, name, version)
+    try:
+        artifacts.verify_version(folder, expected_name=name, expected_version=version, signing_key=signing_key,
+                                 sklearn_version=sklearn.__version__)
+        return held.backend == backend and hmac.compare_digest(_manifest_sha256(folder), held.manifest_sha256)
+    except (ArtifactError, OSError):
+        return False
 
-    The worker verifies the folder itself, with its own keys (manifest, signature, file hashes),
-    and uses the held model only when the manifest it verified is the one the master loaded, for
-    the same backend; otherwise None, and the worker loads the version itself. Raises
-    ``ArtifactError`` when the folder no longer verifies.
+
+def take(folder: Path, *, name: str, version: int, backend: str = runtime.AUTO) -> runtime.LoadedModel | None:
+    """Return the master's copy of this version if the folder still holds the very files it verified.
+
+    The master checked the manifest (its signature included) with the same keys; the worker
+    checks that manifest.json is byte for byte the one the master verified and hashes every file
+    again, without parsing the manifest anew (that would copy pages the master shares). A
+    different manifest or backend: None, and the worker loads the version itself. Raises
+    ``ArtifactError`` when a file no longer matches.
     """
     held = _held.get((name, version))
     if held is None or held.backend != backend:
         return None
-    verified = artifacts.verify_version(folder, expected_name=name, expected_version=version,
-                                        signing_key=signing_key, sklearn_version=sklearn.__version__)
-    return held.model if verified.manifest == held.model.manifest else None
+    try:
+        same = hmac.compare_digest(_manifest_sha256(folder), held.manifest_sha256)
+    except OSError:
+        return None  # no manifest any more: the worker's own load says so
+    if not same:
+        return None
+    artifacts.check_files(folder, held.files)
+    return held.model
+
+
+def _manifest_sha256(folder: Path) -> str:
+    return hashlib.sha256((folder / artifacts.MANIFEST).read_bytes()).hexdigest()
 
 
 def held() -> int:

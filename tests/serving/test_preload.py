@@ -46,6 +46,18 @@ def test_files_changed_after_the_master_loaded_them_are_refused_not_served(artif
     flip_byte(artifact_root / "diabetes" / "1" / "model.joblib")
     with pytest.raises(ArtifactError):
         take(artifact_root, "diabetes", 1)
+    assert preload.hold_all(artifact_root) == 1  # HUP verifies what is held again, and lets it go
+    assert take(artifact_root, "diabetes", 1) is None
+
+
+def test_a_manifest_rewritten_since_the_master_verified_it_sends_the_worker_to_its_own_load(artifact_root):
+    preload.hold_all(artifact_root)
+    copy_version(artifact_root, "diabetes", 1, 2)
+    shutil.rmtree(artifact_root / "diabetes" / "1")
+    shutil.copytree(artifact_root / "diabetes" / "2", artifact_root / "diabetes" / "1")  # same files, manifest says 2
+    assert take(artifact_root, "diabetes", 1) is None
+    with pytest.raises(ArtifactError):  # and that load refuses it
+        runtime.load(artifact_root / "diabetes" / "1", name="diabetes", version=1)
 
 
 def test_a_version_the_master_cannot_load_is_left_to_the_workers_and_a_removed_one_let_go(artifact_root):
