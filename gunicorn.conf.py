@@ -227,8 +227,7 @@ def post_worker_init(worker):
     """
     from threadpoolctl import threadpool_limits
 
-    if not os.environ.get("XTPC"):
-        threadpool_limits(1)
+    threadpool_limits(1)
     extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
     if extensions.get("catalog") is not None:
         extensions["catalog"].warm_up()
@@ -299,9 +298,6 @@ def _hold_models(server):
     except Exception:  # e.g. an unreadable artifacts folder: every worker loads its own, as without this
         server.log.exception("model versions not loaded before fork; each worker loads its own")
         return
-    if os.environ.get("XTPC"):
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(1)
     gc.freeze()
     server.log.info("model versions loaded before fork", extra={"versions": held})
 
