@@ -53,7 +53,7 @@ except (ConfigError, ValueError) as _exc:
 # -- where and how many --------------------------------------------------------------------
 # IPv6 literals need brackets in a bind string.
 bind = [f"[{_config.host}]:{_config.port}" if ":" in _config.host else f"{_config.host}:{_config.port}"]
-# WEB_CONCURRENCY (default 2): processes; each holds its own copy of every model.
+# WEB_CONCURRENCY (default 2): processes; they share the models the master loaded (see below).
 workers = _config.workers
 # THREADS (default 1): threads per worker that run requests. More help when requests wait on
 # I/O; prediction is CPU-bound and holds the GIL, so processes are what scale it.
@@ -101,13 +101,19 @@ max_requests_jitter = max_requests // 5
 MEMORY_CHECK_EVERY = 64
 
 # -- loading models --------------------------------------------------------------------------
-# preload_app = False, on purpose: each worker loads and verifies the models itself after
-# fork. It costs memory (one copy per worker, little for scikit-learn models) and buys
+# preload_app = False, on purpose: each worker builds the app itself after fork, so it buys
 #   * independent hot reloads: every worker follows registry.json on its own, so a new
-#     version is picked up without HUP (HUP with preload would not reload models, and a
-#     model that fails to load on HUP could stop the server);
-#   * native thread pools (OpenMP, BLAS) that are created after fork, never inherited;
-#   * a crash while unpickling takes down one worker, not the master.
+#     version is picked up without HUP (HUP with preload would not rebuild the app);
+#   * native thread pools (OpenMP, BLAS) and the app's threads, created after fork, never inherited.
+# The model versions on disk are the exception: the master verifies, unpickles and prepares
+# them, and opens their ONNX Runtime sessions, before the first fork (``when_ready``, again on
+# HUP in ``on_reload``, which also checks again what it holds), and a worker that finds the
+# same files (manifest.json byte for byte, every file hashed again) serves the master's copy,
+# shared copy-on-write: an extra worker then costs a fraction of the first (``python -m
+# bench.memory`` prints it). A version that fails there is left to the workers, which refuse it
+# as always; a version that appears later is loaded by the worker that finds it. The cost: a
+# pickle that crashes the interpreter (not one that raises) would take the master down, and only
+# verified files are ever unpickled.
 preload_app = False
 
 
@@ -265,6 +271,35 @@ def when_ready(server):
     _check_unsigned_models(server)
     _warn_unbuffered_public_sync(server)
     _prepare_metrics(server)
+    _hold_models(server)  # after the metrics folder is emptied: the explanation costs measured go there
+
+
+def on_reload(server):
+    """HUP: load the versions that appeared since, so the workers about to be forked share them too."""
+    _hold_models(server)
+
+
+def _hold_models(server):
+    """Load every model version in the master, then freeze it out of the collector's reach (see ``on_starting``).
+
+    The master stays one thread: ``preload.hold_all`` drops the sessions again if opening them
+    started one. Nothing here can stop the server: a version that fails is the workers' to report.
+    """
+    from service import explain
+    from service.monitoring.multiproc import multiprocess_dir
+    from service.security.signing import model_keys
+    from service.serving import preload
+    from service.serving.runtime import BackendChoice
+
+    try:
+        held = preload.hold_all(_config.artifacts_dir, signing_key=model_keys(_config.signing_key, _config.trusted_keys),
+                                backend=BackendChoice.parse(_config.model_backend, _config.model_backends),
+                                prepare=explain.preparer(multiprocess_dir()))
+    except Exception:  # e.g. an unreadable artifacts folder: every worker loads its own, as without this
+        server.log.exception("model versions not loaded before fork; each worker loads its own")
+        return
+    gc.freeze()
+    server.log.info("model versions loaded before fork", extra={"versions": held})
 
 
 def _prepare_metrics(server):

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import compare, explaining, inprocess, load, log_cost, machine, models, profiled, protocols, report
+from bench import compare, explaining, inprocess, load, log_cost, machine, memory, models, profiled, protocols, report
 from bench.server import ServerError
 from bench.workload import CLASSIFIER, Scenario, build_scenarios
 from service.errors import ServiceError
@@ -146,9 +146,15 @@ def run(work: Path, workers: int, settings: load.LoadSettings, quick: bool = Fal
     if model is None:
         progress("the prediction log's cost: log on against log off, at 1 and 10,000 rows")
         logged = log_cost.run(log_cost.REPO, log_cost.SIZES, 0.25 if quick else 1.0)
+    held = None
+    if model is None:
+        progress("memory: what an extra worker adds, with 2 and 3 workers; ONNX Runtime's arena on and off")
+        held = memory.measure(root, work / "memory")
     facts = machine.machine_facts(workers, load.wrk_version(), load_before)
     results = report.build_results(facts, settings, scenarios, local, side_by_side, recycled)
-    return report.add_phases(results, wire, explained) | {"log_cost": logged}
+    results = report.add_phases(results, wire, explained) | {"log_cost": logged, "memory": held}
+    results["targets"] += memory.targets(held)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

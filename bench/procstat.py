@@ -107,3 +107,29 @@ def memory(pid: int) -> Memory | None:
 def worker_memory(master: int) -> list[Memory]:
     """Every live worker's memory, oldest pid first."""
     return [m for m in (memory(pid) for pid in children(master)) if m is not None]
+
+
+#: Where a mapping's pages come from, by its smaps name: the brk heap, anonymous mmaps (large
+#: mallocs, Python's arenas, other threads' malloc arenas, ONNX Runtime's buffers), files (shared
+#: libraries' data and code, the metrics files) and the rest (stacks, vdso).
+KINDS = ("heap", "anonymous", "file", "other")
+
+
+def breakdown(pid: int) -> dict[str, dict[str, float]] | None:
+    """PSS and USS in MiB per kind of mapping (``KINDS``) from ``/proc/<pid>/smaps``; None once gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return None
+    kib = {kind: {"Pss": 0, "Private_Clean": 0, "Private_Dirty": 0} for kind in KINDS}
+    kind = "other"
+    for line in text.splitlines():
+        head, _, rest = line.partition(" ")
+        if not head.endswith(":"):  # a mapping's first line: range, perms, offset, dev, inode, [name]
+            name = rest.split(None, 4)[4].strip() if len(rest.split(None, 4)) == 5 else ""
+            kind = "heap" if name == "[heap]" else "anonymous" if not name else "other" if name.startswith("[") \
+                else "file"
+        elif head[:-1] in kib[kind]:
+            kib[kind][head[:-1]] += int(rest.split()[0])
+    return {k: {"pss_mib": v["Pss"] / 1024, "uss_mib": (v["Private_Clean"] + v["Private_Dirty"]) / 1024}
+            for k, v in kib.items()}

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import targets
+from bench import memory, targets
 from bench.compare import RECYCLING
 from bench.inprocess import InProcessResult
 from bench.load import LoadSettings
@@ -199,7 +199,7 @@ def memory_lines(results: dict[str, Any]) -> list[str]:
                            for w in workers)
         share = targets.extra_worker_share(workers)
         lines.append(f"  {SHORT[name]:15} {cells}" + ("" if share is None else f"   extra worker = {share:.0%} of PSS"))
-    return lines
+    return lines + memory.lines(results.get("memory"))
 
 
 def recycling_lines(results: dict[str, Any]) -> list[str]:

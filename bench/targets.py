@@ -95,9 +95,9 @@ def check(records: dict[str, dict[str, Any]], recycling: dict[str, Any], memory:
 
 
 def extra_worker_share(workers: list[dict[str, Any]]) -> float | None:
-    """What one more worker adds (its private memory, USS, averaged) over the first worker's PSS."""
-    if not workers:
+    """What one more worker adds (the other workers' private memory, USS, averaged) over the first worker's PSS."""
+    if len(workers) < 2:
         return None
     first = workers[0]["pss_mib"]
-    extra = sum(w["uss_mib"] for w in workers) / len(workers)
+    extra = sum(w["uss_mib"] for w in workers[1:]) / (len(workers) - 1)
     return extra / first if first else None

@@ -88,9 +88,9 @@ def test_memory_of_this_process_is_read_from_smaps_rollup():
 
 
 def test_the_extra_worker_share_is_private_memory_over_the_first_workers_pss():
-    workers = [{"pss_mib": 100.0, "uss_mib": 20.0}, {"pss_mib": 90.0, "uss_mib": 30.0}]
-    assert targets.extra_worker_share(workers) == pytest.approx(0.25)
-    assert targets.extra_worker_share([]) is None
+    workers = [{"pss_mib": 100.0, "uss_mib": 40.0}, {"pss_mib": 90.0, "uss_mib": 20.0}, {"pss_mib": 90.0, "uss_mib": 30.0}]
+    assert targets.extra_worker_share(workers) == pytest.approx(0.25)  # the first worker's own USS is not "extra"
+    assert targets.extra_worker_share(workers[:1]) is None and targets.extra_worker_share([]) is None
 
 
 def test_a_target_without_a_figure_is_not_measured_never_met():

@@ -175,6 +175,21 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
     model_file = manifest.get("model_file")
     if not isinstance(files, dict) or not isinstance(model_file, str) or model_file not in files:
         raise ArtifactError("manifest does not list the model file")
+    check_files(folder, files)
+    if "content_sha256" in manifest and manifest["content_sha256"] != content_hash(files):
+        raise ArtifactError("content_sha256 does not match the files listed in the manifest")
+    if sklearn_version is not None:
+        libraries = manifest["libraries"] if isinstance(manifest["libraries"], dict) else {}
+        trained = str(libraries.get("scikit-learn", ""))
+        if _major_minor(trained) != _major_minor(sklearn_version):
+            raise ArtifactError(
+                f"model was trained with scikit-learn {trained or 'unknown'}, this server runs {sklearn_version}"
+            )
+    return VerifiedVersion(folder, manifest)
+
+
+def check_files(folder: Path, files: dict[str, Any]) -> None:
+    """Raise ``ArtifactError`` unless the folder holds exactly ``files`` (a manifest's list), each with its size and sha256."""
     present = {p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST}
     extra = present - set(files)
     if extra:
@@ -191,16 +206,6 @@ def verify_version(folder: Path, *, expected_name: str | None = None, expected_v
             raise ArtifactError(f"file {filename} has size {path.stat().st_size}, manifest says {meta.get('size')}")
         if not hmac.compare_digest(sha256_file(path), str(meta.get("sha256"))):
             raise ArtifactError(f"file {filename} does not match its sha256 in the manifest")
-    if "content_sha256" in manifest and manifest["content_sha256"] != content_hash(files):
-        raise ArtifactError("content_sha256 does not match the files listed in the manifest")
-    if sklearn_version is not None:
-        libraries = manifest["libraries"] if isinstance(manifest["libraries"], dict) else {}
-        trained = str(libraries.get("scikit-learn", ""))
-        if _major_minor(trained) != _major_minor(sklearn_version):
-            raise ArtifactError(
-                f"model was trained with scikit-learn {trained or 'unknown'}, this server runs {sklearn_version}"
-            )
-    return VerifiedVersion(folder, manifest)
 
 
 def content_hash(files: dict[str, Any]) -> str:

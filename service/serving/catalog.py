@@ -35,7 +35,7 @@ from service.errors import (
 from service.models import artifacts, registry, registry_adopt
 from service.models.rollout import choose_version, default_rollout
 from service.periodic import Periodic
-from service.serving import runtime
+from service.serving import preload, runtime
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +211,13 @@ class Catalog:
 
     def _load(self, name: str, version: int) -> VersionState:
         folder = artifacts.version_dir(self.root, name, version)
+        backend = self.backend(name)
         try:
-            model = runtime.load(folder, name=name, version=version, signing_key=self.signing_key,
-                                 backend=self.backend(name))
+            # the master's copy, loaded before the fork, when this worker verifies the same files
+            model = preload.take(folder, name=name, version=version, backend=backend)
+            shared = model is not None
+            model = model or runtime.load(folder, name=name, version=version, signing_key=self.signing_key,
+                                          backend=backend)
         except ArtifactError as exc:
             log.error("model version refused", extra={"model": name, "version": version, "reason": str(exc)})
             self.on_load_failed(name, version)
@@ -225,7 +229,7 @@ class Catalog:
         self.on_loaded(name, version, model.manifest)
         log.info("model version loaded", extra={"model": name, "version": version,
                                                  "load_seconds": round(model.load_seconds, 4),
-                                                 "backend": model.backend})
+                                                 "backend": model.backend, "before_fork": shared})
         return VersionState(version, AVAILABLE, None, model)
 
     def start_polling(self) -> Periodic:

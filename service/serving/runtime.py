@@ -4,8 +4,9 @@ The interface is small on purpose (``load``, ``predict`` -> ``Prediction``), as 
 runtimes. ``load`` unpickles and reads only the bytes ``artifacts.verify_version`` has just
 checked. A version whose ONNX export packaging measured within 1e-9 of scikit-learn (``parity``)
 answers through an ONNX Runtime session, created on first use in the process that predicts
-(never inherited across a fork); every other version, and any forced to, answers through
-scikit-learn. No Flask.
+(never inherited across a fork) unless the Gunicorn master shared it before forking
+(``share_session``); every other version, and any forced to, answers through scikit-learn.
+No Flask.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class LoadedModel:
     load_seconds: float
     onnx_bytes: bytes | None = field(default=None, repr=False)  # the verified export, when ONNX answers
     _session: Any = field(default=None, repr=False, compare=False)
-    _session_pid: int | None = field(default=None, repr=False, compare=False)
+    _session_pid: int | None = field(default=None, repr=False, compare=False)  # None with a session: shared
     _session_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -175,15 +176,31 @@ class LoadedModel:
         """Return this process's ONNX Runtime session and how to feed it, creating them once."""
         pid = os.getpid()
         held = self._session
-        if held is None or self._session_pid != pid:
-            # lazily, per process: a session (and its threads) must never cross a fork
+        if held is None or self._session_pid not in (pid, None):
+            # lazily, per process: a session made after a fork is never inherited by the next one
             with self._session_lock:
-                if self._session is None or self._session_pid != pid:
-                    session = onnx_export.session(self.onnx_bytes)
-                    inputs = onnx_export.Inputs.of(self.features, self.manifest["backends"]["onnx"], session)
-                    self._session, self._session_pid = (session, inputs), pid
+                if self._session is None or self._session_pid not in (pid, None):
+                    self._session, self._session_pid = self._open(), pid
                 held = self._session
         return held
+
+    def share_session(self) -> None:
+        """Open this version's session for every process forked from this one (the Gunicorn master).
+
+        Safe only because a session made as ``onnx_export.session`` makes it (one intra-op and one
+        inter-op thread: the caller's) starts no thread; ``preload.hold_all`` checks that it did not.
+        """
+        with self._session_lock:
+            self._session, self._session_pid = self._open(), None
+
+    def release_session(self) -> None:
+        """Drop the session; the next prediction in each process opens its own."""
+        with self._session_lock:
+            self._session, self._session_pid = None, None
+
+    def _open(self) -> tuple[Any, onnx_export.Inputs]:
+        session = onnx_export.session(self.onnx_bytes)
+        return session, onnx_export.Inputs.of(self.features, self.manifest["backends"]["onnx"], session)
 
 
 def _is_integer(dtype: str) -> bool:
