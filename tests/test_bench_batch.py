@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.batch import CLI, MLFLOW, SPARK, table
+from bench.batch import CLI, MLFLOW, SPARK, median_runs, table, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +24,20 @@ def test_the_table_gives_each_tool_its_ratio_to_mlflow():
     assert table(results[:1])[1].split()[-2:] == ["-", "-"]  # no MLflow run: no ratio
 
 
+def test_each_tool_is_judged_by_its_median_run_and_its_largest_peak():
+    cli = [{"tool": CLI, "rows": 1_000_000, "seconds": seconds, "rows_per_second": round(1_000_000 / seconds),
+            "peak_rss_mb": rss} for seconds, rss in ((5.0, 500.0), (4.0, 610.0), (8.0, 520.0))]
+    mlflow = [{"tool": MLFLOW, "rows": 1_000_000, "seconds": 20.0, "rows_per_second": 50_000, "peak_rss_mb": 1300.0}]
+    medians = median_runs([cli[0], mlflow[0], cli[1], cli[2]])
+    assert [r["tool"] for r in medians] == [CLI, MLFLOW]
+    assert (medians[0]["seconds"], medians[0]["runs"], medians[0]["peak_rss_mb"]) == (5.0, 3, 610.0)
+    assert verdict(medians) == ("verdict: 4.00x MLflow's rows/s, target >= 5x: NOT met; "
+                                "peak RSS 610 MB, target <= 600: NOT met")
+    faster = [{**medians[0], "rows_per_second": 250_000, "peak_rss_mb": 550.0}, medians[1]]
+    assert verdict(faster) == "verdict: 5.00x MLflow's rows/s, target >= 5x: met; peak RSS 550 MB, target <= 600: met"
+    assert verdict(faster[:1]) == "verdict: no MLflow run to compare with; peak RSS 550 MB, target <= 600: met"
+
+
 def test_help_runs_nothing():
     done = subprocess.run([sys.executable, "-m", "bench.batch", "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
@@ -32,9 +46,10 @@ def test_help_runs_nothing():
 
 
 def test_a_small_run_prints_the_command_lines_row():
-    done = subprocess.run([sys.executable, "-m", "bench.batch", "--rows", "2000", "--no-mlflow", "--no-spark"],
+    done = subprocess.run([sys.executable, "-m", "bench.batch", "--rows", "2000", "--repeats", "1", "--no-mlflow",
+                           "--no-spark"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()
-    assert last[-2].startswith("tool") and last[-1].startswith(CLI)
-    assert last[-1].split()[len(CLI.split()):][0] == "2,000"
+    assert last[-3].startswith("tool") and last[-2].startswith(CLI) and last[-1].startswith("verdict: no MLflow run")
+    assert last[-2].split()[len(CLI.split()):][0] == "2,000"

@@ -8,6 +8,7 @@ files (``writing``), its failing
 rows to a rejects file with the API's 422 details, and a small state file (``state``) says how
 far the run got, so an interrupted run resumes with the same ids. The run is recorded in the
 store and the audit trail (``runs``), and a sample of its rows in the prediction log
-(``sample``). ``run`` holds the loop. ``spark`` runs the same per-chunk code over a Spark
-DataFrame's partitions. No Flask.
+(``sample``). ``run`` holds the loop; ``digest`` hashes the input meanwhile. ``spark`` runs the
+same per-chunk code over a Spark DataFrame's partitions, and ``spark_run`` writes its outputs
+with the same record, audit and sample. No Flask.
 """

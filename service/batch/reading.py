@@ -12,6 +12,8 @@ whatever the size of the file. No Flask.
 from __future__ import annotations
 
 import csv
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +136,49 @@ class Input:
             self._read_bytes = self.size
             if lines and index >= skip:
                 yield _records(index, start, lines)
+
+
+def ahead(chunks: Iterator[Chunk], depth: int = 1) -> Iterator[Chunk]:
+    """Yield ``chunks`` while a thread reads the next ``depth`` of them.
+
+    Reading and decoding (pyarrow's, which releases the interpreter lock) then overlap with the
+    validation, prediction and writing of the chunk before; memory grows by ``depth`` chunks. An
+    error the reader meets is raised here, where the next chunk was wanted; a consumer that stops
+    early (a rejects threshold, an error of its own) stops the thread at its next chunk.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+        except BaseException as exc:  # noqa: BLE001  # handed to the consumer, raised there
+            put(exc)
+            return
+        put(end)
+
+    thread = threading.Thread(target=read, name="batch-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _records(index: int, start: int, lines: list[bytes]) -> Chunk:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.batch import rows, runs, sample, scoring, state, target, writing
-from service.batch.reading import Chunk, Input
+from service.batch.reading import Chunk, Input, ahead
 from service.errors import ArtifactError
 from service.models import artifacts, registry
 from service.monitoring.predlog import PredictionLog
@@ -56,6 +56,7 @@ class Options:
     monitor_sample: int = 5_000
     resume: bool = False
     overwrite: bool = False
+    input_sha256: Any = None  # a ``digest.Digest`` of the input the caller started meanwhile
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
     source = Input(options.input, options.input_format)
     wanted = state.RunState(
         run_id=f"{time.time_ns():x}{secrets.token_hex(6)}", model=options.target.name, version=resolved.version,
-        label=resolved.label, input=str(options.input), input_sha256=artifacts.sha256_file(options.input),
+        label=resolved.label, input=str(options.input), input_sha256=_input_sha256(options),
         input_format=options.input_format, output_format=options.output_format, chunk_rows=options.chunk_rows,
         keep=list(options.keep), probabilities=options.probabilities, started=time.time())
     current = wanted
@@ -132,7 +133,7 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
     resumed_from, began = current.rows_done, time.perf_counter()
     status = runs.FAILED
     try:
-        for chunk in source.chunks(options.chunk_rows, [*schema.names, *options.keep], skip=current.chunks_done):
+        for chunk in ahead(source.chunks(options.chunk_rows, [*schema.names, *options.keep], skip=current.chunks_done)):
             scored, rejected = _score_chunk(chunk, model, schema, allowed, options, current.run_id, parts, monitor)
             current.chunks_done, current.rows_done = chunk.index + 1, chunk.start + chunk.n_rows
             current.scored += scored
@@ -172,6 +173,12 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
     summary = _summary(options, current, model, resumed_from, seconds, status, logged)
     summary["warnings"] = warnings
     return summary
+
+
+def _input_sha256(options: Options) -> str:
+    if options.input_sha256 is not None:
+        return options.input_sha256.result()
+    return artifacts.sha256_file(options.input)
 
 
 def _check_paths(options: Options, state_path: Path, parts: Path) -> None:

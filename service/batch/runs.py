@@ -64,15 +64,17 @@ def started(store: Any, run: Run, *, rows: int = 0, scored: int = 0, rejects: in
         db.execute("UPDATE batch_runs SET status = ?, finished = NULL WHERE run_id = ?", (RUNNING, run.run_id))
 
 
-def finished(store: Any, run: Run, status: str, *, rows: int, scored: int, rejects: int) -> None:
-    """Record how a run ended, and write its audit record; raise ``sqlite3.Error``."""
+def finished(store: Any, run: Run, status: str, *, rows: int, scored: int, rejects: int,
+             details: dict[str, Any] | None = None) -> None:
+    """Record how a run ended, and write its audit record (with ``details`` added); raise ``sqlite3.Error``."""
     now = time.time()
     with store.transaction() as db:
         db.execute("UPDATE batch_runs SET rows = ?, scored = ?, rejects = ?, finished = ?, status = ? "
                    "WHERE run_id = ?", (rows, scored, rejects, now, status, run.run_id))
     audit.record(store, run.actor, ACTION, f"{TARGET}{run.model}", {
         "run_id": run.run_id, "version": run.version, "label": run.label, "input": run.input,
-        "input_sha256": run.input_sha256, "rows": rows, "scored": scored, "rejects": rejects, "status": status})
+        "input_sha256": run.input_sha256, "rows": rows, "scored": scored, "rejects": rejects, "status": status,
+        **(details or {})})
 
 
 def read(store: Any, run_id: str) -> dict[str, Any] | None:

@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from service.monitoring.predlog import PredictionLog
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-FILE = "sample.parquet"
+FILE = "sample.arrow"  # Arrow IPC: saved after every chunk, so written as is, never encoded
 INPUT, PREDICTION, PROBABILITY = "input:", "prediction", "probability:"
 
 
@@ -93,7 +92,8 @@ class Sample:
         except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column of mixed types: a resume samples afresh
             return
         tmp = folder / f".{FILE}.tmp"
-        pq.write_table(table, tmp)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
         os.replace(tmp, folder / FILE)
 
     def load(self, folder: Path, rows_done: int) -> None:
@@ -102,7 +102,8 @@ class Sample:
         path = folder / FILE
         if not path.exists():
             return
-        table = pq.read_table(path)
+        with pa.OSFile(str(path)) as source:  # read, not mapped: the file is replaced after the next chunk
+            table = pa.ipc.open_file(source).read_all()
         objects = set(filter(None, table.schema.metadata.get(b"objects", b"").decode().split(",")))
 
         def array(name: str) -> np.ndarray:

@@ -21,6 +21,9 @@ from service.errors import InputOutOfDomain, ValidationFailed
 from service.serving.inference import check_output
 from service.serving.runtime import LoadedModel, Prediction
 
+#: Rows handed to the model at a time: a chunk is predicted in slices, so the model's own working memory
+#: (ONNX Runtime's arena keeps what its largest call needed) stays that of a slice, whatever ``--chunk-rows``.
+PREDICT_ROWS = 16_384
 #: Names the output gives its own columns; a key column may not take one.
 PREDICTION, PREDICTION_ID, MODEL, VERSION, PROBABILITY = "prediction", "prediction_id", "model", "version", "probability_"
 
@@ -61,7 +64,7 @@ def _predict(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: 
     """Predict, and check the answer as the API does: a row whose inputs are far outside the training
     data and whose answer is not finite is rejected with the API's 422 for it; any other non-finite
     answer is the model's failure and stops the run (``ModelOutputInvalid``)."""
-    result = model.predict(columns, probabilities)
+    result = _predict_slices(model, columns, probabilities)
     try:
         return check_output(model, result, columns), []
     except InputOutOfDomain:
@@ -79,6 +82,17 @@ def _predict(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: 
                 entry["row"] = row
             dropped.append((i, exc))
     return result, dropped
+
+
+def _predict_slices(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: bool) -> Prediction:
+    n = len(next(iter(columns.values())))
+    if n <= PREDICT_ROWS:
+        return model.predict(columns, probabilities)
+    parts = [model.predict({name: values[start:start + PREDICT_ROWS] for name, values in columns.items()},
+                           probabilities) for start in range(0, n, PREDICT_ROWS)]
+    return Prediction(np.concatenate([part.predictions for part in parts]),
+                      None if parts[0].probabilities is None else np.concatenate([part.probabilities for part in parts]),
+                      parts[0].classes)
 
 
 def _non_finite_rows(result: Prediction) -> np.ndarray:

@@ -10,7 +10,8 @@ runs on each chunk. Arrow batches keep Spark's types, so a row is validated as t
 Parquet file is. Every row comes back once: scored rows with the command line's output columns,
 rejected rows with ``error`` (the API's 422 for that row, as JSON). ``row`` numbers the rows (a
 column of the frame's, or Spark's ``monotonically_increasing_id``) and is what prediction ids and
-reject details name. Needs pyspark (not a runtime dependency). No Flask.
+reject details name. ``spark_run.write`` writes the result with a command-line run's record,
+audit and monitoring sample. Needs pyspark (not a runtime dependency). No Flask.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ class Scored:
     model: str
     version: int
     label: str | None
+    source: Any = field(default=None, repr=False)  # the input frame's needed columns and its row column
+    job: Any = field(default=None, repr=False)  # what the workers score with (_Job)
+    loaded: LoadedModel | None = field(default=None, repr=False)  # the version, as the driver verified it
 
     @property
     def output(self) -> Any:
@@ -126,8 +130,9 @@ def score_dataframe(frame: Any, model: str, config: Config, *, keep: tuple[str, 
     needed = list(dict.fromkeys([*(n for n in names if n in frame.columns), *keep, row_column]))
     with warnings.catch_warnings():  # batches stay Arrow: pandas is never involved, whatever its version
         warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
-        scored = frame.select(*needed).mapInArrow(lambda batches: _score_batches(job, batches), schema)
-    return Scored(scored, keep, run_id, wanted.name, resolved.version, resolved.label)
+        source = frame.select(*needed)
+        scored = source.mapInArrow(lambda batches: _score_batches(job, batches), schema)
+    return Scored(scored, keep, run_id, wanted.name, resolved.version, resolved.label, source, job, loaded)
 
 
 def _check_columns(columns: list[str], model: LoadedModel, keep: tuple[str, ...], ignore: tuple[str, ...],
@@ -196,18 +201,18 @@ def _rows(job: _Job, chunk: Chunk, scored: scoring.Scored) -> pa.Table:
     at = pa.array([i for i, _ in scored.rejects], pa.int64())
     n = len(at)
     columns = {}
-    for field in job.arrow_schema:
-        if field.name in job.keep:
-            columns[field.name] = chunk.table.column(field.name).take(at)
-        elif field.name == scoring.MODEL:
-            columns[field.name] = pa.repeat(pa.scalar(job.name), n)
-        elif field.name == scoring.VERSION:
-            columns[field.name] = pa.repeat(pa.scalar(job.version, pa.int64()), n)
-        elif field.name == ROW:
-            columns[field.name] = pa.array(chunk.positions(at.to_numpy()), pa.int64())
-        elif field.name == ERROR:
-            columns[field.name] = pa.array([json.dumps(error.to_dict()) for _, error in scored.rejects], pa.string())
+    for column in job.arrow_schema:
+        if column.name in job.keep:
+            columns[column.name] = chunk.table.column(column.name).take(at)
+        elif column.name == scoring.MODEL:
+            columns[column.name] = pa.repeat(pa.scalar(job.name), n)
+        elif column.name == scoring.VERSION:
+            columns[column.name] = pa.repeat(pa.scalar(job.version, pa.int64()), n)
+        elif column.name == ROW:
+            columns[column.name] = pa.array(chunk.positions(at.to_numpy()), pa.int64())
+        elif column.name == ERROR:
+            columns[column.name] = pa.array([json.dumps(error.to_dict()) for _, error in scored.rejects], pa.string())
         else:
-            columns[field.name] = pa.nulls(n, field.type)
+            columns[column.name] = pa.nulls(n, column.type)
     rejected = pa.table(columns).cast(job.arrow_schema)
     return pa.concat_tables([good.cast(job.arrow_schema), rejected])

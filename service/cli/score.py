@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -80,6 +81,21 @@ def score(model_spec: str, input_path: Path, output_path: Path, input_format: st
     if importlib.util.find_spec("pyarrow") is None:  # requirements-batch.txt: not in the runtime set
         raise click.ClickException("batch scoring needs pyarrow, which the runtime install leaves out: run `make batch` "
                                    "in the checkout, or pip install 'sklearn-server[batch]'")
+    from service.batch.digest import Digest
+
+    input_sha256 = Digest(input_path)  # read while the imports and the model load below take their seconds
+    try:
+        _score(input_sha256, model_spec, input_path, output_path, input_format, output_format, rejects_path, keep,
+               ignore, probabilities, chunk_rows, max_rejects, monitor_sample, resume, overwrite, artifacts_dir,
+               signing_key, database_url)
+    finally:
+        input_sha256.cancel()  # a run that stopped before it needed the hash does not wait for it
+
+
+def _score(input_sha256: Any, model_spec: str, input_path: Path, output_path: Path, input_format: str | None,
+           output_format: str | None, rejects_path: Path | None, keep: tuple[str, ...], ignore: tuple[str, ...],
+           probabilities: bool, chunk_rows: int, max_rejects: tuple[int | None, float | None], monitor_sample: int,
+           resume: bool, overwrite: bool, artifacts_dir: Path, signing_key: str | None, database_url: str) -> None:
     from service.batch import reading
     from service.batch.run import Options, Services, Stopped
     from service.batch.run import score as run_score
@@ -99,7 +115,8 @@ def score(model_spec: str, input_path: Path, output_path: Path, input_format: st
         input_format=reading.format_of(input_path, input_format),
         output_format=reading.format_of(output_path, output_format), keep=keep, ignore=ignore,
         probabilities=probabilities, chunk_rows=chunk_rows, max_rejects=max_rejects[0],
-        max_reject_share=max_rejects[1], monitor_sample=monitor_sample, resume=resume, overwrite=overwrite)
+        max_reject_share=max_rejects[1], monitor_sample=monitor_sample, resume=resume, overwrite=overwrite,
+        input_sha256=input_sha256)
     services = Services(artifacts_dir, Store.from_url(database_url), signing_key, backend(target.name),
                         config.pii_hash_key, actor())
     line = _ProgressLine() if sys.stderr.isatty() else None

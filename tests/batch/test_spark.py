@@ -128,3 +128,54 @@ def test_a_version_tampered_with_is_refused_by_the_workers_and_the_driver(batch,
         scored.frame.count()
     with pytest.raises(ArtifactError, match="version 1 of 'breast-cancer' refused"):
         score_dataframe(frame, "breast-cancer:1", config)
+
+
+def test_a_spark_run_is_recorded_audited_and_sampled_as_a_command_line_run_is(batch, spark, tmp_path):
+    from service.batch import runs, spark_run
+    from service.batch.spark import score_dataframe
+    from service.store import Store
+
+    data = load_breast_cancer(as_frame=True).data
+    frame = data.iloc[np.arange(3_000) % len(data)].reset_index(drop=True)
+    frame.loc[[5, 17], "mean radius"] = np.nan  # two rows the API would refuse
+    frame.insert(0, "id", [f"c{i:05d}" for i in range(len(frame))])
+    frame.insert(0, "row", np.arange(len(frame), dtype=np.int64))
+    source = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), source, row_group_size=1_000)
+    config = batch.client.application.config["SERVICE_CONFIG"]
+    store = Store.from_url(batch.database_url)
+    scored = score_dataframe(spark.read.parquet(str(source)), "breast-cancer", config, keep=("id",), row_column="row",
+                             actor="spark:test")
+    out = tmp_path / "out"
+    done = spark_run.write(scored, str(source), str(out), store, config, actor="spark:test", monitor_sample=50)
+    assert (done["status"], done["rows"], done["scored"], done["rejects"], done["files"]) == ("done", 3_000, 2_998, 2, 1)
+
+    # the run's record: who, which version, the counts, the input named by its listing (no content hash on a cluster)
+    record = runs.read(store, done["run_id"])
+    assert record["status"] == "done" and (record["rows"], record["scored"], record["rejects"]) == (3_000, 2_998, 2)
+    assert record["actor"] == "spark:test" and record["version"] == 1 and record["label"] == "production"
+    assert record["input"] == str(source) and record["finished"] is not None
+    (actor, target, details), = store.fetch("SELECT actor, target, details FROM audit WHERE action = 'batch.score'")
+    details = json.loads(details)
+    assert actor == "spark:test" and target == "model:breast-cancer"
+    assert details["engine"] == "spark" and details["files"] == 1 and details["bytes"] == source.stat().st_size
+    assert details["listed"][0]["path"].endswith(str(source)) and details["listed"][0]["bytes"] == source.stat().st_size
+    assert record["input_sha256"] == spark_run.listing_sha256(details["listed"]) == done["input_sha256"]
+    assert details | {"run_id": done["run_id"], "rows": 3_000, "scored": 2_998, "rejects": 2, "status": "done"} == details
+
+    # the rejects file: the command line's lines
+    lines = [json.loads(line) for part in sorted(Path(f"{out}.rejects").glob("part-*")) for line in part.read_text().splitlines()]
+    assert sorted((line["row"], line["keep"]["id"]) for line in lines) == [(5, "c00005"), (17, "c00017")]
+    assert all(line["error"]["code"] == "validation_failed" for line in lines)
+
+    # the monitoring sample: at most 50 scored rows, under the output's ids, where feedback finds them
+    (logged, positions), = store.fetch("SELECT rows, positions FROM prediction_batches WHERE base = ?",
+                                       (done["run_id"],))
+    positions = json.loads(positions)
+    assert 0 < logged == done["monitor_sample"] == len(positions) <= 50
+    assert positions == sorted(positions) and not {5, 17} & set(positions)
+    ids = set(pq.read_table(out).column("prediction_id").to_pylist())
+    assert {f"{done['run_id']}-{p}" for p in positions} <= ids
+    answer = batch.client.post("/v1/models/breast-cancer/feedback",
+                               json={"feedback": [{"id": f"{done['run_id']}-{positions[0]}", "label": 1}]})
+    assert answer.get_json()["accepted"] == 1
