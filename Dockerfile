@@ -27,6 +27,9 @@ WORKDIR /app
 COPY gunicorn.conf.py wsgi.py ./
 COPY service/ service/
 COPY deploy/container/serve deploy/container/serve
+# pip compiled the dependencies; the server's own modules are compiled here, since the image's root
+# is read-only and PYTHONDONTWRITEBYTECODE is set: unchecked-hash, as nothing in the image changes.
+RUN /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash gunicorn.conf.py wsgi.py service
 # 1: train the demo models (breast-cancer, diabetes) into /app/artifacts at build, from data that
 # scikit-learn ships, so the image answers out of the box. 0: an empty registry; mount yours.
 # --no-audit: the build has no audit trail worth naming (its store would be thrown away with this
