@@ -69,7 +69,7 @@ $(BATCH): requirements-dev.lock | $(RUNTIME)
 	@touch $@
 
 # The dev set is compiled to bytecode once, here (--compile-bytecode): a Python that may not write
-# bytecode (PYTHONDONTWRITEBYTECODE, as CI machines set) otherwise compiles scikit-learn, SciPy and
+# bytecode (PYTHONDONTWRITEBYTECODE=1, common on CI machines) otherwise compiles scikit-learn, SciPy and
 # pandas again in every process it starts, 9-11 s instead of 2 s to import the server on a loaded
 # 2-core machine, paid by each of the suite's servers and commands. The runtime set is not: Python
 # writes the bytecode of what `make serve` imports on its first start, and the virtualenv stays
