@@ -390,13 +390,16 @@ def child_exit(server, worker):
 
 def worker_exit(server, worker):
     """A graceful stop (SIGTERM, HUP, max_requests, memory recycle): spool what the worker's recorder
-    still holds and ship what the store takes.
+    still holds, ship what the store takes, then stop the worker's loops and close its database.
 
     The wait is bounded so a dead database cannot hold the exit past the graceful timeout; what
     the store did not take stays in the spool on disk, and the next worker ships it.
     """
-    observer = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("observer")
-    if observer is not None and not observer.close(timeout=graceful_timeout / 2):
+    from service.app import close_app
+
+    app = getattr(worker, "wsgi", None)
+    observer = getattr(app, "extensions", {}).get("observer")
+    if observer is not None and not close_app(app, timeout=graceful_timeout / 2):
         recording = observer.recording()
         worker.log.warning("records left in the spool at exit; the next worker ships them",
                            extra={"spooled_bytes": recording.get("spooled_bytes"), "dropped": recording.get("dropped")})

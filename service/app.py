@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask
@@ -127,7 +128,7 @@ def create_app(config: Config | None = None) -> Flask:
         prediction_log=prediction_log,
         executor=ThreadPoolExecutor(BUDGET_THREADS, thread_name_prefix="budget"),
     )
-    report.alerts = _start_alerts(config, store, report)
+    report.alerts = _start_alerts(app, config, store, report)
     _start_retention(app, config, store)
     _start_checkpoints(app, config, store)
     if config.guard_seconds:
@@ -146,6 +147,31 @@ def create_app(config: Config | None = None) -> Flask:
     return app
 
 
+def close_app(app: Flask, timeout: float = 10.0) -> bool:
+    """Stop what ``create_app`` started and close the database connections it opened (a Gunicorn
+    worker's graceful exit, a test's teardown), within about ``timeout`` seconds.
+
+    The records come first: the recorder's queue is spooled and shipped as far as the store takes
+    it. Then the loops stop (none reopens the store after it is closed) and the store is closed.
+    True when every record reached the store; what did not waits in the spool on disk.
+    """
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.5, deadline - time.monotonic())  # a stuck thread costs at most this much more
+
+    app.extensions["catalog"].stop_polling()
+    shipped = app.extensions["observer"].close(timeout=timeout)
+    for name in ("alert_loop", "guard", "retention", "checkpoints"):
+        if name in app.extensions:
+            app.extensions[name].stop(timeout=left())
+    app.extensions["audit"].join(timeout=left())
+    app.extensions["monitoring"].alerts.notifier.close(timeout=left())
+    app.extensions["executor"].shutdown(wait=True)
+    app.extensions["store"].close(wait=left())
+    return shipped
+
+
 def _outbox(config: Config, store, prediction_log):
     """Records go through an on-disk spool per worker; every failed write and lost record is counted."""
     from service.monitoring import metrics
@@ -160,7 +186,7 @@ def _outbox(config: Config, store, prediction_log):
     return Outbox(store, prediction_log, spool, on_drop=metrics.observe_record_dropped)
 
 
-def _start_alerts(config: Config, store, report):
+def _start_alerts(app: Flask, config: Config, store, report):
     """Evaluate alert rules in the background: one worker at a time, the state in the database."""
     from service.monitoring import metrics
     from service.monitoring.alerts import AlertLoop, AlertManager, load_rules
@@ -174,7 +200,9 @@ def _start_alerts(config: Config, store, report):
         on_action=launcher(config.artifacts_dir, config.database_url),
     )
     if config.alert_seconds:
-        AlertLoop(manager, report.reports, interval=config.alert_seconds).start()
+        loop = AlertLoop(manager, report.reports, interval=config.alert_seconds)
+        loop.start()
+        app.extensions["alert_loop"] = loop
     return manager
 
 

@@ -141,14 +141,10 @@ def make_app(artifact_root: Path, tmp_path: Path) -> Iterator:
 
 
 def close_app(app: Flask) -> None:
-    """Stop an in-process app's threads (polling, guard, writer), then close what they use."""
-    app.extensions["catalog"].stop_polling()
-    for name in ("guard", "retention", "checkpoints"):
-        if name in app.extensions:
-            app.extensions[name].stop()
-    app.extensions["observer"].close()
-    app.extensions["executor"].shutdown(wait=True)
-    app.extensions["store"].close()
+    """Stop an in-process app's threads and close its store: the path a Gunicorn worker's exit takes."""
+    from service.app import close_app as close
+
+    close(app)
 
 
 @pytest.fixture

@@ -35,3 +35,21 @@ def test_preloaded_modules_are_all_a_worker_imports_to_build_the_app_and_answer(
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1:] in ([], [""]), f"imported after the fork: {done.stdout}"
+
+
+def test_close_app_stops_every_loop_it_started_and_closes_the_store(make_app):
+    """What a Gunicorn worker's exit and every test's teardown rely on: no loop outlives its app
+    (one left running would go on writing to a database that is gone), no connection stays open."""
+    import threading
+
+    from service.app import close_app
+
+    app = make_app(poll_seconds=3600, guard_seconds=3600, alert_seconds=3600, retention_seconds=3600)
+    assert app.test_client().get("/v1/models/diabetes/monitoring").status_code == 200
+    loops = {"catalog-poll", "rollout-guard", "alert-loop", "retention-loop"}
+    assert loops <= {thread.name for thread in threading.enumerate()}
+    store = app.extensions["store"]
+    assert store._opened
+    assert close_app(app) is True
+    assert not loops & {thread.name for thread in threading.enumerate() if thread.is_alive()}
+    assert store._opened == []

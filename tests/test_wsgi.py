@@ -40,15 +40,16 @@ def test_serves_under_waitress(demo_root, tmp_path):
         proc.wait(timeout=10)
 
 
-def test_pep3333_callable_in_process(demo_root, tmp_path):
+def test_pep3333_callable_in_process(demo_root, tmp_path, request):
     """Call the WSGI callable by hand, as any PEP 3333 server would."""
     from wsgiref.util import setup_testing_defaults
 
-    from service.app import create_app
+    from service.app import close_app, create_app
     from service.config import Config
 
     app = create_app(Config(artifacts_dir=demo_root, poll_seconds=0, guard_seconds=0,
                             database_url=f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    request.addfinalizer(lambda: close_app(app))
     environ: dict = {}
     setup_testing_defaults(environ)
     environ.update(PATH_INFO="/healthz", REQUEST_METHOD="GET")

@@ -47,8 +47,12 @@ class SQLiteDialect:
         except OSError as exc:
             raise sqlite3.OperationalError(f"cannot create the directory of {self.path}: {exc}") from exc
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-        self._wal(db)
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        try:  # a file that is not a database fails here: its connection is closed, not left to the collector
+            self._wal(db)
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+        except BaseException:
+            db.close()
+            raise
         db.row_factory = sqlite3.Row
         return db
 
@@ -62,7 +66,6 @@ class SQLiteDialect:
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    db.close()
                     raise
                 time.sleep(0.01)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from service.app import create_app
-from service.config import Config
 from service.models import registry, registry_anchor
 from service.security.keys import create_key
+from tests.conftest import app_config, close_app
 
 ROW = [50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]
 READS = ("/v1/models/diabetes/rollout", "/v1/models/diabetes/history", "/v1/models/diabetes/comparison")
@@ -28,12 +28,16 @@ def keys(tmp_path):
 
 @pytest.fixture
 def make_app(artifact_root, tmp_path):
-    def make(**settings):
-        config = Config(artifacts_dir=artifact_root, poll_seconds=0, guard_seconds=0, alert_seconds=0,
-                        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", **settings)
-        return create_app(config)
+    """Apps over one database (the registry's audit trail must agree between them), closed at the end."""
+    apps = []
 
-    return make
+    def make(**settings):
+        apps.append(create_app(app_config(artifact_root, tmp_path / "db.sqlite", **settings)))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        close_app(app)
 
 
 def registry_file(root, name="diabetes"):

@@ -8,8 +8,6 @@ import pytest
 from flask import request
 
 from service.api import csrf
-from service.app import create_app
-from service.config import Config
 from service.security import keys as security
 
 ROW = {"instances": [[50, 1, 25.1, 90.0, 180.0, 100.0, 45.0, 4.0, 4.6, 90.0]]}
@@ -17,17 +15,21 @@ JSON = {"Content-Type": "application/json"}
 LABEL = "/v1/models/diabetes/labels/staging"
 
 
-def build(artifact_root, tmp_path, **settings):
-    settings.setdefault("local_admin_keys_file", tmp_path / "var" / "local-admin-keys.json")
-    config = Config(artifacts_dir=artifact_root, poll_seconds=0, guard_seconds=0, alert_seconds=0,
-                    database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", **settings)
-    app = create_app(config)
+@pytest.fixture
+def build(make_app, tmp_path):
+    """``build(**settings)``: an app with an extra view echoing what it believes of the client."""
 
-    @app.get("/_test/client")
-    def client_address():
-        return {"remote_addr": request.remote_addr, "scheme": request.scheme, "host": request.host}
+    def make(**settings):
+        settings.setdefault("local_admin_keys_file", tmp_path / "var" / "local-admin-keys.json")
+        app = make_app(**settings)
 
-    return app
+        @app.get("/_test/client")
+        def client_address():
+            return {"remote_addr": request.remote_addr, "scheme": request.scheme, "host": request.host}
+
+        return app
+
+    return make
 
 
 @pytest.fixture
@@ -36,8 +38,8 @@ def admin_key(tmp_path):
 
 
 @pytest.fixture
-def client(artifact_root, tmp_path, admin_key):
-    return build(artifact_root, tmp_path).test_client()
+def client(build, admin_key):
+    return build().test_client()
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -58,8 +60,8 @@ def test_admin_without_a_key_is_refused_in_open_mode(client, admin_key):
     assert done.json["change"]["actor"] == "key:local-admin"
 
 
-def test_admin_is_refused_even_before_any_local_key_exists(artifact_root, tmp_path):
-    client = build(artifact_root, tmp_path).test_client()
+def test_admin_is_refused_even_before_any_local_key_exists(build, tmp_path):
+    client = build().test_client()
     assert client.put(LABEL, json={"version": 1}).status_code == 401
     assert client.put(LABEL, json={"version": 1}, headers=bearer("sk_guess")).status_code == 401
 
@@ -89,11 +91,11 @@ def test_a_forwarded_request_is_never_local(client, admin_key, headers):
     assert with_key.status_code == 200
 
 
-def test_a_peer_listed_as_a_proxy_is_never_local(artifact_root, tmp_path, admin_key):
+def test_a_peer_listed_as_a_proxy_is_never_local(build, tmp_path, admin_key):
     """A same-host proxy connects from 127.0.0.1 like a direct client, so once FORWARDED_ALLOW_IPS declares
     it, calls from that address need a key: the 401 says what was declared, why, and which key to make."""
     predictor = security.create_key(tmp_path / "var" / "local-admin-keys.json", "app", ["predict"])
-    client = build(artifact_root, tmp_path, forwarded_allow_ips=("127.0.0.1",)).test_client()
+    client = build(forwarded_allow_ips=("127.0.0.1",)).test_client()
     refused = client.post("/v1/models/diabetes:predict", json=ROW)
     assert refused.status_code == 401
     message = refused.json["error"]["message"]
@@ -119,17 +121,17 @@ def test_ipv6_and_mapped_loopback_peers_are_local(client):
         assert client.get("/v1/models", environ_base={"REMOTE_ADDR": peer}).status_code == 200
 
 
-def test_opt_in_opens_predict_to_every_client_but_never_admin(artifact_root, tmp_path, admin_key):
-    client = build(artifact_root, tmp_path, host="127.0.0.2", allow_unauthenticated=True).test_client()
+def test_opt_in_opens_predict_to_every_client_but_never_admin(build, tmp_path, admin_key):
+    client = build(host="127.0.0.2", allow_unauthenticated=True).test_client()
     far = {"REMOTE_ADDR": "192.0.2.1"}
     assert client.post("/v1/models/diabetes:predict", json=ROW, environ_base=far).status_code == 200
     assert client.put(LABEL, json={"version": 1}, environ_base=far).status_code == 401
 
 
-def test_keys_file_turns_everything_on(artifact_root, tmp_path):
+def test_keys_file_turns_everything_on(build, tmp_path):
     path = tmp_path / "keys.json"
     predictor = security.create_key(path, "app", ["predict"])
-    client = build(artifact_root, tmp_path, api_keys_file=path).test_client()
+    client = build(api_keys_file=path).test_client()
     assert client.post("/v1/models/diabetes:predict", json=ROW).status_code == 401
     assert client.post("/v1/models/diabetes:predict", json=ROW, headers=bearer(predictor)).status_code == 200
 
@@ -143,8 +145,8 @@ def test_basic_and_bearer_challenges_are_two_headers(client):
 # -- forwarded headers: believed from FORWARDED_ALLOW_IPS only ---------------------------------
 
 
-def test_a_listed_proxy_names_the_client(artifact_root, tmp_path):
-    client = build(artifact_root, tmp_path, forwarded_allow_ips=("10.0.0.0/8",)).test_client()
+def test_a_listed_proxy_names_the_client(build, tmp_path):
+    client = build(forwarded_allow_ips=("10.0.0.0/8",)).test_client()
     seen = client.get("/_test/client", environ_base={"REMOTE_ADDR": "10.1.2.3"},
                       headers={"X-Forwarded-For": "198.51.100.7, 203.0.113.9", "X-Forwarded-Proto": "https",
                                "X-Forwarded-Host": "localhost"}).json
@@ -152,8 +154,8 @@ def test_a_listed_proxy_names_the_client(artifact_root, tmp_path):
 
 
 @pytest.mark.parametrize("allowed", [(), ("10.0.0.0/8",)])
-def test_anyone_else_cannot_pick_their_address(artifact_root, tmp_path, allowed):
-    client = build(artifact_root, tmp_path, forwarded_allow_ips=allowed).test_client()
+def test_anyone_else_cannot_pick_their_address(build, tmp_path, allowed):
+    client = build(forwarded_allow_ips=allowed).test_client()
     seen = client.get("/_test/client", environ_base={"REMOTE_ADDR": "192.0.2.1"},
                       headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}).json
     assert seen["remote_addr"] == "192.0.2.1" and seen["scheme"] == "http"
@@ -232,23 +234,23 @@ def test_loopback_names_are_served(client, host):
     assert client.get("/v1/models", headers={"Host": host}).status_code == 200
 
 
-def test_by_default_a_proxy_filters_the_names_it_forwards(artifact_root, tmp_path):
-    client = build(artifact_root, tmp_path, forwarded_allow_ips=("10.0.0.1",)).test_client()
+def test_by_default_a_proxy_filters_the_names_it_forwards(build, tmp_path):
+    client = build(forwarded_allow_ips=("10.0.0.1",)).test_client()
     from_proxy = {"environ_base": {"REMOTE_ADDR": "10.0.0.1"}, "headers": {"Host": "models.example.com"}}
     assert client.get("/healthz", **from_proxy).status_code == 200
     forwarded = {"X-Forwarded-For": "198.51.100.7", "Host": "models.example.com"}
     assert client.get("/healthz", headers=forwarded).status_code == 200
     assert client.get("/v1/models", headers=forwarded).status_code == 401  # proxied: never open
     assert client.get("/healthz", headers={"Host": "models.example.com"}).status_code == 403  # straight to us
-    named = build(artifact_root, tmp_path, forwarded_allow_ips=("10.0.0.1",), allowed_hosts=("localhost",))
+    named = build(forwarded_allow_ips=("10.0.0.1",), allowed_hosts=("localhost",))
     assert named.test_client().get("/healthz", **from_proxy).status_code == 403  # a set list applies to all
 
 
-def test_allowed_hosts_replace_the_defaults_and_star_serves_any(artifact_root, tmp_path):
-    named = build(artifact_root, tmp_path, allowed_hosts=("models.example.com",)).test_client()
+def test_allowed_hosts_replace_the_defaults_and_star_serves_any(build, tmp_path):
+    named = build(allowed_hosts=("models.example.com",)).test_client()
     assert named.get("/healthz", headers={"Host": "models.example.com"}).status_code == 200
     assert named.get("/healthz", headers={"Host": "localhost"}).status_code == 403
-    anything = build(artifact_root, tmp_path, allowed_hosts=("*",)).test_client()
+    anything = build(allowed_hosts=("*",)).test_client()
     assert anything.get("/healthz", headers={"Host": "whatever.example"}).status_code == 200
 
 

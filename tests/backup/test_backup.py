@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from service.security import checkpoint, signing
 from service.store import Store
 from tests.builders import copy_version, flip_byte
 from tests.conftest import SCRUBBED_ENV
+from tests.sqlite import connected, query
 
 MODEL = "breast-cancer"
 
@@ -120,15 +120,15 @@ def test_secrets_stay_out_unless_asked_and_keep_leaves_the_newest(served, tmp_pa
     store.close()
     env = cli_env(served.artifacts_dir, served.database_url, PII_HASH_KEY="k" * 32)
     plain = Path(invoke(env, "backup", str(tmp_path / "b")).stdout.strip())
-    rows = sqlite3.connect(plain / pinned.SQLITE_COPY).execute("SELECT count(*) FROM store_secrets").fetchone()
-    assert rows == (0,) and not (plain / take.SECRETS).exists()
+    rows = query(plain / pinned.SQLITE_COPY, "SELECT count(*) FROM store_secrets")
+    assert rows == [(0,)] and not (plain / take.SECRETS).exists()
     assert secret not in (plain / pinned.SQLITE_COPY).read_bytes()  # overwritten, not just unlinked
     secret = Path(invoke(env, "backup", str(tmp_path / "b"), "--include-secrets", "--keep", "1").stdout.strip())
     assert take.backups(tmp_path / "b") == [secret]
     assert (secret / take.SECRETS / "pii-hash-key").read_text() == "k" * 32
     assert oct((secret / take.SECRETS / "pii-hash-key").stat().st_mode & 0o777) == "0o600"
-    rows = sqlite3.connect(secret / pinned.SQLITE_COPY).execute("SELECT count(*) FROM store_secrets").fetchone()
-    assert rows == (1,)
+    rows = query(secret / pinned.SQLITE_COPY, "SELECT count(*) FROM store_secrets")
+    assert rows == [(1,)]
 
 
 def test_a_signed_backup_needs_its_public_key_and_a_changed_manifest_is_refused(served, tmp_path):
@@ -183,9 +183,9 @@ def test_the_pinned_snapshot_holds_nothing_written_after_it(served, tmp_path):
         pinned.copy_store(snapshot, tmp_path, include_secrets=False)
     finally:
         snapshot.close()
-    copy = sqlite3.connect(tmp_path / pinned.SQLITE_COPY)
-    assert copy.execute("SELECT count(*) FROM feedback").fetchone() == (snapshot.counts["feedback"],) == (5,)
-    assert copy.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    with connected(tmp_path / pinned.SQLITE_COPY) as copy:
+        assert copy.execute("SELECT count(*) FROM feedback").fetchone() == (snapshot.counts["feedback"],) == (5,)
+        assert copy.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     assert not os.path.exists(f"{tmp_path / pinned.SQLITE_COPY}-wal")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from tests.builders import logged_ids, wait_until
+from tests.sqlite import connected
 
 pytestmark = pytest.mark.e2e
 
@@ -122,5 +122,5 @@ def test_an_interrupt_under_load_leaves_no_abort_and_loses_no_record(artifact_ro
 
 def _predictions(artifacts: Path, port: int) -> set[str]:
     """The prediction ids in the server's SQLite store (where tests.conftest.server_env puts it)."""
-    with sqlite3.connect(artifacts.parent / f"db-{port}" / "predictions.db") as db:
+    with connected(artifacts.parent / f"db-{port}" / "predictions.db") as db:
         return set(logged_ids(db))

@@ -8,7 +8,6 @@ worker aborted.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ import pytest
 import requests
 
 from tests.builders import wait_until
+from tests.sqlite import connected
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ def test_a_flood_of_full_batches_loses_no_answered_prediction(artifact_root, ser
     database = artifact_root.parent / f"db-{server.port}" / "predictions.db"
 
     def recorded() -> dict[str, int]:
-        with sqlite3.connect(database, timeout=10) as db:
+        with connected(database, timeout=10) as db:
             return dict(db.execute("SELECT request_id, rows FROM prediction_batches WHERE model = 'diabetes'"))
 
     wanted = {rid for rid, _, _ in answered}

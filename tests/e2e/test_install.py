@@ -5,7 +5,6 @@ from any folder, on CPython 3.11, 3.12 and 3.13 (those this machine has; pyenv's
 
 from __future__ import annotations
 
-import glob
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import requests
 
 from service.cli import cli
 from tests.conftest import REPO, free_port, server_env
+from tests.pythons import interpreter
 
 pytestmark = pytest.mark.e2e
 
@@ -33,18 +33,6 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "--no-build-isolation", "--wheel-dir", str(out), str(REPO)], check=True, timeout=300)
     (built,) = out.glob("sklearn_server-*.whl")
     return built
-
-
-def interpreter(version: str) -> str | None:
-    """A CPython ``version`` on this machine: the one running the tests, on PATH, or under pyenv."""
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == version:
-        return sys.executable
-    found = [shutil.which(f"python{version}"),
-             *sorted(glob.glob(str(Path.home() / ".pyenv" / "versions" / f"{version}.*" / "bin" / f"python{version}")))]
-    for candidate in filter(None, found):  # a pyenv shim is on PATH but fails unless its version is selected
-        if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
-            return candidate
-    return None
 
 
 def install(wheel: Path, python: str, folder: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ import requests
 
 from tests.builders import logged_ids
 from tests.conftest import start_server
+from tests.sqlite import connected
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +54,7 @@ def test_sigterm_under_load_keeps_every_answered_request_in_the_log(artifact_roo
         server.stop()
     assert len(answered) >= 200, "the load should have been answered before the stop"
     database = artifact_root.parent / f"db-{server.port}" / "predictions.db"
-    with sqlite3.connect(database) as db:
+    with connected(database) as db:
         request_ids = {row[0] for row in db.execute("SELECT request_id FROM requests WHERE status = 200")}
         prediction_ids = set(logged_ids(db))
     missing_requests = [rid for rid, _ in answered if rid not in request_ids]

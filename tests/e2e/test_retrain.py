@@ -23,6 +23,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
 from tests.conftest import REPO, SCRUBBED_ENV
+from tests.sqlite import connected
 
 pytestmark = pytest.mark.e2e
 
@@ -197,9 +198,8 @@ def test_an_alert_on_live_accuracy_retrains_notifies_and_never_promotes(artifact
     state = json.loads((artifact_root / NAME / "registry.json").read_text())
     assert state["labels"]["production"] == 1 and state["rollout"]["shadow"] == [2]  # no promotion without a person
     database = artifact_root.parent / f"db-{server.port}" / "predictions.db"
-    import sqlite3
 
-    with sqlite3.connect(database) as db:
+    with connected(database) as db:
         audited = db.execute("SELECT actor, action FROM audit WHERE action LIKE 'model.retrain.%' ORDER BY seq").fetchall()
     assert audited == [("alert:retrain_on_accuracy", "model.retrain.started"),
                        ("alert:retrain_on_accuracy", "model.retrain.finished")]

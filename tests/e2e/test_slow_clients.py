@@ -8,7 +8,6 @@ slowloris does, and check what everyone else gets meanwhile.
 from __future__ import annotations
 
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 import requests
 
 from tests.builders import logged_ids, wait_until
+from tests.sqlite import connected
 
 pytestmark = pytest.mark.e2e
 
@@ -85,7 +85,7 @@ def test_trickling_clients_leave_health_probes_and_predictions_answered(artifact
     database = artifact_root.parent / f"db-{server.port}" / "predictions.db"
 
     def missing() -> list[str]:
-        with sqlite3.connect(database) as db:
+        with connected(database) as db:
             requests_seen = {row[0] for row in db.execute("SELECT request_id FROM requests WHERE status = 200")}
             predictions_seen = set(logged_ids(db))
         return [rid for rid, ids in answered if rid not in requests_seen or not set(ids) <= predictions_seen]

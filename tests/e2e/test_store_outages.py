@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import requests
 from tests import postgres
 from tests.builders import wait_until
 from tests.conftest import small_tmpfs
+from tests.sqlite import connected
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,7 @@ class Load:
 
 
 def stored_request_ids(database: Path) -> set[str]:
-    with sqlite3.connect(database, timeout=10) as db:
+    with connected(database, timeout=10) as db:
         return {row[0] for row in db.execute("SELECT request_id FROM requests WHERE status = 200")}
 
 

@@ -27,6 +27,7 @@ from service.store import RequestRecord, ShadowRecord, Store
 from service.store.columns import python_values, read_inputs
 from service.store.records import SCHEMA
 from tests.builders import logged_ids
+from tests.sqlite import connected
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -253,7 +254,7 @@ def test_a_database_of_the_previous_layout_keeps_working(tmp_path, request, back
     """Its rows become batch records at start: each keeps its id, inputs, output, probabilities and feedback."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'log.sqlite'}"
-        with sqlite3.connect(tmp_path / "log.sqlite") as db:
+        with connected(tmp_path / "log.sqlite") as db:
             db.executescript(PREVIOUS_LAYOUT)
     else:
         import psycopg
@@ -581,7 +582,7 @@ def test_a_database_made_before_binary_columns_gains_them_and_keeps_its_records(
     if make_store.backend == "sqlite":  # the file as the JSON-only schema made it
         before = re.sub(r"probabilities TEXT,.*?arrays \{bytes\}.*?\n.*?\n", "probabilities TEXT\n", SCHEMA, flags=re.S)
         assert "arrays {" not in before and "probabilities TEXT\n" in before
-        with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        with connected(tmp_path / "db.sqlite") as db:
             db.executescript(before.format(rowid="", any="", serial="INTEGER PRIMARY KEY"))
         store = make_store()
     else:

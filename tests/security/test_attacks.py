@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests.builders import copy_version, fake_gunicorn_server, load_gunicorn_con
 from tests.conftest import SCRUBBED_ENV
 from tests.faulty_models import MarkerOnUnpickle
 from tests.monitoring.test_notify import FIRING, Redirecting
+from tests.sqlite import connected
 
 CANCER = {"instances": [[1.0] * 30]}
 
@@ -169,7 +169,7 @@ def audited(make_app, keys_file):
 
 
 def tamper(app, *statements: str) -> None:
-    with sqlite3.connect(database(app)) as db:
+    with connected(database(app)) as db:
         for statement in statements:
             db.execute(statement)
 

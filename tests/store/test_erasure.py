@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import numpy as np
 import psycopg
@@ -14,6 +13,7 @@ from service.monitoring.predlog import PredictionLog
 from service.security import audit
 from service.store import Store
 from tests.builders import logged_ids
+from tests.sqlite import connected
 
 FEATURES = [{"name": "customer_id", "type": "string", "pii": True}, {"name": "x", "type": "float"},
             {"name": "city", "type": "category"}]
@@ -118,7 +118,7 @@ INSERT INTO predictions (id, ts, model, version, batch, row_index) VALUES ('old-
 def test_a_database_from_before_erasure_is_moved_to_batch_records(tmp_path, request, backend):
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'log.sqlite'}"
-        with sqlite3.connect(tmp_path / "log.sqlite") as db:
+        with connected(tmp_path / "log.sqlite") as db:
             db.executescript(PREVIOUS_DDL.format(rowid=""))
     else:
         url = request.getfixturevalue("postgres_server").create_database()

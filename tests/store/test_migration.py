@@ -4,7 +4,6 @@ every id, its inputs, feedback, windows and erasure, with its ``predictions`` ro
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from service.explain import past
 from service.monitoring.predlog import PredictionLog
 from service.store import Store, migration
 from tests.builders import logged_ids
+from tests.sqlite import connected
 
 DUMP = Path(__file__).parent / "data" / "made_by_4c5bea6.sql"
 FEATURES = [{"name": "customer_id", "type": "string", "pii": True}, {"name": "x", "type": "float"}]
@@ -24,7 +24,7 @@ IDS = ["aaa-1", "aaa-3", "bbb-0", "bbb-1", "bbb-2", *(f"ccc-{i}" for i in (0, 3,
 @pytest.fixture
 def old_database(tmp_path) -> Path:
     path = tmp_path / "log.sqlite"
-    with sqlite3.connect(path) as db:
+    with connected(path) as db:
         db.executescript(DUMP.read_text())
     return path
 
