@@ -37,6 +37,8 @@ from tests.postgres import make_store, postgres_server, postgres_url  # noqa: F4
 
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
+DEFAULT_WORKERS = 2  # server_env's WEB_CONCURRENCY
+WORKERS_FORKED_SECONDS = 5.0  # how long start_server waits for the master to fork every worker
 #: Every setting the server reads (from Config itself, so a new one is never forgotten), plus
 #: Gunicorn's own and the one gunicorn.conf.py defaults for ONNX Runtime: a developer's environment
 #: must not leak into the servers and apps tests start.
@@ -174,7 +176,7 @@ def free_port() -> int:
 
 def server_env(artifacts: Path, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(ARTIFACTS_DIR=str(artifacts), PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
+    env.update(ARTIFACTS_DIR=str(artifacts), PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY=str(DEFAULT_WORKERS),
                REGISTRY_POLL_SECONDS="1", LOG_LEVEL="info",
                DATABASE_URL=f"sqlite:///{artifacts.parent / f'db-{port}' / 'predictions.db'}",
                PROMETHEUS_MULTIPROC_DIR=str(artifacts.parent / f"prometheus-{port}"))
@@ -287,6 +289,14 @@ def start_server(artifacts: Path, log_dir: Path, *, wait: str | None = "/readyz"
         except Exception:
             server.stop()
             raise
+        # The first worker can answer before the master has forked the others (it forks them up to
+        # 0.1 s apart, and a worker of preloaded models is ready in milliseconds): tests that count
+        # or kill workers start from all of them. Bounded, and not a failure: a test of workers
+        # that cannot boot says so itself.
+        wanted = int(env.get("WEB_CONCURRENCY", DEFAULT_WORKERS))
+        deadline = time.monotonic() + WORKERS_FORKED_SECONDS
+        while len(server.worker_pids()) < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
     return server
 
 
