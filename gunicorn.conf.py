@@ -28,11 +28,10 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 # every worker, whatever its library expects of it. Arrow's allocator works without it.
 os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
 
-from gunicorn.glogging import Logger  # noqa: E402
-
+from service.access_log import JsonLogger  # noqa: E402
 from service.config import Config  # noqa: E402
 from service.errors import ConfigError  # noqa: E402
-from service.logs import JsonFormatter, configure_logging  # noqa: E402
+from service.logs import configure_logging  # noqa: E402
 
 try:
     _config = Config.from_env()
@@ -185,37 +184,7 @@ errorlog = "-"
 loglevel = _config.log_level
 
 
-class JsonLogger(Logger):
-    """Gunicorn's logger, writing its own lines and the access log as JSON objects."""
-
-    def setup(self, cfg):
-        super().setup(cfg)
-        for handler in self.error_log.handlers + self.access_log.handlers:
-            handler.setFormatter(JsonFormatter())
-
-    def access(self, resp, req, environ, request_time):
-        headers = dict((k.lower(), v) for k, v in resp.headers)
-        peer = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR") or environ.get("REMOTE_ADDR", "-")
-        entry = {
-            "remote": environ.get("REMOTE_ADDR", "-"),  # the client, once a trusted proxy named it
-            "peer": peer,  # the other end of the connection (the proxy, behind one)
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),  # never the query string: it may carry data
-            "status": int(str(resp.status).split(None, 1)[0]),
-            "bytes": getattr(resp, "sent", None),
-            "duration_ms": round(request_time.total_seconds() * 1000, 3),
-            "request_id": headers.get("x-request-id"),
-            "model_version": headers.get("x-model-version"),
-            "user_agent": environ.get("HTTP_USER_AGENT"),
-            "pid": os.getpid(),
-        }
-        try:
-            self.access_log.info("request", extra={"http": entry})
-        except Exception:  # a log line must never fail a request
-            self.error("access log failed")
-
-
-logger_class = JsonLogger
+logger_class = JsonLogger  # its own lines and the access log as JSON objects (service/access_log.py)
 
 
 # -- hooks -----------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ STAGES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("metrics hooks", (("api/metrics.py", ""), ("monitoring/metric_families.py", ""))),
     ("view and error hooks (rest)", (("api/predict.py", ""), ("api/handlers.py", ""))),
     ("Flask/Werkzeug (routing, contexts, Response)", (("flask/", ""), ("werkzeug/", ""))),
-    ("JSON access log", (("gunicorn.conf.py", "access"), ("gunicorn/glogging.py", "access"))),
+    ("JSON access log", (("service/access_log.py", "access"), ("gunicorn/glogging.py", "access"))),
     ("Gunicorn (HTTP parse and write, worker loop)", (("gunicorn/", ""), ("service/buffering.py", ""))),
     ("other threads and the rest", (("", ""),)),
 )
