@@ -167,7 +167,8 @@ def close_app(app: Flask, timeout: float = 10.0) -> bool:
             app.extensions[name].stop(timeout=left())
     app.extensions["audit"].join(timeout=left())
     app.extensions["monitoring"].alerts.notifier.close(timeout=left())
-    app.extensions["executor"].shutdown(wait=True)
+    # a prediction stuck in the budget pool must not hold the exit past ``timeout``: queued ones are cancelled
+    app.extensions["executor"].shutdown(wait=False, cancel_futures=True)
     app.extensions["store"].close(wait=left())
     return shipped
 
