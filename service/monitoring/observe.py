@@ -30,7 +30,7 @@ from service.errors import ServiceError
 from service.monitoring import metrics
 from service.monitoring.outbox import Outbox, pack
 from service.monitoring.predlog import EncodedBatch, PredictionLog
-from service.monitoring.quality import request_quality
+from service.monitoring.quality import request_counts
 from service.monitoring.recorder import DEFAULT_CAPACITY, DEFAULT_CAPACITY_ROWS, Recorder
 from service.serving.inference import Answer, Target, check_output
 from service.serving.runtime import LoadedModel
@@ -268,9 +268,16 @@ class Observer:
         for (name, version), group in groups.items():
             try:
                 model = group[0].model
-                columns = {f["name"]: _concatenate([a.batch.columns[f["name"]] for a in group]) for f in model.features}
-                quality = request_quality(model.features, columns, model.manifest.get("reference_profile"))
-                metrics.observe_data_quality(name, version, quality.get("counts", {}))
+                profile = model.manifest.get("reference_profile")
+                blocks = [a.batch.block for a in group]
+                if all(block is not None for block in blocks):  # every batch one float block: counted as one
+                    block = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+                    counts = request_counts(model.features, profile, block=block)
+                else:
+                    columns = {f["name"]: _concatenate([a.batch.columns[f["name"]] for a in group])
+                               for f in model.features}
+                    counts = request_counts(model.features, profile, columns=columns)
+                metrics.observe_data_quality(name, version, counts)
             except Exception:
                 log.exception("data-quality check failed", extra={"model": name, "version": version})
 

@@ -74,6 +74,76 @@ def request_quality(features: list[dict[str, Any]], columns: dict[str, np.ndarra
     return window_quality(reference_profile, features, columns, thresholds)
 
 
+def request_counts(features: list[dict[str, Any]], reference_profile: dict[str, Any] | None, *,
+                   columns: dict[str, np.ndarray] | None = None, block: np.ndarray | None = None) -> dict[str, int]:
+    """``request_quality(features, columns, reference_profile)["counts"]``, without the report.
+
+    The data-quality metric needs only these totals, for every answer, so what depends on the
+    model alone (bounds, which features are numeric, the schema's stand-in profile) is worked
+    out once per feature list and profile. ``block`` (``ValidatedBatch.block``: features x rows,
+    float64, rows in feature order) is counted as it is; without it ``columns`` take the
+    general path.
+    """
+    plan = _count_plan(features, reference_profile)
+    if block is None or block.ndim != 2 or block.shape[0] != len(features):
+        return request_quality(features, columns or {}, plan.profile)["counts"]
+    rows = block.shape[1]
+    numeric = block if plan.all_numeric else block[plan.numeric]
+    with np.errstate(invalid="ignore"):
+        missing = int(np.isnan(numeric).sum())
+        outside = int(((numeric < plan.low) | (numeric > plan.high)).sum())  # NaN is never outside
+    counts = {"missing": missing, "out_of_range": outside, "unseen": 0}
+    for index, feature, entry in plan.others:
+        report = feature_quality(entry, feature, block[index], rows)
+        for key in counts:
+            counts[key] += report.get(key, 0)
+    return counts
+
+
+@dataclass(frozen=True)
+class _CountPlan:
+    """What ``request_counts`` needs of one feature list and profile, worked out once."""
+
+    features: list[dict[str, Any]]
+    given: dict[str, Any] | None  # the profile it was made for (None: the schema's)
+    profile: dict[str, Any]
+    numeric: np.ndarray  # block rows of the numeric features
+    all_numeric: bool
+    low: np.ndarray  # (numeric features, 1); NaN where there is no bound
+    high: np.ndarray
+    others: tuple[tuple[int, dict[str, Any], dict[str, Any]], ...]  # (block row, feature, profile entry)
+
+
+_PLANS: dict[tuple[int, int], _CountPlan] = {}
+_MAX_PLANS = 256  # model versions a worker serves at once are far fewer; past it the cache starts over
+
+
+def _count_plan(features: list[dict[str, Any]], reference_profile: dict[str, Any] | None) -> _CountPlan:
+    key = (id(features), id(reference_profile))
+    plan = _PLANS.get(key)
+    if plan is not None and plan.features is features and plan.given is reference_profile:
+        return plan
+    profile = reference_profile if reference_profile is not None else \
+        {"features": {f["name"]: _schema_reference(f) for f in features}}
+    entries = profile.get("features", {})
+    numeric, low, high, others = [], [], [], []
+    for index, feature in enumerate(features):
+        entry = entries.get(feature["name"], {})
+        if _is_numeric(entry, feature):
+            numeric.append(index)
+            low.append(np.nan if entry.get("min") is None else entry["min"])
+            high.append(np.nan if entry.get("max") is None else entry["max"])
+        else:
+            others.append((index, feature, entry))
+    plan = _CountPlan(features, reference_profile, profile, np.array(numeric, dtype=np.intp),
+                      len(numeric) == len(features), np.array(low, dtype=np.float64)[:, None],
+                      np.array(high, dtype=np.float64)[:, None], tuple(others))
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
 def window_quality(reference_profile: dict[str, Any], features: list[dict[str, Any]], columns: dict[str, np.ndarray],
                    thresholds: QualityThresholds = DEFAULT) -> dict[str, Any]:
     """Measure missing, out-of-range and unseen values of a window against the reference."""

@@ -144,3 +144,37 @@ def test_columns_that_cannot_be_checked_together_are_checked_alone():
     assert set(quality._numeric_together(profiles, features, columns, quality.DEFAULT)) == {"b"}
     report = quality.window_quality({"features": profiles}, features, columns)
     assert report["counts"] == {"missing": 1, "out_of_range": 1, "unseen": 1}
+
+
+def test_request_counts_of_a_float_block_equal_the_full_reports_totals():
+    """The metric's fast count (one block, a plan per feature list) against ``request_quality``."""
+    from service.monitoring import quality
+
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        rows = int(rng.choice([1, 2, 64, 300]))
+        n_features = int(rng.integers(1, 7))
+        features, profiles = [], {}
+        for j in range(n_features):
+            name = f"x{j}"
+            features.append({"name": name, "type": "float", "min": None, "max": None, "categories": None})
+            if rng.random() < 0.2:  # a float feature profiled as categorical: counted alone, as unseen values
+                profiles[name] = {"kind": "categorical", "categories": {"1.0": 0.5, "2.0": 0.5}, "missing_rate": 0.0}
+            elif rng.random() < 0.9:
+                low = None if rng.random() < 0.3 else float(rng.normal())
+                high = None if rng.random() < 0.3 else float(rng.normal() + 2)
+                profiles[name] = {"kind": "numeric", "min": low, "max": high, "missing_rate": 0.0}
+        block = np.ascontiguousarray(rng.choice([1.0, 2.0, 3.0, -4.0, np.nan], size=(n_features, rows)) * rng.choice([1, 1.5]))
+        columns = {f["name"]: block[i] for i, f in enumerate(features)}
+        profile = None if rng.random() < 0.25 else {"features": profiles}
+        expected = request_quality(features, columns, profile)["counts"]
+        assert quality.request_counts(features, profile, block=block) == expected, trial
+        assert quality.request_counts(features, profile, columns=columns) == expected, trial
+
+
+def test_request_counts_without_a_block_take_the_general_path():
+    columns = {"size": np.array([np.nan, 50.0, -1.0]), "color": np.array(["green", "red", None], dtype=object)}
+    from service.monitoring.quality import request_counts
+
+    assert request_counts(FEATURES, reference(), columns=columns) == \
+        request_quality(FEATURES, columns, reference())["counts"] == {"missing": 2, "out_of_range": 2, "unseen": 1}
