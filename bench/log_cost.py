@@ -14,7 +14,7 @@ landing inside the measured rounds or not made that part swing from nothing to ~
 request, so it is measured on its own and charged at the rate production pays it:
 
 * CPU is the scheduler's run time of every thread of each server (nanoseconds, not 10 ms ticks),
-  over 12 short alternating rounds; the median of the rounds' overheads is printed beside the
+  over 12 alternating rounds of ~0.3 s; the median and quartiles of the rounds' overheads are printed beside the
   total's, as the figure a burst of load elsewhere on a shared machine cannot move;
 * the servers run with ``ALERT_SECONDS=0`` (no timer) and ``MONITORING_CACHE_SECONDS=0``, so the
   rounds measure the request path, the record included (``*_requests`` figures);
@@ -56,7 +56,7 @@ from bench.server import HOST, REPO, Server, post
 MODEL = "breast-cancer"
 SIZES = (1, 10_000)
 #: Requests per size and server: about the same work (rows) per size, bounded either way.
-REQUESTS = {1: 600, 10_000: 24}
+REQUESTS = {1: 3000, 10_000: 96}  # rounds of ~0.3 s: a checkpoint or a GC pass lands in its round's share
 ROUNDS = 12  # short alternating rounds: a burst of load elsewhere on the machine hits both servers alike
 SETTLE_SECONDS = 0.5  # after each round: the writer thread finishes what the round queued
 WINDOW = 500  # MONITORING_WINDOW of both servers (the default)
@@ -189,6 +189,7 @@ def measure(servers: dict[str, Server], rows: int, requests: int) -> dict[str, M
 def summary(rows: int, requests: int, tree: Path, on: Measured, off: Measured) -> dict:
     """The JSON line of one size: amortized figures first (what ``make bench`` prints), then their parts."""
     even = break_even(on, off)
+    per_round = [overhead(a, b) for a, b in zip(on.rounds, off.rounds, strict=True)]
     return {"rows": rows, "requests": requests, "tree": str(tree),
             "cpu_us_per_request_log_on": round(on.per_request_us()),
             "cpu_us_per_request_log_off": round(off.per_request_us()),
@@ -197,8 +198,10 @@ def summary(rows: int, requests: int, tree: Path, on: Measured, off: Measured) -
             "cpu_us_per_request_log_off_requests": round(off.request_us),
             "overhead_percent_requests": round(overhead(on.request_us, off.request_us), 1),
             # the same from each pair of rounds, the middle one: what a burst of load in one round cannot move
-            "overhead_percent_requests_median_round": round(statistics.median(
-                overhead(a, b) for a, b in zip(on.rounds, off.rounds, strict=True)), 1),
+            "overhead_percent_requests_median_round": round(statistics.median(per_round), 1),
+            # the rounds' middle half: how far one run can be trusted (two identical servers on a
+            # loaded 2-core machine spread over tens of points; on an idle one, a few)
+            "overhead_percent_rounds_quartiles": [round(q, 1) for q in statistics.quantiles(per_round, n=4)[::2]],
             "report_cpu_ms_log_on": round(on.report_us / 1000, 1),
             "report_cpu_ms_log_off": round(off.report_us / 1000, 1),
             "requests_per_second_log_on": round(on.rate, 1),

@@ -99,10 +99,12 @@ def log_cost_lines(results: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = ["prediction log cost (server CPU per request, one worker, log on vs PREDICTION_LOG_SAMPLE=0; target <= 10%)",
-             f"{'rows':>8} {'log on us':>11} {'log off us':>11} {'overhead':>9}"]
+             f"{'rows':>8} {'log on us':>11} {'log off us':>11} {'overhead':>9} {'median round':>13} {'rounds q1..q3':>15}"]
     for row in rows:
+        low, high = row.get("overhead_percent_rounds_quartiles") or (float("nan"), float("nan"))
         lines.append(f"{row['rows']:>8,} {row['cpu_us_per_request_log_on']:>11,} {row['cpu_us_per_request_log_off']:>11,}"
-                     f" {row['overhead_percent']:>8.1f}%")
+                     f" {row['overhead_percent']:>8.1f}% {row['overhead_percent_requests_median_round']:>12.1f}%"
+                     f" {low:>6.1f}..{high:.1f}%")
     return lines
 
 
