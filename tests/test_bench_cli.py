@@ -71,3 +71,15 @@ def test_quick_shortens_the_runs_unless_seconds_are_given(monkeypatch):
     assert settings.seconds == QUICK_SECONDS < DEFAULT_SECONDS
     _, settings = load_settings(build_parser().parse_args(["--quick", "--seconds", "4"]))
     assert settings.seconds == 4
+
+
+@pytest.mark.parametrize(("module", "options"), [
+    ("bench.backup", ("--rows", "--clients")),
+    ("bench.retrain", ("--rows", "--max-rows")),
+    ("bench.log_cost", ("--tree", "--rows")),
+    ("bench.workers", ("--rounds", "--seconds")),
+])
+def test_each_bench_module_answers_help_and_runs_nothing(module, options):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith(f"usage: python -m {module}") and done.stderr == ""
+    assert all(option in done.stdout for option in options), done.stdout

@@ -1,19 +1,10 @@
 """``python -m bench.workers``: its table and its command line (the run itself starts servers)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 from bench import workers
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def test_help_runs_nothing():
-    done = subprocess.run([sys.executable, "-m", "bench.workers", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.startswith("usage: python -m bench.workers") and done.stderr == ""
-    assert "--rounds" in done.stdout and "--seconds" in done.stdout
 
 
 def test_figures_give_medians_and_count_timed_out_probes():
