@@ -155,7 +155,9 @@ class Metrics:
                                        "Request and prediction records lost (the predictions themselves were "
                                        "answered), by reason: queue_full (the worker's in-memory queue), spool_full "
                                        "(SPOOL_MAX_BYTES reached while the store failed), spool_unwritable (the "
-                                       "spool's disk refused), unreadable, encoding_failed.", ("reason",), **reg)
+                                       "spool's disk refused), unreadable, encoding_failed, torn (the rest of a "
+                                       "spool segment damaged by a crash mid-write: one per segment).",
+                                       ("reason",), **reg)
         self.store_write_failures = Counter(PREFIX + "store_write_failures",
                                             "Writes to the store that failed, by table and reason (locked, full, "
                                             "read_only, unreachable, other). Records whose write failed wait in the "

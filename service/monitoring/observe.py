@@ -28,9 +28,10 @@ import orjson
 
 from service.errors import ServiceError
 from service.monitoring import metrics
-from service.monitoring.outbox import Outbox, pack
+from service.monitoring.outbox import Outbox
 from service.monitoring.predlog import EncodedBatch, PredictionLog
 from service.monitoring.quality import request_counts
+from service.monitoring.record_format import pack
 from service.monitoring.recorder import DEFAULT_CAPACITY, DEFAULT_CAPACITY_ROWS, Recorder
 from service.serving.inference import Answer, Target, check_output
 from service.serving.runtime import LoadedModel

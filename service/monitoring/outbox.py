@@ -20,29 +20,23 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import struct
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from service.monitoring import metrics
-from service.monitoring.predlog import EncodedBatch, PredictionLog
+from service.monitoring.predlog import PredictionLog
+from service.monitoring.record_format import unpack
 from service.monitoring.spool import Chunk, Spool, SpoolFull
 from service.store import REQUEST_COLUMNS, Store
 from service.store.failures import reason_for
 
 log = logging.getLogger(__name__)
 
-#: The record layout written to the spool; a record of another layout is counted ``unreadable``.
-RECORD_FORMAT = 1
-LENGTH = struct.Struct("<I")  # the header's length, before it
-BLOB = "$blob"  # a batch field kept as raw bytes after the header
 #: Why a record can be dropped (a Prometheus label).
-DROP_REASONS = ("queue_full", "spool_full", "spool_unwritable", "unreadable", "encoding_failed")
+DROP_REASONS = ("queue_full", "spool_full", "spool_unwritable", "unreadable", "encoding_failed", "torn")
 #: How far each spool segment is committed, written in the same transaction as its records.
 MARKS_DDL = """
 CREATE TABLE IF NOT EXISTS spool_marks (
@@ -66,50 +60,6 @@ DROP_LOG_SECONDS = 10.0
 SPOOLING_AFTER_SECONDS = 5.0
 
 
-def pack(request: tuple[Any, ...] | None, batch: EncodedBatch | None) -> bytes:
-    """One record: a request row (``REQUEST_COLUMNS``) and/or a logged prediction batch.
-
-    Layout: the header's length (4 bytes), the header (JSON: format, request, the batch's fields
-    with each ``bytes`` field replaced by ``{"$blob": i}``, the blobs' lengths), then the blobs
-    as they are, so binary columns cost no encoding.
-    """
-    fields, blobs = None, []
-    if batch is not None:
-        fields = {}
-        for name, value in vars(batch).items():
-            if isinstance(value, bytes):
-                fields[name] = {BLOB: len(blobs)}
-                blobs.append(value)
-            else:
-                fields[name] = value
-    header = orjson.dumps([RECORD_FORMAT, request, fields, [len(b) for b in blobs]])
-    return b"".join((LENGTH.pack(len(header)), header, *blobs))
-
-
-def unpack(record: bytes) -> tuple[tuple[Any, ...] | None, EncodedBatch | None]:
-    """Read a record back; raise ``ValueError`` for one that is not of ``RECORD_FORMAT``."""
-    try:
-        (size,) = LENGTH.unpack_from(record)
-        version, request, fields, lengths = orjson.loads(record[LENGTH.size:LENGTH.size + size])
-        if version != RECORD_FORMAT:
-            raise ValueError(f"record format {version!r}")
-        offsets, at = [], LENGTH.size + size
-        for length in lengths:
-            offsets.append((at, at + length))
-            at += length
-        if at != len(record):
-            raise ValueError(f"record of {len(record)} bytes declares {at}")
-        if fields is not None:
-            for name, value in fields.items():
-                if isinstance(value, dict) and set(value) == {BLOB}:
-                    begin, end = offsets[value[BLOB]]
-                    fields[name] = record[begin:end]
-        return (tuple(request) if request is not None else None,
-                EncodedBatch(**fields) if fields is not None else None)
-    except (TypeError, IndexError, KeyError, struct.error, orjson.JSONDecodeError) as exc:
-        raise ValueError(str(exc)) from exc
-
-
 class Outbox:
     """The spool, the shipping to the store, and the counts of what failed or was dropped."""
 
@@ -128,6 +78,7 @@ class Outbox:
         self._delay = RETRY_FIRST
         self._adopted_at = float("-inf")
         self._checked: set[str] = set()  # segments whose mark was read (ours need none)
+        self._tears = 0  # the spool's torn segments already counted as drops
         self._spool_failing = False  # the spool's failure was logged; logged again once it recovers
         self._unlogged: Counter[str] = Counter()
         self._drop_logged = float("-inf")
@@ -219,24 +170,25 @@ class Outbox:
             if self._stopping:
                 return
             try:
-                wait = self.pump()
+                wait = self.pump(stoppable=True)
             except Exception:  # the shipper must never die
                 log.exception("shipping records to the store failed")
                 wait = RETRY_MAX
 
-    def pump(self, deadline: float | None = None) -> float:
-        """Ship what waits until done, the store fails or ``deadline`` (monotonic) passes; return the
-        seconds until the next try is due."""
+    def pump(self, deadline: float | None = None, *, stoppable: bool = False) -> float:
+        """Ship what waits until done, the store fails or ``deadline`` (monotonic) passes (or, for
+        the shipper, ``close`` began: it ships what is left itself); return the seconds until the
+        next try is due."""
         try:
             with self._shipping:
-                return self._pump(deadline)
+                return self._pump(deadline, stoppable)
         finally:
             if self.spool is not None:
                 with self._lock:
                     spooled, age = self.spool.bytes, self.spool.oldest_age()
                 metrics.observe_spool(spooled, age)
 
-    def _pump(self, deadline: float | None) -> float:
+    def _pump(self, deadline: float | None, stoppable: bool = False) -> float:
         now = time.monotonic()
         if now < self._retry_at:
             return self._retry_at - now
@@ -244,9 +196,10 @@ class Outbox:
             self._adopted_at = now
             with self._lock:
                 self.spool.adopt()
-        while deadline is None or time.monotonic() < deadline:
+        while (deadline is None or time.monotonic() < deadline) and not (stoppable and self._stopping):
             try:
                 if not self._ship_next():
+                    self._forget_marks()
                     break
             except sqlite3.Error as exc:
                 reason = reason_for(exc)
@@ -268,6 +221,10 @@ class Outbox:
         """
         with self._lock:
             chunk = self.spool.pending(CHUNK_BYTES) if self.spool is not None else None
+            torn = self.spool.torn - self._tears if self.spool is not None else 0
+            self._tears += torn
+        if torn:  # what followed the tear in each is lost, how many records that was is unknown
+            self.drop("torn", torn)
         if chunk is not None:
             if chunk.segment.name not in self._checked:
                 if self._resume(chunk):
@@ -306,13 +263,12 @@ class Outbox:
         return True
 
     def _commit(self, records: list[bytes], chunk: Chunk | None) -> None:
-        rows, batches = [], []
+        rows, batches, unreadable = [], [], 0
         for record in records:
             try:
                 request, batch = unpack(record)
             except ValueError:
-                log.exception("a spooled record cannot be read; it is dropped")
-                self.drop("unreadable")
+                unreadable += 1
                 continue
             if request is not None:
                 rows.append(request)
@@ -332,6 +288,25 @@ class Outbox:
             if chunk is not None:
                 db.execute(self._mark, (chunk.segment.name, chunk.end, time.time()))
         self.store.write_succeeded()
+        if unreadable:  # counted once, with the chunk that skipped them (a failed try counts nothing)
+            log.error("spooled records cannot be read; they are dropped", extra={"records": unreadable})
+            self.drop("unreadable", unreadable)
+
+    def _forget_marks(self) -> None:
+        """Delete the marks of segments shipped whole and deleted: only an adopted segment's file
+        needs one. A mark goes only after its file, so a crash between them leaves a mark, never a
+        file without one; a failed delete is tried again after the next removal."""
+        with self._lock:
+            names = list(self.spool.removed) if self.spool is not None else []
+        if not names:
+            return
+        try:
+            with self.store.transaction() as db:
+                db.executemany("DELETE FROM spool_marks WHERE segment = ?", [(name,) for name in names])
+        except sqlite3.Error:
+            return
+        with self._lock:
+            del self.spool.removed[:len(names)]
 
     # -- state -------------------------------------------------------------------------------
 
@@ -351,13 +326,20 @@ class Outbox:
 
     def close(self, deadline: float) -> bool:
         """Stop the shipper, ship what the store takes before ``deadline`` (monotonic), then release
-        the spool; True when nothing is left waiting (what is left on disk goes to the next worker)."""
+        the spool; True when nothing is left waiting (what is left on disk goes to the next worker).
+
+        A shipper still in a transaction at the deadline keeps the spool: its files stay open and
+        locked until this process ends, so no other worker adopts a segment whose commit may
+        still land (it would commit the chunk again), and no descriptor is closed under it.
+        """
         self._stopping = True
         self._wake.set()
+        shipping = False
         if self._shipper is not None and self._shipper_pid == os.getpid():
             self._shipper.join(max(deadline - time.monotonic(), 0.0))
+            shipping = self._shipper.is_alive()
         self._retry_at = 0.0
-        while time.monotonic() < deadline:
+        while not shipping and time.monotonic() < deadline:
             wait = self.pump(deadline)
             if wait == ADOPT_SECONDS:
                 break
@@ -375,6 +357,8 @@ class Outbox:
                 self._memory.clear()
                 self._memory_size = 0
             left = self.spool.bytes if self.spool is not None else 0
-            if self.spool is not None:
+            if self.spool is not None and not shipping:
                 self.spool.close()
-        return left == 0
+        if not shipping and time.monotonic() < deadline:
+            self._forget_marks()  # segments close() deleted, shipped whole
+        return left == 0 and not shipping

@@ -53,7 +53,7 @@ class EncodedBatch:
     """One request's logged rows as one record, encoded before the write lock is taken.
 
     Plain JSON values and one ``bytes`` field, in ``BATCH_COLUMNS`` order: the spool
-    (``service.monitoring.outbox.pack``) carries ``arrays`` as a raw blob after the rest.
+    (``service.monitoring.record_format.pack``) carries ``arrays`` as a raw blob after the rest.
     """
 
     ts: float

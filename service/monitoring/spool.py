@@ -84,6 +84,7 @@ class Spool:
         self.max_bytes, self.segment_bytes, self.fsync_seconds = max_bytes, segment_bytes, fsync_seconds
         self.segments: list[Segment] = []  # oldest first: adopted ones, then ours; the last may be active
         self.torn = 0  # damaged records found (a crash mid-append), never shipped
+        self.removed: list[str] = []  # names of segments deleted, shipped whole: their marks can go
         self._active: Segment | None = None
         self._synced = time.monotonic()
         self._dirty = False
@@ -219,6 +220,9 @@ class Spool:
                     self._tear(segment)  # a header cut short: the tail of a crashed append
                     break
             length, crc = HEADER.unpack_from(data, offset)
+            if length == 0:  # never written (a record is never empty): the zeros a machine crash leaves
+                self._tear(segment)
+                break
             end = offset + HEADER.size + length
             if end > len(data):
                 if records:
@@ -245,6 +249,7 @@ class Spool:
     def _remove(self, segment: Segment) -> None:
         try:
             segment.path.unlink(missing_ok=True)
+            self.removed.append(segment.name)
         finally:
             os.close(segment.fd)
             self.segments.remove(segment)

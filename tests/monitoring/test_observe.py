@@ -8,8 +8,9 @@ import pytest
 
 from service.errors import ModelNotFound
 from service.monitoring.observe import Observer
-from service.monitoring.outbox import Outbox, unpack
+from service.monitoring.outbox import Outbox
 from service.monitoring.predlog import PredictionLog
+from service.monitoring.record_format import unpack
 from service.monitoring.spool import Spool
 from service.protocols import v1
 from service.serving import inference

@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from service.monitoring.outbox import ADOPT_SECONDS, Outbox, pack, unpack
+from service.monitoring.outbox import ADOPT_SECONDS, Outbox
 from service.monitoring.predlog import EncodedBatch, PredictionLog
+from service.monitoring.record_format import pack, unpack
 from service.monitoring.spool import Spool
 from service.store import REQUEST_COLUMNS, Store
 

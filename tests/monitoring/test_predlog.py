@@ -20,9 +20,9 @@ import numpy as np
 import orjson
 import pytest
 
-from service.monitoring.outbox import pack, unpack
 from service.monitoring.predlog import PredictionLog, is_sampled
 from service.monitoring.privacy import hash_value
+from service.monitoring.record_format import pack, unpack
 from service.store import RequestRecord, ShadowRecord, Store
 from service.store.columns import python_values, read_inputs
 from service.store.records import SCHEMA
