@@ -47,7 +47,7 @@ def score_chunk(chunk: Chunk, model: LoadedModel, schema: Any, allowed: frozense
     good, columns, rejects = checked.good, checked.columns, list(checked.rejects)
     result = None
     if len(good):
-        result, dropped = _predict(model, columns, probabilities, chunk.positions(good))
+        result, dropped = _predict(model, columns, probabilities, chunk.positions(good), checked.block)
         if dropped:
             rejects = sorted(rejects + [(int(good[i]), error) for i, error in dropped], key=lambda item: item[0])
             kept = np.setdiff1d(np.arange(len(good)), [i for i, _ in dropped])
@@ -59,12 +59,12 @@ def score_chunk(chunk: Chunk, model: LoadedModel, schema: Any, allowed: frozense
     return Scored(table, rejects, positions, columns, result)
 
 
-def _predict(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: bool,
-             positions: np.ndarray) -> tuple[Prediction, list[tuple[int, ValidationFailed]]]:
+def _predict(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: bool, positions: np.ndarray,
+             block: np.ndarray | None = None) -> tuple[Prediction, list[tuple[int, ValidationFailed]]]:
     """Predict, and check the answer as the API does: a row whose inputs are far outside the training
     data and whose answer is not finite is rejected with the API's 422 for it; any other non-finite
     answer is the model's failure and stops the run (``ModelOutputInvalid``)."""
-    result = _predict_slices(model, columns, probabilities)
+    result = _predict_slices(model, columns, probabilities, block)
     try:
         return check_output(model, result, columns), []
     except InputOutOfDomain:
@@ -84,12 +84,14 @@ def _predict(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: 
     return result, dropped
 
 
-def _predict_slices(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: bool) -> Prediction:
+def _predict_slices(model: LoadedModel, columns: dict[str, np.ndarray], probabilities: bool,
+                    block: np.ndarray | None) -> Prediction:
     n = len(next(iter(columns.values())))
     if n <= PREDICT_ROWS:
-        return model.predict(columns, probabilities)
+        return model.predict(columns, probabilities, block)
     parts = [model.predict({name: values[start:start + PREDICT_ROWS] for name, values in columns.items()},
-                           probabilities) for start in range(0, n, PREDICT_ROWS)]
+                           probabilities, None if block is None else block[:, start:start + PREDICT_ROWS])
+             for start in range(0, n, PREDICT_ROWS)]
     return Prediction(np.concatenate([part.predictions for part in parts]),
                       None if parts[0].probabilities is None else np.concatenate([part.probabilities for part in parts]),
                       parts[0].classes)
