@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 PART = "part-{index:06d}.{ext}"
 REJECTS_PART = "rejects-{index:06d}.jsonl"
 EXTENSIONS = {"csv": "csv", "parquet": "arrow", "jsonl": "jsonl"}
+#: Columns whose every value differs: Parquet's dictionary encoding would be built, then thrown away.
+UNIQUE = ("prediction_id",)
 
 
 def write_part(folder: Path, index: int, table: pa.Table, fmt: str) -> None:
@@ -66,7 +68,7 @@ def join_output(folder: Path, fmt: str, chunks: int, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     if fmt == "parquet":
         schema = _joined_schema(parts)
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with pq.ParquetWriter(tmp, schema, use_dictionary=[name for name in schema.names if name not in UNIQUE]) as writer:
             for part in parts:
                 with pa.memory_map(str(part)) as source:
                     writer.write_table(_conform(pa.ipc.open_file(source).read_all(), schema))

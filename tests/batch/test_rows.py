@@ -1,5 +1,6 @@
 """A chunk of clean float rows takes one pass: the columns the API builds for the same rows, as rows of a
-block ONNX Runtime takes as is; a chunk with a bad value goes through the checks column by column."""
+block ONNX Runtime takes as is; a chunk with a bad value goes through the checks column by column. And the
+prediction ids built as bytes are the ones a join of strings gives."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from service.batch import rows
+from service.batch import rows, scoring
 from service.batch.reading import Chunk
 from service.errors import ValidationFailed
 from service.serving.schemas import model_schema
@@ -57,3 +58,13 @@ def test_a_missing_or_refused_value_is_rejected_with_the_api_error(artifact_root
 
 def _features(root) -> list[dict]:
     return json.loads((root / "breast-cancer" / "1" / "manifest.json").read_text())["input"]["features"]
+
+
+@pytest.mark.parametrize("positions", [
+    np.arange(0), np.arange(5), np.arange(95, 1005), np.arange(950_000, 1_000_000),  # a file's chunks
+    np.sort(np.random.default_rng(1).choice(10**7, 3000, replace=False)),  # good rows of a chunk with rejects
+    np.random.default_rng(2).permutation(2000), np.array([0, 10**12]),  # a Spark row column, in any order
+])
+def test_prediction_ids_are_the_run_id_and_each_rows_position(positions):
+    ids = scoring.prediction_ids("18ef2625f1c17b9d", positions)
+    assert ids.type == pa.string() and ids.to_pylist() == [f"18ef2625f1c17b9d-{p}" for p in positions.tolist()]
