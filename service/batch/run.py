@@ -133,7 +133,9 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
     resumed_from, began = current.rows_done, time.perf_counter()
     status = runs.FAILED
     try:
-        for chunk in ahead(source.chunks(options.chunk_rows, [*schema.names, *options.keep], skip=current.chunks_done)):
+        floats = [spec.name for spec in schema.specs if spec.kind == "float"]
+        for chunk in ahead(source.chunks(options.chunk_rows, [*schema.names, *options.keep], skip=current.chunks_done,
+                                         floats=floats)):
             scored, rejected = _score_chunk(chunk, model, schema, allowed, options, current.run_id, parts, monitor)
             current.chunks_done, current.rows_done = chunk.index + 1, chunk.start + chunk.n_rows
             current.scored += scored
