@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.batch import CLI, MLFLOW, SPARK, median_runs, table, verdict
+from bench.batch import CLI, CLI_CSV, MLFLOW, SPARK, median_runs, table, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +36,9 @@ def test_each_tool_is_judged_by_its_median_run_and_its_largest_peak():
     faster = [{**medians[0], "rows_per_second": 250_000, "peak_rss_mb": 550.0}, medians[1]]
     assert verdict(faster) == "verdict: 5.00x MLflow's rows/s, target >= 5x: met; peak RSS 550 MB, target <= 600: met"
     assert verdict(faster[:1]) == "verdict: no MLflow run to compare with; peak RSS 550 MB, target <= 600: met"
+    csv = {"tool": CLI_CSV, "rows": 1_000_000, "seconds": 9.0, "rows_per_second": 111_111, "peak_rss_mb": 615.0}
+    assert verdict([*faster, csv]) == ("verdict: 5.00x MLflow's rows/s, target >= 5x: met; peak RSS 550 MB, "
+                                       "target <= 600: met; CSV in: peak RSS 615 MB, target <= 600: NOT met")
 
 
 def test_help_runs_nothing():

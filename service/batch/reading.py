@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import queue
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,6 +32,35 @@ CSV_BLOCK_BYTES = 4 << 20  # what pyarrow parses at a time: a few MB keeps memor
 PARQUET_BATCH_ROWS = 65_536
 #: What a JSON Lines row that is not an object is rejected with (the API's word for such an instance).
 NOT_AN_OBJECT = "Must be an object."
+
+
+def skip_pandas_probe() -> None:
+    """Let pyarrow's first conversion find pandas absent, so it does not import it (0.3 s of a run's start).
+
+    pyarrow asks once, lazily, whether pandas is importable, to recognise pandas objects among the
+    values it converts; a file run hands it only Arrow and numpy values. Its calls that need pandas
+    (``to_pandas``, ``from_pandas``) import it themselves when asked, and our code imports it where
+    a model needs it, so only the probe is answered "absent". Nothing happens once pandas is loaded.
+    """
+    if "pandas" in sys.modules:
+        return
+    sys.meta_path.insert(0, _NO_PANDAS)
+    try:
+        pa.array([0])  # the probe runs on pyarrow's first conversion
+    finally:
+        sys.meta_path.remove(_NO_PANDAS)
+
+
+class _NoPandas:
+    """An import finder that refuses pandas: what pyarrow's probe meets while it is in ``sys.meta_path``."""
+
+    @staticmethod
+    def find_spec(name: str, *_: Any) -> None:
+        if name == "pandas":
+            raise ModuleNotFoundError("pandas is not probed by a batch run", name=name)
+
+
+_NO_PANDAS = _NoPandas()
 
 
 def format_of(path: Path, given: str | None) -> str:
@@ -92,33 +122,58 @@ class Input:
             return self._read_rows / self.total_rows
         return self._read_bytes / self.size if self.size else None
 
-    def chunks(self, chunk_rows: int, needed: list[str], *, skip: int = 0) -> Iterator[Chunk]:
-        """Yield the file's chunks of ``chunk_rows`` rows (the last may be shorter), from chunk ``skip`` on."""
+    def chunks(self, chunk_rows: int, needed: list[str], *, skip: int = 0, floats: Sequence[str] = ()) -> Iterator[Chunk]:
+        """Yield the file's chunks of ``chunk_rows`` rows (the last may be shorter), from chunk ``skip`` on.
+
+        ``floats``: columns of float features, which a CSV file's reader parses as numbers itself, off
+        the main thread and without a string per value (a third of the memory), with the parser
+        ``rows`` casts text with. A field that parser refuses ("n/a", " 1.5") stops that: the file is
+        read again as text from the chunk it was in, and ``rows`` converts such values one by one, as
+        it always does for text. The chunks are the same either way, as the checks see them.
+        """
         if self.format == "jsonl":
             yield from self._jsonl(chunk_rows, skip)
             return
+        numbers = [name for name in floats if name in needed] if self.format == "csv" else []
+        index = start = 0
         with open(self.path, "rb") as fh:
-            batches = self._parquet(fh, needed) if self.format == "parquet" else self._csv(fh, needed)
-            start = 0
-            for index, table in enumerate(_rechunk(batches, chunk_rows)):
-                self._read_rows = start + table.num_rows
-                self._read_bytes = fh.tell()
-                if index >= skip:
-                    yield Chunk(index, start, table.num_rows, table=table, text=self.format == "csv")
-                start += table.num_rows
+            while True:
+                batches = self._parquet(fh, needed) if self.format == "parquet" else self._csv(fh, needed, numbers, start)
+                try:
+                    for table in _rechunk(batches, chunk_rows):
+                        self._read_rows = start + table.num_rows
+                        self._read_bytes = fh.tell()
+                        if index >= skip:
+                            yield Chunk(index, start, table.num_rows, table=table, text=self.format == "csv")
+                        index, start = index + 1, start + table.num_rows
+                    return
+                except pa.ArrowInvalid:
+                    if not numbers:
+                        raise
+                    numbers = []  # the file again, as text, from the chunk the refused field is in
+                    fh.seek(0)
 
     def _parquet(self, fh: BinaryIO, needed: list[str]) -> Iterator[pa.RecordBatch]:
         present = [name for name in needed if name in (self.columns or ())]
         # pre_buffer (pyarrow's default) keeps what it read ahead: memory grew with the file, ~50 MB per 100,000 rows
         yield from pq.ParquetFile(fh, pre_buffer=False).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=present)
 
-    def _csv(self, fh: BinaryIO, needed: list[str]) -> Iterator[pa.RecordBatch]:
+    def _csv(self, fh: BinaryIO, needed: list[str], numbers: list[str], past: int) -> Iterator[pa.RecordBatch]:
+        """The CSV file's batches of about ``CSV_BLOCK_BYTES`` from row ``past`` on: text, ``numbers`` parsed."""
         present = [name for name in needed if name in (self.columns or ())]
-        convert = pa_csv.ConvertOptions(column_types={name: pa.string() for name in present},
-                                        include_columns=present, strings_can_be_null=True, null_values=[""])
-        reader = pa_csv.open_csv(fh, read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                                 convert_options=convert)
-        yield from reader
+        for batch in self._csv_reader(fh, present, numbers):
+            if past >= batch.num_rows:
+                past -= batch.num_rows
+                continue
+            yield batch.slice(past) if past else batch
+            past = 0
+
+    @staticmethod
+    def _csv_reader(fh: BinaryIO, present: list[str], numbers: Sequence[str]) -> pa_csv.CSVStreamingReader:
+        kinds = {name: pa.float64() if name in numbers else pa.string() for name in present}
+        convert = pa_csv.ConvertOptions(column_types=kinds, include_columns=present, strings_can_be_null=True,
+                                        null_values=[""])
+        return pa_csv.open_csv(fh, read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES), convert_options=convert)
 
     def _jsonl(self, chunk_rows: int, skip: int) -> Iterator[Chunk]:
         with open(self.path, "rb") as fh:

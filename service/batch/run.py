@@ -18,6 +18,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,9 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
     resumed_from, began = current.rows_done, time.perf_counter()
     status = runs.FAILED
     try:
-        for chunk in ahead(source.chunks(options.chunk_rows, [*schema.names, *options.keep], skip=current.chunks_done)):
+        floats = [spec.name for spec in schema.specs if spec.kind == "float"]
+        for chunk in ahead(source.chunks(options.chunk_rows, [*schema.names, *options.keep], skip=current.chunks_done,
+                                         floats=floats)):
             scored, rejected = _score_chunk(chunk, model, schema, allowed, options, current.run_id, parts, monitor)
             current.chunks_done, current.rows_done = chunk.index + 1, chunk.start + chunk.n_rows
             current.scored += scored
@@ -157,9 +160,12 @@ def _score(options: Options, services: Services, progress: Callable[[Progress], 
         if current.chunks_done == 0:  # an empty input still gets an output with the output's columns
             none = np.empty(0, dtype=np.int64)
             writing.write_part(parts, 0, scoring.output_table(Chunk(0, 0, 0, records=[]), none, none, None, model,
-                                                              options.keep, options.probabilities, current.run_id),
+                                                              options.keep, options.probabilities,
+                                                              _part_run_id(options, current.run_id)),
                                options.output_format)
-        writing.join_output(parts, options.output_format, max(current.chunks_done, 1), options.output)
+        complete = partial(scoring.complete, run_id=current.run_id, model=model.name, version=model.version)
+        writing.join_output(parts, options.output_format, max(current.chunks_done, 1), options.output,
+                            complete if _part_run_id(options, current.run_id) is None else None)
         writing.join_rejects(parts, current.chunks_done, options.rejects)
         shutil.rmtree(parts)
         state_path.unlink()
@@ -242,7 +248,8 @@ def _check_columns(options: Options, source: Input, model: LoadedModel) -> froze
 def _score_chunk(chunk: Chunk, model: LoadedModel, schema: Any, allowed: frozenset[str], options: Options,
                  run_id: str, parts: Path, monitor: sample.Sample) -> tuple[int, int]:
     """Validate, predict and write one chunk; return (rows scored, rows rejected)."""
-    scored = scoring.score_chunk(chunk, model, schema, allowed, options.keep, options.probabilities, run_id)
+    scored = scoring.score_chunk(chunk, model, schema, allowed, options.keep, options.probabilities,
+                                 _part_run_id(options, run_id))
     writing.write_part(parts, chunk.index, scored.table, options.output_format)
     if scored.rejects:
         writing.write_rejects(parts, chunk.index, [scoring.reject_line(chunk, i, error, options.keep)
@@ -250,6 +257,12 @@ def _score_chunk(chunk: Chunk, model: LoadedModel, schema: Any, allowed: frozens
     if scored.result is not None:
         monitor.add(scored.positions, scored.columns, scored.result.predictions, scored.result.probabilities)
     return len(scored.positions), len(scored.rejects)
+
+
+def _part_run_id(options: Options, run_id: str) -> str | None:
+    """A Parquet output's parts leave the ids, model and version to the join (``scoring.output_table``);
+    CSV and JSON Lines parts are joined byte for byte, so theirs hold the rows whole."""
+    return None if options.output_format == "parquet" else run_id
 
 
 def _over_threshold(options: Options, current: state.RunState) -> str | None:

@@ -20,7 +20,7 @@ from service.files import write_json_atomic
 
 STATE_SUFFIX = ".score-state.json"
 PARTS_SUFFIX = ".parts"
-FORMAT = 1
+FORMAT = 2  # 2: a Parquet output's parts hold row positions, not ids (scoring.output_table)
 #: What a resumed run must repeat, with how to say it when it does not.
 SAME = {"input_sha256": "the input file changed", "input_format": "--input-format differs",
         "output_format": "--output-format differs", "chunk_rows": "--chunk-rows differs",

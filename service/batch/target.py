@@ -68,9 +68,13 @@ def resolve(root: Path, target: Target, verifier: registry.Verifier | None) -> R
 
 
 def load(root: Path, name: str, version: int, *, signing_key: str | None, backend: str) -> runtime.LoadedModel:
-    """Verify the version's files (hashes, signature) and only then unpickle it; raise ``ArtifactError``."""
+    """Verify the version's files (hashes, signature) and only then unpickle it; raise ``ArtifactError``.
+
+    Lazily (``runtime.load``'s ``lazy``): a version ONNX Runtime answers is unpickled only if a chunk
+    needs scikit-learn, so a run of such a version does not spend its start-up importing it.
+    """
     folder = artifacts.version_dir(root, name, version)
     try:
-        return runtime.load(folder, name=name, version=version, signing_key=signing_key, backend=backend)
+        return runtime.load(folder, name=name, version=version, signing_key=signing_key, backend=backend, lazy=True)
     except ArtifactError as exc:
         raise ArtifactError(f"version {version} of {name!r} refused: {exc}") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 PART = "part-{index:06d}.{ext}"
 REJECTS_PART = "rejects-{index:06d}.jsonl"
 EXTENSIONS = {"csv": "csv", "parquet": "arrow", "jsonl": "jsonl"}
+#: Columns whose every value differs: Parquet's dictionary encoding would be built, then thrown away.
+UNIQUE = ("prediction_id",)
 
 
 def write_part(folder: Path, index: int, table: pa.Table, fmt: str) -> None:
@@ -60,16 +62,20 @@ def drop_parts_from(folder: Path, index: int) -> None:
             path.unlink()
 
 
-def join_output(folder: Path, fmt: str, chunks: int, target: Path) -> None:
-    """Join the output parts of chunks 0..chunks-1 into ``target`` (written aside, then renamed)."""
+def join_output(folder: Path, fmt: str, chunks: int, target: Path,
+                complete: Callable[[pa.Table], pa.Table] | None = None) -> None:
+    """Join the output parts of chunks 0..chunks-1 into ``target`` (written aside, then renamed); a Parquet
+    output's parts pass through ``complete`` on the way (what a part leaves out: ``scoring.complete``)."""
     parts = [folder / PART.format(index=i, ext=EXTENSIONS[fmt]) for i in range(chunks)]
     tmp = target.with_name(f".{target.name}.tmp")
     if fmt == "parquet":
+        finish = complete or (lambda table: table)
         schema = _joined_schema(parts)
-        with pq.ParquetWriter(tmp, schema) as writer:
+        final = finish(schema.empty_table()).schema
+        with pq.ParquetWriter(tmp, final, use_dictionary=[name for name in final.names if name not in UNIQUE]) as writer:
             for part in parts:
                 with pa.memory_map(str(part)) as source:
-                    writer.write_table(_conform(pa.ipc.open_file(source).read_all(), schema))
+                    writer.write_table(finish(_conform(pa.ipc.open_file(source).read_all(), schema)))
     else:
         _concatenate(parts, tmp)
     _settle(tmp, target)

@@ -97,6 +97,8 @@ def _score(input_sha256: Any, model_spec: str, input_path: Path, output_path: Pa
            probabilities: bool, chunk_rows: int, max_rejects: tuple[int | None, float | None], monitor_sample: int,
            resume: bool, overwrite: bool, artifacts_dir: Path, signing_key: str | None, database_url: str) -> None:
     from service.batch import reading
+
+    reading.skip_pandas_probe()
     from service.batch.run import Options, Services, Stopped
     from service.batch.run import score as run_score
     from service.batch.target import parse

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from service.models import parity
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ONNX_FILE = "model.onnx"
 OK, FAILED, UNSUPPORTED = "ok", "failed", "unsupported"
@@ -129,6 +131,8 @@ def _convert(model: Any, features: list[dict[str, Any]], spec: dict[str, Any], t
 
 def check_rows(model: Any, X: pd.DataFrame, features: list[dict[str, Any]]) -> tuple[pd.DataFrame, np.ndarray]:
     """The rows parity is checked on: the hold-out, then the probes built from the model (each row's kind)."""
+    import pandas as pd
+
     from service.models import parity_probes
 
     found, kinds = parity_probes.probes(model, X, features)
@@ -245,6 +249,8 @@ class Inputs:
 
     def missing_strings(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         """Flag the rows with a null in a string feature (joblib answers those: a string tensor has no null)."""
+        import pandas as pd  # imported when a model has strings: a batch run of numbers never needs it
+
         flags = np.zeros(len(columns[self.features[0]]), dtype=bool)
         for name, numeric in zip(self.features, self.numeric, strict=True):
             if not numeric:
@@ -286,6 +292,8 @@ def decode_labels(labels: Any, classes: np.ndarray) -> np.ndarray:
     except TypeError:  # labels and classes of types that do not compare
         found = False
     if not found:
+        import pandas as pd
+
         index = pd.Index(classes).get_indexer(labels)
         if (index < 0).any():
             raise ValueError("the ONNX model predicted a label that is not one of the model's classes")
@@ -297,6 +305,13 @@ def _is_numeric(feature: dict[str, Any]) -> bool:
     dtype = feature.get("dtype")
     if dtype is None:
         return feature["type"] in ("float", "int", "bool")
+    try:
+        if np.dtype(dtype).kind in "biufc":  # numpy's own number dtypes: no pandas to import for them
+            return True
+    except TypeError:
+        pass  # a pandas dtype ("category", "Int64", ...)
+    import pandas as pd
+
     try:
         return pd.api.types.is_numeric_dtype(pd.api.types.pandas_dtype(dtype)) or dtype in ("bool", "boolean")
     except TypeError:

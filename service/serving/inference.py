@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from service.errors import InputOutOfDomain, ModelOutputInvalid, PredictionFailed, ValidationFailed
 from service.serving.catalog import Catalog, Route
@@ -182,6 +181,8 @@ def _bad_rows(values: Any) -> np.ndarray | None:
     if kind in "fc":
         ok = np.isfinite(values)
     elif kind == "O":  # labels as Python objects: only a missing one (None, NaN) has no JSON form
+        import pandas as pd  # here only: a run of numbers (a batch run) never imports it
+
         ok = ~pd.isna(values)
     else:
         return None
@@ -200,6 +201,8 @@ def _invalid(model: LoadedModel, result: Prediction, found: dict[str, np.ndarray
         if values.dtype.kind in "fc":
             counts.update(nan=int(np.isnan(values).sum()), infinity=int(np.isinf(values).sum()))
         else:
+            import pandas as pd
+
             counts["missing"] = int(pd.isna(values).sum())
         outputs[output] = counts
         if len(bad) == n_rows:

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sklearn
-
 from service.errors import ArtifactError
 from service.models import artifacts
 from service.serving import runtime
@@ -87,6 +85,8 @@ def _hold(root: Path, name: str, version: int, signing_key: Any, backend: str,
 
 
 def _still_good(root: Path, name: str, version: int, held: Held, signing_key: Any, backend: str) -> bool:
+    import sklearn  # imported by the versions held already; not at import, so a batch run never loads it
+
     folder = artifacts.version_dir(root, name, version)
     try:
         artifacts.verify_version(folder, expected_name=name, expected_version=version, signing_key=signing_key,

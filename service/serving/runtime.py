@@ -6,7 +6,9 @@ checked. A version whose ONNX export packaging measured within 1e-9 of scikit-le
 answers through an ONNX Runtime session, created on first use in the process that predicts
 (never inherited across a fork) unless the Gunicorn master shared it before forking
 (``share_session``); every other version, and any forced to, answers through scikit-learn.
-No Flask.
+scikit-learn, joblib and pandas are imported when first needed: a batch run answered by ONNX
+Runtime may load with ``lazy=True``, which keeps the verified pickle and unpickles it only when
+the estimator itself is wanted (the server and its preload always unpickle at load). No Flask.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
-import pandas as pd
-import sklearn
 
 from service.errors import ArtifactError, ConfigError, PredictionFailed
 from service.models import artifacts, onnx_export, parity
+from service.models.registry import installed_sklearn
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +79,34 @@ class Prediction:
 
 @dataclass
 class LoadedModel:
-    """A verified, unpickled model version ready to predict."""
+    """A verified model version ready to predict (its estimator unpickled, or its verified pickle held)."""
 
     name: str
     version: int
     manifest: dict[str, Any]
-    estimator: Any
+    _estimator: Any
     load_seconds: float
     onnx_bytes: bytes | None = field(default=None, repr=False)  # the verified export, when ONNX answers
+    _pickled: bytes | None = field(default=None, repr=False, compare=False)  # verified, not yet unpickled
     _session: Any = field(default=None, repr=False, compare=False)
     _session_pid: int | None = field(default=None, repr=False, compare=False)  # None with a session: shared
     _session_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def estimator(self) -> Any:
+        """The scikit-learn estimator, unpickled from the verified bytes on first use when loaded lazily."""
+        if self._estimator is None and self._pickled is not None:
+            with self._session_lock:
+                if self._estimator is None:
+                    self._estimator, self._pickled = _unpickle(self._pickled), None
+        return self._estimator
+
+    def _labels(self) -> np.ndarray:
+        """The classes ONNX labels map back to: the estimator's own, or, before it is unpickled, the
+        manifest's integers (what ``lazy_classes`` accepts) as int64."""
+        if self._estimator is None and self._pickled is not None:
+            return np.asarray(self.classes, dtype=np.int64)
+        return self.estimator.classes_
 
     @property
     def backend(self) -> str:
@@ -124,6 +144,8 @@ class LoadedModel:
         """Build the model's input the way it was trained: a typed DataFrame or a plain array."""
         if not self.manifest["input"].get("feature_names_in"):
             return np.column_stack([columns[f["name"]] for f in self.features])
+        import pandas as pd
+
         data = {}
         for f in self.features:
             values = columns[f["name"]]
@@ -159,6 +181,8 @@ class LoadedModel:
         return Prediction(predicted, proba, self.classes)
 
     def _predict_sklearn(self, columns: dict[str, np.ndarray], probabilities: bool) -> tuple[Any, Any]:
+        import sklearn
+
         X = self.frame(columns)
         # the inputs were validated against the schema: scikit-learn's own checks would repeat it
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
@@ -169,7 +193,7 @@ class LoadedModel:
         outputs = session.run(None, feeds)
         if self.classes is None:
             return onnx_export.regression_values(outputs[0]), None
-        predicted = onnx_export.decode_labels(outputs[0], self.estimator.classes_)
+        predicted = onnx_export.decode_labels(outputs[0], self._labels())
         return predicted, np.asarray(outputs[1], dtype=np.float64) if probabilities else None
 
     def session(self) -> tuple[Any, onnx_export.Inputs]:
@@ -204,6 +228,8 @@ class LoadedModel:
 
 
 def _is_integer(dtype: str) -> bool:
+    import pandas as pd
+
     try:
         return pd.api.types.is_integer_dtype(pd.api.types.pandas_dtype(dtype))
     except TypeError:
@@ -211,30 +237,46 @@ def _is_integer(dtype: str) -> bool:
 
 
 def load(folder: Path, *, name: str, version: int, signing_key: str | None = None,
-         backend: str = AUTO) -> LoadedModel:
+         backend: str = AUTO, lazy: bool = False) -> LoadedModel:
     """Verify a version folder and only then unpickle it; raise ``ArtifactError`` on refusal.
 
     ``backend`` ``auto`` serves through ONNX Runtime when the manifest records that the export
     reproduced scikit-learn within ``parity.TOLERANCE`` at packaging (a manifest from before that
     check records no measurement and is served by joblib); ``onnx`` does whenever an export is
-    stored; ``joblib`` never does.
+    stored; ``joblib`` never does. ``lazy`` holds the verified pickle instead when ONNX Runtime
+    answers and the labels need no estimator (``lazy_classes``): the first use of ``estimator``
+    unpickles it, with the same checks (a batch run then never imports scikit-learn).
     """
     start = time.perf_counter()
     verified = artifacts.verify_version(folder, expected_name=name, expected_version=version,
-                                        signing_key=signing_key, sklearn_version=sklearn.__version__)
+                                        signing_key=signing_key, sklearn_version=installed_sklearn())
     data = verified.model_path.read_bytes()
     # unpickle the very bytes that were hashed: a file swapped after the check cannot slip in
     expected = verified.manifest["files"][verified.manifest["model_file"]]["sha256"]
     if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), str(expected)):
         raise ArtifactError("model file changed while it was being loaded")
+    onnx_bytes = _onnx_bytes(verified, backend)
+    if lazy and onnx_bytes is not None and lazy_classes(verified.manifest["output"].get("classes")):
+        return LoadedModel(name, version, verified.manifest, None, time.perf_counter() - start, onnx_bytes, data)
+    return LoadedModel(name, version, verified.manifest, _unpickle(data), time.perf_counter() - start, onnx_bytes)
+
+
+def lazy_classes(classes: list[Any] | None) -> bool:
+    """Whether ONNX labels can be decoded without the estimator: a regressor's values, or integer classes
+    (written as int64, what ``scoring.prediction_type`` gives an integer prediction column anyway)."""
+    return classes is None or all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+
+
+def _unpickle(data: bytes) -> Any:
+    import joblib
+
     try:
         estimator = joblib.load(io.BytesIO(data))
     except Exception as exc:  # a corrupt pickle can raise almost anything
         raise ArtifactError(f"model file could not be loaded: {type(exc).__name__}: {exc}") from exc
     if not callable(getattr(estimator, "predict", None)):
         raise ArtifactError(f"model file holds a {type(estimator).__name__}, not an estimator with predict()")
-    onnx_bytes = _onnx_bytes(verified, backend)
-    return LoadedModel(name, version, verified.manifest, estimator, time.perf_counter() - start, onnx_bytes)
+    return estimator
 
 
 def _onnx_bytes(verified: artifacts.VerifiedVersion, backend: str) -> bytes | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,7 +159,7 @@ def test_a_model_skl2onnx_cannot_convert_packages_and_serves_with_joblib(tmp_pat
 
 def test_a_tampered_onnx_file_is_refused_before_anything_is_loaded(artifact_root, monkeypatch):
     loads = []
-    monkeypatch.setattr(runtime.joblib, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(joblib, "load", lambda *a, **k: loads.append(a))  # runtime imports it when it unpickles
     monkeypatch.setattr(onnx_export, "session", lambda data: loads.append(data))
     folder = artifact_root / "breast-cancer" / "1"
     flip_byte(folder / onnx_export.ONNX_FILE)

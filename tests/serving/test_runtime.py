@@ -2,6 +2,7 @@ import json
 import operator
 import os
 import pathlib
+import shutil
 
 import joblib
 import numpy as np
@@ -239,3 +240,40 @@ def test_rows_with_a_missing_string_are_answered_by_scikit_learn(tmp_path, monke
     complete = {name: values[1:5] for name, values in columns.items()}
     np.testing.assert_array_equal(loaded.predict(complete).predictions, model.predict(X[1:5]))
     assert runs == [1]
+
+
+def test_a_lazy_load_answers_through_onnx_and_unpickles_only_when_the_estimator_is_wanted(demo_root, tmp_path):
+    folder = tmp_path / "breast-cancer" / "1"
+    shutil.copytree(demo_root / "breast-cancer" / "1", folder)
+    folder.chmod(0o755)
+    marker = tmp_path / "unpickled"
+    replace_model_file(folder, Payload(marker))  # vouched for by the manifest: what a batch run may hold
+    X = demo.breast_cancer()["X"].iloc[::7]
+    expected = runtime.load(demo_root / "breast-cancer" / "1", name="breast-cancer", version=1).predict(
+        columns_of(X), probabilities=True)
+
+    model = runtime.load(folder, name="breast-cancer", version=1, lazy=True)
+    served = model.predict(columns_of(X), probabilities=True)
+    assert not marker.exists() and model.backend == "onnx"
+    np.testing.assert_array_equal(served.predictions, expected.predictions)
+    assert served.predictions.dtype == expected.predictions.dtype == np.int64
+    np.testing.assert_array_equal(served.probabilities, expected.probabilities)
+    with pytest.raises(ArtifactError, match="not an estimator with predict"):
+        model.estimator  # noqa: B018  # the first use unpickles, with load's own checks
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ArtifactError, match="not an estimator with predict"):  # the server's load: at once
+        runtime.load(folder, name="breast-cancer", version=1)
+    assert marker.exists()
+
+
+def test_a_lazy_load_unpickles_at_once_when_scikit_learn_answers_and_on_first_use_otherwise(demo_root):
+    for name, backend in (("breast-cancer", "joblib"), ("diabetes", "joblib"), ("diabetes", "auto")):
+        model = runtime.load(demo_root / name / "1", name=name, version=1, backend=backend, lazy=True)
+        assert model.backend == ("onnx" if backend == "auto" else "joblib")
+        assert callable(model.estimator.predict)
+    lazy = runtime.load(demo_root / "diabetes" / "1", name="diabetes", version=1, lazy=True)
+    X = demo.diabetes()["X"].iloc[::9]
+    np.testing.assert_array_equal(lazy.predict(columns_of(X)).predictions,
+                                  runtime.load(demo_root / "diabetes" / "1", name="diabetes", version=1)
+                                  .predict(columns_of(X)).predictions)
