@@ -289,8 +289,15 @@ class BufferingWorker(gthread.ThreadWorker):
             return  # a request pipelined behind the one being finished: the loop below takes it
         self.serving = True
         started = time.monotonic()
+        first = True
         try:
             while self.whole:
+                if not first:
+                    # A client's pipelined requests are served back to back, outside the loop that
+                    # tells the arbiter this worker lives: each one may last up to WORKER_TIMEOUT,
+                    # their sum may not, so the heartbeat goes before every request after the first.
+                    self.notify()
+                first = False
                 conn = self.whole.popleft()
                 done: Future = Future()
                 done.set_result(self.handle(conn))  # handle() answers every Exception itself
