@@ -12,15 +12,19 @@ ENVIRON_KEY = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
 
 def init_app(app: Flask) -> None:
     """Give every request an id, expose it to logs and ``g``, and echo it on every response."""
+    # ``g`` and ``request`` are looked up once per hook: each proxy access costs a context lookup.
     def take_request_id() -> None:
-        g.request_id = sane_request_id(request.environ.get(ENVIRON_KEY))
-        g._request_id_token = request_id_var.set(g.request_id)
+        ctx_g = g._get_current_object()
+        ctx_g.request_id = request_id = sane_request_id(request.environ.get(ENVIRON_KEY))
+        ctx_g._request_id_token = request_id_var.set(request_id)
 
     def set_header(response: Response) -> Response:
-        if "request_id" not in g:
+        ctx_g = g._get_current_object()
+        request_id = getattr(ctx_g, "request_id", None)
+        if request_id is None:
             # An earlier before_request hook failed before ours ran; the response still gets an id.
-            g.request_id = new_request_id()
-        response.headers[REQUEST_ID_HEADER] = g.request_id
+            ctx_g.request_id = request_id = new_request_id()
+        response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
     def forget_request_id(exc: BaseException | None) -> None:
