@@ -57,6 +57,7 @@ def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callab
             ctx_g.api_key, ctx_g.key_id = key, (key.id if key is not None else None)
             return view(*args, **kwargs)
 
+        wrapper.required_scopes = scopes  # type: ignore[attr-defined]  # read by the OpenAPI document
         return wrapper
 
     return decorator

@@ -12,6 +12,7 @@ from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, Va
 from service.protocols import parse_json
 
 JSON_MIMETYPES = ("application/json",)
+JSON_CONTENT_TYPE = "application/json"  # what Werkzeug writes for this mimetype (it adds no charset)
 # Before a 413 the rest of the body is read and thrown away, so the connection closes cleanly: a
 # sync worker that closes with unread bytes makes the kernel send a reset, and a proxy still
 # sending the body turns that reset into a 502 instead of our 413. Draining is bounded by this
@@ -83,10 +84,16 @@ def drain_body(limit: int | None) -> int:
     return drained
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(data: Any, status: int = 200,
+                  headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Response:
     """Serialise with orjson (numpy arrays included) into a Flask response."""
     payload = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(payload, status=status, headers=headers, mimetype="application/json")
+    # the finished Content-Type and each header added as it is: no mimetype lookup, no mapping walked generically
+    response = Response(payload, status, content_type=JSON_CONTENT_TYPE)
+    if headers:  # a mapping, or (name, value) pairs
+        for name, value in headers.items() if isinstance(headers, dict) else headers:
+            response.headers.add(name, value)
+    return response
 
 
 def int_arg(name: str, *, low: int, high: int, default: int | None = None) -> int | None:
