@@ -14,7 +14,7 @@ from typing import ParamSpec, TypeVar
 
 from flask import Flask, current_app, g, request
 
-from service.api.proxy import TrustedProxies, is_local, trusted_proxies, why_not_local
+from service.api.proxy import NO_PROXIES, is_local, trusted_proxies, why_not_local
 from service.config import Config
 from service.errors import ServiceError, Unauthorized
 from service.security.keys import SCOPES, ApiKey, Policy, credentials_from_headers, load_policy
@@ -70,7 +70,9 @@ def actor() -> str:
 
 def _authorize(policy: Policy, scopes: tuple[str, ...], extensions: dict) -> ApiKey | None:
     req = request._get_current_object()
-    trusted = extensions.get("trusted_proxies") or TrustedProxies(())
+    trusted = extensions.get("trusted_proxies")
+    if trusted is None:  # an empty list is falsy, but it is the app's own: no new one per request
+        trusted = NO_PROXIES
     if policy.is_open(scopes, is_local(req.environ, trusted)):
         return None
     token = credentials_from_headers(req.headers)
