@@ -14,7 +14,7 @@ from typing import ParamSpec, TypeVar
 
 from flask import Flask, current_app, g, request
 
-from service.api.proxy import is_local_request, trusted_proxies, why_not_local
+from service.api.proxy import NO_PROXIES, is_local, trusted_proxies, why_not_local
 from service.config import Config
 from service.errors import ServiceError, Unauthorized
 from service.security.keys import SCOPES, ApiKey, Policy, credentials_from_headers, load_policy
@@ -39,20 +39,25 @@ def require_scope(scope: str, *others: str) -> Callable[[Callable[P, R]], Callab
         if name not in SCOPES:
             raise ValueError(f"unknown scope {name!r}: choose from {', '.join(SCOPES)}")
 
+    scopes = (scope, *others)
+
     def decorator(view: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(view)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            if "security" not in current_app.extensions:
+            extensions = current_app.extensions  # one context lookup for the app, one for ``g``
+            if "security" not in extensions:
                 # Fail closed: a forgotten init_app must not turn into an open server.
                 raise RuntimeError("service.api.auth.init_app(app, config) was not called")
             try:
-                g.api_key = _authorize(current_app.extensions["security"], (scope, *others))
-                g.key_id = g.api_key.id if g.api_key is not None else None
+                key = _authorize(extensions["security"], scopes, extensions)
             except ServiceError as exc:
-                _audit_denied(exc, (scope, *others))
+                _audit_denied(exc, scopes)
                 raise
+            ctx_g = g._get_current_object()
+            ctx_g.api_key, ctx_g.key_id = key, (key.id if key is not None else None)
             return view(*args, **kwargs)
 
+        wrapper.required_scopes = scopes  # type: ignore[attr-defined]  # read by the OpenAPI document
         return wrapper
 
     return decorator
@@ -63,10 +68,14 @@ def actor() -> str:
     return f"key:{g.key_id}" if g.get("key_id") else "open-loopback"
 
 
-def _authorize(policy: Policy, scopes: tuple[str, ...]) -> ApiKey | None:
-    if policy.is_open(scopes, is_local_request()):
+def _authorize(policy: Policy, scopes: tuple[str, ...], extensions: dict) -> ApiKey | None:
+    req = request._get_current_object()
+    trusted = extensions.get("trusted_proxies")
+    if trusted is None:  # an empty list is falsy, but it is the app's own: no new one per request
+        trusted = NO_PROXIES
+    if policy.is_open(scopes, is_local(req.environ, trusted)):
         return None
-    token = credentials_from_headers(request.headers)
+    token = credentials_from_headers(req.headers)
     if not token and policy.open_scopes:
         raise _why_a_key_is_needed(policy, scopes)
     return policy.store.authorize(token, *scopes)

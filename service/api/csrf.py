@@ -18,6 +18,7 @@ cross-site form can send are never allowed. No authentication here: ``service.ap
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -59,25 +60,29 @@ def init_app(app: Flask, config: Config) -> None:
 
 def check_request() -> None:
     """Raise ``HostNotAllowed``, ``CrossSiteRequest`` or ``UnsupportedMediaType`` for a request to refuse."""
-    served, explicit = current_app.extensions["served_hosts"]
-    if "*" not in served and _hostname(request.host) not in served and (explicit or is_direct_request()):
-        raise HostNotAllowed(details={"host": request.host[:255]})
-    if request.method not in STATE_CHANGING or request.routing_exception is not None:
+    app, req = current_app._get_current_object(), request._get_current_object()  # one context lookup each
+    environ = req.environ
+    served, explicit = app.extensions["served_hosts"]
+    if "*" not in served and _hostname(req.host) not in served and (explicit or is_direct_request()):
+        raise HostNotAllowed(details={"host": req.host[:255]})
+    if req.method not in STATE_CHANGING or req.routing_exception is not None:
         return  # nothing changes on a read, or on a URL that does not exist (it answers 404/405)
-    site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    # the two headers straight from the WSGI environ, as ``request.headers`` would give them
+    site = environ.get("HTTP_SEC_FETCH_SITE", "").strip().lower()
     if site in REFUSED_FETCH_SITES:
         raise CrossSiteRequest(details={"sec_fetch_site": site})
-    origin = request.headers.get("Origin")
-    if origin is not None and _netloc_of_origin(origin) != _netloc(request.host):
-        raise CrossSiteRequest(f"The request's Origin is not this server ({request.host[:255]}).",
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is not None and _netloc_of_origin(origin) != _netloc(req.host):
+        raise CrossSiteRequest(f"The request's Origin is not this server ({req.host[:255]}).",
                                details={"origin": origin[:255]})
-    view = current_app.view_functions.get(request.endpoint or "")
+    view = app.view_functions.get(req.endpoint or "")
     allowed = getattr(view, "accepted_body_types", JSON_TYPES)
-    if request.mimetype not in allowed:
+    if req.mimetype not in allowed:
         raise UnsupportedMediaType(f"Send Content-Type: {' or '.join(allowed)} (even with an empty body).",
                                    details={"expected": allowed[0] if len(allowed) == 1 else list(allowed)})
 
 
+@functools.lru_cache(maxsize=256)  # a server is called by few names: each Host is taken apart once
 def _hostname(host: str) -> str:
     """Return a Host header's name without port or IPv6 brackets, lower case, no trailing dot."""
     host = host.strip().lower()

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Response, current_app, request
+from flask import Request, Response, current_app, request
 from marshmallow import RAISE, Schema, ValidationError
 
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from service.protocols import parse_json
 
 JSON_MIMETYPES = ("application/json",)
+JSON_CONTENT_TYPE = "application/json"  # what Werkzeug writes for this mimetype (it adds no charset)
 # Before a 413 the rest of the body is read and thrown away, so the connection closes cleanly: a
 # sync worker that closes with unread bytes makes the kernel send a reset, and a proxy still
 # sending the body turns that reset into a 502 instead of our 413. Draining is bounded by this
@@ -22,7 +23,10 @@ DRAIN_CHUNK = 64 * 1024
 
 def read_body() -> bytes:
     """The whole request body; 413 past MAX_CONTENT_LENGTH, whether the length is declared or not."""
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return _read_body(request._get_current_object(), current_app.config.get("MAX_CONTENT_LENGTH"))
+
+
+def _read_body(request: Request, limit: int | None) -> bytes:
     environ = request.environ
     declared = request.content_length
     if declared is not None and (limit is None or declared <= limit) and "HTTP_TRANSFER_ENCODING" not in environ:
@@ -51,11 +55,13 @@ def read_json(max_containers: int | None = None, *, max_rows: int | None = None,
     With ``max_containers``, 422 unparsed for a body holding more arrays and objects (``parse_json``);
     ``limit`` names the row limit (``max_rows``, by default MAX_BATCH_ROWS's) it comes from.
     """
-    if request.mimetype not in JSON_MIMETYPES:
+    req, app = request._get_current_object(), current_app._get_current_object()  # one context lookup each
+    if req.mimetype not in JSON_MIMETYPES:
         raise UnsupportedMediaType(details={"expected": "application/json"})
     if max_containers is not None and max_rows is None:
-        max_rows = current_app.extensions["limits"].max_rows
-    return parse_json(read_body(), max_containers=max_containers, max_rows=max_rows, limit=limit)
+        max_rows = app.extensions["limits"].max_rows
+    body = _read_body(req, app.config.get("MAX_CONTENT_LENGTH"))
+    return parse_json(body, max_containers=max_containers, max_rows=max_rows, limit=limit)
 
 
 def drain_body(limit: int | None) -> int:
@@ -78,10 +84,16 @@ def drain_body(limit: int | None) -> int:
     return drained
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(data: Any, status: int = 200,
+                  headers: dict[str, str] | list[tuple[str, str]] | None = None) -> Response:
     """Serialise with orjson (numpy arrays included) into a Flask response."""
     payload = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(payload, status=status, headers=headers, mimetype="application/json")
+    # the finished Content-Type and each header added as it is: no mimetype lookup, no mapping walked generically
+    response = Response(payload, status, content_type=JSON_CONTENT_TYPE)
+    if headers:  # a mapping, or (name, value) pairs
+        for name, value in headers.items() if isinstance(headers, dict) else headers:
+            response.headers.add(name, value)
+    return response
 
 
 def int_arg(name: str, *, low: int, high: int, default: int | None = None) -> int | None:

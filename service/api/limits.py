@@ -60,14 +60,18 @@ def init_app(app: Flask, config: Config) -> None:
     app.extensions[EXTENSION] = quota
 
 
-def charge_request() -> None:
-    """Count one request for the caller; 429 (``RateLimited``) past its requests per second."""
-    _charge("requests", 1)
+def charge_request(extensions: dict | None = None) -> None:
+    """Count one request for the caller; 429 (``RateLimited``) past its requests per second.
+
+    A view that already holds ``app.extensions`` passes it (here and below): one context lookup fewer.
+    """
+    _charge("requests", 1, extensions)
 
 
-def charge_rows(wanted: PredictRequest) -> None:
+def charge_rows(wanted: PredictRequest, extensions: dict | None = None) -> None:
     """Count a decoded request's rows for the caller; 429 past its rows per second."""
-    _charge("rows", rows_of(wanted))
+    if (current_app.extensions if extensions is None else extensions).get(EXTENSION) is not None:
+        _charge("rows", rows_of(wanted), extensions)
 
 
 def charge_explained(rows: int, factor: float) -> None:
@@ -92,17 +96,18 @@ def rows_of(wanted: PredictRequest) -> int:
     return len(data)
 
 
-def json_budget(name: str, *, per_feature: bool = False) -> int:
+def json_budget(name: str, *, per_feature: bool = False, extensions: dict | None = None) -> int:
     """The most arrays and objects a predict body for model ``name`` may hold (see ``container_budget``)."""
-    max_rows = current_app.extensions["limits"].max_rows
+    extensions = current_app.extensions if extensions is None else extensions
+    max_rows = extensions["limits"].max_rows
     try:
-        state = current_app.extensions["catalog"].model(name)
+        state = extensions["catalog"].model(name)
     except ModelNotFound:
         return container_budget(max_rows, 0, per_feature=per_feature)  # it will be a 404: no room to grow
     return container_budget(max_rows, state.widest, per_feature=per_feature)
 
 
-def model_features(target: Target) -> int:
+def model_features(target: Target, extensions: dict | None = None) -> int:
     """The feature count a body for ``target`` is sized against: its model's widest loaded version's.
 
     Any loaded version may answer an unqualified request (canary, fallback), so the widest one
@@ -110,13 +115,13 @@ def model_features(target: Target) -> int:
     label, 503 when the version that answers is not loaded) before the body is read, so a
     client with a good body is never told it is too wide for a model that cannot answer anyway.
     """
-    catalog = current_app.extensions["catalog"]
+    catalog = (current_app.extensions if extensions is None else extensions)["catalog"]
     catalog.resolve(target.name, target.version, target.label)
     return catalog.model(target.name).widest
 
 
-def _charge(limit: str, cost: int) -> None:
-    quota: Quota | None = current_app.extensions.get(EXTENSION)
+def _charge(limit: str, cost: int, extensions: dict | None = None) -> None:
+    quota: Quota | None = (current_app.extensions if extensions is None else extensions).get(EXTENSION)
     if quota is None:
         return
     key = g.get("api_key")  # the ApiKey require_scope found: its own rates come with it

@@ -61,9 +61,12 @@ def _start() -> None:
 
 def _finish(response: Response) -> Response:
     try:
-        route = request.url_rule.rule if request.url_rule is not None else metrics.UNMATCHED_ROUTE
-        metrics.current().observe_request(route, request.method, response.status_code, g.get("_metrics_started"))
-        metrics.current().sample_process()
+        req = request._get_current_object()  # one context lookup, not one per attribute
+        rule = req.url_rule
+        route = rule.rule if rule is not None else metrics.UNMATCHED_ROUTE
+        registry = metrics.current()
+        registry.observe_request(route, req.method, response.status_code, g.get("_metrics_started"))
+        registry.sample_process()
     except Exception:
         metrics.warn_once("request finish")
     return response

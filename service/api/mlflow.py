@@ -32,12 +32,13 @@ BODY_TYPES = (JSON, CSV)
 @accepts(*BODY_TYPES)
 @require_scope("predict")
 def invocations() -> Response:
-    ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
+    app = current_app._get_current_object()  # one context lookup
+    ext, config = app.extensions, app.config["SERVICE_CONFIG"]
     target = inference.Target(mlflow.default_model(config.default_model, _model_names()))
-    limits.charge_request()
+    limits.charge_request(ext)
     with ext["observer"].watch(target, g.request_id, "mlflow") as watch:
         wanted = _decode(target, ext["limits"].max_rows, request.headers.get(config.routing_key_header))
-        limits.charge_rows(wanted)
+        limits.charge_rows(wanted, ext)
         answer = watch.answered(inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"]))
     return json_response(mlflow.encode(answer), headers={"X-Model-Version": str(answer.version)})
 

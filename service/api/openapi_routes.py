@@ -1,7 +1,7 @@
 """What the OpenAPI document says about each route, derived from the code wherever it can be.
 
-``operation`` reads a view and its rule: the scope from ``@require_scope`` (the decorator's
-closure), body types from ``@accepts``, path parameters from the URL converters, and the
+``operation`` reads a view and its rule: the scope from ``@require_scope`` (the mark it
+leaves), body types from ``@accepts``, path parameters from the URL converters, and the
 error responses from ``ServiceError`` classes: those every route can raise, those a kind of
 route raises (a scope, a body, a model in the path), and the few a view raises deeper down
 (``RAISES`` in ``service.api.openapi_endpoints``). Statuses and codes are the classes' own attributes, so the document cannot
@@ -105,14 +105,8 @@ def model_operations(rule: Rule, model: str, operations: dict[str, Any]) -> dict
 
 
 def _scopes(view: Callable[..., Any]) -> tuple[str, ...]:
-    """The scopes ``@require_scope`` was given (read from the wrapper's closure); () for an open view."""
-    try:
-        found = inspect.getclosurevars(view).nonlocals
-    except TypeError:
-        return ()
-    if "scope" not in found:
-        return ()
-    return (found["scope"], *found.get("others", ()))
+    """The scopes ``@require_scope`` was given (it marks its wrapper with them); () for an open view."""
+    return tuple(getattr(view, "required_scopes", ()))
 
 
 def _success(endpoint: str) -> dict[str, Any]:

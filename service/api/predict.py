@@ -23,13 +23,14 @@ def predict(name: str, version: int | None = None, label: str | None = None) -> 
 
 def answer(target: inference.Target, *, explained: bool = False) -> Response:
     """Predict (and explain when asked, or when ``explained``) with the version that answers."""
-    ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
-    limits.charge_request()
+    app, req = current_app._get_current_object(), request._get_current_object()  # one context lookup each
+    ext, config = app.extensions, app.config["SERVICE_CONFIG"]
+    limits.charge_request(ext)
     with ext["observer"].watch(target, g.request_id) as watch:
-        features = limits.model_features(target)
-        payload = read_json(limits.json_budget(target.name))
+        features = limits.model_features(target, ext)
+        payload = read_json(limits.json_budget(target.name, extensions=ext))
         wanted = v1.decode(payload, target, max_rows=ext["limits"].max_rows, features=features,
-                           routing_header=request.headers.get(config.routing_key_header))
+                           routing_header=req.headers.get(config.routing_key_header))
         if explained or v1.explain_asked(payload):
             with explaining.running():
                 done = inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"],
@@ -37,7 +38,7 @@ def answer(target: inference.Target, *, explained: bool = False) -> Response:
                 # explanations use the scikit-learn estimator of the version that answered, whatever its backend
                 why = explaining.explained(done)
         else:
-            limits.charge_rows(wanted)
+            limits.charge_rows(wanted, ext)
             done, why = inference.predict(ext["catalog"], wanted, ext["limits"], executor=ext["executor"]), None
         watch.answered(done)
     return json_response(v1.encode(done, why), headers={"X-Model-Version": str(done.version)})

@@ -49,6 +49,10 @@ class TrustedProxies:
         return address is not None and any(address in network for network in self.networks)
 
 
+#: No proxy believed: what an app without ``init_app`` (or an empty FORWARDED_ALLOW_IPS) trusts.
+NO_PROXIES = TrustedProxies(())
+
+
 class _ProxyFixForTrustedPeers:
     """Apply ``ProxyFix`` (one proxy hop: client address, scheme and host) only for a trusted peer."""
 
@@ -119,7 +123,8 @@ def is_direct_request() -> bool:
 
 def trusted_proxies() -> TrustedProxies:
     """Return the proxies this app believes (``FORWARDED_ALLOW_IPS``)."""
-    return current_app.extensions.get("trusted_proxies") or TrustedProxies(())
+    trusted = current_app.extensions.get("trusted_proxies")
+    return NO_PROXIES if trusted is None else trusted
 
 
 @functools.lru_cache(maxsize=1024)  # a worker sees few peers (its proxy, or clients that return): parse each once

@@ -103,18 +103,19 @@ def model_ready(name: str, version: int | None = None) -> Response:
 @require_scope("predict")
 @accepts(v2.JSON_TYPE, v2.BINARY_TYPE)
 def infer(name: str, version: int | None = None, label: str | None = None) -> Response:
-    ext, config = current_app.extensions, current_app.config["SERVICE_CONFIG"]
+    app, req = current_app._get_current_object(), request._get_current_object()  # one context lookup each
+    ext, config, request_id = app.extensions, app.config["SERVICE_CONFIG"], g.request_id
     target = inference.Target(name, version, label)
-    limits.charge_request()
-    with ext["observer"].watch(target, g.request_id, "v2") as watch:
-        features = limits.model_features(target)
-        body, header_length = _read_body(), request.headers.get(v2.HEADER_LENGTH)
-        check_containers(_json_part(body, header_length), limits.json_budget(name, per_feature=True),
+    limits.charge_request(ext)
+    with ext["observer"].watch(target, request_id, "v2") as watch:
+        features = limits.model_features(target, ext)
+        body, header_length = _read_body(), req.headers.get(v2.HEADER_LENGTH)
+        check_containers(_json_part(body, header_length), limits.json_budget(name, per_feature=True, extensions=ext),
                          ext["limits"].max_rows)
         wanted = v2.decode(body, target, header_length=header_length,
-                           max_rows=ext["limits"].max_rows, request_id=g.request_id,
-                           features=features, routing_header=request.headers.get(config.routing_key_header))
-        limits.charge_rows(wanted.request)
+                           max_rows=ext["limits"].max_rows, request_id=request_id,
+                           features=features, routing_header=req.headers.get(config.routing_key_header))
+        limits.charge_rows(wanted.request, ext)
         answer = watch.answered(inference.predict(ext["catalog"], wanted.request, ext["limits"],
                                                   executor=ext["executor"]))
     body, headers = v2.encode(answer, wanted)

@@ -46,6 +46,8 @@ MAX_REPORTED_ERRORS = 50
 #: Zeros and ones (where a boolean hides among numbers) are looked at one by one; when they are more
 #: than this share of the values, every value's type is, in one C pass (cheaper per value).
 SUSPECT_SHARE = 0.25
+#: Up to this many values a matrix's booleans are found by type, not by numpy masks (cheaper for a few rows).
+SMALL_CELLS = 512
 #: Unknown field names we repeat back to the client; anything else is described, not echoed.
 SAFE_FIELD_RE = re.compile(r"[A-Za-z0-9 _.()\[\]/-]{1,64}")
 
@@ -172,8 +174,14 @@ def _numeric_matrix(model: ModelSchema, layout: str, data: list[Any]) -> np.ndar
     if matrix.dtype.kind not in "fi" or matrix.ndim != 2:
         return None
     flat = matrix.reshape(-1).astype(np.float64, copy=False)
-    # numpy takes a boolean among numbers as 0 or 1, which a float feature refuses: look at those cells
-    suspects = np.flatnonzero((flat == 0) | (flat == 1))
+    # numpy takes a boolean among numbers as 0 or 1, which a float feature refuses: look for booleans,
+    # in a small batch among every value's type (a few C calls), else among the cells that are 0 or 1
+    if len(flat) <= SMALL_CELLS:
+        if bool in set(map(type, chain.from_iterable(data))):
+            return None
+        suspects = flat[:0]
+    else:
+        suspects = np.flatnonzero((flat == 0) | (flat == 1))
     if len(suspects) > SUSPECT_SHARE * len(flat):
         if bool in set(map(type, chain.from_iterable(data))):
             return None

@@ -29,3 +29,10 @@ def test_access_log_is_json_with_the_request_id(demo_server):
                         and found, timeout=10, message="both requests in the access log")
     assert access["access-log-check-1"]["status"] == 200 and access["access-log-check-1"]["path"] == "/healthz"
     assert access["access-log-check-2"]["path"] == "/v1/models/diabetes:predict"
+    # every field of the line, the model version that answered among them (none for a health probe)
+    assert set(access["access-log-check-2"]) == {"remote", "peer", "method", "path", "status", "bytes", "duration_ms",
+                                                 "request_id", "model_version", "user_agent", "pid"}
+    assert access["access-log-check-2"]["model_version"] == "1" and access["access-log-check-2"]["method"] == "POST"
+    assert access["access-log-check-1"]["model_version"] is None
+    line = next(r for r in demo_server.log_records() if r.get("http", {}).get("request_id") == "access-log-check-2")
+    assert (line["level"], line["message"]) == ("info", "request")

@@ -558,3 +558,17 @@ def test_clean_numeric_rows_never_check_value_by_value(monkeypatch):
     assert parse({"instances": [dict(zip(names, rows[0], strict=True))]}, NUMERIC_FEATURES, path=SMALL).n_rows == 1
     with pytest.raises(AssertionError):  # a null is not a plain number: checked the usual way
         parse({"instances": rows}, NUMERIC_FEATURES, path=SMALL)
+
+
+@pytest.mark.parametrize("rows", [1, 3, validation.SMALL_CELLS // 4 + 1])  # found by type, and by numpy masks
+@pytest.mark.parametrize("value", [True, False])
+def test_a_boolean_among_float_rows_is_refused_whatever_the_batch_size(rows, value):
+    features = [{"name": f"f{j}", "type": "float"} for j in range(4)]
+    instances = [[float(i % 2), 1.0, 0.0, 0.5] for i in range(rows)]
+    instances[-1][2] = value
+    for path in (SMALL, VECTORISED):
+        with pytest.raises(ValidationFailed) as caught:
+            parse({"instances": instances}, features, path=path)
+        assert caught.value.details["errors"] == [{"row": rows - 1, "field": "f2", "messages": [schemas.NOT_A_NUMBER]}]
+    instances[-1][2] = float(value)  # the same number as a float: one matrix, no error
+    assert parse({"instances": instances}, features, path=SMALL).columns["f2"].tolist()[-1] == float(value)
