@@ -3,9 +3,12 @@
 Two Gunicorn servers of one checkout run side by side on 127.0.0.1, the same in everything but
 ``PREDICTION_LOG_SAMPLE`` (1, the default, against 0: the rest of monitoring stays on in both).
 For each size (1 and 10,000 rows of the demo classifier by default) they take the same requests
-in alternating rounds, one request at a time, so machine noise hits both alike; the CPU of each
-server's process tree (workers and their background writer threads, from /proc) is read over
-the rounds, with a pause at the end of each so the writer has finished what the requests queued.
+in rounds, one request at a time and by turns (one to each, then the next), and the CPU of each
+server's process tree (workers and their background writer threads, from /proc) is read over the
+same span, with a pause at the end of each round so the writers have finished what the requests
+queued. On this kind of machine a thread's CPU time for the same work swings by 2x from one second
+to the next (the host's other tenants): servers measured one after the other drew different
+moments and their difference was noise; taking turns gives both the same moments.
 
 Monitoring on also means the alert loop's evaluation: every ``ALERT_SECONDS`` (30 s by default)
 one worker builds each model's report over its window of the log. With the log off that window
@@ -14,8 +17,8 @@ landing inside the measured rounds or not made that part swing from nothing to ~
 request, so it is measured on its own and charged at the rate production pays it:
 
 * CPU is the scheduler's run time of every thread of each server (nanoseconds, not 10 ms ticks),
-  over 12 alternating rounds of ~0.3 s; the median and quartiles of the rounds' overheads are printed beside the
-  total's, as the figure a burst of load elsewhere on a shared machine cannot move;
+  over 12 rounds; the median and quartiles of the rounds' overheads are printed beside the
+  total's: how far one run can be trusted;
 * the servers run with ``ALERT_SECONDS=0`` (no timer) and ``MONITORING_CACHE_SECONDS=0``, so the
   rounds measure the request path, the record included (``*_requests`` figures);
 * after each round, the CPU of ``REPORTS_PER_ROUND`` monitoring reports of the model is read from
@@ -56,7 +59,7 @@ from bench.server import HOST, REPO, Server, post
 MODEL = "breast-cancer"
 SIZES = (1, 10_000)
 #: Requests per size and server: about the same work (rows) per size, bounded either way.
-REQUESTS = {1: 3000, 10_000: 96}  # rounds of ~0.3 s: a checkpoint or a GC pass lands in its round's share
+REQUESTS = {1: 3000, 10_000: 96}  # per server: rounds of ~0.5 s, a checkpoint or a GC pass lands in its round's share
 ROUNDS = 12  # short alternating rounds: a burst of load elsewhere on the machine hits both servers alike
 SETTLE_SECONDS = 0.5  # after each round: the writer thread finishes what the round queued
 WINDOW = 500  # MONITORING_WINDOW of both servers (the default)
@@ -168,17 +171,26 @@ def measure(servers: dict[str, Server], rows: int, requests: int) -> dict[str, M
     found = {name: Measured() for name in servers}
     per_round = max(1, requests // ROUNDS)
     for index in range(ROUNDS):
-        for name, server in servers.items():
-            with TaskCpuSampler(server.pid) as sampler:
-                started = time.perf_counter()
-                for _ in range(per_round):
+        # The servers take turns request by request, so each round's moments of the machine (a
+        # busy neighbour, a slower core) fall on both alike; their CPU is read over the same span.
+        samplers = {name: TaskCpuSampler(server.pid) for name, server in servers.items()}
+        for sampler in samplers.values():
+            sampler.__enter__()
+        try:
+            for _ in range(per_round):
+                for name, server in servers.items():
+                    started = time.perf_counter()
                     status, answer = post(server.url + path, payload)
+                    found[name].wall += time.perf_counter() - started
                     if status != 200:
                         raise RuntimeError(f"{name}: HTTP {status}: {answer[:200]!r}")
-                found[name].wall += time.perf_counter() - started
-                time.sleep(SETTLE_SECONDS)
-            found[name].cpu += sampler.total()
-            found[name].rounds.append(sampler.total())
+            time.sleep(SETTLE_SECONDS)
+        finally:
+            for sampler in samplers.values():
+                sampler.__exit__(None, None, None)
+        for name, server in servers.items():
+            found[name].cpu += samplers[name].total()
+            found[name].rounds.append(samplers[name].total())
             found[name].requests += per_round
             cpu, count = reports(server, index)
             found[name].report_cpu += cpu
