@@ -7,6 +7,7 @@ any code deep below a view, can read it without Flask.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -91,9 +92,27 @@ def configure_logging(level: str, stream: IO[str] | None = None) -> None:
     root.setLevel(numeric)
 
 
-def new_request_id() -> str:
-    """Return a fresh request id: 32 random hex digits (a uuid4's form without its version bits, at a fifth of its cost)."""
-    return os.urandom(16).hex()
+class IdSource:
+    """Make request ids of 32 hex digits: 16 drawn at random once per process (again in every forked
+    child), then a 64-bit counter started at a random value. As unique as 128 random bits in
+    practice (two processes clash only when their 64 random bits do), at no system call per
+    request: reading the kernel's random source cost a few microseconds a request in a worker."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)  # a forked worker never repeats its parent's ids
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        # from below 2**63: 2**63 ids at least before the counter needs a seventeenth digit
+        self.counter = itertools.count(int.from_bytes(os.urandom(8), "big") >> 1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"  # next() on a count is atomic under the GIL
+
+
+#: A fresh request id (``IdSource``).
+new_request_id = IdSource()
 
 
 def sane_request_id(value: str | None) -> str:

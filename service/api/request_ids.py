@@ -1,48 +1,13 @@
-"""Request ids: taken from ``X-Request-ID`` when sane, else made; echoed on every response.
-
-A made id is 32 hex digits: 16 drawn at random once per process (again in every forked child),
-then a 64-bit counter started at a random value. Ids are as unique as 128 random bits would be in
-practice (two processes clash only when their 64 random bits do), at no system call per request:
-reading the kernel's random source cost a few microseconds a request in a worker.
-"""
+"""Request ids: taken from ``X-Request-ID`` when sane, else made (``service.logs.IdSource``); echoed on every response."""
 
 from __future__ import annotations
 
-import itertools
-import os
-
 from flask import Flask, Response, g, request
 
-from service.logs import REQUEST_ID_HEADER, REQUEST_ID_RE, request_id_var
+from service.logs import REQUEST_ID_HEADER, new_request_id, request_id_var, sane_request_id
 
 #: Where the WSGI environ holds the request's X-Request-ID header (read there, not through a Headers view).
 ENVIRON_KEY = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
-
-
-class IdSource:
-    """Make request ids: this process's random prefix and the next value of its counter."""
-
-    def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)  # a forked worker never repeats its parent's ids
-
-    def reseed(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        # from below 2**63: 2**63 ids at least before the counter needs a seventeenth digit
-        self.counter = itertools.count(int.from_bytes(os.urandom(8), "big") >> 1)
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.counter):016x}"  # next() on a count is atomic under the GIL
-
-
-new_request_id = IdSource()
-
-
-def sane_request_id(value: str | None) -> str:
-    """Return ``value`` when it is safe to reuse as a request id, else a fresh one."""
-    if value and REQUEST_ID_RE.fullmatch(value):
-        return value
-    return new_request_id()
 
 
 def init_app(app: Flask) -> None:

@@ -3,7 +3,7 @@
 import os
 import re
 
-from service.api.request_ids import new_request_id, sane_request_id
+from service.logs import new_request_id, sane_request_id
 
 ID_FORM = re.compile(r"[0-9a-f]{32}")
 
