@@ -117,16 +117,10 @@ def output_table(chunk: Chunk, good: np.ndarray, positions: np.ndarray, result: 
     the id column holds the row's position (8 bytes, not 40) and the model and version are left out,
     so a part is a fifth of the bytes to write and make durable.
     """
-    n = len(good)
-    if run_id is None:
-        columns = _scored_columns(chunk, good, result, model, keep, probabilities)
-        columns[PREDICTION_ID] = pa.array(positions, pa.int64())
-        return pa.table(columns)
     columns = _scored_columns(chunk, good, result, model, keep, probabilities)
-    columns[PREDICTION_ID] = prediction_ids(run_id, positions)
-    columns[MODEL] = pa.repeat(pa.scalar(model.name), n)
-    columns[VERSION] = pa.repeat(pa.scalar(model.version, pa.int64()), n)
-    return pa.table(columns)
+    columns[PREDICTION_ID] = pa.array(positions, pa.int64())
+    part = pa.table(columns)
+    return part if run_id is None else complete(part, run_id=run_id, model=model.name, version=model.version)
 
 
 def complete(table: pa.Table, *, run_id: str, model: str, version: int) -> pa.Table:
